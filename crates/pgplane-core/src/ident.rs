@@ -1,0 +1,183 @@
+//! Identifier rules: the safe alphabet for user-given names, PostgreSQL's 63-byte
+//! limit, and quoting. Every identifier and literal pgplane sends goes through here.
+
+use sha2::{Digest, Sha256};
+
+/// PostgreSQL's `NAMEDATALEN - 1`: longer identifiers are silently truncated by the server.
+pub const MAX_IDENT_BYTES: usize = 63;
+
+/// Length of the hash suffix `_` + 8 hex digits appended to shortened names.
+const HASH_SUFFIX_LEN: usize = 9;
+
+/// The safe alphabet for environment, module and tenant names:
+/// a lowercase ASCII letter, then lowercase letters, digits or `_`, at most 63 bytes.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Err(format!("{what} name is empty")),
+        Some(c) if !c.is_ascii_lowercase() => {
+            return Err(format!(
+                "{what} name {name:?} must start with a lowercase letter a-z \
+                 (allowed: a-z, 0-9 and _, starting with a letter, at most 63 bytes)"
+            ))
+        }
+        Some(_) => {}
+    }
+    if let Some(bad) = chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')) {
+        return Err(format!(
+            "{what} name {name:?} contains {bad:?}; allowed are a-z, 0-9 and _ \
+             (starting with a letter, at most 63 bytes)"
+        ));
+    }
+    if name.len() > MAX_IDENT_BYTES {
+        return Err(format!(
+            "{what} name {name:?} is {} bytes; at most {MAX_IDENT_BYTES} are allowed",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Makes a computed name fit PostgreSQL's 63-byte limit deterministically.
+///
+/// Names that fit are returned unchanged. Longer names keep their first 54 bytes and get
+/// `_` plus the first 8 hex digits of the SHA-256 of the full name, so two long names that
+/// share a prefix still differ, and the same input always gives the same output.
+pub fn fit_identifier(name: &str) -> String {
+    if name.len() <= MAX_IDENT_BYTES {
+        return name.to_string();
+    }
+    let mut cut = MAX_IDENT_BYTES - HASH_SUFFIX_LEN;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = Sha256::digest(name.as_bytes());
+    let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let prefix = name[..cut].trim_end_matches('_');
+    format!("{prefix}_{hex}")
+}
+
+/// Quotes an identifier for SQL: `"` around it, inner `"` doubled. Always quoting keeps
+/// case and reserved words exactly as written.
+pub fn quote_ident(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Quotes a string literal for SQL with `standard_conforming_strings = on` (the default
+/// since PostgreSQL 9.1): `'` around it, inner `'` doubled. Backslashes stay literal.
+/// Used only for statements that cannot take bind parameters (utility commands such as
+/// `CREATE ROLE ... PASSWORD`).
+pub fn quote_literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        if c == '\'' {
+            out.push('\'');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn safe_alphabet() {
+        assert!(check_name("module", "registry").is_ok());
+        assert!(check_name("module", "a_b9").is_ok());
+        for bad in ["", "Registry", "9lives", "_x", "re-gistry", "a b", "ä", "a;drop"] {
+            assert!(check_name("module", bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_name("env", &"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn short_names_unchanged() {
+        assert_eq!(fit_identifier("dev_registry"), "dev_registry");
+        let exact = "a".repeat(63);
+        assert_eq!(fit_identifier(&exact), exact);
+    }
+
+    #[test]
+    fn long_names_shortened_with_hash() {
+        let long = format!("dev_{}", "x".repeat(70));
+        let fitted = fit_identifier(&long);
+        assert_eq!(fitted.len(), 63);
+        assert!(fitted.starts_with("dev_xxx"));
+        let other = format!("dev_{}y", "x".repeat(70));
+        assert_ne!(fit_identifier(&other), fitted);
+        assert_eq!(fit_identifier(&long), fitted, "deterministic");
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b"), "'a\\b'");
+    }
+
+    /// Reads a quoted identifier back the way PostgreSQL's lexer does.
+    fn unquote(quoted: &str, q: char) -> Option<String> {
+        let inner = quoted.strip_prefix(q)?.strip_suffix(q)?;
+        let mut out = String::new();
+        let mut chars = inner.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == q {
+                // A lone quote inside would end the token early: injection.
+                if chars.next() != Some(q) {
+                    return None;
+                }
+            }
+            out.push(c);
+        }
+        Some(out)
+    }
+
+    proptest! {
+        #[test]
+        fn quote_ident_round_trips(s in "\\PC*") {
+            prop_assert_eq!(unquote(&quote_ident(&s), '"'), Some(s));
+        }
+
+        #[test]
+        fn quote_literal_round_trips(s in "\\PC*") {
+            prop_assert_eq!(unquote(&quote_literal(&s), '\''), Some(s));
+        }
+
+        #[test]
+        fn fitted_names_fit_and_are_deterministic(s in "[a-z_]{1,200}") {
+            let f = fit_identifier(&s);
+            prop_assert!(f.len() <= MAX_IDENT_BYTES);
+            prop_assert_eq!(f.clone(), fit_identifier(&s));
+            if s.len() <= MAX_IDENT_BYTES { prop_assert_eq!(f, s); }
+        }
+
+        #[test]
+        fn distinct_long_names_stay_distinct(a in "[a-z]{60,90}", b in "[a-z]{60,90}") {
+            prop_assume!(a != b);
+            prop_assert_ne!(fit_identifier(&a), fit_identifier(&b));
+        }
+
+        #[test]
+        fn check_name_accepts_only_safe_alphabet(s in "\\PC{0,70}") {
+            let ok = check_name("x", &s).is_ok();
+            let expected = !s.is_empty() && s.len() <= 63
+                && s.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            prop_assert_eq!(ok, expected);
+        }
+    }
+}

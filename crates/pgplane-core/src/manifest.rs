@@ -1,0 +1,572 @@
+//! `pgplane.yaml`: the raw document as written by people, and its validation.
+//!
+//! Parsing is strict: unknown keys, wrong types and missing fields are errors that name
+//! the file, line and column. Semantic checks (safe names, references between modules
+//! and tenants, naming templates) run right after, before anything touches a server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::ident::check_name;
+use crate::naming::{NameTemplate, Var};
+
+/// An error in a manifest, with the place it was found and, where known, the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManifest {
+    pub version: u32,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub servers: Vec<RawServer>,
+    #[serde(default)]
+    pub naming: RawNaming,
+    pub modules: Vec<RawModule>,
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub name: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNaming {
+    pub database: String,
+    pub tenant_database: String,
+    pub tenant_schema: String,
+    pub owner_role: String,
+    pub tenant_role: String,
+    pub readonly_role: String,
+}
+
+impl Default for RawNaming {
+    fn default() -> Self {
+        RawNaming {
+            database: "{env}_{module}".into(),
+            tenant_database: "{env}_{tenant}_{module}".into(),
+            tenant_schema: "{tenant}_{module}".into(),
+            owner_role: "{env}_{module}".into(),
+            tenant_role: "{env}_{tenant}_{module}".into(),
+            readonly_role: "{owner}_readonly".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Storage {
+    /// One database for the module.
+    Database,
+    /// One shared database for the module, one schema per tenant.
+    SchemaPerTenant,
+    /// One database per tenant.
+    DatabasePerTenant,
+}
+
+impl Storage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Storage::Database => "database",
+            Storage::SchemaPerTenant => "schema-per-tenant",
+            Storage::DatabasePerTenant => "database-per-tenant",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModule {
+    pub name: String,
+    pub storage: Storage,
+    #[serde(default)]
+    pub server: Option<String>,
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    #[serde(default)]
+    pub connection_limit: Option<i32>,
+    #[serde(default)]
+    pub readonly_role: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub name: String,
+    pub modules: Vec<String>,
+}
+
+/// A validated manifest: names checked, references resolved, `${VAR}`s expanded.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub file: PathBuf,
+    pub default_environment: Option<String>,
+    /// Empty means: use the embedded local server.
+    pub servers: Vec<ServerSpec>,
+    pub naming: Naming,
+    pub modules: Vec<ModuleSpec>,
+    pub tenants: Vec<TenantSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub name: String,
+    /// The admin URL with `${VAR}`s expanded. Holds a password: never print it.
+    pub url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Naming {
+    pub database: NameTemplate,
+    pub tenant_database: NameTemplate,
+    pub tenant_schema: NameTemplate,
+    pub owner_role: NameTemplate,
+    pub tenant_role: NameTemplate,
+    pub readonly_role: NameTemplate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleSpec {
+    pub name: String,
+    pub storage: Storage,
+    /// Name of the server in `servers`, or `local` for the embedded one.
+    pub server: String,
+    pub extensions: Vec<String>,
+    pub connection_limit: Option<i32>,
+    pub readonly_role: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSpec {
+    pub name: String,
+    pub modules: Vec<String>,
+}
+
+/// The name of the embedded server when the manifest lists none.
+pub const LOCAL_SERVER: &str = "local";
+
+impl Manifest {
+    /// Reads and validates a manifest file. `env` resolves `${VAR}` references.
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            message: format!("cannot read the manifest: {e} (pass the manifest with -f FILE)"),
+        })?;
+        Manifest::parse(path, &text, env)
+    }
+
+    /// Parses and validates manifest text; `path` is used in error messages only.
+    pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Manifest, ManifestError> {
+        let src = Source { file: path, text };
+        let raw: RawManifest = serde_yaml::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unzip();
+            let mut message = e.to_string();
+            if let Some(pos) = message.rfind(" at line ") {
+                message.truncate(pos);
+            }
+            if message.contains("missing field") && line.is_none() {
+                message.push_str(" (at the top level of the document)");
+            }
+            ManifestError { file: path.to_path_buf(), line, column, message }
+        })?;
+        validate(&src, raw, env)
+    }
+
+    pub fn module(&self, name: &str) -> Option<&ModuleSpec> {
+        self.modules.iter().find(|m| m.name == name)
+    }
+
+    /// The server names in manifest order; the first one holds the control database.
+    pub fn server_names(&self) -> Vec<String> {
+        if self.servers.is_empty() {
+            vec![LOCAL_SERVER.to_string()]
+        } else {
+            self.servers.iter().map(|s| s.name.clone()).collect()
+        }
+    }
+}
+
+struct Source<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    /// Error at the first place `needle` appears as a value (after `key:` or `- `).
+    /// serde_yaml gives no spans for values, so semantic errors find their line by text.
+    fn err_at(&self, key: &str, needle: &str, message: String) -> ManifestError {
+        let (line, column) = self.locate(key, needle).unzip();
+        ManifestError { file: self.file.to_path_buf(), line, column, message }
+    }
+
+    fn locate(&self, key: &str, needle: &str) -> Option<(usize, usize)> {
+        let mut fallback = None;
+        for (i, line) in self.text.lines().enumerate() {
+            let code = line.split(" #").next().unwrap_or(line);
+            if let Some(col) = code.find(needle) {
+                let before = code[..col].trim_end_matches(['"', '\'', ' ', '[']);
+                let is_value = before.ends_with(&format!("{key}:"))
+                    || before.ends_with('-')
+                    || before.ends_with(',')
+                    || before.ends_with(&format!("{key}: ["));
+                if is_value && code.contains(key) {
+                    return Some((i + 1, col + 1));
+                }
+                if is_value && fallback.is_none() {
+                    fallback = Some((i + 1, col + 1));
+                }
+            }
+        }
+        fallback
+    }
+}
+
+fn validate(src: &Source<'_>, raw: RawManifest, env: &dyn Fn(&str) -> Option<String>) -> Result<Manifest, ManifestError> {
+    if raw.version != 1 {
+        return Err(src.err_at(
+            "version",
+            &raw.version.to_string(),
+            format!("unsupported manifest version {}; this pgplane reads `version: 1`", raw.version),
+        ));
+    }
+    if let Some(e) = &raw.environment {
+        check_name("environment", e).map_err(|m| src.err_at("environment", e, m))?;
+    }
+
+    let mut servers = Vec::new();
+    let mut seen = BTreeSet::new();
+    for s in &raw.servers {
+        check_name("server", &s.name).map_err(|m| src.err_at("name", &s.name, m))?;
+        if !seen.insert(s.name.clone()) {
+            return Err(src.err_at("name", &s.name, format!("server {:?} is listed twice", s.name)));
+        }
+        let url = expand_vars(&s.url).map_err(|m| src.err_at("url", &s.url, m))?;
+        let url = url.resolve(env).map_err(|m| src.err_at("url", &s.url, m))?;
+        if url.trim().is_empty() {
+            return Err(src.err_at("url", &s.url, format!("server {:?} has an empty url", s.name)));
+        }
+        servers.push(ServerSpec { name: s.name.clone(), url });
+    }
+    let server_names: Vec<String> = if servers.is_empty() {
+        vec![LOCAL_SERVER.to_string()]
+    } else {
+        servers.iter().map(|s| s.name.clone()).collect()
+    };
+
+    let naming = Naming {
+        database: template(src, "database", &raw.naming.database, &[Var::Module], &[Var::Env, Var::Module])?,
+        tenant_database: template(
+            src,
+            "tenant_database",
+            &raw.naming.tenant_database,
+            &[Var::Tenant, Var::Module],
+            &[Var::Env, Var::Tenant, Var::Module],
+        )?,
+        tenant_schema: template(
+            src,
+            "tenant_schema",
+            &raw.naming.tenant_schema,
+            &[Var::Tenant, Var::Module],
+            &[Var::Env, Var::Tenant, Var::Module],
+        )?,
+        owner_role: template(src, "owner_role", &raw.naming.owner_role, &[Var::Module], &[Var::Env, Var::Module])?,
+        tenant_role: template(
+            src,
+            "tenant_role",
+            &raw.naming.tenant_role,
+            &[Var::Tenant, Var::Module],
+            &[Var::Env, Var::Tenant, Var::Module],
+        )?,
+        readonly_role: template(src, "readonly_role", &raw.naming.readonly_role, &[Var::Owner], &[Var::Owner])?,
+    };
+
+    if raw.modules.is_empty() {
+        return Err(src.err_at("modules", "modules", "`modules` is empty; list at least one module".into()));
+    }
+    let mut modules = Vec::new();
+    let mut names = BTreeSet::new();
+    for m in &raw.modules {
+        check_name("module", &m.name).map_err(|msg| src.err_at("name", &m.name, msg))?;
+        if !names.insert(m.name.clone()) {
+            return Err(src.err_at("name", &m.name, format!("module {:?} is listed twice", m.name)));
+        }
+        let server = match &m.server {
+            Some(s) if server_names.contains(s) => s.clone(),
+            Some(s) => {
+                return Err(src.err_at(
+                    "server",
+                    s,
+                    format!("module {:?} names server {s:?}, which is not in `servers` (known: {})", m.name, server_names.join(", ")),
+                ))
+            }
+            None => server_names[0].clone(),
+        };
+        let mut exts = BTreeSet::new();
+        for e in &m.extensions {
+            if e.is_empty() || !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(src.err_at("extensions", e, format!("extension name {e:?} is not valid (letters, digits, _ and -)")));
+            }
+            if !exts.insert(e.clone()) {
+                return Err(src.err_at("extensions", e, format!("extension {e:?} is listed twice for module {:?}", m.name)));
+            }
+        }
+        if let Some(limit) = m.connection_limit {
+            if limit < -1 {
+                return Err(src.err_at(
+                    "connection_limit",
+                    &limit.to_string(),
+                    format!("connection_limit {limit} is not valid; use -1 (no limit) or a number >= 0"),
+                ));
+            }
+        }
+        modules.push(ModuleSpec {
+            name: m.name.clone(),
+            storage: m.storage,
+            server,
+            extensions: m.extensions.clone(),
+            connection_limit: m.connection_limit,
+            readonly_role: m.readonly_role,
+        });
+    }
+
+    let by_name: BTreeMap<&str, &ModuleSpec> = modules.iter().map(|m| (m.name.as_str(), m)).collect();
+    let mut tenants = Vec::new();
+    let mut tnames = BTreeSet::new();
+    for t in &raw.tenants {
+        check_name("tenant", &t.name).map_err(|msg| src.err_at("name", &t.name, msg))?;
+        if !tnames.insert(t.name.clone()) {
+            return Err(src.err_at("name", &t.name, format!("tenant {:?} is listed twice", t.name)));
+        }
+        let mut enabled = BTreeSet::new();
+        for m in &t.modules {
+            match by_name.get(m.as_str()) {
+                None => {
+                    return Err(src.err_at(
+                        "modules",
+                        m,
+                        format!(
+                            "tenant {:?} enables module {m:?}, which is not defined in `modules` (defined: {})",
+                            t.name,
+                            by_name.keys().copied().collect::<Vec<_>>().join(", ")
+                        ),
+                    ))
+                }
+                Some(spec) if spec.storage == Storage::Database => {
+                    return Err(src.err_at(
+                        "modules",
+                        m,
+                        format!(
+                            "tenant {:?} enables module {m:?}, but that module has `storage: database` (shared by all); \
+                             use `storage: schema-per-tenant` or `database-per-tenant` for per-tenant storage",
+                            t.name
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+            if !enabled.insert(m.clone()) {
+                return Err(src.err_at("modules", m, format!("tenant {:?} enables module {m:?} twice", t.name)));
+            }
+        }
+        tenants.push(TenantSpec { name: t.name.clone(), modules: t.modules.clone() });
+    }
+
+    Ok(Manifest {
+        file: src.file.to_path_buf(),
+        default_environment: raw.environment,
+        servers,
+        naming,
+        modules,
+        tenants,
+    })
+}
+
+fn template(src: &Source<'_>, key: &str, text: &str, required: &[Var], allowed: &[Var]) -> Result<NameTemplate, ManifestError> {
+    NameTemplate::parse(text, required, allowed).map_err(|m| src.err_at(key, text, format!("naming.{key}: {m}")))
+}
+
+/// A string with `${VAR}` references.
+struct Expandable(Vec<Piece>);
+enum Piece {
+    Lit(String),
+    Var(String),
+}
+
+fn expand_vars(s: &str) -> Result<Expandable, String> {
+    let mut pieces = Vec::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        pieces.push(Piece::Lit(rest[..start].to_string()));
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("unclosed ${{ in {s:?}; write ${{VAR}}"))?;
+        let var = &after[..end];
+        if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("${{{var}}} is not a valid environment variable reference; write ${{NAME}} with A-Z, 0-9 and _"));
+        }
+        pieces.push(Piece::Var(var.to_string()));
+        rest = &after[end + 1..];
+    }
+    pieces.push(Piece::Lit(rest.to_string()));
+    Ok(Expandable(pieces))
+}
+
+impl Expandable {
+    fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                Piece::Lit(s) => out.push_str(s),
+                Piece::Var(v) => match env(v) {
+                    Some(val) => out.push_str(&val),
+                    None => return Err(format!("environment variable {v} is not set; export {v}=postgresql://... before running pgplane")),
+                },
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        let env = |k: &str| (k == "MAIN_PG_URL").then(|| "postgresql://admin:pw@db:5432/postgres".to_string());
+        Manifest::parse(Path::new("pgplane.yaml"), text, &env)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).expect_err("manifest should be rejected").to_string()
+    }
+
+    const ISSUE_EXAMPLE: &str = "\
+version: 1
+environment: dev            # default for --env
+servers:                    # optional; absent -> embedded local server
+  - name: main
+    url: ${MAIN_PG_URL}     # ${VAR} is read from the environment
+naming:                     # optional; these are the defaults
+  database: \"{env}_{module}\"
+  tenant_database: \"{env}_{tenant}_{module}\"
+  tenant_schema: \"{tenant}_{module}\"
+modules:
+  - name: registry
+    storage: database              # database | schema-per-tenant | database-per-tenant
+    extensions: [pg_trgm]
+    connection_limit: 40
+    readonly_role: true
+  - name: users
+    storage: schema-per-tenant
+tenants:
+  - name: acme
+    modules: [users]
+";
+
+    #[test]
+    fn issue_example_parses() {
+        let m = parse(ISSUE_EXAMPLE).expect("valid");
+        assert_eq!(m.servers[0].url, "postgresql://admin:pw@db:5432/postgres");
+        assert_eq!(m.modules.len(), 2);
+        assert_eq!(m.modules[0].server, "main");
+        assert_eq!(m.tenants[0].modules, vec!["users"]);
+    }
+
+    #[test]
+    fn unknown_key_names_line_column_and_allowed_keys() {
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    conection_limit: 4\n");
+        assert!(e.starts_with("pgplane.yaml:5:5: "), "{e}");
+        assert!(e.contains("unknown field `conection_limit`"), "{e}");
+        assert!(e.contains("connection_limit"), "lists allowed keys: {e}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    connection_limit: lots\n");
+        assert!(e.starts_with("pgplane.yaml:5:"), "{e}");
+        assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn wrong_enum_lists_variants() {
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: cluster\n");
+        assert!(e.starts_with("pgplane.yaml:4:"), "{e}");
+        assert!(e.contains("schema-per-tenant"), "{e}");
+    }
+
+    #[test]
+    fn missing_field_is_reported() {
+        let e = err("version: 1\nmodules:\n  - name: a\n");
+        assert!(e.contains("missing field `storage`"), "{e}");
+        assert!(e.contains(":3:"), "{e}");
+    }
+
+    #[test]
+    fn unsafe_names_are_rejected_with_line() {
+        let e = err("version: 1\nmodules:\n  - name: Bad-Name\n    storage: database\n");
+        assert!(e.starts_with("pgplane.yaml:3:11: "), "{e}");
+        assert!(e.contains("must start with a lowercase letter"), "{e}");
+        let e = err("version: 1\nenvironment: \"dev;drop\"\nmodules:\n  - name: a\n    storage: database\n");
+        assert!(e.starts_with("pgplane.yaml:2:"), "{e}");
+    }
+
+    #[test]
+    fn tenant_references_are_checked() {
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\ntenants:\n  - name: t\n    modules: [nope]\n");
+        assert!(e.starts_with("pgplane.yaml:7:"), "{e}");
+        assert!(e.contains("not defined"), "{e}");
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\ntenants:\n  - name: t\n    modules: [a]\n");
+        assert!(e.contains("storage: database"), "{e}");
+    }
+
+    #[test]
+    fn missing_env_var_is_named() {
+        let e = err("version: 1\nservers:\n  - name: main\n    url: ${NOPE_URL}\nmodules:\n  - name: a\n    storage: database\n");
+        assert!(e.starts_with("pgplane.yaml:4:"), "{e}");
+        assert!(e.contains("NOPE_URL is not set"), "{e}");
+    }
+
+    #[test]
+    fn naming_templates_are_checked() {
+        let e = err("version: 1\nnaming:\n  database: \"{env}_db\"\nmodules:\n  - name: a\n    storage: database\n");
+        assert!(e.contains("naming.database"), "{e}");
+        assert!(e.contains("{module}"), "{e}");
+        let e = err("version: 1\nnaming:\n  database: \"{env}-{module}\"\nmodules:\n  - name: a\n    storage: database\n");
+        assert!(e.contains("'-'"), "{e}");
+    }
+
+    #[test]
+    fn bad_version() {
+        let e = err("version: 2\nmodules:\n  - name: a\n    storage: database\n");
+        assert!(e.starts_with("pgplane.yaml:1:"), "{e}");
+    }
+}

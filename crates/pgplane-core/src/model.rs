@@ -1,0 +1,518 @@
+//! The desired state: every role, database, schema, extension, grant and setting a
+//! manifest asks for in one environment, with final names computed and clash-checked.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::ident::check_name;
+use crate::manifest::{Manifest, Storage};
+use crate::naming::Vars;
+
+/// What an object is for. Stored with every record so that a name wanted by two
+/// different origins is caught as a clash.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Origin {
+    pub env: String,
+    pub module: String,
+    pub tenant: Option<String>,
+    pub purpose: Purpose,
+}
+
+impl Origin {
+    pub fn describe(&self) -> String {
+        match &self.tenant {
+            Some(t) => format!("env {} module {} tenant {} ({})", self.env, self.module, t, self.purpose.as_str()),
+            None => format!("env {} module {} ({})", self.env, self.module, self.purpose.as_str()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    OwnerRole,
+    ReadonlyRole,
+    TenantRole,
+    TenantReadonlyRole,
+    Database,
+    TenantDatabase,
+    TenantSchema,
+    Extension,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::OwnerRole => "owner_role",
+            Purpose::ReadonlyRole => "readonly_role",
+            Purpose::TenantRole => "tenant_role",
+            Purpose::TenantReadonlyRole => "tenant_readonly_role",
+            Purpose::Database => "database",
+            Purpose::TenantDatabase => "tenant_database",
+            Purpose::TenantSchema => "tenant_schema",
+            Purpose::Extension => "extension",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Purpose> {
+        [
+            Purpose::OwnerRole,
+            Purpose::ReadonlyRole,
+            Purpose::TenantRole,
+            Purpose::TenantReadonlyRole,
+            Purpose::Database,
+            Purpose::TenantDatabase,
+            Purpose::TenantSchema,
+            Purpose::Extension,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectKind {
+    Role,
+    Database,
+    Schema,
+    Extension,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Role => "role",
+            ObjectKind::Database => "database",
+            ObjectKind::Schema => "schema",
+            ObjectKind::Extension => "extension",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ObjectKind> {
+        [ObjectKind::Role, ObjectKind::Database, ObjectKind::Schema, ObjectKind::Extension]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// Where an object lives. `database` is empty for cluster-wide objects (roles, databases).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ObjectRef {
+    pub server: String,
+    pub kind: ObjectKind,
+    pub database: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn cluster(server: &str, kind: ObjectKind, name: &str) -> ObjectRef {
+        ObjectRef { server: server.into(), kind, database: String::new(), name: name.into() }
+    }
+
+    pub fn in_db(server: &str, kind: ObjectKind, database: &str, name: &str) -> ObjectRef {
+        ObjectRef { server: server.into(), kind, database: database.into(), name: name.into() }
+    }
+
+    /// `role dev_registry`, `schema dev_users.acme_users`.
+    pub fn display(&self) -> String {
+        if self.database.is_empty() {
+            format!("{} {}", self.kind.as_str(), self.name)
+        } else {
+            format!("{} {}.{}", self.kind.as_str(), self.database, self.name)
+        }
+    }
+}
+
+/// An object pgplane manages, as recorded in the control database.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Record {
+    #[serde(flatten)]
+    pub object: ObjectRef,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredRole {
+    pub server: String,
+    pub name: String,
+    pub origin: Origin,
+    /// The template output before it was shortened to 63 bytes, if it was.
+    pub long_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredDatabase {
+    pub server: String,
+    pub name: String,
+    pub owner: String,
+    /// -1: no limit.
+    pub connection_limit: i32,
+    /// Roles besides the owner that may connect.
+    pub connect: BTreeSet<String>,
+    pub origin: Origin,
+    pub long_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredSchema {
+    pub server: String,
+    pub database: String,
+    pub name: String,
+    pub owner: String,
+    pub origin: Origin,
+    pub long_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredExtension {
+    pub server: String,
+    pub database: String,
+    pub name: String,
+    pub origin: Origin,
+}
+
+/// `reader` may read every current and future table that `owner` creates in `schema`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReadGrant {
+    pub server: String,
+    pub database: String,
+    pub schema: String,
+    pub owner: String,
+    pub reader: String,
+}
+
+/// `ALTER ROLE role IN DATABASE database SET search_path TO schema`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RoleSetting {
+    pub server: String,
+    pub database: String,
+    pub role: String,
+    pub search_path: String,
+}
+
+/// Where a module's (or tenant's) storage is, and who owns it: what `credentials` hands out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub module: String,
+    pub tenant: Option<String>,
+    pub server: String,
+    pub database: String,
+    pub schema: Option<String>,
+    pub owner_role: String,
+    pub readonly_role: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    pub env: String,
+    pub roles: Vec<DesiredRole>,
+    pub databases: Vec<DesiredDatabase>,
+    pub schemas: Vec<DesiredSchema>,
+    pub extensions: Vec<DesiredExtension>,
+    pub read_grants: Vec<ReadGrant>,
+    pub role_settings: Vec<RoleSetting>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Names PostgreSQL or pgplane keep for themselves.
+pub const RESERVED_DATABASES: &[&str] = &["postgres", "template0", "template1", "pgplane"];
+
+/// Two origins want the same name, or a name is reserved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", problems.join("\n"))]
+pub struct NamingError {
+    pub problems: Vec<String>,
+}
+
+impl Desired {
+    /// Computes every object of `env` and checks the names against each other.
+    pub fn build(manifest: &Manifest, env: &str) -> Result<Desired, NamingError> {
+        if let Err(m) = check_name("environment", env) {
+            return Err(NamingError { problems: vec![m] });
+        }
+        let n = &manifest.naming;
+        let mut d = Desired { env: env.to_string(), ..Desired::default() };
+        let origin = |module: &str, tenant: Option<&str>, purpose| Origin {
+            env: env.to_string(),
+            module: module.to_string(),
+            tenant: tenant.map(str::to_string),
+            purpose,
+        };
+        let long = |t: &crate::naming::NameTemplate, v: Vars<'_>| {
+            let raw = t.render_raw(v);
+            let fitted = t.render(v);
+            (fitted.clone(), (raw != fitted).then_some(raw))
+        };
+
+        for m in &manifest.modules {
+            let srv = m.server.as_str();
+            let vars = Vars { env, module: &m.name, tenant: "", owner: "" };
+            let limit = m.connection_limit.unwrap_or(-1);
+            let tenants: Vec<&str> = manifest
+                .tenants
+                .iter()
+                .filter(|t| t.modules.contains(&m.name))
+                .map(|t| t.name.as_str())
+                .collect();
+            match m.storage {
+                Storage::Database | Storage::SchemaPerTenant => {
+                    let (owner, owner_long) = long(&n.owner_role, vars);
+                    d.roles.push(DesiredRole {
+                        server: srv.into(),
+                        name: owner.clone(),
+                        origin: origin(&m.name, None, Purpose::OwnerRole),
+                        long_name: owner_long,
+                    });
+                    let (db, db_long) = long(&n.database, vars);
+                    let mut connect = BTreeSet::new();
+                    let mut readonly = None;
+                    if m.storage == Storage::Database && m.readonly_role {
+                        let (ro, ro_long) = long(&n.readonly_role, Vars { owner: &owner, ..vars });
+                        d.roles.push(DesiredRole {
+                            server: srv.into(),
+                            name: ro.clone(),
+                            origin: origin(&m.name, None, Purpose::ReadonlyRole),
+                            long_name: ro_long,
+                        });
+                        connect.insert(ro.clone());
+                        d.read_grants.push(ReadGrant {
+                            server: srv.into(),
+                            database: db.clone(),
+                            schema: "public".into(),
+                            owner: owner.clone(),
+                            reader: ro.clone(),
+                        });
+                        readonly = Some(ro);
+                    }
+                    for e in &m.extensions {
+                        d.extensions.push(DesiredExtension {
+                            server: srv.into(),
+                            database: db.clone(),
+                            name: e.clone(),
+                            origin: origin(&m.name, None, Purpose::Extension),
+                        });
+                    }
+                    if m.storage == Storage::Database {
+                        d.endpoints.push(Endpoint {
+                            module: m.name.clone(),
+                            tenant: None,
+                            server: srv.into(),
+                            database: db.clone(),
+                            schema: None,
+                            owner_role: owner.clone(),
+                            readonly_role: readonly,
+                        });
+                    }
+                    for t in tenants.iter().filter(|_| m.storage == Storage::SchemaPerTenant) {
+                        let tv = Vars { tenant: t, ..vars };
+                        let (tr, tr_long) = long(&n.tenant_role, tv);
+                        let (schema, schema_long) = long(&n.tenant_schema, tv);
+                        d.roles.push(DesiredRole {
+                            server: srv.into(),
+                            name: tr.clone(),
+                            origin: origin(&m.name, Some(t), Purpose::TenantRole),
+                            long_name: tr_long,
+                        });
+                        connect.insert(tr.clone());
+                        d.schemas.push(DesiredSchema {
+                            server: srv.into(),
+                            database: db.clone(),
+                            name: schema.clone(),
+                            owner: tr.clone(),
+                            origin: origin(&m.name, Some(t), Purpose::TenantSchema),
+                            long_name: schema_long,
+                        });
+                        d.role_settings.push(RoleSetting {
+                            server: srv.into(),
+                            database: db.clone(),
+                            role: tr.clone(),
+                            search_path: schema.clone(),
+                        });
+                        let mut readonly = None;
+                        if m.readonly_role {
+                            let (ro, ro_long) = long(&n.readonly_role, Vars { owner: &tr, ..tv });
+                            d.roles.push(DesiredRole {
+                                server: srv.into(),
+                                name: ro.clone(),
+                                origin: origin(&m.name, Some(t), Purpose::TenantReadonlyRole),
+                                long_name: ro_long,
+                            });
+                            connect.insert(ro.clone());
+                            d.read_grants.push(ReadGrant {
+                                server: srv.into(),
+                                database: db.clone(),
+                                schema: schema.clone(),
+                                owner: tr.clone(),
+                                reader: ro.clone(),
+                            });
+                            d.role_settings.push(RoleSetting {
+                                server: srv.into(),
+                                database: db.clone(),
+                                role: ro.clone(),
+                                search_path: schema.clone(),
+                            });
+                            readonly = Some(ro);
+                        }
+                        d.endpoints.push(Endpoint {
+                            module: m.name.clone(),
+                            tenant: Some(t.to_string()),
+                            server: srv.into(),
+                            database: db.clone(),
+                            schema: Some(schema),
+                            owner_role: tr,
+                            readonly_role: readonly,
+                        });
+                    }
+                    d.databases.push(DesiredDatabase {
+                        server: srv.into(),
+                        name: db,
+                        owner,
+                        connection_limit: limit,
+                        connect,
+                        origin: origin(&m.name, None, Purpose::Database),
+                        long_name: db_long,
+                    });
+                }
+                Storage::DatabasePerTenant => {
+                    for t in &tenants {
+                        let tv = Vars { tenant: t, ..vars };
+                        let (tr, tr_long) = long(&n.tenant_role, tv);
+                        let (db, db_long) = long(&n.tenant_database, tv);
+                        d.roles.push(DesiredRole {
+                            server: srv.into(),
+                            name: tr.clone(),
+                            origin: origin(&m.name, Some(t), Purpose::TenantRole),
+                            long_name: tr_long,
+                        });
+                        let mut connect = BTreeSet::new();
+                        let mut readonly = None;
+                        if m.readonly_role {
+                            let (ro, ro_long) = long(&n.readonly_role, Vars { owner: &tr, ..tv });
+                            d.roles.push(DesiredRole {
+                                server: srv.into(),
+                                name: ro.clone(),
+                                origin: origin(&m.name, Some(t), Purpose::TenantReadonlyRole),
+                                long_name: ro_long,
+                            });
+                            connect.insert(ro.clone());
+                            d.read_grants.push(ReadGrant {
+                                server: srv.into(),
+                                database: db.clone(),
+                                schema: "public".into(),
+                                owner: tr.clone(),
+                                reader: ro.clone(),
+                            });
+                            readonly = Some(ro);
+                        }
+                        for e in &m.extensions {
+                            d.extensions.push(DesiredExtension {
+                                server: srv.into(),
+                                database: db.clone(),
+                                name: e.clone(),
+                                origin: origin(&m.name, Some(t), Purpose::Extension),
+                            });
+                        }
+                        d.endpoints.push(Endpoint {
+                            module: m.name.clone(),
+                            tenant: Some(t.to_string()),
+                            server: srv.into(),
+                            database: db.clone(),
+                            schema: None,
+                            owner_role: tr.clone(),
+                            readonly_role: readonly,
+                        });
+                        d.databases.push(DesiredDatabase {
+                            server: srv.into(),
+                            name: db,
+                            owner: tr,
+                            connection_limit: limit,
+                            connect,
+                            origin: origin(&m.name, Some(t), Purpose::TenantDatabase),
+                            long_name: db_long,
+                        });
+                    }
+                }
+            }
+        }
+        d.check_names()?;
+        d.roles.sort_by(|a, b| (&a.server, &a.name).cmp(&(&b.server, &b.name)));
+        d.databases.sort_by(|a, b| (&a.server, &a.name).cmp(&(&b.server, &b.name)));
+        d.schemas.sort_by(|a, b| (&a.server, &a.database, &a.name).cmp(&(&b.server, &b.database, &b.name)));
+        d.extensions.sort_by(|a, b| (&a.server, &a.database, &a.name).cmp(&(&b.server, &b.database, &b.name)));
+        d.read_grants.sort();
+        d.role_settings.sort();
+        Ok(d)
+    }
+
+    /// Every object this desired state claims, with its origin.
+    pub fn objects(&self) -> Vec<(ObjectRef, &Origin)> {
+        let mut out = Vec::new();
+        for r in &self.roles {
+            out.push((ObjectRef::cluster(&r.server, ObjectKind::Role, &r.name), &r.origin));
+        }
+        for db in &self.databases {
+            out.push((ObjectRef::cluster(&db.server, ObjectKind::Database, &db.name), &db.origin));
+        }
+        for s in &self.schemas {
+            out.push((ObjectRef::in_db(&s.server, ObjectKind::Schema, &s.database, &s.name), &s.origin));
+        }
+        for e in &self.extensions {
+            out.push((ObjectRef::in_db(&e.server, ObjectKind::Extension, &e.database, &e.name), &e.origin));
+        }
+        out
+    }
+
+    fn check_names(&self) -> Result<(), NamingError> {
+        let mut problems = Vec::new();
+        let mut seen: BTreeMap<ObjectRef, &Origin> = BTreeMap::new();
+        for (obj, origin) in self.objects() {
+            match obj.kind {
+                ObjectKind::Database if RESERVED_DATABASES.contains(&obj.name.as_str()) => problems.push(format!(
+                    "database name {:?} ({}) is reserved; change naming.database or the module name",
+                    obj.name,
+                    origin.describe()
+                )),
+                ObjectKind::Role if obj.name.starts_with("pg_") || obj.name == "postgres" || obj.name == "public" => {
+                    problems.push(format!(
+                        "role name {:?} ({}) is reserved by PostgreSQL; change the naming template or the name",
+                        obj.name,
+                        origin.describe()
+                    ))
+                }
+                ObjectKind::Schema
+                    if obj.name.starts_with("pg_") || ["public", "information_schema", "pgplane"].contains(&obj.name.as_str()) =>
+                {
+                    problems.push(format!(
+                        "schema name {:?} ({}) is reserved; change naming.tenant_schema",
+                        obj.name,
+                        origin.describe()
+                    ))
+                }
+                _ => {}
+            }
+            if let Some(other) = seen.get(&obj) {
+                if *other != origin {
+                    problems.push(format!(
+                        "name clash: {} is wanted by {} and by {}; change a name or the naming templates",
+                        obj.display(),
+                        other.describe(),
+                        origin.describe()
+                    ));
+                }
+            } else {
+                seen.insert(obj, origin);
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(NamingError { problems })
+        }
+    }
+
+    pub fn endpoint(&self, module: &str, tenant: Option<&str>) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.module == module && e.tenant.as_deref() == tenant)
+    }
+}

@@ -1,0 +1,111 @@
+//! The observed state: what the catalog and the control database hold right now.
+//! Filled by the executor crate's observer; read by the planner.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::Record;
+
+/// The grantee name used for `PUBLIC` in privilege maps.
+pub const PUBLIC: &str = "PUBLIC";
+
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub servers: BTreeMap<String, ServerState>,
+    /// Every record of the control database (all environments). Empty when the control
+    /// database does not exist yet.
+    pub records: Vec<Record>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ServerState {
+    pub roles: BTreeMap<String, RoleState>,
+    pub databases: BTreeMap<String, DatabaseState>,
+    /// `(database, role)` → `setconfig` entries such as `search_path=acme_users`.
+    pub role_settings: BTreeMap<(String, String), Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleState {
+    pub login: bool,
+    pub superuser: bool,
+    pub createdb: bool,
+    pub createrole: bool,
+    pub replication: bool,
+    pub bypassrls: bool,
+    pub inherit: bool,
+    /// Databases where the role owns objects or holds privileges (`pg_shdepend`).
+    pub dependent_databases: BTreeSet<String>,
+}
+
+impl Default for RoleState {
+    /// What `CREATE ROLE ... LOGIN` gives: the state pgplane wants.
+    fn default() -> Self {
+        RoleState {
+            login: true,
+            superuser: false,
+            createdb: false,
+            createrole: false,
+            replication: false,
+            bypassrls: false,
+            inherit: true,
+            dependent_databases: BTreeSet::new(),
+        }
+    }
+}
+
+pub type Privileges = BTreeMap<String, BTreeSet<String>>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseState {
+    pub owner: String,
+    pub connection_limit: i32,
+    pub is_template: bool,
+    /// Grantee (role name or `PUBLIC`) → privileges (`CONNECT`, `TEMPORARY`, `CREATE`).
+    pub privileges: Privileges,
+    pub contents: Contents,
+}
+
+/// The inside of a database, which needs a connection to that database to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Contents {
+    /// Not read: the planner must not guess.
+    Unknown,
+    Known(DbContents),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DbContents {
+    pub schemas: BTreeMap<String, SchemaState>,
+    pub extensions: BTreeSet<String>,
+    /// `(owner role, schema, reader)` with `ALTER DEFAULT PRIVILEGES ... GRANT SELECT ON TABLES`.
+    pub default_select: BTreeSet<(String, String, String)>,
+    /// `(schema, reader)` where the reader has SELECT on every table and view.
+    pub select_all: BTreeSet<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaState {
+    pub owner: String,
+    /// Grantee (role name or `PUBLIC`) → privileges (`USAGE`, `CREATE`).
+    pub privileges: Privileges,
+}
+
+impl DbContents {
+    /// A database just created from `template1`: `public` owned by `pg_database_owner`,
+    /// USAGE for PUBLIC (PostgreSQL 15 defaults), no tables. `readers` have SELECT on all
+    /// (zero) tables of every schema.
+    pub fn fresh(readers: impl IntoIterator<Item = (String, String)>) -> DbContents {
+        let mut schemas = BTreeMap::new();
+        schemas.insert(
+            "public".to_string(),
+            SchemaState {
+                owner: "pg_database_owner".into(),
+                privileges: BTreeMap::from([
+                    (PUBLIC.to_string(), BTreeSet::from(["USAGE".to_string()])),
+                    ("pg_database_owner".to_string(), BTreeSet::from(["USAGE".to_string(), "CREATE".to_string()])),
+                ]),
+            },
+        );
+        DbContents { schemas, extensions: BTreeSet::new(), default_select: BTreeSet::new(), select_all: readers.into_iter().collect() }
+    }
+}

@@ -1,0 +1,615 @@
+//! The planner: desired state + observed state → ordered actions. Pure: no I/O, no clock,
+//! no randomness. `plan` prints these actions and `apply` runs exactly these.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::ident::quote_ident as q;
+use crate::model::{Desired, ObjectKind, ObjectRef, Record};
+use crate::observed::{Contents, DbContents, Observed, RoleState, ServerState, PUBLIC};
+
+/// A piece of SQL; passwords stay symbolic until the executor runs the statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlPart {
+    Text(String),
+    /// A SCRAM verifier for this role's current password, filled in by the executor.
+    Password { role: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sql(pub Vec<SqlPart>);
+
+impl Sql {
+    pub fn text(s: impl Into<String>) -> Sql {
+        Sql(vec![SqlPart::Text(s.into())])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The statement as shown to people and in JSON: passwords redacted.
+    pub fn redacted(&self) -> String {
+        self.render(|_| "'********'".to_string())
+    }
+
+    /// The statement as sent: `password` turns a role name into a quoted SCRAM verifier.
+    pub fn render(&self, mut password: impl FnMut(&str) -> String) -> String {
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                SqlPart::Text(t) => out.push_str(t),
+                SqlPart::Password { role } => out.push_str(&password(role)),
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    Adopt,
+    CreateRole,
+    AlterRole,
+    SetPassword,
+    CreateDatabase,
+    AlterDatabaseOwner,
+    AlterDatabaseConnectionLimit,
+    RevokePublic,
+    GrantConnect,
+    CreateSchema,
+    AlterSchemaOwner,
+    RevokeSchema,
+    GrantUsage,
+    CreateExtension,
+    GrantSelect,
+    DefaultPrivileges,
+    SetSearchPath,
+    DropExtension,
+    DropSchema,
+    DropDatabase,
+    DropOwned,
+    DropRole,
+    Forget,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Adopt => "adopt",
+            ActionKind::CreateRole => "create_role",
+            ActionKind::AlterRole => "alter_role",
+            ActionKind::SetPassword => "set_password",
+            ActionKind::CreateDatabase => "create_database",
+            ActionKind::AlterDatabaseOwner => "alter_database_owner",
+            ActionKind::AlterDatabaseConnectionLimit => "alter_database_connection_limit",
+            ActionKind::RevokePublic => "revoke_public",
+            ActionKind::GrantConnect => "grant_connect",
+            ActionKind::CreateSchema => "create_schema",
+            ActionKind::AlterSchemaOwner => "alter_schema_owner",
+            ActionKind::RevokeSchema => "revoke_schema",
+            ActionKind::GrantUsage => "grant_usage",
+            ActionKind::CreateExtension => "create_extension",
+            ActionKind::GrantSelect => "grant_select",
+            ActionKind::DefaultPrivileges => "default_privileges",
+            ActionKind::SetSearchPath => "set_search_path",
+            ActionKind::DropExtension => "drop_extension",
+            ActionKind::DropSchema => "drop_schema",
+            ActionKind::DropDatabase => "drop_database",
+            ActionKind::DropOwned => "drop_owned",
+            ActionKind::DropRole => "drop_role",
+            ActionKind::Forget => "forget",
+        }
+    }
+
+    pub fn is_drop(self) -> bool {
+        matches!(
+            self,
+            ActionKind::DropExtension
+                | ActionKind::DropSchema
+                | ActionKind::DropDatabase
+                | ActionKind::DropOwned
+                | ActionKind::DropRole
+        )
+    }
+}
+
+/// What the executor writes to the control database around an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordChange {
+    None,
+    /// Written and committed *before* the SQL runs, so a crash right after a CREATE never
+    /// leaves an object pgplane does not know.
+    Claim(Record),
+    /// Deleted *after* the SQL succeeded.
+    Forget(Record),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    pub kind: ActionKind,
+    /// The object acted on, e.g. `database dev_registry`.
+    pub target: String,
+    pub server: String,
+    /// Database to run in; `None` runs in the server's admin database.
+    pub database: Option<String>,
+    /// Empty for record-only actions (adopt, forget).
+    pub sql: Sql,
+    pub why: String,
+    pub record: RecordChange,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Orphan {
+    #[serde(flatten)]
+    pub record: Record,
+    /// Whether the object still exists on the server.
+    pub exists: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub env: String,
+    pub actions: Vec<Action>,
+    /// Managed objects of this environment that the manifest no longer wants.
+    pub orphans: Vec<Orphan>,
+    /// Names shortened to fit 63 bytes: (full name, name used).
+    pub shortened: Vec<(String, String)>,
+}
+
+impl Plan {
+    pub fn changes(&self) -> usize {
+        self.actions.len()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Drop managed objects the manifest no longer wants.
+    pub prune: bool,
+    /// Take over existing objects with target names that pgplane does not manage.
+    pub adopt: bool,
+}
+
+/// Why no plan can be made. Nothing may run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", problems.join("\n"))]
+pub struct PlanError {
+    pub problems: Vec<String>,
+}
+
+/// Computes the ordered actions that take `observed` to `desired`.
+///
+/// Order: adopt → roles → databases → database privileges → inside each database
+/// (schemas, extensions, read grants) → role settings → drops (extensions, schemas,
+/// databases, roles) → forgotten records.
+pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Result<Plan, PlanError> {
+    let mut p = Planner { desired, observed, opts, actions: Vec::new(), problems: Vec::new() };
+    let empty = ServerState::default();
+    let server = |name: &str| observed.servers.get(name).unwrap_or(&empty);
+    let records: BTreeMap<&ObjectRef, &Record> = observed.records.iter().map(|r| (&r.object, r)).collect();
+
+    // Ownership: every wanted name is ours already, free, or adoptable.
+    let mut adopted: BTreeSet<ObjectRef> = BTreeSet::new();
+    for (obj, origin) in desired.objects() {
+        let exists = exists(server(&obj.server), &obj);
+        match records.get(&obj) {
+            Some(rec) if &rec.origin != origin => p.problems.push(format!(
+                "name clash: {} is already managed by pgplane for {}, and {} wants it too; change a name or the naming templates",
+                obj.display(),
+                rec.origin.describe(),
+                origin.describe()
+            )),
+            Some(_) => {}
+            None if exists == Some(true) && obj.kind == ObjectKind::Extension => {}
+            None if exists == Some(true) => {
+                if opts.adopt {
+                    adopted.insert(obj.clone());
+                    p.push(
+                        ActionKind::Adopt,
+                        &obj,
+                        None,
+                        Sql::default(),
+                        "exists and --adopt was given: pgplane records it as its own",
+                        RecordChange::Claim(Record { object: obj.clone(), origin: origin.clone() }),
+                    );
+                } else {
+                    p.problems.push(format!(
+                        "{} already exists and pgplane does not manage it (wanted by {}); \
+                         adopt it with `pgplane adopt` or `pgplane apply --adopt`, or change the naming templates",
+                        obj.display(),
+                        origin.describe()
+                    ));
+                }
+            }
+            None => {}
+        }
+    }
+    if !p.problems.is_empty() {
+        return Err(PlanError { problems: p.problems });
+    }
+
+    let desired_refs: BTreeSet<ObjectRef> = desired.objects().into_iter().map(|(o, _)| o).collect();
+    p.roles(&server, &adopted);
+    p.databases(&server);
+    p.contents(&server);
+    p.role_settings(&server);
+    let orphans = p.orphans(&server, &desired_refs);
+
+    let mut shortened = Vec::new();
+    for r in &desired.roles {
+        if let Some(l) = &r.long_name {
+            shortened.push((l.clone(), r.name.clone()));
+        }
+    }
+    for d in &desired.databases {
+        if let Some(l) = &d.long_name {
+            shortened.push((l.clone(), d.name.clone()));
+        }
+    }
+    for s in &desired.schemas {
+        if let Some(l) = &s.long_name {
+            shortened.push((l.clone(), s.name.clone()));
+        }
+    }
+    shortened.sort();
+    shortened.dedup();
+    Ok(Plan { env: desired.env.clone(), actions: p.actions, orphans, shortened })
+}
+
+/// `Some(true)` exists, `Some(false)` absent, `None` unknown (database contents not read).
+fn exists(server: &ServerState, obj: &ObjectRef) -> Option<bool> {
+    match obj.kind {
+        ObjectKind::Role => Some(server.roles.contains_key(&obj.name)),
+        ObjectKind::Database => Some(server.databases.contains_key(&obj.name)),
+        ObjectKind::Schema | ObjectKind::Extension => match server.databases.get(&obj.database) {
+            None => Some(false),
+            Some(db) => match &db.contents {
+                Contents::Unknown => None,
+                Contents::Known(c) if obj.kind == ObjectKind::Schema => Some(c.schemas.contains_key(&obj.name)),
+                Contents::Known(c) => Some(c.extensions.contains(&obj.name)),
+            },
+        },
+    }
+}
+
+struct Planner<'a> {
+    desired: &'a Desired,
+    observed: &'a Observed,
+    opts: PlanOptions,
+    actions: Vec<Action>,
+    problems: Vec<String>,
+}
+
+impl Planner<'_> {
+    fn push(&mut self, kind: ActionKind, obj: &ObjectRef, db: Option<&str>, sql: Sql, why: &str, record: RecordChange) {
+        self.actions.push(Action {
+            kind,
+            target: obj.display(),
+            server: obj.server.clone(),
+            database: db.map(str::to_string),
+            sql,
+            why: why.to_string(),
+            record,
+        });
+    }
+
+    fn roles<'s>(&mut self, server: &impl Fn(&str) -> &'s ServerState, adopted: &BTreeSet<ObjectRef>) {
+        for r in &self.desired.roles {
+            let obj = ObjectRef::cluster(&r.server, ObjectKind::Role, &r.name);
+            match server(&r.server).roles.get(&r.name) {
+                None => {
+                    let sql = Sql(vec![
+                        SqlPart::Text(format!(
+                            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT PASSWORD ",
+                            q(&r.name)
+                        )),
+                        SqlPart::Password { role: r.name.clone() },
+                    ]);
+                    let rec = RecordChange::Claim(Record { object: obj.clone(), origin: r.origin.clone() });
+                    self.push(ActionKind::CreateRole, &obj, None, sql, &format!("{} is missing", obj.display()), rec);
+                }
+                Some(state) => {
+                    let want = RoleState::default();
+                    let mut fixes = Vec::new();
+                    let mut why = Vec::new();
+                    let attrs = [
+                        ("LOGIN", "NOLOGIN", want.login, state.login),
+                        ("SUPERUSER", "NOSUPERUSER", want.superuser, state.superuser),
+                        ("CREATEDB", "NOCREATEDB", want.createdb, state.createdb),
+                        ("CREATEROLE", "NOCREATEROLE", want.createrole, state.createrole),
+                        ("REPLICATION", "NOREPLICATION", want.replication, state.replication),
+                        ("BYPASSRLS", "NOBYPASSRLS", want.bypassrls, state.bypassrls),
+                        ("INHERIT", "NOINHERIT", want.inherit, state.inherit),
+                    ];
+                    for (on, off, want, have) in attrs {
+                        if want != have {
+                            fixes.push(if want { on } else { off });
+                            why.push(if have { on } else { off });
+                        }
+                    }
+                    if !fixes.is_empty() {
+                        let sql = Sql::text(format!("ALTER ROLE {} {}", q(&r.name), fixes.join(" ")));
+                        let why = format!("drift: role has {}", why.join(" "));
+                        self.push(ActionKind::AlterRole, &obj, None, sql, &why, RecordChange::None);
+                    }
+                    if adopted.contains(&obj) {
+                        let sql = Sql(vec![
+                            SqlPart::Text(format!("ALTER ROLE {} PASSWORD ", q(&r.name))),
+                            SqlPart::Password { role: r.name.clone() },
+                        ]);
+                        let why = "adopted: pgplane sets a password it can hand out with `pgplane credentials`";
+                        self.push(ActionKind::SetPassword, &obj, None, sql, why, RecordChange::None);
+                    }
+                }
+            }
+        }
+    }
+
+    fn databases<'s>(&mut self, server: &impl Fn(&str) -> &'s ServerState) {
+        for d in &self.desired.databases {
+            let obj = ObjectRef::cluster(&d.server, ObjectKind::Database, &d.name);
+            let grant_all_connects = |p: &mut Self, missing: &BTreeSet<String>| {
+                for role in missing {
+                    let sql = Sql::text(format!("GRANT CONNECT ON DATABASE {} TO {}", q(&d.name), q(role)));
+                    let why = format!("role {role} must be able to connect");
+                    p.push(ActionKind::GrantConnect, &obj, None, sql, &why, RecordChange::None);
+                }
+            };
+            match server(&d.server).databases.get(&d.name) {
+                None => {
+                    let sql = Sql::text(format!(
+                        "CREATE DATABASE {} OWNER {} CONNECTION LIMIT {}",
+                        q(&d.name),
+                        q(&d.owner),
+                        d.connection_limit
+                    ));
+                    let rec = RecordChange::Claim(Record { object: obj.clone(), origin: d.origin.clone() });
+                    self.push(ActionKind::CreateDatabase, &obj, None, sql, &format!("{} is missing", obj.display()), rec);
+                    let sql = Sql::text(format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", q(&d.name)));
+                    let why = "least privilege: only the module's roles may connect";
+                    self.push(ActionKind::RevokePublic, &obj, None, sql, why, RecordChange::None);
+                    grant_all_connects(self, &d.connect);
+                }
+                Some(state) => {
+                    if state.owner != d.owner {
+                        let sql = Sql::text(format!("ALTER DATABASE {} OWNER TO {}", q(&d.name), q(&d.owner)));
+                        let why = format!("drift: owner is {}", state.owner);
+                        self.push(ActionKind::AlterDatabaseOwner, &obj, None, sql, &why, RecordChange::None);
+                    }
+                    if state.connection_limit != d.connection_limit {
+                        let sql = Sql::text(format!("ALTER DATABASE {} CONNECTION LIMIT {}", q(&d.name), d.connection_limit));
+                        let why = format!("connection limit is {}, want {}", state.connection_limit, d.connection_limit);
+                        self.push(ActionKind::AlterDatabaseConnectionLimit, &obj, None, sql, &why, RecordChange::None);
+                    }
+                    if let Some(privs) = state.privileges.get(PUBLIC).filter(|p| !p.is_empty()) {
+                        let sql = Sql::text(format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", q(&d.name)));
+                        let why = format!(
+                            "drift: PUBLIC has {}",
+                            privs.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+                        );
+                        self.push(ActionKind::RevokePublic, &obj, None, sql, &why, RecordChange::None);
+                    }
+                    let missing: BTreeSet<String> = d
+                        .connect
+                        .iter()
+                        .filter(|r| !state.privileges.get(*r).is_some_and(|p| p.contains("CONNECT")))
+                        .cloned()
+                        .collect();
+                    grant_all_connects(self, &missing);
+                }
+            }
+        }
+    }
+
+    fn contents<'s>(&mut self, server: &impl Fn(&str) -> &'s ServerState) {
+        let managed_roles: BTreeSet<&str> = self.desired.roles.iter().map(|r| r.name.as_str()).collect();
+        for d in &self.desired.databases {
+            let readers: Vec<(String, String)> = self
+                .desired
+                .read_grants
+                .iter()
+                .filter(|g| g.server == d.server && g.database == d.name)
+                .map(|g| (g.schema.clone(), g.reader.clone()))
+                .collect();
+            let fresh;
+            let contents = match server(&d.server).databases.get(&d.name) {
+                None => {
+                    fresh = DbContents::fresh(readers.clone());
+                    &fresh
+                }
+                Some(state) => match &state.contents {
+                    Contents::Known(c) => c,
+                    Contents::Unknown => {
+                        self.problems.push(format!("database {} could not be read; run plan again", d.name));
+                        continue;
+                    }
+                },
+            };
+            let db = Some(d.name.as_str());
+
+            // PostgreSQL 15 revokes CREATE on public from PUBLIC; keep it that way.
+            if let Some(public) = contents.schemas.get("public") {
+                if public.privileges.get(PUBLIC).is_some_and(|p| p.contains("CREATE")) {
+                    let obj = ObjectRef::in_db(&d.server, ObjectKind::Schema, &d.name, "public");
+                    let sql = Sql::text("REVOKE CREATE ON SCHEMA public FROM PUBLIC");
+                    self.push(ActionKind::RevokeSchema, &obj, db, sql, "drift: PUBLIC may create in public", RecordChange::None);
+                }
+            }
+
+            for s in self.desired.schemas.iter().filter(|s| s.server == d.server && s.database == d.name) {
+                let obj = ObjectRef::in_db(&s.server, ObjectKind::Schema, &s.database, &s.name);
+                let readers: BTreeSet<&str> = self
+                    .desired
+                    .read_grants
+                    .iter()
+                    .filter(|g| g.server == s.server && g.database == s.database && g.schema == s.name)
+                    .map(|g| g.reader.as_str())
+                    .collect();
+                match contents.schemas.get(&s.name) {
+                    None => {
+                        let sql = Sql::text(format!("CREATE SCHEMA {} AUTHORIZATION {}", q(&s.name), q(&s.owner)));
+                        let rec = RecordChange::Claim(Record { object: obj.clone(), origin: s.origin.clone() });
+                        self.push(ActionKind::CreateSchema, &obj, db, sql, &format!("{} is missing", obj.display()), rec);
+                    }
+                    Some(state) => {
+                        if state.owner != s.owner {
+                            let sql = Sql::text(format!("ALTER SCHEMA {} OWNER TO {}", q(&s.name), q(&s.owner)));
+                            let why = format!("drift: owner is {}", state.owner);
+                            self.push(ActionKind::AlterSchemaOwner, &obj, db, sql, &why, RecordChange::None);
+                        }
+                        // Isolation: nobody but its owner and readers reaches a tenant's schema.
+                        for (grantee, privs) in &state.privileges {
+                            let foreign = grantee == PUBLIC
+                                || (managed_roles.contains(grantee.as_str())
+                                    && grantee != &s.owner
+                                    && !readers.contains(grantee.as_str()));
+                            if foreign && !privs.is_empty() {
+                                let who = if grantee == PUBLIC { "PUBLIC".to_string() } else { q(grantee) };
+                                let sql = Sql::text(format!("REVOKE ALL ON SCHEMA {} FROM {who}", q(&s.name)));
+                                let why = format!("isolation: {grantee} must not reach this schema");
+                                self.push(ActionKind::RevokeSchema, &obj, db, sql, &why, RecordChange::None);
+                            }
+                        }
+                    }
+                }
+            }
+
+            for e in self.desired.extensions.iter().filter(|e| e.server == d.server && e.database == d.name) {
+                if !contents.extensions.contains(&e.name) {
+                    let obj = ObjectRef::in_db(&e.server, ObjectKind::Extension, &e.database, &e.name);
+                    let sql = Sql::text(format!("CREATE EXTENSION IF NOT EXISTS {}", q(&e.name)));
+                    let rec = RecordChange::Claim(Record { object: obj.clone(), origin: e.origin.clone() });
+                    self.push(ActionKind::CreateExtension, &obj, db, sql, &format!("{} is missing", obj.display()), rec);
+                }
+            }
+
+            for g in self.desired.read_grants.iter().filter(|g| g.server == d.server && g.database == d.name) {
+                let obj = ObjectRef::in_db(&g.server, ObjectKind::Schema, &g.database, &g.schema);
+                let schema_created = !contents.schemas.contains_key(&g.schema);
+                let has_usage = contents
+                    .schemas
+                    .get(&g.schema)
+                    .is_some_and(|s| s.privileges.get(&g.reader).is_some_and(|p| p.contains("USAGE")));
+                if !has_usage {
+                    let sql = Sql::text(format!("GRANT USAGE ON SCHEMA {} TO {}", q(&g.schema), q(&g.reader)));
+                    let why = format!("read-only role {} reads this schema", g.reader);
+                    self.push(ActionKind::GrantUsage, &obj, db, sql, &why, RecordChange::None);
+                }
+                if !schema_created && !contents.select_all.contains(&(g.schema.clone(), g.reader.clone())) {
+                    let sql = Sql::text(format!("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}", q(&g.schema), q(&g.reader)));
+                    let why = format!("read-only role {} lacks SELECT on some tables", g.reader);
+                    self.push(ActionKind::GrantSelect, &obj, db, sql, &why, RecordChange::None);
+                }
+                if !contents.default_select.contains(&(g.owner.clone(), g.schema.clone(), g.reader.clone())) {
+                    let sql = Sql::text(format!(
+                        "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT SELECT ON TABLES TO {}",
+                        q(&g.owner),
+                        q(&g.schema),
+                        q(&g.reader)
+                    ));
+                    let why = format!("future tables of {} must be readable by {}", g.owner, g.reader);
+                    self.push(ActionKind::DefaultPrivileges, &obj, db, sql, &why, RecordChange::None);
+                }
+            }
+        }
+    }
+
+    fn role_settings<'s>(&mut self, server: &impl Fn(&str) -> &'s ServerState) {
+        for s in &self.desired.role_settings {
+            let have = server(&s.server).role_settings.get(&(s.database.clone(), s.role.clone()));
+            let current = have.and_then(|cfg| {
+                cfg.iter().find_map(|c| c.strip_prefix("search_path=")).map(|v| v.replace('"', ""))
+            });
+            if current.as_deref() != Some(s.search_path.as_str()) {
+                let obj = ObjectRef::cluster(&s.server, ObjectKind::Role, &s.role);
+                let sql = Sql::text(format!(
+                    "ALTER ROLE {} IN DATABASE {} SET search_path TO {}",
+                    q(&s.role),
+                    q(&s.database),
+                    q(&s.search_path)
+                ));
+                let why = format!("the role works in schema {} by default", s.search_path);
+                self.push(ActionKind::SetSearchPath, &obj, None, sql, &why, RecordChange::None);
+            }
+        }
+    }
+
+    fn orphans<'s>(&mut self, server: &impl Fn(&str) -> &'s ServerState, desired: &BTreeSet<ObjectRef>) -> Vec<Orphan> {
+        let mut orphans: Vec<Orphan> = self
+            .observed
+            .records
+            .iter()
+            .filter(|r| r.origin.env == self.desired.env && !desired.contains(&r.object))
+            .map(|r| Orphan { record: r.clone(), exists: exists(server(&r.object.server), &r.object) != Some(false) })
+            .collect();
+        // Drop order: things inside databases, then databases, then roles.
+        let rank = |k: ObjectKind| match k {
+            ObjectKind::Extension => 0,
+            ObjectKind::Schema => 1,
+            ObjectKind::Database => 2,
+            ObjectKind::Role => 3,
+        };
+        orphans.sort_by(|a, b| {
+            (rank(a.record.object.kind), &a.record.object).cmp(&(rank(b.record.object.kind), &b.record.object))
+        });
+        if !self.opts.prune {
+            return orphans;
+        }
+        let dropped_dbs: BTreeSet<(String, String)> = orphans
+            .iter()
+            .filter(|o| o.record.object.kind == ObjectKind::Database && o.exists)
+            .map(|o| (o.record.object.server.clone(), o.record.object.name.clone()))
+            .collect();
+        for o in &orphans {
+            let obj = &o.record.object;
+            let forget = RecordChange::Forget(o.record.clone());
+            let db_gone = !obj.database.is_empty()
+                && (dropped_dbs.contains(&(obj.server.clone(), obj.database.clone()))
+                    || !server(&obj.server).databases.contains_key(&obj.database));
+            if !o.exists || db_gone {
+                let why = if o.exists { "its database is dropped" } else { "it no longer exists" };
+                self.push(ActionKind::Forget, obj, None, Sql::default(), why, forget);
+                continue;
+            }
+            let why = "removed from the manifest; --prune given";
+            match obj.kind {
+                ObjectKind::Extension => {
+                    let sql = Sql::text(format!("DROP EXTENSION {}", q(&obj.name)));
+                    self.push(ActionKind::DropExtension, obj, Some(&obj.database), sql, why, forget);
+                }
+                ObjectKind::Schema => {
+                    let sql = Sql::text(format!("DROP SCHEMA {} CASCADE", q(&obj.name)));
+                    self.push(ActionKind::DropSchema, obj, Some(&obj.database), sql, why, forget);
+                }
+                ObjectKind::Database => {
+                    let sql = Sql::text(format!("DROP DATABASE {} WITH (FORCE)", q(&obj.name)));
+                    self.push(ActionKind::DropDatabase, obj, None, sql, why, forget);
+                }
+                ObjectKind::Role => {
+                    let state = server(&obj.server).roles.get(&obj.name);
+                    let deps: Vec<String> = state
+                        .map(|s| s.dependent_databases.iter().cloned().collect())
+                        .unwrap_or_default();
+                    for dep in deps {
+                        if dropped_dbs.contains(&(obj.server.clone(), dep.clone())) {
+                            continue;
+                        }
+                        let sql = Sql::text(format!("DROP OWNED BY {}", q(&obj.name)));
+                        let why = format!("the role holds objects or privileges in {dep}");
+                        self.push(ActionKind::DropOwned, obj, Some(&dep), sql, &why, RecordChange::None);
+                    }
+                    // Privileges on shared objects (databases) go with DROP OWNED in any database.
+                    let sql = Sql::text(format!("DROP OWNED BY {}", q(&obj.name)));
+                    self.push(ActionKind::DropOwned, obj, None, sql, "revoke its privileges on databases", RecordChange::None);
+                    let sql = Sql::text(format!("DROP ROLE {}", q(&obj.name)));
+                    self.push(ActionKind::DropRole, obj, None, sql, why, forget);
+                }
+            }
+        }
+        orphans
+    }
+}
+
