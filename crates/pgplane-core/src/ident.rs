@@ -23,7 +23,8 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
         }
         Some(_) => {}
     }
-    if let Some(bad) = chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')) {
+    if let Some(bad) = chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+    {
         return Err(format!(
             "{what} name {name:?} contains {bad:?}; allowed are a-z, 0-9 and _ \
              (starting with a letter, at most 63 bytes)"
@@ -98,7 +99,16 @@ mod tests {
     fn safe_alphabet() {
         assert!(check_name("module", "registry").is_ok());
         assert!(check_name("module", "a_b9").is_ok());
-        for bad in ["", "Registry", "9lives", "_x", "re-gistry", "a b", "ä", "a;drop"] {
+        for bad in [
+            "",
+            "Registry",
+            "9lives",
+            "_x",
+            "re-gistry",
+            "a b",
+            "ä",
+            "a;drop",
+        ] {
             assert!(check_name("module", bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_name("env", &"a".repeat(64)).is_err());

@@ -102,10 +102,18 @@ impl DbContents {
                 owner: "pg_database_owner".into(),
                 privileges: BTreeMap::from([
                     (PUBLIC.to_string(), BTreeSet::from(["USAGE".to_string()])),
-                    ("pg_database_owner".to_string(), BTreeSet::from(["USAGE".to_string(), "CREATE".to_string()])),
+                    (
+                        "pg_database_owner".to_string(),
+                        BTreeSet::from(["USAGE".to_string(), "CREATE".to_string()]),
+                    ),
                 ]),
             },
         );
-        DbContents { schemas, extensions: BTreeSet::new(), default_select: BTreeSet::new(), select_all: readers.into_iter().collect() }
+        DbContents {
+            schemas,
+            extensions: BTreeSet::new(),
+            default_select: BTreeSet::new(),
+            select_all: readers.into_iter().collect(),
+        }
     }
 }

@@ -1,0 +1,11 @@
+-- Roles with their attributes and the databases where they own objects or hold
+-- privileges (pg_shdepend is a shared catalog: one query covers every database).
+SELECT r.rolname,
+       r.rolcanlogin, r.rolsuper, r.rolcreatedb, r.rolcreaterole,
+       r.rolreplication, r.rolbypassrls, r.rolinherit,
+       ARRAY(SELECT DISTINCT d.datname::text
+               FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid
+              WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = r.oid
+              ORDER BY 1) AS dependent_databases
+  FROM pg_roles r
+ WHERE r.rolname !~ '^pg_'

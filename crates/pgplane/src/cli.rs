@@ -1,0 +1,260 @@
+//! Raw command-line arguments (clap derive). Doc comments are the `--help` text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// pgplane: the control plane for shared PostgreSQL.
+///
+/// Describe modules and tenants in pgplane.yaml; `pgplane plan` shows what must change on
+/// the server(s), `pgplane apply` makes it so, `pgplane credentials` hands each module its
+/// connection settings. With no `servers:` in the manifest pgplane runs an embedded local
+/// PostgreSQL in $PGPLANE_HOME/local.
+///
+/// Exit codes: 0 success; 1 error (nothing was executed when the input was bad);
+/// 2 `plan --detailed-exitcode` found changes; 3 `local status` found no running server.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgplane",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// pgplane's home folder: the secret key and the embedded server live here.
+    #[arg(long, global = true, env = "PGPLANE_HOME", default_value = ".pgplane")]
+    pub home: PathBuf,
+
+    /// Log more (-v info, -vv debug). Logs go to stderr; PGPLANE_LOG=debug works too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PGPLANE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what apply would change, without changing anything.
+    ///
+    /// Reads the manifest, the catalog of every server and the control database, and
+    /// prints the ordered actions with their SQL (passwords redacted), orphaned objects and
+    /// a summary. Creates nothing, not even the control database.
+    Plan(PlanArgs),
+    /// Make the servers match the manifest.
+    ///
+    /// Computes the same plan as `plan`, shows it, asks (on a terminal) and runs it with a
+    /// progress bar. Serialized with other pgplane processes by a lock on the first server.
+    /// A second apply of the same manifest changes nothing.
+    Apply(ApplyArgs),
+    /// Record existing objects with target names as managed by pgplane.
+    ///
+    /// For databases or roles created before pgplane: they become pgplane's (their
+    /// passwords are reset so that `credentials` can hand them out). Run `apply` afterwards
+    /// to repair owners and privileges.
+    Adopt(AdoptArgs),
+    /// Show what pgplane manages, per environment, and any drift from the manifest.
+    Status(StatusArgs),
+    /// Print the connection settings a module (or tenant) deploys with.
+    Credentials(CredentialsArgs),
+    /// Manage the embedded local PostgreSQL server.
+    Local {
+        #[command(subcommand)]
+        command: LocalCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    /// The manifest file.
+    #[arg(short = 'f', long = "file", default_value = "pgplane.yaml")]
+    pub file: PathBuf,
+    /// Environment (sandbox) name; defaults to the manifest's `environment:`.
+    #[arg(long, env = "PGPLANE_ENV")]
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// Print JSON: {"changes": N, "actions": [{"kind", "target", "sql", ...}], ...}.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 0 when there are no changes, 2 when there are, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Include drops of orphaned objects (as `apply --prune` would run).
+    #[arg(long)]
+    pub prune: bool,
+    /// Include adoption of existing unmanaged objects (as `apply --adopt` would run).
+    #[arg(long)]
+    pub adopt: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Drop managed objects that are no longer in the manifest. Never touches objects
+    /// pgplane does not manage.
+    #[arg(long)]
+    pub prune: bool,
+    /// Take over existing objects with target names that pgplane does not manage.
+    #[arg(long)]
+    pub adopt: bool,
+    /// How long to wait for another pgplane operation on the same server (e.g. 30s, 5m).
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait for another pgplane operation on the same server.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The manifest: which servers to read, and the desired state to compare with.
+    #[arg(short = 'f', long = "file", default_value = "pgplane.yaml")]
+    pub file: PathBuf,
+    /// Only this environment (default: every environment pgplane manages).
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CredentialFormat {
+    /// postgresql://USER:PASSWORD@HOST:PORT/DATABASE, usable by psql as is.
+    Url,
+    /// PGHOST=... lines plus DATABASE_URL, for env files.
+    Env,
+    /// One JSON object.
+    Json,
+    /// A Kubernetes Secret manifest (stringData).
+    K8sSecret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleChoice {
+    /// The owner (or tenant) role: owns the storage, migrates it.
+    Owner,
+    /// The read-only role (needs `readonly_role: true`).
+    Readonly,
+}
+
+#[derive(Debug, Args)]
+pub struct CredentialsArgs {
+    /// The module, as named in the manifest.
+    pub module: String,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// The tenant, for schema-per-tenant and database-per-tenant modules.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Which role's credentials.
+    #[arg(long, value_enum, default_value_t = RoleChoice::Owner)]
+    pub role: RoleChoice,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = CredentialFormat::Url)]
+    pub format: CredentialFormat,
+    /// Change the password first (the old one stops working).
+    #[arg(long)]
+    pub rotate: bool,
+    /// Name of the Kubernetes Secret (default: ENV-MODULE[-TENANT][-readonly]-db).
+    #[arg(long)]
+    pub k8s_name: Option<String>,
+    /// Kubernetes namespace for the Secret.
+    #[arg(long)]
+    pub k8s_namespace: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocalCommand {
+    /// Initialise (first time) and start the embedded server; no-op when it runs.
+    Start {
+        /// TCP port on 127.0.0.1 (default: the saved one, or a free one the first time).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the embedded server.
+    Stop,
+    /// Show whether the embedded server runs (exit 3 when it does not).
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the admin connection URL of the embedded server.
+    Url,
+}
+
+/// `250ms`, `30s`, `5m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; write e.g. 250ms, 30s, 5m or 1h"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s, m or h")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

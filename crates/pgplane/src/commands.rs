@@ -1,0 +1,514 @@
+//! Command handlers: thin front ends over [`crate::ops`]. Each returns the exit code.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+
+use anyhow::{bail, Context, Result};
+use pgplane_core::model::{ObjectKind, Record};
+use pgplane_core::plan::{ActionKind, PlanOptions};
+use pgplane_core::render;
+use serde_json::json;
+
+use crate::cli::{
+    AdoptArgs, ApplyArgs, CredentialFormat, CredentialsArgs, LocalCommand, PlanArgs, RoleChoice,
+    StatusArgs,
+};
+use crate::conn::Servers;
+use crate::ops::{self, Ctx, Session};
+use crate::{control, exec, observe, output, secrets};
+
+pub async fn plan(ctx: &mut Ctx, args: PlanArgs) -> Result<i32> {
+    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
+    let plan = s
+        .plan_readonly(PlanOptions {
+            prune: args.prune,
+            adopt: args.adopt,
+        })
+        .await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&render::plan_json(&plan))?
+        );
+    } else {
+        print!("{}", render::plan_text(&plan));
+    }
+    Ok(if args.detailed_exitcode && plan.changes() > 0 {
+        2
+    } else {
+        0
+    })
+}
+
+fn require_confirmation_possible(yes: bool, verb: &str) -> Result<()> {
+    if !yes && !std::io::stdin().is_terminal() {
+        bail!("refusing to {verb} without confirmation: stdin is not a terminal; pass --yes to {verb} non-interactively");
+    }
+    Ok(())
+}
+
+pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
+    require_confirmation_possible(args.yes, "apply")?;
+    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
+    let locked = s
+        .lock_and_plan(
+            PlanOptions {
+                prune: args.prune,
+                adopt: args.adopt,
+            },
+            args.lock_timeout,
+        )
+        .await?;
+    run_locked(ctx, &s, locked, "apply", args.yes, args.json).await
+}
+
+pub async fn adopt(ctx: &mut Ctx, args: AdoptArgs) -> Result<i32> {
+    require_confirmation_possible(args.yes, "adopt")?;
+    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
+    let mut locked = s
+        .lock_and_plan(
+            PlanOptions {
+                prune: false,
+                adopt: true,
+            },
+            args.lock_timeout,
+        )
+        .await?;
+    locked
+        .plan
+        .actions
+        .retain(|a| matches!(a.kind, ActionKind::Adopt | ActionKind::SetPassword));
+    locked.plan.orphans.clear();
+    run_locked(ctx, &s, locked, "adopt", args.yes, args.json).await
+}
+
+async fn run_locked(
+    ctx: &mut Ctx,
+    s: &Session,
+    locked: ops::Locked,
+    kind: &str,
+    yes: bool,
+    json: bool,
+) -> Result<i32> {
+    let plan = &locked.plan;
+    if plan.changes() == 0 {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &json!({"changes": 0, "applied": 0, "actions": [], "orphans": plan.orphans})
+                )?
+            );
+        } else {
+            print!("{}", render::plan_text(plan));
+        }
+        return Ok(0);
+    }
+    if !json || !yes {
+        // On a terminal the plan is shown before the question; with --json it goes to stderr.
+        let text = render::plan_text(plan);
+        if json {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+        }
+    }
+    if !yes && !output::confirm(&format!("{kind} these {} changes?", plan.changes())) {
+        eprintln!("pgplane: {kind} cancelled; nothing was changed");
+        return Ok(1);
+    }
+    let progress = output::progress();
+    let applied = s.execute(ctx, &locked, kind, progress.as_ref()).await?;
+    if json {
+        let mut doc = render::plan_json(plan);
+        doc["applied"] = json!(applied);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("Applied {applied} changes (env {}).", plan.env);
+    }
+    Ok(0)
+}
+
+pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
+    let manifest = ops::load_manifest(&args.file)?;
+    let servers = Servers::resolve(&manifest, &ctx.local, ctx.keys()?)?;
+    let admins = servers.connect_all().await?;
+    let first = servers.first();
+    let records = match control::open_existing(first, &admins[&first.name]).await? {
+        Some(c) => control::read_records(&c).await?,
+        None => Vec::new(),
+    };
+    let mut envs: BTreeMap<String, Vec<&Record>> = BTreeMap::new();
+    for r in &records {
+        if args.env.as_ref().is_none_or(|e| *e == r.origin.env) {
+            envs.entry(r.origin.env.clone()).or_default().push(r);
+        }
+    }
+    let mut out = Vec::new();
+    for (env, recs) in &envs {
+        // Drift: what apply would repair for this env, per object.
+        let desired = pgplane_core::model::Desired::build(&manifest, env).ok();
+        let (observed, plan) = match &desired {
+            Some(d) => {
+                let obs = observe::observe(&servers, &admins, d, records.clone()).await?;
+                let plan = pgplane_core::plan::plan(d, &obs, PlanOptions::default()).ok();
+                (obs, plan)
+            }
+            None => {
+                let empty = pgplane_core::model::Desired {
+                    env: env.clone(),
+                    ..Default::default()
+                };
+                (
+                    observe::observe(&servers, &admins, &empty, records.clone()).await?,
+                    None,
+                )
+            }
+        };
+        let mut objects = Vec::new();
+        for r in recs {
+            let server = observed.servers.get(&r.object.server);
+            let exists = server.map(|s| match r.object.kind {
+                ObjectKind::Role => s.roles.contains_key(&r.object.name),
+                ObjectKind::Database => s.databases.contains_key(&r.object.name),
+                ObjectKind::Schema | ObjectKind::Extension => {
+                    match s.databases.get(&r.object.database).map(|d| &d.contents) {
+                        Some(pgplane_core::observed::Contents::Known(c))
+                            if r.object.kind == ObjectKind::Schema =>
+                        {
+                            c.schemas.contains_key(&r.object.name)
+                        }
+                        Some(pgplane_core::observed::Contents::Known(c)) => {
+                            c.extensions.contains(&r.object.name)
+                        }
+                        _ => false,
+                    }
+                }
+            });
+            let display = r.object.display();
+            let drift: Vec<_> = plan
+                .iter()
+                .flat_map(|p| p.actions.iter())
+                .filter(|a| a.target == display && a.kind != ActionKind::Adopt)
+                .map(|a| json!({"kind": a.kind.as_str(), "why": a.why, "sql": a.sql.redacted()}))
+                .collect();
+            let in_manifest = desired
+                .as_ref()
+                .map(|d| d.objects().iter().any(|(o, _)| *o == r.object));
+            objects.push(json!({
+                "kind": r.object.kind.as_str(),
+                "name": r.object.name,
+                "database": if r.object.database.is_empty() { None } else { Some(&r.object.database) },
+                "server": r.object.server,
+                "module": r.origin.module,
+                "tenant": r.origin.tenant,
+                "purpose": r.origin.purpose.as_str(),
+                "exists": exists,
+                "in_manifest": in_manifest,
+                "drift": drift,
+            }));
+        }
+        out.push(json!({"env": env, "objects": objects}));
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"environments": out}))?
+        );
+        return Ok(0);
+    }
+    if out.is_empty() {
+        println!(
+            "pgplane manages nothing yet{}.",
+            args.env.map(|e| format!(" in env {e}")).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    for env in &out {
+        let objects = env["objects"].as_array().cloned().unwrap_or_default();
+        let drifted = objects
+            .iter()
+            .filter(|o| o["drift"].as_array().is_some_and(|d| !d.is_empty()))
+            .count();
+        println!(
+            "env {} ({} objects, {} with drift)",
+            env["env"].as_str().unwrap_or(""),
+            objects.len(),
+            drifted
+        );
+        for o in objects {
+            let name = match o["database"].as_str() {
+                Some(db) => format!("{db}.{}", o["name"].as_str().unwrap_or("")),
+                None => o["name"].as_str().unwrap_or("").to_string(),
+            };
+            let mut state = match o["exists"].as_bool() {
+                Some(true) => "ok".to_string(),
+                Some(false) => "MISSING".to_string(),
+                None => "unknown".to_string(),
+            };
+            if o["in_manifest"] == json!(false) {
+                state.push_str(", orphaned");
+            }
+            for d in o["drift"].as_array().into_iter().flatten() {
+                state.push_str(&format!("; drift: {}", d["why"].as_str().unwrap_or("")));
+            }
+            println!(
+                "  {:<9} {:<40} {:<8} {:<12} {}",
+                o["kind"].as_str().unwrap_or(""),
+                name,
+                o["server"].as_str().unwrap_or(""),
+                o["module"].as_str().unwrap_or(""),
+                state
+            );
+        }
+    }
+    Ok(0)
+}
+
+pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
+    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
+    let module = s.manifest.module(&args.module).with_context(|| {
+        format!(
+            "module {:?} is not in {} (modules: {})",
+            args.module,
+            s.manifest.file.display(),
+            s.manifest
+                .modules
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let per_tenant = module.storage != pgplane_core::manifest::Storage::Database;
+    match (&args.tenant, per_tenant) {
+        (None, true) => bail!(
+            "module {} has `storage: {}`; pass --tenant NAME",
+            module.name,
+            module.storage.as_str()
+        ),
+        (Some(_), false) => bail!(
+            "module {} has `storage: database` (no tenants); drop --tenant",
+            module.name
+        ),
+        _ => {}
+    }
+    let endpoint = s
+        .desired
+        .endpoint(&module.name, args.tenant.as_deref())
+        .with_context(|| {
+            format!(
+                "tenant {:?} does not enable module {} in the manifest",
+                args.tenant.as_deref().unwrap_or(""),
+                module.name
+            )
+        })?;
+    let role = match args.role {
+        RoleChoice::Owner => endpoint.owner_role.clone(),
+        RoleChoice::Readonly => endpoint.readonly_role.clone().with_context(|| {
+            format!(
+                "module {} has no read-only role; set `readonly_role: true` and apply",
+                module.name
+            )
+        })?,
+    };
+    let target = s.servers.get(&endpoint.server)?.clone();
+    let not_applied =
+        || format!("role {role} is not provisioned by pgplane yet; run `pgplane apply` first");
+    let (generation, _lock) = if args.rotate {
+        let lock = control::lock(
+            s.servers.first(),
+            std::time::Duration::from_secs(300),
+            |_| tracing::warn!("waiting for another pgplane operation on this server"),
+        )
+        .await?;
+        let c = control::ensure(s.servers.first(), s.first_admin()).await?;
+        ensure_managed(&c, &endpoint.server, &role)
+            .await
+            .with_context(not_applied)?;
+        let op = control::op_start(&c, "rotate", Some(&s.desired.env)).await?;
+        let generation = control::bump_generation(&c, &endpoint.server, &role).await?;
+        let password = ctx.keys()?.password(&endpoint.server, &role, generation);
+        let sql = format!(
+            "ALTER ROLE {} PASSWORD {}",
+            pgplane_core::ident::quote_ident(&role),
+            pgplane_core::ident::quote_literal(&secrets::scram_verifier(&password))
+        );
+        let result = s.admins[&endpoint.server]
+            .batch_execute(&sql)
+            .await
+            .map_err(exec::pg_error);
+        control::op_finish(
+            &c,
+            op,
+            1,
+            result.as_ref().err().map(|e| e.to_string()).as_deref(),
+        )
+        .await?;
+        result.context("changing the password")?;
+        (generation, Some(lock))
+    } else {
+        let c = control::open_existing(s.servers.first(), s.first_admin())
+            .await?
+            .with_context(not_applied)?;
+        ensure_managed(&c, &endpoint.server, &role)
+            .await
+            .with_context(not_applied)?;
+        (
+            control::generation(&c, &endpoint.server, &role).await?,
+            None,
+        )
+    };
+    let password = ctx.keys()?.password(&endpoint.server, &role, generation);
+    let (host, port) = target.host_port();
+    let url = format!(
+        "postgresql://{role}:{password}@{}:{port}/{}",
+        url_host(&host),
+        endpoint.database
+    );
+    let print = |k: &str, v: &str| format!("{k}={v}");
+    match args.format {
+        CredentialFormat::Url => println!("{url}"),
+        CredentialFormat::Env => {
+            let mut lines = vec![
+                print("PGHOST", &host),
+                print("PGPORT", &port.to_string()),
+                print("PGDATABASE", &endpoint.database),
+                print("PGUSER", &role),
+                print("PGPASSWORD", &password),
+            ];
+            if let Some(schema) = &endpoint.schema {
+                lines.push(print("PGOPTIONS", &format!("-c search_path={schema}")));
+                lines.push(print("DATABASE_SCHEMA", schema));
+            }
+            lines.push(print("DATABASE_URL", &url));
+            println!("{}", lines.join("\n"));
+        }
+        CredentialFormat::Json => {
+            let doc = json!({
+                "host": host, "port": port, "database": endpoint.database, "user": role,
+                "password": password, "schema": endpoint.schema, "url": url,
+                "module": endpoint.module, "tenant": endpoint.tenant, "env": s.desired.env,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        CredentialFormat::K8sSecret => {
+            let mut name = format!("{}-{}", s.desired.env, endpoint.module);
+            if let Some(t) = &endpoint.tenant {
+                name.push_str(&format!("-{t}"));
+            }
+            if args.role == RoleChoice::Readonly {
+                name.push_str("-readonly");
+            }
+            name.push_str("-db");
+            let name = args
+                .k8s_name
+                .clone()
+                .unwrap_or_else(|| name.replace('_', "-"));
+            let q = |v: &str| serde_json::to_string(v).expect("strings serialize");
+            let mut doc = format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {}\n",
+                q(&name)
+            );
+            if let Some(ns) = &args.k8s_namespace {
+                doc.push_str(&format!("  namespace: {}\n", q(ns)));
+            }
+            doc.push_str("  labels:\n    app.kubernetes.io/managed-by: pgplane\n");
+            doc.push_str(&format!(
+                "    pgplane.io/env: {}\n    pgplane.io/module: {}\n",
+                q(&s.desired.env),
+                q(&endpoint.module)
+            ));
+            doc.push_str("type: Opaque\nstringData:\n");
+            let mut data = vec![
+                ("PGHOST", host.clone()),
+                ("PGPORT", port.to_string()),
+                ("PGDATABASE", endpoint.database.clone()),
+                ("PGUSER", role.clone()),
+                ("PGPASSWORD", password.clone()),
+            ];
+            if let Some(schema) = &endpoint.schema {
+                data.push(("DATABASE_SCHEMA", schema.clone()));
+            }
+            data.push(("DATABASE_URL", url.clone()));
+            for (k, v) in data {
+                doc.push_str(&format!("  {k}: {}\n", q(&v)));
+            }
+            print!("{doc}");
+        }
+    }
+    Ok(0)
+}
+
+fn url_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+async fn ensure_managed(c: &tokio_postgres::Client, server: &str, role: &str) -> Result<()> {
+    let managed = control::read_records(c).await?.iter().any(|r| {
+        r.object.kind == ObjectKind::Role && r.object.server == server && r.object.name == role
+    });
+    if !managed {
+        bail!("pgplane does not manage role {role} on server {server}");
+    }
+    Ok(())
+}
+
+pub fn local(ctx: &mut Ctx, command: LocalCommand) -> Result<i32> {
+    match command {
+        LocalCommand::Start { port, json } => {
+            let keys = ctx.keys()?;
+            let st = ctx.local.start(keys, port)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                println!(
+                    "local PostgreSQL {} runs on 127.0.0.1:{} (pid {}, data {})",
+                    st.version.as_deref().unwrap_or("?"),
+                    st.port.unwrap_or(0),
+                    st.pid.unwrap_or(0),
+                    st.data_dir
+                );
+            }
+            Ok(0)
+        }
+        LocalCommand::Stop => {
+            if ctx.local.stop()? {
+                println!("local server stopped");
+            } else {
+                println!("local server was not running");
+            }
+            Ok(0)
+        }
+        LocalCommand::Status { json } => {
+            let st = ctx.local.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else if st.running {
+                println!(
+                    "running on 127.0.0.1:{} (pid {}, data {})",
+                    st.port.unwrap_or(0),
+                    st.pid.unwrap_or(0),
+                    st.data_dir
+                );
+            } else if st.initialized {
+                println!("stopped (data {})", st.data_dir);
+            } else {
+                println!(
+                    "not initialised ({} does not exist; `pgplane local start` creates it)",
+                    st.data_dir
+                );
+            }
+            Ok(if st.running { 0 } else { 3 })
+        }
+        LocalCommand::Url => {
+            let keys = ctx.keys()?;
+            println!("{}", ctx.local.url(keys)?);
+            Ok(0)
+        }
+    }
+}

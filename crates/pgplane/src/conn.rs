@@ -1,0 +1,126 @@
+//! Servers pgplane administers and connections to them.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pgplane_core::manifest::{Manifest, LOCAL_SERVER};
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::local::LocalServer;
+use crate::secrets::Keyring;
+
+/// A server by its manifest name, with its admin connection settings.
+#[derive(Clone)]
+pub struct Target {
+    pub name: String,
+    pub config: Config,
+}
+
+impl Target {
+    pub fn from_url(name: &str, url: &str) -> Result<Target> {
+        let config = Config::from_str(url).map_err(|e| {
+            anyhow::anyhow!("server {name}: the URL is not a valid PostgreSQL connection string ({e}); write postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+        })?;
+        Ok(Target {
+            name: name.to_string(),
+            config,
+        })
+    }
+
+    /// `host:port` for messages; never the password.
+    pub fn display(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!("{}:{port}", host)
+    }
+
+    pub fn host_port(&self) -> (String, u16) {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        (
+            host,
+            self.config.get_ports().first().copied().unwrap_or(5432),
+        )
+    }
+
+    /// Connects to `db`, or to the admin database of the URL.
+    pub async fn connect(&self, db: Option<&str>) -> Result<Client> {
+        let mut cfg = self.config.clone();
+        if let Some(db) = db {
+            cfg.dbname(db);
+        }
+        cfg.application_name("pgplane");
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(Duration::from_secs(10));
+        }
+        let (client, conn) = cfg.connect(NoTls).await.with_context(|| {
+            format!(
+                "connecting to server {} ({}) database {}",
+                self.name,
+                self.display(),
+                db.or(self.config.get_dbname()).unwrap_or("postgres")
+            )
+        })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+}
+
+/// The servers of a manifest in order; the first holds the control database.
+pub struct Servers {
+    pub list: Vec<Target>,
+}
+
+impl Servers {
+    /// Resolves the manifest's servers, starting the embedded one when none is listed.
+    pub fn resolve(manifest: &Manifest, local: &LocalServer, keys: &Keyring) -> Result<Servers> {
+        if manifest.servers.is_empty() {
+            return Ok(Servers {
+                list: vec![start_local(local, keys)?],
+            });
+        }
+        let list = manifest
+            .servers
+            .iter()
+            .map(|s| Target::from_url(&s.name, &s.url))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Servers { list })
+    }
+
+    pub fn first(&self) -> &Target {
+        &self.list[0]
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Target> {
+        self.list
+            .iter()
+            .find(|t| t.name == name)
+            .with_context(|| format!("unknown server {name}"))
+    }
+
+    pub async fn connect_all(&self) -> Result<BTreeMap<String, Client>> {
+        let mut out = BTreeMap::new();
+        for t in &self.list {
+            out.insert(t.name.clone(), t.connect(None).await?);
+        }
+        Ok(out)
+    }
+}
+
+pub fn start_local(local: &LocalServer, keys: &Keyring) -> Result<Target> {
+    local
+        .start(keys, None)
+        .context("starting the embedded local server (no `servers:` in the manifest)")?;
+    Target::from_url(LOCAL_SERVER, &local.url(keys)?)
+}

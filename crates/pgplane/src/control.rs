@@ -1,0 +1,280 @@
+//! The control database: `pgplane` on the first server, schema `pgplane`. Holds what
+//! pgplane manages, password generations and the operations journal.
+//!
+//! **Invariant:** read-only commands (`plan`, `status`, `credentials` without `--rotate`)
+//! never create or migrate it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use pgplane_core::model::{ObjectKind, ObjectRef, Origin, Purpose, Record};
+use tokio_postgres::Client;
+
+use crate::conn::Target;
+
+pub const CONTROL_DB: &str = "pgplane";
+
+/// Schema migrations of the control database, in order. Never edit a released one.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../sql/control/0001_init.sql"))];
+
+/// Advisory lock key that serializes every mutating pgplane operation on a server.
+const APPLY_LOCK_KEY: i64 = 0x7067_706c_616e_6501;
+/// Transaction lock key for migrating the control schema.
+const MIGRATE_LOCK_KEY: i64 = 0x7067_706c_616e_6502;
+
+pub async fn exists(admin: &Client) -> Result<bool> {
+    let row = admin
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+            &[&CONTROL_DB],
+        )
+        .await
+        .context("looking for the control database")?;
+    Ok(row.get(0))
+}
+
+/// Opens the control database if it exists, without changing anything.
+pub async fn open_existing(target: &Target, admin: &Client) -> Result<Option<Client>> {
+    if !exists(admin).await? {
+        return Ok(None);
+    }
+    let client = target.connect(Some(CONTROL_DB)).await?;
+    let version: Option<i32> = client
+        .query_one(
+            "SELECT CASE WHEN to_regclass('pgplane.schema_version') IS NULL THEN NULL
+                    ELSE (SELECT max(version) FROM pgplane.schema_version) END",
+            &[],
+        )
+        .await?
+        .get(0);
+    match version {
+        None => Ok(None),
+        Some(v) if v > latest() => bail!(
+            "the control database has schema version {v}, newer than this pgplane knows ({}); upgrade pgplane",
+            latest()
+        ),
+        Some(_) => Ok(Some(client)),
+    }
+}
+
+fn latest() -> i32 {
+    MIGRATIONS.last().map(|m| m.0).unwrap_or(0)
+}
+
+/// Creates the control database if needed and migrates its schema.
+pub async fn ensure(target: &Target, admin: &Client) -> Result<Client> {
+    if !exists(admin).await? {
+        match admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {}",
+                pgplane_core::ident::quote_ident(CONTROL_DB)
+            ))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+            Err(e) => return Err(e).context("creating the control database `pgplane`"),
+        }
+        admin
+            .batch_execute("REVOKE ALL ON DATABASE pgplane FROM PUBLIC")
+            .await
+            .context("restricting the control database")?;
+    }
+    let mut client = target.connect(Some(CONTROL_DB)).await?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK_KEY])
+        .await?;
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS pgplane;
+         CREATE TABLE IF NOT EXISTS pgplane.schema_version (
+             version    integer     PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .context("creating the control schema")?;
+    let current: i32 = tx
+        .query_one(
+            "SELECT COALESCE(max(version), 0) FROM pgplane.schema_version",
+            &[],
+        )
+        .await?
+        .get(0);
+    if current > latest() {
+        bail!("the control database has schema version {current}, newer than this pgplane knows ({}); upgrade pgplane", latest());
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.batch_execute(sql)
+            .await
+            .with_context(|| format!("migrating the control database to version {version}"))?;
+        tx.execute(
+            "INSERT INTO pgplane.schema_version (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(client)
+}
+
+pub async fn read_records(c: &Client) -> Result<Vec<Record>> {
+    let rows = c
+        .query(
+            "SELECT server, kind, database, name, env, module, tenant, purpose
+               FROM pgplane.objects ORDER BY server, kind, database, name",
+            &[],
+        )
+        .await
+        .context("reading managed objects from the control database")?;
+    rows.iter()
+        .map(|r| {
+            let kind: String = r.get(1);
+            let purpose: String = r.get(7);
+            Ok(Record {
+                object: ObjectRef {
+                    server: r.get(0),
+                    kind: ObjectKind::parse(&kind).with_context(|| {
+                        format!("unknown object kind {kind:?} in the control database")
+                    })?,
+                    database: r.get(2),
+                    name: r.get(3),
+                },
+                origin: Origin {
+                    env: r.get(4),
+                    module: r.get(5),
+                    tenant: r.get(6),
+                    purpose: Purpose::parse(&purpose).with_context(|| {
+                        format!("unknown purpose {purpose:?} in the control database")
+                    })?,
+                },
+            })
+        })
+        .collect()
+}
+
+pub async fn claim(c: &Client, r: &Record) -> Result<()> {
+    c.execute(
+        "INSERT INTO pgplane.objects (server, kind, database, name, env, module, tenant, purpose)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (server, kind, database, name) DO UPDATE
+            SET env = EXCLUDED.env, module = EXCLUDED.module, tenant = EXCLUDED.tenant, purpose = EXCLUDED.purpose",
+        &[
+            &r.object.server,
+            &r.object.kind.as_str(),
+            &r.object.database,
+            &r.object.name,
+            &r.origin.env,
+            &r.origin.module,
+            &r.origin.tenant,
+            &r.origin.purpose.as_str(),
+        ],
+    )
+    .await
+    .with_context(|| format!("recording {} in the control database", r.object.display()))?;
+    Ok(())
+}
+
+pub async fn forget(c: &Client, r: &Record) -> Result<()> {
+    c.execute(
+        "DELETE FROM pgplane.objects WHERE server = $1 AND kind = $2 AND database = $3 AND name = $4",
+        &[&r.object.server, &r.object.kind.as_str(), &r.object.database, &r.object.name],
+    )
+    .await
+    .with_context(|| format!("forgetting {} in the control database", r.object.display()))?;
+    c.execute(
+        "DELETE FROM pgplane.role_secrets WHERE server = $1 AND role = $2 AND $3 = 'role'",
+        &[&r.object.server, &r.object.name, &r.object.kind.as_str()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The current password generation of a role (1 when never rotated).
+pub async fn generation(c: &Client, server: &str, role: &str) -> Result<i32> {
+    let row = c
+        .query_opt(
+            "SELECT generation FROM pgplane.role_secrets WHERE server = $1 AND role = $2",
+            &[&server, &role],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)).unwrap_or(1))
+}
+
+pub async fn bump_generation(c: &Client, server: &str, role: &str) -> Result<i32> {
+    let row = c
+        .query_one(
+            "INSERT INTO pgplane.role_secrets (server, role, generation, rotated_at) VALUES ($1, $2, 2, now())
+             ON CONFLICT (server, role) DO UPDATE
+                SET generation = pgplane.role_secrets.generation + 1, rotated_at = now()
+             RETURNING generation",
+            &[&server, &role],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+pub async fn op_start(c: &Client, kind: &str, env: Option<&str>) -> Result<i64> {
+    let row = c
+        .query_one("INSERT INTO pgplane.operations (kind, env, status) VALUES ($1, $2, 'running') RETURNING id", &[&kind, &env])
+        .await?;
+    Ok(row.get(0))
+}
+
+pub async fn op_finish(c: &Client, id: i64, changes: usize, error: Option<&str>) -> Result<()> {
+    let status = if error.is_some() {
+        "failed"
+    } else {
+        "succeeded"
+    };
+    let changes = i32::try_from(changes).unwrap_or(i32::MAX);
+    c.execute(
+        "UPDATE pgplane.operations SET status = $2, changes = $3, error = $4, finished_at = now() WHERE id = $1",
+        &[&id, &status, &changes, &error],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A session advisory lock held on its own connection. Dropping it closes the
+/// connection, which releases the lock on every path — also when the process dies.
+pub struct ApplyLock {
+    _client: Client,
+}
+
+pub async fn lock(
+    target: &Target,
+    timeout: Duration,
+    on_wait: impl Fn(Option<i32>),
+) -> Result<ApplyLock> {
+    let client = target.connect(None).await?;
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&APPLY_LOCK_KEY])
+            .await?
+            .get(0);
+        if got {
+            return Ok(ApplyLock { _client: client });
+        }
+        if !told {
+            let holder: Option<i32> = client
+                .query_opt(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+                        AND ((classid::bigint << 32) | objid::bigint) = $1 LIMIT 1",
+                    &[&APPLY_LOCK_KEY],
+                )
+                .await?
+                .and_then(|r| r.get(0));
+            on_wait(holder);
+            told = true;
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "another pgplane operation holds the lock on server {} for more than {}s; try again later or raise --lock-timeout",
+                target.name,
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

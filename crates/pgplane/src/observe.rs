@@ -1,0 +1,177 @@
+//! Reads the catalog into [`Observed`]. Cluster-wide state comes from shared catalogs in
+//! a few queries on the admin connection; the inside of each relevant database needs
+//! one connection to it, made concurrently (bounded).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context, Result};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use pgplane_core::model::{Desired, Record};
+use pgplane_core::observed::{
+    Contents, DatabaseState, DbContents, Observed, Privileges, RoleState, SchemaState, ServerState,
+};
+use tokio_postgres::Client;
+
+use crate::conn::Servers;
+
+const ROLES: &str = include_str!("../sql/roles.sql");
+const DATABASES: &str = include_str!("../sql/databases.sql");
+const ROLE_SETTINGS: &str = include_str!("../sql/role_settings.sql");
+const SCHEMAS: &str = include_str!("../sql/schemas.sql");
+const EXTENSIONS: &str = include_str!("../sql/extensions.sql");
+const DEFAULT_SELECT: &str = include_str!("../sql/default_select.sql");
+const SELECT_ALL: &str = include_str!("../sql/select_all.sql");
+
+/// How many databases are read at once.
+const PARALLEL_READS: usize = 8;
+
+pub async fn observe(
+    servers: &Servers,
+    admins: &BTreeMap<String, Client>,
+    desired: &Desired,
+    records: Vec<Record>,
+) -> Result<Observed> {
+    let mut out = Observed {
+        servers: BTreeMap::new(),
+        records,
+    };
+    for target in &servers.list {
+        let admin = admins.get(&target.name).context("no admin connection")?;
+        let mut state = read_cluster(admin)
+            .await
+            .with_context(|| format!("reading the catalog of server {}", target.name))?;
+
+        // Databases whose inside matters: desired ones, and those holding records of this env.
+        let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for d in desired.databases.iter().filter(|d| d.server == target.name) {
+            wanted.entry(d.name.clone()).or_default();
+        }
+        for g in desired
+            .read_grants
+            .iter()
+            .filter(|g| g.server == target.name)
+        {
+            wanted
+                .entry(g.database.clone())
+                .or_default()
+                .insert(g.reader.clone());
+        }
+        for r in out
+            .records
+            .iter()
+            .filter(|r| r.object.server == target.name && r.origin.env == desired.env)
+        {
+            if !r.object.database.is_empty() {
+                wanted.entry(r.object.database.clone()).or_default();
+            }
+        }
+        wanted.retain(|db, _| state.databases.get(db).is_some_and(|d| !d.is_template));
+        let read: Vec<(String, DbContents)> =
+            stream::iter(wanted.into_iter().map(|(db, readers)| async move {
+                let client = target.connect(Some(&db)).await?;
+                let contents = read_contents(&client, &readers.into_iter().collect::<Vec<_>>())
+                    .await
+                    .with_context(|| format!("reading database {db} on server {}", target.name))?;
+                Ok::<_, anyhow::Error>((db, contents))
+            }))
+            .buffer_unordered(PARALLEL_READS)
+            .try_collect()
+            .await?;
+        for (db, contents) in read {
+            if let Some(d) = state.databases.get_mut(&db) {
+                d.contents = Contents::Known(contents);
+            }
+        }
+        out.servers.insert(target.name.clone(), state);
+    }
+    Ok(out)
+}
+
+fn privileges(pairs: Vec<String>) -> Privileges {
+    let mut map: Privileges = BTreeMap::new();
+    for p in pairs {
+        if let Some((grantee, privilege)) = p.rsplit_once(':') {
+            map.entry(grantee.to_string())
+                .or_default()
+                .insert(privilege.to_string());
+        }
+    }
+    map
+}
+
+pub async fn read_cluster(admin: &Client) -> Result<ServerState> {
+    let (roles, dbs, settings) = futures_util::try_join!(
+        admin.query(ROLES, &[]),
+        admin.query(DATABASES, &[]),
+        admin.query(ROLE_SETTINGS, &[])
+    )?;
+    let mut state = ServerState::default();
+    for r in roles {
+        let deps: Vec<String> = r.get(8);
+        state.roles.insert(
+            r.get(0),
+            RoleState {
+                login: r.get(1),
+                superuser: r.get(2),
+                createdb: r.get(3),
+                createrole: r.get(4),
+                replication: r.get(5),
+                bypassrls: r.get(6),
+                inherit: r.get(7),
+                dependent_databases: deps.into_iter().collect(),
+            },
+        );
+    }
+    for d in dbs {
+        state.databases.insert(
+            d.get(0),
+            DatabaseState {
+                owner: d.get(1),
+                connection_limit: d.get(2),
+                is_template: d.get(3),
+                privileges: privileges(d.get(4)),
+                contents: Contents::Unknown,
+            },
+        );
+    }
+    for s in settings {
+        let cfg: Option<Vec<String>> = s.get(2);
+        state
+            .role_settings
+            .insert((s.get(0), s.get(1)), cfg.unwrap_or_default());
+    }
+    Ok(state)
+}
+
+pub async fn read_contents(c: &Client, readers: &[String]) -> Result<DbContents> {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&readers];
+    let (schemas, exts, defaults, select_all) = futures_util::try_join!(
+        c.query(SCHEMAS, &[]),
+        c.query(EXTENSIONS, &[]),
+        c.query(DEFAULT_SELECT, &[]),
+        c.query(SELECT_ALL, &params),
+    )?;
+    Ok(DbContents {
+        schemas: schemas
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    SchemaState {
+                        owner: r.get(1),
+                        privileges: privileges(r.get(2)),
+                    },
+                )
+            })
+            .collect(),
+        extensions: exts.into_iter().map(|r| r.get(0)).collect(),
+        default_select: defaults
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect(),
+        select_all: select_all
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect(),
+    })
+}

@@ -1,0 +1,156 @@
+//! Operations shared by every front end (today the CLI; the HTTP service and the event
+//! consumer call the same functions): load → desired → observe → plan → execute.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use pgplane_core::manifest::Manifest;
+use pgplane_core::model::Desired;
+use pgplane_core::plan::{plan, Plan, PlanOptions};
+use tokio_postgres::Client;
+
+use crate::conn::Servers;
+use crate::exec::{Executor, Progress};
+use crate::local::LocalServer;
+use crate::secrets::Keyring;
+use crate::{control, observe};
+
+/// Process-wide context: the home folder, its secret key and the embedded server.
+pub struct Ctx {
+    pub home: PathBuf,
+    pub local: LocalServer,
+    keys: std::cell::OnceCell<Keyring>,
+}
+
+impl Ctx {
+    pub fn new(home: PathBuf) -> Ctx {
+        let local = LocalServer::new(&home);
+        Ctx {
+            home,
+            local,
+            keys: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The secret key, loaded (or created) on first use.
+    pub fn keys(&self) -> Result<&Keyring> {
+        if self.keys.get().is_none() {
+            let _ = self.keys.set(Keyring::load(&self.home)?);
+        }
+        Ok(self.keys.get().expect("just loaded"))
+    }
+}
+
+pub fn load_manifest(path: &Path) -> Result<Manifest> {
+    let env = |k: &str| std::env::var(k).ok();
+    Ok(Manifest::load(path, &env)?)
+}
+
+pub fn environment(manifest: &Manifest, flag: Option<&str>) -> Result<String> {
+    match flag
+        .map(str::to_string)
+        .or_else(|| manifest.default_environment.clone())
+    {
+        Some(e) => Ok(e),
+        None => bail!(
+            "no environment given: pass --env NAME (or PGPLANE_ENV), or set `environment:` in {}",
+            manifest.file.display()
+        ),
+    }
+}
+
+/// A manifest resolved against live servers, ready to plan.
+pub struct Session {
+    pub manifest: Manifest,
+    pub desired: Desired,
+    pub servers: Servers,
+    pub admins: BTreeMap<String, Client>,
+}
+
+impl Session {
+    /// Validates everything that needs no server first, then connects.
+    pub async fn open(ctx: &mut Ctx, file: &Path, env: Option<&str>) -> Result<Session> {
+        let manifest = load_manifest(file)?;
+        let env = environment(&manifest, env)?;
+        let desired = Desired::build(&manifest, &env)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
+        let local = LocalServer::new(&ctx.home);
+        let servers = Servers::resolve(&manifest, &local, ctx.keys()?)?;
+        let admins = servers.connect_all().await?;
+        Ok(Session {
+            manifest,
+            desired,
+            servers,
+            admins,
+        })
+    }
+
+    pub fn first_admin(&self) -> &Client {
+        &self.admins[&self.servers.first().name]
+    }
+
+    /// Read-only plan: the control database is read if it exists, never created.
+    pub async fn plan_readonly(&self, opts: PlanOptions) -> Result<Plan> {
+        let records = match control::open_existing(self.servers.first(), self.first_admin()).await?
+        {
+            Some(c) => control::read_records(&c).await?,
+            None => Vec::new(),
+        };
+        let observed =
+            observe::observe(&self.servers, &self.admins, &self.desired, records).await?;
+        Ok(plan(&self.desired, &observed, opts)?)
+    }
+
+    /// Takes the lock, makes sure the control database exists, and plans against it.
+    pub async fn lock_and_plan(&self, opts: PlanOptions, lock_timeout: Duration) -> Result<Locked> {
+        let lock = control::lock(self.servers.first(), lock_timeout, |pid| match pid {
+            Some(pid) => {
+                tracing::warn!(pid, "waiting for another pgplane operation on this server")
+            }
+            None => tracing::warn!("waiting for another pgplane operation on this server"),
+        })
+        .await?;
+        let control = control::ensure(self.servers.first(), self.first_admin()).await?;
+        let records = control::read_records(&control).await?;
+        let observed =
+            observe::observe(&self.servers, &self.admins, &self.desired, records).await?;
+        let plan = plan(&self.desired, &observed, opts)?;
+        Ok(Locked {
+            _lock: lock,
+            control,
+            plan,
+        })
+    }
+
+    /// Runs a plan made under the lock and journals the operation.
+    pub async fn execute(
+        &self,
+        ctx: &mut Ctx,
+        locked: &Locked,
+        kind: &str,
+        progress: &dyn Progress,
+    ) -> Result<usize> {
+        let op = control::op_start(&locked.control, kind, Some(&self.desired.env)).await?;
+        let keys = ctx.keys()?;
+        let mut exec = Executor::new(&self.servers, &locked.control, keys);
+        let result = exec.run(&locked.plan, progress).await;
+        let error = result.as_ref().err().map(|e| format!("{e:#}"));
+        control::op_finish(
+            &locked.control,
+            op,
+            *result.as_ref().unwrap_or(&0),
+            error.as_deref(),
+        )
+        .await
+        .context("journaling the operation")?;
+        result
+    }
+}
+
+pub struct Locked {
+    _lock: control::ApplyLock,
+    pub control: Client,
+    pub plan: Plan,
+}

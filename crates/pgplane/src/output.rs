@@ -1,0 +1,64 @@
+//! Terminal interaction: progress bars on a terminal, log lines elsewhere, confirmation.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use pgplane_core::plan::Action;
+
+use crate::exec::Progress;
+
+pub struct BarProgress(ProgressBar);
+
+impl Progress for BarProgress {
+    fn start(&self, total: usize) {
+        self.0.set_length(total as u64);
+    }
+    fn action(&self, index: usize, action: &Action) {
+        self.0.set_position(index as u64);
+        self.0
+            .set_message(format!("{} {}", action.kind.as_str(), action.target));
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Structured progress for logs when stderr is not a terminal.
+pub struct LogProgress;
+
+impl Progress for LogProgress {
+    fn start(&self, total: usize) {
+        tracing::info!(total, "applying");
+    }
+    fn action(&self, index: usize, action: &Action) {
+        tracing::info!(step = index + 1, kind = action.kind.as_str(), target = %action.target, server = %action.server, "action");
+    }
+    fn finish(&self) {
+        tracing::info!("applied");
+    }
+}
+
+pub fn progress() -> Box<dyn Progress> {
+    if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {wide_msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        Box::new(BarProgress(bar))
+    } else {
+        Box::new(LogProgress)
+    }
+}
+
+/// Asks on stderr; true only for an explicit yes.
+pub fn confirm(question: &str) -> bool {
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return false;
+    }
+    matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
