@@ -13,12 +13,18 @@ use crate::cli::{
     AdoptArgs, ApplyArgs, CredentialFormat, CredentialsArgs, LocalCommand, PlanArgs, RoleChoice,
     StatusArgs,
 };
-use crate::conn::Servers;
+use crate::conn::{Role, Servers};
 use crate::ops::{self, Ctx, Session};
 use crate::{control, exec, observe, output, secrets};
 
 pub async fn plan(ctx: &mut Ctx, args: PlanArgs) -> Result<i32> {
-    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
+    let s = Session::open(
+        ctx,
+        &args.manifest.file,
+        args.manifest.env.as_deref(),
+        Role::Read,
+    )
+    .await?;
     let plan = s
         .plan_readonly(PlanOptions {
             prune: args.prune,
@@ -49,7 +55,13 @@ fn require_confirmation_possible(yes: bool, verb: &str) -> Result<()> {
 
 pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
     require_confirmation_possible(args.yes, "apply")?;
-    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
+    let s = Session::open(
+        ctx,
+        &args.manifest.file,
+        args.manifest.env.as_deref(),
+        Role::Apply,
+    )
+    .await?;
     let locked = s
         .lock_and_plan(
             PlanOptions {
@@ -64,7 +76,13 @@ pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
 
 pub async fn adopt(ctx: &mut Ctx, args: AdoptArgs) -> Result<i32> {
     require_confirmation_possible(args.yes, "adopt")?;
-    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
+    let s = Session::open(
+        ctx,
+        &args.manifest.file,
+        args.manifest.env.as_deref(),
+        Role::Apply,
+    )
+    .await?;
     let mut locked = s
         .lock_and_plan(
             PlanOptions {
@@ -132,7 +150,7 @@ async fn run_locked(
 pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
     let manifest = ops::load_manifest(&args.file)?;
     let servers = Servers::resolve(&manifest, &ctx.local, ctx.keys()?)?;
-    let admins = servers.connect_all().await?;
+    let admins = servers.connect_all(Role::Read).await?;
     let first = servers.first();
     let records = match control::open_existing(first, &admins[&first.name]).await? {
         Some(c) => control::read_records(&c).await?,
@@ -266,7 +284,13 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
 }
 
 pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
-    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
+    let s = Session::open(
+        ctx,
+        &args.manifest.file,
+        args.manifest.env.as_deref(),
+        if args.rotate { Role::Apply } else { Role::Read },
+    )
+    .await?;
     let module = s.manifest.module(&args.module).with_context(|| {
         format!(
             "module {:?} is not in {} (modules: {})",
@@ -322,6 +346,7 @@ pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
             |_| tracing::warn!("waiting for another pgplane operation on this server"),
         )
         .await?;
+        control::reap_leftovers(s.first_admin(), &s.servers.first().name).await?;
         let c = control::ensure(s.servers.first(), s.first_admin()).await?;
         ensure_managed(&c, &endpoint.server, &role)
             .await

@@ -52,13 +52,23 @@ impl Target {
         )
     }
 
-    /// Connects to `db`, or to the admin database of the URL.
+    /// Connects to `db`, or to the admin database of the URL, for reading.
     pub async fn connect(&self, db: Option<&str>) -> Result<Client> {
+        self.connect_as(db, Role::Read).await
+    }
+
+    /// Connects with an `application_name` that says whether this session may change
+    /// things: mutating sessions are `pgplane-apply/<pid>` so that the next lock holder
+    /// can find statements a killed pgplane left running (see [`crate::control::lock`]).
+    pub async fn connect_as(&self, db: Option<&str>, role: Role) -> Result<Client> {
         let mut cfg = self.config.clone();
         if let Some(db) = db {
             cfg.dbname(db);
         }
-        cfg.application_name("pgplane");
+        match role {
+            Role::Read => cfg.application_name("pgplane"),
+            Role::Apply => cfg.application_name(&apply_application_name()),
+        };
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(10));
         }
@@ -75,6 +85,18 @@ impl Target {
         });
         Ok(client)
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Read,
+    Apply,
+}
+
+pub const APPLY_APPLICATION_PREFIX: &str = "pgplane-apply/";
+
+pub fn apply_application_name() -> String {
+    format!("{APPLY_APPLICATION_PREFIX}{}", std::process::id())
 }
 
 /// The servers of a manifest in order; the first holds the control database.
@@ -109,10 +131,10 @@ impl Servers {
             .with_context(|| format!("unknown server {name}"))
     }
 
-    pub async fn connect_all(&self) -> Result<BTreeMap<String, Client>> {
+    pub async fn connect_all(&self, role: Role) -> Result<BTreeMap<String, Client>> {
         let mut out = BTreeMap::new();
         for t in &self.list {
-            out.insert(t.name.clone(), t.connect(None).await?);
+            out.insert(t.name.clone(), t.connect_as(None, role).await?);
         }
         Ok(out)
     }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use pgplane_core::model::{ObjectKind, ObjectRef, Origin, Purpose, Record};
 use tokio_postgres::Client;
 
-use crate::conn::Target;
+use crate::conn::{Role, Target, APPLY_APPLICATION_PREFIX};
 
 pub const CONTROL_DB: &str = "pgplane";
 
@@ -80,7 +80,7 @@ pub async fn ensure(target: &Target, admin: &Client) -> Result<Client> {
             .await
             .context("restricting the control database")?;
     }
-    let mut client = target.connect(Some(CONTROL_DB)).await?;
+    let mut client = target.connect_as(Some(CONTROL_DB), Role::Apply).await?;
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK_KEY])
         .await?;
@@ -232,6 +232,42 @@ pub async fn op_finish(c: &Client, id: i64, changes: usize, error: Option<&str>)
     )
     .await?;
     Ok(())
+}
+
+/// Terminates statements that a killed pgplane left running, and waits until they are gone.
+///
+/// When a pgplane process dies, the backend holding its lock sees the closed socket at
+/// once and releases the lock, but another backend of the same process may still be in
+/// the middle of a `CREATE DATABASE`. The new lock holder must not race it: every
+/// mutating session is named `pgplane-apply/<pid>`, and while we hold the lock any such
+/// session that is busy belongs to a process that lost the lock, i.e. died.
+pub async fn reap_leftovers(admin: &Client, server: &str) -> Result<()> {
+    let ours = crate::conn::apply_application_name();
+    let pattern = format!("{APPLY_APPLICATION_PREFIX}%");
+    let start = Instant::now();
+    loop {
+        let rows = admin
+            .query(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE application_name LIKE $1 AND application_name <> $2
+                    AND state <> 'idle' AND pid <> pg_backend_pid()",
+                &[&pattern, &ours],
+            )
+            .await
+            .context("looking for sessions of a killed pgplane")?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            server,
+            sessions = rows.len(),
+            "ending statements left running by a killed pgplane"
+        );
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("sessions of a killed pgplane on server {server} do not end; look at pg_stat_activity");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A session advisory lock held on its own connection. Dropping it closes the

@@ -13,7 +13,7 @@ use pgplane_core::ident::quote_literal;
 use pgplane_core::plan::{Action, ActionKind, Plan, RecordChange, SqlPart};
 use tokio_postgres::Client;
 
-use crate::conn::Servers;
+use crate::conn::{Role, Servers};
 use crate::control;
 use crate::secrets::{scram_verifier, Keyring};
 
@@ -44,7 +44,11 @@ impl<'a> Executor<'a> {
     async fn client(&mut self, server: &str, db: Option<&str>) -> Result<&Client> {
         let key = (server.to_string(), db.map(str::to_string));
         if !self.conns.contains_key(&key) {
-            let client = self.servers.get(server)?.connect(db).await?;
+            let client = self
+                .servers
+                .get(server)?
+                .connect_as(db, Role::Apply)
+                .await?;
             self.conns.insert(key.clone(), client);
         }
         Ok(&self.conns[&key])

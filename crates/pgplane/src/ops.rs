@@ -11,7 +11,7 @@ use pgplane_core::model::Desired;
 use pgplane_core::plan::{plan, Plan, PlanOptions};
 use tokio_postgres::Client;
 
-use crate::conn::Servers;
+use crate::conn::{Role, Servers};
 use crate::exec::{Executor, Progress};
 use crate::local::LocalServer;
 use crate::secrets::Keyring;
@@ -71,14 +71,19 @@ pub struct Session {
 
 impl Session {
     /// Validates everything that needs no server first, then connects.
-    pub async fn open(ctx: &mut Ctx, file: &Path, env: Option<&str>) -> Result<Session> {
+    pub async fn open(
+        ctx: &mut Ctx,
+        file: &Path,
+        env: Option<&str>,
+        role: Role,
+    ) -> Result<Session> {
         let manifest = load_manifest(file)?;
         let env = environment(&manifest, env)?;
         let desired = Desired::build(&manifest, &env)
             .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
         let local = LocalServer::new(&ctx.home);
         let servers = Servers::resolve(&manifest, &local, ctx.keys()?)?;
-        let admins = servers.connect_all().await?;
+        let admins = servers.connect_all(role).await?;
         Ok(Session {
             manifest,
             desired,
@@ -112,6 +117,9 @@ impl Session {
             None => tracing::warn!("waiting for another pgplane operation on this server"),
         })
         .await?;
+        for (server, admin) in &self.admins {
+            control::reap_leftovers(admin, server).await?;
+        }
         let control = control::ensure(self.servers.first(), self.first_admin()).await?;
         let records = control::read_records(&control).await?;
         let observed =

@@ -1,0 +1,264 @@
+//! Test harness: one real PostgreSQL per test binary, started through `pgplane local start`
+//! (so the embedded-server code is exercised too) in a temp folder, and stopped by a small
+//! watchdog process when the test binary exits. Each test uses its own environment name
+//! and home folder, so tests run in parallel on the shared server.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pgplane");
+
+pub struct Server {
+    pub home: PathBuf,
+    pub url: String,
+    pub root: PathBuf,
+}
+
+impl Server {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("local/server.log")).unwrap_or_default()
+    }
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+
+fn test_root() -> PathBuf {
+    let root = std::env::temp_dir().join(format!("pgplane-test-{}", std::process::id()));
+    std::fs::create_dir_all(&root).expect("create test root");
+    root
+}
+
+/// The shared server of this test binary.
+pub fn server() -> &'static Server {
+    SERVER.get_or_init(|| {
+        let root = test_root();
+        let home = root.join("server-home");
+        let out = Command::new(BIN)
+            .args(["local", "start"])
+            .env("PGPLANE_HOME", &home)
+            .env("PGPLANE_LOCAL_OPTIONS", "-c fsync=off -c full_page_writes=off -c log_statement=all -c max_connections=300")
+            .output()
+            .expect("run pgplane local start");
+        assert!(out.status.success(), "local start failed: {}", String::from_utf8_lossy(&out.stderr));
+        let url = run_ok(Command::new(BIN).args(["local", "url"]).env("PGPLANE_HOME", &home)).trim().to_string();
+        // Watchdog: stop the server and clean up when this test process is gone.
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; PGPLANE_HOME='{home}' '{bin}' local stop >/dev/null 2>&1; rm -rf '{root}'",
+            pid = std::process::id(),
+            home = home.display(),
+            bin = BIN,
+            root = root.display()
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn watchdog");
+        Server { home, url, root }
+    })
+}
+
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "command failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The outcome of one `pgplane` run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "expected success:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn fails(self) -> Run {
+        assert_eq!(
+            self.code, 1,
+            "expected exit 1:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// One test's world: an environment name, a folder with its manifest, its own home.
+pub struct T {
+    pub env: String,
+    pub dir: PathBuf,
+    pub server: &'static Server,
+}
+
+impl T {
+    pub fn new(env: &str) -> T {
+        let server = server();
+        let dir = server.root.join(env);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        let t = T {
+            env: env.to_string(),
+            dir,
+            server,
+        };
+        t.cleanup_leftovers();
+        t
+    }
+
+    /// Writes `pgplane.yaml` for this test's env on the shared server; returns its path.
+    pub fn manifest(&self, body: &str) -> PathBuf {
+        self.manifest_named("pgplane.yaml", body)
+    }
+
+    pub fn manifest_named(&self, name: &str, body: &str) -> PathBuf {
+        let text = format!(
+            "version: 1\nenvironment: {}\nservers:\n  - name: main\n    url: ${{TEST_PG_URL}}\n{body}",
+            self.env
+        );
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).expect("write manifest");
+        path
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.current_dir(&self.dir)
+            .env("PGPLANE_HOME", self.dir.join("home"))
+            .env("TEST_PG_URL", &self.server.url)
+            .env_remove("PGPLANE_ENV")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn pgplane(&self, args: &[&str]) -> Run {
+        Run::from(self.cmd().args(args).output().expect("run pgplane"))
+    }
+
+    /// Runs SQL as the admin in `db`; panics on error.
+    pub fn sql(&self, db: &str, sql: &str) -> String {
+        psql(&with_db(&self.server.url, db), sql)
+            .unwrap_or_else(|e| panic!("psql failed in {db}: {e}\nSQL: {sql}"))
+    }
+
+    pub fn sql_try(&self, db: &str, sql: &str) -> Result<String, String> {
+        psql(&with_db(&self.server.url, db), sql)
+    }
+
+    /// Roles and databases on the server whose name starts with this test's env.
+    pub fn catalog_names(&self) -> (Vec<String>, Vec<String>) {
+        let pat = format!("{}\\_%", self.env);
+        let roles = self.sql(
+            "postgres",
+            &format!("SELECT rolname FROM pg_roles WHERE rolname LIKE '{pat}' ORDER BY 1"),
+        );
+        let dbs = self.sql(
+            "postgres",
+            &format!("SELECT datname FROM pg_database WHERE datname LIKE '{pat}' ORDER BY 1"),
+        );
+        (lines(&roles), lines(&dbs))
+    }
+
+    /// Names recorded as managed for this env.
+    pub fn records(&self, kind: &str) -> Vec<String> {
+        let out = self
+            .sql_try(
+                "pgplane",
+                &format!("SELECT name FROM pgplane.objects WHERE env = '{}' AND kind = '{kind}' ORDER BY 1", self.env),
+            )
+            .unwrap_or_default();
+        lines(&out)
+    }
+
+    pub fn credentials(&self, args: &[&str]) -> String {
+        let mut all = vec!["credentials"];
+        all.extend_from_slice(args);
+        self.pgplane(&all).ok().stdout.trim().to_string()
+    }
+
+    /// Drops what an earlier run of this test may have left (the server is per process,
+    /// so this only matters when a test is re-run by hand against a kept server).
+    fn cleanup_leftovers(&self) {}
+}
+
+pub fn lines(s: &str) -> Vec<String> {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn with_db(url: &str, db: &str) -> String {
+    match url.rfind('/') {
+        Some(i) => format!("{}/{db}", &url[..i]),
+        None => url.to_string(),
+    }
+}
+
+/// Runs SQL through psql; Ok(stdout) or Err(stderr).
+pub fn psql(url: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args([url, "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind(("127.0.0.1", 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+pub fn temp_home(name: &str) -> PathBuf {
+    let p = test_root().join(name);
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).expect("create home");
+    p
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
