@@ -844,19 +844,29 @@ impl Planner<'_> {
             .filter(|o| o.record.object.kind == ObjectKind::Database && o.exists)
             .map(|o| (o.record.object.server.clone(), o.record.object.name.clone()))
             .collect();
+        // Records of objects inside a database dropped by this plan are forgotten only
+        // after the DROP DATABASE succeeded.
+        let mut after_drop = Vec::new();
         for o in &orphans {
             let obj = &o.record.object;
             let forget = RecordChange::Forget(o.record.clone());
-            let db_gone = !obj.database.is_empty()
-                && (dropped_dbs.contains(&(obj.server.clone(), obj.database.clone()))
-                    || !server(&obj.server).databases.contains_key(&obj.database));
-            if !o.exists || db_gone {
-                let why = if o.exists {
-                    "its database is dropped"
-                } else {
-                    "it no longer exists"
-                };
-                self.push(ActionKind::Forget, obj, None, Sql::default(), why, forget);
+            let in_dropped_db = !obj.database.is_empty()
+                && dropped_dbs.contains(&(obj.server.clone(), obj.database.clone()));
+            let db_missing = !obj.database.is_empty()
+                && !server(&obj.server).databases.contains_key(&obj.database);
+            if in_dropped_db && o.exists {
+                after_drop.push(o);
+                continue;
+            }
+            if !o.exists || db_missing {
+                self.push(
+                    ActionKind::Forget,
+                    obj,
+                    None,
+                    Sql::default(),
+                    "it no longer exists",
+                    forget,
+                );
                 continue;
             }
             let why = "removed from the manifest; --prune given";
@@ -921,6 +931,17 @@ impl Planner<'_> {
                     self.push(ActionKind::DropRole, obj, None, sql, why, forget);
                 }
             }
+        }
+        for o in after_drop {
+            let forget = RecordChange::Forget(o.record.clone());
+            self.push(
+                ActionKind::Forget,
+                &o.record.object,
+                None,
+                Sql::default(),
+                "its database was dropped",
+                forget,
+            );
         }
         orphans
     }

@@ -1,0 +1,373 @@
+//! Snapshot tests of the planner: hand-written desired and observed states in, the plan
+//! text out. Update snapshots with `UPDATE_EXPECT=1 cargo test -p pgplane-core`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use expect_test::{expect, Expect};
+use pgplane_core::manifest::Manifest;
+use pgplane_core::model::{Desired, ObjectKind, ObjectRef, Origin, Purpose, Record};
+use pgplane_core::observed::{
+    Contents, DatabaseState, DbContents, Observed, RoleState, SchemaState, ServerState, PUBLIC,
+};
+use pgplane_core::plan::{plan, PlanOptions};
+use pgplane_core::render::plan_text;
+
+fn desired(env: &str, body: &str) -> Desired {
+    let text = format!("version: 1\n{body}");
+    let m = Manifest::parse(Path::new("pgplane.yaml"), &text, &|_| None).expect("valid manifest");
+    Desired::build(&m, env).expect("names are fine")
+}
+
+/// The observed state right after a successful apply of `d`, records included.
+fn applied(d: &Desired) -> Observed {
+    let mut s = ServerState::default();
+    for r in &d.roles {
+        s.roles.insert(r.name.clone(), RoleState::default());
+    }
+    for db in &d.databases {
+        let readers = d
+            .read_grants
+            .iter()
+            .filter(|g| g.database == db.name)
+            .map(|g| (g.schema.clone(), g.reader.clone()));
+        let mut contents = DbContents::fresh(readers);
+        for sc in d.schemas.iter().filter(|s| s.database == db.name) {
+            let mut privileges = BTreeMap::from([(sc.owner.clone(), set(&["USAGE", "CREATE"]))]);
+            for g in d
+                .read_grants
+                .iter()
+                .filter(|g| g.database == db.name && g.schema == sc.name)
+            {
+                privileges.insert(g.reader.clone(), set(&["USAGE"]));
+            }
+            contents.schemas.insert(
+                sc.name.clone(),
+                SchemaState {
+                    owner: sc.owner.clone(),
+                    privileges,
+                },
+            );
+        }
+        for g in d.read_grants.iter().filter(|g| g.database == db.name) {
+            if let Some(p) = contents.schemas.get_mut(&g.schema) {
+                p.privileges
+                    .entry(g.reader.clone())
+                    .or_default()
+                    .insert("USAGE".into());
+            }
+            contents
+                .default_select
+                .insert((g.owner.clone(), g.schema.clone(), g.reader.clone()));
+            contents
+                .select_all
+                .insert((g.schema.clone(), g.reader.clone()));
+        }
+        for e in d.extensions.iter().filter(|e| e.database == db.name) {
+            contents.extensions.insert(e.name.clone());
+        }
+        let mut privileges =
+            BTreeMap::from([(db.owner.clone(), set(&["CONNECT", "CREATE", "TEMPORARY"]))]);
+        for r in &db.connect {
+            privileges.insert(r.clone(), set(&["CONNECT"]));
+        }
+        s.databases.insert(
+            db.name.clone(),
+            DatabaseState {
+                owner: db.owner.clone(),
+                connection_limit: db.connection_limit,
+                is_template: false,
+                privileges,
+                contents: Contents::Known(contents),
+            },
+        );
+    }
+    for rs in &d.role_settings {
+        s.role_settings.insert(
+            (rs.database.clone(), rs.role.clone()),
+            vec![format!("search_path={}", rs.search_path)],
+        );
+    }
+    let records = d
+        .objects()
+        .into_iter()
+        .map(|(object, origin)| Record {
+            object,
+            origin: origin.clone(),
+        })
+        .collect();
+    Observed {
+        servers: BTreeMap::from([("local".to_string(), s)]),
+        records,
+    }
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn check(d: &Desired, o: &Observed, opts: PlanOptions, expect: Expect) {
+    let actual = match plan(d, o, opts) {
+        Ok(p) => plan_text(&p),
+        Err(e) => format!("error:\n{e}\n"),
+    };
+    expect.assert_eq(&actual);
+}
+
+const REGISTRY: &str = "modules:\n  - name: registry\n    storage: database\n    extensions: [pg_trgm]\n    connection_limit: 40\n    readonly_role: true\n";
+
+#[test]
+fn empty_server_gets_everything_in_order() {
+    let d = desired("dev", REGISTRY);
+    check(
+        &d,
+        &Observed::default(),
+        PlanOptions::default(),
+        expect![[r#"
+              1. create_role role dev_registry  [local]  (role dev_registry is missing)
+                 CREATE ROLE "dev_registry" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT PASSWORD '********';
+              2. create_role role dev_registry_readonly  [local]  (role dev_registry_readonly is missing)
+                 CREATE ROLE "dev_registry_readonly" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT PASSWORD '********';
+              3. create_database database dev_registry  [local]  (database dev_registry is missing)
+                 CREATE DATABASE "dev_registry" OWNER "dev_registry" CONNECTION LIMIT 40;
+              4. revoke_public database dev_registry  [local]  (least privilege: only the module's roles may connect)
+                 REVOKE ALL ON DATABASE "dev_registry" FROM PUBLIC;
+              5. grant_connect database dev_registry  [local]  (role dev_registry_readonly must be able to connect)
+                 GRANT CONNECT ON DATABASE "dev_registry" TO "dev_registry_readonly";
+              6. create_extension extension dev_registry.pg_trgm  [local/dev_registry]  (extension dev_registry.pg_trgm is missing)
+                 CREATE EXTENSION IF NOT EXISTS "pg_trgm";
+              7. grant_usage schema dev_registry.public  [local/dev_registry]  (read-only role dev_registry_readonly reads this schema)
+                 GRANT USAGE ON SCHEMA "public" TO "dev_registry_readonly";
+              8. default_privileges schema dev_registry.public  [local/dev_registry]  (future tables of dev_registry must be readable by dev_registry_readonly)
+                 ALTER DEFAULT PRIVILEGES FOR ROLE "dev_registry" IN SCHEMA "public" GRANT SELECT ON TABLES TO "dev_registry_readonly";
+            Plan: 8 changes: 4 to create, 4 to change, 0 to drop (env dev).
+        "#]],
+    );
+}
+
+#[test]
+fn applied_state_needs_nothing() {
+    let d = desired(
+        "dev",
+        &format!("{REGISTRY}  - name: users\n    storage: schema-per-tenant\n    readonly_role: true\ntenants:\n  - name: acme\n    modules: [users]\n"),
+    );
+    check(
+        &d,
+        &applied(&d),
+        PlanOptions::default(),
+        expect![[r#"
+        No changes (env dev).
+    "#]],
+    );
+}
+
+#[test]
+fn drift_is_repaired() {
+    let d = desired("dev", REGISTRY);
+    let mut o = applied(&d);
+    let s = o.servers.get_mut("local").unwrap();
+    s.roles.get_mut("dev_registry_readonly").unwrap().superuser = true;
+    let db = s.databases.get_mut("dev_registry").unwrap();
+    db.owner = "postgres".into();
+    db.connection_limit = -1;
+    db.privileges.insert(PUBLIC.into(), set(&["CONNECT"]));
+    db.privileges.remove("dev_registry_readonly");
+    check(
+        &d,
+        &o,
+        PlanOptions::default(),
+        expect![[r#"
+          1. alter_role role dev_registry_readonly  [local]  (drift: role has SUPERUSER)
+             ALTER ROLE "dev_registry_readonly" NOSUPERUSER;
+          2. alter_database_owner database dev_registry  [local]  (drift: owner is postgres)
+             ALTER DATABASE "dev_registry" OWNER TO "dev_registry";
+          3. alter_database_connection_limit database dev_registry  [local]  (connection limit is -1, want 40)
+             ALTER DATABASE "dev_registry" CONNECTION LIMIT 40;
+          4. revoke_public database dev_registry  [local]  (drift: PUBLIC has CONNECT)
+             REVOKE ALL ON DATABASE "dev_registry" FROM PUBLIC;
+          5. grant_connect database dev_registry  [local]  (role dev_registry_readonly must be able to connect)
+             GRANT CONNECT ON DATABASE "dev_registry" TO "dev_registry_readonly";
+        Plan: 5 changes: 0 to create, 5 to change, 0 to drop (env dev).
+    "#]],
+    );
+}
+
+#[test]
+fn unmanaged_objects_are_refused_unless_adopted() {
+    let d = desired("dev", "modules:\n  - name: app\n    storage: database\n");
+    let mut o = applied(&d);
+    o.records.clear();
+    check(
+        &d,
+        &o,
+        PlanOptions::default(),
+        expect![[r#"
+        error:
+        role dev_app already exists and pgplane does not manage it (wanted by env dev module app (owner_role)); adopt it with `pgplane adopt` or `pgplane apply --adopt`, or change the naming templates
+        database dev_app already exists and pgplane does not manage it (wanted by env dev module app (database)); adopt it with `pgplane adopt` or `pgplane apply --adopt`, or change the naming templates
+    "#]],
+    );
+    check(
+        &d,
+        &o,
+        PlanOptions {
+            adopt: true,
+            prune: false,
+        },
+        expect![[r#"
+          1. adopt role dev_app  [local]  (exists and --adopt was given: pgplane records it as its own)
+          2. adopt database dev_app  [local]  (exists and --adopt was given: pgplane records it as its own)
+          3. set_password role dev_app  [local]  (adopted: pgplane sets a password it can hand out with `pgplane credentials`)
+             ALTER ROLE "dev_app" PASSWORD '********';
+        Plan: 3 changes: 0 to create, 3 to change, 0 to drop (env dev).
+    "#]],
+    );
+}
+
+#[test]
+fn orphans_are_reported_and_dropped_only_with_prune() {
+    let before = desired(
+        "dev",
+        "modules:\n  - name: keep\n    storage: database\n  - name: users\n    storage: schema-per-tenant\n    extensions: [pg_trgm]\ntenants:\n  - name: acme\n    modules: [users]\n",
+    );
+    let o = applied(&before);
+    let after = desired("dev", "modules:\n  - name: keep\n    storage: database\n");
+    check(
+        &after,
+        &o,
+        PlanOptions::default(),
+        expect![[r#"
+        orphaned (managed, no longer in the manifest; `apply --prune` drops them):
+          - extension dev_users.pg_trgm [local]
+          - schema dev_users.acme_users [local]
+          - database dev_users [local]
+          - role dev_acme_users [local]
+          - role dev_users [local]
+        No changes (env dev), 5 orphaned.
+    "#]],
+    );
+    check(
+        &after,
+        &o,
+        PlanOptions {
+            prune: true,
+            adopt: false,
+        },
+        expect![[r#"
+              1. drop_database database dev_users  [local]  (removed from the manifest; --prune given)
+                 DROP DATABASE "dev_users" WITH (FORCE);
+              2. drop_owned role dev_acme_users  [local]  (revoke its privileges on databases)
+                 DROP OWNED BY "dev_acme_users";
+              3. drop_role role dev_acme_users  [local]  (removed from the manifest; --prune given)
+                 DROP ROLE "dev_acme_users";
+              4. drop_owned role dev_users  [local]  (revoke its privileges on databases)
+                 DROP OWNED BY "dev_users";
+              5. drop_role role dev_users  [local]  (removed from the manifest; --prune given)
+                 DROP ROLE "dev_users";
+              6. forget extension dev_users.pg_trgm  [local]  (its database was dropped)
+              7. forget schema dev_users.acme_users  [local]  (its database was dropped)
+            Plan: 7 changes: 0 to create, 2 to change, 5 to drop (env dev).
+        "#]],
+    );
+}
+
+#[test]
+fn records_of_other_environments_are_never_orphans() {
+    let other = desired("qa", "modules:\n  - name: app\n    storage: database\n");
+    let o = applied(&other);
+    let d = desired("dev", "modules:\n  - name: app\n    storage: database\n");
+    let p = plan(
+        &d,
+        &o,
+        PlanOptions {
+            prune: true,
+            adopt: false,
+        },
+    )
+    .unwrap();
+    assert!(p.orphans.is_empty());
+    assert!(p.actions.iter().all(|a| !a.kind.is_drop()));
+}
+
+#[test]
+fn foreign_grants_on_tenant_schemas_are_revoked() {
+    let d = desired(
+        "dev",
+        "modules:\n  - name: users\n    storage: schema-per-tenant\ntenants:\n  - name: acme\n    modules: [users]\n  - name: globex\n    modules: [users]\n",
+    );
+    let mut o = applied(&d);
+    let Contents::Known(c) = &mut o
+        .servers
+        .get_mut("local")
+        .unwrap()
+        .databases
+        .get_mut("dev_users")
+        .unwrap()
+        .contents
+    else {
+        unreachable!()
+    };
+    c.schemas
+        .get_mut("acme_users")
+        .unwrap()
+        .privileges
+        .insert("dev_globex_users".into(), set(&["USAGE"]));
+    c.schemas
+        .get_mut("public")
+        .unwrap()
+        .privileges
+        .insert(PUBLIC.into(), set(&["USAGE", "CREATE"]));
+    check(
+        &d,
+        &o,
+        PlanOptions::default(),
+        expect![[r#"
+          1. revoke_schema schema dev_users.public  [local/dev_users]  (drift: PUBLIC may create in public)
+             REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+          2. revoke_schema schema dev_users.acme_users  [local/dev_users]  (isolation: dev_globex_users must not reach this schema)
+             REVOKE ALL ON SCHEMA "acme_users" FROM "dev_globex_users";
+        Plan: 2 changes: 0 to create, 2 to change, 0 to drop (env dev).
+    "#]],
+    );
+}
+
+#[test]
+fn a_name_managed_for_another_origin_is_a_clash() {
+    let other = desired("dev_a", "modules:\n  - name: b\n    storage: database\n");
+    let o = applied(&other);
+    let d = desired("dev", "modules:\n  - name: a_b\n    storage: database\n");
+    check(
+        &d,
+        &o,
+        PlanOptions::default(),
+        expect![[r#"
+        error:
+        name clash: role dev_a_b is already managed by pgplane for env dev_a module b (owner_role), and env dev module a_b (owner_role) wants it too; change a name or the naming templates
+        name clash: database dev_a_b is already managed by pgplane for env dev_a module b (database), and env dev module a_b (database) wants it too; change a name or the naming templates
+    "#]],
+    );
+}
+
+#[test]
+fn a_missing_managed_object_is_recreated() {
+    let d = desired("dev", "modules:\n  - name: app\n    storage: database\n");
+    let mut o = applied(&d);
+    o.servers
+        .get_mut("local")
+        .unwrap()
+        .databases
+        .remove("dev_app");
+    let p = plan(&d, &o, PlanOptions::default()).unwrap();
+    assert_eq!(
+        p.actions[0].sql.redacted(),
+        "CREATE DATABASE \"dev_app\" OWNER \"dev_app\" CONNECTION LIMIT -1"
+    );
+    // Unused helper kept honest.
+    let _ = ObjectRef::cluster("local", ObjectKind::Role, "x");
+    let _ = Origin {
+        env: "dev".into(),
+        module: "m".into(),
+        tenant: None,
+        purpose: Purpose::OwnerRole,
+    };
+}
