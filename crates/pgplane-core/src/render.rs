@@ -85,11 +85,9 @@ pub fn summary(plan: &Plan) -> String {
             _ => change += 1,
         }
     }
-    format!(
-        "Plan: {} changes: {create} to create, {change} to change, {drop} to drop (env {}).",
-        plan.changes(),
-        plan.env
-    )
+    let n = plan.changes();
+    let noun = if n == 1 { "change" } else { "changes" };
+    format!("Plan: {n} {noun}: {create} to create, {change} to change, {drop} to drop (env {}).", plan.env)
 }
 
 /// `{"changes": N, "actions": [{"kind", "target", "sql", ...}], "orphans": [...]}`.

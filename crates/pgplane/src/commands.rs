@@ -131,7 +131,7 @@ async fn run_locked(
             print!("{text}");
         }
     }
-    if !yes && !output::confirm(&format!("{kind} these {} changes?", plan.changes())) {
+    if !yes && !output::confirm(&format!("{kind} these {} change(s)?", plan.changes())) {
         eprintln!("pgplane: {kind} cancelled; nothing was changed");
         return Ok(1);
     }
@@ -142,7 +142,8 @@ async fn run_locked(
         doc["applied"] = json!(applied);
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        println!("Applied {applied} changes (env {}).", plan.env);
+        let noun = if applied == 1 { "change" } else { "changes" };
+        println!("Applied {applied} {noun} (env {}).", plan.env);
     }
     Ok(0)
 }

@@ -1,0 +1,38 @@
+# Shared helpers for scripts/demo, scripts/test and bench/. Sourced, not run.
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+# Installs PostgreSQL server binaries and psql with apt-get, only when they are missing.
+ensure_postgres() {
+  local have_server=0
+  if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+     || { [ -n "${PGPLANE_PG_BINDIR:-}" ] && [ -x "$PGPLANE_PG_BINDIR/initdb" ]; }; then
+    have_server=1
+  fi
+  if [ "$have_server" = 1 ] && command -v psql >/dev/null 2>&1; then
+    return 0
+  fi
+  echo "PostgreSQL server binaries or psql missing: installing the Debian packages postgresql and postgresql-client" >&2
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql postgresql-client >/dev/null
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
+    exit 1
+  fi
+}
+
+# A PGPLANE_HOME the `postgres` OS user can reach when we run as root (initdb refuses root,
+# so the embedded server runs as `postgres`, which cannot enter e.g. /root).
+default_home() {
+  local wanted="$1"
+  if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$(dirname "$wanted")" 2>/dev/null; then
+    echo "/var/tmp/pgplane-$(echo -n "$wanted" | sha256sum | cut -c1-12)"
+  else
+    echo "$wanted"
+  fi
+}
