@@ -87,7 +87,10 @@ pub fn summary(plan: &Plan) -> String {
     }
     let n = plan.changes();
     let noun = if n == 1 { "change" } else { "changes" };
-    format!("Plan: {n} {noun}: {create} to create, {change} to change, {drop} to drop (env {}).", plan.env)
+    format!(
+        "Plan: {n} {noun}: {create} to create, {change} to change, {drop} to drop (env {}).",
+        plan.env
+    )
 }
 
 /// `{"changes": N, "actions": [{"kind", "target", "sql", ...}], "orphans": [...]}`.

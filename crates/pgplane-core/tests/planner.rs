@@ -1,6 +1,8 @@
 //! Snapshot tests of the planner: hand-written desired and observed states in, the plan
 //! text out. Update snapshots with `UPDATE_EXPECT=1 cargo test -p pgplane-core`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 

@@ -67,7 +67,7 @@ impl Target {
         }
         match role {
             Role::Read => cfg.application_name("pgplane"),
-            Role::Apply => cfg.application_name(&apply_application_name()),
+            Role::Apply => cfg.application_name(apply_application_name()),
         };
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(10));

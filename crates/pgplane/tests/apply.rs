@@ -1,5 +1,7 @@
 //! End-to-end: the real `pgplane` binary against a real PostgreSQL, checking the catalog.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{psql, T};

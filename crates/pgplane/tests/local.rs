@@ -1,6 +1,8 @@
 //! End-to-end tests of the embedded local server: each test owns its home folder and
 //! its server, and stops it when done.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Command;

@@ -3,10 +3,10 @@
 //! watchdog process when the test binary exits. Each test uses its own environment name
 //! and home folder, so tests run in parallel on the shared server.
 
-#![allow(dead_code)]
+#![allow(clippy::unwrap_used, dead_code)]
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
@@ -53,7 +53,9 @@ pub fn server() -> &'static Server {
             bin = BIN,
             root = root.display()
         );
-        Command::new("sh")
+        // The watchdog outlives this process on purpose; nobody waits for it.
+        #[allow(clippy::zombie_processes)]
+        let _watchdog = Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -131,13 +133,11 @@ impl T {
         let server = server();
         let dir = server.root.join(env);
         std::fs::create_dir_all(&dir).expect("create test dir");
-        let t = T {
+        T {
             env: env.to_string(),
             dir,
             server,
-        };
-        t.cleanup_leftovers();
-        t
+        }
     }
 
     /// Writes `pgplane.yaml` for this test's env on the shared server; returns its path.
@@ -209,10 +209,6 @@ impl T {
         all.extend_from_slice(args);
         self.pgplane(&all).ok().stdout.trim().to_string()
     }
-
-    /// Drops what an earlier run of this test may have left (the server is per process,
-    /// so this only matters when a test is re-run by hand against a kept server).
-    fn cleanup_leftovers(&self) {}
 }
 
 pub fn lines(s: &str) -> Vec<String> {
@@ -257,8 +253,4 @@ pub fn temp_home(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).expect("create home");
     p
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
