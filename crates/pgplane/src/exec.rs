@@ -43,6 +43,12 @@ impl<'a> Executor<'a> {
 
     async fn client(&mut self, server: &str, db: Option<&str>) -> Result<&Client> {
         let key = (server.to_string(), db.map(str::to_string));
+        if db.is_some() {
+            // Actions of one database come together in a plan: keep admin connections and
+            // the current database's only, so a plan over thousands of databases never holds
+            // more than a few connections (max_connections is often 100).
+            self.conns.retain(|(s, d), _| d.is_none() || (s.as_str(), d.as_deref()) == (server, db));
+        }
         if !self.conns.contains_key(&key) {
             let client = self
                 .servers
