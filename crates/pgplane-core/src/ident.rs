@@ -23,18 +23,14 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
         }
         Some(_) => {}
     }
-    if let Some(bad) = chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
-    {
+    if let Some(bad) = chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')) {
         return Err(format!(
             "{what} name {name:?} contains {bad:?}; allowed are a-z, 0-9 and _ \
              (starting with a letter, at most 63 bytes)"
         ));
     }
     if name.len() > MAX_IDENT_BYTES {
-        return Err(format!(
-            "{what} name {name:?} is {} bytes; at most {MAX_IDENT_BYTES} are allowed",
-            name.len()
-        ));
+        return Err(format!("{what} name {name:?} is {} bytes; at most {MAX_IDENT_BYTES} are allowed", name.len()));
     }
     Ok(())
 }
@@ -99,16 +95,7 @@ mod tests {
     fn safe_alphabet() {
         assert!(check_name("module", "registry").is_ok());
         assert!(check_name("module", "a_b9").is_ok());
-        for bad in [
-            "",
-            "Registry",
-            "9lives",
-            "_x",
-            "re-gistry",
-            "a b",
-            "ä",
-            "a;drop",
-        ] {
+        for bad in ["", "Registry", "9lives", "_x", "re-gistry", "a b", "ä", "a;drop"] {
             assert!(check_name("module", bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_name("env", &"a".repeat(64)).is_err());

@@ -81,9 +81,7 @@ impl Default for RawNaming {
     }
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Storage {
     /// One database for the module.
@@ -177,10 +175,7 @@ pub const LOCAL_SERVER: &str = "local";
 
 impl Manifest {
     /// Reads and validates a manifest file. `env` resolves `${VAR}` references.
-    pub fn load(
-        path: &Path,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Manifest, ManifestError> {
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Manifest, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
             file: path.to_path_buf(),
             line: None,
@@ -191,11 +186,7 @@ impl Manifest {
     }
 
     /// Parses and validates manifest text; `path` is used in error messages only.
-    pub fn parse(
-        path: &Path,
-        text: &str,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Manifest, ManifestError> {
+    pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Manifest, ManifestError> {
         let src = Source { file: path, text };
         let raw: RawManifest = serde_yaml::from_str(text).map_err(|e| {
             let (line, column) = e.location().map(|l| (l.line(), l.column())).unzip();
@@ -206,12 +197,7 @@ impl Manifest {
             if message.contains("missing field") && line.is_none() {
                 message.push_str(" (at the top level of the document)");
             }
-            ManifestError {
-                file: path.to_path_buf(),
-                line,
-                column,
-                message,
-            }
+            ManifestError { file: path.to_path_buf(), line, column, message }
         })?;
         validate(&src, raw, env)
     }
@@ -240,12 +226,7 @@ impl Source<'_> {
     /// serde_yaml gives no spans for values, so semantic errors find their line by text.
     fn err_at(&self, key: &str, needle: &str, message: String) -> ManifestError {
         let (line, column) = self.locate(key, needle).unzip();
-        ManifestError {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            message,
-        }
+        ManifestError { file: self.file.to_path_buf(), line, column, message }
     }
 
     fn locate(&self, key: &str, needle: &str) -> Option<(usize, usize)> {
@@ -279,10 +260,7 @@ fn validate(
         return Err(src.err_at(
             "version",
             &raw.version.to_string(),
-            format!(
-                "unsupported manifest version {}; this pgplane reads `version: 1`",
-                raw.version
-            ),
+            format!("unsupported manifest version {}; this pgplane reads `version: 1`", raw.version),
         ));
     }
     if let Some(e) = &raw.environment {
@@ -294,25 +272,14 @@ fn validate(
     for s in &raw.servers {
         check_name("server", &s.name).map_err(|m| src.err_at("name", &s.name, m))?;
         if !seen.insert(s.name.clone()) {
-            return Err(src.err_at(
-                "name",
-                &s.name,
-                format!("server {:?} is listed twice", s.name),
-            ));
+            return Err(src.err_at("name", &s.name, format!("server {:?} is listed twice", s.name)));
         }
         let url = expand_vars(&s.url).map_err(|m| src.err_at("url", &s.url, m))?;
         let url = url.resolve(env).map_err(|m| src.err_at("url", &s.url, m))?;
         if url.trim().is_empty() {
-            return Err(src.err_at(
-                "url",
-                &s.url,
-                format!("server {:?} has an empty url", s.name),
-            ));
+            return Err(src.err_at("url", &s.url, format!("server {:?} has an empty url", s.name)));
         }
-        servers.push(ServerSpec {
-            name: s.name.clone(),
-            url,
-        });
+        servers.push(ServerSpec { name: s.name.clone(), url });
     }
     let server_names: Vec<String> = if servers.is_empty() {
         vec![LOCAL_SERVER.to_string()]
@@ -321,13 +288,7 @@ fn validate(
     };
 
     let naming = Naming {
-        database: template(
-            src,
-            "database",
-            &raw.naming.database,
-            &[Var::Module],
-            &[Var::Env, Var::Module],
-        )?,
+        database: template(src, "database", &raw.naming.database, &[Var::Module], &[Var::Env, Var::Module])?,
         tenant_database: template(
             src,
             "tenant_database",
@@ -342,13 +303,7 @@ fn validate(
             &[Var::Tenant, Var::Module],
             &[Var::Env, Var::Tenant, Var::Module],
         )?,
-        owner_role: template(
-            src,
-            "owner_role",
-            &raw.naming.owner_role,
-            &[Var::Module],
-            &[Var::Env, Var::Module],
-        )?,
+        owner_role: template(src, "owner_role", &raw.naming.owner_role, &[Var::Module], &[Var::Env, Var::Module])?,
         tenant_role: template(
             src,
             "tenant_role",
@@ -356,32 +311,18 @@ fn validate(
             &[Var::Tenant, Var::Module],
             &[Var::Env, Var::Tenant, Var::Module],
         )?,
-        readonly_role: template(
-            src,
-            "readonly_role",
-            &raw.naming.readonly_role,
-            &[Var::Owner],
-            &[Var::Owner],
-        )?,
+        readonly_role: template(src, "readonly_role", &raw.naming.readonly_role, &[Var::Owner], &[Var::Owner])?,
     };
 
     if raw.modules.is_empty() {
-        return Err(src.err_at(
-            "modules",
-            "modules",
-            "`modules` is empty; list at least one module".into(),
-        ));
+        return Err(src.err_at("modules", "modules", "`modules` is empty; list at least one module".into()));
     }
     let mut modules = Vec::new();
     let mut names = BTreeSet::new();
     for m in &raw.modules {
         check_name("module", &m.name).map_err(|msg| src.err_at("name", &m.name, msg))?;
         if !names.insert(m.name.clone()) {
-            return Err(src.err_at(
-                "name",
-                &m.name,
-                format!("module {:?} is listed twice", m.name),
-            ));
+            return Err(src.err_at("name", &m.name, format!("module {:?} is listed twice", m.name)));
         }
         let server = match &m.server {
             Some(s) if server_names.contains(s) => s.clone(),
@@ -400,11 +341,7 @@ fn validate(
         };
         let mut exts = BTreeSet::new();
         for e in &m.extensions {
-            if e.is_empty()
-                || !e
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
+            if e.is_empty() || !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
                 return Err(src.err_at(
                     "extensions",
                     e,
@@ -424,9 +361,7 @@ fn validate(
                 return Err(src.err_at(
                     "connection_limit",
                     &limit.to_string(),
-                    format!(
-                        "connection_limit {limit} is not valid; use -1 (no limit) or a number >= 0"
-                    ),
+                    format!("connection_limit {limit} is not valid; use -1 (no limit) or a number >= 0"),
                 ));
             }
         }
@@ -440,18 +375,13 @@ fn validate(
         });
     }
 
-    let by_name: BTreeMap<&str, &ModuleSpec> =
-        modules.iter().map(|m| (m.name.as_str(), m)).collect();
+    let by_name: BTreeMap<&str, &ModuleSpec> = modules.iter().map(|m| (m.name.as_str(), m)).collect();
     let mut tenants = Vec::new();
     let mut tnames = BTreeSet::new();
     for t in &raw.tenants {
         check_name("tenant", &t.name).map_err(|msg| src.err_at("name", &t.name, msg))?;
         if !tnames.insert(t.name.clone()) {
-            return Err(src.err_at(
-                "name",
-                &t.name,
-                format!("tenant {:?} is listed twice", t.name),
-            ));
+            return Err(src.err_at("name", &t.name, format!("tenant {:?} is listed twice", t.name)));
         }
         let mut enabled = BTreeSet::new();
         for m in &t.modules {
@@ -472,26 +402,19 @@ fn validate(
                         "modules",
                         m,
                         format!(
-                            "tenant {:?} enables module {m:?}, but that module has `storage: database` (shared by all); \
+                        "tenant {:?} enables module {m:?}, but that module has `storage: database` (shared by all); \
                              use `storage: schema-per-tenant` or `database-per-tenant` for per-tenant storage",
-                            t.name
-                        ),
+                        t.name
+                    ),
                     ))
                 }
                 Some(_) => {}
             }
             if !enabled.insert(m.clone()) {
-                return Err(src.err_at(
-                    "modules",
-                    m,
-                    format!("tenant {:?} enables module {m:?} twice", t.name),
-                ));
+                return Err(src.err_at("modules", m, format!("tenant {:?} enables module {m:?} twice", t.name)));
             }
         }
-        tenants.push(TenantSpec {
-            name: t.name.clone(),
-            modules: t.modules.clone(),
-        });
+        tenants.push(TenantSpec { name: t.name.clone(), modules: t.modules.clone() });
     }
 
     Ok(Manifest {
@@ -511,8 +434,7 @@ fn template(
     required: &[Var],
     allowed: &[Var],
 ) -> Result<NameTemplate, ManifestError> {
-    NameTemplate::parse(text, required, allowed)
-        .map_err(|m| src.err_at(key, text, format!("naming.{key}: {m}")))
+    NameTemplate::parse(text, required, allowed).map_err(|m| src.err_at(key, text, format!("naming.{key}: {m}")))
 }
 
 /// A string with `${VAR}` references.
@@ -528,12 +450,12 @@ fn expand_vars(s: &str) -> Result<Expandable, String> {
     while let Some(start) = rest.find("${") {
         pieces.push(Piece::Lit(rest[..start].to_string()));
         let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed ${{ in {s:?}; write ${{VAR}}"))?;
+        let end = after.find('}').ok_or_else(|| format!("unclosed ${{ in {s:?}; write ${{VAR}}"))?;
         let var = &after[..end];
         if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("${{{var}}} is not a valid environment variable reference; write ${{NAME}} with A-Z, 0-9 and _"));
+            return Err(format!(
+                "${{{var}}} is not a valid environment variable reference; write ${{NAME}} with A-Z, 0-9 and _"
+            ));
         }
         pieces.push(Piece::Var(var.to_string()));
         rest = &after[end + 1..];
@@ -550,7 +472,11 @@ impl Expandable {
                 Piece::Lit(s) => out.push_str(s),
                 Piece::Var(v) => match env(v) {
                     Some(val) => out.push_str(&val),
-                    None => return Err(format!("environment variable {v} is not set; export {v}=postgresql://... before running pgplane")),
+                    None => {
+                        return Err(format!(
+                            "environment variable {v} is not set; export {v}=postgresql://... before running pgplane"
+                        ))
+                    }
                 },
             }
         }
@@ -563,16 +489,12 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        let env = |k: &str| {
-            (k == "MAIN_PG_URL").then(|| "postgresql://admin:pw@db:5432/postgres".to_string())
-        };
+        let env = |k: &str| (k == "MAIN_PG_URL").then(|| "postgresql://admin:pw@db:5432/postgres".to_string());
         Manifest::parse(Path::new("pgplane.yaml"), text, &env)
     }
 
     fn err(text: &str) -> String {
-        parse(text)
-            .expect_err("manifest should be rejected")
-            .to_string()
+        parse(text).expect_err("manifest should be rejected").to_string()
     }
 
     const ISSUE_EXAMPLE: &str = "\
@@ -609,9 +531,7 @@ tenants:
 
     #[test]
     fn unknown_key_names_line_column_and_allowed_keys() {
-        let e = err(
-            "version: 1\nmodules:\n  - name: a\n    storage: database\n    conection_limit: 4\n",
-        );
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    conection_limit: 4\n");
         assert!(e.starts_with("pgplane.yaml:5:5: "), "{e}");
         assert!(e.contains("unknown field `conection_limit`"), "{e}");
         assert!(e.contains("connection_limit"), "lists allowed keys: {e}");
@@ -643,18 +563,19 @@ tenants:
         let e = err("version: 1\nmodules:\n  - name: Bad-Name\n    storage: database\n");
         assert!(e.starts_with("pgplane.yaml:3:11: "), "{e}");
         assert!(e.contains("must start with a lowercase letter"), "{e}");
-        let e = err(
-            "version: 1\nenvironment: \"dev;drop\"\nmodules:\n  - name: a\n    storage: database\n",
-        );
+        let e = err("version: 1\nenvironment: \"dev;drop\"\nmodules:\n  - name: a\n    storage: database\n");
         assert!(e.starts_with("pgplane.yaml:2:"), "{e}");
     }
 
     #[test]
     fn tenant_references_are_checked() {
-        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\ntenants:\n  - name: t\n    modules: [nope]\n");
+        let e = err(
+            "version: 1\nmodules:\n  - name: a\n    storage: database\ntenants:\n  - name: t\n    modules: [nope]\n",
+        );
         assert!(e.starts_with("pgplane.yaml:7:"), "{e}");
         assert!(e.contains("not defined"), "{e}");
-        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\ntenants:\n  - name: t\n    modules: [a]\n");
+        let e =
+            err("version: 1\nmodules:\n  - name: a\n    storage: database\ntenants:\n  - name: t\n    modules: [a]\n");
         assert!(e.contains("storage: database"), "{e}");
     }
 
@@ -670,7 +591,8 @@ tenants:
         let e = err("version: 1\nnaming:\n  database: \"{env}_db\"\nmodules:\n  - name: a\n    storage: database\n");
         assert!(e.contains("naming.database"), "{e}");
         assert!(e.contains("{module}"), "{e}");
-        let e = err("version: 1\nnaming:\n  database: \"{env}-{module}\"\nmodules:\n  - name: a\n    storage: database\n");
+        let e =
+            err("version: 1\nnaming:\n  database: \"{env}-{module}\"\nmodules:\n  - name: a\n    storage: database\n");
         assert!(e.contains("'-'"), "{e}");
     }
 

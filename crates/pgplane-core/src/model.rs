@@ -22,19 +22,8 @@ pub struct Origin {
 impl Origin {
     pub fn describe(&self) -> String {
         match &self.tenant {
-            Some(t) => format!(
-                "env {} module {} tenant {} ({})",
-                self.env,
-                self.module,
-                t,
-                self.purpose.as_str()
-            ),
-            None => format!(
-                "env {} module {} ({})",
-                self.env,
-                self.module,
-                self.purpose.as_str()
-            ),
+            Some(t) => format!("env {} module {} tenant {} ({})", self.env, self.module, t, self.purpose.as_str()),
+            None => format!("env {} module {} ({})", self.env, self.module, self.purpose.as_str()),
         }
     }
 }
@@ -102,14 +91,9 @@ impl ObjectKind {
     }
 
     pub fn parse(s: &str) -> Option<ObjectKind> {
-        [
-            ObjectKind::Role,
-            ObjectKind::Database,
-            ObjectKind::Schema,
-            ObjectKind::Extension,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        [ObjectKind::Role, ObjectKind::Database, ObjectKind::Schema, ObjectKind::Extension]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 
@@ -124,21 +108,11 @@ pub struct ObjectRef {
 
 impl ObjectRef {
     pub fn cluster(server: &str, kind: ObjectKind, name: &str) -> ObjectRef {
-        ObjectRef {
-            server: server.into(),
-            kind,
-            database: String::new(),
-            name: name.into(),
-        }
+        ObjectRef { server: server.into(), kind, database: String::new(), name: name.into() }
     }
 
     pub fn in_db(server: &str, kind: ObjectKind, database: &str, name: &str) -> ObjectRef {
-        ObjectRef {
-            server: server.into(),
-            kind,
-            database: database.into(),
-            name: name.into(),
-        }
+        ObjectRef { server: server.into(), kind, database: database.into(), name: name.into() }
     }
 
     /// `role dev_registry`, `schema dev_users.acme_users`.
@@ -259,10 +233,7 @@ impl Desired {
             return Err(NamingError { problems: vec![m] });
         }
         let n = &manifest.naming;
-        let mut d = Desired {
-            env: env.to_string(),
-            ..Desired::default()
-        };
+        let mut d = Desired { env: env.to_string(), ..Desired::default() };
         let origin = |module: &str, tenant: Option<&str>, purpose| Origin {
             env: env.to_string(),
             module: module.to_string(),
@@ -277,19 +248,10 @@ impl Desired {
 
         for m in &manifest.modules {
             let srv = m.server.as_str();
-            let vars = Vars {
-                env,
-                module: &m.name,
-                tenant: "",
-                owner: "",
-            };
+            let vars = Vars { env, module: &m.name, tenant: "", owner: "" };
             let limit = m.connection_limit.unwrap_or(-1);
-            let tenants: Vec<&str> = manifest
-                .tenants
-                .iter()
-                .filter(|t| t.modules.contains(&m.name))
-                .map(|t| t.name.as_str())
-                .collect();
+            let tenants: Vec<&str> =
+                manifest.tenants.iter().filter(|t| t.modules.contains(&m.name)).map(|t| t.name.as_str()).collect();
             match m.storage {
                 Storage::Database | Storage::SchemaPerTenant => {
                     let (owner, owner_long) = long(&n.owner_role, vars);
@@ -303,13 +265,7 @@ impl Desired {
                     let mut connect = BTreeSet::new();
                     let mut readonly = None;
                     if m.storage == Storage::Database && m.readonly_role {
-                        let (ro, ro_long) = long(
-                            &n.readonly_role,
-                            Vars {
-                                owner: &owner,
-                                ..vars
-                            },
-                        );
+                        let (ro, ro_long) = long(&n.readonly_role, Vars { owner: &owner, ..vars });
                         d.roles.push(DesiredRole {
                             server: srv.into(),
                             name: ro.clone(),
@@ -345,10 +301,7 @@ impl Desired {
                             readonly_role: readonly,
                         });
                     }
-                    for t in tenants
-                        .iter()
-                        .filter(|_| m.storage == Storage::SchemaPerTenant)
-                    {
+                    for t in tenants.iter().filter(|_| m.storage == Storage::SchemaPerTenant) {
                         let tv = Vars { tenant: t, ..vars };
                         let (tr, tr_long) = long(&n.tenant_role, tv);
                         let (schema, schema_long) = long(&n.tenant_schema, tv);
@@ -480,16 +433,10 @@ impl Desired {
             }
         }
         d.check_names()?;
-        d.roles
-            .sort_by(|a, b| (&a.server, &a.name).cmp(&(&b.server, &b.name)));
-        d.databases
-            .sort_by(|a, b| (&a.server, &a.name).cmp(&(&b.server, &b.name)));
-        d.schemas.sort_by(|a, b| {
-            (&a.server, &a.database, &a.name).cmp(&(&b.server, &b.database, &b.name))
-        });
-        d.extensions.sort_by(|a, b| {
-            (&a.server, &a.database, &a.name).cmp(&(&b.server, &b.database, &b.name))
-        });
+        d.roles.sort_by(|a, b| (&a.server, &a.name).cmp(&(&b.server, &b.name)));
+        d.databases.sort_by(|a, b| (&a.server, &a.name).cmp(&(&b.server, &b.name)));
+        d.schemas.sort_by(|a, b| (&a.server, &a.database, &a.name).cmp(&(&b.server, &b.database, &b.name)));
+        d.extensions.sort_by(|a, b| (&a.server, &a.database, &a.name).cmp(&(&b.server, &b.database, &b.name)));
         d.read_grants.sort();
         d.role_settings.sort();
         Ok(d)
@@ -499,28 +446,16 @@ impl Desired {
     pub fn objects(&self) -> Vec<(ObjectRef, &Origin)> {
         let mut out = Vec::new();
         for r in &self.roles {
-            out.push((
-                ObjectRef::cluster(&r.server, ObjectKind::Role, &r.name),
-                &r.origin,
-            ));
+            out.push((ObjectRef::cluster(&r.server, ObjectKind::Role, &r.name), &r.origin));
         }
         for db in &self.databases {
-            out.push((
-                ObjectRef::cluster(&db.server, ObjectKind::Database, &db.name),
-                &db.origin,
-            ));
+            out.push((ObjectRef::cluster(&db.server, ObjectKind::Database, &db.name), &db.origin));
         }
         for s in &self.schemas {
-            out.push((
-                ObjectRef::in_db(&s.server, ObjectKind::Schema, &s.database, &s.name),
-                &s.origin,
-            ));
+            out.push((ObjectRef::in_db(&s.server, ObjectKind::Schema, &s.database, &s.name), &s.origin));
         }
         for e in &self.extensions {
-            out.push((
-                ObjectRef::in_db(&e.server, ObjectKind::Extension, &e.database, &e.name),
-                &e.origin,
-            ));
+            out.push((ObjectRef::in_db(&e.server, ObjectKind::Extension, &e.database, &e.name), &e.origin));
         }
         out
     }
@@ -543,7 +478,8 @@ impl Desired {
                     ))
                 }
                 ObjectKind::Schema
-                    if obj.name.starts_with("pg_") || ["public", "information_schema", "pgplane"].contains(&obj.name.as_str()) =>
+                    if obj.name.starts_with("pg_")
+                        || ["public", "information_schema", "pgplane"].contains(&obj.name.as_str()) =>
                 {
                     problems.push(format!(
                         "schema name {:?} ({}) is reserved; change naming.tenant_schema",
@@ -574,8 +510,6 @@ impl Desired {
     }
 
     pub fn endpoint(&self, module: &str, tenant: Option<&str>) -> Option<&Endpoint> {
-        self.endpoints
-            .iter()
-            .find(|e| e.module == module && e.tenant.as_deref() == tenant)
+        self.endpoints.iter().find(|e| e.module == module && e.tenant.as_deref() == tenant)
     }
 }

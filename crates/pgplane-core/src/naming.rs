@@ -61,20 +61,12 @@ impl NameTemplate {
         while let Some(c) = chars.next() {
             if c == '{' {
                 let name: String = chars.by_ref().take_while(|&c| c != '}').collect();
-                let var = allowed
-                    .iter()
-                    .copied()
-                    .find(|v| v.name() == name)
-                    .ok_or_else(|| {
-                        format!(
-                            "unknown placeholder {{{name}}} in {text:?}; allowed here: {}",
-                            allowed
-                                .iter()
-                                .map(|v| format!("{{{}}}", v.name()))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    })?;
+                let var = allowed.iter().copied().find(|v| v.name() == name).ok_or_else(|| {
+                    format!(
+                        "unknown placeholder {{{name}}} in {text:?}; allowed here: {}",
+                        allowed.iter().map(|v| format!("{{{}}}", v.name())).collect::<Vec<_>>().join(", ")
+                    )
+                })?;
                 if !lit.is_empty() {
                     parts.push(Part::Lit(std::mem::take(&mut lit)));
                 }
@@ -92,10 +84,7 @@ impl NameTemplate {
         }
         for r in required {
             if !parts.contains(&Part::Var(*r)) {
-                return Err(format!(
-                    "{text:?} must contain {{{}}} so that names stay unique",
-                    r.name()
-                ));
+                return Err(format!("{text:?} must contain {{{}}} so that names stay unique", r.name()));
             }
         }
         match parts.first() {
@@ -105,10 +94,7 @@ impl NameTemplate {
             None => return Err("template is empty".into()),
             _ => {}
         }
-        Ok(NameTemplate {
-            text: text.to_string(),
-            parts,
-        })
+        Ok(NameTemplate { text: text.to_string(), parts })
     }
 
     /// The full name before fitting it to 63 bytes.
@@ -139,21 +125,9 @@ mod tests {
 
     #[test]
     fn renders() {
-        let t = NameTemplate::parse(
-            "{env}_{tenant}_{module}",
-            &[Var::Tenant],
-            &[Var::Env, Var::Tenant, Var::Module],
-        )
-        .expect("valid");
-        assert_eq!(
-            t.render(Vars {
-                env: "dev",
-                tenant: "acme",
-                module: "users",
-                owner: ""
-            }),
-            "dev_acme_users"
-        );
+        let t = NameTemplate::parse("{env}_{tenant}_{module}", &[Var::Tenant], &[Var::Env, Var::Tenant, Var::Module])
+            .expect("valid");
+        assert_eq!(t.render(Vars { env: "dev", tenant: "acme", module: "users", owner: "" }), "dev_acme_users");
     }
 
     #[test]

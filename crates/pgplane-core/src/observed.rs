@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
+
 use crate::model::Record;
 
 /// The grantee name used for `PUBLIC` in privilege maps.
@@ -73,7 +75,7 @@ pub enum Contents {
     Known(DbContents),
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DbContents {
     pub schemas: BTreeMap<String, SchemaState>,
     pub extensions: BTreeSet<String>,
@@ -83,7 +85,7 @@ pub struct DbContents {
     pub select_all: BTreeSet<(String, String)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SchemaState {
     pub owner: String,
     /// Grantee (role name or `PUBLIC`) → privileges (`USAGE`, `CREATE`).
@@ -102,10 +104,7 @@ impl DbContents {
                 owner: "pg_database_owner".into(),
                 privileges: BTreeMap::from([
                     (PUBLIC.to_string(), BTreeSet::from(["USAGE".to_string()])),
-                    (
-                        "pg_database_owner".to_string(),
-                        BTreeSet::from(["USAGE".to_string(), "CREATE".to_string()]),
-                    ),
+                    ("pg_database_owner".to_string(), BTreeSet::from(["USAGE".to_string(), "CREATE".to_string()])),
                 ]),
             },
         );

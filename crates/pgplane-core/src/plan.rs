@@ -134,6 +134,7 @@ pub struct Action {
     pub kind: ActionKind,
     /// The object acted on, e.g. `database dev_registry`.
     pub target: String,
+    pub object: ObjectRef,
     pub server: String,
     /// Database to run in; `None` runs in the server's admin database.
     pub database: Option<String>,
@@ -188,17 +189,10 @@ pub struct PlanError {
 /// (schemas, extensions, read grants) → role settings → drops (extensions, schemas,
 /// databases, roles) → forgotten records.
 pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Result<Plan, PlanError> {
-    let mut p = Planner {
-        desired,
-        observed,
-        opts,
-        actions: Vec::new(),
-        problems: Vec::new(),
-    };
+    let mut p = Planner { desired, observed, opts, actions: Vec::new(), problems: Vec::new() };
     let empty = ServerState::default();
     let server = |name: &str| observed.servers.get(name).unwrap_or(&empty);
-    let records: BTreeMap<&ObjectRef, &Record> =
-        observed.records.iter().map(|r| (&r.object, r)).collect();
+    let records: BTreeMap<&ObjectRef, &Record> = observed.records.iter().map(|r| (&r.object, r)).collect();
 
     // Ownership: every wanted name is ours already, free, or adoptable.
     let mut adopted: BTreeSet<ObjectRef> = BTreeSet::new();
@@ -237,9 +231,7 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Result
         }
     }
     if !p.problems.is_empty() {
-        return Err(PlanError {
-            problems: p.problems,
-        });
+        return Err(PlanError { problems: p.problems });
     }
 
     let desired_refs: BTreeSet<ObjectRef> = desired.objects().into_iter().map(|(o, _)| o).collect();
@@ -267,12 +259,7 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Result
     }
     shortened.sort();
     shortened.dedup();
-    Ok(Plan {
-        env: desired.env.clone(),
-        actions: p.actions,
-        orphans,
-        shortened,
-    })
+    Ok(Plan { env: desired.env.clone(), actions: p.actions, orphans, shortened })
 }
 
 /// `Some(true)` exists, `Some(false)` absent, `None` unknown (database contents not read).
@@ -284,9 +271,7 @@ fn exists(server: &ServerState, obj: &ObjectRef) -> Option<bool> {
             None => Some(false),
             Some(db) => match &db.contents {
                 Contents::Unknown => None,
-                Contents::Known(c) if obj.kind == ObjectKind::Schema => {
-                    Some(c.schemas.contains_key(&obj.name))
-                }
+                Contents::Known(c) if obj.kind == ObjectKind::Schema => Some(c.schemas.contains_key(&obj.name)),
                 Contents::Known(c) => Some(c.extensions.contains(&obj.name)),
             },
         },
@@ -302,18 +287,11 @@ struct Planner<'a> {
 }
 
 impl Planner<'_> {
-    fn push(
-        &mut self,
-        kind: ActionKind,
-        obj: &ObjectRef,
-        db: Option<&str>,
-        sql: Sql,
-        why: &str,
-        record: RecordChange,
-    ) {
+    fn push(&mut self, kind: ActionKind, obj: &ObjectRef, db: Option<&str>, sql: Sql, why: &str, record: RecordChange) {
         self.actions.push(Action {
             kind,
             target: obj.display(),
+            object: obj.clone(),
             server: obj.server.clone(),
             database: db.map(str::to_string),
             sql,
@@ -322,11 +300,7 @@ impl Planner<'_> {
         });
     }
 
-    fn roles<'s>(
-        &mut self,
-        server: &impl Fn(&str) -> &'s ServerState,
-        adopted: &BTreeSet<ObjectRef>,
-    ) {
+    fn roles<'s>(&mut self, server: &impl Fn(&str) -> &'s ServerState, adopted: &BTreeSet<ObjectRef>) {
         for r in &self.desired.roles {
             let obj = ObjectRef::cluster(&r.server, ObjectKind::Role, &r.name);
             match server(&r.server).roles.get(&r.name) {
@@ -338,18 +312,8 @@ impl Planner<'_> {
                         )),
                         SqlPart::Password { role: r.name.clone() },
                     ]);
-                    let rec = RecordChange::Claim(Record {
-                        object: obj.clone(),
-                        origin: r.origin.clone(),
-                    });
-                    self.push(
-                        ActionKind::CreateRole,
-                        &obj,
-                        None,
-                        sql,
-                        &format!("{} is missing", obj.display()),
-                        rec,
-                    );
+                    let rec = RecordChange::Claim(Record { object: obj.clone(), origin: r.origin.clone() });
+                    self.push(ActionKind::CreateRole, &obj, None, sql, &format!("{} is missing", obj.display()), rec);
                 }
                 Some(state) => {
                     let want = RoleState::default();
@@ -359,18 +323,8 @@ impl Planner<'_> {
                         ("LOGIN", "NOLOGIN", want.login, state.login),
                         ("SUPERUSER", "NOSUPERUSER", want.superuser, state.superuser),
                         ("CREATEDB", "NOCREATEDB", want.createdb, state.createdb),
-                        (
-                            "CREATEROLE",
-                            "NOCREATEROLE",
-                            want.createrole,
-                            state.createrole,
-                        ),
-                        (
-                            "REPLICATION",
-                            "NOREPLICATION",
-                            want.replication,
-                            state.replication,
-                        ),
+                        ("CREATEROLE", "NOCREATEROLE", want.createrole, state.createrole),
+                        ("REPLICATION", "NOREPLICATION", want.replication, state.replication),
                         ("BYPASSRLS", "NOBYPASSRLS", want.bypassrls, state.bypassrls),
                         ("INHERIT", "NOINHERIT", want.inherit, state.inherit),
                     ];
@@ -381,34 +335,17 @@ impl Planner<'_> {
                         }
                     }
                     if !fixes.is_empty() {
-                        let sql =
-                            Sql::text(format!("ALTER ROLE {} {}", q(&r.name), fixes.join(" ")));
+                        let sql = Sql::text(format!("ALTER ROLE {} {}", q(&r.name), fixes.join(" ")));
                         let why = format!("drift: role has {}", why.join(" "));
-                        self.push(
-                            ActionKind::AlterRole,
-                            &obj,
-                            None,
-                            sql,
-                            &why,
-                            RecordChange::None,
-                        );
+                        self.push(ActionKind::AlterRole, &obj, None, sql, &why, RecordChange::None);
                     }
                     if adopted.contains(&obj) {
                         let sql = Sql(vec![
                             SqlPart::Text(format!("ALTER ROLE {} PASSWORD ", q(&r.name))),
-                            SqlPart::Password {
-                                role: r.name.clone(),
-                            },
+                            SqlPart::Password { role: r.name.clone() },
                         ]);
                         let why = "adopted: pgplane sets a password it can hand out with `pgplane credentials`";
-                        self.push(
-                            ActionKind::SetPassword,
-                            &obj,
-                            None,
-                            sql,
-                            why,
-                            RecordChange::None,
-                        );
+                        self.push(ActionKind::SetPassword, &obj, None, sql, why, RecordChange::None);
                     }
                 }
             }
@@ -420,20 +357,9 @@ impl Planner<'_> {
             let obj = ObjectRef::cluster(&d.server, ObjectKind::Database, &d.name);
             let grant_all_connects = |p: &mut Self, missing: &BTreeSet<String>| {
                 for role in missing {
-                    let sql = Sql::text(format!(
-                        "GRANT CONNECT ON DATABASE {} TO {}",
-                        q(&d.name),
-                        q(role)
-                    ));
+                    let sql = Sql::text(format!("GRANT CONNECT ON DATABASE {} TO {}", q(&d.name), q(role)));
                     let why = format!("role {role} must be able to connect");
-                    p.push(
-                        ActionKind::GrantConnect,
-                        &obj,
-                        None,
-                        sql,
-                        &why,
-                        RecordChange::None,
-                    );
+                    p.push(ActionKind::GrantConnect, &obj, None, sql, &why, RecordChange::None);
                 }
             };
             match server(&d.server).databases.get(&d.name) {
@@ -444,10 +370,7 @@ impl Planner<'_> {
                         q(&d.owner),
                         d.connection_limit
                     ));
-                    let rec = RecordChange::Claim(Record {
-                        object: obj.clone(),
-                        origin: d.origin.clone(),
-                    });
+                    let rec = RecordChange::Claim(Record { object: obj.clone(), origin: d.origin.clone() });
                     self.push(
                         ActionKind::CreateDatabase,
                         &obj,
@@ -456,84 +379,36 @@ impl Planner<'_> {
                         &format!("{} is missing", obj.display()),
                         rec,
                     );
-                    let sql =
-                        Sql::text(format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", q(&d.name)));
+                    let sql = Sql::text(format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", q(&d.name)));
                     let why = "least privilege: only the module's roles may connect";
-                    self.push(
-                        ActionKind::RevokePublic,
-                        &obj,
-                        None,
-                        sql,
-                        why,
-                        RecordChange::None,
-                    );
+                    self.push(ActionKind::RevokePublic, &obj, None, sql, why, RecordChange::None);
                     grant_all_connects(self, &d.connect);
                 }
                 Some(state) => {
                     if state.owner != d.owner {
-                        let sql = Sql::text(format!(
-                            "ALTER DATABASE {} OWNER TO {}",
-                            q(&d.name),
-                            q(&d.owner)
-                        ));
+                        let sql = Sql::text(format!("ALTER DATABASE {} OWNER TO {}", q(&d.name), q(&d.owner)));
                         let why = format!("drift: owner is {}", state.owner);
-                        self.push(
-                            ActionKind::AlterDatabaseOwner,
-                            &obj,
-                            None,
-                            sql,
-                            &why,
-                            RecordChange::None,
-                        );
+                        self.push(ActionKind::AlterDatabaseOwner, &obj, None, sql, &why, RecordChange::None);
                     }
                     if state.connection_limit != d.connection_limit {
-                        let sql = Sql::text(format!(
-                            "ALTER DATABASE {} CONNECTION LIMIT {}",
-                            q(&d.name),
-                            d.connection_limit
-                        ));
-                        let why = format!(
-                            "connection limit is {}, want {}",
-                            state.connection_limit, d.connection_limit
-                        );
-                        self.push(
-                            ActionKind::AlterDatabaseConnectionLimit,
-                            &obj,
-                            None,
-                            sql,
-                            &why,
-                            RecordChange::None,
-                        );
+                        let sql =
+                            Sql::text(format!("ALTER DATABASE {} CONNECTION LIMIT {}", q(&d.name), d.connection_limit));
+                        let why =
+                            format!("connection limit is {}, want {}", state.connection_limit, d.connection_limit);
+                        self.push(ActionKind::AlterDatabaseConnectionLimit, &obj, None, sql, &why, RecordChange::None);
                     }
                     if let Some(privs) = state.privileges.get(PUBLIC).filter(|p| !p.is_empty()) {
-                        let sql =
-                            Sql::text(format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", q(&d.name)));
+                        let sql = Sql::text(format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", q(&d.name)));
                         let why = format!(
                             "drift: PUBLIC has {}",
-                            privs
-                                .iter()
-                                .map(String::as_str)
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            privs.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
                         );
-                        self.push(
-                            ActionKind::RevokePublic,
-                            &obj,
-                            None,
-                            sql,
-                            &why,
-                            RecordChange::None,
-                        );
+                        self.push(ActionKind::RevokePublic, &obj, None, sql, &why, RecordChange::None);
                     }
                     let missing: BTreeSet<String> = d
                         .connect
                         .iter()
-                        .filter(|r| {
-                            !state
-                                .privileges
-                                .get(*r)
-                                .is_some_and(|p| p.contains("CONNECT"))
-                        })
+                        .filter(|r| !state.privileges.get(*r).is_some_and(|p| p.contains("CONNECT")))
                         .cloned()
                         .collect();
                     grant_all_connects(self, &missing);
@@ -543,8 +418,7 @@ impl Planner<'_> {
     }
 
     fn contents<'s>(&mut self, server: &impl Fn(&str) -> &'s ServerState) {
-        let managed_roles: BTreeSet<&str> =
-            self.desired.roles.iter().map(|r| r.name.as_str()).collect();
+        let managed_roles: BTreeSet<&str> = self.desired.roles.iter().map(|r| r.name.as_str()).collect();
         for d in &self.desired.databases {
             let readers: Vec<(String, String)> = self
                 .desired
@@ -562,10 +436,7 @@ impl Planner<'_> {
                 Some(state) => match &state.contents {
                     Contents::Known(c) => c,
                     Contents::Unknown => {
-                        self.problems.push(format!(
-                            "database {} could not be read; run plan again",
-                            d.name
-                        ));
+                        self.problems.push(format!("database {} could not be read; run plan again", d.name));
                         continue;
                     }
                 },
@@ -574,11 +445,7 @@ impl Planner<'_> {
 
             // PostgreSQL 15 revokes CREATE on public from PUBLIC; keep it that way.
             if let Some(public) = contents.schemas.get("public") {
-                if public
-                    .privileges
-                    .get(PUBLIC)
-                    .is_some_and(|p| p.contains("CREATE"))
-                {
+                if public.privileges.get(PUBLIC).is_some_and(|p| p.contains("CREATE")) {
                     let obj = ObjectRef::in_db(&d.server, ObjectKind::Schema, &d.name, "public");
                     let sql = Sql::text("REVOKE CREATE ON SCHEMA public FROM PUBLIC");
                     self.push(
@@ -592,33 +459,19 @@ impl Planner<'_> {
                 }
             }
 
-            for s in self
-                .desired
-                .schemas
-                .iter()
-                .filter(|s| s.server == d.server && s.database == d.name)
-            {
+            for s in self.desired.schemas.iter().filter(|s| s.server == d.server && s.database == d.name) {
                 let obj = ObjectRef::in_db(&s.server, ObjectKind::Schema, &s.database, &s.name);
                 let readers: BTreeSet<&str> = self
                     .desired
                     .read_grants
                     .iter()
-                    .filter(|g| {
-                        g.server == s.server && g.database == s.database && g.schema == s.name
-                    })
+                    .filter(|g| g.server == s.server && g.database == s.database && g.schema == s.name)
                     .map(|g| g.reader.as_str())
                     .collect();
                 match contents.schemas.get(&s.name) {
                     None => {
-                        let sql = Sql::text(format!(
-                            "CREATE SCHEMA {} AUTHORIZATION {}",
-                            q(&s.name),
-                            q(&s.owner)
-                        ));
-                        let rec = RecordChange::Claim(Record {
-                            object: obj.clone(),
-                            origin: s.origin.clone(),
-                        });
+                        let sql = Sql::text(format!("CREATE SCHEMA {} AUTHORIZATION {}", q(&s.name), q(&s.owner)));
+                        let rec = RecordChange::Claim(Record { object: obj.clone(), origin: s.origin.clone() });
                         self.push(
                             ActionKind::CreateSchema,
                             &obj,
@@ -630,20 +483,9 @@ impl Planner<'_> {
                     }
                     Some(state) => {
                         if state.owner != s.owner {
-                            let sql = Sql::text(format!(
-                                "ALTER SCHEMA {} OWNER TO {}",
-                                q(&s.name),
-                                q(&s.owner)
-                            ));
+                            let sql = Sql::text(format!("ALTER SCHEMA {} OWNER TO {}", q(&s.name), q(&s.owner)));
                             let why = format!("drift: owner is {}", state.owner);
-                            self.push(
-                                ActionKind::AlterSchemaOwner,
-                                &obj,
-                                db,
-                                sql,
-                                &why,
-                                RecordChange::None,
-                            );
+                            self.push(ActionKind::AlterSchemaOwner, &obj, db, sql, &why, RecordChange::None);
                         }
                         // Isolation: nobody but its owner and readers reaches a tenant's schema.
                         for (grantee, privs) in &state.privileges {
@@ -652,45 +494,21 @@ impl Planner<'_> {
                                     && grantee != &s.owner
                                     && !readers.contains(grantee.as_str()));
                             if foreign && !privs.is_empty() {
-                                let who = if grantee == PUBLIC {
-                                    "PUBLIC".to_string()
-                                } else {
-                                    q(grantee)
-                                };
-                                let sql = Sql::text(format!(
-                                    "REVOKE ALL ON SCHEMA {} FROM {who}",
-                                    q(&s.name)
-                                ));
-                                let why =
-                                    format!("isolation: {grantee} must not reach this schema");
-                                self.push(
-                                    ActionKind::RevokeSchema,
-                                    &obj,
-                                    db,
-                                    sql,
-                                    &why,
-                                    RecordChange::None,
-                                );
+                                let who = if grantee == PUBLIC { "PUBLIC".to_string() } else { q(grantee) };
+                                let sql = Sql::text(format!("REVOKE ALL ON SCHEMA {} FROM {who}", q(&s.name)));
+                                let why = format!("isolation: {grantee} must not reach this schema");
+                                self.push(ActionKind::RevokeSchema, &obj, db, sql, &why, RecordChange::None);
                             }
                         }
                     }
                 }
             }
 
-            for e in self
-                .desired
-                .extensions
-                .iter()
-                .filter(|e| e.server == d.server && e.database == d.name)
-            {
+            for e in self.desired.extensions.iter().filter(|e| e.server == d.server && e.database == d.name) {
                 if !contents.extensions.contains(&e.name) {
-                    let obj =
-                        ObjectRef::in_db(&e.server, ObjectKind::Extension, &e.database, &e.name);
+                    let obj = ObjectRef::in_db(&e.server, ObjectKind::Extension, &e.database, &e.name);
                     let sql = Sql::text(format!("CREATE EXTENSION IF NOT EXISTS {}", q(&e.name)));
-                    let rec = RecordChange::Claim(Record {
-                        object: obj.clone(),
-                        origin: e.origin.clone(),
-                    });
+                    let rec = RecordChange::Claim(Record { object: obj.clone(), origin: e.origin.clone() });
                     self.push(
                         ActionKind::CreateExtension,
                         &obj,
@@ -702,78 +520,33 @@ impl Planner<'_> {
                 }
             }
 
-            for g in self
-                .desired
-                .read_grants
-                .iter()
-                .filter(|g| g.server == d.server && g.database == d.name)
-            {
+            for g in self.desired.read_grants.iter().filter(|g| g.server == d.server && g.database == d.name) {
                 let obj = ObjectRef::in_db(&g.server, ObjectKind::Schema, &g.database, &g.schema);
                 let schema_created = !contents.schemas.contains_key(&g.schema);
-                let has_usage = contents.schemas.get(&g.schema).is_some_and(|s| {
-                    s.privileges
-                        .get(&g.reader)
-                        .is_some_and(|p| p.contains("USAGE"))
-                });
+                let has_usage = contents
+                    .schemas
+                    .get(&g.schema)
+                    .is_some_and(|s| s.privileges.get(&g.reader).is_some_and(|p| p.contains("USAGE")));
                 if !has_usage {
-                    let sql = Sql::text(format!(
-                        "GRANT USAGE ON SCHEMA {} TO {}",
-                        q(&g.schema),
-                        q(&g.reader)
-                    ));
+                    let sql = Sql::text(format!("GRANT USAGE ON SCHEMA {} TO {}", q(&g.schema), q(&g.reader)));
                     let why = format!("read-only role {} reads this schema", g.reader);
-                    self.push(
-                        ActionKind::GrantUsage,
-                        &obj,
-                        db,
-                        sql,
-                        &why,
-                        RecordChange::None,
-                    );
+                    self.push(ActionKind::GrantUsage, &obj, db, sql, &why, RecordChange::None);
                 }
-                if !schema_created
-                    && !contents
-                        .select_all
-                        .contains(&(g.schema.clone(), g.reader.clone()))
-                {
-                    let sql = Sql::text(format!(
-                        "GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}",
-                        q(&g.schema),
-                        q(&g.reader)
-                    ));
+                if !schema_created && !contents.select_all.contains(&(g.schema.clone(), g.reader.clone())) {
+                    let sql =
+                        Sql::text(format!("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}", q(&g.schema), q(&g.reader)));
                     let why = format!("read-only role {} lacks SELECT on some tables", g.reader);
-                    self.push(
-                        ActionKind::GrantSelect,
-                        &obj,
-                        db,
-                        sql,
-                        &why,
-                        RecordChange::None,
-                    );
+                    self.push(ActionKind::GrantSelect, &obj, db, sql, &why, RecordChange::None);
                 }
-                if !contents.default_select.contains(&(
-                    g.owner.clone(),
-                    g.schema.clone(),
-                    g.reader.clone(),
-                )) {
+                if !contents.default_select.contains(&(g.owner.clone(), g.schema.clone(), g.reader.clone())) {
                     let sql = Sql::text(format!(
                         "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT SELECT ON TABLES TO {}",
                         q(&g.owner),
                         q(&g.schema),
                         q(&g.reader)
                     ));
-                    let why = format!(
-                        "future tables of {} must be readable by {}",
-                        g.owner, g.reader
-                    );
-                    self.push(
-                        ActionKind::DefaultPrivileges,
-                        &obj,
-                        db,
-                        sql,
-                        &why,
-                        RecordChange::None,
-                    );
+                    let why = format!("future tables of {} must be readable by {}", g.owner, g.reader);
+                    self.push(ActionKind::DefaultPrivileges, &obj, db, sql, &why, RecordChange::None);
                 }
             }
         }
@@ -781,14 +554,9 @@ impl Planner<'_> {
 
     fn role_settings<'s>(&mut self, server: &impl Fn(&str) -> &'s ServerState) {
         for s in &self.desired.role_settings {
-            let have = server(&s.server)
-                .role_settings
-                .get(&(s.database.clone(), s.role.clone()));
-            let current = have.and_then(|cfg| {
-                cfg.iter()
-                    .find_map(|c| c.strip_prefix("search_path="))
-                    .map(|v| v.replace('"', ""))
-            });
+            let have = server(&s.server).role_settings.get(&(s.database.clone(), s.role.clone()));
+            let current = have
+                .and_then(|cfg| cfg.iter().find_map(|c| c.strip_prefix("search_path=")).map(|v| v.replace('"', "")));
             if current.as_deref() != Some(s.search_path.as_str()) {
                 let obj = ObjectRef::cluster(&s.server, ObjectKind::Role, &s.role);
                 let sql = Sql::text(format!(
@@ -798,32 +566,18 @@ impl Planner<'_> {
                     q(&s.search_path)
                 ));
                 let why = format!("the role works in schema {} by default", s.search_path);
-                self.push(
-                    ActionKind::SetSearchPath,
-                    &obj,
-                    None,
-                    sql,
-                    &why,
-                    RecordChange::None,
-                );
+                self.push(ActionKind::SetSearchPath, &obj, None, sql, &why, RecordChange::None);
             }
         }
     }
 
-    fn orphans<'s>(
-        &mut self,
-        server: &impl Fn(&str) -> &'s ServerState,
-        desired: &BTreeSet<ObjectRef>,
-    ) -> Vec<Orphan> {
+    fn orphans<'s>(&mut self, server: &impl Fn(&str) -> &'s ServerState, desired: &BTreeSet<ObjectRef>) -> Vec<Orphan> {
         let mut orphans: Vec<Orphan> = self
             .observed
             .records
             .iter()
             .filter(|r| r.origin.env == self.desired.env && !desired.contains(&r.object))
-            .map(|r| Orphan {
-                record: r.clone(),
-                exists: exists(server(&r.object.server), &r.object) != Some(false),
-            })
+            .map(|r| Orphan { record: r.clone(), exists: exists(server(&r.object.server), &r.object) != Some(false) })
             .collect();
         // Drop order: things inside databases, then databases, then roles.
         let rank = |k: ObjectKind| match k {
@@ -833,8 +587,7 @@ impl Planner<'_> {
             ObjectKind::Role => 3,
         };
         orphans.sort_by(|a, b| {
-            (rank(a.record.object.kind), &a.record.object)
-                .cmp(&(rank(b.record.object.kind), &b.record.object))
+            (rank(a.record.object.kind), &a.record.object).cmp(&(rank(b.record.object.kind), &b.record.object))
         });
         if !self.opts.prune {
             return orphans;
@@ -850,48 +603,26 @@ impl Planner<'_> {
         for o in &orphans {
             let obj = &o.record.object;
             let forget = RecordChange::Forget(o.record.clone());
-            let in_dropped_db = !obj.database.is_empty()
-                && dropped_dbs.contains(&(obj.server.clone(), obj.database.clone()));
-            let db_missing = !obj.database.is_empty()
-                && !server(&obj.server).databases.contains_key(&obj.database);
+            let in_dropped_db =
+                !obj.database.is_empty() && dropped_dbs.contains(&(obj.server.clone(), obj.database.clone()));
+            let db_missing = !obj.database.is_empty() && !server(&obj.server).databases.contains_key(&obj.database);
             if in_dropped_db && o.exists {
                 after_drop.push(o);
                 continue;
             }
             if !o.exists || db_missing {
-                self.push(
-                    ActionKind::Forget,
-                    obj,
-                    None,
-                    Sql::default(),
-                    "it no longer exists",
-                    forget,
-                );
+                self.push(ActionKind::Forget, obj, None, Sql::default(), "it no longer exists", forget);
                 continue;
             }
             let why = "removed from the manifest; --prune given";
             match obj.kind {
                 ObjectKind::Extension => {
                     let sql = Sql::text(format!("DROP EXTENSION {}", q(&obj.name)));
-                    self.push(
-                        ActionKind::DropExtension,
-                        obj,
-                        Some(&obj.database),
-                        sql,
-                        why,
-                        forget,
-                    );
+                    self.push(ActionKind::DropExtension, obj, Some(&obj.database), sql, why, forget);
                 }
                 ObjectKind::Schema => {
                     let sql = Sql::text(format!("DROP SCHEMA {} CASCADE", q(&obj.name)));
-                    self.push(
-                        ActionKind::DropSchema,
-                        obj,
-                        Some(&obj.database),
-                        sql,
-                        why,
-                        forget,
-                    );
+                    self.push(ActionKind::DropSchema, obj, Some(&obj.database), sql, why, forget);
                 }
                 ObjectKind::Database => {
                     let sql = Sql::text(format!("DROP DATABASE {} WITH (FORCE)", q(&obj.name)));
@@ -899,23 +630,15 @@ impl Planner<'_> {
                 }
                 ObjectKind::Role => {
                     let state = server(&obj.server).roles.get(&obj.name);
-                    let deps: Vec<String> = state
-                        .map(|s| s.dependent_databases.iter().cloned().collect())
-                        .unwrap_or_default();
+                    let deps: Vec<String> =
+                        state.map(|s| s.dependent_databases.iter().cloned().collect()).unwrap_or_default();
                     for dep in deps {
                         if dropped_dbs.contains(&(obj.server.clone(), dep.clone())) {
                             continue;
                         }
                         let sql = Sql::text(format!("DROP OWNED BY {}", q(&obj.name)));
                         let why = format!("the role holds objects or privileges in {dep}");
-                        self.push(
-                            ActionKind::DropOwned,
-                            obj,
-                            Some(&dep),
-                            sql,
-                            &why,
-                            RecordChange::None,
-                        );
+                        self.push(ActionKind::DropOwned, obj, Some(&dep), sql, &why, RecordChange::None);
                     }
                     // Privileges on shared objects (databases) go with DROP OWNED in any database.
                     let sql = Sql::text(format!("DROP OWNED BY {}", q(&obj.name)));
@@ -934,14 +657,7 @@ impl Planner<'_> {
         }
         for o in after_drop {
             let forget = RecordChange::Forget(o.record.clone());
-            self.push(
-                ActionKind::Forget,
-                &o.record.object,
-                None,
-                Sql::default(),
-                "its database was dropped",
-                forget,
-            );
+            self.push(ActionKind::Forget, &o.record.object, None, Sql::default(), "its database was dropped", forget);
         }
         orphans
     }

@@ -11,51 +11,25 @@ use crate::plan::{ActionKind, Plan};
 pub fn plan_text(plan: &Plan) -> String {
     let mut out = String::new();
     for (long, short) in &plan.shortened {
-        let _ = writeln!(
-            out,
-            "note: {long:?} is longer than 63 bytes; pgplane uses {short:?}"
-        );
+        let _ = writeln!(out, "note: {long:?} is longer than 63 bytes; pgplane uses {short:?}");
     }
     for (i, a) in plan.actions.iter().enumerate() {
         let place = match &a.database {
             Some(db) => format!("{}/{db}", a.server),
             None => a.server.clone(),
         };
-        let _ = writeln!(
-            out,
-            "{:>3}. {} {}  [{place}]  ({})",
-            i + 1,
-            a.kind.as_str(),
-            a.target,
-            a.why
-        );
+        let _ = writeln!(out, "{:>3}. {} {}  [{place}]  ({})", i + 1, a.kind.as_str(), a.target, a.why);
         if !a.sql.is_empty() {
             let _ = writeln!(out, "     {};", a.sql.redacted());
         }
     }
-    let pending: Vec<_> = plan
-        .orphans
-        .iter()
-        .filter(|o| {
-            !plan
-                .actions
-                .iter()
-                .any(|a| a.target == o.record.object.display())
-        })
-        .collect();
+    let pending: Vec<_> =
+        plan.orphans.iter().filter(|o| !plan.actions.iter().any(|a| a.target == o.record.object.display())).collect();
     if !pending.is_empty() {
-        let _ = writeln!(
-            out,
-            "orphaned (managed, no longer in the manifest; `apply --prune` drops them):"
-        );
+        let _ = writeln!(out, "orphaned (managed, no longer in the manifest; `apply --prune` drops them):");
         for o in pending {
             let state = if o.exists { "" } else { " (already gone)" };
-            let _ = writeln!(
-                out,
-                "  - {} [{}]{state}",
-                o.record.object.display(),
-                o.record.object.server
-            );
+            let _ = writeln!(out, "  - {} [{}]{state}", o.record.object.display(), o.record.object.server);
         }
     }
     let _ = writeln!(out, "{}", summary(plan));
@@ -65,11 +39,8 @@ pub fn plan_text(plan: &Plan) -> String {
 /// `Plan: 3 to create, 2 to change, 0 to drop (env dev).`
 pub fn summary(plan: &Plan) -> String {
     if plan.actions.is_empty() {
-        let orphans = if plan.orphans.is_empty() {
-            String::new()
-        } else {
-            format!(", {} orphaned", plan.orphans.len())
-        };
+        let orphans =
+            if plan.orphans.is_empty() { String::new() } else { format!(", {} orphaned", plan.orphans.len()) };
         return format!("No changes (env {}){orphans}.", plan.env);
     }
     let mut create = 0;
@@ -87,10 +58,7 @@ pub fn summary(plan: &Plan) -> String {
     }
     let n = plan.changes();
     let noun = if n == 1 { "change" } else { "changes" };
-    format!(
-        "Plan: {n} {noun}: {create} to create, {change} to change, {drop} to drop (env {}).",
-        plan.env
-    )
+    format!("Plan: {n} {noun}: {create} to create, {change} to change, {drop} to drop (env {}).", plan.env)
 }
 
 /// `{"changes": N, "actions": [{"kind", "target", "sql", ...}], "orphans": [...]}`.

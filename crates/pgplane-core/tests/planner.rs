@@ -28,48 +28,27 @@ fn applied(d: &Desired) -> Observed {
         s.roles.insert(r.name.clone(), RoleState::default());
     }
     for db in &d.databases {
-        let readers = d
-            .read_grants
-            .iter()
-            .filter(|g| g.database == db.name)
-            .map(|g| (g.schema.clone(), g.reader.clone()));
+        let readers =
+            d.read_grants.iter().filter(|g| g.database == db.name).map(|g| (g.schema.clone(), g.reader.clone()));
         let mut contents = DbContents::fresh(readers);
         for sc in d.schemas.iter().filter(|s| s.database == db.name) {
             let mut privileges = BTreeMap::from([(sc.owner.clone(), set(&["USAGE", "CREATE"]))]);
-            for g in d
-                .read_grants
-                .iter()
-                .filter(|g| g.database == db.name && g.schema == sc.name)
-            {
+            for g in d.read_grants.iter().filter(|g| g.database == db.name && g.schema == sc.name) {
                 privileges.insert(g.reader.clone(), set(&["USAGE"]));
             }
-            contents.schemas.insert(
-                sc.name.clone(),
-                SchemaState {
-                    owner: sc.owner.clone(),
-                    privileges,
-                },
-            );
+            contents.schemas.insert(sc.name.clone(), SchemaState { owner: sc.owner.clone(), privileges });
         }
         for g in d.read_grants.iter().filter(|g| g.database == db.name) {
             if let Some(p) = contents.schemas.get_mut(&g.schema) {
-                p.privileges
-                    .entry(g.reader.clone())
-                    .or_default()
-                    .insert("USAGE".into());
+                p.privileges.entry(g.reader.clone()).or_default().insert("USAGE".into());
             }
-            contents
-                .default_select
-                .insert((g.owner.clone(), g.schema.clone(), g.reader.clone()));
-            contents
-                .select_all
-                .insert((g.schema.clone(), g.reader.clone()));
+            contents.default_select.insert((g.owner.clone(), g.schema.clone(), g.reader.clone()));
+            contents.select_all.insert((g.schema.clone(), g.reader.clone()));
         }
         for e in d.extensions.iter().filter(|e| e.database == db.name) {
             contents.extensions.insert(e.name.clone());
         }
-        let mut privileges =
-            BTreeMap::from([(db.owner.clone(), set(&["CONNECT", "CREATE", "TEMPORARY"]))]);
+        let mut privileges = BTreeMap::from([(db.owner.clone(), set(&["CONNECT", "CREATE", "TEMPORARY"]))]);
         for r in &db.connect {
             privileges.insert(r.clone(), set(&["CONNECT"]));
         }
@@ -85,23 +64,10 @@ fn applied(d: &Desired) -> Observed {
         );
     }
     for rs in &d.role_settings {
-        s.role_settings.insert(
-            (rs.database.clone(), rs.role.clone()),
-            vec![format!("search_path={}", rs.search_path)],
-        );
+        s.role_settings.insert((rs.database.clone(), rs.role.clone()), vec![format!("search_path={}", rs.search_path)]);
     }
-    let records = d
-        .objects()
-        .into_iter()
-        .map(|(object, origin)| Record {
-            object,
-            origin: origin.clone(),
-        })
-        .collect();
-    Observed {
-        servers: BTreeMap::from([("local".to_string(), s)]),
-        records,
-    }
+    let records = d.objects().into_iter().map(|(object, origin)| Record { object, origin: origin.clone() }).collect();
+    Observed { servers: BTreeMap::from([("local".to_string(), s)]), records }
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {
@@ -212,10 +178,7 @@ fn unmanaged_objects_are_refused_unless_adopted() {
     check(
         &d,
         &o,
-        PlanOptions {
-            adopt: true,
-            prune: false,
-        },
+        PlanOptions { adopt: true, prune: false },
         expect![[r#"
           1. adopt role dev_app  [local]  (exists and --adopt was given: pgplane records it as its own)
           2. adopt database dev_app  [local]  (exists and --adopt was given: pgplane records it as its own)
@@ -251,10 +214,7 @@ fn orphans_are_reported_and_dropped_only_with_prune() {
     check(
         &after,
         &o,
-        PlanOptions {
-            prune: true,
-            adopt: false,
-        },
+        PlanOptions { prune: true, adopt: false },
         expect![[r#"
               1. drop_database database dev_users  [local]  (removed from the manifest; --prune given)
                  DROP DATABASE "dev_users" WITH (FORCE);
@@ -278,15 +238,7 @@ fn records_of_other_environments_are_never_orphans() {
     let other = desired("qa", "modules:\n  - name: app\n    storage: database\n");
     let o = applied(&other);
     let d = desired("dev", "modules:\n  - name: app\n    storage: database\n");
-    let p = plan(
-        &d,
-        &o,
-        PlanOptions {
-            prune: true,
-            adopt: false,
-        },
-    )
-    .unwrap();
+    let p = plan(&d, &o, PlanOptions { prune: true, adopt: false }).unwrap();
     assert!(p.orphans.is_empty());
     assert!(p.actions.iter().all(|a| !a.kind.is_drop()));
 }
@@ -298,27 +250,12 @@ fn foreign_grants_on_tenant_schemas_are_revoked() {
         "modules:\n  - name: users\n    storage: schema-per-tenant\ntenants:\n  - name: acme\n    modules: [users]\n  - name: globex\n    modules: [users]\n",
     );
     let mut o = applied(&d);
-    let Contents::Known(c) = &mut o
-        .servers
-        .get_mut("local")
-        .unwrap()
-        .databases
-        .get_mut("dev_users")
-        .unwrap()
-        .contents
+    let Contents::Known(c) = &mut o.servers.get_mut("local").unwrap().databases.get_mut("dev_users").unwrap().contents
     else {
         unreachable!()
     };
-    c.schemas
-        .get_mut("acme_users")
-        .unwrap()
-        .privileges
-        .insert("dev_globex_users".into(), set(&["USAGE"]));
-    c.schemas
-        .get_mut("public")
-        .unwrap()
-        .privileges
-        .insert(PUBLIC.into(), set(&["USAGE", "CREATE"]));
+    c.schemas.get_mut("acme_users").unwrap().privileges.insert("dev_globex_users".into(), set(&["USAGE"]));
+    c.schemas.get_mut("public").unwrap().privileges.insert(PUBLIC.into(), set(&["USAGE", "CREATE"]));
     check(
         &d,
         &o,
@@ -354,22 +291,10 @@ fn a_name_managed_for_another_origin_is_a_clash() {
 fn a_missing_managed_object_is_recreated() {
     let d = desired("dev", "modules:\n  - name: app\n    storage: database\n");
     let mut o = applied(&d);
-    o.servers
-        .get_mut("local")
-        .unwrap()
-        .databases
-        .remove("dev_app");
+    o.servers.get_mut("local").unwrap().databases.remove("dev_app");
     let p = plan(&d, &o, PlanOptions::default()).unwrap();
-    assert_eq!(
-        p.actions[0].sql.redacted(),
-        "CREATE DATABASE \"dev_app\" OWNER \"dev_app\" CONNECTION LIMIT -1"
-    );
+    assert_eq!(p.actions[0].sql.redacted(), "CREATE DATABASE \"dev_app\" OWNER \"dev_app\" CONNECTION LIMIT -1");
     // Unused helper kept honest.
     let _ = ObjectRef::cluster("local", ObjectKind::Role, "x");
-    let _ = Origin {
-        env: "dev".into(),
-        module: "m".into(),
-        tenant: None,
-        purpose: Purpose::OwnerRole,
-    };
+    let _ = Origin { env: "dev".into(), module: "m".into(), tenant: None, purpose: Purpose::OwnerRole };
 }

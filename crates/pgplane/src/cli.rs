@@ -15,12 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Exit codes: 0 success; 1 error (nothing was executed when the input was bad);
 /// 2 `plan --detailed-exitcode` found changes; 3 `local status` found no running server.
 #[derive(Debug, Parser)]
-#[command(
-    name = "pgplane",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "pgplane", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     /// pgplane's home folder: the secret key and the embedded server live here.
     #[arg(long, global = true, env = "PGPLANE_HOME", default_value = ".pgplane")]
@@ -101,6 +96,10 @@ pub struct PlanArgs {
     /// Include adoption of existing unmanaged objects (as `apply --adopt` would run).
     #[arg(long)]
     pub adopt: bool,
+    /// Read every database afresh instead of reusing apply's cached observations (which
+    /// are used only while the database's pg_shdepend fingerprint is unchanged).
+    #[arg(long)]
+    pub deep: bool,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +150,9 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Read every database afresh instead of reusing apply's cached observations.
+    #[arg(long)]
+    pub deep: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -227,9 +229,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; write e.g. 250ms, 30s, 5m or 1h"))?;
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration; write e.g. 250ms, 30s, 5m or 1h"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),

@@ -10,106 +10,52 @@ use pgplane_core::render;
 use serde_json::json;
 
 use crate::cli::{
-    AdoptArgs, ApplyArgs, CredentialFormat, CredentialsArgs, LocalCommand, PlanArgs, RoleChoice,
-    StatusArgs,
+    AdoptArgs, ApplyArgs, CredentialFormat, CredentialsArgs, LocalCommand, PlanArgs, RoleChoice, StatusArgs,
 };
 use crate::conn::{Role, Servers};
 use crate::ops::{self, Ctx, Session};
 use crate::{control, exec, observe, output, secrets};
 
 pub async fn plan(ctx: &mut Ctx, args: PlanArgs) -> Result<i32> {
-    let s = Session::open(
-        ctx,
-        &args.manifest.file,
-        args.manifest.env.as_deref(),
-        Role::Read,
-    )
-    .await?;
-    let plan = s
-        .plan_readonly(PlanOptions {
-            prune: args.prune,
-            adopt: args.adopt,
-        })
-        .await?;
+    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref(), Role::Read).await?;
+    let plan = s.plan_readonly(PlanOptions { prune: args.prune, adopt: args.adopt }, args.deep).await?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&render::plan_json(&plan))?
-        );
+        println!("{}", serde_json::to_string_pretty(&render::plan_json(&plan))?);
     } else {
         print!("{}", render::plan_text(&plan));
     }
-    Ok(if args.detailed_exitcode && plan.changes() > 0 {
-        2
-    } else {
-        0
-    })
+    Ok(if args.detailed_exitcode && plan.changes() > 0 { 2 } else { 0 })
 }
 
 fn require_confirmation_possible(yes: bool, verb: &str) -> Result<()> {
     if !yes && !std::io::stdin().is_terminal() {
-        bail!("refusing to {verb} without confirmation: stdin is not a terminal; pass --yes to {verb} non-interactively");
+        bail!(
+            "refusing to {verb} without confirmation: stdin is not a terminal; pass --yes to {verb} non-interactively"
+        );
     }
     Ok(())
 }
 
 pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
     require_confirmation_possible(args.yes, "apply")?;
-    let s = Session::open(
-        ctx,
-        &args.manifest.file,
-        args.manifest.env.as_deref(),
-        Role::Apply,
-    )
-    .await?;
-    let locked = s
-        .lock_and_plan(
-            PlanOptions {
-                prune: args.prune,
-                adopt: args.adopt,
-            },
-            args.lock_timeout,
-        )
-        .await?;
+    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref(), Role::Apply).await?;
+    let locked = s.lock_and_plan(PlanOptions { prune: args.prune, adopt: args.adopt }, args.lock_timeout).await?;
     run_locked(ctx, &s, locked, "apply", args.yes, args.json).await
 }
 
 pub async fn adopt(ctx: &mut Ctx, args: AdoptArgs) -> Result<i32> {
     require_confirmation_possible(args.yes, "adopt")?;
-    let s = Session::open(
-        ctx,
-        &args.manifest.file,
-        args.manifest.env.as_deref(),
-        Role::Apply,
-    )
-    .await?;
-    let mut locked = s
-        .lock_and_plan(
-            PlanOptions {
-                prune: false,
-                adopt: true,
-            },
-            args.lock_timeout,
-        )
-        .await?;
-    locked
-        .plan
-        .actions
-        .retain(|a| matches!(a.kind, ActionKind::Adopt | ActionKind::SetPassword));
+    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref(), Role::Apply).await?;
+    let mut locked = s.lock_and_plan(PlanOptions { prune: false, adopt: true }, args.lock_timeout).await?;
+    locked.plan.actions.retain(|a| matches!(a.kind, ActionKind::Adopt | ActionKind::SetPassword));
     locked.plan.orphans.clear();
     run_locked(ctx, &s, locked, "adopt", args.yes, args.json).await
 }
 
-async fn run_locked(
-    ctx: &mut Ctx,
-    s: &Session,
-    locked: ops::Locked,
-    kind: &str,
-    yes: bool,
-    json: bool,
-) -> Result<i32> {
+async fn run_locked(ctx: &mut Ctx, s: &Session, locked: ops::Locked, kind: &str, yes: bool, json: bool) -> Result<i32> {
     let plan = &locked.plan;
     if plan.changes() == 0 {
+        s.refresh_cache(&locked).await?;
         if json {
             println!(
                 "{}",
@@ -137,6 +83,7 @@ async fn run_locked(
     }
     let progress = output::progress();
     let applied = s.execute(ctx, &locked, kind, progress.as_ref()).await?;
+    s.refresh_cache(&locked).await?;
     if json {
         let mut doc = render::plan_json(plan);
         doc["applied"] = json!(applied);
@@ -153,9 +100,14 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
     let servers = Servers::resolve(&manifest, &ctx.local, ctx.keys()?)?;
     let admins = servers.connect_all(Role::Read).await?;
     let first = servers.first();
-    let records = match control::open_existing(first, &admins[&first.name]).await? {
-        Some(c) => control::read_records(&c).await?,
+    let control_db = control::open_existing(first, &admins[&first.name]).await?;
+    let records = match &control_db {
+        Some(c) => control::read_records(c).await?,
         None => Vec::new(),
+    };
+    let depth = || match (&control_db, args.deep) {
+        (Some(c), false) => observe::Depth::Cached(c),
+        _ => observe::Depth::Deep,
     };
     let mut envs: BTreeMap<String, Vec<&Record>> = BTreeMap::new();
     for r in &records {
@@ -169,19 +121,13 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
         let desired = pgplane_core::model::Desired::build(&manifest, env).ok();
         let (observed, plan) = match &desired {
             Some(d) => {
-                let obs = observe::observe(&servers, &admins, d, records.clone()).await?;
+                let (obs, _) = observe::observe(&servers, &admins, d, records.clone(), depth()).await?;
                 let plan = pgplane_core::plan::plan(d, &obs, PlanOptions::default()).ok();
                 (obs, plan)
             }
             None => {
-                let empty = pgplane_core::model::Desired {
-                    env: env.clone(),
-                    ..Default::default()
-                };
-                (
-                    observe::observe(&servers, &admins, &empty, records.clone()).await?,
-                    None,
-                )
+                let empty = pgplane_core::model::Desired { env: env.clone(), ..Default::default() };
+                (observe::observe(&servers, &admins, &empty, records.clone(), depth()).await?.0, None)
             }
         };
         let mut objects = Vec::new();
@@ -192,14 +138,10 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
                 ObjectKind::Database => s.databases.contains_key(&r.object.name),
                 ObjectKind::Schema | ObjectKind::Extension => {
                     match s.databases.get(&r.object.database).map(|d| &d.contents) {
-                        Some(pgplane_core::observed::Contents::Known(c))
-                            if r.object.kind == ObjectKind::Schema =>
-                        {
+                        Some(pgplane_core::observed::Contents::Known(c)) if r.object.kind == ObjectKind::Schema => {
                             c.schemas.contains_key(&r.object.name)
                         }
-                        Some(pgplane_core::observed::Contents::Known(c)) => {
-                            c.extensions.contains(&r.object.name)
-                        }
+                        Some(pgplane_core::observed::Contents::Known(c)) => c.extensions.contains(&r.object.name),
                         _ => false,
                     }
                 }
@@ -211,9 +153,7 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
                 .filter(|a| a.target == display && a.kind != ActionKind::Adopt)
                 .map(|a| json!({"kind": a.kind.as_str(), "why": a.why, "sql": a.sql.redacted()}))
                 .collect();
-            let in_manifest = desired
-                .as_ref()
-                .map(|d| d.objects().iter().any(|(o, _)| *o == r.object));
+            let in_manifest = desired.as_ref().map(|d| d.objects().iter().any(|(o, _)| *o == r.object));
             objects.push(json!({
                 "kind": r.object.kind.as_str(),
                 "name": r.object.name,
@@ -230,31 +170,17 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
         out.push(json!({"env": env, "objects": objects}));
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"environments": out}))?
-        );
+        println!("{}", serde_json::to_string_pretty(&json!({"environments": out}))?);
         return Ok(0);
     }
     if out.is_empty() {
-        println!(
-            "pgplane manages nothing yet{}.",
-            args.env.map(|e| format!(" in env {e}")).unwrap_or_default()
-        );
+        println!("pgplane manages nothing yet{}.", args.env.map(|e| format!(" in env {e}")).unwrap_or_default());
         return Ok(0);
     }
     for env in &out {
         let objects = env["objects"].as_array().cloned().unwrap_or_default();
-        let drifted = objects
-            .iter()
-            .filter(|o| o["drift"].as_array().is_some_and(|d| !d.is_empty()))
-            .count();
-        println!(
-            "env {} ({} objects, {} with drift)",
-            env["env"].as_str().unwrap_or(""),
-            objects.len(),
-            drifted
-        );
+        let drifted = objects.iter().filter(|o| o["drift"].as_array().is_some_and(|d| !d.is_empty())).count();
+        println!("env {} ({} objects, {} with drift)", env["env"].as_str().unwrap_or(""), objects.len(), drifted);
         for o in objects {
             let name = match o["database"].as_str() {
                 Some(db) => format!("{db}.{}", o["name"].as_str().unwrap_or("")),
@@ -297,61 +223,38 @@ pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
             "module {:?} is not in {} (modules: {})",
             args.module,
             s.manifest.file.display(),
-            s.manifest
-                .modules
-                .iter()
-                .map(|m| m.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            s.manifest.modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
         )
     })?;
     let per_tenant = module.storage != pgplane_core::manifest::Storage::Database;
     match (&args.tenant, per_tenant) {
-        (None, true) => bail!(
-            "module {} has `storage: {}`; pass --tenant NAME",
-            module.name,
-            module.storage.as_str()
-        ),
-        (Some(_), false) => bail!(
-            "module {} has `storage: database` (no tenants); drop --tenant",
-            module.name
-        ),
+        (None, true) => bail!("module {} has `storage: {}`; pass --tenant NAME", module.name, module.storage.as_str()),
+        (Some(_), false) => bail!("module {} has `storage: database` (no tenants); drop --tenant", module.name),
         _ => {}
     }
-    let endpoint = s
-        .desired
-        .endpoint(&module.name, args.tenant.as_deref())
-        .with_context(|| {
-            format!(
-                "tenant {:?} does not enable module {} in the manifest",
-                args.tenant.as_deref().unwrap_or(""),
-                module.name
-            )
-        })?;
+    let endpoint = s.desired.endpoint(&module.name, args.tenant.as_deref()).with_context(|| {
+        format!(
+            "tenant {:?} does not enable module {} in the manifest",
+            args.tenant.as_deref().unwrap_or(""),
+            module.name
+        )
+    })?;
     let role = match args.role {
         RoleChoice::Owner => endpoint.owner_role.clone(),
         RoleChoice::Readonly => endpoint.readonly_role.clone().with_context(|| {
-            format!(
-                "module {} has no read-only role; set `readonly_role: true` and apply",
-                module.name
-            )
+            format!("module {} has no read-only role; set `readonly_role: true` and apply", module.name)
         })?,
     };
     let target = s.servers.get(&endpoint.server)?.clone();
-    let not_applied =
-        || format!("role {role} is not provisioned by pgplane yet; run `pgplane apply` first");
+    let not_applied = || format!("role {role} is not provisioned by pgplane yet; run `pgplane apply` first");
     let (generation, _lock) = if args.rotate {
-        let lock = control::lock(
-            s.servers.first(),
-            std::time::Duration::from_secs(300),
-            |_| tracing::warn!("waiting for another pgplane operation on this server"),
-        )
+        let lock = control::lock(s.servers.first(), std::time::Duration::from_secs(300), |_| {
+            tracing::warn!("waiting for another pgplane operation on this server")
+        })
         .await?;
         control::reap_leftovers(s.first_admin(), &s.servers.first().name).await?;
         let c = control::ensure(s.servers.first(), s.first_admin()).await?;
-        ensure_managed(&c, &endpoint.server, &role)
-            .await
-            .with_context(not_applied)?;
+        ensure_managed(&c, &endpoint.server, &role).await.with_context(not_applied)?;
         let op = control::op_start(&c, "rotate", Some(&s.desired.env)).await?;
         let generation = control::bump_generation(&c, &endpoint.server, &role).await?;
         let password = ctx.keys()?.password(&endpoint.server, &role, generation);
@@ -360,38 +263,18 @@ pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
             pgplane_core::ident::quote_ident(&role),
             pgplane_core::ident::quote_literal(&secrets::scram_verifier(&password))
         );
-        let result = s.admins[&endpoint.server]
-            .batch_execute(&sql)
-            .await
-            .map_err(exec::pg_error);
-        control::op_finish(
-            &c,
-            op,
-            1,
-            result.as_ref().err().map(|e| e.to_string()).as_deref(),
-        )
-        .await?;
+        let result = s.admins[&endpoint.server].batch_execute(&sql).await.map_err(exec::pg_error);
+        control::op_finish(&c, op, 1, result.as_ref().err().map(|e| e.to_string()).as_deref()).await?;
         result.context("changing the password")?;
         (generation, Some(lock))
     } else {
-        let c = control::open_existing(s.servers.first(), s.first_admin())
-            .await?
-            .with_context(not_applied)?;
-        ensure_managed(&c, &endpoint.server, &role)
-            .await
-            .with_context(not_applied)?;
-        (
-            control::generation(&c, &endpoint.server, &role).await?,
-            None,
-        )
+        let c = control::open_existing(s.servers.first(), s.first_admin()).await?.with_context(not_applied)?;
+        ensure_managed(&c, &endpoint.server, &role).await.with_context(not_applied)?;
+        (control::generation(&c, &endpoint.server, &role).await?, None)
     };
     let password = ctx.keys()?.password(&endpoint.server, &role, generation);
     let (host, port) = target.host_port();
-    let url = format!(
-        "postgresql://{role}:{password}@{}:{port}/{}",
-        url_host(&host),
-        endpoint.database
-    );
+    let url = format!("postgresql://{role}:{password}@{}:{port}/{}", url_host(&host), endpoint.database);
     let print = |k: &str, v: &str| format!("{k}={v}");
     match args.format {
         CredentialFormat::Url => println!("{url}"),
@@ -427,15 +310,9 @@ pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
                 name.push_str("-readonly");
             }
             name.push_str("-db");
-            let name = args
-                .k8s_name
-                .clone()
-                .unwrap_or_else(|| name.replace('_', "-"));
+            let name = args.k8s_name.clone().unwrap_or_else(|| name.replace('_', "-"));
             let q = |v: &str| serde_json::to_string(v).expect("strings serialize");
-            let mut doc = format!(
-                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {}\n",
-                q(&name)
-            );
+            let mut doc = format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {}\n", q(&name));
             if let Some(ns) = &args.k8s_namespace {
                 doc.push_str(&format!("  namespace: {}\n", q(ns)));
             }
@@ -475,9 +352,10 @@ fn url_host(host: &str) -> String {
 }
 
 async fn ensure_managed(c: &tokio_postgres::Client, server: &str, role: &str) -> Result<()> {
-    let managed = control::read_records(c).await?.iter().any(|r| {
-        r.object.kind == ObjectKind::Role && r.object.server == server && r.object.name == role
-    });
+    let managed = control::read_records(c)
+        .await?
+        .iter()
+        .any(|r| r.object.kind == ObjectKind::Role && r.object.server == server && r.object.name == role);
     if !managed {
         bail!("pgplane does not manage role {role} on server {server}");
     }
@@ -524,10 +402,7 @@ pub fn local(ctx: &mut Ctx, command: LocalCommand) -> Result<i32> {
             } else if st.initialized {
                 println!("stopped (data {})", st.data_dir);
             } else {
-                println!(
-                    "not initialised ({} does not exist; `pgplane local start` creates it)",
-                    st.data_dir
-                );
+                println!("not initialised ({} does not exist; `pgplane local start` creates it)", st.data_dir);
             }
             Ok(if st.running { 0 } else { 3 })
         }

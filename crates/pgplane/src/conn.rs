@@ -23,10 +23,7 @@ impl Target {
         let config = Config::from_str(url).map_err(|e| {
             anyhow::anyhow!("server {name}: the URL is not a valid PostgreSQL connection string ({e}); write postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
         })?;
-        Ok(Target {
-            name: name.to_string(),
-            config,
-        })
+        Ok(Target { name: name.to_string(), config })
     }
 
     /// `host:port` for messages; never the password.
@@ -46,10 +43,7 @@ impl Target {
             Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
             None => "localhost".into(),
         };
-        (
-            host,
-            self.config.get_ports().first().copied().unwrap_or(5432),
-        )
+        (host, self.config.get_ports().first().copied().unwrap_or(5432))
     }
 
     /// Connects to `db`, or to the admin database of the URL, for reading.
@@ -108,15 +102,9 @@ impl Servers {
     /// Resolves the manifest's servers, starting the embedded one when none is listed.
     pub fn resolve(manifest: &Manifest, local: &LocalServer, keys: &Keyring) -> Result<Servers> {
         if manifest.servers.is_empty() {
-            return Ok(Servers {
-                list: vec![start_local(local, keys)?],
-            });
+            return Ok(Servers { list: vec![start_local(local, keys)?] });
         }
-        let list = manifest
-            .servers
-            .iter()
-            .map(|s| Target::from_url(&s.name, &s.url))
-            .collect::<Result<Vec<_>>>()?;
+        let list = manifest.servers.iter().map(|s| Target::from_url(&s.name, &s.url)).collect::<Result<Vec<_>>>()?;
         Ok(Servers { list })
     }
 
@@ -125,10 +113,7 @@ impl Servers {
     }
 
     pub fn get(&self, name: &str) -> Result<&Target> {
-        self.list
-            .iter()
-            .find(|t| t.name == name)
-            .with_context(|| format!("unknown server {name}"))
+        self.list.iter().find(|t| t.name == name).with_context(|| format!("unknown server {name}"))
     }
 
     pub async fn connect_all(&self, role: Role) -> Result<BTreeMap<String, Client>> {
@@ -141,8 +126,6 @@ impl Servers {
 }
 
 pub fn start_local(local: &LocalServer, keys: &Keyring) -> Result<Target> {
-    local
-        .start(keys, None)
-        .context("starting the embedded local server (no `servers:` in the manifest)")?;
+    local.start(keys, None).context("starting the embedded local server (no `servers:` in the manifest)")?;
     Target::from_url(LOCAL_SERVER, &local.url(keys)?)
 }

@@ -6,16 +6,21 @@
 
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Context, Result};
 use pgplane_core::model::{ObjectKind, ObjectRef, Origin, Purpose, Record};
+use pgplane_core::observed::DbContents;
 use tokio_postgres::Client;
 
 use crate::conn::{Role, Target, APPLY_APPLICATION_PREFIX};
+use crate::observe::Fresh;
 
 pub const CONTROL_DB: &str = "pgplane";
 
 /// Schema migrations of the control database, in order. Never edit a released one.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../sql/control/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] =
+    &[(1, include_str!("../sql/control/0001_init.sql")), (2, include_str!("../sql/control/0002_observations.sql"))];
 
 /// Advisory lock key that serializes every mutating pgplane operation on a server.
 const APPLY_LOCK_KEY: i64 = 0x7067_706c_616e_6501;
@@ -24,10 +29,7 @@ const MIGRATE_LOCK_KEY: i64 = 0x7067_706c_616e_6502;
 
 pub async fn exists(admin: &Client) -> Result<bool> {
     let row = admin
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
-            &[&CONTROL_DB],
-        )
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&CONTROL_DB])
         .await
         .context("looking for the control database")?;
     Ok(row.get(0))
@@ -64,13 +66,7 @@ fn latest() -> i32 {
 /// Creates the control database if needed and migrates its schema.
 pub async fn ensure(target: &Target, admin: &Client) -> Result<Client> {
     if !exists(admin).await? {
-        match admin
-            .batch_execute(&format!(
-                "CREATE DATABASE {}",
-                pgplane_core::ident::quote_ident(CONTROL_DB)
-            ))
-            .await
-        {
+        match admin.batch_execute(&format!("CREATE DATABASE {}", pgplane_core::ident::quote_ident(CONTROL_DB))).await {
             Ok(()) => {}
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
             Err(e) => return Err(e).context("creating the control database `pgplane`"),
@@ -82,8 +78,7 @@ pub async fn ensure(target: &Target, admin: &Client) -> Result<Client> {
     }
     let mut client = target.connect_as(Some(CONTROL_DB), Role::Apply).await?;
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK_KEY])
-        .await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK_KEY]).await?;
     tx.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS pgplane;
          CREATE TABLE IF NOT EXISTS pgplane.schema_version (
@@ -92,28 +87,87 @@ pub async fn ensure(target: &Target, admin: &Client) -> Result<Client> {
     )
     .await
     .context("creating the control schema")?;
-    let current: i32 = tx
-        .query_one(
-            "SELECT COALESCE(max(version), 0) FROM pgplane.schema_version",
-            &[],
-        )
-        .await?
-        .get(0);
+    let current: i32 = tx.query_one("SELECT COALESCE(max(version), 0) FROM pgplane.schema_version", &[]).await?.get(0);
     if current > latest() {
-        bail!("the control database has schema version {current}, newer than this pgplane knows ({}); upgrade pgplane", latest());
+        bail!(
+            "the control database has schema version {current}, newer than this pgplane knows ({}); upgrade pgplane",
+            latest()
+        );
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        tx.batch_execute(sql)
-            .await
-            .with_context(|| format!("migrating the control database to version {version}"))?;
-        tx.execute(
-            "INSERT INTO pgplane.schema_version (version) VALUES ($1)",
-            &[version],
-        )
-        .await?;
+        tx.batch_execute(sql).await.with_context(|| format!("migrating the control database to version {version}"))?;
+        tx.execute("INSERT INTO pgplane.schema_version (version) VALUES ($1)", &[version]).await?;
     }
     tx.commit().await?;
     Ok(client)
+}
+
+/// Cached observations of the named databases: database → (fingerprint, readers, contents).
+/// Empty when the control schema predates the cache.
+pub async fn load_observations(
+    c: &Client,
+    server: &str,
+    dbs: &[String],
+) -> Result<BTreeMap<String, (String, Vec<String>, DbContents)>> {
+    let has_cache: bool = c.query_one("SELECT to_regclass('pgplane.observations') IS NOT NULL", &[]).await?.get(0);
+    if !has_cache {
+        return Ok(BTreeMap::new());
+    }
+    let rows = c
+        .query(
+            "SELECT database, fingerprint, readers, contents::text FROM pgplane.observations
+              WHERE server = $1 AND database = ANY($2::text[])",
+            &[&server, &dbs],
+        )
+        .await
+        .context("reading cached observations")?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let text: String = r.get(3);
+        // An entry this version cannot read is simply not used.
+        if let Ok(contents) = serde_json::from_str::<DbContents>(&text) {
+            out.insert(r.get(0), (r.get(1), r.get(2), contents));
+        }
+    }
+    Ok(out)
+}
+
+/// Stores fresh observations (apply only, under the lock).
+pub async fn store_observations(c: &Client, fresh: &[Fresh]) -> Result<()> {
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let mut servers = Vec::new();
+    let mut dbs = Vec::new();
+    let mut fps = Vec::new();
+    let mut readers = Vec::new();
+    let mut contents = Vec::new();
+    for f in fresh {
+        servers.push(f.server.clone());
+        dbs.push(f.database.clone());
+        fps.push(f.fingerprint.clone());
+        readers.push(serde_json::to_string(&f.readers)?);
+        contents.push(serde_json::to_string(&f.contents)?);
+    }
+    c.execute(
+        "INSERT INTO pgplane.observations (server, database, fingerprint, readers, contents)
+         SELECT s, d, f, ARRAY(SELECT jsonb_array_elements_text(r::jsonb)), j::jsonb
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS t(s, d, f, r, j)
+         ON CONFLICT (server, database) DO UPDATE
+            SET fingerprint = EXCLUDED.fingerprint, readers = EXCLUDED.readers,
+                contents = EXCLUDED.contents, observed_at = now()",
+        &[&servers, &dbs, &fps, &readers, &contents],
+    )
+    .await
+    .context("caching observations")?;
+    Ok(())
+}
+
+/// Drops cached observations of databases that no longer exist or were dropped.
+pub async fn forget_observations(c: &Client, server: &str, dbs: &[String]) -> Result<()> {
+    c.execute("DELETE FROM pgplane.observations WHERE server = $1 AND database = ANY($2::text[])", &[&server, &dbs])
+        .await?;
+    Ok(())
 }
 
 pub async fn read_records(c: &Client) -> Result<Vec<Record>> {
@@ -132,9 +186,8 @@ pub async fn read_records(c: &Client) -> Result<Vec<Record>> {
             Ok(Record {
                 object: ObjectRef {
                     server: r.get(0),
-                    kind: ObjectKind::parse(&kind).with_context(|| {
-                        format!("unknown object kind {kind:?} in the control database")
-                    })?,
+                    kind: ObjectKind::parse(&kind)
+                        .with_context(|| format!("unknown object kind {kind:?} in the control database"))?,
                     database: r.get(2),
                     name: r.get(3),
                 },
@@ -142,9 +195,8 @@ pub async fn read_records(c: &Client) -> Result<Vec<Record>> {
                     env: r.get(4),
                     module: r.get(5),
                     tenant: r.get(6),
-                    purpose: Purpose::parse(&purpose).with_context(|| {
-                        format!("unknown purpose {purpose:?} in the control database")
-                    })?,
+                    purpose: Purpose::parse(&purpose)
+                        .with_context(|| format!("unknown purpose {purpose:?} in the control database"))?,
                 },
             })
         })
@@ -191,10 +243,7 @@ pub async fn forget(c: &Client, r: &Record) -> Result<()> {
 /// The current password generation of a role (1 when never rotated).
 pub async fn generation(c: &Client, server: &str, role: &str) -> Result<i32> {
     let row = c
-        .query_opt(
-            "SELECT generation FROM pgplane.role_secrets WHERE server = $1 AND role = $2",
-            &[&server, &role],
-        )
+        .query_opt("SELECT generation FROM pgplane.role_secrets WHERE server = $1 AND role = $2", &[&server, &role])
         .await?;
     Ok(row.map(|r| r.get(0)).unwrap_or(1))
 }
@@ -214,17 +263,16 @@ pub async fn bump_generation(c: &Client, server: &str, role: &str) -> Result<i32
 
 pub async fn op_start(c: &Client, kind: &str, env: Option<&str>) -> Result<i64> {
     let row = c
-        .query_one("INSERT INTO pgplane.operations (kind, env, status) VALUES ($1, $2, 'running') RETURNING id", &[&kind, &env])
+        .query_one(
+            "INSERT INTO pgplane.operations (kind, env, status) VALUES ($1, $2, 'running') RETURNING id",
+            &[&kind, &env],
+        )
         .await?;
     Ok(row.get(0))
 }
 
 pub async fn op_finish(c: &Client, id: i64, changes: usize, error: Option<&str>) -> Result<()> {
-    let status = if error.is_some() {
-        "failed"
-    } else {
-        "succeeded"
-    };
+    let status = if error.is_some() { "failed" } else { "succeeded" };
     let changes = i32::try_from(changes).unwrap_or(i32::MAX);
     c.execute(
         "UPDATE pgplane.operations SET status = $2, changes = $3, error = $4, finished_at = now() WHERE id = $1",
@@ -258,11 +306,7 @@ pub async fn reap_leftovers(admin: &Client, server: &str) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        tracing::warn!(
-            server,
-            sessions = rows.len(),
-            "ending statements left running by a killed pgplane"
-        );
+        tracing::warn!(server, sessions = rows.len(), "ending statements left running by a killed pgplane");
         if start.elapsed() > Duration::from_secs(60) {
             bail!("sessions of a killed pgplane on server {server} do not end; look at pg_stat_activity");
         }
@@ -276,19 +320,12 @@ pub struct ApplyLock {
     _client: Client,
 }
 
-pub async fn lock(
-    target: &Target,
-    timeout: Duration,
-    on_wait: impl Fn(Option<i32>),
-) -> Result<ApplyLock> {
+pub async fn lock(target: &Target, timeout: Duration, on_wait: impl Fn(Option<i32>)) -> Result<ApplyLock> {
     let client = target.connect(None).await?;
     let start = Instant::now();
     let mut told = false;
     loop {
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&APPLY_LOCK_KEY])
-            .await?
-            .get(0);
+        let got: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&APPLY_LOCK_KEY]).await?.get(0);
         if got {
             return Ok(ApplyLock { _client: client });
         }

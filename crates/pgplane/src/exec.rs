@@ -33,12 +33,7 @@ pub struct Executor<'a> {
 
 impl<'a> Executor<'a> {
     pub fn new(servers: &'a Servers, control: &'a Client, keys: &'a Keyring) -> Executor<'a> {
-        Executor {
-            servers,
-            control,
-            keys,
-            conns: HashMap::new(),
-        }
+        Executor { servers, control, keys, conns: HashMap::new() }
     }
 
     async fn client(&mut self, server: &str, db: Option<&str>) -> Result<&Client> {
@@ -50,11 +45,7 @@ impl<'a> Executor<'a> {
             self.conns.retain(|(s, d), _| d.is_none() || (s.as_str(), d.as_deref()) == (server, db));
         }
         if !self.conns.contains_key(&key) {
-            let client = self
-                .servers
-                .get(server)?
-                .connect_as(db, Role::Apply)
-                .await?;
+            let client = self.servers.get(server)?.connect_as(db, Role::Apply).await?;
             self.conns.insert(key.clone(), client);
         }
         Ok(&self.conns[&key])
@@ -89,8 +80,7 @@ impl<'a> Executor<'a> {
             let mut verifiers = HashMap::new();
             for part in &action.sql.0 {
                 if let SqlPart::Password { role } = part {
-                    let generation =
-                        control::generation(self.control, &action.server, role).await?;
+                    let generation = control::generation(self.control, &action.server, role).await?;
                     let password = self.keys.password(&action.server, role, generation);
                     verifiers.insert(role.clone(), quote_literal(&scram_verifier(&password)));
                 }
@@ -99,13 +89,10 @@ impl<'a> Executor<'a> {
             if action.kind == ActionKind::DropDatabase {
                 // Our own cached connections to it would block nothing (FORCE), but are useless after.
                 if let Some(db) = action.target.strip_prefix("database ") {
-                    self.conns
-                        .remove(&(action.server.clone(), Some(db.to_string())));
+                    self.conns.remove(&(action.server.clone(), Some(db.to_string())));
                 }
             }
-            let client = self
-                .client(&action.server, action.database.as_deref())
-                .await?;
+            let client = self.client(&action.server, action.database.as_deref()).await?;
             client.batch_execute(&sql).await.map_err(pg_error)?;
         }
         if let RecordChange::Forget(rec) = &action.record {
@@ -119,12 +106,7 @@ impl<'a> Executor<'a> {
 pub fn pg_error(e: tokio_postgres::Error) -> anyhow::Error {
     match e.as_db_error() {
         Some(db) => {
-            let mut msg = format!(
-                "{}: {} (SQLSTATE {})",
-                db.severity(),
-                db.message(),
-                db.code().code()
-            );
+            let mut msg = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
             if let Some(d) = db.detail() {
                 msg.push_str(&format!("; detail: {d}"));
             }

@@ -32,9 +32,7 @@ const SERVER_OS_USER: &str = "postgres";
 
 impl LocalServer {
     pub fn new(home: &Path) -> LocalServer {
-        LocalServer {
-            dir: home.join("local"),
-        }
+        LocalServer { dir: home.join("local") }
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -50,51 +48,34 @@ impl LocalServer {
     }
 
     pub fn port(&self) -> Option<u16> {
-        fs::read_to_string(self.port_file())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        fs::read_to_string(self.port_file()).ok()?.trim().parse().ok()
     }
 
     /// The admin URL (superuser `postgres` on 127.0.0.1). Holds the password.
     pub fn url(&self, keys: &Keyring) -> Result<String> {
-        let port = self
-            .port()
-            .context("the local server was never started; run `pgplane local start`")?;
-        Ok(format!(
-            "postgresql://postgres:{}@127.0.0.1:{port}/postgres",
-            keys.local_admin_password()
-        ))
+        let port = self.port().context("the local server was never started; run `pgplane local start`")?;
+        Ok(format!("postgresql://postgres:{}@127.0.0.1:{port}/postgres", keys.local_admin_password()))
     }
 
     pub fn status(&self) -> Result<LocalStatus> {
         let data = self.data_dir();
         let initialized = data.join("PG_VERSION").exists();
-        let pid = if initialized {
-            running_pid(&data)
-        } else {
-            None
-        };
+        let pid = if initialized { running_pid(&data) } else { None };
         Ok(LocalStatus {
             running: pid.is_some(),
             initialized,
             data_dir: data.display().to_string(),
             port: self.port(),
             pid,
-            version: fs::read_to_string(data.join("PG_VERSION"))
-                .ok()
-                .map(|s| s.trim().to_string()),
+            version: fs::read_to_string(data.join("PG_VERSION")).ok().map(|s| s.trim().to_string()),
             log_file: self.log_file().display().to_string(),
         })
     }
 
     /// Starts the server (initialising it first if needed); returns at once when it runs.
     pub fn start(&self, keys: &Keyring, port: Option<u16>) -> Result<LocalStatus> {
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
-        let lock = fs::File::create(self.dir.join(".lock"))
-            .context("creating the local server lock file")?;
+        fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        let lock = fs::File::create(self.dir.join(".lock")).context("creating the local server lock file")?;
         lock.lock().context("locking the local server folder")?;
         let result = self.start_locked(keys, port);
         let _ = lock.unlock();
@@ -121,15 +102,14 @@ impl LocalServer {
         }
         if let Some(pid) = running_pid(&data) {
             if port.is_some_and(|p| Some(p) != self.port()) {
-                bail!("the local server already runs on port {} (pid {pid}); stop it first to change the port", self.port().unwrap_or(0));
+                bail!(
+                    "the local server already runs on port {} (pid {pid}); stop it first to change the port",
+                    self.port().unwrap_or(0)
+                );
             }
             return self.status();
         }
-        let port = match port.or_else(|| {
-            std::env::var("PGPLANE_LOCAL_PORT")
-                .ok()
-                .and_then(|p| p.parse().ok())
-        }) {
+        let port = match port.or_else(|| std::env::var("PGPLANE_LOCAL_PORT").ok().and_then(|p| p.parse().ok())) {
             Some(p) => p,
             None => match self.port() {
                 Some(p) => p,
@@ -143,8 +123,7 @@ impl LocalServer {
             );
         }
         fs::write(self.port_file(), port.to_string()).context("saving the local server port")?;
-        let mut opts =
-            format!("-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories=''");
+        let mut opts = format!("-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories=''");
         if let Ok(extra) = std::env::var("PGPLANE_LOCAL_OPTIONS") {
             opts.push(' ');
             opts.push_str(&extra);
@@ -166,14 +145,7 @@ impl LocalServer {
         )?;
         if !out.status.success() {
             let log = fs::read_to_string(self.log_file()).unwrap_or_default();
-            let tail: Vec<&str> = log
-                .lines()
-                .rev()
-                .take(8)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
             bail!(
                 "the local server did not start: {}\n{}\n(log: {})",
                 String::from_utf8_lossy(&out.stderr).trim(),
@@ -187,8 +159,7 @@ impl LocalServer {
     fn initdb(&self, runner: &Runner, bin: &Path, keys: &Keyring) -> Result<()> {
         let data = self.data_dir();
         let pwfile = self.dir.join(".pwfile");
-        fs::write(&pwfile, keys.local_admin_password())
-            .context("writing the initdb password file")?;
+        fs::write(&pwfile, keys.local_admin_password()).context("writing the initdb password file")?;
         runner.chown(&pwfile)?;
         let out = runner.run(
             &bin.join("initdb"),
@@ -210,10 +181,7 @@ impl LocalServer {
         let out = out?;
         if !out.status.success() {
             let _ = fs::remove_dir_all(&data);
-            bail!(
-                "initdb failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(())
     }
@@ -227,20 +195,10 @@ impl LocalServer {
         let runner = Runner::new()?;
         let out = runner.run(
             &bin.join("pg_ctl"),
-            &[
-                "stop".as_ref(),
-                "-D".as_ref(),
-                data.as_os_str(),
-                "-m".as_ref(),
-                "fast".as_ref(),
-                "-w".as_ref(),
-            ],
+            &["stop".as_ref(), "-D".as_ref(), data.as_os_str(), "-m".as_ref(), "fast".as_ref(), "-w".as_ref()],
         )?;
         if !out.status.success() {
-            bail!(
-                "pg_ctl stop failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(true)
     }
@@ -261,9 +219,8 @@ fn free_port() -> Result<u16> {
 /// Finds the server binaries: `PGPLANE_PG_BINDIR`, then `PATH`, `pg_config --bindir`,
 /// and the newest `/usr/lib/postgresql/*/bin`.
 pub fn find_bindir() -> Result<PathBuf> {
-    let has_server = |d: &Path| {
-        d.join("initdb").is_file() && d.join("pg_ctl").is_file() && d.join("postgres").is_file()
-    };
+    let has_server =
+        |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file() && d.join("postgres").is_file();
     if let Ok(dir) = std::env::var("PGPLANE_PG_BINDIR") {
         let dir = PathBuf::from(dir);
         if has_server(&dir) {
@@ -283,11 +240,7 @@ pub fn find_bindir() -> Result<PathBuf> {
             }
         }
     }
-    if let Ok(out) = Command::new("pg_config")
-        .arg("--bindir")
-        .stderr(Stdio::null())
-        .output()
-    {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").stderr(Stdio::null()).output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if out.status.success() && has_server(&dir) {
             return Ok(dir);
@@ -315,16 +268,10 @@ pub fn find_bindir() -> Result<PathBuf> {
 }
 
 fn server_major(bin: &Path) -> Result<String> {
-    let out = Command::new(bin.join("postgres"))
-        .arg("--version")
-        .output()
-        .context("running postgres --version")?;
+    let out = Command::new(bin.join("postgres")).arg("--version").output().context("running postgres --version")?;
     let text = String::from_utf8_lossy(&out.stdout);
     // "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
-    let version = text
-        .split_whitespace()
-        .nth(2)
-        .context("unexpected `postgres --version` output")?;
+    let version = text.split_whitespace().nth(2).context("unexpected `postgres --version` output")?;
     Ok(version.split('.').next().unwrap_or(version).to_string())
 }
 
@@ -335,17 +282,14 @@ struct Runner {
 
 impl Runner {
     fn new() -> Result<Runner> {
-        let uid = fs::metadata("/proc/self")
-            .context("reading /proc/self")?
-            .uid();
+        let uid = fs::metadata("/proc/self").context("reading /proc/self")?.uid();
         if uid != 0 {
             return Ok(Runner { as_user: None });
         }
         let passwd = fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
         let ids = passwd.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&SERVER_OS_USER))
-                .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
+            (f.first() == Some(&SERVER_OS_USER)).then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
         });
         match ids {
             Some(ids) => Ok(Runner { as_user: Some(ids) }),
@@ -397,16 +341,14 @@ impl Runner {
             }
         };
         cmd.args(args).stdin(Stdio::null()).current_dir("/");
-        cmd.output()
-            .with_context(|| format!("running {}", program.display()))
+        cmd.output().with_context(|| format!("running {}", program.display()))
     }
 }
 
 fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<()> {
     let meta = fs::symlink_metadata(dir)?;
     if meta.uid() != uid {
-        std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
-            .with_context(|| format!("chown {}", dir.display()))?;
+        std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).with_context(|| format!("chown {}", dir.display()))?;
     }
     if meta.is_dir() {
         for entry in fs::read_dir(dir)? {

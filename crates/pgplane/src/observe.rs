@@ -21,90 +21,156 @@ const SCHEMAS: &str = include_str!("../sql/schemas.sql");
 const EXTENSIONS: &str = include_str!("../sql/extensions.sql");
 const DEFAULT_SELECT: &str = include_str!("../sql/default_select.sql");
 const SELECT_ALL: &str = include_str!("../sql/select_all.sql");
+const FINGERPRINTS: &str = include_str!("../sql/fingerprints.sql");
 
 /// How many databases are read at once.
 const PARALLEL_READS: usize = 8;
+
+/// How to learn the inside of databases.
+pub enum Depth<'a> {
+    /// Connect to every relevant database.
+    Deep,
+    /// Reuse observations cached in the control database while their fingerprint holds.
+    Cached(&'a Client),
+}
+
+/// A database's contents as read now, with the fingerprint read just before.
+#[derive(Debug, Clone)]
+pub struct Fresh {
+    pub server: String,
+    pub database: String,
+    pub fingerprint: String,
+    pub readers: Vec<String>,
+    pub contents: DbContents,
+}
+
+/// Databases whose inside matters for `desired`: desired ones, and those holding records
+/// of this environment; each with the read-only roles whose SELECT coverage is checked.
+pub fn wanted_databases(server: &str, desired: &Desired, records: &[Record]) -> BTreeMap<String, Vec<String>> {
+    let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for d in desired.databases.iter().filter(|d| d.server == server) {
+        wanted.entry(d.name.clone()).or_default();
+    }
+    for g in desired.read_grants.iter().filter(|g| g.server == server) {
+        wanted.entry(g.database.clone()).or_default().insert(g.reader.clone());
+    }
+    for r in records.iter().filter(|r| r.object.server == server && r.origin.env == desired.env) {
+        if !r.object.database.is_empty() {
+            wanted.entry(r.object.database.clone()).or_default();
+        }
+    }
+    wanted.into_iter().map(|(db, readers)| (db, readers.into_iter().collect())).collect()
+}
 
 pub async fn observe(
     servers: &Servers,
     admins: &BTreeMap<String, Client>,
     desired: &Desired,
     records: Vec<Record>,
-) -> Result<Observed> {
-    let mut out = Observed {
-        servers: BTreeMap::new(),
-        records,
-    };
+    depth: Depth<'_>,
+) -> Result<(Observed, Vec<Fresh>)> {
+    let mut out = Observed { servers: BTreeMap::new(), records };
+    let mut fresh_all = Vec::new();
     for target in &servers.list {
         let admin = admins.get(&target.name).context("no admin connection")?;
-        let mut state = read_cluster(admin)
-            .await
-            .with_context(|| format!("reading the catalog of server {}", target.name))?;
+        let mut state =
+            read_cluster(admin).await.with_context(|| format!("reading the catalog of server {}", target.name))?;
+        let mut wanted = wanted_databases(&target.name, desired, &out.records);
+        wanted.retain(|db, _| state.databases.get(db).is_some_and(|d| !d.is_template));
+        let names: Vec<String> = wanted.keys().cloned().collect();
+        let fingerprints = fingerprints(admin, &names).await?;
 
-        // Databases whose inside matters: desired ones, and those holding records of this env.
-        let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for d in desired.databases.iter().filter(|d| d.server == target.name) {
-            wanted.entry(d.name.clone()).or_default();
-        }
-        for g in desired
-            .read_grants
-            .iter()
-            .filter(|g| g.server == target.name)
-        {
-            wanted
-                .entry(g.database.clone())
-                .or_default()
-                .insert(g.reader.clone());
-        }
-        for r in out
-            .records
-            .iter()
-            .filter(|r| r.object.server == target.name && r.origin.env == desired.env)
-        {
-            if !r.object.database.is_empty() {
-                wanted.entry(r.object.database.clone()).or_default();
+        if let Depth::Cached(control) = depth {
+            let cached = crate::control::load_observations(control, &target.name, &names).await?;
+            for (db, (fingerprint, readers, contents)) in cached {
+                let valid = fingerprints.get(&db) == Some(&fingerprint) && wanted.get(&db) == Some(&readers);
+                if valid {
+                    if let Some(d) = state.databases.get_mut(&db) {
+                        d.contents = Contents::Known(contents);
+                    }
+                    wanted.remove(&db);
+                }
             }
         }
-        wanted.retain(|db, _| state.databases.get(db).is_some_and(|d| !d.is_template));
-        let read: Vec<(String, DbContents)> =
-            stream::iter(wanted.into_iter().map(|(db, readers)| async move {
+
+        let reused = names.len() - wanted.len();
+        tracing::debug!(server = %target.name, reused, read = wanted.len(), "observing databases");
+        let fresh: Vec<Fresh> = stream::iter(wanted.into_iter().map(|(db, readers)| {
+            let fingerprint = fingerprints.get(&db).cloned().unwrap_or_default();
+            async move {
                 let client = target.connect(Some(&db)).await?;
-                let contents = read_contents(&client, &readers.into_iter().collect::<Vec<_>>())
+                let contents = read_contents(&client, &readers)
                     .await
                     .with_context(|| format!("reading database {db} on server {}", target.name))?;
-                Ok::<_, anyhow::Error>((db, contents))
-            }))
-            .buffer_unordered(PARALLEL_READS)
-            .try_collect()
-            .await?;
-        for (db, contents) in read {
-            if let Some(d) = state.databases.get_mut(&db) {
-                d.contents = Contents::Known(contents);
+                Ok::<_, anyhow::Error>(Fresh {
+                    server: target.name.clone(),
+                    database: db,
+                    fingerprint,
+                    readers,
+                    contents,
+                })
+            }
+        }))
+        .buffer_unordered(PARALLEL_READS)
+        .try_collect()
+        .await?;
+        for f in &fresh {
+            if let Some(d) = state.databases.get_mut(&f.database) {
+                d.contents = Contents::Known(f.contents.clone());
             }
         }
+        fresh_all.extend(fresh);
         out.servers.insert(target.name.clone(), state);
     }
-    Ok(out)
+    Ok((out, fresh_all))
+}
+
+/// Fingerprints (see `sql/fingerprints.sql`) of the named databases.
+pub async fn fingerprints(admin: &Client, names: &[String]) -> Result<BTreeMap<String, String>> {
+    let rows = admin.query(FINGERPRINTS, &[&names]).await.context("reading database fingerprints")?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Reads the named databases afresh (fingerprint first, then contents).
+pub async fn read_fresh(
+    target: &crate::conn::Target,
+    admin: &Client,
+    dbs: &BTreeMap<String, Vec<String>>,
+) -> Result<Vec<Fresh>> {
+    let names: Vec<String> = dbs.keys().cloned().collect();
+    let fingerprints = fingerprints(admin, &names).await?;
+    stream::iter(dbs.iter().filter(|(db, _)| fingerprints.contains_key(*db)).map(|(db, readers)| {
+        let fingerprint = fingerprints[db].clone();
+        async move {
+            let client = target.connect(Some(db)).await?;
+            let contents = read_contents(&client, readers).await?;
+            Ok::<_, anyhow::Error>(Fresh {
+                server: target.name.clone(),
+                database: db.clone(),
+                fingerprint,
+                readers: readers.clone(),
+                contents,
+            })
+        }
+    }))
+    .buffer_unordered(PARALLEL_READS)
+    .try_collect()
+    .await
 }
 
 fn privileges(pairs: Vec<String>) -> Privileges {
     let mut map: Privileges = BTreeMap::new();
     for p in pairs {
         if let Some((grantee, privilege)) = p.rsplit_once(':') {
-            map.entry(grantee.to_string())
-                .or_default()
-                .insert(privilege.to_string());
+            map.entry(grantee.to_string()).or_default().insert(privilege.to_string());
         }
     }
     map
 }
 
 pub async fn read_cluster(admin: &Client) -> Result<ServerState> {
-    let (roles, dbs, settings) = futures_util::try_join!(
-        admin.query(ROLES, &[]),
-        admin.query(DATABASES, &[]),
-        admin.query(ROLE_SETTINGS, &[])
-    )?;
+    let (roles, dbs, settings) =
+        futures_util::try_join!(admin.query(ROLES, &[]), admin.query(DATABASES, &[]), admin.query(ROLE_SETTINGS, &[]))?;
     let mut state = ServerState::default();
     for r in roles {
         let deps: Vec<String> = r.get(8);
@@ -136,9 +202,7 @@ pub async fn read_cluster(admin: &Client) -> Result<ServerState> {
     }
     for s in settings {
         let cfg: Option<Vec<String>> = s.get(2);
-        state
-            .role_settings
-            .insert((s.get(0), s.get(1)), cfg.unwrap_or_default());
+        state.role_settings.insert((s.get(0), s.get(1)), cfg.unwrap_or_default());
     }
     Ok(state)
 }
@@ -154,24 +218,10 @@ pub async fn read_contents(c: &Client, readers: &[String]) -> Result<DbContents>
     Ok(DbContents {
         schemas: schemas
             .into_iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    SchemaState {
-                        owner: r.get(1),
-                        privileges: privileges(r.get(2)),
-                    },
-                )
-            })
+            .map(|r| (r.get(0), SchemaState { owner: r.get(1), privileges: privileges(r.get(2)) }))
             .collect(),
         extensions: exts.into_iter().map(|r| r.get(0)).collect(),
-        default_select: defaults
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect(),
-        select_all: select_all
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect(),
+        default_select: defaults.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect(),
+        select_all: select_all.into_iter().map(|r| (r.get(0), r.get(1))).collect(),
     })
 }

@@ -1,19 +1,20 @@
 //! Operations shared by every front end (today the CLI; the HTTP service and the event
 //! consumer call the same functions): load → desired → observe → plan → execute.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use pgplane_core::manifest::Manifest;
 use pgplane_core::model::Desired;
-use pgplane_core::plan::{plan, Plan, PlanOptions};
+use pgplane_core::plan::{plan, ActionKind, Plan, PlanOptions};
 use tokio_postgres::Client;
 
 use crate::conn::{Role, Servers};
 use crate::exec::{Executor, Progress};
 use crate::local::LocalServer;
+use crate::observe::{Depth, Fresh};
 use crate::secrets::Keyring;
 use crate::{control, observe};
 
@@ -27,11 +28,7 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(home: PathBuf) -> Ctx {
         let local = LocalServer::new(&home);
-        Ctx {
-            home,
-            local,
-            keys: std::cell::OnceCell::new(),
-        }
+        Ctx { home, local, keys: std::cell::OnceCell::new() }
     }
 
     /// The secret key, loaded (or created) on first use.
@@ -49,10 +46,7 @@ pub fn load_manifest(path: &Path) -> Result<Manifest> {
 }
 
 pub fn environment(manifest: &Manifest, flag: Option<&str>) -> Result<String> {
-    match flag
-        .map(str::to_string)
-        .or_else(|| manifest.default_environment.clone())
-    {
+    match flag.map(str::to_string).or_else(|| manifest.default_environment.clone()) {
         Some(e) => Ok(e),
         None => bail!(
             "no environment given: pass --env NAME (or PGPLANE_ENV), or set `environment:` in {}",
@@ -71,25 +65,15 @@ pub struct Session {
 
 impl Session {
     /// Validates everything that needs no server first, then connects.
-    pub async fn open(
-        ctx: &mut Ctx,
-        file: &Path,
-        env: Option<&str>,
-        role: Role,
-    ) -> Result<Session> {
+    pub async fn open(ctx: &mut Ctx, file: &Path, env: Option<&str>, role: Role) -> Result<Session> {
         let manifest = load_manifest(file)?;
         let env = environment(&manifest, env)?;
-        let desired = Desired::build(&manifest, &env)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
+        let desired =
+            Desired::build(&manifest, &env).map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
         let local = LocalServer::new(&ctx.home);
         let servers = Servers::resolve(&manifest, &local, ctx.keys()?)?;
         let admins = servers.connect_all(role).await?;
-        Ok(Session {
-            manifest,
-            desired,
-            servers,
-            admins,
-        })
+        Ok(Session { manifest, desired, servers, admins })
     }
 
     pub fn first_admin(&self) -> &Client {
@@ -97,14 +81,18 @@ impl Session {
     }
 
     /// Read-only plan: the control database is read if it exists, never created.
-    pub async fn plan_readonly(&self, opts: PlanOptions) -> Result<Plan> {
-        let records = match control::open_existing(self.servers.first(), self.first_admin()).await?
-        {
-            Some(c) => control::read_records(&c).await?,
+    /// Unless `deep`, database contents come from apply's cache while their fingerprint holds.
+    pub async fn plan_readonly(&self, opts: PlanOptions, deep: bool) -> Result<Plan> {
+        let control = control::open_existing(self.servers.first(), self.first_admin()).await?;
+        let records = match &control {
+            Some(c) => control::read_records(c).await?,
             None => Vec::new(),
         };
-        let observed =
-            observe::observe(&self.servers, &self.admins, &self.desired, records).await?;
+        let depth = match (&control, deep) {
+            (Some(c), false) => Depth::Cached(c),
+            _ => Depth::Deep,
+        };
+        let (observed, _) = observe::observe(&self.servers, &self.admins, &self.desired, records, depth).await?;
         Ok(plan(&self.desired, &observed, opts)?)
     }
 
@@ -122,37 +110,22 @@ impl Session {
         }
         let control = control::ensure(self.servers.first(), self.first_admin()).await?;
         let records = control::read_records(&control).await?;
-        let observed =
-            observe::observe(&self.servers, &self.admins, &self.desired, records).await?;
+        let (observed, fresh) =
+            observe::observe(&self.servers, &self.admins, &self.desired, records.clone(), Depth::Deep).await?;
         let plan = plan(&self.desired, &observed, opts)?;
-        Ok(Locked {
-            _lock: lock,
-            control,
-            plan,
-        })
+        Ok(Locked { _lock: lock, control, plan, fresh, records })
     }
 
     /// Runs a plan made under the lock and journals the operation.
-    pub async fn execute(
-        &self,
-        ctx: &mut Ctx,
-        locked: &Locked,
-        kind: &str,
-        progress: &dyn Progress,
-    ) -> Result<usize> {
+    pub async fn execute(&self, ctx: &mut Ctx, locked: &Locked, kind: &str, progress: &dyn Progress) -> Result<usize> {
         let op = control::op_start(&locked.control, kind, Some(&self.desired.env)).await?;
         let keys = ctx.keys()?;
         let mut exec = Executor::new(&self.servers, &locked.control, keys);
         let result = exec.run(&locked.plan, progress).await;
         let error = result.as_ref().err().map(|e| format!("{e:#}"));
-        control::op_finish(
-            &locked.control,
-            op,
-            *result.as_ref().unwrap_or(&0),
-            error.as_deref(),
-        )
-        .await
-        .context("journaling the operation")?;
+        control::op_finish(&locked.control, op, *result.as_ref().unwrap_or(&0), error.as_deref())
+            .await
+            .context("journaling the operation")?;
         result
     }
 }
@@ -161,4 +134,48 @@ pub struct Locked {
     _lock: control::ApplyLock,
     pub control: Client,
     pub plan: Plan,
+    /// Database contents read (deeply) for this plan.
+    fresh: Vec<Fresh>,
+    records: Vec<pgplane_core::model::Record>,
+}
+
+impl Session {
+    /// Refreshes the observation cache after a successful apply (or a plan with no
+    /// changes): databases the plan did not touch keep what was just read, touched ones
+    /// are read again, dropped ones are forgotten.
+    pub async fn refresh_cache(&self, locked: &Locked) -> Result<()> {
+        let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut dropped: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for a in &locked.plan.actions {
+            if let Some(db) = &a.database {
+                touched.insert((a.server.clone(), db.clone()));
+            }
+            match a.kind {
+                ActionKind::CreateDatabase => {
+                    touched.insert((a.server.clone(), a.object.name.clone()));
+                }
+                ActionKind::DropDatabase => dropped.entry(a.server.clone()).or_default().push(a.object.name.clone()),
+                _ => {}
+            }
+        }
+        let mut store: Vec<Fresh> = locked
+            .fresh
+            .iter()
+            .filter(|f| !touched.contains(&(f.server.clone(), f.database.clone())))
+            .cloned()
+            .collect();
+        for target in &self.servers.list {
+            let wanted = observe::wanted_databases(&target.name, &self.desired, &locked.records);
+            let again: BTreeMap<String, Vec<String>> =
+                wanted.into_iter().filter(|(db, _)| touched.contains(&(target.name.clone(), db.clone()))).collect();
+            if !again.is_empty() {
+                store.extend(observe::read_fresh(target, &self.admins[&target.name], &again).await?);
+            }
+        }
+        control::store_observations(&locked.control, &store).await?;
+        for (server, dbs) in dropped {
+            control::forget_observations(&locked.control, &server, &dbs).await?;
+        }
+        Ok(())
+    }
 }

@@ -15,8 +15,7 @@ impl Progress for BarProgress {
     }
     fn action(&self, index: usize, action: &Action) {
         self.0.set_position(index as u64);
-        self.0
-            .set_message(format!("{} {}", action.kind.as_str(), action.target));
+        self.0.set_message(format!("{} {}", action.kind.as_str(), action.target));
     }
     fn finish(&self) {
         self.0.finish_and_clear();

@@ -31,39 +31,26 @@ impl Keyring {
     pub fn load(home: &Path) -> Result<Keyring> {
         if let Ok(k) = std::env::var("PGPLANE_SECRET_KEY") {
             if k.len() < 32 {
-                bail!(
-                    "PGPLANE_SECRET_KEY is {} characters; use at least 32 random characters",
-                    k.len()
-                );
+                bail!("PGPLANE_SECRET_KEY is {} characters; use at least 32 random characters", k.len());
             }
-            return Ok(Keyring {
-                key: k.into_bytes(),
-            });
+            return Ok(Keyring { key: k.into_bytes() });
         }
         let path = home.join("secret.key");
         if !path.exists() {
             create_key_file(home, &path)?;
         }
-        let text = fs::read_to_string(&path)
-            .with_context(|| format!("reading the secret key {}", path.display()))?;
+        let text = fs::read_to_string(&path).with_context(|| format!("reading the secret key {}", path.display()))?;
         let key = URL_SAFE_NO_PAD.decode(text.trim()).with_context(|| {
-            format!(
-                "the secret key {} is not valid base64; restore it from backup",
-                path.display()
-            )
+            format!("the secret key {} is not valid base64; restore it from backup", path.display())
         })?;
         if key.len() < 32 {
-            bail!(
-                "the secret key {} is too short; restore it from backup",
-                path.display()
-            );
+            bail!("the secret key {} is too short; restore it from backup", path.display());
         }
         Ok(Keyring { key })
     }
 
     fn derive(&self, purpose: &str) -> String {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
-            .expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes any key length");
         mac.update(purpose.as_bytes());
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
@@ -87,9 +74,7 @@ pub fn scram_verifier(password: &str) -> String {
 fn create_key_file(home: &Path, path: &PathBuf) -> Result<()> {
     fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
     let mut bytes = [0u8; 32];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom")?;
+    fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
     // Write to a temporary file, then link it into place: two processes racing here
     // both end up reading the one key that won.
     let tmp = home.join(format!(".secret.key.{}", std::process::id()));
@@ -119,18 +104,9 @@ mod tests {
     #[test]
     fn derivation_is_stable_and_separated() {
         let k = Keyring { key: vec![7; 32] };
-        assert_eq!(
-            k.password("main", "dev_a", 1),
-            k.password("main", "dev_a", 1)
-        );
-        assert_ne!(
-            k.password("main", "dev_a", 1),
-            k.password("main", "dev_a", 2)
-        );
-        assert_ne!(
-            k.password("main", "dev_a", 1),
-            k.password("main", "dev_b", 1)
-        );
+        assert_eq!(k.password("main", "dev_a", 1), k.password("main", "dev_a", 1));
+        assert_ne!(k.password("main", "dev_a", 1), k.password("main", "dev_a", 2));
+        assert_ne!(k.password("main", "dev_a", 1), k.password("main", "dev_b", 1));
         assert_eq!(k.password("main", "dev_a", 1).len(), 43);
         assert!(scram_verifier("x").starts_with("SCRAM-SHA-256$4096:"));
     }

@@ -36,73 +36,55 @@ fn apply_provisions_then_changes_nothing() {
     let plan = t.pgplane(&["plan", "-f", f, "--detailed-exitcode"]);
     assert_eq!(plan.code, 2, "changes pending: {}", plan.stderr);
     assert!(
-        plan.stdout.contains(
-            "CREATE DATABASE \"idem_registry\" OWNER \"idem_registry\" CONNECTION LIMIT 40"
-        ),
+        plan.stdout.contains("CREATE DATABASE \"idem_registry\" OWNER \"idem_registry\" CONNECTION LIMIT 40"),
         "{}",
         plan.stdout
     );
 
-    let applied = t
-        .pgplane(&["apply", "-f", f, "--yes", "--json"])
-        .ok()
-        .json();
+    let applied = t.pgplane(&["apply", "-f", f, "--yes", "--json"]).ok().json();
     assert!(applied["applied"].as_u64().unwrap() > 20);
 
     // Second apply: nothing to do.
-    let again = t
-        .pgplane(&["apply", "-f", f, "--yes", "--json"])
-        .ok()
-        .json();
+    let again = t.pgplane(&["apply", "-f", f, "--yes", "--json"]).ok().json();
     assert_eq!(again["changes"], 0, "{again}");
     assert_eq!(t.pgplane(&["plan", "-f", f, "--detailed-exitcode"]).code, 0);
 
     // The catalog holds what the manifest says.
     assert_eq!(
-        t.sql("postgres", "SELECT pg_get_userbyid(datdba), datconnlimit FROM pg_database WHERE datname = 'idem_registry'"),
+        t.sql(
+            "postgres",
+            "SELECT pg_get_userbyid(datdba), datconnlimit FROM pg_database WHERE datname = 'idem_registry'"
+        ),
         "idem_registry|40"
     );
-    assert_eq!(
-        t.sql(
-            "idem_registry",
-            "SELECT count(*) FROM pg_extension WHERE extname = 'pg_trgm'"
-        ),
-        "1"
-    );
-    for db in [
-        "idem_registry",
-        "idem_payments",
-        "idem_users",
-        "idem_acme_files",
-    ] {
+    assert_eq!(t.sql("idem_registry", "SELECT count(*) FROM pg_extension WHERE extname = 'pg_trgm'"), "1");
+    for db in ["idem_registry", "idem_payments", "idem_users", "idem_acme_files"] {
         assert_eq!(
-            t.sql(
-                "postgres",
-                &format!("SELECT has_database_privilege('public', '{db}', 'CONNECT')")
-            ),
+            t.sql("postgres", &format!("SELECT has_database_privilege('public', '{db}', 'CONNECT')")),
             "f",
             "PUBLIC must not connect to {db}"
         );
     }
     assert_eq!(
-        t.sql("postgres", "SELECT rolcanlogin, rolsuper, rolcreatedb FROM pg_roles WHERE rolname = 'idem_registry_readonly'"),
+        t.sql(
+            "postgres",
+            "SELECT rolcanlogin, rolsuper, rolcreatedb FROM pg_roles WHERE rolname = 'idem_registry_readonly'"
+        ),
         "t|f|f"
     );
     assert_eq!(
-        t.sql("idem_users", "SELECT nspname, pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname LIKE '%\\_users' ORDER BY 1"),
+        t.sql(
+            "idem_users",
+            "SELECT nspname, pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname LIKE '%\\_users' ORDER BY 1"
+        ),
         "acme_users|idem_acme_users\nglobex_users|idem_globex_users"
     );
     assert_eq!(
-        t.sql(
-            "postgres",
-            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'idem_acme_files'"
-        ),
+        t.sql("postgres", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'idem_acme_files'"),
         "idem_acme_files"
     );
     // Every object is recorded as managed.
-    assert!(t
-        .records("database")
-        .contains(&"idem_acme_files".to_string()));
+    assert!(t.records("database").contains(&"idem_acme_files".to_string()));
     assert_eq!(t.records("schema"), vec!["acme_users", "globex_users"]);
 }
 
@@ -110,24 +92,13 @@ fn apply_provisions_then_changes_nothing() {
 fn plan_json_has_the_documented_shape_and_changes_nothing() {
     let t = T::new("pjson");
     let f = t.manifest("modules:\n  - name: app\n    storage: database\n");
-    let run = t
-        .pgplane(&["plan", "-f", f.to_str().unwrap(), "--json"])
-        .ok();
+    let run = t.pgplane(&["plan", "-f", f.to_str().unwrap(), "--json"]).ok();
     let doc = run.json();
-    assert_eq!(
-        doc["changes"].as_u64(),
-        Some(doc["actions"].as_array().unwrap().len() as u64)
-    );
+    assert_eq!(doc["changes"].as_u64(), Some(doc["actions"].as_array().unwrap().len() as u64));
     let create = &doc["actions"][0];
     assert_eq!(create["kind"], "create_role");
     assert_eq!(create["target"], "role pjson_app");
-    assert!(
-        create["sql"]
-            .as_str()
-            .unwrap()
-            .ends_with("PASSWORD '********'"),
-        "{create}"
-    );
+    assert!(create["sql"].as_str().unwrap().ends_with("PASSWORD '********'"), "{create}");
     assert!(!run.stdout.contains("SCRAM-SHA-256"));
     // plan created nothing.
     assert_eq!(t.catalog_names(), (vec![], vec![]));
@@ -145,31 +116,13 @@ fn passwords_never_reach_output_or_the_server_log() {
     assert!(password.len() >= 40, "strong password");
     assert!(!applied.stdout.contains(&password) && !applied.stderr.contains(&password));
     let rotated = t.pgplane(&["credentials", "app", "-f", f, "--rotate"]).ok();
-    let new_password = rotated
-        .stdout
-        .trim()
-        .rsplit_once(':')
-        .unwrap()
-        .1
-        .split('@')
-        .next()
-        .unwrap()
-        .to_string();
+    let new_password = rotated.stdout.trim().rsplit_once(':').unwrap().1.split('@').next().unwrap().to_string();
     let log = t.server.log();
-    assert!(
-        log.contains("CREATE ROLE \"secret_app\""),
-        "statement log is on"
-    );
+    assert!(log.contains("CREATE ROLE \"secret_app\""), "statement log is on");
     assert!(!log.contains(&password), "password in the server log");
-    assert!(
-        !log.contains(&new_password),
-        "rotated password in the server log"
-    );
+    assert!(!log.contains(&new_password), "rotated password in the server log");
     // Not in the control database either.
-    let control = t.sql(
-        "pgplane",
-        "SELECT string_agg(t::text, ' ') FROM pgplane.role_secrets t",
-    );
+    let control = t.sql("pgplane", "SELECT string_agg(t::text, ' ') FROM pgplane.role_secrets t");
     assert!(!control.contains(&password));
 }
 
@@ -177,12 +130,20 @@ fn passwords_never_reach_output_or_the_server_log() {
 fn bad_manifests_name_file_line_and_run_nothing() {
     let t = T::new("badman");
     let cases = [
-        ("modules:\n  - name: app\n    storage: database\n    conection_limit: 3\n", ":9:5: ", "unknown field `conection_limit`"),
+        (
+            "modules:\n  - name: app\n    storage: database\n    conection_limit: 3\n",
+            ":9:5: ",
+            "unknown field `conection_limit`",
+        ),
         ("modules:\n  - name: app\n    storage: database\n    connection_limit: many\n", ":9:", "invalid type"),
         ("modules:\n  - name: app\n", ":7:", "missing field `storage`"),
         ("modules:\n  - name: App-1\n    storage: database\n", ":7:11: ", "must start with a lowercase letter"),
         ("modules:\n  - name: app\n    storage: tablespace\n", ":8:", "schema-per-tenant"),
-        ("modules:\n  - name: app\n    storage: database\ntenants:\n  - name: t\n    modules: [nope]\n", ":11:", "not defined"),
+        (
+            "modules:\n  - name: app\n    storage: database\ntenants:\n  - name: t\n    modules: [nope]\n",
+            ":11:",
+            "not defined",
+        ),
     ];
     for (body, place, message) in cases {
         let f = t.manifest(body);
@@ -192,20 +153,9 @@ fn bad_manifests_name_file_line_and_run_nothing() {
                 args.push("--yes");
             }
             let run = t.pgplane(&args).fails();
-            assert!(
-                run.stderr.contains(&format!("pgplane.yaml{place}")),
-                "{cmd}: want {place} in {}",
-                run.stderr
-            );
-            assert!(
-                run.stderr.contains(message),
-                "{cmd}: want {message} in {}",
-                run.stderr
-            );
-            assert!(
-                run.stderr.starts_with("pgplane: "),
-                "errors go to stderr with a prefix"
-            );
+            assert!(run.stderr.contains(&format!("pgplane.yaml{place}")), "{cmd}: want {place} in {}", run.stderr);
+            assert!(run.stderr.contains(message), "{cmd}: want {message} in {}", run.stderr);
+            assert!(run.stderr.starts_with("pgplane: "), "errors go to stderr with a prefix");
         }
     }
     assert_eq!(t.catalog_names(), (vec![], vec![]));
@@ -216,29 +166,25 @@ fn names_that_clash_across_environments_are_rejected() {
     // env `clash_a` + module `b` and env `clash` + module `a_b` both give `clash_a_b`.
     let a = T::new("clash_a");
     let fa = a.manifest("modules:\n  - name: b\n    storage: database\n");
-    a.pgplane(&["apply", "-f", fa.to_str().unwrap(), "--yes"])
-        .ok();
+    a.pgplane(&["apply", "-f", fa.to_str().unwrap(), "--yes"]).ok();
 
     let b = T::new("clash");
-    let fb = b.manifest(
-        "modules:\n  - name: a_b\n    storage: database\n  - name: other\n    storage: database\n",
-    );
+    let fb = b.manifest("modules:\n  - name: a_b\n    storage: database\n  - name: other\n    storage: database\n");
     for cmd in ["plan", "apply"] {
         let mut args = vec![cmd, "-f", fb.to_str().unwrap()];
         if cmd == "apply" {
             args.push("--yes");
         }
         let run = b.pgplane(&args).fails();
-        assert!(run.stderr.contains("name clash: database clash_a_b is already managed by pgplane for env clash_a module b"), "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("name clash: database clash_a_b is already managed by pgplane for env clash_a module b"),
+            "{}",
+            run.stderr
+        );
     }
     // Nothing of the second manifest ran, not even the module that did not clash.
-    assert_eq!(
-        b.sql(
-            "postgres",
-            "SELECT count(*) FROM pg_database WHERE datname = 'clash_other'"
-        ),
-        "0"
-    );
+    assert_eq!(b.sql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'clash_other'"), "0");
 }
 
 #[test]
@@ -249,12 +195,7 @@ fn names_that_clash_within_one_manifest_are_rejected() {
          tenants:\n  - name: x\n    modules: [y_z]\n  - name: x_y\n    modules: [z]\n",
     );
     let run = t.pgplane(&["plan", "-f", f.to_str().unwrap()]).fails();
-    assert!(
-        run.stderr
-            .contains("name clash: database inner_x_y_z is wanted by"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("name clash: database inner_x_y_z is wanted by"), "{}", run.stderr);
     assert_eq!(t.catalog_names(), (vec![], vec![]));
 }
 
@@ -263,16 +204,11 @@ fn long_names_are_shortened_deterministically() {
     let t = T::new("longn");
     let m1 = format!("m{}", "x".repeat(60));
     let m2 = format!("m{}y", "x".repeat(59));
-    let f = t.manifest(&format!(
-        "modules:\n  - name: {m1}\n    storage: database\n  - name: {m2}\n    storage: database\n"
-    ));
+    let f = t
+        .manifest(&format!("modules:\n  - name: {m1}\n    storage: database\n  - name: {m2}\n    storage: database\n"));
     let f = f.to_str().unwrap();
     let plan = t.pgplane(&["plan", "-f", f]).ok();
-    assert!(
-        plan.stdout.contains("is longer than 63 bytes"),
-        "{}",
-        plan.stdout
-    );
+    assert!(plan.stdout.contains("is longer than 63 bytes"), "{}", plan.stdout);
     t.pgplane(&["apply", "-f", f, "--yes"]).ok();
     let (_, dbs) = t.catalog_names();
     assert_eq!(dbs.len(), 2, "two distinct databases: {dbs:?}");
@@ -280,45 +216,22 @@ fn long_names_are_shortened_deterministically() {
         assert!(db.len() <= 63, "{db}");
     }
     assert_ne!(dbs[0], dbs[1], "same 54-byte prefix, different hash suffix");
-    assert_eq!(
-        t.pgplane(&["plan", "-f", f, "--detailed-exitcode"]).code,
-        0,
-        "stable names: no changes"
-    );
+    assert_eq!(t.pgplane(&["plan", "-f", f, "--detailed-exitcode"]).code, 0, "stable names: no changes");
 }
 
 #[test]
 fn unmanaged_objects_are_protected_and_adoptable() {
     let t = T::new("adopt");
     t.sql("postgres", "CREATE ROLE adopt_legacy LOGIN");
-    t.sql(
-        "postgres",
-        "CREATE DATABASE adopt_legacy OWNER adopt_legacy",
-    );
+    t.sql("postgres", "CREATE DATABASE adopt_legacy OWNER adopt_legacy");
     t.sql("postgres", "CREATE DATABASE adopt_bystander");
     let f = t.manifest("modules:\n  - name: legacy\n    storage: database\n  - name: fresh\n    storage: database\n");
     let f = f.to_str().unwrap();
 
     let run = t.pgplane(&["apply", "-f", f, "--yes"]).fails();
-    assert!(
-        run.stderr
-            .contains("role adopt_legacy already exists and pgplane does not manage it"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("pgplane adopt"),
-        "says how to fix: {}",
-        run.stderr
-    );
-    assert_eq!(
-        t.sql(
-            "postgres",
-            "SELECT count(*) FROM pg_database WHERE datname = 'adopt_fresh'"
-        ),
-        "0",
-        "nothing ran"
-    );
+    assert!(run.stderr.contains("role adopt_legacy already exists and pgplane does not manage it"), "{}", run.stderr);
+    assert!(run.stderr.contains("pgplane adopt"), "says how to fix: {}", run.stderr);
+    assert_eq!(t.sql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'adopt_fresh'"), "0", "nothing ran");
 
     t.pgplane(&["adopt", "-f", f, "--yes"]).ok();
     assert_eq!(t.records("database"), vec!["adopt_legacy"]);
@@ -330,41 +243,30 @@ fn unmanaged_objects_are_protected_and_adoptable() {
 
     // Prune drops managed objects only: the bystander survives whatever the flags.
     let f2 = t.manifest("modules:\n  - name: fresh\n    storage: database\n");
-    t.pgplane(&["apply", "-f", f2.to_str().unwrap(), "--yes", "--prune"])
-        .ok();
+    t.pgplane(&["apply", "-f", f2.to_str().unwrap(), "--yes", "--prune"]).ok();
     assert_eq!(t.catalog_names().1, vec!["adopt_bystander", "adopt_fresh"]);
-    assert_eq!(
-        t.sql(
-            "postgres",
-            "SELECT count(*) FROM pg_roles WHERE rolname = 'adopt_legacy'"
-        ),
-        "0"
-    );
+    assert_eq!(t.sql("postgres", "SELECT count(*) FROM pg_roles WHERE rolname = 'adopt_legacy'"), "0");
 }
 
 #[test]
 fn drift_is_shown_and_repaired() {
     let t = T::new("drift");
-    let f = t.manifest("modules:\n  - name: app\n    storage: database\n    connection_limit: 7\n    readonly_role: true\n");
+    let f = t
+        .manifest("modules:\n  - name: app\n    storage: database\n    connection_limit: 7\n    readonly_role: true\n");
     let f = f.to_str().unwrap();
     t.pgplane(&["apply", "-f", f, "--yes"]).ok();
     t.sql("postgres", "GRANT CONNECT ON DATABASE drift_app TO PUBLIC");
     t.sql("postgres", "ALTER DATABASE drift_app OWNER TO postgres");
     t.sql("postgres", "ALTER DATABASE drift_app CONNECTION LIMIT 99");
-    t.sql(
-        "postgres",
-        "REVOKE CONNECT ON DATABASE drift_app FROM drift_app_readonly",
-    );
+    t.sql("postgres", "REVOKE CONNECT ON DATABASE drift_app FROM drift_app_readonly");
     t.sql("postgres", "ALTER ROLE drift_app_readonly CREATEDB");
-    t.sql("drift_app", "ALTER DEFAULT PRIVILEGES FOR ROLE drift_app IN SCHEMA public REVOKE SELECT ON TABLES FROM drift_app_readonly");
+    t.sql(
+        "drift_app",
+        "ALTER DEFAULT PRIVILEGES FOR ROLE drift_app IN SCHEMA public REVOKE SELECT ON TABLES FROM drift_app_readonly",
+    );
 
     let plan = t.pgplane(&["plan", "-f", f, "--json"]).ok().json();
-    let kinds: Vec<&str> = plan["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["kind"].as_str().unwrap())
-        .collect();
+    let kinds: Vec<&str> = plan["actions"].as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap()).collect();
     for k in [
         "alter_role",
         "alter_database_owner",
@@ -375,10 +277,7 @@ fn drift_is_shown_and_repaired() {
     ] {
         assert!(kinds.contains(&k), "missing repair {k} in {kinds:?}");
     }
-    let status = t
-        .pgplane(&["status", "-f", f, "--env", "drift", "--json"])
-        .ok()
-        .json();
+    let status = t.pgplane(&["status", "-f", f, "--env", "drift", "--json"]).ok().json();
     let db = status["environments"][0]["objects"]
         .as_array()
         .unwrap()
@@ -394,13 +293,7 @@ fn drift_is_shown_and_repaired() {
         t.sql("postgres", "SELECT pg_get_userbyid(datdba), datconnlimit, has_database_privilege('public', 'drift_app', 'CONNECT') FROM pg_database WHERE datname = 'drift_app'"),
         "drift_app|7|f"
     );
-    assert_eq!(
-        t.sql(
-            "postgres",
-            "SELECT rolcreatedb FROM pg_roles WHERE rolname = 'drift_app_readonly'"
-        ),
-        "f"
-    );
+    assert_eq!(t.sql("postgres", "SELECT rolcreatedb FROM pg_roles WHERE rolname = 'drift_app_readonly'"), "f");
 }
 
 #[test]
@@ -410,56 +303,32 @@ fn removed_objects_are_orphaned_and_dropped_only_with_prune() {
         "modules:\n  - name: keep\n    storage: database\n  - name: gone\n    storage: schema-per-tenant\n    readonly_role: true\n\
          tenants:\n  - name: acme\n    modules: [gone]\n",
     );
-    t.pgplane(&["apply", "-f", f.to_str().unwrap(), "--yes"])
-        .ok();
+    t.pgplane(&["apply", "-f", f.to_str().unwrap(), "--yes"]).ok();
     t.sql("postgres", "CREATE ROLE prune_unmanaged");
     let f = t.manifest("modules:\n  - name: keep\n    storage: database\n");
     let f = f.to_str().unwrap();
 
     let plan = t.pgplane(&["plan", "-f", f, "--json", "--detailed-exitcode"]);
     assert_eq!(plan.code, 0, "orphans alone are not changes");
-    let orphans: Vec<String> = plan.json()["orphans"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["name"].as_str().unwrap().to_string())
-        .collect();
+    let orphans: Vec<String> =
+        plan.json()["orphans"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap().to_string()).collect();
     assert!(
-        orphans.contains(&"prune_gone".to_string())
-            && orphans.contains(&"prune_acme_gone".to_string()),
+        orphans.contains(&"prune_gone".to_string()) && orphans.contains(&"prune_acme_gone".to_string()),
         "{orphans:?}"
     );
     assert!(t.pgplane(&["plan", "-f", f]).stdout.contains("orphaned"));
 
     t.pgplane(&["apply", "-f", f, "--yes"]).ok();
-    assert!(
-        t.catalog_names().1.contains(&"prune_gone".to_string()),
-        "no prune: kept"
-    );
+    assert!(t.catalog_names().1.contains(&"prune_gone".to_string()), "no prune: kept");
 
-    let pruned = t
-        .pgplane(&["plan", "-f", f, "--prune", "--json"])
-        .ok()
-        .json();
-    assert!(pruned["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|a| a["kind"] == "drop_database"));
+    let pruned = t.pgplane(&["plan", "-f", f, "--prune", "--json"]).ok().json();
+    assert!(pruned["actions"].as_array().unwrap().iter().any(|a| a["kind"] == "drop_database"));
     t.pgplane(&["apply", "-f", f, "--yes", "--prune"]).ok();
     let (roles, dbs) = t.catalog_names();
     assert_eq!(dbs, vec!["prune_keep"]);
-    assert_eq!(
-        roles,
-        vec!["prune_keep", "prune_unmanaged"],
-        "unmanaged role untouched"
-    );
+    assert_eq!(roles, vec!["prune_keep", "prune_unmanaged"], "unmanaged role untouched");
     assert_eq!(t.records("role"), vec!["prune_keep"]);
-    assert_eq!(
-        t.pgplane(&["plan", "-f", f, "--prune", "--detailed-exitcode"])
-            .code,
-        0
-    );
+    assert_eq!(t.pgplane(&["plan", "-f", f, "--prune", "--detailed-exitcode"]).code, 0);
 }
 
 #[test]
@@ -474,34 +343,18 @@ fn tenants_cannot_reach_each_other() {
     let acme = t.credentials(&["users", "-f", f, "--tenant", "acme"]);
     let globex = t.credentials(&["users", "-f", f, "--tenant", "globex"]);
     // search_path puts each tenant in its own schema.
-    psql(
-        &acme,
-        "CREATE TABLE secrets (v text); INSERT INTO secrets VALUES ('acme only')",
-    )
-    .unwrap();
-    assert_eq!(
-        psql(&acme, "SELECT v FROM acme_users.secrets").unwrap(),
-        "acme only"
-    );
+    psql(&acme, "CREATE TABLE secrets (v text); INSERT INTO secrets VALUES ('acme only')").unwrap();
+    assert_eq!(psql(&acme, "SELECT v FROM acme_users.secrets").unwrap(), "acme only");
     let denied = psql(&globex, "SELECT v FROM acme_users.secrets").unwrap_err();
-    assert!(
-        denied.contains("permission denied for schema acme_users"),
-        "{denied}"
-    );
-    assert!(
-        psql(&globex, "CREATE TABLE public.x (v int)").is_err(),
-        "no CREATE in public"
-    );
+    assert!(denied.contains("permission denied for schema acme_users"), "{denied}");
+    assert!(psql(&globex, "CREATE TABLE public.x (v int)").is_err(), "no CREATE in public");
     // Database per tenant: another tenant's database refuses the connection.
     let acme_files = t.credentials(&["files", "-f", f, "--tenant", "acme"]);
     let globex_files = t.credentials(&["files", "-f", f, "--tenant", "globex"]);
     assert!(psql(&acme_files, "SELECT 1").is_ok());
     let other = common::with_db(&globex_files, "iso_acme_files");
     let refused = psql(&other, "SELECT 1").unwrap_err();
-    assert!(
-        refused.contains("permission denied for database"),
-        "{refused}"
-    );
+    assert!(refused.contains("permission denied for database"), "{refused}");
 }
 
 #[test]
@@ -513,31 +366,17 @@ fn readonly_role_reads_and_cannot_write() {
     let owner = t.credentials(&["app", "-f", f]);
     let reader = t.credentials(&["app", "-f", f, "--role", "readonly"]);
     // A table created after apply is readable through default privileges.
-    psql(
-        &owner,
-        "CREATE TABLE items (id int); INSERT INTO items VALUES (1), (2)",
-    )
-    .unwrap();
+    psql(&owner, "CREATE TABLE items (id int); INSERT INTO items VALUES (1), (2)").unwrap();
     assert_eq!(psql(&reader, "SELECT count(*) FROM items").unwrap(), "2");
-    assert!(psql(&reader, "INSERT INTO items VALUES (3)")
-        .unwrap_err()
-        .contains("permission denied"));
-    assert!(psql(&reader, "CREATE TABLE mine (id int)")
-        .unwrap_err()
-        .contains("permission denied"));
+    assert!(psql(&reader, "INSERT INTO items VALUES (3)").unwrap_err().contains("permission denied"));
+    assert!(psql(&reader, "CREATE TABLE mine (id int)").unwrap_err().contains("permission denied"));
     assert!(psql(&reader, "DELETE FROM items").is_err());
     // A table created by hand without default privileges (another owner) shows as drift.
-    t.sql(
-        "ro_app",
-        "CREATE TABLE admin_made (id int); ALTER TABLE admin_made OWNER TO ro_app",
-    );
+    t.sql("ro_app", "CREATE TABLE admin_made (id int); ALTER TABLE admin_made OWNER TO ro_app");
     let plan = t.pgplane(&["plan", "-f", f, "--json"]).ok().json();
     assert_eq!(plan["actions"][0]["kind"], "grant_select", "{plan}");
     t.pgplane(&["apply", "-f", f, "--yes"]).ok();
-    assert_eq!(
-        psql(&reader, "SELECT count(*) FROM admin_made").unwrap(),
-        "0"
-    );
+    assert_eq!(psql(&reader, "SELECT count(*) FROM admin_made").unwrap(), "0");
 }
 
 #[test]
@@ -549,34 +388,18 @@ fn credentials_formats_and_rotation() {
     );
     let f = f.to_str().unwrap();
     let before = t.pgplane(&["credentials", "app", "-f", f]).fails();
-    assert!(
-        before.stderr.contains("run `pgplane apply` first"),
-        "{}",
-        before.stderr
-    );
+    assert!(before.stderr.contains("run `pgplane apply` first"), "{}", before.stderr);
     t.pgplane(&["apply", "-f", f, "--yes"]).ok();
 
     let url = t.credentials(&["app", "-f", f, "--format", "url"]);
     assert!(url.starts_with("postgresql://cred_app:"));
-    assert_eq!(
-        psql(&url, "SELECT current_user || '@' || current_database()").unwrap(),
-        "cred_app@cred_app"
-    );
+    assert_eq!(psql(&url, "SELECT current_user || '@' || current_database()").unwrap(), "cred_app@cred_app");
 
     let env = t.credentials(&["users", "-f", f, "--tenant", "acme", "--format", "env"]);
     let keys: Vec<&str> = env.lines().map(|l| l.split('=').next().unwrap()).collect();
     assert_eq!(
         keys,
-        [
-            "PGHOST",
-            "PGPORT",
-            "PGDATABASE",
-            "PGUSER",
-            "PGPASSWORD",
-            "PGOPTIONS",
-            "DATABASE_SCHEMA",
-            "DATABASE_URL"
-        ]
+        ["PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGOPTIONS", "DATABASE_SCHEMA", "DATABASE_URL"]
     );
     // The env file works with libpq's variables as is.
     let mut cmd = std::process::Command::new("psql");
@@ -588,20 +411,11 @@ fn credentials_formats_and_rotation() {
     let out = common::run_ok(&mut cmd);
     assert_eq!(out.trim(), "cred_acme_users|acme_users");
 
-    let json: serde_json::Value =
-        serde_json::from_str(&t.credentials(&["app", "-f", f, "--format", "json"])).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&t.credentials(&["app", "-f", f, "--format", "json"])).unwrap();
     for k in ["host", "port", "database", "user", "password", "url"] {
         assert!(!json[k].is_null(), "json has {k}");
     }
-    let k8s = t.credentials(&[
-        "app",
-        "-f",
-        f,
-        "--format",
-        "k8s-secret",
-        "--k8s-namespace",
-        "platform",
-    ]);
+    let k8s = t.credentials(&["app", "-f", f, "--format", "k8s-secret", "--k8s-namespace", "platform"]);
     assert!(k8s.starts_with("apiVersion: v1\nkind: Secret\n"));
     assert!(
         k8s.contains("name: \"cred-app-db\"")
@@ -610,28 +424,13 @@ fn credentials_formats_and_rotation() {
     );
 
     let missing = t.pgplane(&["credentials", "users", "-f", f]).fails();
-    assert!(
-        missing.stderr.contains("pass --tenant"),
-        "{}",
-        missing.stderr
-    );
+    assert!(missing.stderr.contains("pass --tenant"), "{}", missing.stderr);
 
-    let rotated = t
-        .pgplane(&["credentials", "app", "-f", f, "--rotate"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
+    let rotated = t.pgplane(&["credentials", "app", "-f", f, "--rotate"]).ok().stdout.trim().to_string();
     assert_ne!(rotated, url);
-    assert!(psql(&url, "SELECT 1")
-        .unwrap_err()
-        .contains("password authentication failed"));
+    assert!(psql(&url, "SELECT 1").unwrap_err().contains("password authentication failed"));
     assert_eq!(psql(&rotated, "SELECT 1").unwrap(), "1");
-    assert_eq!(
-        t.credentials(&["app", "-f", f]),
-        rotated,
-        "credentials hands out the rotated password"
-    );
+    assert_eq!(t.credentials(&["app", "-f", f]), rotated, "credentials hands out the rotated password");
     assert_eq!(t.pgplane(&["plan", "-f", f, "--detailed-exitcode"]).code, 0);
 }
 
@@ -649,28 +448,15 @@ fn concurrent_applies_serialize() {
     let t = T::new("conc");
     let f1 = t.manifest_named("one.yaml", &modules("conc_one", 8));
     let f2 = t.manifest_named("two.yaml", &modules("conc_two", 8));
-    let spawn = |f: &std::path::Path| {
-        t.cmd()
-            .args(["apply", "-f", f.to_str().unwrap(), "--yes"])
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |f: &std::path::Path| t.cmd().args(["apply", "-f", f.to_str().unwrap(), "--yes"]).spawn().unwrap();
     // Two applies of the same manifest and one of another, all at once.
     let children = vec![spawn(&f1), spawn(&f1), spawn(&f2)];
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     for f in [&f1, &f2] {
-        assert_eq!(
-            t.pgplane(&["plan", "-f", f.to_str().unwrap(), "--detailed-exitcode"])
-                .code,
-            0
-        );
+        assert_eq!(t.pgplane(&["plan", "-f", f.to_str().unwrap(), "--detailed-exitcode"]).code, 0);
     }
     assert_eq!(t.catalog_names().1.len(), 16);
 }
@@ -680,9 +466,7 @@ fn modules(prefix: &str, n: usize) -> String {
     let _ = prefix;
     let mut s = String::from("modules:\n");
     for i in 0..n {
-        s.push_str(&format!(
-            "  - name: {prefix}_m{i:02}\n    storage: database\n    readonly_role: true\n"
-        ));
+        s.push_str(&format!("  - name: {prefix}_m{i:02}\n    storage: database\n    readonly_role: true\n"));
     }
     s
 }
@@ -701,34 +485,17 @@ fn apply_killed_at_any_moment_converges() {
         let (roles, dbs) = t.catalog_names();
         let (known_roles, known_dbs) = (t.records("role"), t.records("database"));
         for r in &roles {
-            assert!(
-                known_roles.contains(r),
-                "after kill at {delay_ms}ms: role {r} exists but is not recorded"
-            );
+            assert!(known_roles.contains(r), "after kill at {delay_ms}ms: role {r} exists but is not recorded");
         }
         for d in &dbs {
-            assert!(
-                known_dbs.contains(d),
-                "after kill at {delay_ms}ms: database {d} exists but is not recorded"
-            );
+            assert!(known_dbs.contains(d), "after kill at {delay_ms}ms: database {d} exists but is not recorded");
         }
         t.pgplane(&["apply", "-f", f, "--yes"]).ok();
         assert_eq!(t.pgplane(&["plan", "-f", f, "--detailed-exitcode"]).code, 0);
-        assert_eq!(
-            t.catalog_names()
-                .1
-                .iter()
-                .filter(|d| d.starts_with("kill_k_m"))
-                .count(),
-            25
-        );
+        assert_eq!(t.catalog_names().1.iter().filter(|d| d.starts_with("kill_k_m")).count(), 25);
         // Start over for the next delay.
-        let empty = t.manifest_named(
-            "empty.yaml",
-            "modules:\n  - name: k_placeholder\n    storage: database\n",
-        );
-        t.pgplane(&["apply", "-f", empty.to_str().unwrap(), "--yes", "--prune"])
-            .ok();
+        let empty = t.manifest_named("empty.yaml", "modules:\n  - name: k_placeholder\n    storage: database\n");
+        t.pgplane(&["apply", "-f", empty.to_str().unwrap(), "--yes", "--prune"]).ok();
     }
 }
 
@@ -738,22 +505,12 @@ fn status_lists_managed_objects_per_environment() {
     let f = t.manifest("modules:\n  - name: app\n    storage: database\n");
     let f = f.to_str().unwrap();
     let before = t.pgplane(&["status", "-f", f, "--env", "stat"]).ok();
-    assert!(
-        before.stdout.contains("manages nothing yet"),
-        "{}",
-        before.stdout
-    );
+    assert!(before.stdout.contains("manages nothing yet"), "{}", before.stdout);
     t.pgplane(&["apply", "-f", f, "--yes"]).ok();
     let text = t.pgplane(&["status", "-f", f, "--env", "stat"]).ok().stdout;
-    assert!(
-        text.contains("env stat (2 objects, 0 with drift)"),
-        "{text}"
-    );
+    assert!(text.contains("env stat (2 objects, 0 with drift)"), "{text}");
     t.sql("postgres", "DROP DATABASE stat_app");
-    let doc = t
-        .pgplane(&["status", "-f", f, "--env", "stat", "--json"])
-        .ok()
-        .json();
+    let doc = t.pgplane(&["status", "-f", f, "--env", "stat", "--json"]).ok().json();
     let db = doc["environments"][0]["objects"]
         .as_array()
         .unwrap()
@@ -765,4 +522,46 @@ fn status_lists_managed_objects_per_environment() {
     // A missing managed database is re-created.
     t.pgplane(&["apply", "-f", f, "--yes"]).ok();
     assert_eq!(t.catalog_names().1, vec!["stat_app"]);
+}
+
+#[test]
+fn plan_reuses_apply_observations_until_a_database_changes() {
+    let t = T::new("cache");
+    let f = t.manifest("modules:\n  - name: app\n    storage: database\n    readonly_role: true\n");
+    let f = f.to_str().unwrap();
+    t.pgplane(&["apply", "-f", f, "--yes"]).ok();
+    assert_eq!(t.sql("pgplane", "SELECT count(*) FROM pgplane.observations WHERE database = 'cache_app'"), "1");
+    let mut cmd = t.cmd();
+    let run = cmd.args(["plan", "-f", f, "--detailed-exitcode"]).env("PGPLANE_LOG", "debug").output().unwrap();
+    assert_eq!(run.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("reused=1 read=0"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    // A change to grants or owners inside the database changes its pg_shdepend fingerprint.
+    t.sql(
+        "cache_app",
+        "ALTER DEFAULT PRIVILEGES FOR ROLE cache_app IN SCHEMA public REVOKE SELECT ON TABLES FROM cache_app_readonly",
+    );
+    let plan = t.pgplane(&["plan", "-f", f, "--json"]).ok().json();
+    assert_eq!(plan["actions"][0]["kind"], "default_privileges", "{plan}");
+    t.pgplane(&["apply", "-f", f, "--yes"]).ok();
+
+    // Privileges of PUBLIC are not in pg_shdepend: the cached plan cannot see them, --deep
+    // does, and apply (which always reads deeply) repairs them.
+    t.sql("cache_app", "GRANT CREATE ON SCHEMA public TO PUBLIC");
+    assert_eq!(t.pgplane(&["plan", "-f", f, "--detailed-exitcode"]).code, 0);
+    let deep = t.pgplane(&["plan", "-f", f, "--deep", "--json"]).ok().json();
+    assert_eq!(deep["actions"][0]["kind"], "revoke_schema", "{deep}");
+    t.pgplane(&["apply", "-f", f, "--yes"]).ok();
+    assert_eq!(t.pgplane(&["plan", "-f", f, "--deep", "--detailed-exitcode"]).code, 0);
+
+    // A database dropped and re-created by hand under the same name is a new database.
+    t.sql("postgres", "DROP DATABASE cache_app WITH (FORCE)");
+    t.sql("postgres", "CREATE DATABASE cache_app OWNER cache_app");
+    let plan = t.pgplane(&["plan", "-f", f, "--json"]).ok().json();
+    let kinds: Vec<&str> = plan["actions"].as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"revoke_public") && kinds.contains(&"default_privileges"), "{kinds:?}");
 }

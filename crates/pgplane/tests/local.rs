@@ -15,9 +15,7 @@ struct Home {
 
 impl Home {
     fn new(name: &str) -> Home {
-        Home {
-            path: temp_home(name),
-        }
+        Home { path: temp_home(name) }
     }
 
     fn cmd(&self, args: &[&str]) -> common::Run {
@@ -59,43 +57,18 @@ fn commands_start_the_embedded_server_and_plan_changes_nothing() {
     assert!(plan.json()["changes"].as_u64().unwrap() > 0);
     let status = h.cmd(&["local", "status", "--json"]).ok().json();
     assert_eq!(status["running"], true);
-    assert!(status["data_dir"]
-        .as_str()
-        .unwrap()
-        .ends_with("home/local/data"));
+    assert!(status["data_dir"].as_str().unwrap().ends_with("home/local/data"));
 
     let url = h.cmd(&["local", "url"]).ok().stdout.trim().to_string();
-    assert!(
-        url.starts_with("postgresql://postgres:") && url.contains("@127.0.0.1:"),
-        "{url}"
-    );
+    assert!(url.starts_with("postgresql://postgres:") && url.contains("@127.0.0.1:"), "{url}");
     // plan created nothing, not even the control database.
-    assert_eq!(
-        psql(
-            &url,
-            "SELECT count(*) FROM pg_database WHERE datname IN ('pgplane', 'dev_app')"
-        )
-        .unwrap(),
-        "0"
-    );
+    assert_eq!(psql(&url, "SELECT count(*) FROM pg_database WHERE datname IN ('pgplane', 'dev_app')").unwrap(), "0");
     // Loopback only.
     assert_eq!(psql(&url, "SHOW listen_addresses").unwrap(), "127.0.0.1");
 
     h.cmd(&["apply", "--yes"]).ok();
-    assert_eq!(
-        psql(
-            &url,
-            "SELECT count(*) FROM pg_database WHERE datname IN ('pgplane', 'dev_app')"
-        )
-        .unwrap(),
-        "2"
-    );
-    let creds = h
-        .cmd(&["credentials", "app"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
+    assert_eq!(psql(&url, "SELECT count(*) FROM pg_database WHERE datname IN ('pgplane', 'dev_app')").unwrap(), "2");
+    let creds = h.cmd(&["credentials", "app"]).ok().stdout.trim().to_string();
     assert_eq!(psql(&creds, "SELECT current_user").unwrap(), "dev_app");
 
     // Reused, not restarted.
@@ -107,14 +80,7 @@ fn commands_start_the_embedded_server_and_plan_changes_nothing() {
     assert_eq!(h.cmd(&["local", "status"]).code, 3);
     // Started again on the same port with the same data.
     h.cmd(&["local", "start"]).ok();
-    assert_eq!(
-        psql(
-            &url,
-            "SELECT count(*) FROM pg_database WHERE datname = 'dev_app'"
-        )
-        .unwrap(),
-        "1"
-    );
+    assert_eq!(psql(&url, "SELECT count(*) FROM pg_database WHERE datname = 'dev_app'").unwrap(), "1");
 }
 
 #[test]
@@ -123,17 +89,8 @@ fn a_taken_port_is_a_clear_error() {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let run = h.cmd(&["local", "start", "--port", &port]).fails();
-    assert!(
-        run.stderr
-            .contains(&format!("port {port} on 127.0.0.1 is taken")),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("--port"),
-        "says how to fix: {}",
-        run.stderr
-    );
+    assert!(run.stderr.contains(&format!("port {port} on 127.0.0.1 is taken")), "{}", run.stderr);
+    assert!(run.stderr.contains("--port"), "says how to fix: {}", run.stderr);
 }
 
 #[test]
@@ -143,11 +100,7 @@ fn a_data_folder_of_another_version_is_a_clear_error() {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("PG_VERSION"), "11\n").unwrap();
     let run = h.cmd(&["local", "start"]).fails();
-    assert!(
-        run.stderr.contains("was initialised by PostgreSQL 11"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("was initialised by PostgreSQL 11"), "{}", run.stderr);
     assert!(run.stderr.contains("PGPLANE_PG_BINDIR"), "{}", run.stderr);
 }
 

@@ -97,27 +97,18 @@ impl Run {
 
     #[track_caller]
     pub fn ok(self) -> Run {
-        assert_eq!(
-            self.code, 0,
-            "expected success:\nstdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, 0, "expected success:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
         self
     }
 
     #[track_caller]
     pub fn fails(self) -> Run {
-        assert_eq!(
-            self.code, 1,
-            "expected exit 1:\nstdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, 1, "expected exit 1:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
         self
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 }
 
@@ -133,11 +124,7 @@ impl T {
         let server = server();
         let dir = server.root.join(env);
         std::fs::create_dir_all(&dir).expect("create test dir");
-        T {
-            env: env.to_string(),
-            dir,
-            server,
-        }
+        T { env: env.to_string(), dir, server }
     }
 
     /// Writes `pgplane.yaml` for this test's env on the shared server; returns its path.
@@ -171,8 +158,7 @@ impl T {
 
     /// Runs SQL as the admin in `db`; panics on error.
     pub fn sql(&self, db: &str, sql: &str) -> String {
-        psql(&with_db(&self.server.url, db), sql)
-            .unwrap_or_else(|e| panic!("psql failed in {db}: {e}\nSQL: {sql}"))
+        psql(&with_db(&self.server.url, db), sql).unwrap_or_else(|e| panic!("psql failed in {db}: {e}\nSQL: {sql}"))
     }
 
     pub fn sql_try(&self, db: &str, sql: &str) -> Result<String, String> {
@@ -182,14 +168,10 @@ impl T {
     /// Roles and databases on the server whose name starts with this test's env.
     pub fn catalog_names(&self) -> (Vec<String>, Vec<String>) {
         let pat = format!("{}\\_%", self.env);
-        let roles = self.sql(
-            "postgres",
-            &format!("SELECT rolname FROM pg_roles WHERE rolname LIKE '{pat}' ORDER BY 1"),
-        );
-        let dbs = self.sql(
-            "postgres",
-            &format!("SELECT datname FROM pg_database WHERE datname LIKE '{pat}' ORDER BY 1"),
-        );
+        let roles =
+            self.sql("postgres", &format!("SELECT rolname FROM pg_roles WHERE rolname LIKE '{pat}' ORDER BY 1"));
+        let dbs =
+            self.sql("postgres", &format!("SELECT datname FROM pg_database WHERE datname LIKE '{pat}' ORDER BY 1"));
         (lines(&roles), lines(&dbs))
     }
 
@@ -212,11 +194,7 @@ impl T {
 }
 
 pub fn lines(s: &str) -> Vec<String> {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
 }
 
 pub fn with_db(url: &str, db: &str) -> String {
@@ -241,11 +219,7 @@ pub fn psql(url: &str, sql: &str) -> Result<String, String> {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0))
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    TcpListener::bind(("127.0.0.1", 0)).expect("bind").local_addr().expect("addr").port()
 }
 
 pub fn temp_home(name: &str) -> PathBuf {
