@@ -97,7 +97,7 @@ async fn run_locked(ctx: &mut Ctx, s: &Session, locked: ops::Locked, kind: &str,
 
 pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
     let manifest = ops::load_manifest(&args.file)?;
-    let servers = Servers::resolve(&manifest, &ctx.local, ctx.keys()?)?;
+    let servers = Servers::resolve(&manifest, &ctx.local, || ctx.keys())?;
     let admins = servers.connect_all(Role::Read).await?;
     let first = servers.first();
     let control_db = control::open_existing(first, &admins[&first.name]).await?;

@@ -100,9 +100,14 @@ pub struct Servers {
 
 impl Servers {
     /// Resolves the manifest's servers, starting the embedded one when none is listed.
-    pub fn resolve(manifest: &Manifest, local: &LocalServer, keys: &Keyring) -> Result<Servers> {
+    /// `keys` is asked for only when the embedded server is needed.
+    pub fn resolve<'k>(
+        manifest: &Manifest,
+        local: &LocalServer,
+        keys: impl FnOnce() -> Result<&'k Keyring>,
+    ) -> Result<Servers> {
         if manifest.servers.is_empty() {
-            return Ok(Servers { list: vec![start_local(local, keys)?] });
+            return Ok(Servers { list: vec![start_local(local, keys()?)?] });
         }
         let list = manifest.servers.iter().map(|s| Target::from_url(&s.name, &s.url)).collect::<Result<Vec<_>>>()?;
         Ok(Servers { list })

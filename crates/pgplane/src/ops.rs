@@ -71,7 +71,7 @@ impl Session {
         let desired =
             Desired::build(&manifest, &env).map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
         let local = LocalServer::new(&ctx.home);
-        let servers = Servers::resolve(&manifest, &local, ctx.keys()?)?;
+        let servers = Servers::resolve(&manifest, &local, || ctx.keys())?;
         let admins = servers.connect_all(role).await?;
         Ok(Session { manifest, desired, servers, admins })
     }

@@ -565,3 +565,130 @@ fn plan_reuses_apply_observations_until_a_database_changes() {
     let kinds: Vec<&str> = plan["actions"].as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap()).collect();
     assert!(kinds.contains(&"revoke_public") && kinds.contains(&"default_privileges"), "{kinds:?}");
 }
+
+/// Strings that break naive quoting: quotes, backslashes, comment starts, dollar quotes,
+/// statement separators, whitespace and multi-byte characters, plus pseudo-random mixes.
+fn nasty_strings() -> Vec<String> {
+    let mut out: Vec<String> = [
+        "plain",
+        "it's",
+        "\"quoted\"",
+        "a\"\"b",
+        "back\\slash",
+        "semi;colon",
+        "--comment",
+        "/*c*/",
+        "$$dollar$$",
+        "$tag$x$tag$",
+        "new\nline",
+        "tab\there",
+        " lead",
+        "trail ",
+        "é",
+        "日本語",
+        "emoji😀",
+        "''",
+        "\"",
+        "\\'",
+        "E'x'",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let pool: Vec<char> = "aZ9_ '\"\\;-/*$\n\té日😀".chars().collect();
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..200 {
+        let mut s = String::new();
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let len = 1 + (seed >> 33) as usize % 12;
+        for _ in 0..len {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s.push(pool[(seed >> 33) as usize % pool.len()]);
+        }
+        out.push(s);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Result rows `N:hex` of a multi-statement psql run (psql also prints command tags).
+fn rows(out: &str) -> Vec<String> {
+    common::lines(out).into_iter().filter(|l| l.split(':').next().is_some_and(|n| n.parse::<usize>().is_ok())).collect()
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn quoting_round_trips_through_a_real_server() {
+    use pgplane_core::ident::{quote_ident, quote_literal};
+    let t = T::new("quoting");
+    let strings = nasty_strings();
+
+    // Literals: what the server stores is exactly the string.
+    let values: Vec<String> = strings.iter().enumerate().map(|(i, s)| format!("({i}, {})", quote_literal(s))).collect();
+    let sql = format!(
+        "CREATE TEMP TABLE lits (i int, v text); INSERT INTO lits VALUES {}; \
+         SELECT i || ':' || encode(convert_to(v, 'UTF8'), 'hex') FROM lits ORDER BY i",
+        values.join(", ")
+    );
+    let got = t.sql("postgres", &sql);
+    let want: Vec<String> = strings.iter().enumerate().map(|(i, s)| format!("{i}:{}", hex(s))).collect();
+    assert_eq!(rows(&got), want);
+
+    // Identifiers: a schema named by each string exists under exactly that name.
+    t.sql("postgres", "CREATE DATABASE quoting_idents");
+    let mut sql = String::new();
+    for (i, s) in strings.iter().enumerate() {
+        sql.push_str(&format!("CREATE SCHEMA {q}; COMMENT ON SCHEMA {q} IS 'n{i}'; ", q = quote_ident(s)));
+    }
+    sql.push_str(
+        "SELECT substr(obj_description(oid, 'pg_namespace'), 2) || ':' || encode(convert_to(nspname, 'UTF8'), 'hex') \
+         FROM pg_namespace WHERE obj_description(oid, 'pg_namespace') LIKE 'n%' ORDER BY 1",
+    );
+    let got = t.sql("quoting_idents", &sql);
+    let mut want: Vec<String> = strings.iter().enumerate().map(|(i, s)| format!("{i}:{}", hex(s))).collect();
+    want.sort();
+    assert_eq!(rows(&got), want);
+    t.sql("postgres", "DROP DATABASE quoting_idents");
+}
+
+/// Runs pgplane under a pseudo-terminal (util-linux `script`), answering `answer`.
+fn on_terminal(t: &T, args: &str, answer: &str) -> common::Run {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &format!("{} {args}", common::BIN), "/dev/null"])
+        .current_dir(&t.dir)
+        .env("PGPLANE_HOME", t.dir.join("home"))
+        .env("TEST_PG_URL", &t.server.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(answer.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    common::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn on_a_terminal_apply_shows_the_plan_and_asks() {
+    let t = T::new("tty");
+    t.manifest("modules:\n  - name: app\n    storage: database\n");
+    let no = on_terminal(&t, "apply", "n\n");
+    assert_eq!(no.code, 1, "{no:?}");
+    assert!(no.stdout.contains("CREATE DATABASE \"tty_app\""), "plan shown: {}", no.stdout);
+    assert!(no.stdout.contains("apply these 3 change(s)? [y/N]"), "asks: {}", no.stdout);
+    assert!(no.stdout.contains("cancelled; nothing was changed"), "{}", no.stdout);
+    assert_eq!(t.catalog_names(), (vec![], vec![]));
+
+    let yes = on_terminal(&t, "apply", "y\n");
+    assert_eq!(yes.code, 0, "{yes:?}");
+    assert!(yes.stdout.contains("Applied 3 changes (env tty)."), "{}", yes.stdout);
+    assert_eq!(t.catalog_names().1, vec!["tty_app"]);
+}
