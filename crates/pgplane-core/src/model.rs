@@ -234,198 +234,77 @@ impl Desired {
         }
         let n = &manifest.naming;
         let mut d = Desired { env: env.to_string(), ..Desired::default() };
-        let origin = |module: &str, tenant: Option<&str>, purpose| Origin {
-            env: env.to_string(),
-            module: module.to_string(),
-            tenant: tenant.map(str::to_string),
-            purpose,
-        };
-        let long = |t: &crate::naming::NameTemplate, v: Vars<'_>| {
-            let raw = t.render_raw(v);
-            let fitted = t.render(v);
-            (fitted.clone(), (raw != fitted).then_some(raw))
-        };
-
         for m in &manifest.modules {
-            let srv = m.server.as_str();
+            let b = Builder { env, module: &m.name, server: &m.server };
             let vars = Vars { env, module: &m.name, tenant: "", owner: "" };
             let limit = m.connection_limit.unwrap_or(-1);
             let tenants: Vec<&str> =
                 manifest.tenants.iter().filter(|t| t.modules.contains(&m.name)).map(|t| t.name.as_str()).collect();
             match m.storage {
                 Storage::Database | Storage::SchemaPerTenant => {
-                    let (owner, owner_long) = long(&n.owner_role, vars);
-                    d.roles.push(DesiredRole {
-                        server: srv.into(),
-                        name: owner.clone(),
-                        origin: origin(&m.name, None, Purpose::OwnerRole),
-                        long_name: owner_long,
-                    });
-                    let (db, db_long) = long(&n.database, vars);
+                    let owner = b.role(&mut d, n.owner_role.render_long(vars), None, Purpose::OwnerRole);
+                    let (db, db_long) = n.database.render_long(vars);
                     let mut connect = BTreeSet::new();
-                    let mut readonly = None;
-                    if m.storage == Storage::Database && m.readonly_role {
-                        let (ro, ro_long) = long(&n.readonly_role, Vars { owner: &owner, ..vars });
-                        d.roles.push(DesiredRole {
-                            server: srv.into(),
-                            name: ro.clone(),
-                            origin: origin(&m.name, None, Purpose::ReadonlyRole),
-                            long_name: ro_long,
-                        });
-                        connect.insert(ro.clone());
-                        d.read_grants.push(ReadGrant {
-                            server: srv.into(),
-                            database: db.clone(),
-                            schema: "public".into(),
-                            owner: owner.clone(),
-                            reader: ro.clone(),
-                        });
-                        readonly = Some(ro);
-                    }
-                    for e in &m.extensions {
-                        d.extensions.push(DesiredExtension {
-                            server: srv.into(),
-                            database: db.clone(),
-                            name: e.clone(),
-                            origin: origin(&m.name, None, Purpose::Extension),
-                        });
-                    }
+                    b.extensions(&mut d, &db, &m.extensions, None);
                     if m.storage == Storage::Database {
-                        d.endpoints.push(Endpoint {
-                            module: m.name.clone(),
-                            tenant: None,
-                            server: srv.into(),
-                            database: db.clone(),
-                            schema: None,
-                            owner_role: owner.clone(),
-                            readonly_role: readonly,
+                        let readonly = m.readonly_role.then(|| {
+                            let ro = n.readonly_role.render_long(Vars { owner: &owner, ..vars });
+                            b.reader(&mut d, ro, &db, "public", &owner, None, Purpose::ReadonlyRole)
                         });
+                        connect.extend(readonly.clone());
+                        b.endpoint(&mut d, None, &db, None, &owner, readonly);
                     }
                     for t in tenants.iter().filter(|_| m.storage == Storage::SchemaPerTenant) {
                         let tv = Vars { tenant: t, ..vars };
-                        let (tr, tr_long) = long(&n.tenant_role, tv);
-                        let (schema, schema_long) = long(&n.tenant_schema, tv);
-                        d.roles.push(DesiredRole {
-                            server: srv.into(),
-                            name: tr.clone(),
-                            origin: origin(&m.name, Some(t), Purpose::TenantRole),
-                            long_name: tr_long,
-                        });
-                        connect.insert(tr.clone());
+                        let tr = b.role(&mut d, n.tenant_role.render_long(tv), Some(t), Purpose::TenantRole);
+                        let (schema, schema_long) = n.tenant_schema.render_long(tv);
                         d.schemas.push(DesiredSchema {
-                            server: srv.into(),
+                            server: b.server.into(),
                             database: db.clone(),
                             name: schema.clone(),
                             owner: tr.clone(),
-                            origin: origin(&m.name, Some(t), Purpose::TenantSchema),
+                            origin: b.origin(Some(t), Purpose::TenantSchema),
                             long_name: schema_long,
                         });
-                        d.role_settings.push(RoleSetting {
-                            server: srv.into(),
-                            database: db.clone(),
-                            role: tr.clone(),
-                            search_path: schema.clone(),
+                        connect.insert(tr.clone());
+                        b.search_path(&mut d, &db, &tr, &schema);
+                        let readonly = m.readonly_role.then(|| {
+                            let ro = n.readonly_role.render_long(Vars { owner: &tr, ..tv });
+                            let ro = b.reader(&mut d, ro, &db, &schema, &tr, Some(t), Purpose::TenantReadonlyRole);
+                            b.search_path(&mut d, &db, &ro, &schema);
+                            ro
                         });
-                        let mut readonly = None;
-                        if m.readonly_role {
-                            let (ro, ro_long) = long(&n.readonly_role, Vars { owner: &tr, ..tv });
-                            d.roles.push(DesiredRole {
-                                server: srv.into(),
-                                name: ro.clone(),
-                                origin: origin(&m.name, Some(t), Purpose::TenantReadonlyRole),
-                                long_name: ro_long,
-                            });
-                            connect.insert(ro.clone());
-                            d.read_grants.push(ReadGrant {
-                                server: srv.into(),
-                                database: db.clone(),
-                                schema: schema.clone(),
-                                owner: tr.clone(),
-                                reader: ro.clone(),
-                            });
-                            d.role_settings.push(RoleSetting {
-                                server: srv.into(),
-                                database: db.clone(),
-                                role: ro.clone(),
-                                search_path: schema.clone(),
-                            });
-                            readonly = Some(ro);
-                        }
-                        d.endpoints.push(Endpoint {
-                            module: m.name.clone(),
-                            tenant: Some(t.to_string()),
-                            server: srv.into(),
-                            database: db.clone(),
-                            schema: Some(schema),
-                            owner_role: tr,
-                            readonly_role: readonly,
-                        });
+                        connect.extend(readonly.clone());
+                        b.endpoint(&mut d, Some(t), &db, Some(schema), &tr, readonly);
                     }
                     d.databases.push(DesiredDatabase {
-                        server: srv.into(),
+                        server: b.server.into(),
                         name: db,
                         owner,
                         connection_limit: limit,
                         connect,
-                        origin: origin(&m.name, None, Purpose::Database),
+                        origin: b.origin(None, Purpose::Database),
                         long_name: db_long,
                     });
                 }
                 Storage::DatabasePerTenant => {
                     for t in &tenants {
                         let tv = Vars { tenant: t, ..vars };
-                        let (tr, tr_long) = long(&n.tenant_role, tv);
-                        let (db, db_long) = long(&n.tenant_database, tv);
-                        d.roles.push(DesiredRole {
-                            server: srv.into(),
-                            name: tr.clone(),
-                            origin: origin(&m.name, Some(t), Purpose::TenantRole),
-                            long_name: tr_long,
+                        let tr = b.role(&mut d, n.tenant_role.render_long(tv), Some(t), Purpose::TenantRole);
+                        let (db, db_long) = n.tenant_database.render_long(tv);
+                        b.extensions(&mut d, &db, &m.extensions, Some(t));
+                        let readonly = m.readonly_role.then(|| {
+                            let ro = n.readonly_role.render_long(Vars { owner: &tr, ..tv });
+                            b.reader(&mut d, ro, &db, "public", &tr, Some(t), Purpose::TenantReadonlyRole)
                         });
-                        let mut connect = BTreeSet::new();
-                        let mut readonly = None;
-                        if m.readonly_role {
-                            let (ro, ro_long) = long(&n.readonly_role, Vars { owner: &tr, ..tv });
-                            d.roles.push(DesiredRole {
-                                server: srv.into(),
-                                name: ro.clone(),
-                                origin: origin(&m.name, Some(t), Purpose::TenantReadonlyRole),
-                                long_name: ro_long,
-                            });
-                            connect.insert(ro.clone());
-                            d.read_grants.push(ReadGrant {
-                                server: srv.into(),
-                                database: db.clone(),
-                                schema: "public".into(),
-                                owner: tr.clone(),
-                                reader: ro.clone(),
-                            });
-                            readonly = Some(ro);
-                        }
-                        for e in &m.extensions {
-                            d.extensions.push(DesiredExtension {
-                                server: srv.into(),
-                                database: db.clone(),
-                                name: e.clone(),
-                                origin: origin(&m.name, Some(t), Purpose::Extension),
-                            });
-                        }
-                        d.endpoints.push(Endpoint {
-                            module: m.name.clone(),
-                            tenant: Some(t.to_string()),
-                            server: srv.into(),
-                            database: db.clone(),
-                            schema: None,
-                            owner_role: tr.clone(),
-                            readonly_role: readonly,
-                        });
+                        b.endpoint(&mut d, Some(t), &db, None, &tr, readonly.clone());
                         d.databases.push(DesiredDatabase {
-                            server: srv.into(),
+                            server: b.server.into(),
                             name: db,
                             owner: tr,
                             connection_limit: limit,
-                            connect,
-                            origin: origin(&m.name, Some(t), Purpose::TenantDatabase),
+                            connect: readonly.into_iter().collect(),
+                            origin: b.origin(Some(t), Purpose::TenantDatabase),
                             long_name: db_long,
                         });
                     }
@@ -511,5 +390,99 @@ impl Desired {
 
     pub fn endpoint(&self, module: &str, tenant: Option<&str>) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| e.module == module && e.tenant.as_deref() == tenant)
+    }
+}
+
+/// Adds the objects of one module to a [`Desired`], tagging each with its origin.
+struct Builder<'a> {
+    env: &'a str,
+    module: &'a str,
+    server: &'a str,
+}
+
+impl Builder<'_> {
+    fn origin(&self, tenant: Option<&str>, purpose: Purpose) -> Origin {
+        Origin { env: self.env.into(), module: self.module.into(), tenant: tenant.map(str::to_string), purpose }
+    }
+
+    /// Adds a LOGIN role; returns its name.
+    fn role(
+        &self,
+        d: &mut Desired,
+        (name, long_name): (String, Option<String>),
+        tenant: Option<&str>,
+        purpose: Purpose,
+    ) -> String {
+        d.roles.push(DesiredRole {
+            server: self.server.into(),
+            name: name.clone(),
+            origin: self.origin(tenant, purpose),
+            long_name,
+        });
+        name
+    }
+
+    /// Adds a read-only role that reads every current and future table `owner` creates in
+    /// `schema` of `database`; returns its name.
+    #[allow(clippy::too_many_arguments)]
+    fn reader(
+        &self,
+        d: &mut Desired,
+        name: (String, Option<String>),
+        database: &str,
+        schema: &str,
+        owner: &str,
+        tenant: Option<&str>,
+        purpose: Purpose,
+    ) -> String {
+        let reader = self.role(d, name, tenant, purpose);
+        d.read_grants.push(ReadGrant {
+            server: self.server.into(),
+            database: database.into(),
+            schema: schema.into(),
+            owner: owner.into(),
+            reader: reader.clone(),
+        });
+        reader
+    }
+
+    fn extensions(&self, d: &mut Desired, database: &str, names: &[String], tenant: Option<&str>) {
+        for e in names {
+            d.extensions.push(DesiredExtension {
+                server: self.server.into(),
+                database: database.into(),
+                name: e.clone(),
+                origin: self.origin(tenant, Purpose::Extension),
+            });
+        }
+    }
+
+    fn search_path(&self, d: &mut Desired, database: &str, role: &str, schema: &str) {
+        d.role_settings.push(RoleSetting {
+            server: self.server.into(),
+            database: database.into(),
+            role: role.into(),
+            search_path: schema.into(),
+        });
+    }
+
+    fn endpoint(
+        &self,
+        d: &mut Desired,
+        tenant: Option<&str>,
+        database: &str,
+        schema: Option<String>,
+        owner: &str,
+        readonly: Option<String>,
+    ) {
+        d.endpoints.push(Endpoint {
+            module: self.module.into(),
+            tenant: tenant.map(str::to_string),
+            server: self.server.into(),
+            database: database.into(),
+            schema,
+            owner_role: owner.into(),
+            readonly_role: readonly,
+        });
     }
 }

@@ -112,6 +112,14 @@ impl NameTemplate {
         out
     }
 
+    /// The fitted name, and the full one when it had to be shortened.
+    pub fn render_long(&self, vars: Vars<'_>) -> (String, Option<String>) {
+        let raw = self.render_raw(vars);
+        let fitted = fit_identifier(&raw);
+        let long = (raw != fitted).then_some(raw);
+        (fitted, long)
+    }
+
     /// The name PostgreSQL will hold: the raw name, shortened with a hash suffix when
     /// longer than 63 bytes (see [`fit_identifier`]).
     pub fn render(&self, vars: Vars<'_>) -> String {

@@ -102,16 +102,26 @@ pub struct PlanArgs {
     pub deep: bool,
 }
 
+/// Options of every command that changes servers.
 #[derive(Debug, Args)]
-pub struct ApplyArgs {
-    #[command(flatten)]
-    pub manifest: ManifestArgs,
+pub struct ChangeArgs {
     /// Do not ask for confirmation (required when stdin is not a terminal).
     #[arg(short = 'y', long)]
     pub yes: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// How long to wait for another pgplane operation on the same server (e.g. 30s, 5m).
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    #[command(flatten)]
+    pub change: ChangeArgs,
     /// Drop managed objects that are no longer in the manifest. Never touches objects
     /// pgplane does not manage.
     #[arg(long)]
@@ -119,24 +129,14 @@ pub struct ApplyArgs {
     /// Take over existing objects with target names that pgplane does not manage.
     #[arg(long)]
     pub adopt: bool,
-    /// How long to wait for another pgplane operation on the same server (e.g. 30s, 5m).
-    #[arg(long, default_value = "300s", value_parser = parse_duration)]
-    pub lock_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
 pub struct AdoptArgs {
     #[command(flatten)]
     pub manifest: ManifestArgs,
-    /// Do not ask for confirmation.
-    #[arg(short = 'y', long)]
-    pub yes: bool,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// How long to wait for another pgplane operation on the same server.
-    #[arg(long, default_value = "300s", value_parser = parse_duration)]
-    pub lock_timeout: Duration,
+    #[command(flatten)]
+    pub change: ChangeArgs,
 }
 
 #[derive(Debug, Args)]

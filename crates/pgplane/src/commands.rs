@@ -10,7 +10,7 @@ use pgplane_core::render;
 use serde_json::json;
 
 use crate::cli::{
-    AdoptArgs, ApplyArgs, CredentialFormat, CredentialsArgs, LocalCommand, PlanArgs, RoleChoice, StatusArgs,
+    AdoptArgs, ApplyArgs, ChangeArgs, CredentialFormat, CredentialsArgs, LocalCommand, PlanArgs, RoleChoice, StatusArgs,
 };
 use crate::conn::{Role, Servers};
 use crate::ops::{self, Ctx, Session};
@@ -37,22 +37,24 @@ fn require_confirmation_possible(yes: bool, verb: &str) -> Result<()> {
 }
 
 pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
-    require_confirmation_possible(args.yes, "apply")?;
+    require_confirmation_possible(args.change.yes, "apply")?;
     let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref(), Role::Apply).await?;
-    let locked = s.lock_and_plan(PlanOptions { prune: args.prune, adopt: args.adopt }, args.lock_timeout).await?;
-    run_locked(ctx, &s, locked, "apply", args.yes, args.json).await
+    let locked =
+        s.lock_and_plan(PlanOptions { prune: args.prune, adopt: args.adopt }, args.change.lock_timeout).await?;
+    run_locked(ctx, &s, locked, "apply", &args.change).await
 }
 
 pub async fn adopt(ctx: &mut Ctx, args: AdoptArgs) -> Result<i32> {
-    require_confirmation_possible(args.yes, "adopt")?;
+    require_confirmation_possible(args.change.yes, "adopt")?;
     let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref(), Role::Apply).await?;
-    let mut locked = s.lock_and_plan(PlanOptions { prune: false, adopt: true }, args.lock_timeout).await?;
+    let mut locked = s.lock_and_plan(PlanOptions { prune: false, adopt: true }, args.change.lock_timeout).await?;
     locked.plan.actions.retain(|a| matches!(a.kind, ActionKind::Adopt | ActionKind::SetPassword));
     locked.plan.orphans.clear();
-    run_locked(ctx, &s, locked, "adopt", args.yes, args.json).await
+    run_locked(ctx, &s, locked, "adopt", &args.change).await
 }
 
-async fn run_locked(ctx: &mut Ctx, s: &Session, locked: ops::Locked, kind: &str, yes: bool, json: bool) -> Result<i32> {
+async fn run_locked(ctx: &mut Ctx, s: &Session, locked: ops::Locked, kind: &str, change: &ChangeArgs) -> Result<i32> {
+    let (yes, json) = (change.yes, change.json);
     let plan = &locked.plan;
     if plan.changes() == 0 {
         s.refresh_cache(&locked).await?;
