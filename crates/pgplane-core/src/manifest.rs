@@ -221,33 +221,90 @@ struct Source<'a> {
     text: &'a str,
 }
 
-impl Source<'_> {
-    /// Error at the first place `needle` appears as a value (after `key:` or `- `).
-    /// serde_yaml gives no spans for values, so semantic errors find their line by text.
-    fn err_at(&self, key: &str, needle: &str, message: String) -> ManifestError {
-        let (line, column) = self.locate(key, needle).unzip();
-        ManifestError { file: self.file.to_path_buf(), line, column, message }
+/// A range of lines of the manifest where an error is looked for. serde_yaml gives no
+/// spans for values, so semantic errors find their place by searching the source for the
+/// offending value as a whole token in value position (`key: v`, `- v`, `[a, v]`).
+#[derive(Clone, Copy)]
+struct Scope<'a> {
+    src: &'a Source<'a>,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> Source<'a> {
+    fn whole(&'a self) -> Scope<'a> {
+        Scope { src: self, start: 0, end: self.text.lines().count() }
     }
 
-    fn locate(&self, key: &str, needle: &str) -> Option<(usize, usize)> {
-        let mut fallback = None;
-        for (i, line) in self.text.lines().enumerate() {
+    /// The lines under the top-level key `name:` up to the next top-level key.
+    fn section(&'a self, name: &str) -> Scope<'a> {
+        let lines: Vec<&str> = self.text.lines().collect();
+        let Some(start) = lines.iter().position(|l| l.starts_with(&format!("{name}:"))) else {
+            return self.whole();
+        };
+        let end = lines
+            .iter()
+            .enumerate()
+            .skip(start + 1)
+            .find(|(_, l)| l.starts_with(|c: char| c.is_ascii_alphabetic()))
+            .map(|(i, _)| i)
+            .unwrap_or(lines.len());
+        Scope { src: self, start, end }
+    }
+}
+
+impl<'a> Scope<'a> {
+    /// Value positions of `needle` in this scope, as (line index, byte column), the ones on
+    /// a `key:` line first.
+    fn candidates(&self, key: &str, needle: &str) -> Vec<(usize, usize)> {
+        let mut keyed = Vec::new();
+        let mut others = Vec::new();
+        let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        for (i, line) in self.src.text.lines().enumerate().take(self.end).skip(self.start) {
             let code = line.split(" #").next().unwrap_or(line);
-            if let Some(col) = code.find(needle) {
-                let before = code[..col].trim_end_matches(['"', '\'', ' ', '[']);
-                let is_value = before.ends_with(&format!("{key}:"))
-                    || before.ends_with('-')
-                    || before.ends_with(',')
-                    || before.ends_with(&format!("{key}: ["));
-                if is_value && code.contains(key) {
-                    return Some((i + 1, col + 1));
+            for (col, _) in code.match_indices(needle) {
+                let prev = code[..col].chars().next_back();
+                let next = code[col + needle.len()..].chars().next();
+                if prev.is_some_and(is_word) || next.is_some_and(is_word) {
+                    continue;
                 }
-                if is_value && fallback.is_none() {
-                    fallback = Some((i + 1, col + 1));
+                let before = code[..col].trim_end_matches(['"', '\'', ' ', '[']);
+                if before.ends_with(&format!("{key}:")) {
+                    keyed.push((i, col));
+                } else if before.ends_with('-') || before.ends_with(',') || before.ends_with(':') {
+                    others.push((i, col));
                 }
             }
         }
-        fallback
+        if keyed.is_empty() {
+            others
+        } else {
+            keyed
+        }
+    }
+
+    /// The scope from the line where `key: needle` first appears (e.g. one tenant's block).
+    fn from(self, key: &str, needle: &str) -> Scope<'a> {
+        match self.candidates(key, needle).first() {
+            Some(&(line, _)) => Scope { start: line, ..self },
+            None => self,
+        }
+    }
+
+    fn err(&self, key: &str, needle: &str, message: String) -> ManifestError {
+        self.err_nth(key, needle, 0, message)
+    }
+
+    /// Error at the `nth` (0-based) occurrence, e.g. 1 for the repeat of a duplicate.
+    fn err_nth(&self, key: &str, needle: &str, nth: usize, message: String) -> ManifestError {
+        let found = self.candidates(key, needle);
+        let place = found.get(nth).or(found.last());
+        ManifestError {
+            file: self.src.file.to_path_buf(),
+            line: place.map(|p| p.0 + 1),
+            column: place.map(|p| p.1 + 1),
+            message,
+        }
     }
 }
 
@@ -256,28 +313,32 @@ fn validate(
     raw: RawManifest,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Manifest, ManifestError> {
+    let top = src.whole();
+    let servers_scope = src.section("servers");
+    let modules_scope = src.section("modules");
+    let tenants_scope = src.section("tenants");
     if raw.version != 1 {
-        return Err(src.err_at(
+        return Err(top.err(
             "version",
             &raw.version.to_string(),
             format!("unsupported manifest version {}; this pgplane reads `version: 1`", raw.version),
         ));
     }
     if let Some(e) = &raw.environment {
-        check_name("environment", e).map_err(|m| src.err_at("environment", e, m))?;
+        check_name("environment", e).map_err(|m| top.err("environment", e, m))?;
     }
 
     let mut servers = Vec::new();
     let mut seen = BTreeSet::new();
     for s in &raw.servers {
-        check_name("server", &s.name).map_err(|m| src.err_at("name", &s.name, m))?;
+        check_name("server", &s.name).map_err(|m| servers_scope.err("name", &s.name, m))?;
         if !seen.insert(s.name.clone()) {
-            return Err(src.err_at("name", &s.name, format!("server {:?} is listed twice", s.name)));
+            return Err(servers_scope.err_nth("name", &s.name, 1, format!("server {:?} is listed twice", s.name)));
         }
-        let url = expand_vars(&s.url).map_err(|m| src.err_at("url", &s.url, m))?;
-        let url = url.resolve(env).map_err(|m| src.err_at("url", &s.url, m))?;
+        let url = expand_vars(&s.url).map_err(|m| servers_scope.err("url", &s.url, m))?;
+        let url = url.resolve(env).map_err(|m| servers_scope.err("url", &s.url, m))?;
         if url.trim().is_empty() {
-            return Err(src.err_at("url", &s.url, format!("server {:?} has an empty url", s.name)));
+            return Err(servers_scope.err("url", &s.url, format!("server {:?} has an empty url", s.name)));
         }
         servers.push(ServerSpec { name: s.name.clone(), url });
     }
@@ -288,46 +349,65 @@ fn validate(
     };
 
     let naming = Naming {
-        database: template(src, "database", &raw.naming.database, &[Var::Module], &[Var::Env, Var::Module])?,
+        database: template(
+            &src.section("naming"),
+            "database",
+            &raw.naming.database,
+            &[Var::Module],
+            &[Var::Env, Var::Module],
+        )?,
         tenant_database: template(
-            src,
+            &src.section("naming"),
             "tenant_database",
             &raw.naming.tenant_database,
             &[Var::Tenant, Var::Module],
             &[Var::Env, Var::Tenant, Var::Module],
         )?,
         tenant_schema: template(
-            src,
+            &src.section("naming"),
             "tenant_schema",
             &raw.naming.tenant_schema,
             &[Var::Tenant, Var::Module],
             &[Var::Env, Var::Tenant, Var::Module],
         )?,
-        owner_role: template(src, "owner_role", &raw.naming.owner_role, &[Var::Module], &[Var::Env, Var::Module])?,
+        owner_role: template(
+            &src.section("naming"),
+            "owner_role",
+            &raw.naming.owner_role,
+            &[Var::Module],
+            &[Var::Env, Var::Module],
+        )?,
         tenant_role: template(
-            src,
+            &src.section("naming"),
             "tenant_role",
             &raw.naming.tenant_role,
             &[Var::Tenant, Var::Module],
             &[Var::Env, Var::Tenant, Var::Module],
         )?,
-        readonly_role: template(src, "readonly_role", &raw.naming.readonly_role, &[Var::Owner], &[Var::Owner])?,
+        readonly_role: template(
+            &src.section("naming"),
+            "readonly_role",
+            &raw.naming.readonly_role,
+            &[Var::Owner],
+            &[Var::Owner],
+        )?,
     };
 
     if raw.modules.is_empty() {
-        return Err(src.err_at("modules", "modules", "`modules` is empty; list at least one module".into()));
+        return Err(top.err("modules", "[]", "`modules` is empty; list at least one module".into()));
     }
     let mut modules = Vec::new();
     let mut names = BTreeSet::new();
     for m in &raw.modules {
-        check_name("module", &m.name).map_err(|msg| src.err_at("name", &m.name, msg))?;
+        check_name("module", &m.name).map_err(|msg| modules_scope.err("name", &m.name, msg))?;
+        let here = modules_scope.from("name", &m.name);
         if !names.insert(m.name.clone()) {
-            return Err(src.err_at("name", &m.name, format!("module {:?} is listed twice", m.name)));
+            return Err(modules_scope.err_nth("name", &m.name, 1, format!("module {:?} is listed twice", m.name)));
         }
         let server = match &m.server {
             Some(s) if server_names.contains(s) => s.clone(),
             Some(s) => {
-                return Err(src.err_at(
+                return Err(here.err(
                     "server",
                     s,
                     format!(
@@ -342,14 +422,14 @@ fn validate(
         let mut exts = BTreeSet::new();
         for e in &m.extensions {
             if e.is_empty() || !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                return Err(src.err_at(
+                return Err(here.err(
                     "extensions",
                     e,
                     format!("extension name {e:?} is not valid (letters, digits, _ and -)"),
                 ));
             }
             if !exts.insert(e.clone()) {
-                return Err(src.err_at(
+                return Err(here.err(
                     "extensions",
                     e,
                     format!("extension {e:?} is listed twice for module {:?}", m.name),
@@ -358,7 +438,7 @@ fn validate(
         }
         if let Some(limit) = m.connection_limit {
             if limit < -1 {
-                return Err(src.err_at(
+                return Err(here.err(
                     "connection_limit",
                     &limit.to_string(),
                     format!("connection_limit {limit} is not valid; use -1 (no limit) or a number >= 0"),
@@ -379,15 +459,16 @@ fn validate(
     let mut tenants = Vec::new();
     let mut tnames = BTreeSet::new();
     for t in &raw.tenants {
-        check_name("tenant", &t.name).map_err(|msg| src.err_at("name", &t.name, msg))?;
+        check_name("tenant", &t.name).map_err(|msg| tenants_scope.err("name", &t.name, msg))?;
+        let here = tenants_scope.from("name", &t.name);
         if !tnames.insert(t.name.clone()) {
-            return Err(src.err_at("name", &t.name, format!("tenant {:?} is listed twice", t.name)));
+            return Err(tenants_scope.err_nth("name", &t.name, 1, format!("tenant {:?} is listed twice", t.name)));
         }
         let mut enabled = BTreeSet::new();
         for m in &t.modules {
             match by_name.get(m.as_str()) {
                 None => {
-                    return Err(src.err_at(
+                    return Err(here.err(
                         "modules",
                         m,
                         format!(
@@ -398,7 +479,7 @@ fn validate(
                     ))
                 }
                 Some(spec) if spec.storage == Storage::Database => {
-                    return Err(src.err_at(
+                    return Err(here.err(
                         "modules",
                         m,
                         format!(
@@ -411,7 +492,7 @@ fn validate(
                 Some(_) => {}
             }
             if !enabled.insert(m.clone()) {
-                return Err(src.err_at("modules", m, format!("tenant {:?} enables module {m:?} twice", t.name)));
+                return Err(here.err("modules", m, format!("tenant {:?} enables module {m:?} twice", t.name)));
             }
         }
         tenants.push(TenantSpec { name: t.name.clone(), modules: t.modules.clone() });
@@ -428,13 +509,13 @@ fn validate(
 }
 
 fn template(
-    src: &Source<'_>,
+    src: &Scope<'_>,
     key: &str,
     text: &str,
     required: &[Var],
     allowed: &[Var],
 ) -> Result<NameTemplate, ManifestError> {
-    NameTemplate::parse(text, required, allowed).map_err(|m| src.err_at(key, text, format!("naming.{key}: {m}")))
+    NameTemplate::parse(text, required, allowed).map_err(|m| src.err(key, text, format!("naming.{key}: {m}")))
 }
 
 /// A string with `${VAR}` references.
@@ -450,7 +531,7 @@ fn expand_vars(s: &str) -> Result<Expandable, String> {
     while let Some(start) = rest.find("${") {
         pieces.push(Piece::Lit(rest[..start].to_string()));
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("unclosed ${{ in {s:?}; write ${{VAR}}"))?;
+        let end = after.find('}').ok_or_else(|| "unclosed ${ in the url; write ${VAR}".to_string())?;
         let var = &after[..end];
         if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!(
@@ -594,6 +675,30 @@ tenants:
         let e =
             err("version: 1\nnaming:\n  database: \"{env}-{module}\"\nmodules:\n  - name: a\n    storage: database\n");
         assert!(e.contains("'-'"), "{e}");
+    }
+
+    #[test]
+    fn duplicates_point_at_the_repeat() {
+        // Short names that also occur inside keys, and a tenant named like a module.
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n  - name: a\n    storage: database\n");
+        assert!(e.starts_with("pgplane.yaml:5:11: module \"a\" is listed twice"), "{e}");
+        let e = err("version: 1\nmodules:\n  - name: users\n    storage: schema-per-tenant\n\
+             tenants:\n  - name: users\n    modules: [users]\n  - name: users\n    modules: [users]\n");
+        assert!(e.starts_with("pgplane.yaml:8:11: tenant \"users\" is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn a_tenant_error_points_into_that_tenant() {
+        let e = err("version: 1\nmodules:\n  - name: u\n    storage: schema-per-tenant\n\
+             tenants:\n  - name: t1\n    modules: [u]\n  - name: t2\n    modules: [u, nope]\n");
+        assert!(e.starts_with("pgplane.yaml:9:18: "), "{e}");
+    }
+
+    #[test]
+    fn url_errors_do_not_echo_the_url() {
+        let e = err("version: 1\nservers:\n  - name: main\n    url: postgresql://u:s3cret@h/${OOPS\nmodules:\n  - name: a\n    storage: database\n");
+        assert!(!e.contains("s3cret"), "{e}");
+        assert!(e.contains("unclosed ${"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct ServerState {
     pub databases: BTreeMap<String, DatabaseState>,
     /// `(database, role)` → `setconfig` entries such as `search_path=acme_users`.
     pub role_settings: BTreeMap<(String, String), Vec<String>>,
+    /// The contents of `template1`, which `CREATE DATABASE` copies; read only when a
+    /// database is to be created. `None`: assume PostgreSQL 15's defaults.
+    pub template: Option<DbContents>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +40,8 @@ pub struct RoleState {
     pub inherit: bool,
     /// Databases where the role owns objects or holds privileges (`pg_shdepend`).
     pub dependent_databases: BTreeSet<String>,
+    /// Databases where the role owns objects (a subset of `dependent_databases`).
+    pub owns_objects_in: BTreeSet<String>,
 }
 
 impl Default for RoleState {
@@ -51,6 +56,7 @@ impl Default for RoleState {
             bypassrls: false,
             inherit: true,
             dependent_databases: BTreeSet::new(),
+            owns_objects_in: BTreeSet::new(),
         }
     }
 }

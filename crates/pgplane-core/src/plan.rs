@@ -72,7 +72,9 @@ pub enum ActionKind {
     DropExtension,
     DropSchema,
     DropDatabase,
+    ReassignOwned,
     DropOwned,
+    RevokeDatabase,
     DropRole,
     Forget,
 }
@@ -100,7 +102,9 @@ impl ActionKind {
             ActionKind::DropExtension => "drop_extension",
             ActionKind::DropSchema => "drop_schema",
             ActionKind::DropDatabase => "drop_database",
+            ActionKind::ReassignOwned => "reassign_owned",
             ActionKind::DropOwned => "drop_owned",
+            ActionKind::RevokeDatabase => "revoke_database",
             ActionKind::DropRole => "drop_role",
             ActionKind::Forget => "forget",
         }
@@ -160,6 +164,8 @@ pub struct Plan {
     pub orphans: Vec<Orphan>,
     /// Names shortened to fit 63 bytes: (full name, name used).
     pub shortened: Vec<(String, String)>,
+    /// Things people should know that are not changes (e.g. an orphan that cannot be pruned).
+    pub notes: Vec<String>,
 }
 
 impl Plan {
@@ -189,7 +195,7 @@ pub struct PlanError {
 /// (schemas, extensions, read grants) → role settings → drops (extensions, schemas,
 /// databases, roles) → forgotten records.
 pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Result<Plan, PlanError> {
-    let mut p = Planner { desired, observed, opts, actions: Vec::new(), problems: Vec::new() };
+    let mut p = Planner { desired, observed, opts, actions: Vec::new(), problems: Vec::new(), notes: Vec::new() };
     let empty = ServerState::default();
     let server = |name: &str| observed.servers.get(name).unwrap_or(&empty);
     let records: BTreeMap<&ObjectRef, &Record> = observed.records.iter().map(|r| (&r.object, r)).collect();
@@ -259,7 +265,7 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Result
     }
     shortened.sort();
     shortened.dedup();
-    Ok(Plan { env: desired.env.clone(), actions: p.actions, orphans, shortened })
+    Ok(Plan { env: desired.env.clone(), actions: p.actions, orphans, shortened, notes: p.notes })
 }
 
 /// `Some(true)` exists, `Some(false)` absent, `None` unknown (database contents not read).
@@ -284,6 +290,7 @@ struct Planner<'a> {
     opts: PlanOptions,
     actions: Vec<Action>,
     problems: Vec<String>,
+    notes: Vec<String>,
 }
 
 impl Planner<'_> {
@@ -430,7 +437,12 @@ impl Planner<'_> {
             let fresh;
             let contents = match server(&d.server).databases.get(&d.name) {
                 None => {
-                    fresh = DbContents::fresh(readers.clone());
+                    // A new database is a copy of template1. Tables there are rare; readers
+                    // are assumed to be able to read all of them (none).
+                    fresh = match &server(&d.server).template {
+                        Some(t) => DbContents { select_all: readers.iter().cloned().collect(), ..t.clone() },
+                        None => DbContents::fresh(readers.clone()),
+                    };
                     &fresh
                 }
                 Some(state) => match &state.contents {
@@ -507,7 +519,7 @@ impl Planner<'_> {
             for e in self.desired.extensions.iter().filter(|e| e.server == d.server && e.database == d.name) {
                 if !contents.extensions.contains(&e.name) {
                     let obj = ObjectRef::in_db(&e.server, ObjectKind::Extension, &e.database, &e.name);
-                    let sql = Sql::text(format!("CREATE EXTENSION IF NOT EXISTS {}", q(&e.name)));
+                    let sql = Sql::text(format!("CREATE EXTENSION {}", q(&e.name)));
                     let rec = RecordChange::Claim(Record { object: obj.clone(), origin: e.origin.clone() });
                     self.push(
                         ActionKind::CreateExtension,
@@ -577,8 +589,23 @@ impl Planner<'_> {
             .records
             .iter()
             .filter(|r| r.origin.env == self.desired.env && !desired.contains(&r.object))
-            .map(|r| Orphan { record: r.clone(), exists: exists(server(&r.object.server), &r.object) != Some(false) })
+            .map(|r| {
+                // A server no longer in the manifest is not observed: its objects may exist.
+                let known = self.observed.servers.contains_key(&r.object.server);
+                Orphan {
+                    record: r.clone(),
+                    exists: !known || exists(server(&r.object.server), &r.object) != Some(false),
+                }
+            })
             .collect();
+        for server_name in orphans.iter().map(|o| &o.record.object.server).collect::<BTreeSet<_>>() {
+            if !self.observed.servers.contains_key(server_name) {
+                self.notes.push(format!(
+                    "server {server_name} is not in the manifest: pgplane cannot see or prune its managed objects; \
+                     list it under `servers:` to prune them"
+                ));
+            }
+        }
         // Drop order: things inside databases, then databases, then roles.
         let rank = |k: ObjectKind| match k {
             ObjectKind::Extension => 0,
@@ -602,6 +629,9 @@ impl Planner<'_> {
         let mut after_drop = Vec::new();
         for o in &orphans {
             let obj = &o.record.object;
+            if !self.observed.servers.contains_key(&obj.server) {
+                continue;
+            }
             let forget = RecordChange::Forget(o.record.clone());
             let in_dropped_db =
                 !obj.database.is_empty() && dropped_dbs.contains(&(obj.server.clone(), obj.database.clone()));
@@ -629,27 +659,74 @@ impl Planner<'_> {
                     self.push(ActionKind::DropDatabase, obj, None, sql, why, forget);
                 }
                 ObjectKind::Role => {
-                    let state = server(&obj.server).roles.get(&obj.name);
-                    let deps: Vec<String> =
-                        state.map(|s| s.dependent_databases.iter().cloned().collect()).unwrap_or_default();
-                    for dep in deps {
+                    let state = server(&obj.server).roles.get(&obj.name).cloned().unwrap_or_default();
+                    let kept_owner = |db: &str| {
+                        self.desired
+                            .databases
+                            .iter()
+                            .find(|d| d.server == obj.server && d.name == db)
+                            .map(|d| d.owner.clone())
+                    };
+                    // Objects it owns in a database that stays move to that database's owner;
+                    // in a database pgplane does not manage (or no longer wants) they are not
+                    // ours to move or drop: keep the role and say so.
+                    let blocking: Vec<&String> = state
+                        .owns_objects_in
+                        .iter()
+                        .filter(|db| {
+                            !dropped_dbs.contains(&(obj.server.clone(), (*db).clone())) && kept_owner(db).is_none()
+                        })
+                        .collect();
+                    let owned_dbs: Vec<&String> = server(&obj.server)
+                        .databases
+                        .iter()
+                        .filter(|(name, d)| {
+                            d.owner == obj.name && !dropped_dbs.contains(&(obj.server.clone(), (*name).clone()))
+                        })
+                        .map(|(name, _)| name)
+                        .filter(|name| kept_owner(name).is_none())
+                        .collect();
+                    if !blocking.is_empty() || !owned_dbs.is_empty() {
+                        let mut places: Vec<String> =
+                            blocking.iter().map(|db| format!("objects in database {db}")).collect();
+                        places.extend(owned_dbs.iter().map(|db| format!("database {db}")));
+                        self.notes.push(format!(
+                            "role {} is kept although orphaned: it owns {}, which pgplane does not manage; \
+                             reassign or drop those, then run apply --prune again",
+                            obj.name,
+                            places.join(", ")
+                        ));
+                        continue;
+                    }
+                    for dep in &state.dependent_databases {
                         if dropped_dbs.contains(&(obj.server.clone(), dep.clone())) {
                             continue;
                         }
+                        if state.owns_objects_in.contains(dep) {
+                            let new_owner = kept_owner(dep).expect("checked above");
+                            let sql = Sql::text(format!("REASSIGN OWNED BY {} TO {}", q(&obj.name), q(&new_owner)));
+                            let why = format!("keep its objects in {dep}: they move to {new_owner}");
+                            self.push(ActionKind::ReassignOwned, obj, Some(dep), sql, &why, RecordChange::None);
+                        }
                         let sql = Sql::text(format!("DROP OWNED BY {}", q(&obj.name)));
-                        let why = format!("the role holds objects or privileges in {dep}");
-                        self.push(ActionKind::DropOwned, obj, Some(&dep), sql, &why, RecordChange::None);
+                        let why = format!("revoke its privileges in {dep}");
+                        self.push(ActionKind::DropOwned, obj, Some(dep), sql, &why, RecordChange::None);
                     }
-                    // Privileges on shared objects (databases) go with DROP OWNED in any database.
-                    let sql = Sql::text(format!("DROP OWNED BY {}", q(&obj.name)));
-                    self.push(
-                        ActionKind::DropOwned,
-                        obj,
-                        None,
-                        sql,
-                        "revoke its privileges on databases",
-                        RecordChange::None,
-                    );
+                    for (db, d) in &server(&obj.server).databases {
+                        if d.privileges.contains_key(&obj.name)
+                            && !dropped_dbs.contains(&(obj.server.clone(), db.clone()))
+                        {
+                            let sql = Sql::text(format!("REVOKE ALL ON DATABASE {} FROM {}", q(db), q(&obj.name)));
+                            self.push(
+                                ActionKind::RevokeDatabase,
+                                obj,
+                                None,
+                                sql,
+                                &format!("its privileges on {db}"),
+                                RecordChange::None,
+                            );
+                        }
+                    }
                     let sql = Sql::text(format!("DROP ROLE {}", q(&obj.name)));
                     self.push(ActionKind::DropRole, obj, None, sql, why, forget);
                 }

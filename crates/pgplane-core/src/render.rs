@@ -32,6 +32,9 @@ pub fn plan_text(plan: &Plan) -> String {
             let _ = writeln!(out, "  - {} [{}]{state}", o.record.object.display(), o.record.object.server);
         }
     }
+    for note in &plan.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
     let _ = writeln!(out, "{}", summary(plan));
     out
 }
@@ -87,6 +90,7 @@ pub fn plan_json(plan: &Plan) -> Value {
         "actions": actions,
         "by_kind": by_kind,
         "orphans": plan.orphans,
+        "notes": plan.notes,
         "shortened": plan.shortened.iter().map(|(l, s)| json!({"name": l, "used": s})).collect::<Vec<_>>(),
     })
 }

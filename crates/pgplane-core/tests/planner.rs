@@ -103,7 +103,7 @@ fn empty_server_gets_everything_in_order() {
               5. grant_connect database dev_registry  [local]  (role dev_registry_readonly must be able to connect)
                  GRANT CONNECT ON DATABASE "dev_registry" TO "dev_registry_readonly";
               6. create_extension extension dev_registry.pg_trgm  [local/dev_registry]  (extension dev_registry.pg_trgm is missing)
-                 CREATE EXTENSION IF NOT EXISTS "pg_trgm";
+                 CREATE EXTENSION "pg_trgm";
               7. grant_usage schema dev_registry.public  [local/dev_registry]  (read-only role dev_registry_readonly reads this schema)
                  GRANT USAGE ON SCHEMA "public" TO "dev_registry_readonly";
               8. default_privileges schema dev_registry.public  [local/dev_registry]  (future tables of dev_registry must be readable by dev_registry_readonly)
@@ -218,17 +218,13 @@ fn orphans_are_reported_and_dropped_only_with_prune() {
         expect![[r#"
               1. drop_database database dev_users  [local]  (removed from the manifest; --prune given)
                  DROP DATABASE "dev_users" WITH (FORCE);
-              2. drop_owned role dev_acme_users  [local]  (revoke its privileges on databases)
-                 DROP OWNED BY "dev_acme_users";
-              3. drop_role role dev_acme_users  [local]  (removed from the manifest; --prune given)
+              2. drop_role role dev_acme_users  [local]  (removed from the manifest; --prune given)
                  DROP ROLE "dev_acme_users";
-              4. drop_owned role dev_users  [local]  (revoke its privileges on databases)
-                 DROP OWNED BY "dev_users";
-              5. drop_role role dev_users  [local]  (removed from the manifest; --prune given)
+              3. drop_role role dev_users  [local]  (removed from the manifest; --prune given)
                  DROP ROLE "dev_users";
-              6. forget extension dev_users.pg_trgm  [local]  (its database was dropped)
-              7. forget schema dev_users.acme_users  [local]  (its database was dropped)
-            Plan: 7 changes: 0 to create, 2 to change, 5 to drop (env dev).
+              4. forget extension dev_users.pg_trgm  [local]  (its database was dropped)
+              5. forget schema dev_users.acme_users  [local]  (its database was dropped)
+            Plan: 5 changes: 0 to create, 2 to change, 3 to drop (env dev).
         "#]],
     );
 }

@@ -120,11 +120,25 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
     let mut out = Vec::new();
     for (env, recs) in &envs {
         // Drift: what apply would repair for this env, per object.
-        let desired = pgplane_core::model::Desired::build(&manifest, env).ok();
+        // Drift needs the desired state; if it cannot be computed, say why instead of "ok".
+        let mut problem: Option<String> = None;
+        let desired = match pgplane_core::model::Desired::build(&manifest, env) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                problem = Some(format!("drift unknown: the manifest gives no valid desired state for env {env}: {e}"));
+                None
+            }
+        };
         let (observed, plan) = match &desired {
             Some(d) => {
                 let (obs, _) = observe::observe(&servers, &admins, d, records.clone(), depth()).await?;
-                let plan = pgplane_core::plan::plan(d, &obs, PlanOptions::default()).ok();
+                let plan = match pgplane_core::plan::plan(d, &obs, PlanOptions::default()) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        problem = Some(format!("drift unknown: no plan for env {env}: {e}"));
+                        None
+                    }
+                };
                 (obs, plan)
             }
             None => {
@@ -169,7 +183,7 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
                 "drift": drift,
             }));
         }
-        out.push(json!({"env": env, "objects": objects}));
+        out.push(json!({"env": env, "objects": objects, "problem": problem}));
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json!({"environments": out}))?);
@@ -183,6 +197,9 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
         let objects = env["objects"].as_array().cloned().unwrap_or_default();
         let drifted = objects.iter().filter(|o| o["drift"].as_array().is_some_and(|d| !d.is_empty())).count();
         println!("env {} ({} objects, {} with drift)", env["env"].as_str().unwrap_or(""), objects.len(), drifted);
+        if let Some(p) = env["problem"].as_str() {
+            println!("  {p}");
+        }
         for o in objects {
             let name = match o["database"].as_str() {
                 Some(db) => format!("{db}.{}", o["name"].as_str().unwrap_or("")),
@@ -250,15 +267,12 @@ pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
     let target = s.servers.get(&endpoint.server)?.clone();
     let not_applied = || format!("role {role} is not provisioned by pgplane yet; run `pgplane apply` first");
     let (generation, _lock) = if args.rotate {
-        let lock = control::lock(s.servers.first(), std::time::Duration::from_secs(300), |_| {
-            tracing::warn!("waiting for another pgplane operation on this server")
-        })
-        .await?;
-        control::reap_leftovers(s.first_admin(), &s.servers.first().name).await?;
-        let c = control::ensure(s.servers.first(), s.first_admin()).await?;
-        ensure_managed(&c, &endpoint.server, &role).await.with_context(not_applied)?;
+        let (lock, mut c) = s.lock(std::time::Duration::from_secs(300)).await?;
+        ensure_managed(&c, &s.desired, &endpoint.server, &role).await.with_context(not_applied)?;
         let op = control::op_start(&c, "rotate", Some(&s.desired.env)).await?;
-        let generation = control::bump_generation(&c, &endpoint.server, &role).await?;
+        // The new generation commits only once the server has the new verifier.
+        let tx = c.transaction().await?;
+        let generation = control::bump_generation(&tx, &endpoint.server, &role).await?;
         let password = ctx.keys()?.password(&endpoint.server, &role, generation);
         let sql = format!(
             "ALTER ROLE {} PASSWORD {}",
@@ -266,12 +280,22 @@ pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
             pgplane_core::ident::quote_literal(&secrets::scram_verifier(&password))
         );
         let result = s.admins[&endpoint.server].batch_execute(&sql).await.map_err(exec::pg_error);
-        control::op_finish(&c, op, 1, result.as_ref().err().map(|e| e.to_string()).as_deref()).await?;
+        let result = match result {
+            Ok(()) => tx.commit().await.context("recording the new password generation"),
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        };
+        let error = result.as_ref().err().map(|e| format!("{e:#}"));
+        if let Err(e) = control::op_finish(&c, op, 1, error.as_deref()).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not journal the rotation");
+        }
         result.context("changing the password")?;
         (generation, Some(lock))
     } else {
         let c = control::open_existing(s.servers.first(), s.first_admin()).await?.with_context(not_applied)?;
-        ensure_managed(&c, &endpoint.server, &role).await.with_context(not_applied)?;
+        ensure_managed(&c, &s.desired, &endpoint.server, &role).await.with_context(not_applied)?;
         (control::generation(&c, &endpoint.server, &role).await?, None)
     };
     let password = ctx.keys()?.password(&endpoint.server, &role, generation);
@@ -353,15 +377,33 @@ fn url_host(host: &str) -> String {
     }
 }
 
-async fn ensure_managed(c: &tokio_postgres::Client, server: &str, role: &str) -> Result<()> {
-    let managed = control::read_records(c)
-        .await?
+/// The role must be recorded as managed for exactly this env, module and tenant: names
+/// need not contain `{env}`, so a name alone could be another environment's role.
+async fn ensure_managed(
+    c: &tokio_postgres::Client,
+    desired: &pgplane_core::model::Desired,
+    server: &str,
+    role: &str,
+) -> Result<()> {
+    let wanted = desired
+        .roles
         .iter()
-        .any(|r| r.object.kind == ObjectKind::Role && r.object.server == server && r.object.name == role);
-    if !managed {
-        bail!("pgplane does not manage role {role} on server {server}");
+        .find(|r| r.server == server && r.name == role)
+        .map(|r| &r.origin)
+        .with_context(|| format!("role {role} is not in the desired state"))?;
+    let record = control::read_records(c)
+        .await?
+        .into_iter()
+        .find(|r| r.object.kind == ObjectKind::Role && r.object.server == server && r.object.name == role);
+    match record {
+        Some(r) if &r.origin == wanted => Ok(()),
+        Some(r) => bail!(
+            "role {role} on server {server} is managed for {}, not for {}",
+            r.origin.describe(),
+            wanted.describe()
+        ),
+        None => bail!("pgplane does not manage role {role} on server {server}"),
     }
-    Ok(())
 }
 
 pub fn local(ctx: &mut Ctx, command: LocalCommand) -> Result<i32> {

@@ -89,8 +89,33 @@ pub enum Role {
 
 pub const APPLY_APPLICATION_PREFIX: &str = "pgplane-apply/";
 
+/// `pgplane-apply/<cluster>/<nonce>`: `cluster` is the first server's system identifier
+/// (set once the lock is held, see [`crate::control::lock`]), `nonce` is random per
+/// process, so pid 1 in every container still gets a name of its own.
+static APPLY_TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn nonce() -> &'static str {
+    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NONCE.get_or_init(|| {
+        let mut bytes = [0u8; 6];
+        let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+        let t =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        format!("{}{:08x}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(), t ^ std::process::id())
+    })
+}
+
+pub fn set_apply_cluster(cluster: &str) {
+    let _ = APPLY_TAG.set(cluster.to_string());
+}
+
+/// The `LIKE` pattern matching every pgplane-apply session of this cluster.
+pub fn apply_pattern() -> String {
+    format!("{APPLY_APPLICATION_PREFIX}{}/%", APPLY_TAG.get().map(String::as_str).unwrap_or("unlocked"))
+}
+
 pub fn apply_application_name() -> String {
-    format!("{APPLY_APPLICATION_PREFIX}{}", std::process::id())
+    format!("{APPLY_APPLICATION_PREFIX}{}/{}", APPLY_TAG.get().map(String::as_str).unwrap_or("unlocked"), nonce())
 }
 
 /// The servers of a manifest in order; the first holds the control database.

@@ -13,7 +13,7 @@ use pgplane_core::model::{ObjectKind, ObjectRef, Origin, Purpose, Record};
 use pgplane_core::observed::DbContents;
 use tokio_postgres::Client;
 
-use crate::conn::{Role, Target, APPLY_APPLICATION_PREFIX};
+use crate::conn::{Role, Target};
 use crate::observe::Fresh;
 
 pub const CONTROL_DB: &str = "pgplane";
@@ -63,19 +63,27 @@ fn latest() -> i32 {
     MIGRATIONS.last().map(|m| m.0).unwrap_or(0)
 }
 
-/// Creates the control database if needed and migrates its schema.
-pub async fn ensure(target: &Target, admin: &Client) -> Result<Client> {
-    if !exists(admin).await? {
-        match admin.batch_execute(&format!("CREATE DATABASE {}", pgplane_core::ident::quote_ident(CONTROL_DB))).await {
-            Ok(()) => {}
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
-            Err(e) => return Err(e).context("creating the control database `pgplane`"),
-        }
-        admin
-            .batch_execute("REVOKE ALL ON DATABASE pgplane FROM PUBLIC")
-            .await
-            .context("restricting the control database")?;
+/// Creates the control database if it is missing (safe when several processes race).
+pub async fn create_if_missing(admin: &Client) -> Result<()> {
+    if exists(admin).await? {
+        return Ok(());
     }
+    match admin.batch_execute(&format!("CREATE DATABASE {}", pgplane_core::ident::quote_ident(CONTROL_DB))).await {
+        Ok(()) => {}
+        Err(e)
+            if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+                || e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {}
+        Err(e) => return Err(crate::exec::pg_error(e)).context("creating the control database `pgplane`"),
+    }
+    admin
+        .batch_execute("REVOKE ALL ON DATABASE pgplane FROM PUBLIC")
+        .await
+        .context("restricting the control database")?;
+    Ok(())
+}
+
+/// Migrates the control schema (call with the lock held, after [`create_if_missing`]).
+pub async fn ensure(target: &Target) -> Result<Client> {
     let mut client = target.connect_as(Some(CONTROL_DB), Role::Apply).await?;
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK_KEY]).await?;
@@ -203,26 +211,41 @@ pub async fn read_records(c: &Client) -> Result<Vec<Record>> {
         .collect()
 }
 
-pub async fn claim(c: &Client, r: &Record) -> Result<()> {
-    c.execute(
-        "INSERT INTO pgplane.objects (server, kind, database, name, env, module, tenant, purpose)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (server, kind, database, name) DO UPDATE
-            SET env = EXCLUDED.env, module = EXCLUDED.module, tenant = EXCLUDED.tenant, purpose = EXCLUDED.purpose",
-        &[
-            &r.object.server,
-            &r.object.kind.as_str(),
-            &r.object.database,
-            &r.object.name,
-            &r.origin.env,
-            &r.origin.module,
-            &r.origin.tenant,
-            &r.origin.purpose.as_str(),
-        ],
-    )
-    .await
-    .with_context(|| format!("recording {} in the control database", r.object.display()))?;
-    Ok(())
+/// Records `r` as managed. Returns true when the record is new, false when it was there
+/// already with the same origin; a record of another origin is an error, never taken over.
+pub async fn claim(c: &Client, r: &Record) -> Result<bool> {
+    let inserted = c
+        .execute(
+            "INSERT INTO pgplane.objects (server, kind, database, name, env, module, tenant, purpose)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (server, kind, database, name) DO NOTHING",
+            &[
+                &r.object.server,
+                &r.object.kind.as_str(),
+                &r.object.database,
+                &r.object.name,
+                &r.origin.env,
+                &r.origin.module,
+                &r.origin.tenant,
+                &r.origin.purpose.as_str(),
+            ],
+        )
+        .await
+        .with_context(|| format!("recording {} in the control database", r.object.display()))?;
+    if inserted == 1 {
+        return Ok(true);
+    }
+    let existing = read_records(c).await?.into_iter().find(|e| e.object == r.object);
+    match existing {
+        Some(e) if e.origin == r.origin => Ok(false),
+        Some(e) => bail!(
+            "{} is recorded for {}, not {}; another pgplane changed it meanwhile: run plan again",
+            r.object.display(),
+            e.origin.describe(),
+            r.origin.describe()
+        ),
+        None => bail!("{} could not be recorded; run plan again", r.object.display()),
+    }
 }
 
 pub async fn forget(c: &Client, r: &Record) -> Result<()> {
@@ -232,11 +255,8 @@ pub async fn forget(c: &Client, r: &Record) -> Result<()> {
     )
     .await
     .with_context(|| format!("forgetting {} in the control database", r.object.display()))?;
-    c.execute(
-        "DELETE FROM pgplane.role_secrets WHERE server = $1 AND role = $2 AND $3 = 'role'",
-        &[&r.object.server, &r.object.name, &r.object.kind.as_str()],
-    )
-    .await?;
+    // role_secrets rows stay: a role re-created under the same name continues its password
+    // generation, so a password rotated away never works again.
     Ok(())
 }
 
@@ -248,7 +268,7 @@ pub async fn generation(c: &Client, server: &str, role: &str) -> Result<i32> {
     Ok(row.map(|r| r.get(0)).unwrap_or(1))
 }
 
-pub async fn bump_generation(c: &Client, server: &str, role: &str) -> Result<i32> {
+pub async fn bump_generation(c: &tokio_postgres::Transaction<'_>, server: &str, role: &str) -> Result<i32> {
     let row = c
         .query_one(
             "INSERT INTO pgplane.role_secrets (server, role, generation, rotated_at) VALUES ($1, $2, 2, now())
@@ -291,7 +311,7 @@ pub async fn op_finish(c: &Client, id: i64, changes: usize, error: Option<&str>)
 /// session that is busy belongs to a process that lost the lock, i.e. died.
 pub async fn reap_leftovers(admin: &Client, server: &str) -> Result<()> {
     let ours = crate::conn::apply_application_name();
-    let pattern = format!("{APPLY_APPLICATION_PREFIX}%");
+    let pattern = crate::conn::apply_pattern();
     let start = Instant::now();
     loop {
         let rows = admin
@@ -321,12 +341,20 @@ pub struct ApplyLock {
 }
 
 pub async fn lock(target: &Target, timeout: Duration, on_wait: impl Fn(Option<i32>)) -> Result<ApplyLock> {
-    let client = target.connect(None).await?;
+    // Advisory locks belong to one database: take it in the control database itself, so
+    // every pgplane sharing it meets the same lock whatever database its admin URL names.
+    let client = target.connect(Some(CONTROL_DB)).await?;
     let start = Instant::now();
     let mut told = false;
     loop {
         let got: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&APPLY_LOCK_KEY]).await?.get(0);
         if got {
+            let cluster: String = client
+                .query_one("SELECT system_identifier::text FROM pg_control_system()", &[])
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or_else(|_| "cluster".to_string());
+            crate::conn::set_apply_cluster(&cluster);
             return Ok(ApplyLock { _client: client });
         }
         if !told {

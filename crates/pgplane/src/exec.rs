@@ -72,9 +72,26 @@ impl<'a> Executor<'a> {
     }
 
     async fn run_one(&mut self, action: &Action) -> Result<()> {
-        if let RecordChange::Claim(rec) = &action.record {
-            control::claim(self.control, rec).await?;
+        let new_claim = match &action.record {
+            RecordChange::Claim(rec) => control::claim(self.control, rec).await?,
+            _ => false,
+        };
+        let result = self.run_sql(action).await;
+        if let (Err(_), true, RecordChange::Claim(rec)) = (&result, new_claim, &action.record) {
+            // The CREATE failed (the object does not exist): withdraw the claim, so that an
+            // object someone creates under this name later is not taken for ours.
+            if let Err(e) = control::forget(self.control, rec).await {
+                tracing::warn!(error = %format!("{e:#}"), "could not withdraw the claim after a failed action");
+            }
         }
+        result?;
+        if let RecordChange::Forget(rec) = &action.record {
+            control::forget(self.control, rec).await?;
+        }
+        Ok(())
+    }
+
+    async fn run_sql(&mut self, action: &Action) -> Result<()> {
         if !action.sql.is_empty() {
             // Resolve passwords to SCRAM verifiers: the server never sees a password.
             let mut verifiers = HashMap::new();
@@ -94,9 +111,6 @@ impl<'a> Executor<'a> {
             }
             let client = self.client(&action.server, action.database.as_deref()).await?;
             client.batch_execute(&sql).await.map_err(pg_error)?;
-        }
-        if let RecordChange::Forget(rec) = &action.record {
-            control::forget(self.control, rec).await?;
         }
         Ok(())
     }

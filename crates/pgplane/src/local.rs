@@ -159,7 +159,18 @@ impl LocalServer {
     fn initdb(&self, runner: &Runner, bin: &Path, keys: &Keyring) -> Result<()> {
         let data = self.data_dir();
         let pwfile = self.dir.join(".pwfile");
-        fs::write(&pwfile, keys.local_admin_password()).context("writing the initdb password file")?;
+        let _ = fs::remove_file(&pwfile);
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&pwfile)
+                .context("writing the initdb password file")?;
+            f.write_all(keys.local_admin_password().as_bytes()).context("writing the initdb password file")?;
+        }
         runner.chown(&pwfile)?;
         let out = runner.run(
             &bin.join("initdb"),

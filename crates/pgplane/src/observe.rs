@@ -75,6 +75,14 @@ pub async fn observe(
         let admin = admins.get(&target.name).context("no admin connection")?;
         let mut state =
             read_cluster(admin).await.with_context(|| format!("reading the catalog of server {}", target.name))?;
+        if desired.databases.iter().any(|d| d.server == target.name && !state.databases.contains_key(&d.name)) {
+            let client = target.connect(Some("template1")).await?;
+            state.template = Some(
+                read_contents(&client, &[])
+                    .await
+                    .with_context(|| format!("reading template1 on server {}", target.name))?,
+            );
+        }
         let mut wanted = wanted_databases(&target.name, desired, &out.records);
         wanted.retain(|db, _| state.databases.get(db).is_some_and(|d| !d.is_template));
         let names: Vec<String> = wanted.keys().cloned().collect();
@@ -174,6 +182,7 @@ pub async fn read_cluster(admin: &Client) -> Result<ServerState> {
     let mut state = ServerState::default();
     for r in roles {
         let deps: Vec<String> = r.get(8);
+        let owns: Vec<String> = r.get(9);
         state.roles.insert(
             r.get(0),
             RoleState {
@@ -185,6 +194,7 @@ pub async fn read_cluster(admin: &Client) -> Result<ServerState> {
                 bypassrls: r.get(6),
                 inherit: r.get(7),
                 dependent_databases: deps.into_iter().collect(),
+                owns_objects_in: owns.into_iter().collect(),
             },
         );
     }

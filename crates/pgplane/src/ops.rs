@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use pgplane_core::manifest::Manifest;
 use pgplane_core::model::Desired;
 use pgplane_core::plan::{plan, ActionKind, Plan, PlanOptions};
@@ -76,6 +76,22 @@ impl Session {
         Ok(Session { manifest, desired, servers, admins })
     }
 
+    /// Creates the control database if needed, takes the lock in it, ends statements a
+    /// killed pgplane left running, and migrates the control schema.
+    pub async fn lock(&self, timeout: Duration) -> Result<(control::ApplyLock, Client)> {
+        control::create_if_missing(self.first_admin()).await?;
+        let lock = control::lock(self.servers.first(), timeout, |pid| match pid {
+            Some(pid) => tracing::warn!(pid, "waiting for another pgplane operation on this control database"),
+            None => tracing::warn!("waiting for another pgplane operation on this control database"),
+        })
+        .await?;
+        for (server, admin) in &self.admins {
+            control::reap_leftovers(admin, server).await?;
+        }
+        let control = control::ensure(self.servers.first()).await?;
+        Ok((lock, control))
+    }
+
     pub fn first_admin(&self) -> &Client {
         &self.admins[&self.servers.first().name]
     }
@@ -98,17 +114,7 @@ impl Session {
 
     /// Takes the lock, makes sure the control database exists, and plans against it.
     pub async fn lock_and_plan(&self, opts: PlanOptions, lock_timeout: Duration) -> Result<Locked> {
-        let lock = control::lock(self.servers.first(), lock_timeout, |pid| match pid {
-            Some(pid) => {
-                tracing::warn!(pid, "waiting for another pgplane operation on this server")
-            }
-            None => tracing::warn!("waiting for another pgplane operation on this server"),
-        })
-        .await?;
-        for (server, admin) in &self.admins {
-            control::reap_leftovers(admin, server).await?;
-        }
-        let control = control::ensure(self.servers.first(), self.first_admin()).await?;
+        let (lock, control) = self.lock(lock_timeout).await?;
         let records = control::read_records(&control).await?;
         let (observed, fresh) =
             observe::observe(&self.servers, &self.admins, &self.desired, records.clone(), Depth::Deep).await?;
@@ -123,9 +129,13 @@ impl Session {
         let mut exec = Executor::new(&self.servers, &locked.control, keys);
         let result = exec.run(&locked.plan, progress).await;
         let error = result.as_ref().err().map(|e| format!("{e:#}"));
-        control::op_finish(&locked.control, op, *result.as_ref().unwrap_or(&0), error.as_deref())
-            .await
-            .context("journaling the operation")?;
+        let journaled = control::op_finish(&locked.control, op, *result.as_ref().unwrap_or(&0), error.as_deref()).await;
+        match (&result, journaled) {
+            (Ok(_), Err(e)) => return Err(e.context("journaling the operation")),
+            // The action's error is the one to report; the journal's is secondary.
+            (Err(_), Err(e)) => tracing::warn!(error = %format!("{e:#}"), "could not journal the failed operation"),
+            _ => {}
+        }
         result
     }
 }

@@ -692,3 +692,84 @@ fn on_a_terminal_apply_shows_the_plan_and_asks() {
     assert!(yes.stdout.contains("Applied 3 changes (env tty)."), "{}", yes.stdout);
     assert_eq!(t.catalog_names().1, vec!["tty_app"]);
 }
+
+#[test]
+fn regression_pruning_a_renamed_owner_role_keeps_its_tables() {
+    // Review finding: pruning the old owner role ran DROP OWNED BY in the database that
+    // stays, which dropped every table the module had created.
+    let t = T::new("rename");
+    let f = t.manifest("modules:\n  - name: app\n    storage: database\n");
+    let f = f.to_str().unwrap();
+    t.pgplane(&["apply", "-f", f, "--yes"]).ok();
+    let url = t.credentials(&["app", "-f", f]);
+    psql(&url, "CREATE TABLE precious (v text); INSERT INTO precious VALUES ('keep me')").unwrap();
+    // The old role also owns a table in a database pgplane does not manage.
+    t.sql("postgres", "CREATE DATABASE rename_elsewhere");
+    t.sql("rename_elsewhere", "CREATE TABLE theirs (v int); ALTER TABLE theirs OWNER TO rename_app");
+
+    let f2 =
+        t.manifest("naming:\n  owner_role: \"{env}_{module}_owner\"\nmodules:\n  - name: app\n    storage: database\n");
+    let f2 = f2.to_str().unwrap();
+    let run = t.pgplane(&["apply", "-f", f2, "--yes", "--prune"]).ok();
+    assert!(run.stdout.contains("role rename_app is kept although orphaned"), "{}", run.stdout);
+    let owner = "SELECT v || '|' || pg_get_userbyid(relowner) FROM precious, pg_class WHERE relname = 'precious'";
+    assert_eq!(t.sql("rename_app", owner), "keep me|rename_app", "kept role, kept table");
+
+    // Once the unmanaged database no longer holds its objects, prune drops the role.
+    t.sql("postgres", "DROP DATABASE rename_elsewhere");
+    let plan = t.pgplane(&["plan", "-f", f2, "--prune", "--json"]).ok().json();
+    let kinds: Vec<&str> = plan["actions"].as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["reassign_owned", "drop_owned", "drop_role"], "{plan}");
+    t.pgplane(&["apply", "-f", f2, "--yes", "--prune"]).ok();
+    assert_eq!(t.catalog_names().0, vec!["rename_app_owner"]);
+    assert_eq!(t.sql("rename_app", owner), "keep me|rename_app_owner", "the table moved to the new owner");
+}
+
+#[test]
+fn regression_credentials_check_the_environment_not_just_the_name() {
+    // Review finding: with a naming template without {env}, `credentials --env other`
+    // handed out (and --rotate changed) the password of the env that owns the role.
+    let t = T::new("credenv");
+    let f = t.manifest("naming:\n  owner_role: \"credenv_{module}\"\n  database: \"credenv_{module}\"\nmodules:\n  - name: app\n    storage: database\n");
+    let f = f.to_str().unwrap();
+    t.pgplane(&["apply", "-f", f, "--yes"]).ok();
+    let run = t.pgplane(&["credentials", "app", "-f", f, "--env", "credenv_other"]).fails();
+    assert!(run.stderr.contains("is managed for env credenv module app"), "{}", run.stderr);
+    let rotate = t.pgplane(&["credentials", "app", "-f", f, "--env", "credenv_other", "--rotate"]).fails();
+    assert!(rotate.stderr.contains("is managed for env credenv"), "{}", rotate.stderr);
+    let url = t.credentials(&["app", "-f", f]);
+    assert_eq!(psql(&url, "SELECT 1").unwrap(), "1", "the real owner's password still works");
+}
+
+#[test]
+fn regression_a_failed_create_withdraws_its_claim() {
+    // Review finding: a claim stayed recorded when its CREATE failed, so an object created
+    // by hand under that name later would have counted as pgplane's (and been prunable).
+    let t = T::new("claim");
+    let f = t.manifest("modules:\n  - name: app\n    storage: database\n    extensions: [no_such_extension]\n");
+    let f = f.to_str().unwrap();
+    let run = t.pgplane(&["apply", "-f", f, "--yes"]).fails();
+    assert!(run.stderr.contains("create_extension extension claim_app.no_such_extension"), "{}", run.stderr);
+    assert!(run.stderr.contains("no_such_extension"), "{}", run.stderr);
+    assert_eq!(t.records("extension"), Vec::<String>::new());
+    assert_eq!(t.records("database"), vec!["claim_app"], "what succeeded stays recorded");
+    let failed = t.sql("pgplane", "SELECT status FROM pgplane.operations WHERE env = 'claim' ORDER BY id DESC LIMIT 1");
+    assert_eq!(failed, "failed", "the operation is journaled as failed");
+}
+
+#[test]
+fn regression_records_on_a_server_left_out_of_the_manifest_are_kept() {
+    // Review finding: a server missing from the manifest read as empty, so prune forgot
+    // the records of objects that still exist there.
+    let t = T::new("gone");
+    let two = "  - name: second\n    url: ${TEST_PG_URL}\nmodules:\n  - name: a\n    storage: database\n  - name: b\n    storage: database\n    server: second\n";
+    let f = t.manifest(two);
+    t.pgplane(&["apply", "-f", f.to_str().unwrap(), "--yes"]).ok();
+    let f = t.manifest("modules:\n  - name: a\n    storage: database\n");
+    let f = f.to_str().unwrap();
+    let plan = t.pgplane(&["plan", "-f", f, "--prune"]).ok();
+    assert!(plan.stdout.contains("server second is not in the manifest"), "{}", plan.stdout);
+    t.pgplane(&["apply", "-f", f, "--yes", "--prune"]).ok();
+    assert_eq!(t.records("database"), vec!["gone_a", "gone_b"]);
+    assert!(t.catalog_names().1.contains(&"gone_b".to_string()));
+}
