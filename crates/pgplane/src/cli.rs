@@ -15,7 +15,19 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Exit codes: 0 success; 1 error (nothing was executed when the input was bad);
 /// 2 `plan --detailed-exitcode` found changes; 3 `local status` found no running server.
 #[derive(Debug, Parser)]
-#[command(name = "pgplane", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "pgplane",
+    version,
+    propagate_version = true,
+    max_term_width = 100,
+    after_help = "Examples:
+  pgplane plan -f examples/platform.yaml              # what would change (env from the manifest)
+  pgplane apply -f pgplane.yaml --env sandbox1 --yes  # provision another sandbox
+  pgplane credentials registry --format env           # what the registry module deploys with
+  pgplane credentials users --tenant acme --format k8s-secret
+  pgplane status --json                               # everything pgplane manages, with drift
+  pgplane local url                                   # admin URL of the embedded server"
+)]
 pub struct Cli {
     /// pgplane's home folder: the secret key and the embedded server live here.
     #[arg(long, global = true, env = "PGPLANE_HOME", default_value = ".pgplane")]

@@ -17,7 +17,7 @@ use crate::ops::{self, Ctx, Session};
 use crate::{control, exec, observe, output, secrets};
 
 pub async fn plan(ctx: &mut Ctx, args: PlanArgs) -> Result<i32> {
-    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref(), Role::Read).await?;
+    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
     let plan = s.plan_readonly(PlanOptions { prune: args.prune, adopt: args.adopt }, args.deep).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&render::plan_json(&plan))?);
@@ -38,7 +38,7 @@ fn require_confirmation_possible(yes: bool, verb: &str) -> Result<()> {
 
 pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
     require_confirmation_possible(args.change.yes, "apply")?;
-    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref(), Role::Apply).await?;
+    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
     let locked =
         s.lock_and_plan(PlanOptions { prune: args.prune, adopt: args.adopt }, args.change.lock_timeout).await?;
     run_locked(ctx, &s, locked, "apply", &args.change).await
@@ -46,7 +46,7 @@ pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
 
 pub async fn adopt(ctx: &mut Ctx, args: AdoptArgs) -> Result<i32> {
     require_confirmation_possible(args.change.yes, "adopt")?;
-    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref(), Role::Apply).await?;
+    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
     let mut locked = s.lock_and_plan(PlanOptions { prune: false, adopt: true }, args.change.lock_timeout).await?;
     locked.plan.actions.retain(|a| matches!(a.kind, ActionKind::Adopt | ActionKind::SetPassword));
     locked.plan.orphans.clear();
@@ -230,13 +230,7 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
 }
 
 pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
-    let s = Session::open(
-        ctx,
-        &args.manifest.file,
-        args.manifest.env.as_deref(),
-        if args.rotate { Role::Apply } else { Role::Read },
-    )
-    .await?;
+    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
     let module = s.manifest.module(&args.module).with_context(|| {
         format!(
             "module {:?} is not in {} (modules: {})",

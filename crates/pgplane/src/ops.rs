@@ -65,14 +65,16 @@ pub struct Session {
 
 impl Session {
     /// Validates everything that needs no server first, then connects.
-    pub async fn open(ctx: &mut Ctx, file: &Path, env: Option<&str>, role: Role) -> Result<Session> {
+    pub async fn open(ctx: &mut Ctx, file: &Path, env: Option<&str>) -> Result<Session> {
         let manifest = load_manifest(file)?;
         let env = environment(&manifest, env)?;
         let desired =
             Desired::build(&manifest, &env).map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
         let local = LocalServer::new(&ctx.home);
         let servers = Servers::resolve(&manifest, &local, || ctx.keys())?;
-        let admins = servers.connect_all(role).await?;
+        // Admin sessions only read and take the lock; the executor opens its own, named
+        // `pgplane-apply/…`, for the plan's statements.
+        let admins = servers.connect_all(Role::Read).await?;
         Ok(Session { manifest, desired, servers, admins })
     }
 
