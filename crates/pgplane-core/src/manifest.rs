@@ -269,9 +269,10 @@ impl<'a> Scope<'a> {
                     continue;
                 }
                 let before = code[..col].trim_end_matches(['"', '\'', ' ', '[']);
-                if before.ends_with(&format!("{key}:")) {
+                let value = before.ends_with(':') || before.ends_with('-') || before.ends_with(',');
+                if before.ends_with(&format!("{key}:")) || (value && code[..col].contains(&format!("{key}:"))) {
                     keyed.push((i, col));
-                } else if before.ends_with('-') || before.ends_with(',') || before.ends_with(':') {
+                } else if value {
                     others.push((i, col));
                 }
             }
@@ -283,12 +284,22 @@ impl<'a> Scope<'a> {
         }
     }
 
-    /// The scope from the line where `key: needle` first appears (e.g. one tenant's block).
+    /// The list item (e.g. one module or tenant) whose `key: needle` line comes first: from
+    /// that line up to the next item at the same indentation.
     fn from(self, key: &str, needle: &str) -> Scope<'a> {
-        match self.candidates(key, needle).first() {
-            Some(&(line, _)) => Scope { start: line, ..self },
-            None => self,
-        }
+        let Some(&(line, _)) = self.candidates(key, needle).first() else { return self };
+        let lines: Vec<&str> = self.src.text.lines().collect();
+        // The item starts at the nearest `- ` at or above the key's line.
+        let start = (self.start..=line).rev().find(|&i| lines[i].trim_start().starts_with("- ")).unwrap_or(line);
+        let indent = lines[start].len() - lines[start].trim_start().len();
+        let end = (start + 1..self.end)
+            .find(|&i| {
+                let l = lines[i];
+                let ind = l.len() - l.trim_start().len();
+                !l.trim().is_empty() && ind <= indent && !l.trim_start().starts_with('#')
+            })
+            .unwrap_or(self.end);
+        Scope { start, end, ..self }
     }
 
     fn err(&self, key: &str, needle: &str, message: String) -> ManifestError {
@@ -429,9 +440,10 @@ fn validate(
                 ));
             }
             if !exts.insert(e.clone()) {
-                return Err(here.err(
+                return Err(here.err_nth(
                     "extensions",
                     e,
+                    1,
                     format!("extension {e:?} is listed twice for module {:?}", m.name),
                 ));
             }
@@ -492,7 +504,7 @@ fn validate(
                 Some(_) => {}
             }
             if !enabled.insert(m.clone()) {
-                return Err(here.err("modules", m, format!("tenant {:?} enables module {m:?} twice", t.name)));
+                return Err(here.err_nth("modules", m, 1, format!("tenant {:?} enables module {m:?} twice", t.name)));
             }
         }
         tenants.push(TenantSpec { name: t.name.clone(), modules: t.modules.clone() });
@@ -692,6 +704,15 @@ tenants:
         let e = err("version: 1\nmodules:\n  - name: u\n    storage: schema-per-tenant\n\
              tenants:\n  - name: t1\n    modules: [u]\n  - name: t2\n    modules: [u, nope]\n");
         assert!(e.starts_with("pgplane.yaml:9:18: "), "{e}");
+    }
+
+    #[test]
+    fn an_item_error_stays_inside_its_item() {
+        let yaml = "version: 1\nmodules:\n  - name: a\n    storage: database\n    extensions: [x, \"e!\"]\n  - name: b\n    storage: database\n    extensions: [\"e!\"]\n";
+        let e = err(yaml);
+        assert!(e.starts_with("pgplane.yaml:5:22: "), "{e}");
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    extensions: [x, y, x]\n");
+        assert!(e.starts_with("pgplane.yaml:5:24: extension \"x\" is listed twice"), "{e}");
     }
 
     #[test]

@@ -72,9 +72,9 @@ pub enum ActionKind {
     DropExtension,
     DropSchema,
     DropDatabase,
+    DisableRole,
     ReassignOwned,
     DropOwned,
-    RevokeDatabase,
     DropRole,
     Forget,
 }
@@ -102,9 +102,9 @@ impl ActionKind {
             ActionKind::DropExtension => "drop_extension",
             ActionKind::DropSchema => "drop_schema",
             ActionKind::DropDatabase => "drop_database",
+            ActionKind::DisableRole => "disable_role",
             ActionKind::ReassignOwned => "reassign_owned",
             ActionKind::DropOwned => "drop_owned",
-            ActionKind::RevokeDatabase => "revoke_database",
             ActionKind::DropRole => "drop_role",
             ActionKind::Forget => "forget",
         }
@@ -660,12 +660,21 @@ impl Planner<'_> {
                 }
                 ObjectKind::Role => {
                     let state = server(&obj.server).roles.get(&obj.name).cloned().unwrap_or_default();
+                    // Who takes over what it owns in a database that stays: its successor (the
+                    // desired role with the same origin, e.g. after a naming change), else
+                    // that database's owner (e.g. a tenant removed from a shared database).
+                    let successor = self
+                        .desired
+                        .roles
+                        .iter()
+                        .find(|r| r.server == obj.server && r.origin == o.record.origin)
+                        .map(|r| r.name.clone());
                     let kept_owner = |db: &str| {
                         self.desired
                             .databases
                             .iter()
                             .find(|d| d.server == obj.server && d.name == db)
-                            .map(|d| d.owner.clone())
+                            .map(|d| successor.clone().unwrap_or_else(|| d.owner.clone()))
                     };
                     // Objects it owns in a database that stays move to that database's owner;
                     // in a database pgplane does not manage (or no longer wants) they are not
@@ -698,35 +707,53 @@ impl Planner<'_> {
                         ));
                         continue;
                     }
+                    // First nobody may log in as it, and its sessions end: it cannot create
+                    // anything between the reassignment and the drop.
+                    let sql = Sql::text(format!(
+                        "ALTER ROLE {name} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {lit}",
+                        name = q(&obj.name),
+                        lit = crate::ident::quote_literal(&obj.name)
+                    ));
+                    self.push(
+                        ActionKind::DisableRole,
+                        obj,
+                        None,
+                        sql,
+                        "no new sessions while it is dropped",
+                        RecordChange::None,
+                    );
                     for dep in &state.dependent_databases {
                         if dropped_dbs.contains(&(obj.server.clone(), dep.clone())) {
                             continue;
                         }
+                        // One statement string runs as one transaction: reassign and drop together.
                         if state.owns_objects_in.contains(dep) {
                             let new_owner = kept_owner(dep).expect("checked above");
-                            let sql = Sql::text(format!("REASSIGN OWNED BY {} TO {}", q(&obj.name), q(&new_owner)));
-                            let why = format!("keep its objects in {dep}: they move to {new_owner}");
+                            let sql = Sql::text(format!(
+                                "REASSIGN OWNED BY {old} TO {new}; DROP OWNED BY {old}",
+                                old = q(&obj.name),
+                                new = q(&new_owner)
+                            ));
+                            let why = format!("its objects in {dep} move to {new_owner}; its privileges there go");
                             self.push(ActionKind::ReassignOwned, obj, Some(dep), sql, &why, RecordChange::None);
-                        }
-                        let sql = Sql::text(format!("DROP OWNED BY {}", q(&obj.name)));
-                        let why = format!("revoke its privileges in {dep}");
-                        self.push(ActionKind::DropOwned, obj, Some(dep), sql, &why, RecordChange::None);
-                    }
-                    for (db, d) in &server(&obj.server).databases {
-                        if d.privileges.contains_key(&obj.name)
-                            && !dropped_dbs.contains(&(obj.server.clone(), db.clone()))
-                        {
-                            let sql = Sql::text(format!("REVOKE ALL ON DATABASE {} FROM {}", q(db), q(&obj.name)));
-                            self.push(
-                                ActionKind::RevokeDatabase,
-                                obj,
-                                None,
-                                sql,
-                                &format!("its privileges on {db}"),
-                                RecordChange::None,
-                            );
+                        } else {
+                            let sql = Sql::text(format!("DROP OWNED BY {}", q(&obj.name)));
+                            let why = format!("revoke its privileges in {dep}");
+                            self.push(ActionKind::DropOwned, obj, Some(dep), sql, &why, RecordChange::None);
                         }
                     }
+                    // Privileges on databases (shared objects, whoever granted them) go with
+                    // DROP OWNED in any database; it owns nothing in the admin database, or it
+                    // would have been kept above.
+                    let sql = Sql::text(format!("DROP OWNED BY {}", q(&obj.name)));
+                    self.push(
+                        ActionKind::DropOwned,
+                        obj,
+                        None,
+                        sql,
+                        "revoke its privileges on databases",
+                        RecordChange::None,
+                    );
                     let sql = Sql::text(format!("DROP ROLE {}", q(&obj.name)));
                     self.push(ActionKind::DropRole, obj, None, sql, why, forget);
                 }

@@ -218,13 +218,21 @@ fn orphans_are_reported_and_dropped_only_with_prune() {
         expect![[r#"
               1. drop_database database dev_users  [local]  (removed from the manifest; --prune given)
                  DROP DATABASE "dev_users" WITH (FORCE);
-              2. drop_role role dev_acme_users  [local]  (removed from the manifest; --prune given)
+              2. disable_role role dev_acme_users  [local]  (no new sessions while it is dropped)
+                 ALTER ROLE "dev_acme_users" NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'dev_acme_users';
+              3. drop_owned role dev_acme_users  [local]  (revoke its privileges on databases)
+                 DROP OWNED BY "dev_acme_users";
+              4. drop_role role dev_acme_users  [local]  (removed from the manifest; --prune given)
                  DROP ROLE "dev_acme_users";
-              3. drop_role role dev_users  [local]  (removed from the manifest; --prune given)
+              5. disable_role role dev_users  [local]  (no new sessions while it is dropped)
+                 ALTER ROLE "dev_users" NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'dev_users';
+              6. drop_owned role dev_users  [local]  (revoke its privileges on databases)
+                 DROP OWNED BY "dev_users";
+              7. drop_role role dev_users  [local]  (removed from the manifest; --prune given)
                  DROP ROLE "dev_users";
-              4. forget extension dev_users.pg_trgm  [local]  (its database was dropped)
-              5. forget schema dev_users.acme_users  [local]  (its database was dropped)
-            Plan: 5 changes: 0 to create, 2 to change, 3 to drop (env dev).
+              8. forget extension dev_users.pg_trgm  [local]  (its database was dropped)
+              9. forget schema dev_users.acme_users  [local]  (its database was dropped)
+            Plan: 9 changes: 0 to create, 4 to change, 5 to drop (env dev).
         "#]],
     );
 }
@@ -293,4 +301,107 @@ fn a_missing_managed_object_is_recreated() {
     // Unused helper kept honest.
     let _ = ObjectRef::cluster("local", ObjectKind::Role, "x");
     let _ = Origin { env: "dev".into(), module: "m".into(), tenant: None, purpose: Purpose::OwnerRole };
+}
+
+const ACME_USERS: &str =
+    "modules:\n  - name: users\n    storage: schema-per-tenant\ntenants:\n  - name: acme\n    modules: [users]\n";
+
+#[test]
+fn a_renamed_tenant_role_hands_its_objects_to_its_successor() {
+    let mut o = applied(&desired("dev", ACME_USERS));
+    let old = o.servers.get_mut("local").unwrap().roles.get_mut("dev_acme_users").unwrap();
+    old.dependent_databases.insert("dev_users".into());
+    old.owns_objects_in.insert("dev_users".into());
+    let after = desired("dev", &format!("naming:\n  tenant_role: \"{{env}}_{{tenant}}_{{module}}_rw\"\n{ACME_USERS}"));
+    check(
+        &after,
+        &o,
+        PlanOptions { prune: true, adopt: false },
+        expect![[r#"
+          1. create_role role dev_acme_users_rw  [local]  (role dev_acme_users_rw is missing)
+             CREATE ROLE "dev_acme_users_rw" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT PASSWORD '********';
+          2. grant_connect database dev_users  [local]  (role dev_acme_users_rw must be able to connect)
+             GRANT CONNECT ON DATABASE "dev_users" TO "dev_acme_users_rw";
+          3. alter_schema_owner schema dev_users.acme_users  [local/dev_users]  (drift: owner is dev_acme_users)
+             ALTER SCHEMA "acme_users" OWNER TO "dev_acme_users_rw";
+          4. set_search_path role dev_acme_users_rw  [local]  (the role works in schema acme_users by default)
+             ALTER ROLE "dev_acme_users_rw" IN DATABASE "dev_users" SET search_path TO "acme_users";
+          5. disable_role role dev_acme_users  [local]  (no new sessions while it is dropped)
+             ALTER ROLE "dev_acme_users" NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'dev_acme_users';
+          6. reassign_owned role dev_acme_users  [local/dev_users]  (its objects in dev_users move to dev_acme_users_rw; its privileges there go)
+             REASSIGN OWNED BY "dev_acme_users" TO "dev_acme_users_rw"; DROP OWNED BY "dev_acme_users";
+          7. drop_owned role dev_acme_users  [local]  (revoke its privileges on databases)
+             DROP OWNED BY "dev_acme_users";
+          8. drop_role role dev_acme_users  [local]  (removed from the manifest; --prune given)
+             DROP ROLE "dev_acme_users";
+        Plan: 8 changes: 1 to create, 5 to change, 2 to drop (env dev).
+    "#]],
+    );
+}
+
+#[test]
+fn a_role_owning_objects_elsewhere_is_kept_with_a_note() {
+    let mut o = applied(&desired("dev", ACME_USERS));
+    let old = o.servers.get_mut("local").unwrap().roles.get_mut("dev_acme_users").unwrap();
+    old.dependent_databases.insert("legacy".into());
+    old.owns_objects_in.insert("legacy".into());
+    let after = desired("dev", "modules:\n  - name: users\n    storage: schema-per-tenant\n");
+    check(
+        &after,
+        &o,
+        PlanOptions { prune: true, adopt: false },
+        expect![[r#"
+          1. drop_schema schema dev_users.acme_users  [local/dev_users]  (removed from the manifest; --prune given)
+             DROP SCHEMA "acme_users" CASCADE;
+        orphaned (managed, no longer in the manifest; `apply --prune` drops them):
+          - role dev_acme_users [local]
+        note: role dev_acme_users is kept although orphaned: it owns objects in database legacy, which pgplane does not manage; reassign or drop those, then run apply --prune again
+        Plan: 1 change: 0 to create, 0 to change, 1 to drop (env dev).
+    "#]],
+    );
+}
+
+#[test]
+fn records_on_a_server_missing_from_the_manifest_are_never_dropped() {
+    let mut o = applied(&desired("dev", "modules:\n  - name: app\n    storage: database\n"));
+    for r in &mut o.records {
+        r.object.server = "old".into();
+    }
+    let after = desired("dev", "modules:\n  - name: other\n    storage: database\n");
+    let p = plan(
+        &after,
+        &Observed { servers: BTreeMap::new(), records: o.records.clone() },
+        PlanOptions { prune: true, adopt: false },
+    )
+    .unwrap();
+    assert!(p.actions.iter().all(|a| a.object.server != "old"), "{:?}", p.actions);
+    assert!(p.notes.iter().any(|n| n.contains("server old is not in the manifest")), "{:?}", p.notes);
+}
+
+#[test]
+fn new_databases_are_planned_from_template1() {
+    let d = desired("dev", "modules:\n  - name: app\n    storage: database\n    extensions: [pg_trgm, citext]\n");
+    let mut template = DbContents::fresh(Vec::<(String, String)>::new());
+    template.extensions.insert("pg_trgm".into());
+    template.schemas.get_mut("public").unwrap().privileges.insert(PUBLIC.into(), set(&["USAGE", "CREATE"]));
+    let server = ServerState { template: Some(template), ..ServerState::default() };
+    let o = Observed { servers: BTreeMap::from([("local".to_string(), server)]), records: vec![] };
+    check(
+        &d,
+        &o,
+        PlanOptions::default(),
+        expect![[r#"
+          1. create_role role dev_app  [local]  (role dev_app is missing)
+             CREATE ROLE "dev_app" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT PASSWORD '********';
+          2. create_database database dev_app  [local]  (database dev_app is missing)
+             CREATE DATABASE "dev_app" OWNER "dev_app" CONNECTION LIMIT -1;
+          3. revoke_public database dev_app  [local]  (least privilege: only the module's roles may connect)
+             REVOKE ALL ON DATABASE "dev_app" FROM PUBLIC;
+          4. revoke_schema schema dev_app.public  [local/dev_app]  (drift: PUBLIC may create in public)
+             REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+          5. create_extension extension dev_app.citext  [local/dev_app]  (extension dev_app.citext is missing)
+             CREATE EXTENSION "citext";
+        Plan: 5 changes: 3 to create, 2 to change, 0 to drop (env dev).
+    "#]],
+    );
 }

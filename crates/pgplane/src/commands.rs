@@ -57,7 +57,7 @@ async fn run_locked(ctx: &mut Ctx, s: &Session, locked: ops::Locked, kind: &str,
     let (yes, json) = (change.yes, change.json);
     let plan = &locked.plan;
     if plan.changes() == 0 {
-        s.refresh_cache(&locked).await?;
+        s.refresh_cache(&locked, Vec::new()).await?;
         if json {
             println!(
                 "{}",
@@ -84,8 +84,8 @@ async fn run_locked(ctx: &mut Ctx, s: &Session, locked: ops::Locked, kind: &str,
         return Ok(1);
     }
     let progress = output::progress();
-    let applied = s.execute(ctx, &locked, kind, progress.as_ref()).await?;
-    s.refresh_cache(&locked).await?;
+    let (applied, captured) = s.execute(ctx, &locked, kind, progress.as_ref()).await?;
+    s.refresh_cache(&locked, captured).await?;
     if json {
         let mut doc = render::plan_json(plan);
         doc["applied"] = json!(applied);

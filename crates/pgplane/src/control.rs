@@ -19,8 +19,11 @@ use crate::observe::Fresh;
 pub const CONTROL_DB: &str = "pgplane";
 
 /// Schema migrations of the control database, in order. Never edit a released one.
-const MIGRATIONS: &[(i32, &str)] =
-    &[(1, include_str!("../sql/control/0001_init.sql")), (2, include_str!("../sql/control/0002_observations.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../sql/control/0001_init.sql")),
+    (2, include_str!("../sql/control/0002_observations.sql")),
+    (3, include_str!("../sql/control/0003_installation.sql")),
+];
 
 /// Advisory lock key that serializes every mutating pgplane operation on a server.
 const APPLY_LOCK_KEY: i64 = 0x7067_706c_616e_6501;
@@ -41,6 +44,8 @@ pub async fn open_existing(target: &Target, admin: &Client) -> Result<Option<Cli
         return Ok(None);
     }
     let client = target.connect(Some(CONTROL_DB)).await?;
+    // The lock session idles for the whole operation: never let the server end it for that.
+    client.batch_execute("SET idle_session_timeout = 0; SET idle_in_transaction_session_timeout = 0").await?;
     let version: Option<i32> = client
         .query_one(
             "SELECT CASE WHEN to_regclass('pgplane.schema_version') IS NULL THEN NULL
@@ -107,6 +112,13 @@ pub async fn ensure(target: &Target) -> Result<Client> {
         tx.execute("INSERT INTO pgplane.schema_version (version) VALUES ($1)", &[version]).await?;
     }
     tx.commit().await?;
+    // Also when a process died between creating the database and restricting it.
+    client
+        .batch_execute("REVOKE ALL ON DATABASE pgplane FROM PUBLIC")
+        .await
+        .context("restricting the control database")?;
+    let id: String = client.query_one("SELECT id FROM pgplane.installation", &[]).await?.get(0);
+    crate::conn::set_apply_cluster(&id[..id.len().min(16)]);
     Ok(client)
 }
 
@@ -337,7 +349,28 @@ pub async fn reap_leftovers(admin: &Client, server: &str) -> Result<()> {
 /// A session advisory lock held on its own connection. Dropping it closes the
 /// connection, which releases the lock on every path — also when the process dies.
 pub struct ApplyLock {
-    _client: Client,
+    client: Client,
+}
+
+impl ApplyLock {
+    /// Fails unless this process still holds the lock (its session may have been ended by
+    /// a timeout, a proxy or an administrator): never run a statement without it.
+    pub async fn ensure_held(&self) -> Result<()> {
+        let held: bool = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+                                  AND ((classid::bigint << 32) | objid::bigint) = $1)",
+                &[&APPLY_LOCK_KEY],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(false);
+        if !held {
+            bail!("lost the pgplane lock (its session ended); stopping before the next statement. Run apply again");
+        }
+        Ok(())
+    }
 }
 
 pub async fn lock(target: &Target, timeout: Duration, on_wait: impl Fn(Option<i32>)) -> Result<ApplyLock> {
@@ -349,13 +382,7 @@ pub async fn lock(target: &Target, timeout: Duration, on_wait: impl Fn(Option<i3
     loop {
         let got: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&APPLY_LOCK_KEY]).await?.get(0);
         if got {
-            let cluster: String = client
-                .query_one("SELECT system_identifier::text FROM pg_control_system()", &[])
-                .await
-                .map(|r| r.get(0))
-                .unwrap_or_else(|_| "cluster".to_string());
-            crate::conn::set_apply_cluster(&cluster);
-            return Ok(ApplyLock { _client: client });
+            return Ok(ApplyLock { client });
         }
         if !told {
             let holder: Option<i32> = client

@@ -6,7 +6,7 @@
 //! any point leaves records for at most a few objects that do not exist yet (the next
 //! apply creates them) and never an object pgplane does not know.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result};
 use pgplane_core::ident::quote_literal;
@@ -15,6 +15,7 @@ use tokio_postgres::Client;
 
 use crate::conn::{Role, Servers};
 use crate::control;
+use crate::observe::{self, Fresh};
 use crate::secrets::{scram_verifier, Keyring};
 
 /// Receives progress as actions run.
@@ -27,13 +28,63 @@ pub trait Progress {
 pub struct Executor<'a> {
     pub servers: &'a Servers,
     pub control: &'a Client,
+    lock: &'a control::ApplyLock,
     pub keys: &'a Keyring,
     conns: HashMap<(String, Option<String>), Client>,
+    /// Databases whose contents to capture (with these readers) before their connection
+    /// closes, for the observation cache: no extra connection per database.
+    observe: BTreeMap<(String, String), Vec<String>>,
+    /// What was captured, in order; a later capture of the same database supersedes.
+    pub captured: Vec<Fresh>,
 }
 
 impl<'a> Executor<'a> {
-    pub fn new(servers: &'a Servers, control: &'a Client, keys: &'a Keyring) -> Executor<'a> {
-        Executor { servers, control, keys, conns: HashMap::new() }
+    pub fn new(
+        servers: &'a Servers,
+        control: &'a Client,
+        lock: &'a control::ApplyLock,
+        keys: &'a Keyring,
+        observe: BTreeMap<(String, String), Vec<String>>,
+    ) -> Executor<'a> {
+        Executor { servers, control, lock, keys, conns: HashMap::new(), observe, captured: Vec::new() }
+    }
+
+    /// Reads a database's fingerprint, then its contents, on the connection about to close.
+    /// Best effort: a database not captured is read again (or deeply by the next plan).
+    async fn capture(&mut self, server: &str, db: &str, client: &Client) {
+        let Some(readers) = self.observe.get(&(server.to_string(), db.to_string())) else { return };
+        let names = vec![db.to_string()];
+        let read = async {
+            let fingerprint = observe::fingerprints(client, &names).await?.remove(db).unwrap_or_default();
+            let contents = observe::read_contents(client, readers).await?;
+            Ok::<_, anyhow::Error>((fingerprint, contents))
+        };
+        match read.await {
+            Ok((fingerprint, contents)) => self.captured.push(Fresh {
+                server: server.into(),
+                database: db.into(),
+                fingerprint,
+                readers: readers.clone(),
+                contents,
+            }),
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), db, "could not capture the database for the cache"),
+        }
+    }
+
+    async fn close_database_connections(&mut self, keep: Option<(&str, Option<&str>)>) {
+        let closing: Vec<(String, Option<String>)> = self
+            .conns
+            .keys()
+            .filter(|(s, d)| d.is_some() && keep != Some((s.as_str(), d.as_deref())))
+            .cloned()
+            .collect();
+        for key in closing {
+            if let Some(client) = self.conns.remove(&key) {
+                if let Some(db) = &key.1 {
+                    self.capture(&key.0, db, &client).await;
+                }
+            }
+        }
     }
 
     async fn client(&mut self, server: &str, db: Option<&str>) -> Result<&Client> {
@@ -42,7 +93,7 @@ impl<'a> Executor<'a> {
             // Actions of one database come together in a plan: keep admin connections and
             // the current database's only, so a plan over thousands of databases never holds
             // more than a few connections (max_connections is often 100).
-            self.conns.retain(|(s, d), _| d.is_none() || (s.as_str(), d.as_deref()) == (server, db));
+            self.close_database_connections(Some((server, db))).await;
         }
         if !self.conns.contains_key(&key) {
             let client = self.servers.get(server)?.connect_as(db, Role::Apply).await?;
@@ -67,21 +118,27 @@ impl<'a> Executor<'a> {
                 )
             })?;
         }
+        self.close_database_connections(None).await;
         progress.finish();
         Ok(plan.actions.len())
     }
 
     async fn run_one(&mut self, action: &Action) -> Result<()> {
+        self.lock.ensure_held().await?;
         let new_claim = match &action.record {
             RecordChange::Claim(rec) => control::claim(self.control, rec).await?,
             _ => false,
         };
         let result = self.run_sql(action).await;
-        if let (Err(_), true, RecordChange::Claim(rec)) = (&result, new_claim, &action.record) {
-            // The CREATE failed (the object does not exist): withdraw the claim, so that an
-            // object someone creates under this name later is not taken for ours.
-            if let Err(e) = control::forget(self.control, rec).await {
-                tracing::warn!(error = %format!("{e:#}"), "could not withdraw the claim after a failed action");
+        if let (Err(e), true, RecordChange::Claim(rec)) = (&result, new_claim, &action.record) {
+            // The server rejected the CREATE, so the object does not exist: withdraw the
+            // claim, so that an object someone creates under this name later is not taken
+            // for ours. After a lost connection the outcome is unknown: keep the claim, as
+            // after a crash (the next apply sees whether the object exists).
+            if e.is::<Rejected>() {
+                if let Err(e) = control::forget(self.control, rec).await {
+                    tracing::warn!(error = %format!("{e:#}"), "could not withdraw the claim after a failed action");
+                }
             }
         }
         result?;
@@ -116,7 +173,14 @@ impl<'a> Executor<'a> {
     }
 }
 
-/// A PostgreSQL error with its message, detail and hint on one line.
+/// The server executed the statement and rejected it (it had an SQLSTATE): nothing of it
+/// took effect.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejected(String);
+
+/// A PostgreSQL error with its message, detail and hint on one line; [`Rejected`] when the
+/// server answered with an error, a plain error when the connection failed.
 pub fn pg_error(e: tokio_postgres::Error) -> anyhow::Error {
     match e.as_db_error() {
         Some(db) => {
@@ -127,7 +191,7 @@ pub fn pg_error(e: tokio_postgres::Error) -> anyhow::Error {
             if let Some(h) = db.hint() {
                 msg.push_str(&format!("; hint: {h}"));
             }
-            anyhow::anyhow!(msg)
+            anyhow::Error::new(Rejected(msg))
         }
         None => anyhow::Error::new(e),
     }

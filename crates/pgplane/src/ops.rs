@@ -87,10 +87,10 @@ impl Session {
             None => tracing::warn!("waiting for another pgplane operation on this control database"),
         })
         .await?;
+        let control = control::ensure(self.servers.first()).await?;
         for (server, admin) in &self.admins {
             control::reap_leftovers(admin, server).await?;
         }
-        let control = control::ensure(self.servers.first()).await?;
         Ok((lock, control))
     }
 
@@ -121,14 +121,27 @@ impl Session {
         let (observed, fresh) =
             observe::observe(&self.servers, &self.admins, &self.desired, records.clone(), Depth::Deep).await?;
         let plan = plan(&self.desired, &observed, opts)?;
-        Ok(Locked { _lock: lock, control, plan, fresh, records })
+        Ok(Locked { lock, control, plan, fresh, records })
     }
 
-    /// Runs a plan made under the lock and journals the operation.
-    pub async fn execute(&self, ctx: &mut Ctx, locked: &Locked, kind: &str, progress: &dyn Progress) -> Result<usize> {
+    /// Runs a plan made under the lock and journals the operation. Returns how many
+    /// actions ran and the database contents the executor captured on its way.
+    pub async fn execute(
+        &self,
+        ctx: &mut Ctx,
+        locked: &Locked,
+        kind: &str,
+        progress: &dyn Progress,
+    ) -> Result<(usize, Vec<Fresh>)> {
         let op = control::op_start(&locked.control, kind, Some(&self.desired.env)).await?;
         let keys = ctx.keys()?;
-        let mut exec = Executor::new(&self.servers, &locked.control, keys);
+        let mut observe_dbs = BTreeMap::new();
+        for target in &self.servers.list {
+            for (db, readers) in observe::wanted_databases(&target.name, &self.desired, &locked.records) {
+                observe_dbs.insert((target.name.clone(), db), readers);
+            }
+        }
+        let mut exec = Executor::new(&self.servers, &locked.control, &locked.lock, keys, observe_dbs);
         let result = exec.run(&locked.plan, progress).await;
         let error = result.as_ref().err().map(|e| format!("{e:#}"));
         let journaled = control::op_finish(&locked.control, op, *result.as_ref().unwrap_or(&0), error.as_deref()).await;
@@ -138,12 +151,12 @@ impl Session {
             (Err(_), Err(e)) => tracing::warn!(error = %format!("{e:#}"), "could not journal the failed operation"),
             _ => {}
         }
-        result
+        Ok((result?, exec.captured))
     }
 }
 
 pub struct Locked {
-    _lock: control::ApplyLock,
+    lock: control::ApplyLock,
     pub control: Client,
     pub plan: Plan,
     /// Database contents read (deeply) for this plan.
@@ -155,7 +168,7 @@ impl Session {
     /// Refreshes the observation cache after a successful apply (or a plan with no
     /// changes): databases the plan did not touch keep what was just read, touched ones
     /// are read again, dropped ones are forgotten.
-    pub async fn refresh_cache(&self, locked: &Locked) -> Result<()> {
+    pub async fn refresh_cache(&self, locked: &Locked, captured: Vec<Fresh>) -> Result<()> {
         let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
         let mut dropped: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for a in &locked.plan.actions {
@@ -176,14 +189,26 @@ impl Session {
             .filter(|f| !touched.contains(&(f.server.clone(), f.database.clone())))
             .cloned()
             .collect();
+        // The executor captured most touched databases on its own connections; the last
+        // capture of a database is the one taken after its last action.
+        let mut by_db: BTreeMap<(String, String), Fresh> = BTreeMap::new();
+        for f in captured {
+            by_db.insert((f.server.clone(), f.database.clone()), f);
+        }
         for target in &self.servers.list {
             let wanted = observe::wanted_databases(&target.name, &self.desired, &locked.records);
-            let again: BTreeMap<String, Vec<String>> =
-                wanted.into_iter().filter(|(db, _)| touched.contains(&(target.name.clone(), db.clone()))).collect();
+            let again: BTreeMap<String, Vec<String>> = wanted
+                .into_iter()
+                .filter(|(db, _)| {
+                    let key = (target.name.clone(), db.clone());
+                    touched.contains(&key) && !by_db.contains_key(&key)
+                })
+                .collect();
             if !again.is_empty() {
                 store.extend(observe::read_fresh(target, &self.admins[&target.name], &again).await?);
             }
         }
+        store.extend(by_db.into_values().filter(|f| !dropped.get(&f.server).is_some_and(|d| d.contains(&f.database))));
         control::store_observations(&locked.control, &store).await?;
         for (server, dbs) in dropped {
             control::forget_observations(&locked.control, &server, &dbs).await?;

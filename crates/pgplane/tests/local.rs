@@ -117,3 +117,61 @@ fn missing_binaries_name_the_package_to_install() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("apt-get install postgresql"), "{stderr}");
 }
+
+#[test]
+fn url_and_stop_without_a_server_say_so() {
+    let h = Home::new("nothing");
+    let url = h.cmd(&["local", "url"]).fails();
+    assert!(url.stderr.contains("never started; run `pgplane local start`"), "{}", url.stderr);
+    let stop = h.cmd(&["local", "stop"]).ok();
+    assert!(stop.stdout.contains("was not running"), "{}", stop.stdout);
+}
+
+#[test]
+fn regression_first_applies_racing_serialize_whatever_their_admin_database() {
+    // Review finding: the lock lived in the admin URL's database, so processes whose URLs
+    // named different databases did not exclude each other; and on a fresh server they
+    // raced to create the control database.
+    let h = Home::new("race");
+    h.cmd(&["local", "start"]).ok();
+    let url = h.cmd(&["local", "url"]).ok().stdout.trim().to_string();
+    psql(&url, "CREATE DATABASE otheradmin").unwrap();
+    let other = common::with_db(&url, "otheradmin");
+    let write = |name: &str, env: &str, url: &str| {
+        let body = format!(
+            "version: 1\nenvironment: {env}\nservers:\n  - name: main\n    url: {url}\nmodules:\n  - name: m1\n    storage: database\n  - name: m2\n    storage: schema-per-tenant\ntenants:\n  - name: t\n    modules: [m2]\n"
+        );
+        std::fs::write(h.path.join(name), body).unwrap();
+    };
+    write("a.yaml", "one", &url);
+    write("b.yaml", "two", &other);
+    let spawn = |file: &str| {
+        Command::new(BIN)
+            .args(["apply", "-f", file, "--yes"])
+            .current_dir(&h.path)
+            .env("PGPLANE_HOME", h.path.join("home"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children = [spawn("a.yaml"), spawn("b.yaml"), spawn("a.yaml"), spawn("b.yaml")];
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for f in ["a.yaml", "b.yaml"] {
+        assert_eq!(h.cmd(&["plan", "-f", f, "--detailed-exitcode"]).code, 0);
+    }
+    assert_eq!(
+        psql(&url, "SELECT count(*) FROM pg_database WHERE datname IN ('one_m1', 'one_m2', 'two_m1', 'two_m2')")
+            .unwrap(),
+        "4"
+    );
+    let control = common::with_db(&url, "pgplane");
+    assert_eq!(psql(&control, "SELECT count(DISTINCT env) FROM pgplane.objects").unwrap(), "2");
+    // Each manifest changed things once; its duplicate ran after it and found nothing to do
+    // (applies without changes are not journaled).
+    assert_eq!(psql(&control, "SELECT count(*) FROM pgplane.operations").unwrap(), "2");
+    assert_eq!(psql(&control, "SELECT count(*) FROM pgplane.operations WHERE status = 'succeeded'").unwrap(), "2");
+}

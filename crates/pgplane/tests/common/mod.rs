@@ -175,14 +175,15 @@ impl T {
         (lines(&roles), lines(&dbs))
     }
 
-    /// Names recorded as managed for this env.
+    /// Names recorded as managed for this env (none while no control database exists).
     pub fn records(&self, kind: &str) -> Vec<String> {
-        let out = self
-            .sql_try(
-                "pgplane",
-                &format!("SELECT name FROM pgplane.objects WHERE env = '{}' AND kind = '{kind}' ORDER BY 1", self.env),
-            )
-            .unwrap_or_default();
+        if self.sql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'pgplane'") == "0" {
+            return Vec::new();
+        }
+        let out = self.sql(
+            "pgplane",
+            &format!("SELECT name FROM pgplane.objects WHERE env = '{}' AND kind = '{kind}' ORDER BY 1", self.env),
+        );
         lines(&out)
     }
 
