@@ -411,14 +411,15 @@ fn validate(
     let mut names = BTreeSet::new();
     for m in &raw.modules {
         check_name("module", &m.name).map_err(|msg| modules_scope.err("name", &m.name, msg))?;
-        let here = modules_scope.from("name", &m.name);
+        // Only computed for an error: it scans the section.
+        let here = || modules_scope.from("name", &m.name);
         if !names.insert(m.name.clone()) {
             return Err(modules_scope.err_nth("name", &m.name, 1, format!("module {:?} is listed twice", m.name)));
         }
         let server = match &m.server {
             Some(s) if server_names.contains(s) => s.clone(),
             Some(s) => {
-                return Err(here.err(
+                return Err(here().err(
                     "server",
                     s,
                     format!(
@@ -433,14 +434,14 @@ fn validate(
         let mut exts = BTreeSet::new();
         for e in &m.extensions {
             if e.is_empty() || !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                return Err(here.err(
+                return Err(here().err(
                     "extensions",
                     e,
                     format!("extension name {e:?} is not valid (letters, digits, _ and -)"),
                 ));
             }
             if !exts.insert(e.clone()) {
-                return Err(here.err_nth(
+                return Err(here().err_nth(
                     "extensions",
                     e,
                     1,
@@ -450,7 +451,7 @@ fn validate(
         }
         if let Some(limit) = m.connection_limit {
             if limit < -1 {
-                return Err(here.err(
+                return Err(here().err(
                     "connection_limit",
                     &limit.to_string(),
                     format!("connection_limit {limit} is not valid; use -1 (no limit) or a number >= 0"),
@@ -472,7 +473,7 @@ fn validate(
     let mut tnames = BTreeSet::new();
     for t in &raw.tenants {
         check_name("tenant", &t.name).map_err(|msg| tenants_scope.err("name", &t.name, msg))?;
-        let here = tenants_scope.from("name", &t.name);
+        let here = || tenants_scope.from("name", &t.name);
         if !tnames.insert(t.name.clone()) {
             return Err(tenants_scope.err_nth("name", &t.name, 1, format!("tenant {:?} is listed twice", t.name)));
         }
@@ -480,7 +481,7 @@ fn validate(
         for m in &t.modules {
             match by_name.get(m.as_str()) {
                 None => {
-                    return Err(here.err(
+                    return Err(here().err(
                         "modules",
                         m,
                         format!(
@@ -491,7 +492,7 @@ fn validate(
                     ))
                 }
                 Some(spec) if spec.storage == Storage::Database => {
-                    return Err(here.err(
+                    return Err(here().err(
                         "modules",
                         m,
                         format!(
@@ -504,7 +505,7 @@ fn validate(
                 Some(_) => {}
             }
             if !enabled.insert(m.clone()) {
-                return Err(here.err_nth("modules", m, 1, format!("tenant {:?} enables module {m:?} twice", t.name)));
+                return Err(here().err_nth("modules", m, 1, format!("tenant {:?} enables module {m:?} twice", t.name)));
             }
         }
         tenants.push(TenantSpec { name: t.name.clone(), modules: t.modules.clone() });

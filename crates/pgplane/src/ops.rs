@@ -66,6 +66,7 @@ pub struct Session {
 impl Session {
     /// Validates everything that needs no server first, then connects.
     pub async fn open(ctx: &mut Ctx, file: &Path, env: Option<&str>) -> Result<Session> {
+        let started = std::time::Instant::now();
         let manifest = load_manifest(file)?;
         let env = environment(&manifest, env)?;
         let desired =
@@ -75,6 +76,11 @@ impl Session {
         // Admin sessions only read and take the lock; the executor opens its own, named
         // `pgplane-apply/…`, for the plan's statements.
         let admins = servers.connect_all(Role::Read).await?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            objects = desired.objects().len(),
+            "manifest read, servers connected"
+        );
         Ok(Session { manifest, desired, servers, admins })
     }
 
@@ -101,17 +107,26 @@ impl Session {
     /// Read-only plan: the control database is read if it exists, never created.
     /// Unless `deep`, database contents come from apply's cache while their fingerprint holds.
     pub async fn plan_readonly(&self, opts: PlanOptions, deep: bool) -> Result<Plan> {
+        let started = std::time::Instant::now();
         let control = control::open_existing(self.servers.first(), self.first_admin()).await?;
         let records = match &control {
             Some(c) => control::read_records(c).await?,
             None => Vec::new(),
         };
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            records = records.len(),
+            "read the control database"
+        );
         let depth = match (&control, deep) {
             (Some(c), false) => Depth::Cached(c),
             _ => Depth::Deep,
         };
         let (observed, _) = observe::observe(&self.servers, &self.admins, &self.desired, records, depth).await?;
-        Ok(plan(&self.desired, &observed, opts)?)
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "observed");
+        let plan = plan(&self.desired, &observed, opts)?;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, actions = plan.actions.len(), "planned");
+        Ok(plan)
     }
 
     /// Takes the lock, makes sure the control database exists, and plans against it.
