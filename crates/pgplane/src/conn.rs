@@ -89,9 +89,10 @@ pub enum Role {
 
 pub const APPLY_APPLICATION_PREFIX: &str = "pgplane-apply/";
 
-/// `pgplane-apply/<cluster>/<nonce>`: `cluster` is the first server's system identifier
-/// (set once the lock is held, see [`crate::control::lock`]), `nonce` is random per
-/// process, so pid 1 in every container still gets a name of its own.
+/// `pgplane-apply/<installation>/<nonce>`: `installation` is the random id stored in the
+/// control database (set once the lock is held and the schema is migrated, see
+/// [`crate::control::ensure`]), `nonce` is random per process, so pid 1 in every
+/// container still gets a name of its own.
 static APPLY_TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn nonce() -> &'static str {
@@ -105,8 +106,8 @@ fn nonce() -> &'static str {
     })
 }
 
-pub fn set_apply_cluster(cluster: &str) {
-    let _ = APPLY_TAG.set(cluster.to_string());
+pub fn set_apply_installation(id: &str) {
+    let _ = APPLY_TAG.set(id.to_string());
 }
 
 /// The `LIKE` pattern matching every pgplane-apply session of this cluster.

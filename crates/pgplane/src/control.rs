@@ -118,7 +118,7 @@ pub async fn ensure(target: &Target) -> Result<Client> {
         .await
         .context("restricting the control database")?;
     let id: String = client.query_one("SELECT id FROM pgplane.installation", &[]).await?.get(0);
-    crate::conn::set_apply_cluster(&id[..id.len().min(16)]);
+    crate::conn::set_apply_installation(&id[..id.len().min(16)]);
     Ok(client)
 }
 
