@@ -491,8 +491,18 @@ fn apply_killed_at_any_moment_converges() {
     let f = t.manifest(&modules("k", 25));
     let f = f.to_str().unwrap();
     let mut partial = 0;
-    for delay_ms in [30u64, 120, 250, 400, 700] {
+    for delay_ms in [0u64, 40, 120, 300, 600] {
         let mut child = t.cmd().args(["apply", "-f", f, "--yes"]).spawn().unwrap();
+        // Kill only once it is creating things: before that it may be waiting for another
+        // test's apply to release the lock, and a kill there would prove nothing.
+        let started = "SELECT count(*) > 0 FROM pg_roles WHERE rolname LIKE 'kill\\_k\\_m%'";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while t.sql("postgres", started) != "t"
+            && std::time::Instant::now() < deadline
+            && child.try_wait().unwrap().is_none()
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
