@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Record;
+use crate::model::{ObjectKind, ObjectRef, Record};
 
 /// The grantee name used for `PUBLIC` in privilege maps.
 pub const PUBLIC: &str = "PUBLIC";
@@ -27,6 +27,24 @@ pub struct ServerState {
     /// The contents of `template1`, which `CREATE DATABASE` copies; read only when a
     /// database is to be created. `None`: assume PostgreSQL 15's defaults.
     pub template: Option<DbContents>,
+}
+
+impl ServerState {
+    /// `Some(true)` exists, `Some(false)` absent, `None` unknown (database contents not read).
+    pub fn exists(&self, obj: &ObjectRef) -> Option<bool> {
+        match obj.kind {
+            ObjectKind::Role => Some(self.roles.contains_key(&obj.name)),
+            ObjectKind::Database => Some(self.databases.contains_key(&obj.name)),
+            ObjectKind::Schema | ObjectKind::Extension => match self.databases.get(&obj.database) {
+                None => Some(false),
+                Some(db) => match &db.contents {
+                    Contents::Unknown => None,
+                    Contents::Known(c) if obj.kind == ObjectKind::Schema => Some(c.schemas.contains_key(&obj.name)),
+                    Contents::Known(c) => Some(c.extensions.contains(&obj.name)),
+                },
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

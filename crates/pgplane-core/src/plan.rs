@@ -202,8 +202,10 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Result
 
     // Ownership: every wanted name is ours already, free, or adoptable.
     let mut adopted: BTreeSet<ObjectRef> = BTreeSet::new();
-    for (obj, origin) in desired.objects() {
-        let exists = exists(server(&obj.server), &obj);
+    let wanted = desired.objects();
+    for (obj, origin) in &wanted {
+        let (obj, origin) = (obj.clone(), *origin);
+        let exists = server(&obj.server).exists(&obj);
         match records.get(&obj) {
             Some(rec) if &rec.origin != origin => p.problems.push(format!(
                 "name clash: {} is already managed by pgplane for {}, and {} wants it too; change a name or the naming templates",
@@ -240,7 +242,7 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Result
         return Err(PlanError { problems: p.problems });
     }
 
-    let desired_refs: BTreeSet<ObjectRef> = desired.objects().into_iter().map(|(o, _)| o).collect();
+    let desired_refs: BTreeSet<ObjectRef> = wanted.into_iter().map(|(o, _)| o).collect();
     p.roles(&server, &adopted);
     p.databases(&server);
     p.contents(&server);
@@ -266,22 +268,6 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Result
     shortened.sort();
     shortened.dedup();
     Ok(Plan { env: desired.env.clone(), actions: p.actions, orphans, shortened, notes: p.notes })
-}
-
-/// `Some(true)` exists, `Some(false)` absent, `None` unknown (database contents not read).
-fn exists(server: &ServerState, obj: &ObjectRef) -> Option<bool> {
-    match obj.kind {
-        ObjectKind::Role => Some(server.roles.contains_key(&obj.name)),
-        ObjectKind::Database => Some(server.databases.contains_key(&obj.name)),
-        ObjectKind::Schema | ObjectKind::Extension => match server.databases.get(&obj.database) {
-            None => Some(false),
-            Some(db) => match &db.contents {
-                Contents::Unknown => None,
-                Contents::Known(c) if obj.kind == ObjectKind::Schema => Some(c.schemas.contains_key(&obj.name)),
-                Contents::Known(c) => Some(c.extensions.contains(&obj.name)),
-            },
-        },
-    }
 }
 
 struct Planner<'a> {
@@ -594,7 +580,7 @@ impl Planner<'_> {
                 let known = self.observed.servers.contains_key(&r.object.server);
                 Orphan {
                     record: r.clone(),
-                    exists: !known || exists(server(&r.object.server), &r.object) != Some(false),
+                    exists: !known || server(&r.object.server).exists(&r.object) != Some(false),
                 }
             })
             .collect();

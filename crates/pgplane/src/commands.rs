@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::cli::{
     AdoptArgs, ApplyArgs, ChangeArgs, CredentialFormat, CredentialsArgs, LocalCommand, PlanArgs, RoleChoice, StatusArgs,
 };
-use crate::conn::{Role, Servers};
+use crate::conn::Servers;
 use crate::ops::{self, Ctx, Session};
 use crate::{control, exec, observe, output, secrets};
 
@@ -100,7 +100,7 @@ async fn run_locked(ctx: &mut Ctx, s: &Session, locked: ops::Locked, kind: &str,
 pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
     let manifest = ops::load_manifest(&args.file)?;
     let servers = Servers::resolve(&manifest, &ctx.local, || ctx.keys())?;
-    let admins = servers.connect_all(Role::Read).await?;
+    let admins = servers.connect_all().await?;
     let first = servers.first();
     let control_db = control::open_existing(first, &admins[&first.name]).await?;
     let records = match &control_db {
@@ -146,22 +146,12 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
                 (observe::observe(&servers, &admins, &empty, records.clone(), depth()).await?.0, None)
             }
         };
+        let wanted: Option<std::collections::BTreeSet<_>> =
+            desired.as_ref().map(|d| d.objects().into_iter().map(|(o, _)| o).collect());
         let mut objects = Vec::new();
         for r in recs {
             let server = observed.servers.get(&r.object.server);
-            let exists = server.map(|s| match r.object.kind {
-                ObjectKind::Role => s.roles.contains_key(&r.object.name),
-                ObjectKind::Database => s.databases.contains_key(&r.object.name),
-                ObjectKind::Schema | ObjectKind::Extension => {
-                    match s.databases.get(&r.object.database).map(|d| &d.contents) {
-                        Some(pgplane_core::observed::Contents::Known(c)) if r.object.kind == ObjectKind::Schema => {
-                            c.schemas.contains_key(&r.object.name)
-                        }
-                        Some(pgplane_core::observed::Contents::Known(c)) => c.extensions.contains(&r.object.name),
-                        _ => false,
-                    }
-                }
-            });
+            let exists = server.and_then(|s| s.exists(&r.object));
             let display = r.object.display();
             let drift: Vec<_> = plan
                 .iter()
@@ -169,7 +159,7 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
                 .filter(|a| a.target == display && a.kind != ActionKind::Adopt)
                 .map(|a| json!({"kind": a.kind.as_str(), "why": a.why, "sql": a.sql.redacted()}))
                 .collect();
-            let in_manifest = desired.as_ref().map(|d| d.objects().iter().any(|(o, _)| *o == r.object));
+            let in_manifest = wanted.as_ref().map(|w| w.contains(&r.object));
             objects.push(json!({
                 "kind": r.object.kind.as_str(),
                 "name": r.object.name,

@@ -28,13 +28,8 @@ impl Target {
 
     /// `host:port` for messages; never the password.
     pub fn display(&self) -> String {
-        let host = match self.config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".into(),
-        };
-        let port = self.config.get_ports().first().copied().unwrap_or(5432);
-        format!("{}:{port}", host)
+        let (host, port) = self.host_port();
+        format!("{host}:{port}")
     }
 
     pub fn host_port(&self) -> (String, u16) {
@@ -147,10 +142,11 @@ impl Servers {
         self.list.iter().find(|t| t.name == name).with_context(|| format!("unknown server {name}"))
     }
 
-    pub async fn connect_all(&self, role: Role) -> Result<BTreeMap<String, Client>> {
+    /// Admin connections for reading and locking (the executor opens its own for the plan).
+    pub async fn connect_all(&self) -> Result<BTreeMap<String, Client>> {
         let mut out = BTreeMap::new();
         for t in &self.list {
-            out.insert(t.name.clone(), t.connect_as(None, role).await?);
+            out.insert(t.name.clone(), t.connect(None).await?);
         }
         Ok(out)
     }

@@ -247,17 +247,31 @@ pub async fn claim(c: &Client, r: &Record) -> Result<bool> {
     if inserted == 1 {
         return Ok(true);
     }
-    let existing = read_records(c).await?.into_iter().find(|e| e.object == r.object);
-    match existing {
-        Some(e) if e.origin == r.origin => Ok(false),
-        Some(e) => bail!(
-            "{} is recorded for {}, not {}; another pgplane changed it meanwhile: run plan again",
-            r.object.display(),
-            e.origin.describe(),
-            r.origin.describe()
-        ),
-        None => bail!("{} could not be recorded; run plan again", r.object.display()),
+    let existing = c
+        .query_opt(
+            "SELECT env, module, tenant, purpose FROM pgplane.objects
+              WHERE server = $1 AND kind = $2 AND database = $3 AND name = $4",
+            &[&r.object.server, &r.object.kind.as_str(), &r.object.database, &r.object.name],
+        )
+        .await?;
+    let Some(row) = existing else { bail!("{} could not be recorded; run plan again", r.object.display()) };
+    let purpose: String = row.get(3);
+    let origin = Origin {
+        env: row.get(0),
+        module: row.get(1),
+        tenant: row.get(2),
+        purpose: Purpose::parse(&purpose)
+            .with_context(|| format!("unknown purpose {purpose:?} in the control database"))?,
+    };
+    if origin == r.origin {
+        return Ok(false);
     }
+    bail!(
+        "{} is recorded for {}, not {}; another pgplane changed it meanwhile: run plan again",
+        r.object.display(),
+        origin.describe(),
+        r.origin.describe()
+    )
 }
 
 pub async fn forget(c: &Client, r: &Record) -> Result<()> {

@@ -12,7 +12,7 @@ use pgplane_core::observed::{
 };
 use tokio_postgres::Client;
 
-use crate::conn::Servers;
+use crate::conn::{Servers, Target};
 
 const ROLES: &str = include_str!("../sql/roles.sql");
 const DATABASES: &str = include_str!("../sql/databases.sql");
@@ -103,25 +103,7 @@ pub async fn observe(
 
         let reused = names.len() - wanted.len();
         tracing::debug!(server = %target.name, reused, read = wanted.len(), "observing databases");
-        let fresh: Vec<Fresh> = stream::iter(wanted.into_iter().map(|(db, readers)| {
-            let fingerprint = fingerprints.get(&db).cloned().unwrap_or_default();
-            async move {
-                let client = target.connect(Some(&db)).await?;
-                let contents = read_contents(&client, &readers)
-                    .await
-                    .with_context(|| format!("reading database {db} on server {}", target.name))?;
-                Ok::<_, anyhow::Error>(Fresh {
-                    server: target.name.clone(),
-                    database: db,
-                    fingerprint,
-                    readers,
-                    contents,
-                })
-            }
-        }))
-        .buffer_unordered(PARALLEL_READS)
-        .try_collect()
-        .await?;
+        let fresh = read_with(target, &fingerprints, &wanted).await?;
         for f in &fresh {
             if let Some(d) = state.databases.get_mut(&f.database) {
                 d.contents = Contents::Known(f.contents.clone());
@@ -140,18 +122,25 @@ pub async fn fingerprints(admin: &Client, names: &[String]) -> Result<BTreeMap<S
 }
 
 /// Reads the named databases afresh (fingerprint first, then contents).
-pub async fn read_fresh(
-    target: &crate::conn::Target,
-    admin: &Client,
-    dbs: &BTreeMap<String, Vec<String>>,
-) -> Result<Vec<Fresh>> {
+pub async fn read_fresh(target: &Target, admin: &Client, dbs: &BTreeMap<String, Vec<String>>) -> Result<Vec<Fresh>> {
     let names: Vec<String> = dbs.keys().cloned().collect();
     let fingerprints = fingerprints(admin, &names).await?;
-    stream::iter(dbs.iter().filter(|(db, _)| fingerprints.contains_key(*db)).map(|(db, readers)| {
-        let fingerprint = fingerprints[db].clone();
-        async move {
+    read_with(target, &fingerprints, dbs).await
+}
+
+/// Reads the contents of `dbs` (database → readers), 8 at a time, pairing each with the
+/// fingerprint read before it. Databases without a fingerprint no longer exist.
+async fn read_with(
+    target: &Target,
+    fingerprints: &BTreeMap<String, String>,
+    dbs: &BTreeMap<String, Vec<String>>,
+) -> Result<Vec<Fresh>> {
+    stream::iter(dbs.iter().filter_map(|(db, readers)| Some((db, readers, fingerprints.get(db)?.clone()))).map(
+        |(db, readers, fingerprint)| async move {
             let client = target.connect(Some(db)).await?;
-            let contents = read_contents(&client, readers).await?;
+            let contents = read_contents(&client, readers)
+                .await
+                .with_context(|| format!("reading database {db} on server {}", target.name))?;
             Ok::<_, anyhow::Error>(Fresh {
                 server: target.name.clone(),
                 database: db.clone(),
@@ -159,8 +148,8 @@ pub async fn read_fresh(
                 readers: readers.clone(),
                 contents,
             })
-        }
-    }))
+        },
+    ))
     .buffer_unordered(PARALLEL_READS)
     .try_collect()
     .await

@@ -11,7 +11,7 @@ use pgplane_core::model::Desired;
 use pgplane_core::plan::{plan, ActionKind, Plan, PlanOptions};
 use tokio_postgres::Client;
 
-use crate::conn::{Role, Servers};
+use crate::conn::Servers;
 use crate::exec::{Executor, Progress};
 use crate::local::LocalServer;
 use crate::observe::{Depth, Fresh};
@@ -75,7 +75,7 @@ impl Session {
         let servers = Servers::resolve(&manifest, &local, || ctx.keys())?;
         // Admin sessions only read and take the lock; the executor opens its own, named
         // `pgplane-apply/…`, for the plan's statements.
-        let admins = servers.connect_all(Role::Read).await?;
+        let admins = servers.connect_all().await?;
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             objects = desired.objects().len(),
