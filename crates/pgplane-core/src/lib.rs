@@ -6,6 +6,7 @@
 
 pub mod ident;
 pub mod manifest;
+pub mod migrate;
 pub mod model;
 pub mod naming;
 pub mod observed;

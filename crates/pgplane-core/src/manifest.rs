@@ -115,6 +115,34 @@ pub struct RawModule {
     pub connection_limit: Option<i32>,
     #[serde(default)]
     pub readonly_role: bool,
+    #[serde(default)]
+    pub migrations: Option<RawMigrations>,
+}
+
+/// `migrations: PATH`, or a map with the path and options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawMigrations {
+    Path(String),
+    Detailed(RawMigrationsDetailed),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMigrationsDetailed {
+    pub path: String,
+    #[serde(default)]
+    pub contexts: Vec<String>,
+    #[serde(default)]
+    pub labels: Option<String>,
+    #[serde(default)]
+    pub schema: Option<String>,
+    #[serde(default)]
+    pub changelog_table: Option<String>,
+    #[serde(default)]
+    pub changelog_lock_table: Option<String>,
+    #[serde(default)]
+    pub history_table: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,6 +190,24 @@ pub struct ModuleSpec {
     pub extensions: Vec<String>,
     pub connection_limit: Option<i32>,
     pub readonly_role: bool,
+    pub migrations: Option<MigrationsSpec>,
+}
+
+/// A module's migration source and how to apply it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MigrationsSpec {
+    /// As written in the manifest, relative to the manifest's folder.
+    pub path: String,
+    /// Liquibase contexts to select; empty selects all.
+    pub contexts: Vec<String>,
+    /// Liquibase label expression; `None` selects all.
+    pub labels: Option<String>,
+    /// Target schema for a module with its own database (default `public`); tenant
+    /// schemas are always their own.
+    pub schema: Option<String>,
+    pub changelog_table: Option<String>,
+    pub changelog_lock_table: Option<String>,
+    pub history_table: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +239,11 @@ impl Manifest {
             let mut message = e.to_string();
             if let Some(pos) = message.rfind(" at line ") {
                 message.truncate(pos);
+            }
+            if message.contains("untagged enum RawMigrations") {
+                message = "`migrations` must be a path (a SQL folder or a Liquibase changelog) or a map with keys \
+                           path, contexts, labels, schema, changelog_table, changelog_lock_table, history_table"
+                    .into();
             }
             if message.contains("missing field") && line.is_none() {
                 message.push_str(" (at the top level of the document)");
@@ -465,6 +516,10 @@ fn validate(
             extensions: m.extensions.clone(),
             connection_limit: m.connection_limit,
             readonly_role: m.readonly_role,
+            migrations: match &m.migrations {
+                None => None,
+                Some(raw) => Some(migrations(raw).map_err(|(key, value, msg)| here().err(key, &value, msg))?),
+            },
         });
     }
 
@@ -519,6 +574,40 @@ fn validate(
         modules,
         tenants,
     })
+}
+
+/// Checks a module's `migrations`; an error names the key, its value and the message.
+fn migrations(raw: &RawMigrations) -> Result<MigrationsSpec, (&'static str, String, String)> {
+    let spec = match raw {
+        RawMigrations::Path(path) => MigrationsSpec { path: path.clone(), ..MigrationsSpec::default() },
+        RawMigrations::Detailed(d) => MigrationsSpec {
+            path: d.path.clone(),
+            contexts: d.contexts.clone(),
+            labels: d.labels.clone(),
+            schema: d.schema.clone(),
+            changelog_table: d.changelog_table.clone(),
+            changelog_lock_table: d.changelog_lock_table.clone(),
+            history_table: d.history_table.clone(),
+        },
+    };
+    if spec.path.trim().is_empty() {
+        return Err((
+            "migrations",
+            String::new(),
+            "`migrations` is empty; give a SQL folder or a Liquibase changelog, relative to the manifest".into(),
+        ));
+    }
+    for (key, value) in [
+        ("schema", &spec.schema),
+        ("changelog_table", &spec.changelog_table),
+        ("changelog_lock_table", &spec.changelog_lock_table),
+        ("history_table", &spec.history_table),
+    ] {
+        if let Some(v) = value {
+            check_name(key, v).map_err(|m| (key, v.clone(), m))?;
+        }
+    }
+    Ok(spec)
 }
 
 fn template(
@@ -721,6 +810,22 @@ tenants:
         let e = err("version: 1\nservers:\n  - name: main\n    url: postgresql://u:s3cret@h/${OOPS\nmodules:\n  - name: a\n    storage: database\n");
         assert!(!e.contains("s3cret"), "{e}");
         assert!(e.contains("unclosed ${"), "{e}");
+    }
+
+    #[test]
+    fn migrations_take_a_path_or_a_map() {
+        let m = parse(
+            "version: 1\nmodules:\n  - name: a\n    storage: database\n    migrations: db/a\n  - name: b\n    storage: database\n    migrations:\n      path: b.yaml\n      contexts: [dev]\n      changelog_table: ddm_db_changelog\n",
+        )
+        .unwrap();
+        assert_eq!(m.modules[0].migrations.as_ref().unwrap().path, "db/a");
+        let b = m.modules[1].migrations.as_ref().unwrap();
+        assert_eq!((b.path.as_str(), b.contexts.clone()), ("b.yaml", vec!["dev".to_string()]));
+        assert_eq!(b.changelog_table.as_deref(), Some("ddm_db_changelog"));
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    migrations:\n      path: x\n      tabel: y\n");
+        assert!(e.contains(":5:") && e.contains("changelog_table"), "{e}");
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    migrations:\n      path: x\n      changelog_table: \"bad name\"\n");
+        assert!(e.contains(":7:") && e.contains("changelog_table"), "{e}");
     }
 
     #[test]

@@ -80,6 +80,88 @@ pub enum Command {
         #[command(subcommand)]
         command: LocalCommand,
     },
+    /// Run migrations: SQL folders and Liquibase changelogs, per module and per tenant.
+    ///
+    /// A source is a folder of `V<version>__<description>.sql` / `R__<description>.sql`
+    /// files (history in the table `pgplane_schema_history` of the target schema), or a
+    /// Liquibase changelog (`.yaml`, `.yml`, `.xml`, `.json`, or `.sql` starting with
+    /// `--liquibase formatted sql`; history in Liquibase's own `databasechangelog`, so real
+    /// Liquibase and pgplane continue each other's work).
+    ///
+    /// Targets: `--url URL --source PATH` migrates one database; `-f FILE` migrates the
+    /// modules whose manifest entry has `migrations:` (or `--module M`, optionally
+    /// `--tenant T`), every tenant of a per-tenant module, `--jobs` at a time, each as the
+    /// module's owner role inside its own schema. Exit code 0 when every target is fine,
+    /// 1 otherwise (each target's outcome is reported).
+    #[command(after_help = "Examples:
+  pgplane migrate status -f pgplane.yaml                      # every module with `migrations:`
+  pgplane migrate up -f pgplane.yaml --module users --jobs 8  # all tenants of users, 8 at a time
+  pgplane migrate up --url postgresql://app@db/registry --source data-model/changelog.yaml
+  pgplane migrate validate -f pgplane.yaml --module registry --contexts dev --json")]
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Apply pending migrations (under a per-target lock; re-running applies nothing twice).
+    Up(MigrateArgs),
+    /// Show each migration's state per target; changes nothing.
+    Status(MigrateArgs),
+    /// Check that applied migrations were not changed and the source is consistent;
+    /// changes nothing. Exit code 1 when a target is invalid.
+    Validate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Migrate this database directly (needs --source); the manifest is not read.
+    #[arg(long, conflicts_with_all = ["module", "tenant"], requires = "source")]
+    pub url: Option<String>,
+    /// The migration source: a SQL folder or a Liquibase changelog. With -f it replaces
+    /// the module's `migrations:` (needs --module).
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// Target schema with --url (default: public). Tenants always use their own schema.
+    #[arg(long, requires = "url")]
+    pub schema: Option<String>,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// Only this module (default: every module with `migrations:`).
+    #[arg(long)]
+    pub module: Option<String>,
+    /// Only this tenant of a per-tenant module (default: all its tenants).
+    #[arg(long, requires = "module")]
+    pub tenant: Option<String>,
+    /// Liquibase contexts to run, comma-separated (default: all changesets).
+    #[arg(long, value_delimiter = ',')]
+    pub contexts: Vec<String>,
+    /// Liquibase label expression, e.g. `v2 and !slow` (default: all changesets).
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// How many targets (tenants) to migrate at once.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// Run again a migration that failed outside a transaction (check the target first).
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// How long to wait for another migration of the same target.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    /// Liquibase's changelog table (default databasechangelog).
+    #[arg(long)]
+    pub changelog_table: Option<String>,
+    /// Liquibase's lock table (default databasechangeloglock).
+    #[arg(long)]
+    pub changelog_lock_table: Option<String>,
+    /// pgplane's history table for SQL folders (default pgplane_schema_history).
+    #[arg(long)]
+    pub history_table: Option<String>,
+    /// Print a JSON report instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -10,11 +10,12 @@ use pgplane_core::render;
 use serde_json::json;
 
 use crate::cli::{
-    AdoptArgs, ApplyArgs, ChangeArgs, CredentialFormat, CredentialsArgs, LocalCommand, PlanArgs, RoleChoice, StatusArgs,
+    AdoptArgs, ApplyArgs, ChangeArgs, CredentialFormat, CredentialsArgs, LocalCommand, MigrateCommand, PlanArgs,
+    RoleChoice, StatusArgs,
 };
 use crate::conn::Servers;
 use crate::ops::{self, Ctx, Session};
-use crate::{control, exec, observe, output, secrets};
+use crate::{control, exec, migrate, observe, output, secrets};
 
 pub async fn plan(ctx: &mut Ctx, args: PlanArgs) -> Result<i32> {
     let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
@@ -440,4 +441,80 @@ pub fn local(ctx: &mut Ctx, command: LocalCommand) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
+    let (mode, args) = match command {
+        MigrateCommand::Up(a) => (migrate::Mode::Up, a),
+        MigrateCommand::Status(a) => (migrate::Mode::Status, a),
+        MigrateCommand::Validate(a) => (migrate::Mode::Validate, a),
+    };
+    let opts = migrate::RunOptions {
+        mode,
+        selection: migrate::Selection { contexts: args.contexts.clone(), labels: args.labels.clone() },
+        ledger: migrate::LedgerNames {
+            history_table: args.history_table.clone(),
+            changelog_table: args.changelog_table.clone(),
+            changelog_lock_table: args.changelog_lock_table.clone(),
+        },
+        retry_failed: args.retry_failed,
+        lock_timeout: args.lock_timeout,
+        jobs: migrate::check_jobs(args.jobs)?,
+        live: !args.json && mode == migrate::Mode::Up,
+    };
+    for (flag, value) in [
+        ("--schema", &args.schema),
+        ("--changelog-table", &args.changelog_table),
+        ("--changelog-lock-table", &args.changelog_lock_table),
+        ("--history-table", &args.history_table),
+    ] {
+        if let Some(v) = value {
+            pgplane_core::ident::check_name(flag, v).map_err(|m| anyhow::anyhow!("{flag}: {m}"))?;
+        }
+    }
+    let runs = if let Some(url) = &args.url {
+        let path = args.source.as_deref().context("--url needs --source PATH")?;
+        let source = migrate::Source::load(path)?;
+        let server = crate::conn::Target::from_url("url", url)?;
+        let database = server.config.get_dbname().unwrap_or("postgres").to_string();
+        let target = migrate::Target {
+            label: database.clone(),
+            tenant: None,
+            server,
+            database,
+            schema: args.schema.clone().unwrap_or_else(|| "public".into()),
+            role: None,
+        };
+        let targets = migrate::run_all(&source, vec![target], &opts).await;
+        vec![migrate::ModuleRun { module: None, source: source.describe(), targets }]
+    } else {
+        if args.source.is_some() && args.module.is_none() {
+            bail!("--source with -f needs --module M (the module whose migrations it replaces), or use --url URL");
+        }
+        let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
+        let only = args.module.as_deref().map(|m| (m, args.tenant.as_deref()));
+        let runs = migrate::run_modules(&s, only, args.source.as_deref(), &opts).await?;
+        if runs.is_empty() {
+            bail!(
+                "no module in {} has `migrations:`; add `migrations: PATH` to a module or pass --module M --source PATH",
+                s.manifest.file.display()
+            );
+        }
+        runs
+    };
+    print_migrations(&runs, mode, args.json)?;
+    Ok(if runs.iter().all(migrate::ModuleRun::ok) { 0 } else { 1 })
+}
+
+fn print_migrations(runs: &[migrate::ModuleRun], mode: migrate::Mode, json: bool) -> Result<()> {
+    if json {
+        let ok = runs.iter().all(migrate::ModuleRun::ok);
+        println!("{}", serde_json::to_string_pretty(&json!({"ok": ok, "modules": runs}))?);
+        return Ok(());
+    }
+    for r in runs {
+        println!("{}", r.source);
+        print!("{}", migrate::render_text(&r.targets, mode));
+    }
+    Ok(())
 }

@@ -57,6 +57,7 @@ impl Target {
         match role {
             Role::Read => cfg.application_name("pgplane"),
             Role::Apply => cfg.application_name(apply_application_name()),
+            Role::Migrate => cfg.application_name("pgplane-migrate"),
         };
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(10));
@@ -80,6 +81,8 @@ impl Target {
 pub enum Role {
     Read,
     Apply,
+    /// Runs migrations: not an apply session, so apply's reaper leaves it alone.
+    Migrate,
 }
 
 pub const APPLY_APPLICATION_PREFIX: &str = "pgplane-apply/";

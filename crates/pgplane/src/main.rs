@@ -6,6 +6,7 @@ mod conn;
 mod control;
 mod exec;
 mod local;
+mod migrate;
 mod observe;
 mod ops;
 mod output;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
             Command::Status(a) => commands::status(&mut ctx, a).await,
             Command::Credentials(a) => commands::credentials(&mut ctx, a).await,
             Command::Local { command } => commands::local(&mut ctx, command),
+            Command::Migrate { command } => commands::migrate(&mut ctx, command).await,
         }
     });
     match result {

@@ -51,6 +51,20 @@ pub fn progress() -> Box<dyn Progress> {
     }
 }
 
+/// A counter bar on a terminal (hidden otherwise or when `hidden`).
+pub fn counter(total: u64, what: &str, hidden: bool) -> ProgressBar {
+    if hidden || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{{spinner}} [{{bar:30}}] {{pos}}/{{len}} {what}"))
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
 /// Asks on stderr; true only for an explicit yes.
 pub fn confirm(question: &str) -> bool {
     eprint!("{question} [y/N] ");

@@ -1,0 +1,270 @@
+//! Ledgers and the migration lock. SQL folders keep pgplane's history table; Liquibase
+//! changelogs keep Liquibase's own `databasechangelog`/`databasechangeloglock`, in
+//! Liquibase's layout, so either tool continues the other's work.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use pgplane_core::ident::quote_ident;
+use pgplane_core::migrate::{Applied, SqlMigration, State, Step, Unit};
+use tokio_postgres::Client;
+
+use super::{Failure, Source, Target};
+
+/// Ledger table names; `None` takes the default.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerNames {
+    pub history_table: Option<String>,
+    pub changelog_table: Option<String>,
+    pub changelog_lock_table: Option<String>,
+}
+
+pub const DEFAULT_HISTORY_TABLE: &str = "pgplane_schema_history";
+
+impl LedgerNames {
+    /// The ledger table this source writes.
+    pub fn table(&self, source: &Source) -> String {
+        match source {
+            Source::Sql { .. } => self.history_table.clone().unwrap_or_else(|| DEFAULT_HISTORY_TABLE.into()),
+        }
+    }
+}
+
+fn qualified(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+async fn table_exists(client: &Client, schema: &str, table: &str) -> Result<bool> {
+    let row = client
+        .query_one("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", &[&schema, &table])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The latest ledger row of every migration; `None` when there is no ledger yet.
+pub async fn read(client: &Client, source: &Source, schema: &str, names: &LedgerNames) -> Result<Option<Vec<Applied>>> {
+    let table = names.table(source);
+    if !table_exists(client, schema, &table).await? {
+        return Ok(None);
+    }
+    let rows = match source {
+        Source::Sql { .. } => {
+            let sql = format!(
+                "SELECT DISTINCT ON (key) key, checksum, success, transactional,
+                        to_char(installed_on, 'YYYY-MM-DD HH24:MI:SS'), execution_ms::int8, error
+                   FROM (SELECT coalesce(version, 'R:' || description) AS key, * FROM {}) h
+                  ORDER BY key, installed_rank DESC",
+                qualified(schema, &table)
+            );
+            client
+                .query(&sql, &[])
+                .await
+                .with_context(|| format!("reading the ledger {schema}.{table}"))?
+                .iter()
+                .map(|r| Applied {
+                    key: r.get(0),
+                    checksum: r.get(1),
+                    success: r.get(2),
+                    rolled_back: r.get(3),
+                    applied_at: r.get(4),
+                    execution_ms: r.get(5),
+                    error: r.get(6),
+                })
+                .collect()
+        }
+    };
+    Ok(Some(rows))
+}
+
+/// Creates the ledger if it is missing (under the migration lock).
+pub async fn ensure(client: &Client, source: &Source, schema: &str, names: &LedgerNames) -> Result<()> {
+    let table = names.table(source);
+    if table_exists(client, schema, &table).await? {
+        return Ok(());
+    }
+    let sql = match source {
+        Source::Sql { .. } => format!(
+            "CREATE TABLE {} (
+                installed_rank integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                version text,
+                description text NOT NULL,
+                script text NOT NULL,
+                checksum text NOT NULL,
+                installed_by text NOT NULL DEFAULT current_user,
+                installed_on timestamptz NOT NULL DEFAULT now(),
+                execution_ms integer NOT NULL,
+                success boolean NOT NULL,
+                transactional boolean NOT NULL,
+                error text
+            )",
+            qualified(schema, &table)
+        ),
+    };
+    client.batch_execute(&sql).await.with_context(|| format!("creating the ledger {schema}.{table}"))
+}
+
+/// Holds the migration lock of one target until the session ends. It is a session-level
+/// advisory lock, so it is released on every path, also when the process dies.
+pub struct Lock;
+
+const LOCK_CLASS: i32 = 0x7067_6d67; // "pgmg"
+
+/// Takes the migration lock of `schema.ledger` in the target database, waiting up to
+/// `timeout` for another migration to finish.
+pub async fn lock(
+    client: &Client,
+    source: &Source,
+    t: &Target,
+    names: &LedgerNames,
+    timeout: Duration,
+) -> Result<Lock> {
+    let key = format!("{}.{}", t.schema, names.table(source));
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        let got: bool =
+            client.query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&LOCK_CLASS, &key]).await?.get(0);
+        if got {
+            return Ok(Lock);
+        }
+        let holder: Option<i32> = client
+            .query_opt(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = $1::int4::oid
+                    AND objid = hashtext($2)::oid AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                &[&LOCK_CLASS, &key],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if started.elapsed() >= timeout {
+            bail!(
+                "another migration of {}.{key} is running (session pid {}) and did not finish within {}s; \
+                 wait for it or raise --lock-timeout",
+                t.database,
+                holder.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+                timeout.as_secs()
+            );
+        }
+        if !told && started.elapsed() > Duration::from_millis(500) {
+            tracing::warn!(database = %t.database, ledger = %key, pid = holder, "waiting for another migration of this target");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub enum Outcome {
+    /// Ran; the word for people: applied, reapplied.
+    Ran(&'static str),
+    Skipped(String),
+    Failed(Failure),
+}
+
+/// Runs one migration with its ledger row.
+pub async fn run_unit(
+    client: &mut Client,
+    source: &Source,
+    t: &Target,
+    names: &LedgerNames,
+    step: &Step,
+    unit: &Unit,
+) -> Result<Outcome> {
+    let how = match step.state {
+        State::Pending | State::Retry => "applied",
+        _ => "reapplied",
+    };
+    match source {
+        Source::Sql { migrations, folder } => {
+            let m = migrations.iter().find(|m| m.key() == unit.key).context("unit without migration")?;
+            let table = qualified(&t.schema, &names.table(source));
+            let started = Instant::now();
+            let result = if m.transactional {
+                let tx = client.transaction().await?;
+                match tx.batch_execute(&m.sql).await {
+                    Ok(()) => {
+                        insert_sql_row(&tx, &table, m, started, None).await?;
+                        tx.commit().await?;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                let mut r = Ok(());
+                for stmt in super::split(&m.sql) {
+                    if let Err(e) = client.batch_execute(&stmt).await {
+                        r = Err(e);
+                        break;
+                    }
+                }
+                if r.is_ok() {
+                    insert_sql_row(&*client, &table, m, started, None).await?;
+                }
+                r
+            };
+            match result {
+                Ok(()) => Ok(Outcome::Ran(how)),
+                Err(e) => {
+                    let file = format!("{}/{}", folder.display(), m.script);
+                    let failure = failure_of(&m.script, &e, Some((&file, &m.sql)));
+                    insert_sql_row(&*client, &table, m, started, Some(&failure.to_string()))
+                        .await
+                        .context("recording the failure in the ledger")?;
+                    Ok(Outcome::Failed(failure))
+                }
+            }
+        }
+    }
+}
+
+async fn insert_sql_row(
+    c: &impl tokio_postgres::GenericClient,
+    table: &str,
+    m: &SqlMigration,
+    started: Instant,
+    error: Option<&str>,
+) -> Result<()> {
+    let ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
+    let version = m.version.as_ref().map(ToString::to_string);
+    c.execute(
+        &format!(
+            "INSERT INTO {table} (version, description, script, checksum, execution_ms, success, transactional, error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ),
+        &[&version, &m.description, &m.script, &m.checksum, &ms, &error.is_none(), &m.transactional, &error],
+    )
+    .await?;
+    Ok(())
+}
+
+/// PostgreSQL's error with its position: a line of `text` (named `file`) when the
+/// statement was the whole text.
+pub fn failure_of(migration: &str, e: &tokio_postgres::Error, whole: Option<(&str, &str)>) -> Failure {
+    let Some(db) = e.as_db_error() else {
+        return Failure {
+            migration: migration.to_string(),
+            message: e.to_string(),
+            sqlstate: None,
+            position: None,
+            statement: None,
+        };
+    };
+    let mut message = db.message().to_string();
+    if let Some(d) = db.detail() {
+        message.push_str(&format!(" ({d})"));
+    }
+    let position = match (db.position(), whole) {
+        (Some(tokio_postgres::error::ErrorPosition::Original(p)), Some((file, text))) => {
+            let before: String = text.chars().take((*p as usize).saturating_sub(1)).collect();
+            let line = before.matches('\n').count() + 1;
+            Some(format!("{file}:{line}"))
+        }
+        (Some(tokio_postgres::error::ErrorPosition::Original(p)), None) => Some(format!("character {p}")),
+        _ => whole.map(|(file, _)| file.to_string()),
+    };
+    Failure {
+        migration: migration.to_string(),
+        message,
+        sqlstate: Some(db.code().code().to_string()),
+        position,
+        statement: None,
+    }
+}

@@ -1,0 +1,439 @@
+//! Migrations: load a source, resolve targets (one URL, or a module and its tenants), and
+//! for each target take the migration lock, read the ledger, plan with
+//! [`pgplane_core::migrate::plan`] and run what is pending, each migration in one
+//! transaction with its ledger row unless it says otherwise.
+
+mod ledger;
+mod source;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
+use pgplane_core::ident::quote_ident;
+use pgplane_core::migrate::{plan, MigrationPlan, PlanOptions, State};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::conn::{Role, Target as Server};
+pub use ledger::LedgerNames;
+pub use source::{Selection, Source};
+
+/// Where one run of migrations goes: a database, a schema in it, and the role that owns
+/// what the migrations create.
+#[derive(Clone)]
+pub struct Target {
+    /// For people and JSON: the tenant, the module or the database.
+    pub label: String,
+    pub tenant: Option<String>,
+    pub server: Server,
+    pub database: String,
+    pub schema: String,
+    /// `SET ROLE` to this before running anything (the module's or tenant's owner).
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Up,
+    Status,
+    Validate,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub mode: Mode,
+    pub selection: Selection,
+    pub ledger: LedgerNames,
+    pub retry_failed: bool,
+    pub lock_timeout: Duration,
+    pub jobs: usize,
+    /// Print a line per migration as it runs (not with --json).
+    pub live: bool,
+}
+
+/// One migration in a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Line {
+    pub name: String,
+    pub state: State,
+    pub checksum: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Why a migration failed: its name, PostgreSQL's message and where.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub migration: String,
+    pub message: String,
+    pub sqlstate: Option<String>,
+    /// `file:line` for SQL files, `statement N, character C` for generated SQL.
+    pub position: Option<String>,
+    pub statement: Option<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed: {}", self.migration, self.message)?;
+        if let Some(code) = &self.sqlstate {
+            write!(f, " (SQLSTATE {code})")?;
+        }
+        if let Some(p) = &self.position {
+            write!(f, " at {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome for one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub tenant: Option<String>,
+    pub database: String,
+    pub schema: String,
+    pub ledger: String,
+    pub ok: bool,
+    /// Every migration of the source with its state before this run.
+    pub migrations: Vec<Line>,
+    /// What this run applied (up only), in order.
+    pub applied: Vec<String>,
+    pub pending: usize,
+    pub problems: Vec<String>,
+    /// Ledger entries the source does not have.
+    pub unknown: Vec<String>,
+    pub error: Option<String>,
+    pub failure: Option<Failure>,
+}
+
+/// Runs `opts.mode` over every target, at most `opts.jobs` at a time; one target's
+/// failure does not stop the others.
+pub async fn run_all(source: &Source, targets: Vec<Target>, opts: &RunOptions) -> Vec<Report> {
+    let many = targets.len() > 1;
+    let bar = crate::output::counter(targets.len() as u64, "targets migrated", !opts.live || !many);
+    let mut reports: Vec<(usize, Report)> = futures_util::stream::iter(targets.into_iter().enumerate())
+        .map(|(i, t)| {
+            let bar = &bar;
+            async move {
+                let r = run_one(source, &t, opts, many).await;
+                bar.inc(1);
+                (i, r)
+            }
+        })
+        .buffer_unordered(opts.jobs.max(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    reports.sort_by_key(|(i, _)| *i);
+    reports.into_iter().map(|(_, r)| r).collect()
+}
+
+async fn run_one(source: &Source, t: &Target, opts: &RunOptions, many: bool) -> Report {
+    let mut report = Report {
+        target: t.label.clone(),
+        tenant: t.tenant.clone(),
+        database: t.database.clone(),
+        schema: t.schema.clone(),
+        ledger: format!("{}.{}", t.schema, opts.ledger.table(source)),
+        ok: false,
+        migrations: vec![],
+        applied: vec![],
+        pending: 0,
+        problems: vec![],
+        unknown: vec![],
+        error: None,
+        failure: None,
+    };
+    match run_target(source, t, opts, many, &mut report).await {
+        Ok(ok) => report.ok = ok,
+        Err(e) => {
+            report.ok = false;
+            report.error = Some(format!("{e:#}"));
+        }
+    }
+    report
+}
+
+/// Connects as the migration session: the target database, its schema first on the
+/// search path, and the owner role.
+pub async fn connect(t: &Target) -> Result<Client> {
+    let client = t.server.connect_as(Some(&t.database), Role::Migrate).await?;
+    let mut setup = String::new();
+    if let Some(role) = &t.role {
+        let _ = write!(setup, "SET ROLE {};", quote_ident(role));
+    }
+    let _ = write!(setup, "SET search_path TO {};", quote_ident(&t.schema));
+    client.batch_execute(&setup).await.with_context(|| match &t.role {
+        Some(role) => format!("setting role {role} in database {}", t.database),
+        None => format!("setting the search path in database {}", t.database),
+    })?;
+    Ok(client)
+}
+
+/// Reads the ledger and plans; `None` ledger means the table does not exist yet.
+pub async fn plan_target(
+    client: &Client,
+    source: &Source,
+    t: &Target,
+    opts: &RunOptions,
+) -> Result<(Vec<pgplane_core::migrate::Unit>, Vec<pgplane_core::migrate::Applied>, MigrationPlan)> {
+    let units = source.units(&opts.selection);
+    let applied = ledger::read(client, source, &t.schema, &opts.ledger).await?.unwrap_or_default();
+    let p = plan(&units, &applied, PlanOptions { retry_failed: opts.retry_failed });
+    Ok((units, applied, p))
+}
+
+async fn run_target(source: &Source, t: &Target, opts: &RunOptions, many: bool, report: &mut Report) -> Result<bool> {
+    let mut client = connect(t).await?;
+    let _lock = match opts.mode {
+        Mode::Up => Some(ledger::lock(&client, source, t, &opts.ledger, opts.lock_timeout).await?),
+        Mode::Status | Mode::Validate => None,
+    };
+    if opts.mode == Mode::Up {
+        ledger::ensure(&client, source, &t.schema, &opts.ledger).await?;
+    }
+    let (units, applied, p) = plan_target(&client, source, t, opts).await?;
+    report.pending = p.pending();
+    report.problems = p.problems.iter().map(ToString::to_string).collect();
+    report.unknown = p.unknown.clone();
+    report.migrations = p
+        .steps
+        .iter()
+        .map(|s| {
+            let u = &units[s.unit];
+            let a = applied.iter().find(|a| a.key == u.key);
+            Line {
+                name: u.name.clone(),
+                state: s.state,
+                checksum: u.checksum.clone(),
+                applied_at: a.filter(|a| a.success).map(|a| a.applied_at.clone()),
+                duration_ms: a.and_then(|a| a.execution_ms).map(|ms| ms.max(0) as u64),
+                note: s.note.clone(),
+            }
+        })
+        .collect();
+    if !p.problems.is_empty() {
+        return Ok(false);
+    }
+    if opts.mode != Mode::Up {
+        return Ok(true);
+    }
+    let prefix = if many { format!("{}: ", t.label) } else { String::new() };
+    for step in p.to_run() {
+        let unit = &units[step.unit];
+        let started = Instant::now();
+        let outcome = ledger::run_unit(&mut client, source, t, &opts.ledger, step, unit).await?;
+        let ms = started.elapsed().as_millis() as u64;
+        match outcome {
+            ledger::Outcome::Ran(how) => {
+                if opts.live {
+                    println!("{prefix}{how:<9} {} ({ms} ms)", unit.name);
+                }
+                report.applied.push(unit.name.clone());
+            }
+            ledger::Outcome::Skipped(why) => {
+                if opts.live {
+                    println!("{prefix}skipped   {} ({why})", unit.name);
+                }
+            }
+            ledger::Outcome::Failed(f) => {
+                if opts.live {
+                    eprintln!("{prefix}FAILED    {f}");
+                }
+                report.failure = Some(f);
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Text for people: per target, its migrations and the outcome.
+pub fn render_text(reports: &[Report], mode: Mode) -> String {
+    let mut out = String::new();
+    for r in reports {
+        let where_ = if r.schema == "public" { r.database.clone() } else { format!("{}.{}", r.database, r.schema) };
+        let _ = writeln!(out, "{} ({where_}, ledger {})", r.target, r.ledger);
+        if mode != Mode::Up || !r.ok {
+            for l in &r.migrations {
+                let state = match l.state {
+                    State::Applied => "applied",
+                    State::Pending => "pending",
+                    State::Changed => "changed",
+                    State::Always => "always",
+                    State::Retry => "retry",
+                    State::Filtered => "filtered",
+                    State::Blocked => "BLOCKED",
+                };
+                let when = l.applied_at.as_deref().unwrap_or("");
+                let _ = write!(out, "  {state:<9} {}", l.name);
+                if !when.is_empty() {
+                    let _ = write!(out, "  {when}");
+                }
+                if let Some(n) = &l.note {
+                    let _ = write!(out, "  ({n})");
+                }
+                out.push('\n');
+            }
+        }
+        for u in &r.unknown {
+            let _ = writeln!(out, "  note: the ledger has {u}, which the source does not have");
+        }
+        for p in &r.problems {
+            let _ = writeln!(out, "  error: {p}");
+        }
+        if let Some(e) = &r.error {
+            let _ = writeln!(out, "  error: {e}");
+        }
+        if let Some(f) = &r.failure {
+            let _ = writeln!(out, "  error: {f}");
+            if let Some(s) = &f.statement {
+                let _ = writeln!(out, "  statement: {s}");
+            }
+            let _ = writeln!(
+                out,
+                "  the failed migration was rolled back where it ran in a transaction and is recorded in the ledger; fix it and run `pgplane migrate up` again"
+            );
+        }
+        let summary = match (mode, r.ok) {
+            (Mode::Up, true) if r.applied.is_empty() => "up to date".to_string(),
+            (Mode::Up, true) => format!("applied {}", r.applied.len()),
+            (Mode::Up, false) => format!("FAILED after applying {}", r.applied.len()),
+            (Mode::Status, _) => format!("{} pending", r.pending),
+            (Mode::Validate, true) => format!("valid ({} pending)", r.pending),
+            (Mode::Validate, false) => "INVALID".to_string(),
+        };
+        let _ = writeln!(out, "  {summary}");
+    }
+    out
+}
+
+/// Where a manifest module's source is: its `migrations` path under the manifest's folder.
+pub fn module_source_path(manifest_file: &std::path::Path, path: &str) -> PathBuf {
+    let base = manifest_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    base.join(path)
+}
+
+/// Fails when `--jobs` is zero.
+pub fn check_jobs(jobs: usize) -> Result<usize> {
+    if jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    Ok(jobs)
+}
+
+/// Statements of a script that runs outside a transaction, one at a time.
+fn split(sql: &str) -> Vec<String> {
+    // Replaced by pgplane_core::sqlsplit once the changelog module lands.
+    vec![sql.to_string()]
+}
+
+/// A manifest module's migration targets: its database, or each enabled tenant's schema
+/// or database (`tenant` narrows to one). Each runs as the owner role of that storage.
+pub fn module_targets(
+    s: &crate::ops::Session,
+    module: &pgplane_core::manifest::ModuleSpec,
+    tenant: Option<&str>,
+) -> Result<Vec<Target>> {
+    let endpoints: Vec<_> = s
+        .desired
+        .endpoints
+        .iter()
+        .filter(|e| e.module == module.name && (tenant.is_none() || e.tenant.as_deref() == tenant))
+        .collect();
+    if let Some(t) = tenant {
+        if endpoints.is_empty() {
+            bail!("tenant {t:?} does not enable module {} in {}", module.name, s.manifest.file.display());
+        }
+    }
+    let default_schema = module.migrations.as_ref().and_then(|m| m.schema.clone()).unwrap_or_else(|| "public".into());
+    endpoints
+        .into_iter()
+        .map(|e| {
+            Ok(Target {
+                label: match &e.tenant {
+                    Some(t) => format!("{}/{t}", module.name),
+                    None => module.name.clone(),
+                },
+                tenant: e.tenant.clone(),
+                server: s.servers.get(&e.server)?.clone(),
+                database: e.database.clone(),
+                schema: e.schema.clone().unwrap_or_else(|| default_schema.clone()),
+                role: Some(e.owner_role.clone()),
+            })
+        })
+        .collect()
+}
+
+/// One module's (or one URL's) run: its source and the reports of its targets.
+#[derive(Debug, Serialize)]
+pub struct ModuleRun {
+    pub module: Option<String>,
+    pub source: String,
+    pub targets: Vec<Report>,
+}
+
+impl ModuleRun {
+    pub fn ok(&self) -> bool {
+        self.targets.iter().all(|t| t.ok)
+    }
+}
+
+/// Migrates every module of the session that has `migrations:` (or just `only`), with
+/// options from the manifest overridden by `base`'s non-default values.
+pub async fn run_modules(
+    s: &crate::ops::Session,
+    only: Option<(&str, Option<&str>)>,
+    source_override: Option<&std::path::Path>,
+    base: &RunOptions,
+) -> Result<Vec<ModuleRun>> {
+    let modules: Vec<&pgplane_core::manifest::ModuleSpec> = match only {
+        Some((name, _)) => vec![s.manifest.module(name).with_context(|| {
+            format!(
+                "module {name:?} is not in {} (modules: {})",
+                s.manifest.file.display(),
+                s.manifest.modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })?],
+        None => s.manifest.modules.iter().filter(|m| m.migrations.is_some()).collect(),
+    };
+    // Load and check every source before anything runs.
+    let mut work = Vec::new();
+    for m in modules {
+        let (path, spec) = match (source_override, &m.migrations) {
+            (Some(p), spec) => (p.to_path_buf(), spec.clone().unwrap_or_default()),
+            (None, Some(spec)) => (module_source_path(&s.manifest.file, &spec.path), spec.clone()),
+            (None, None) => bail!(
+                "module {} has no `migrations:` in {}; add `migrations: PATH` to it or pass --source PATH",
+                m.name,
+                s.manifest.file.display()
+            ),
+        };
+        let source = Source::load(&path).with_context(|| format!("module {}", m.name))?;
+        let mut opts = base.clone();
+        if opts.selection.contexts.is_empty() {
+            opts.selection.contexts = spec.contexts.clone();
+        }
+        if opts.selection.labels.is_none() {
+            opts.selection.labels = spec.labels.clone();
+        }
+        opts.ledger.changelog_table = opts.ledger.changelog_table.or(spec.changelog_table.clone());
+        opts.ledger.changelog_lock_table = opts.ledger.changelog_lock_table.or(spec.changelog_lock_table.clone());
+        opts.ledger.history_table = opts.ledger.history_table.or(spec.history_table.clone());
+        let targets = module_targets(s, m, only.and_then(|(_, t)| t))?;
+        work.push((m.name.clone(), source, targets, opts));
+    }
+    let mut runs = Vec::new();
+    for (module, source, targets, opts) in work {
+        let reports = run_all(&source, targets, &opts).await;
+        runs.push(ModuleRun { module: Some(module), source: source.describe(), targets: reports });
+    }
+    Ok(runs)
+}
