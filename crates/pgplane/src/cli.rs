@@ -63,7 +63,9 @@ pub enum Command {
     ///
     /// Computes the same plan as `plan`, shows it, asks (on a terminal) and runs it with a
     /// progress bar. Serialized with other pgplane processes by a lock on the first server.
-    /// A second apply of the same manifest changes nothing.
+    /// A second apply of the same manifest changes nothing. Afterwards every module with
+    /// `migrations:` is migrated (as `pgplane migrate up -f FILE` would); --skip-migrations
+    /// provisions only.
     Apply(ApplyArgs),
     /// Record existing objects with target names as managed by pgplane.
     ///
@@ -216,6 +218,9 @@ pub struct ApplyArgs {
     pub manifest: ManifestArgs,
     #[command(flatten)]
     pub change: ChangeArgs,
+    /// Provision only; do not run the `migrations:` of modules afterwards.
+    #[arg(long)]
+    pub skip_migrations: bool,
     /// Drop managed objects that are no longer in the manifest. Never touches objects
     /// pgplane does not manage.
     #[arg(long)]

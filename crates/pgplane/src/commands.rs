@@ -42,7 +42,39 @@ pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
     let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
     let locked =
         s.lock_and_plan(PlanOptions { prune: args.prune, adopt: args.adopt }, args.change.lock_timeout).await?;
-    run_locked(ctx, &s, locked, "apply", &args.change).await
+    let (code, doc) = run_locked(ctx, &s, locked, "apply", &args.change).await?;
+    let migrating = code == 0 && !args.skip_migrations && s.manifest.modules.iter().any(|m| m.migrations.is_some());
+    if !migrating {
+        print_doc(doc)?;
+        return Ok(code);
+    }
+    // Provisioning is done; now each module with `migrations:` is migrated, every tenant.
+    let opts = migrate::RunOptions {
+        mode: migrate::Mode::Up,
+        selection: migrate::Selection::default(),
+        ledger: migrate::LedgerNames::default(),
+        retry_failed: false,
+        lock_timeout: args.change.lock_timeout,
+        jobs: 4,
+        live: !args.change.json,
+    };
+    let runs = migrate::run_modules(&s, None, None, &opts).await?;
+    let ok = runs.iter().all(migrate::ModuleRun::ok);
+    match doc {
+        Some(mut doc) => {
+            doc["migrations"] = json!({"ok": ok, "modules": runs});
+            print_doc(Some(doc))?;
+        }
+        None => print_migrations(&runs, migrate::Mode::Up, false)?,
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+fn print_doc(doc: Option<serde_json::Value>) -> Result<()> {
+    if let Some(doc) = doc {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
+    Ok(())
 }
 
 pub async fn adopt(ctx: &mut Ctx, args: AdoptArgs) -> Result<i32> {
@@ -51,25 +83,29 @@ pub async fn adopt(ctx: &mut Ctx, args: AdoptArgs) -> Result<i32> {
     let mut locked = s.lock_and_plan(PlanOptions { prune: false, adopt: true }, args.change.lock_timeout).await?;
     locked.plan.actions.retain(|a| matches!(a.kind, ActionKind::Adopt | ActionKind::SetPassword));
     locked.plan.orphans.clear();
-    run_locked(ctx, &s, locked, "adopt", &args.change).await
+    let (code, doc) = run_locked(ctx, &s, locked, "adopt", &args.change).await?;
+    print_doc(doc)?;
+    Ok(code)
 }
 
-async fn run_locked(ctx: &mut Ctx, s: &Session, locked: ops::Locked, kind: &str, change: &ChangeArgs) -> Result<i32> {
+/// Shows the plan, asks, executes. Returns the exit code and, with --json, the document to
+/// print (the caller may add to it).
+async fn run_locked(
+    ctx: &mut Ctx,
+    s: &Session,
+    locked: ops::Locked,
+    kind: &str,
+    change: &ChangeArgs,
+) -> Result<(i32, Option<serde_json::Value>)> {
     let (yes, json) = (change.yes, change.json);
     let plan = &locked.plan;
     if plan.changes() == 0 {
         s.refresh_cache(&locked, Vec::new()).await?;
         if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &json!({"changes": 0, "applied": 0, "actions": [], "orphans": plan.orphans})
-                )?
-            );
-        } else {
-            print!("{}", render::plan_text(plan));
+            return Ok((0, Some(json!({"changes": 0, "applied": 0, "actions": [], "orphans": plan.orphans}))));
         }
-        return Ok(0);
+        print!("{}", render::plan_text(plan));
+        return Ok((0, None));
     }
     if !json || !yes {
         // On a terminal the plan is shown before the question; with --json it goes to stderr.
@@ -82,7 +118,7 @@ async fn run_locked(ctx: &mut Ctx, s: &Session, locked: ops::Locked, kind: &str,
     }
     if !yes && !output::confirm(&format!("{kind} these {} change(s)?", plan.changes())) {
         eprintln!("pgplane: {kind} cancelled; nothing was changed");
-        return Ok(1);
+        return Ok((1, None));
     }
     let progress = output::progress();
     let (applied, captured) = s.execute(ctx, &locked, kind, progress.as_ref()).await?;
@@ -90,12 +126,11 @@ async fn run_locked(ctx: &mut Ctx, s: &Session, locked: ops::Locked, kind: &str,
     if json {
         let mut doc = render::plan_json(plan);
         doc["applied"] = json!(applied);
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        let noun = if applied == 1 { "change" } else { "changes" };
-        println!("Applied {applied} {noun} (env {}).", plan.env);
+        return Ok((0, Some(doc)));
     }
-    Ok(0)
+    let noun = if applied == 1 { "change" } else { "changes" };
+    println!("Applied {applied} {noun} (env {}).", plan.env);
+    Ok((0, None))
 }
 
 pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {

@@ -170,6 +170,9 @@ pub async fn connect(t: &Target) -> Result<Client> {
         let _ = write!(setup, "SET ROLE {};", quote_ident(role));
     }
     let _ = write!(setup, "SET search_path TO {};", quote_ident(&t.schema));
+    // A killed pgplane's statement must not hold the migration lock until it finishes:
+    // PostgreSQL then checks every second that the client is still there.
+    setup.push_str("SET client_connection_check_interval = '1s';");
     client.batch_execute(&setup).await.with_context(|| match &t.role {
         Some(role) => format!("setting role {role} in database {}", t.database),
         None => format!("setting the search path in database {}", t.database),

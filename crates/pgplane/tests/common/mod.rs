@@ -142,6 +142,21 @@ impl T {
         path
     }
 
+    /// Writes a file under this test's folder (creating folders); returns its path.
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).expect("create folder");
+        std::fs::write(&path, text).expect("write file");
+        path
+    }
+
+    /// A fresh database on the shared server; returns its URL (admin user).
+    pub fn database(&self, name: &str) -> String {
+        self.sql("postgres", &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
+        self.sql("postgres", &format!("CREATE DATABASE \"{name}\""));
+        with_db(&self.server.url, name)
+    }
+
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(BIN);
         c.current_dir(&self.dir)
