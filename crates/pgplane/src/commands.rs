@@ -10,11 +10,12 @@ use pgplane_core::render;
 use serde_json::json;
 
 use crate::cli::{
-    AdoptArgs, ApplyArgs, ChangeArgs, CredentialFormat, CredentialsArgs, LocalCommand, PlanArgs, RoleChoice, StatusArgs,
+    AdoptArgs, ApplyArgs, ChangeArgs, CredentialFormat, CredentialsArgs, LocalCommand, PlanArgs, RoleChoice,
+    StatusArgs, WaitArgs,
 };
 use crate::conn::Servers;
 use crate::ops::{self, Ctx, Session};
-use crate::{control, exec, observe, output, secrets};
+use crate::{control, exec, observe, output, secrets, wait};
 
 pub async fn plan(ctx: &mut Ctx, args: PlanArgs) -> Result<i32> {
     let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
@@ -388,6 +389,11 @@ async fn ensure_managed(
         ),
         None => bail!("pgplane does not manage role {role} on server {server}"),
     }
+}
+
+/// `pgplane wait`: see [`crate::wait`].
+pub async fn wait(ctx: &Ctx, args: WaitArgs) -> Result<i32> {
+    wait::run(ctx, args).await
 }
 
 pub fn local(ctx: &mut Ctx, command: LocalCommand) -> Result<i32> {
