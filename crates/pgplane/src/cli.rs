@@ -253,7 +253,7 @@ pub struct WaitArgs {
     #[arg(long, env = "PGPLANE_ENV")]
     pub env: Option<String>,
     /// With -f: check in this module's database (`database` and `schema-per-tenant`
-    /// storage), e.g. dev_registry.
+    /// storage), e.g. dev_registry for module registry in env dev.
     #[arg(long, requires = "file")]
     pub module: Option<String>,
     /// Give up after this long (e.g. 30s, 5m).
@@ -266,7 +266,8 @@ pub struct WaitArgs {
     /// "since_ms"}], "diagnostics": [{"sql", "columns", "rows", "error"}]}.
     #[arg(long)]
     pub json: bool,
-    /// On timeout, run this query in the target database and show its rows (repeatable).
+    /// On timeout, run this query in the target database (the admin database while that
+    /// one is missing) and show its rows (repeatable).
     #[arg(long, value_name = "SQL")]
     pub diagnose_sql: Vec<String>,
 }
