@@ -310,15 +310,17 @@ pub async fn probe_branch(_probe: &Probe<'_>, id: &str) -> Outcome {
     Outcome::fails(format!("branch:{id}: this condition is not supported yet"))
 }
 
-/// The connections of the loop: one to the target database, a fallback one while that
-/// database cannot be connected to, and one per `database:NAME` being proved connectable.
+/// The connections of the loop: one to the target database, and a fallback one while that
+/// database cannot be connected to. `database:NAME` proves it can connect with a short-lived
+/// connection (an idle one would block `DROP DATABASE`), once per database OID.
 #[derive(Default)]
 struct Conns {
     main: Option<Client>,
     main_error: String,
     fallback: Option<Client>,
     fallback_error: Option<String>,
-    probes: BTreeMap<String, Client>,
+    /// Databases a connection succeeded to, with their OID then.
+    proved: BTreeMap<String, u32>,
 }
 
 impl Conns {
@@ -332,7 +334,6 @@ impl Conns {
         if self.fallback.as_ref().is_some_and(Client::is_closed) {
             self.fallback = None;
         }
-        self.probes.retain(|_, c| !c.is_closed());
         if self.main.is_some() {
             return;
         }
@@ -394,30 +395,27 @@ async fn evaluate(
             let Some(c) = conns.catalog() else {
                 return Outcome::fails(conns.catalog_error().to_string());
             };
-            let sql = "SELECT datallowconn FROM pg_database WHERE datname = $1";
+            let sql = "SELECT oid, datallowconn FROM pg_database WHERE datname = $1";
             let row = match bounded(query_limit, c.query_opt(sql, &[name])).await {
                 Ok(row) => row,
                 Err(e) => return Outcome::fails(e),
             };
-            match row.map(|r| r.get::<_, bool>(0)) {
+            let accepts = || Outcome::holds(format!("database {name} accepts connections"));
+            match row.map(|r| (r.get::<_, u32>(0), r.get::<_, bool>(1))) {
                 None => {
-                    conns.probes.remove(name);
+                    conns.proved.remove(name);
                     Outcome::fails(format!("database {name} does not exist"))
                 }
-                Some(false) => {
-                    conns.probes.remove(name);
+                Some((_, false)) => {
+                    conns.proved.remove(name);
                     Outcome::fails(format!("database {name} exists but does not allow connections"))
                 }
-                Some(true) if *name == r.database && conns.main.is_some() => {
-                    Outcome::holds(format!("database {name} accepts connections"))
-                }
-                Some(true) if conns.probes.contains_key(name) => {
-                    Outcome::holds(format!("database {name} accepts connections"))
-                }
-                Some(true) => match connect(&r.target, name, connect_limit).await {
-                    Ok(probe) => {
-                        conns.probes.insert(name.clone(), probe);
-                        Outcome::holds(format!("database {name} accepts connections"))
+                Some(_) if *name == r.database && conns.main.is_some() => accepts(),
+                Some((oid, _)) if conns.proved.get(name) == Some(&oid) => accepts(),
+                Some((oid, _)) => match connect(&r.target, name, connect_limit).await {
+                    Ok(_) => {
+                        conns.proved.insert(name.clone(), oid);
+                        accepts()
                     }
                     Err(e) => Outcome::fails(format!("database {name} exists but connecting failed: {}", e.text)),
                 },

@@ -330,3 +330,24 @@ fn wait_reconnects_after_a_server_restart() {
     assert!(run.stdout.starts_with("ok  "), "{}", run.stdout);
     assert!(run.stderr.contains("connection lost; reconnecting"), "{}", run.stderr);
 }
+
+#[test]
+fn waiting_holds_no_connection_to_the_databases_it_checks() {
+    // An idle connection would make a plain DROP DATABASE fail while wait runs.
+    let t = T::new("wdrop");
+    t.sql("postgres", "CREATE DATABASE wdrop_db");
+    let child = spawn(wait_cmd(
+        &t,
+        &["--url", &t.server.url, "--for", "database:wdrop_db", "--for", "sql:SELECT false", "--timeout", "4s"],
+    ));
+    let polling = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgplane-wait'";
+    let until = Instant::now() + Duration::from_secs(10);
+    while t.sql("postgres", polling) == "0" {
+        assert!(Instant::now() < until, "pgplane wait never connected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    t.sql("postgres", "DROP DATABASE wdrop_db");
+    let run = finish(child).fails();
+    assert!(run.stdout.contains("database wdrop_db does not exist"), "{}", run.stdout);
+}
