@@ -321,6 +321,8 @@ struct Conns {
     fallback_error: Option<String>,
     /// Databases a connection succeeded to, with their OID then.
     proved: BTreeMap<String, u32>,
+    /// A query got no answer in time: the connection is treated as broken.
+    stalled: std::cell::Cell<bool>,
 }
 
 impl Conns {
@@ -330,6 +332,12 @@ impl Conns {
             tracing::info!(at = %r.display(), "connection lost; reconnecting");
             self.main = None;
             self.main_error = format!("connection to {} lost", r.display());
+        }
+        if self.stalled.replace(false) {
+            tracing::info!(at = %r.display(), "a query got no answer in time; reconnecting");
+            self.main = None;
+            self.main_error = format!("a query on {} got no answer in time", r.display());
+            self.fallback = None;
         }
         if self.fallback.as_ref().is_some_and(Client::is_closed) {
             self.fallback = None;
@@ -385,7 +393,7 @@ async fn evaluate(
 ) -> Outcome {
     match cond {
         Condition::Server => match conns.catalog() {
-            Some(c) => match bounded(query_limit, c.simple_query("SELECT 1")).await {
+            Some(c) => match bounded(query_limit, &conns.stalled, c.simple_query("SELECT 1")).await {
                 Ok(_) => Outcome::holds(format!("accepts logins at {}", r.target.display())),
                 Err(e) => Outcome::fails(e),
             },
@@ -396,7 +404,7 @@ async fn evaluate(
                 return Outcome::fails(conns.catalog_error().to_string());
             };
             let sql = "SELECT oid, datallowconn FROM pg_database WHERE datname = $1";
-            let row = match bounded(query_limit, c.query_opt(sql, &[name])).await {
+            let row = match bounded(query_limit, &conns.stalled, c.query_opt(sql, &[name])).await {
                 Ok(row) => row,
                 Err(e) => return Outcome::fails(e),
             };
@@ -427,7 +435,7 @@ async fn evaluate(
             };
             let sql = "SELECT rolcanlogin, rolvaliduntil IS NOT NULL AND rolvaliduntil <= now() \
                        FROM pg_roles WHERE rolname = $1";
-            match bounded(query_limit, c.query_opt(sql, &[name])).await {
+            match bounded(query_limit, &conns.stalled, c.query_opt(sql, &[name])).await {
                 Ok(None) => Outcome::fails(format!("role {name} does not exist")),
                 Ok(Some(row)) => match (row.get::<_, bool>(0), row.get::<_, bool>(1)) {
                     (false, _) => Outcome::fails(format!("role {name} exists but cannot log in (NOLOGIN)")),
@@ -443,7 +451,7 @@ async fn evaluate(
             let Some(c) = conns.main.as_ref() else {
                 return Outcome::fails(conns.main_error.clone());
             };
-            match bounded(query_limit, c.simple_query(query)).await {
+            match bounded(query_limit, &conns.stalled, c.simple_query(query)).await {
                 Ok(messages) => {
                     let first = messages.iter().find_map(|m| match m {
                         SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
@@ -464,14 +472,19 @@ async fn evaluate(
     }
 }
 
-/// Runs a query with a time limit; errors as one line.
+/// Runs a query with a time limit; errors as one line. A query without an answer marks
+/// the connections `stalled`, so that the next round reconnects.
 async fn bounded<T>(
     limit: Duration,
+    stalled: &std::cell::Cell<bool>,
     fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(limit, fut).await {
         Ok(res) => res.map_err(|e| describe(&e)),
-        Err(_) => Err(format!("no answer within {}", human(limit))),
+        Err(_) => {
+            stalled.set(true);
+            Err(format!("no answer within {}", human(limit)))
+        }
     }
 }
 
@@ -607,7 +620,10 @@ pub async fn run(ctx: &Ctx, args: WaitArgs) -> Result<i32> {
         let round = Instant::now();
         let (connect_limit, query_limit) = limits(round);
         conns.ensure(&r, connect_limit).await;
-        for s in &mut states {
+        // Catalog checks first: a slow `sql:` query must not delay them on the shared connection.
+        let mut order: Vec<&mut State> = states.iter_mut().collect();
+        order.sort_by_key(|s| matches!(s.cond, Condition::Sql(_) | Condition::Migrated(_) | Condition::Branch(_)));
+        for s in order {
             let outcome = evaluate(&s.cond, &mut conns, &r, connect_limit, query_limit).await;
             s.since = match (outcome.ok, s.since) {
                 (true, Some(t)) => Some(t),
