@@ -12,8 +12,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// connection settings. With no `servers:` in the manifest pgplane runs an embedded local
 /// PostgreSQL in $PGPLANE_HOME/local.
 ///
-/// Exit codes: 0 success; 1 error (nothing was executed when the input was bad);
-/// 2 `plan --detailed-exitcode` found changes; 3 `local status` found no running server.
+/// Exit codes: 0 success; 1 error (nothing was executed when the input was bad), or `wait`
+/// timed out; 2 `plan --detailed-exitcode` found changes, or invalid arguments; 3 `local
+/// status` found no running server.
 #[derive(Debug, Parser)]
 #[command(
     name = "pgplane",
@@ -26,6 +27,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
   pgplane credentials registry --format env           # what the registry module deploys with
   pgplane credentials users --tenant acme --format k8s-secret
   pgplane status --json                               # everything pgplane manages, with drift
+  pgplane wait --for server --for database:dev_app --timeout 60s  # before a deployment
   pgplane local url                                   # admin URL of the embedded server"
 )]
 pub struct Cli {
@@ -77,6 +79,23 @@ pub enum Command {
     Status(StatusArgs),
     /// Print the connection settings a module (or tenant) deploys with.
     Credentials(CredentialsArgs),
+    /// Wait until a server is ready: it accepts logins, databases and roles exist, a query
+    /// is true.
+    ///
+    /// Checks every condition each --interval on one connection to the target database,
+    /// reconnecting when it breaks (a server restart), until all hold or --timeout passes.
+    /// Prints one line per condition (`ok  database:app  after 1.3s`); on timeout, what was
+    /// last observed for each (the connection error, the missing object, the query's value
+    /// or error) and the results of --diagnose-sql. Messages name host:port/database, never
+    /// the URL or its password.
+    ///
+    /// Exit codes: 0 every condition holds; 1 the timeout passed (or an error such as an
+    /// invalid manifest); 2 invalid arguments (e.g. an unknown condition).
+    #[command(after_help = "Examples:
+  pgplane wait --url \"$DATABASE_URL\" --for server --timeout 60s
+  pgplane wait -f pgplane.yaml --module registry --for database:dev_registry --for role:dev_registry
+  pgplane wait --for \"sql:SELECT count(*) > 0 FROM pg_extension WHERE extname = 'pg_trgm'\" --json")]
+    Wait(WaitArgs),
     /// Manage the embedded local PostgreSQL server.
     Local {
         #[command(subcommand)]
@@ -298,6 +317,46 @@ pub struct CredentialsArgs {
     /// Kubernetes namespace for the Secret.
     #[arg(long)]
     pub k8s_namespace: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// What must hold; repeat for several (all must hold). `server`: accepts logins (a
+    /// connection and SELECT 1 succeed). `database:NAME`: exists, allows connections and can
+    /// be connected to. `role:NAME`: exists and can log in. `sql:QUERY`: the first column of
+    /// the first row is true (boolean true, a non-zero number, or t/true/yes/on/1), run in
+    /// the target database. `migrated:MODULE`, `branch:ID`: not supported yet.
+    #[arg(long = "for", value_name = "CONDITION", required = true, value_parser = crate::wait::parse_condition)]
+    pub conditions: Vec<crate::wait::Condition>,
+    /// The server (and target database) as a connection URL. -f takes precedence over
+    /// DATABASE_URL from the environment.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub url: Option<String>,
+    /// Use a manifest's server instead, with its admin URL (the embedded server when the
+    /// manifest has no `servers:`): the module's server with --module, else the first.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Environment, for the module's database name; defaults to the manifest's `environment:`.
+    #[arg(long, env = "PGPLANE_ENV")]
+    pub env: Option<String>,
+    /// With -f: check in this module's database (`database` and `schema-per-tenant`
+    /// storage), e.g. dev_registry for module registry in env dev.
+    #[arg(long, requires = "file")]
+    pub module: Option<String>,
+    /// Give up after this long (e.g. 30s, 5m).
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Check this often (e.g. 250ms, 2s). A connection attempt gets as long, at least 1s.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Print JSON: {"ok", "elapsed_ms", "conditions": [{"condition", "ok", "observed",
+    /// "since_ms"}], "diagnostics": [{"sql", "columns", "rows", "error"}]}.
+    #[arg(long)]
+    pub json: bool,
+    /// On timeout, run this query in the target database (the admin database while that
+    /// one is missing) and show its rows (repeatable).
+    #[arg(long, value_name = "SQL")]
+    pub diagnose_sql: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,11 +11,11 @@ use serde_json::json;
 
 use crate::cli::{
     AdoptArgs, ApplyArgs, ChangeArgs, CredentialFormat, CredentialsArgs, LocalCommand, MigrateCommand, PlanArgs,
-    RoleChoice, StatusArgs,
+    RoleChoice, StatusArgs, WaitArgs,
 };
 use crate::conn::Servers;
 use crate::ops::{self, Ctx, Session};
-use crate::{control, exec, migrate, observe, output, secrets};
+use crate::{control, exec, migrate, observe, output, secrets, wait};
 
 pub async fn plan(ctx: &mut Ctx, args: PlanArgs) -> Result<i32> {
     let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
@@ -424,6 +424,11 @@ async fn ensure_managed(
         ),
         None => bail!("pgplane does not manage role {role} on server {server}"),
     }
+}
+
+/// `pgplane wait`: see [`crate::wait`].
+pub async fn wait(ctx: &Ctx, args: WaitArgs) -> Result<i32> {
+    wait::run(ctx, args).await
 }
 
 pub fn local(ctx: &mut Ctx, command: LocalCommand) -> Result<i32> {

@@ -11,6 +11,7 @@ mod observe;
 mod ops;
 mod output;
 mod secrets;
+mod wait;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
             Command::Adopt(a) => commands::adopt(&mut ctx, a).await,
             Command::Status(a) => commands::status(&mut ctx, a).await,
             Command::Credentials(a) => commands::credentials(&mut ctx, a).await,
+            Command::Wait(a) => commands::wait(&ctx, a).await,
             Command::Local { command } => commands::local(&mut ctx, command),
             Command::Migrate { command } => commands::migrate(&mut ctx, command).await,
         }

@@ -1,0 +1,794 @@
+//! `pgplane wait`: poll a server until readiness conditions hold (the replacement for
+//! `wait_for_psql.py` loops in deployment scripts).
+//!
+//! Every `--interval` all conditions are checked on one connection to the target database,
+//! re-established on the next round whenever it breaks (a server restart). When that
+//! database cannot be connected to because it is missing or closed, catalog conditions are
+//! checked on a connection to a fallback database instead, so `server` and `database:NAME`
+//! still say what is true. Messages name `host:port/database`, never the URL: it may hold
+//! a password.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use pgplane_core::manifest::{Manifest, Storage};
+use pgplane_core::model::{Desired, Purpose};
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use crate::cli::WaitArgs;
+use crate::conn::{Servers, Target};
+use crate::ops::{self, Ctx};
+
+/// Exit code when `--timeout` passed before every condition held.
+pub const EXIT_TIMEOUT: i32 = 1;
+
+/// The accepted forms of `--for`, for messages.
+pub const FORMS: &str = "server, database:NAME, role:NAME, sql:QUERY, migrated:MODULE, branch:ID";
+
+/// The application_name of wait's sessions (visible in pg_stat_activity).
+const APPLICATION_NAME: &str = "pgplane-wait";
+
+/// Rows of a diagnostic query shown as text; JSON has them all.
+const DIAGNOSTIC_TEXT_ROWS: usize = 50;
+
+/// One `--for` condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The server accepts logins: a connection and `SELECT 1` succeed.
+    Server,
+    /// The database exists, allows connections and can be connected to.
+    Database(String),
+    /// The role exists and can log in.
+    Role(String),
+    /// The first column of the first row is true; run in the target database.
+    Sql(String),
+    /// The module's migrations ran (see [`probe_migrated`]).
+    Migrated(String),
+    /// The branch is ready (see [`probe_branch`]).
+    Branch(String),
+}
+
+/// Parses `server`, `database:NAME`, `role:NAME`, `sql:QUERY`, `migrated:MODULE` or
+/// `branch:ID`. Everything after the first colon is the argument, kept as written (a
+/// query may hold colons of its own).
+pub fn parse_condition(s: &str) -> Result<Condition, String> {
+    let (kind, arg) = match s.split_once(':') {
+        Some((k, a)) => (k, Some(a)),
+        None => (s, None),
+    };
+    let need = |what: &str| -> Result<String, String> {
+        match arg {
+            Some(a) if !a.trim().is_empty() => Ok(a.to_string()),
+            _ => Err(format!("condition {s:?} needs {what} after the colon, e.g. {kind}:{}", example(kind))),
+        }
+    };
+    match kind {
+        "server" => match arg {
+            None => Ok(Condition::Server),
+            Some(_) => Err(format!("condition {s:?}: `server` takes no argument; write just `server`")),
+        },
+        "database" => need("a database name").map(Condition::Database),
+        "role" => need("a role name").map(Condition::Role),
+        "sql" => need("a query").map(Condition::Sql),
+        "migrated" => need("a module name").map(Condition::Migrated),
+        "branch" => need("a branch id").map(Condition::Branch),
+        _ => Err(format!("unknown condition {s:?}; the valid forms are: {FORMS}")),
+    }
+}
+
+fn example(kind: &str) -> &'static str {
+    match kind {
+        "database" => "app",
+        "role" => "app",
+        "sql" => "'SELECT count(*) > 0 FROM jobs'",
+        "migrated" => "registry",
+        _ => "ID",
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Condition::Server => f.write_str("server"),
+            Condition::Database(n) => write!(f, "database:{n}"),
+            Condition::Role(n) => write!(f, "role:{n}"),
+            Condition::Sql(q) => write!(f, "sql:{q}"),
+            Condition::Migrated(m) => write!(f, "migrated:{m}"),
+            Condition::Branch(b) => write!(f, "branch:{b}"),
+        }
+    }
+}
+
+/// Whether a condition held in one round, and what was seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub ok: bool,
+    /// What was observed, for the report: the value, the missing object, the error.
+    pub observed: String,
+}
+
+impl Outcome {
+    pub fn holds(observed: impl Into<String>) -> Outcome {
+        Outcome { ok: true, observed: observed.into() }
+    }
+    pub fn fails(observed: impl Into<String>) -> Outcome {
+        Outcome { ok: false, observed: observed.into() }
+    }
+}
+
+/// `sql:` truth: boolean true, a non-zero number, or `t`, `true`, `yes`, `on`, `1` (the
+/// query runs with the simple protocol, so every value arrives as text).
+pub fn truthy(value: &str) -> bool {
+    let v = value.trim().to_ascii_lowercase();
+    if matches!(v.as_str(), "t" | "true" | "yes" | "on") {
+        return true;
+    }
+    v.parse::<f64>().is_ok_and(|n| n != 0.0 && !n.is_nan())
+}
+
+/// What `wait` connects to.
+pub struct Resolved {
+    pub target: Target,
+    /// The database conditions are checked in (`sql:` runs here).
+    pub database: String,
+    /// Where catalog conditions are checked while `database` cannot be connected to.
+    pub fallback: Option<String>,
+    /// With `-f`: the manifest, and its desired state when the environment is known.
+    pub manifest: Option<Manifest>,
+    pub desired: Option<Desired>,
+}
+
+impl Resolved {
+    /// `host:port/database`, never the password.
+    pub fn display(&self) -> String {
+        format!("{}/{}", self.target.display(), self.database)
+    }
+}
+
+/// `--url`, or `-f FILE [--env E] [--module M]`.
+pub fn resolve(ctx: &Ctx, args: &WaitArgs) -> Result<Resolved> {
+    if let Some(file) = &args.file {
+        // clap fills `url` from DATABASE_URL too; only an explicit --url conflicts.
+        if args.url.is_some() && args.url != std::env::var("DATABASE_URL").ok() {
+            bail!("pass either --url or -f FILE, not both");
+        }
+        return resolve_manifest(ctx, file, args.env.as_deref(), args.module.as_deref());
+    }
+    let Some(url) = &args.url else {
+        bail!("nothing to wait on: pass --url URL (or set DATABASE_URL), or -f pgplane.yaml [--module MODULE] to use a manifest's server");
+    };
+    let target = Target::from_url("url", url)?;
+    let database = target
+        .config
+        .get_dbname()
+        .or(target.config.get_user())
+        .context("the URL names neither a database nor a user; write postgresql://USER@HOST:PORT/DATABASE")?
+        .to_string();
+    let fallback = (database != "postgres").then(|| "postgres".to_string());
+    Ok(Resolved { target, database, fallback, manifest: None, desired: None })
+}
+
+fn resolve_manifest(ctx: &Ctx, file: &std::path::Path, env: Option<&str>, module: Option<&str>) -> Result<Resolved> {
+    let manifest = ops::load_manifest(file)?;
+    // The environment matters only for names; without --module it may be absent.
+    let env = match module {
+        Some(_) => Some(ops::environment(&manifest, env)?),
+        None => env.map(str::to_string).or_else(|| manifest.default_environment.clone()),
+    };
+    let desired = match &env {
+        Some(env) => {
+            Some(Desired::build(&manifest, env).map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?)
+        }
+        None => None,
+    };
+    let (server, database) = match (module, &desired) {
+        (Some(name), Some(desired)) => {
+            let m = manifest.module(name).with_context(|| {
+                format!(
+                    "module {name:?} is not in {} (modules: {})",
+                    manifest.file.display(),
+                    manifest.modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            if m.storage == Storage::DatabasePerTenant {
+                bail!(
+                    "module {name} has `storage: database-per-tenant`: every tenant has a database of its own and the module has none to wait on; drop --module and wait with --for database:NAME"
+                );
+            }
+            let db = desired
+                .databases
+                .iter()
+                .find(|d| d.origin.module == name && d.origin.tenant.is_none() && d.origin.purpose == Purpose::Database)
+                .with_context(|| format!("module {name} has no database in the desired state"))?;
+            (Some(m.server.clone()), Some(db.name.clone()))
+        }
+        _ => (None, None),
+    };
+    let servers = Servers::resolve(&manifest, &ctx.local, || ctx.keys())?;
+    let target = match &server {
+        Some(s) => servers.get(s)?.clone(),
+        None => servers.first().clone(),
+    };
+    let admin_db = target.config.get_dbname().unwrap_or("postgres").to_string();
+    let (database, fallback) = match database {
+        Some(db) if db != admin_db => (db, Some(admin_db)),
+        Some(db) => (db, None),
+        None => {
+            let fallback = (admin_db != "postgres").then(|| "postgres".to_string());
+            (admin_db, fallback)
+        }
+    };
+    Ok(Resolved { target, database, fallback, manifest: Some(manifest), desired })
+}
+
+/// A connection that failed, described without the URL.
+struct ConnectError {
+    text: String,
+    /// The server answered that this database is missing or closed: others may work.
+    database_unavailable: bool,
+}
+
+async fn connect(target: &Target, db: &str, limit: Duration) -> Result<Client, ConnectError> {
+    let mut cfg = target.config.clone();
+    cfg.dbname(db);
+    cfg.application_name(APPLICATION_NAME);
+    cfg.connect_timeout(limit);
+    let at = format!("{}/{db}", target.display());
+    // The whole handshake is bounded, not just the TCP connect: a server that accepts and
+    // never answers must not stall the loop.
+    match tokio::time::timeout(limit, cfg.connect(NoTls)).await {
+        Ok(Ok((client, conn))) => {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(client)
+        }
+        Ok(Err(e)) => {
+            let code = e.code().map(|c| c.code().to_string());
+            Err(ConnectError {
+                text: format!("{} at {at}", describe(&e)),
+                database_unavailable: matches!(code.as_deref(), Some("3D000" | "55000")),
+            })
+        }
+        Err(_) => Err(ConnectError {
+            text: format!("no answer within {} at {at}", human(limit)),
+            database_unavailable: false,
+        }),
+    }
+}
+
+/// A tokio-postgres error as one line: the server's message with its SQLSTATE, or the
+/// innermost I/O cause (`connection refused`). These never contain the password.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+    }
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = s.to_string();
+        source = s.source();
+    }
+    if let Some(i) = msg.find(" (os error") {
+        msg.truncate(i);
+    }
+    let mut chars = msg.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => msg,
+    }
+}
+
+/// What a probe may use in one round.
+#[allow(dead_code)] // read by `probe_migrated` and `probe_branch` once they are written
+pub struct Probe<'a> {
+    /// Connection to [`Probe::database`], when one could be made this round.
+    pub client: Option<&'a Client>,
+    /// Why there is no `client`.
+    pub client_error: &'a str,
+    pub target: &'a Target,
+    pub database: &'a str,
+    /// With `-f`: the manifest and (when the environment is known) its desired state.
+    pub manifest: Option<&'a Manifest>,
+    pub desired: Option<&'a Desired>,
+    /// Bound for connections a probe opens itself.
+    pub connect_timeout: Duration,
+}
+
+/// Evaluates `migrated:MODULE`. Called once per round from [`evaluate`]; not written yet.
+pub async fn probe_migrated(_probe: &Probe<'_>, module: &str) -> Outcome {
+    Outcome::fails(format!("migrated:{module}: this condition is not supported yet"))
+}
+
+/// Evaluates `branch:ID`. Called once per round from [`evaluate`]; not written yet.
+pub async fn probe_branch(_probe: &Probe<'_>, id: &str) -> Outcome {
+    Outcome::fails(format!("branch:{id}: this condition is not supported yet"))
+}
+
+/// The connections of the loop: one to the target database, and a fallback one while that
+/// database cannot be connected to. `database:NAME` proves it can connect with a short-lived
+/// connection (an idle one would block `DROP DATABASE`), once per database OID.
+#[derive(Default)]
+struct Conns {
+    main: Option<Client>,
+    main_error: String,
+    fallback: Option<Client>,
+    fallback_error: Option<String>,
+    /// Databases a connection succeeded to, with their OID then.
+    proved: BTreeMap<String, u32>,
+    /// A query got no answer in time: the connection is treated as broken.
+    stalled: std::cell::Cell<bool>,
+}
+
+impl Conns {
+    /// Drops broken connections and reconnects what is missing (one attempt per round).
+    async fn ensure(&mut self, r: &Resolved, limit: Duration) {
+        if self.main.as_ref().is_some_and(Client::is_closed) {
+            tracing::info!(at = %r.display(), "connection lost; reconnecting");
+            self.main = None;
+            self.main_error = format!("connection to {} lost", r.display());
+        }
+        if self.stalled.replace(false) {
+            tracing::info!(at = %r.display(), "a query got no answer in time; reconnecting");
+            self.main = None;
+            self.main_error = format!("a query on {} got no answer in time", r.display());
+            self.fallback = None;
+        }
+        if self.fallback.as_ref().is_some_and(Client::is_closed) {
+            self.fallback = None;
+        }
+        if self.main.is_some() {
+            return;
+        }
+        match connect(&r.target, &r.database, limit).await {
+            Ok(c) => {
+                tracing::debug!(at = %r.display(), "connected");
+                self.main = Some(c);
+                self.fallback = None;
+                self.fallback_error = None;
+            }
+            Err(e) => {
+                self.main_error = e.text;
+                match (&r.fallback, e.database_unavailable) {
+                    (Some(db), true) if self.fallback.is_none() => match connect(&r.target, db, limit).await {
+                        Ok(c) => {
+                            self.fallback = Some(c);
+                            self.fallback_error = None;
+                        }
+                        Err(e) => self.fallback_error = Some(e.text),
+                    },
+                    (_, true) => {}
+                    (_, false) => {
+                        self.fallback = None;
+                        self.fallback_error = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection for catalog queries: the main one or the fallback.
+    fn catalog(&self) -> Option<&Client> {
+        self.main.as_ref().or(self.fallback.as_ref())
+    }
+
+    /// Why there is no catalog connection.
+    fn catalog_error(&self) -> &str {
+        self.fallback_error.as_deref().unwrap_or(&self.main_error)
+    }
+}
+
+/// Evaluates one condition.
+async fn evaluate(
+    cond: &Condition,
+    conns: &mut Conns,
+    r: &Resolved,
+    connect_limit: Duration,
+    query_limit: Duration,
+) -> Outcome {
+    match cond {
+        Condition::Server => match conns.catalog() {
+            Some(c) => match bounded(query_limit, &conns.stalled, c.simple_query("SELECT 1")).await {
+                Ok(_) => Outcome::holds(format!("accepts logins at {}", r.target.display())),
+                Err(e) => Outcome::fails(e),
+            },
+            None => Outcome::fails(conns.catalog_error().to_string()),
+        },
+        Condition::Database(name) => {
+            let Some(c) = conns.catalog() else {
+                return Outcome::fails(conns.catalog_error().to_string());
+            };
+            let sql = "SELECT oid, datallowconn FROM pg_database WHERE datname = $1";
+            let row = match bounded(query_limit, &conns.stalled, c.query_opt(sql, &[name])).await {
+                Ok(row) => row,
+                Err(e) => return Outcome::fails(e),
+            };
+            let accepts = || Outcome::holds(format!("database {name} accepts connections"));
+            match row.map(|r| (r.get::<_, u32>(0), r.get::<_, bool>(1))) {
+                None => {
+                    conns.proved.remove(name);
+                    Outcome::fails(format!("database {name} does not exist"))
+                }
+                Some((_, false)) => {
+                    conns.proved.remove(name);
+                    Outcome::fails(format!("database {name} exists but does not allow connections"))
+                }
+                Some(_) if *name == r.database && conns.main.is_some() => accepts(),
+                Some((oid, _)) if conns.proved.get(name) == Some(&oid) => accepts(),
+                Some((oid, _)) => match connect(&r.target, name, connect_limit).await {
+                    Ok(_) => {
+                        conns.proved.insert(name.clone(), oid);
+                        accepts()
+                    }
+                    Err(e) => Outcome::fails(format!("database {name} exists but connecting failed: {}", e.text)),
+                },
+            }
+        }
+        Condition::Role(name) => {
+            let Some(c) = conns.catalog() else {
+                return Outcome::fails(conns.catalog_error().to_string());
+            };
+            let sql = "SELECT rolcanlogin, rolvaliduntil IS NOT NULL AND rolvaliduntil <= now() \
+                       FROM pg_roles WHERE rolname = $1";
+            match bounded(query_limit, &conns.stalled, c.query_opt(sql, &[name])).await {
+                Ok(None) => Outcome::fails(format!("role {name} does not exist")),
+                Ok(Some(row)) => match (row.get::<_, bool>(0), row.get::<_, bool>(1)) {
+                    (false, _) => Outcome::fails(format!("role {name} exists but cannot log in (NOLOGIN)")),
+                    (true, true) => {
+                        Outcome::fails(format!("role {name} exists but its password has expired (VALID UNTIL)"))
+                    }
+                    (true, false) => Outcome::holds(format!("role {name} exists and can log in")),
+                },
+                Err(e) => Outcome::fails(e),
+            }
+        }
+        Condition::Sql(query) => {
+            let Some(c) = conns.main.as_ref() else {
+                return Outcome::fails(conns.main_error.clone());
+            };
+            match bounded(query_limit, &conns.stalled, c.simple_query(query)).await {
+                Ok(messages) => {
+                    let first = messages.iter().find_map(|m| match m {
+                        SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
+                        _ => None,
+                    });
+                    match first {
+                        None => Outcome::fails("returned no rows"),
+                        Some(None) => Outcome::fails("returned NULL"),
+                        Some(Some(v)) if truthy(v.as_str()) => Outcome::holds(format!("returned {v}")),
+                        Some(Some(v)) => Outcome::fails(format!("returned {v}")),
+                    }
+                }
+                Err(e) => Outcome::fails(e),
+            }
+        }
+        Condition::Migrated(module) => probe_migrated(&probe(conns, r, connect_limit), module).await,
+        Condition::Branch(id) => probe_branch(&probe(conns, r, connect_limit), id).await,
+    }
+}
+
+/// Runs a query with a time limit; errors as one line. A query without an answer marks
+/// the connections `stalled`, so that the next round reconnects.
+async fn bounded<T>(
+    limit: Duration,
+    stalled: &std::cell::Cell<bool>,
+    fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(res) => res.map_err(|e| describe(&e)),
+        Err(_) => {
+            stalled.set(true);
+            Err(format!("no answer within {}", human(limit)))
+        }
+    }
+}
+
+fn probe<'a>(conns: &'a Conns, r: &'a Resolved, connect_timeout: Duration) -> Probe<'a> {
+    Probe {
+        client: conns.main.as_ref(),
+        client_error: &conns.main_error,
+        target: &r.target,
+        database: &r.database,
+        manifest: r.manifest.as_ref(),
+        desired: r.desired.as_ref(),
+        connect_timeout,
+    }
+}
+
+/// One condition's state across rounds.
+struct State {
+    cond: Condition,
+    outcome: Outcome,
+    /// When the condition started to hold (in its current run of rounds).
+    since: Option<Duration>,
+}
+
+/// The result of a diagnostic query.
+struct Diagnostic {
+    sql: String,
+    columns: Vec<String>,
+    rows: Vec<Vec<Option<String>>>,
+    error: Option<String>,
+}
+
+async fn diagnose(sql: &str, client: Option<&Client>, no_client: &str, limit: Duration) -> Diagnostic {
+    let mut d = Diagnostic { sql: sql.to_string(), columns: Vec::new(), rows: Vec::new(), error: None };
+    let Some(c) = client else {
+        d.error = Some(format!("not run: {no_client}"));
+        return d;
+    };
+    match tokio::time::timeout(limit, c.simple_query(sql)).await {
+        Ok(Ok(messages)) => {
+            for m in messages {
+                match m {
+                    SimpleQueryMessage::RowDescription(cols) if d.columns.is_empty() => {
+                        d.columns = cols.iter().map(|c| c.name().to_string()).collect();
+                    }
+                    SimpleQueryMessage::Row(row) => {
+                        if d.columns.is_empty() {
+                            d.columns = row.columns().iter().map(|c| c.name().to_string()).collect();
+                        }
+                        d.rows.push((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(Err(e)) => d.error = Some(describe(&e)),
+        Err(_) => d.error = Some(format!("no answer within {}", human(limit))),
+    }
+    d
+}
+
+/// `1.3s`, `250ms`, `5m`.
+fn human(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d < Duration::from_secs(120) {
+        format!("{:.1}s", d.as_secs_f64()).replace(".0s", "s")
+    } else {
+        format!("{}m{}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
+}
+
+/// Progress on stderr: a spinner on a terminal, else a line every 10 seconds.
+enum Progress {
+    Spinner(indicatif::ProgressBar),
+    Lines { last: Instant },
+}
+
+impl Progress {
+    fn new() -> Progress {
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            Progress::Spinner(bar)
+        } else {
+            Progress::Lines { last: Instant::now() }
+        }
+    }
+
+    fn update(&mut self, elapsed: Duration, states: &[State]) {
+        let pending: Vec<String> =
+            states.iter().filter(|s| !s.outcome.ok).map(|s| format!("{} ({})", s.cond, s.outcome.observed)).collect();
+        match self {
+            Progress::Spinner(bar) => {
+                bar.set_message(format!("waiting {} for {}", human(elapsed), pending.join(", ")));
+            }
+            Progress::Lines { last } => {
+                if last.elapsed() >= Duration::from_secs(10) {
+                    *last = Instant::now();
+                    eprintln!("pgplane: still waiting after {} for {}", human(elapsed), pending.join(", "));
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Progress::Spinner(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: WaitArgs) -> Result<i32> {
+    if args.interval < Duration::from_millis(10) {
+        bail!("--interval {} is too short; use at least 10ms (e.g. 250ms)", human(args.interval));
+    }
+    let r = resolve(ctx, &args)?;
+    let started = Instant::now();
+    let deadline = started + args.timeout;
+    let mut states: Vec<State> = args
+        .conditions
+        .iter()
+        .map(|c| State { cond: c.clone(), outcome: Outcome::fails("not checked yet"), since: None })
+        .collect();
+    let mut conns = Conns { main_error: format!("not connected to {} yet", r.display()), ..Conns::default() };
+    let mut progress = Progress::new();
+    let limits = |now: Instant| {
+        // Never stall a round on one attempt: a connection gets at most the interval
+        // (at least 1s), a query at least 5s; both end at the deadline (at least 1s later).
+        let left = deadline.saturating_duration_since(now).max(Duration::from_secs(1));
+        (args.interval.max(Duration::from_secs(1)).min(left), args.interval.max(Duration::from_secs(5)).min(left))
+    };
+    let all_ok = loop {
+        let round = Instant::now();
+        let (connect_limit, query_limit) = limits(round);
+        conns.ensure(&r, connect_limit).await;
+        // Catalog checks first: a slow `sql:` query must not delay them on the shared connection.
+        let mut order: Vec<&mut State> = states.iter_mut().collect();
+        order.sort_by_key(|s| matches!(s.cond, Condition::Sql(_) | Condition::Migrated(_) | Condition::Branch(_)));
+        for s in order {
+            let outcome = evaluate(&s.cond, &mut conns, &r, connect_limit, query_limit).await;
+            s.since = match (outcome.ok, s.since) {
+                (true, Some(t)) => Some(t),
+                (true, None) => Some(started.elapsed()),
+                (false, _) => None,
+            };
+            s.outcome = outcome;
+        }
+        if states.iter().all(|s| s.outcome.ok) {
+            break true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break false;
+        }
+        progress.update(now - started, &states);
+        tokio::time::sleep_until((round + args.interval).min(deadline)).await;
+    };
+    progress.finish();
+    let elapsed = started.elapsed();
+    let mut diagnostics = Vec::new();
+    if !all_ok && !args.diagnose_sql.is_empty() {
+        let (connect_limit, query_limit) = limits(Instant::now());
+        if conns.catalog().is_none() {
+            conns.ensure(&r, connect_limit).await;
+        }
+        for sql in &args.diagnose_sql {
+            diagnostics.push(diagnose(sql, conns.catalog(), conns.catalog_error(), query_limit).await);
+        }
+    }
+    if args.json {
+        let doc = json!({
+            "ok": all_ok,
+            "elapsed_ms": elapsed.as_millis() as u64,
+            "conditions": states.iter().map(|s| json!({
+                "condition": s.cond.to_string(),
+                "ok": s.outcome.ok,
+                "observed": s.outcome.observed,
+                "since_ms": s.since.map(|d| d.as_millis() as u64),
+            })).collect::<Vec<_>>(),
+            "diagnostics": diagnostics.iter().map(|d| json!({
+                "sql": d.sql, "columns": d.columns, "rows": d.rows, "error": d.error,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", report_text(&states, &diagnostics));
+    }
+    if all_ok {
+        return Ok(0);
+    }
+    let failing: Vec<String> = states.iter().filter(|s| !s.outcome.ok).map(|s| s.cond.to_string()).collect();
+    eprintln!(
+        "pgplane: timed out after {} on {}; not holding: {}",
+        human(args.timeout),
+        r.display(),
+        failing.join(", ")
+    );
+    Ok(EXIT_TIMEOUT)
+}
+
+fn report_text(states: &[State], diagnostics: &[Diagnostic]) -> String {
+    let width = states.iter().map(|s| s.cond.to_string().chars().count()).max().unwrap_or(0);
+    let mut out = String::new();
+    for s in states {
+        let cond = s.cond.to_string();
+        let pad = " ".repeat(width - cond.chars().count());
+        match (s.outcome.ok, s.since) {
+            (true, Some(t)) => out.push_str(&format!("ok    {cond}{pad}  after {}\n", human(t))),
+            _ => out.push_str(&format!("FAIL  {cond}{pad}  {}\n", s.outcome.observed)),
+        }
+    }
+    for d in diagnostics {
+        out.push_str(&format!("\ndiagnostic: {}\n", d.sql));
+        if let Some(e) = &d.error {
+            out.push_str(&format!("  error: {e}\n"));
+            continue;
+        }
+        out.push_str(&table(&d.columns, &d.rows));
+    }
+    out
+}
+
+/// A psql-like table, indented; at most [`DIAGNOSTIC_TEXT_ROWS`] rows.
+fn table(columns: &[String], rows: &[Vec<Option<String>>]) -> String {
+    let cell = |v: &Option<String>| v.clone().unwrap_or_else(|| "NULL".into());
+    let shown = &rows[..rows.len().min(DIAGNOSTIC_TEXT_ROWS)];
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
+    for row in shown {
+        for (i, v) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell(v).chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> =
+            cells.iter().zip(&widths).map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count()))).collect();
+        format!("  {}\n", parts.join(" | ").trim_end())
+    };
+    let mut out = line(columns.to_vec());
+    out.push_str(&format!("  {}\n", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-")));
+    for row in shown {
+        out.push_str(&line(row.iter().map(cell).collect()));
+    }
+    match rows.len() {
+        n if n > shown.len() => out.push_str(&format!("  ({n} rows, {} shown)\n", shown.len())),
+        1 => out.push_str("  (1 row)\n"),
+        n => out.push_str(&format!("  ({n} rows)\n")),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_parse() {
+        assert_eq!(parse_condition("server"), Ok(Condition::Server));
+        assert_eq!(parse_condition("database:app"), Ok(Condition::Database("app".into())));
+        assert_eq!(parse_condition("role:dev_app"), Ok(Condition::Role("dev_app".into())));
+        assert_eq!(parse_condition("migrated:registry"), Ok(Condition::Migrated("registry".into())));
+        assert_eq!(parse_condition("branch:42"), Ok(Condition::Branch("42".into())));
+    }
+
+    #[test]
+    fn sql_keeps_everything_after_the_first_colon() {
+        let q = "SELECT '1'::int = 1 AND 'a:b' <> ''";
+        assert_eq!(parse_condition(&format!("sql:{q}")), Ok(Condition::Sql(q.into())));
+        assert_eq!(parse_condition(&format!("sql:{q}")).unwrap().to_string(), format!("sql:{q}"));
+    }
+
+    #[test]
+    fn bad_conditions_say_what_is_valid() {
+        let e = parse_condition("datbase:app").unwrap_err();
+        assert!(e.contains("unknown condition \"datbase:app\""), "{e}");
+        assert!(e.contains(FORMS), "{e}");
+        assert!(parse_condition("database:").unwrap_err().contains("needs a database name"));
+        assert!(parse_condition("sql:  ").unwrap_err().contains("needs a query"));
+        assert!(parse_condition("server:x").unwrap_err().contains("takes no argument"));
+        assert!(parse_condition("").unwrap_err().contains("unknown condition"));
+    }
+
+    #[test]
+    fn truth_values() {
+        for v in ["t", "true", "TRUE", "yes", "on", "1", "2", "-1", "0.5"] {
+            assert!(truthy(v), "{v}");
+        }
+        for v in ["f", "false", "no", "off", "0", "0.0", "", "x", "NaN"] {
+            assert!(!truthy(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
+        assert_eq!(human(Duration::from_millis(1300)), "1.3s");
+        assert_eq!(human(Duration::from_secs(2)), "2s");
+        assert_eq!(human(Duration::from_secs(300)), "5m0s");
+    }
+
+    #[test]
+    fn tables_are_aligned() {
+        let t = table(&["a".into(), "long".into()], &[vec![Some("xyz".into()), None]]);
+        assert_eq!(t, "  a   | long\n  ----+-----\n  xyz | NULL\n  (1 row)\n");
+    }
+}
