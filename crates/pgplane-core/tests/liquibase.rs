@@ -56,8 +56,8 @@ fn check_oracle(name: &str) -> usize {
 
 #[test]
 fn checksums_filenames_and_descriptions_equal_liquibase() {
-    let total: usize = ["yaml", "xml", "json", "sql", "mixed"].iter().map(|f| check_oracle(f)).sum();
-    assert_eq!(total, 35);
+    let total: usize = ["yaml", "xml", "json", "sql", "mixed", "edge"].iter().map(|f| check_oracle(f)).sum();
+    assert_eq!(total, 41);
 }
 
 fn sql_text(name: &str, schema: Option<&str>) -> String {
@@ -79,7 +79,7 @@ fn sql_text(name: &str, schema: Option<&str>) -> String {
 
 #[test]
 fn generated_sql_snapshots() {
-    for f in ["yaml", "xml", "json", "sql", "mixed"] {
+    for f in ["yaml", "xml", "json", "sql", "mixed", "edge"] {
         expect_file![fixture(f).join("pgplane.sql")].assert_eq(&sql_text(f, Some("public")));
     }
 }

@@ -123,7 +123,32 @@ pub(crate) fn from_yaml(file: &str, src: &str, json: bool) -> Result<Node, Chang
     };
     let mut node = Node::new("databaseChangeLog", Some(1));
     fill(&mut node, "databaseChangeLog", root, json);
+    if !json {
+        keep_unquoted_dates(&mut node, src);
+    }
     Ok(node)
+}
+
+/// serde_yaml does not say whether a scalar was quoted; snakeyaml reads only an unquoted
+/// date as a timestamp. Keep the date mark only where the source has the value unquoted.
+fn keep_unquoted_dates(node: &mut Node, src: &str) {
+    let attrs = node.attrs.clone();
+    node.yaml_dates.retain(|k| {
+        attrs.iter().filter(|(a, _)| a == k).any(|(_, v)| {
+            src.lines().any(|l| {
+                let l = l.trim().trim_start_matches('-').trim();
+                l.split(['{', ',']).any(|part| {
+                    let part = part.trim();
+                    part.strip_prefix(k.as_str())
+                        .and_then(|r| r.trim_start().strip_prefix(':'))
+                        .is_some_and(|r| r.trim().trim_end_matches('}').trim() == v)
+                })
+            })
+        })
+    });
+    for c in &mut node.children {
+        keep_unquoted_dates(c, src);
+    }
 }
 
 fn scalar(v: &serde_yaml::Value) -> Option<String> {

@@ -420,6 +420,16 @@ impl Ctx<'_> {
                 fields.push((k.to_string(), SVal::Str(v)));
             }
         }
+        if ty == "addForeignKeyConstraint" {
+            // Liquibase turns deleteCascade into onDelete=CASCADE when it loads the change.
+            if let Some(i) = fields.iter().position(|(k, _)| k == "deleteCascade") {
+                let (_, v) = fields.remove(i);
+                if matches!(&v, SVal::Str(b) if b == "true") {
+                    fields.retain(|(k, _)| k != "onDelete");
+                    fields.push(("onDelete".into(), SVal::Str("CASCADE".into())));
+                }
+            }
+        }
         let mut columns = Vec::new();
         let mut col_fields = Vec::new();
         if has_columns {
@@ -966,13 +976,15 @@ fn condition(n: &Node, path: &str, line: usize, who: &str) -> Result<Condition, 
             let sql = sql.filter(|s| !s.is_empty()).ok_or_else(|| err("the SQL to run is required".into()))?;
             Condition::SqlCheck { expected: req("expectedResult")?.trim().to_string(), sql }
         }
-        other => return Err(ChangelogError::new(
-            path,
-            Some(line),
-            format!(
+        other => {
+            return Err(ChangelogError::new(
+                path,
+                Some(line),
+                format!(
                 "{who}: precondition {other} is not supported; use tableExists, columnExists, sqlCheck, and, or, not"
             ),
-        )),
+            ))
+        }
     })
 }
 

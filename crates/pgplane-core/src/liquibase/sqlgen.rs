@@ -228,18 +228,19 @@ fn column_def(c: &Column, in_create_table: bool) -> String {
             s.push_str(&format!(" ({})", opts.join(" ")));
         }
     } else if let Some(d) = &c.default {
-        s.push_str(&format!(" DEFAULT {}", value_sql(d)));
+        let numeric_type = ["INTEGER", "BIGINT", "SMALLINT", "DECIMAL", "numeric", "FLOAT", "REAL", "DOUBLE"]
+            .iter()
+            .any(|p| ty.starts_with(p));
+        match d {
+            Value::Text(v) if numeric_type && v.trim().parse::<f64>().is_ok() => s.push_str(&format!(" DEFAULT {v}")),
+            d => s.push_str(&format!(" DEFAULT {}", value_sql(d))),
+        }
     }
     if cons.nullable == Some(false) || (cons.primary_key && in_create_table) {
         s.push_str(" NOT NULL");
     }
-    if !in_create_table {
-        if cons.primary_key {
-            s.push_str(" PRIMARY KEY");
-        }
-        if cons.unique {
-            s.push_str(" UNIQUE");
-        }
+    if !in_create_table && cons.primary_key {
+        s.push_str(" PRIMARY KEY");
     }
     s
 }
@@ -370,9 +371,15 @@ fn change_sql(c: &Change, d: Option<&str>) -> Vec<String> {
             let t = q(table, d);
             for c in columns {
                 out.push(format!("ALTER TABLE {t} ADD {}", column_def(c, false)));
-            }
-            for c in columns {
                 let Some(k) = &c.constraints else { continue };
+                if k.unique {
+                    let name = k
+                        .unique_constraint_name
+                        .as_deref()
+                        .map(|n| format!("CONSTRAINT {} ", ident(n)))
+                        .unwrap_or_default();
+                    out.push(format!("ALTER TABLE {t} ADD {name}UNIQUE ({})", ident(&c.name)));
+                }
                 if let (Some((target, rcols)), Some(name)) = (fk_target(c), &k.foreign_key_name) {
                     out.push(format!(
                         "ALTER TABLE {t} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({rcols}){}",
@@ -388,12 +395,10 @@ fn change_sql(c: &Change, d: Option<&str>) -> Vec<String> {
         Change::DropColumn { table, column } => {
             out.push(format!("ALTER TABLE {} DROP COLUMN {}", q(table, d), ident(column)));
         }
-        Change::RenameColumn { table, old, new, remarks } => {
+        Change::RenameColumn { table, old, new, .. } => {
             let t = q(table, d);
+            // Liquibase 4.28 writes no comment for renameColumn's remarks on PostgreSQL.
             out.push(format!("ALTER TABLE {t} RENAME COLUMN {} TO {}", ident(old), ident(new)));
-            if let Some(r) = remarks {
-                out.push(format!("COMMENT ON COLUMN {t}.{} IS {}", ident(new), literal(r)));
-            }
         }
         Change::ModifyDataType { table, column, new_type } => {
             let (ty, _) = pg_type(new_type);
