@@ -159,3 +159,15 @@ fn selection_and_checksum_acceptance() {
     let shop7 = sets.iter().find(|c| c.id == "shop-7").unwrap();
     assert_eq!(shop7.tag(), Some("v1.0"));
 }
+
+#[test]
+fn default_schema_qualifies_unqualified_names_only() {
+    let sets = load("json");
+    let blog1 = &sets[0];
+    let tenant: Vec<String> = blog1.sql(Some("tenant_a")).into_iter().map(|s| s.sql).collect();
+    assert!(tenant[0].starts_with("CREATE TABLE tenant_a.post ("), "{}", tenant[0]);
+    assert!(tenant[1].contains("REFERENCES tenant_a.post(id)"), "{}", tenant[1]);
+    let bare: Vec<String> = blog1.sql(None).into_iter().map(|s| s.sql).collect();
+    assert!(bare[0].starts_with("CREATE TABLE post ("), "{}", bare[0]);
+    assert_eq!(blog1.sql(None).iter().map(|s| s.change_index).collect::<Vec<_>>(), vec![0, 1]);
+}

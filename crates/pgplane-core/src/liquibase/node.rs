@@ -15,6 +15,9 @@ pub(crate) struct Node {
     /// YAML only: keys whose scalar value was an unquoted date (snakeyaml turns those into
     /// timestamps, which changes how Liquibase serialises them).
     pub yaml_dates: Vec<String>,
+    /// YAML only: keys whose value was a floating-point number (a Java Double for
+    /// Liquibase, which writes `1.0` as `1` in SQL).
+    pub yaml_floats: Vec<String>,
 }
 
 impl Node {
@@ -26,6 +29,7 @@ impl Node {
             text: None,
             line,
             yaml_dates: Vec::new(),
+            yaml_floats: Vec::new(),
         }
     }
 
@@ -224,6 +228,9 @@ fn add(node: &mut Node, k: &str, val: &serde_yaml::Value, json: bool) {
             if let Some(s) = scalar(other) {
                 if !json && matches!(other, serde_yaml::Value::String(_)) && is_date(&s) {
                     node.yaml_dates.push(k.to_string());
+                }
+                if matches!(other, serde_yaml::Value::Number(n) if n.is_f64()) {
+                    node.yaml_floats.push(k.to_string());
                 }
                 node.attrs.push((k.to_string(), s));
             }

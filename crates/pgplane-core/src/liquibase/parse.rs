@@ -879,6 +879,12 @@ fn column(n: &Node, err: &dyn Fn(String) -> ChangelogError) -> Result<(Column, V
         None => None,
     };
     let name = n.get("name").ok_or_else(|| err("every column needs a name".into()))?;
+    let float = |v: Value, key: &str| match v {
+        Value::Numeric(x) if n.yaml_floats.iter().any(|k| k == key) && x.ends_with(".0") => {
+            Value::Numeric(x.trim_end_matches(".0").to_string())
+        }
+        v => v,
+    };
     let date = |v: Value| match v {
         Value::Date(d) if n.yaml_dates.iter().any(|k| k.ends_with("Date")) && d.len() == 10 => {
             Value::Date(format!("{d}T00:00:00"))
@@ -888,8 +894,8 @@ fn column(n: &Node, err: &dyn Fn(String) -> ChangelogError) -> Result<(Column, V
     let col = Column {
         name,
         data_type: n.get("type"),
-        value: value_of(n, "", err)?.map(date),
-        default: value_of(n, "default", err)?.map(date),
+        value: value_of(n, "", err)?.map(date).map(|v| float(v, "valueNumeric")),
+        default: value_of(n, "default", err)?.map(date).map(|v| float(v, "defaultValueNumeric")),
         auto_increment: n.get("autoIncrement").is_some_and(|v| v.eq_ignore_ascii_case("true")),
         start_with: n.get("startWith"),
         increment_by: n.get("incrementBy"),
