@@ -1,10 +1,16 @@
 //! pgplane's pure core. Manifest → validated [`manifest::Manifest`] → [`model::Desired`];
 //! with an [`observed::Observed`] the [`plan::plan`] function computes ordered actions.
 //!
+//! [`liquibase`] parses Liquibase changelogs into changesets with their SQL and checksums;
+//! [`sqlsplit`] splits SQL scripts into statements.
+//!
 //! **Invariant:** nothing in this crate does I/O beyond reading the manifest file in
-//! [`manifest::Manifest::load`]; it depends on no database, HTTP or CLI crate.
+//! [`manifest::Manifest::load`] and reading migration source files through a
+//! [`liquibase::Loader`]; it never talks to a database or the network, and depends on no
+//! database, HTTP or CLI crate.
 
 pub mod ident;
+pub mod liquibase;
 pub mod manifest;
 pub mod migrate;
 pub mod model;
@@ -12,3 +18,4 @@ pub mod naming;
 pub mod observed;
 pub mod plan;
 pub mod render;
+pub mod sqlsplit;
