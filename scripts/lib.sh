@@ -36,3 +36,31 @@ default_home() {
     echo "$wanted"
   fi
 }
+
+# Real Liquibase for the interoperability suite and the benchmark: the npm package
+# `liquibase` (it ships the Liquibase CLI and the PostgreSQL JDBC driver) needs Java 17+.
+LIQUIBASE_NPM_VERSION=4.28.1   # ships Liquibase 4.28.0
+ensure_liquibase() {
+  local dir="${PGPLANE_TOOLS:-/var/tmp/pgplane-tools}/liquibase-$LIQUIBASE_NPM_VERSION"
+  local bin="$dir/node_modules/liquibase/dist/liquibase/liquibase"
+  if ! command -v java >/dev/null 2>&1; then
+    echo "java not found: installing the Debian package openjdk-17-jre-headless" >&2
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+  fi
+  if [ ! -x "$bin" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+      echo "npm not found: installing the Debian package npm" >&2
+      local sudo=""
+      [ "$(id -u)" = 0 ] || sudo="sudo"
+      $sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq npm >/dev/null
+    fi
+    echo "installing Liquibase (npm liquibase@$LIQUIBASE_NPM_VERSION) into $dir" >&2
+    mkdir -p "$dir"
+    npm install --prefix "$dir" --no-audit --no-fund --loglevel=error "liquibase@$LIQUIBASE_NPM_VERSION" >/dev/null
+  fi
+  export LIQUIBASE="$bin"
+}

@@ -285,7 +285,7 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 /// What a probe may use in one round.
-#[allow(dead_code)] // read by `probe_migrated` and `probe_branch` once they are written
+#[allow(dead_code)] // client, client_error and database are for `probe_branch` (branches issue)
 pub struct Probe<'a> {
     /// Connection to [`Probe::database`], when one could be made this round.
     pub client: Option<&'a Client>,
@@ -300,9 +300,27 @@ pub struct Probe<'a> {
     pub connect_timeout: Duration,
 }
 
-/// Evaluates `migrated:MODULE`. Called once per round from [`evaluate`]; not written yet.
-pub async fn probe_migrated(_probe: &Probe<'_>, module: &str) -> Outcome {
-    Outcome::fails(format!("migrated:{module}: this condition is not supported yet"))
+/// Evaluates `migrated:MODULE`: every migration of the module's source is applied in its
+/// database, or in every tenant's schema or database. Needs `-f`.
+pub async fn probe_migrated(probe: &Probe<'_>, module: &str) -> Outcome {
+    let (Some(manifest), Some(desired)) = (probe.manifest, probe.desired) else {
+        return Outcome::fails(format!(
+            "migrated:{module} needs the manifest: pass -f FILE (and --env E unless the manifest sets `environment:`)"
+        ));
+    };
+    let server = |name: &str| -> Result<Target> {
+        match manifest.servers.iter().find(|s| s.name == name) {
+            Some(s) => Target::from_url(&s.name, &s.url),
+            None => Ok(probe.target.clone()),
+        }
+    };
+    let limit = probe.connect_timeout.max(Duration::from_secs(5));
+    match tokio::time::timeout(limit, crate::migrate::unmigrated(manifest, desired, module, server)).await {
+        Ok(Ok(None)) => Outcome::holds(format!("module {module}: every migration applied")),
+        Ok(Ok(Some(missing))) => Outcome::fails(missing),
+        Ok(Err(e)) => Outcome::fails(format!("{e:#}")),
+        Err(_) => Outcome::fails(format!("no answer within {}", human(limit))),
+    }
 }
 
 /// Evaluates `branch:ID`. Called once per round from [`evaluate`]; not written yet.

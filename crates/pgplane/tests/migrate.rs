@@ -289,3 +289,37 @@ fn manifest_errors_name_the_module_and_fix() {
     let r = migrate(&t, "up", &["-f", f2.to_str().unwrap()]).fails();
     assert!(r.stderr.contains("no module") && r.stderr.contains("migrations: PATH"), "{}", r.stderr);
 }
+
+#[test]
+fn wait_for_migrated_holds_once_every_tenant_is_migrated() {
+    let t = T::new("mig_wait");
+    t.write("shop-db/V1__orders.sql", "CREATE TABLE orders (id int PRIMARY KEY);\n");
+    t.write("users-db/V1__users.sql", "CREATE TABLE users (id int PRIMARY KEY, name text);\n");
+    let f = t.manifest(TENANTS);
+    let f = f.to_str().unwrap();
+    t.pgplane(&["apply", "-f", f, "--yes", "--skip-migrations"]).ok();
+    let r = t.pgplane(&["wait", "-f", f, "--for", "migrated:users", "--timeout", "500ms"]).fails();
+    assert!(
+        r.stdout.contains("3 of 3 target(s) not migrated") && r.stdout.contains("users/acme: 1 pending"),
+        "{}",
+        r.stdout
+    );
+    // Migrate one tenant only: still not all.
+    migrate(&t, "up", &["-f", f, "--module", "users", "--tenant", "acme"]).ok();
+    let r = t.pgplane(&["wait", "-f", f, "--for", "migrated:users", "--timeout", "500ms"]).fails();
+    assert!(r.stdout.contains("2 of 3 target(s)"), "{}", r.stdout);
+    // A waiter started now returns soon after the rest is migrated.
+    let waiter = t
+        .cmd()
+        .args(["wait", "-f", f, "--for", "migrated:users", "--timeout", "60s", "--interval", "200ms"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    migrate(&t, "up", &["-f", f, "--module", "users"]).ok();
+    let done = Instant::now();
+    let out = waiter.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok    migrated:users"));
+    assert!(done.elapsed() < Duration::from_secs(5), "the waiter noticed within a few intervals");
+}

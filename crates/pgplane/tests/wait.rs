@@ -230,7 +230,7 @@ fn bad_invocations_say_how_to_fix_them() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("server, database:NAME, role:NAME, sql:QUERY, migrated:MODULE, branch:ID"));
     let run = wait(&t, &["--url", &t.server.url, "--for", "migrated:registry", "--timeout", "300ms"]).fails();
-    assert!(run.stdout.contains("migrated:registry: this condition is not supported yet"), "{}", run.stdout);
+    assert!(run.stdout.contains("migrated:registry needs the manifest: pass -f FILE"), "{}", run.stdout);
 }
 
 #[test]

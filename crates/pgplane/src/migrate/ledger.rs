@@ -9,7 +9,7 @@ use pgplane_core::ident::quote_ident;
 use pgplane_core::migrate::{Applied, SqlMigration, State, Step, Unit};
 use tokio_postgres::Client;
 
-use super::{Failure, Source, Target};
+use super::{liquibase, Failure, Source, Target};
 
 /// Ledger table names; `None` takes the default.
 #[derive(Debug, Clone, Default)]
@@ -26,15 +26,22 @@ impl LedgerNames {
     pub fn table(&self, source: &Source) -> String {
         match source {
             Source::Sql { .. } => self.history_table.clone().unwrap_or_else(|| DEFAULT_HISTORY_TABLE.into()),
+            Source::Liquibase(_) => {
+                self.changelog_table.clone().unwrap_or_else(|| liquibase::DEFAULT_CHANGELOG_TABLE.into())
+            }
         }
+    }
+
+    pub fn lock_table(&self) -> String {
+        self.changelog_lock_table.clone().unwrap_or_else(|| liquibase::DEFAULT_LOCK_TABLE.into())
     }
 }
 
-fn qualified(schema: &str, table: &str) -> String {
+pub fn qualified(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
 }
 
-async fn table_exists(client: &Client, schema: &str, table: &str) -> Result<bool> {
+pub async fn table_exists(client: &Client, schema: &str, table: &str) -> Result<bool> {
     let row = client
         .query_one("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", &[&schema, &table])
         .await?;
@@ -48,6 +55,7 @@ pub async fn read(client: &Client, source: &Source, schema: &str, names: &Ledger
         return Ok(None);
     }
     let rows = match source {
+        Source::Liquibase(_) => return liquibase::read(client, schema, &table).await,
         Source::Sql { .. } => {
             let sql = format!(
                 "SELECT DISTINCT ON (key) key, checksum, success, transactional,
@@ -79,10 +87,14 @@ pub async fn read(client: &Client, source: &Source, schema: &str, names: &Ledger
 /// Creates the ledger if it is missing (under the migration lock).
 pub async fn ensure(client: &Client, source: &Source, schema: &str, names: &LedgerNames) -> Result<()> {
     let table = names.table(source);
+    if let Source::Liquibase(_) = source {
+        return liquibase::ensure(client, schema, &table, &names.lock_table()).await;
+    }
     if table_exists(client, schema, &table).await? {
         return Ok(());
     }
     let sql = match source {
+        Source::Liquibase(_) => unreachable!("handled above"),
         Source::Sql { .. } => format!(
             "CREATE TABLE {} (
                 installed_rank integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -173,6 +185,7 @@ pub async fn run_unit(
         _ => "reapplied",
     };
     match source {
+        Source::Liquibase(l) => liquibase::run_unit(client, l, t, &names.table(source), step, unit).await,
         Source::Sql { migrations, folder } => {
             let m = migrations.iter().find(|m| m.key() == unit.key).context("unit without migration")?;
             let table = qualified(&t.schema, &names.table(source));

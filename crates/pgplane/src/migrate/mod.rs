@@ -4,6 +4,7 @@
 //! transaction with its ledger row unless it says otherwise.
 
 mod ledger;
+mod liquibase;
 mod source;
 
 use std::fmt::Write as _;
@@ -199,10 +200,32 @@ async fn run_target(source: &Source, t: &Target, opts: &RunOptions, many: bool, 
         Mode::Up => Some(ledger::lock(&client, source, t, &opts.ledger, opts.lock_timeout).await?),
         Mode::Status | Mode::Validate => None,
     };
-    if opts.mode == Mode::Up {
-        ledger::ensure(&client, source, &t.schema, &opts.ledger).await?;
+    if opts.mode != Mode::Up {
+        return plan_and_run(&mut client, source, t, opts, many, report).await;
     }
-    let (units, applied, p) = plan_target(&client, source, t, opts).await?;
+    ledger::ensure(&client, source, &t.schema, &opts.ledger).await?;
+    let Source::Liquibase(_) = source else {
+        return plan_and_run(&mut client, source, t, opts, many, report).await;
+    };
+    // Liquibase's lock row too, so a real Liquibase started meanwhile waits for pgplane.
+    let lock_table = opts.ledger.lock_table();
+    liquibase::lock_row(&client, &t.schema, &lock_table, opts.lock_timeout).await?;
+    let result = plan_and_run(&mut client, source, t, opts, many, report).await;
+    let released = liquibase::unlock_row(&client, &t.schema, &lock_table).await;
+    let ok = result?;
+    released.context("releasing Liquibase's lock row")?;
+    Ok(ok)
+}
+
+async fn plan_and_run(
+    client: &mut Client,
+    source: &Source,
+    t: &Target,
+    opts: &RunOptions,
+    many: bool,
+    report: &mut Report,
+) -> Result<bool> {
+    let (units, applied, p) = plan_target(client, source, t, opts).await?;
     report.pending = p.pending();
     report.problems = p.problems.iter().map(ToString::to_string).collect();
     report.unknown = p.unknown.clone();
@@ -232,7 +255,7 @@ async fn run_target(source: &Source, t: &Target, opts: &RunOptions, many: bool, 
     for step in p.to_run() {
         let unit = &units[step.unit];
         let started = Instant::now();
-        let outcome = ledger::run_unit(&mut client, source, t, &opts.ledger, step, unit).await?;
+        let outcome = ledger::run_unit(client, source, t, &opts.ledger, step, unit).await?;
         let ms = started.elapsed().as_millis() as u64;
         match outcome {
             ledger::Outcome::Ran(how) => {
@@ -334,8 +357,7 @@ pub fn check_jobs(jobs: usize) -> Result<usize> {
 
 /// Statements of a script that runs outside a transaction, one at a time.
 fn split(sql: &str) -> Vec<String> {
-    // Replaced by pgplane_core::sqlsplit once the changelog module lands.
-    vec![sql.to_string()]
+    pgplane_core::sqlsplit::split(sql, None)
 }
 
 /// A manifest module's migration targets: its database, or each enabled tenant's schema
@@ -345,15 +367,25 @@ pub fn module_targets(
     module: &pgplane_core::manifest::ModuleSpec,
     tenant: Option<&str>,
 ) -> Result<Vec<Target>> {
-    let endpoints: Vec<_> = s
-        .desired
+    targets_of(&s.manifest, &s.desired, module, tenant, |name| s.servers.get(name).cloned())
+}
+
+/// [`module_targets`] with any way to find a server by its manifest name.
+pub fn targets_of(
+    manifest: &pgplane_core::manifest::Manifest,
+    desired: &pgplane_core::model::Desired,
+    module: &pgplane_core::manifest::ModuleSpec,
+    tenant: Option<&str>,
+    server: impl Fn(&str) -> Result<Server>,
+) -> Result<Vec<Target>> {
+    let endpoints: Vec<_> = desired
         .endpoints
         .iter()
         .filter(|e| e.module == module.name && (tenant.is_none() || e.tenant.as_deref() == tenant))
         .collect();
     if let Some(t) = tenant {
         if endpoints.is_empty() {
-            bail!("tenant {t:?} does not enable module {} in {}", module.name, s.manifest.file.display());
+            bail!("tenant {t:?} does not enable module {} in {}", module.name, manifest.file.display());
         }
     }
     let default_schema = module.migrations.as_ref().and_then(|m| m.schema.clone()).unwrap_or_else(|| "public".into());
@@ -366,13 +398,65 @@ pub fn module_targets(
                     None => module.name.clone(),
                 },
                 tenant: e.tenant.clone(),
-                server: s.servers.get(&e.server)?.clone(),
+                server: server(&e.server)?,
                 database: e.database.clone(),
                 schema: e.schema.clone().unwrap_or_else(|| default_schema.clone()),
                 role: Some(e.owner_role.clone()),
             })
         })
         .collect()
+}
+
+/// For `pgplane wait --for migrated:MODULE`: how many targets of the module still have
+/// pending migrations or problems. `Ok(None)` when all are migrated, else what is missing.
+pub async fn unmigrated(
+    manifest: &pgplane_core::manifest::Manifest,
+    desired: &pgplane_core::model::Desired,
+    module: &str,
+    server: impl Fn(&str) -> Result<Server>,
+) -> Result<Option<String>> {
+    let m = manifest.module(module).with_context(|| format!("module {module:?} is not in the manifest"))?;
+    let spec =
+        m.migrations.as_ref().with_context(|| format!("module {module} has no `migrations:` in the manifest"))?;
+    let source = Source::load(&module_source_path(&manifest.file, &spec.path))?;
+    let opts = RunOptions {
+        mode: Mode::Status,
+        selection: Selection { contexts: spec.contexts.clone(), labels: spec.labels.clone() },
+        ledger: LedgerNames {
+            history_table: spec.history_table.clone(),
+            changelog_table: spec.changelog_table.clone(),
+            changelog_lock_table: spec.changelog_lock_table.clone(),
+        },
+        retry_failed: false,
+        lock_timeout: Duration::ZERO,
+        jobs: 1,
+        live: false,
+    };
+    let targets = targets_of(manifest, desired, m, None, server)?;
+    if targets.is_empty() {
+        return Ok(Some(format!("module {module} has no targets (no tenant enables it)")));
+    }
+    let mut missing = Vec::new();
+    for t in &targets {
+        let client = match connect(t).await {
+            Ok(c) => c,
+            Err(e) => {
+                missing.push(format!("{}: {e:#}", t.label));
+                continue;
+            }
+        };
+        let (units, _, p) = plan_target(&client, &source, t, &opts).await?;
+        if let Some(problem) = p.problems.first() {
+            missing.push(format!("{}: {problem}", t.label));
+        } else if p.pending() > 0 {
+            let first = p.to_run().next().map(|s| units[s.unit].name.clone()).unwrap_or_default();
+            missing.push(format!("{}: {} pending (next {first})", t.label, p.pending()));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(format!("{} of {} target(s) not migrated: {}", missing.len(), targets.len(), missing.join("; "))))
 }
 
 /// One module's (or one URL's) run: its source and the reports of its targets.

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use pgplane_core::migrate::{sql_folder, SqlMigration, Unit};
 
+use super::liquibase::{self, LiquibaseSource};
+
 /// Liquibase contexts and labels that select changesets (empty selects all).
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
@@ -17,6 +19,8 @@ pub struct Selection {
 pub enum Source {
     /// `V<version>__<description>.sql` and `R__<description>.sql` files.
     Sql { folder: PathBuf, migrations: Vec<SqlMigration> },
+    /// A Liquibase changelog and everything it includes.
+    Liquibase(LiquibaseSource),
 }
 
 impl Source {
@@ -29,7 +33,14 @@ impl Source {
         if meta.is_dir() {
             return load_sql_folder(path);
         }
-        bail!("{} is not a migration source: give a folder of V<version>__<description>.sql files", path.display())
+        if liquibase::is_changelog(path)? {
+            return Ok(Source::Liquibase(liquibase::load(path)?));
+        }
+        bail!(
+            "{} is not a migration source: give a folder of V<version>__<description>.sql files, or a Liquibase \
+             changelog (.yaml, .yml, .xml, .json, or .sql starting with `--liquibase formatted sql`)",
+            path.display()
+        )
     }
 
     pub fn describe(&self) -> String {
@@ -37,11 +48,15 @@ impl Source {
             Source::Sql { folder, migrations } => {
                 format!("SQL folder {} ({} migrations)", folder.display(), migrations.len())
             }
+            Source::Liquibase(l) => {
+                format!("Liquibase changelog {} ({} changesets)", l.file.display(), l.changelog.changesets.len())
+            }
         }
     }
 
-    pub fn units(&self, _selection: &Selection) -> Vec<Unit> {
+    pub fn units(&self, selection: &Selection) -> Vec<Unit> {
         match self {
+            Source::Liquibase(l) => l.units(selection),
             Source::Sql { migrations, .. } => migrations
                 .iter()
                 .map(|m| Unit {
