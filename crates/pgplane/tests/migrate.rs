@@ -323,3 +323,136 @@ fn wait_for_migrated_holds_once_every_tenant_is_migrated() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok    migrated:users"));
     assert!(done.elapsed() < Duration::from_secs(5), "the waiter noticed within a few intervals");
 }
+
+const CHANGELOG: &str = "\
+databaseChangeLog:
+  - changeSet:
+      id: 1
+      author: ann
+      changes:
+        - createTable:
+            tableName: item
+            remarks: Things we sell
+            columns:
+              - column: {name: id, type: bigint, autoIncrement: true, constraints: {primaryKey: true}}
+              - column: {name: name, type: varchar(100), constraints: {nullable: false}}
+  - changeSet:
+      id: 2
+      author: ann
+      context: dev
+      changes:
+        - insert:
+            tableName: item
+            columns:
+              - column: {name: name, value: sample}
+  - changeSet:
+      id: 3
+      author: bob
+      labels: v2
+      changes:
+        - addColumn:
+            tableName: item
+            columns:
+              - column: {name: price, type: 'numeric(10,2)'}
+";
+
+#[test]
+fn liquibase_changelog_with_contexts_labels_and_a_changed_changeset() {
+    let t = T::new("mig_lb");
+    let url = t.database("mig_lb_db");
+    t.write("model/changelog.yaml", CHANGELOG);
+    let src = ["--url", &url, "--source", "model/changelog.yaml"];
+
+    // Context prod and labels !v2: only changeset 1 runs; 2 and 3 are filtered.
+    let up = migrate(&t, "up", &[&src[..], &["--contexts", "prod", "--labels", "!v2", "--json"]].concat()).ok().json();
+    let target = &up["modules"][0]["targets"][0];
+    let states: Vec<&str> =
+        target["migrations"].as_array().unwrap().iter().map(|m| m["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["pending", "filtered", "filtered"], "{up}");
+    assert_eq!(t.sql("mig_lb_db", "SELECT count(*) FROM item"), "0");
+    assert_eq!(
+        t.sql("mig_lb_db", "SELECT id || ' ' || author || ' ' || filename || ' ' || exectype FROM databasechangelog"),
+        "1 ann changelog.yaml EXECUTED"
+    );
+    assert_eq!(t.sql("mig_lb_db", "SELECT obj_description('item'::regclass)"), "Things we sell");
+    // pgplane released Liquibase's lock row.
+    assert_eq!(t.sql("mig_lb_db", "SELECT locked FROM databasechangeloglock"), "f");
+
+    // Without filters the rest runs.
+    migrate(&t, "up", &src).ok();
+    assert_eq!(t.sql("mig_lb_db", "SELECT count(*) FROM databasechangelog"), "3");
+    assert_eq!(t.sql("mig_lb_db", "SELECT name FROM item"), "sample");
+
+    // Editing an applied changeset is refused by name; validCheckSum accepts the edit.
+    let edited = CHANGELOG.replace("varchar(100)", "varchar(200)");
+    t.write("model/changelog.yaml", &edited);
+    let v = migrate(&t, "validate", &src).fails();
+    assert!(v.stdout.contains("changelog.yaml::1::ann was changed after it was applied"), "{}", v.stdout);
+    let stored = t.sql("mig_lb_db", "SELECT md5sum FROM databasechangelog WHERE id = '1'");
+    t.write(
+        "model/changelog.yaml",
+        &edited.replacen("      author: ann\n", &format!("      author: ann\n      validCheckSum: {stored}\n"), 1),
+    );
+    migrate(&t, "validate", &src).ok();
+}
+
+#[test]
+fn a_failed_changeset_names_file_and_error_and_is_retried() {
+    let t = T::new("mig_lbfail");
+    let url = t.database("mig_lbfail_db");
+    let bad = "--liquibase formatted sql\n\n--changeset ann:1\nCREATE TABLE a (id int);\n\n--changeset ann:2\nCREATE TABLE b (id int);\nINSERT INTO nowhere VALUES (1);\n\n--changeset ann:3\nCREATE TABLE c (id int);\n";
+    t.write("model/changelog.sql", bad);
+    let src = ["--url", &url, "--source", "model/changelog.sql"];
+    let up = migrate(&t, "up", &src).fails();
+    assert!(up.stdout.contains("changelog.sql::2::ann failed: relation \"nowhere\" does not exist"), "{}", up.stdout);
+    assert!(up.stdout.contains("changelog.sql:6"), "the changeset's line: {}", up.stdout);
+    assert_eq!(
+        t.sql(
+            "mig_lbfail_db",
+            "SELECT to_regclass('a') IS NOT NULL, to_regclass('b') IS NULL, to_regclass('c') IS NULL"
+        ),
+        "t|t|t"
+    );
+    // Liquibase's ledger holds the success only; the failure is pgplane's record.
+    assert_eq!(t.sql("mig_lbfail_db", "SELECT string_agg(id, ',') FROM databasechangelog"), "1");
+    assert!(t.sql("mig_lbfail_db", "SELECT error FROM pgplane_changelog_failures WHERE id = '2'").contains("nowhere"));
+    let st = migrate(&t, "status", &src).ok();
+    assert!(st.stdout.contains("retry") && st.stdout.contains("nowhere"), "{}", st.stdout);
+
+    t.write("model/changelog.sql", &bad.replace("INSERT INTO nowhere VALUES (1);", "INSERT INTO b VALUES (1);"));
+    migrate(&t, "up", &src).ok();
+    assert_eq!(t.sql("mig_lbfail_db", "SELECT count(*) FROM databasechangelog"), "3");
+    assert_eq!(t.sql("mig_lbfail_db", "SELECT count(*) FROM pgplane_changelog_failures"), "0");
+}
+
+#[test]
+fn an_unsupported_change_type_is_an_error_before_anything_runs() {
+    let t = T::new("mig_lbbad");
+    let url = t.database("mig_lbbad_db");
+    t.write(
+        "model/changelog.yaml",
+        "databaseChangeLog:\n  - changeSet:\n      id: 1\n      author: ann\n      changes:\n        - createTable: {tableName: a, columns: [{column: {name: id, type: int}}]}\n  - changeSet:\n      id: 2\n      author: ann\n      changes:\n        - mergeColumns: {tableName: a}\n",
+    );
+    let r = migrate(&t, "up", &["--url", &url, "--source", "model/changelog.yaml"]).fails();
+    assert!(r.stderr.contains("mergeColumns") && r.stderr.contains("model/changelog.yaml:8:"), "{}", r.stderr);
+    assert_eq!(t.sql("mig_lbbad_db", "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"), "0");
+}
+
+#[test]
+fn a_liquibase_module_is_migrated_inside_each_tenant_schema() {
+    let t = T::new("mig_lbten");
+    t.write("model/changelog.yaml", CHANGELOG);
+    let f = t.manifest(
+        "modules:\n  - name: shop\n    storage: schema-per-tenant\n    migrations:\n      path: model/changelog.yaml\n      changelog_table: ddm_db_changelog\n      changelog_lock_table: ddm_db_changelog_lock\ntenants:\n  - {name: acme, modules: [shop]}\n  - {name: globex, modules: [shop]}\n",
+    );
+    t.pgplane(&["apply", "-f", f.to_str().unwrap(), "--yes"]).ok();
+    assert_eq!(
+        lines(&t.sql(
+            "mig_lbten_shop",
+            "SELECT schemaname || ' ' || tableowner FROM pg_tables WHERE tablename = 'item' ORDER BY 1"
+        )),
+        ["acme_shop mig_lbten_acme_shop", "globex_shop mig_lbten_globex_shop"]
+    );
+    assert_eq!(t.sql("mig_lbten_shop", "SELECT count(*) FROM acme_shop.ddm_db_changelog"), "3");
+    assert_eq!(t.sql("mig_lbten_shop", "SELECT to_regclass('public.item') IS NULL"), "t");
+}

@@ -48,12 +48,8 @@ pub fn load(path: &Path) -> Result<LiquibaseSource> {
     let loader = FsLoader { root: search_path.clone() };
     let changelog = liquibase::load(name, &loader).map_err(|e| {
         // Errors name files relative to the search path; show them from the working folder.
-        anyhow::anyhow!(
-            "{}: {}",
-            search_path.join(&e.file).display(),
-            e.to_string().split_once(": ").map(|x| x.1).unwrap_or(&e.message)
-        )
-        .context(format!("changelog {}", path.display()))
+        let line = e.line.map(|l| format!(":{l}")).unwrap_or_default();
+        anyhow::anyhow!("{}{line}: {}", search_path.join(&e.file).display(), e.message)
     })?;
     Ok(LiquibaseSource { file: path.to_path_buf(), changelog })
 }
