@@ -35,15 +35,38 @@ impl SqlMigration {
     /// The ledger identity: the version, or `R:<description>` for a repeatable.
     pub fn key(&self) -> String {
         match &self.version {
-            Some(v) => v.to_string(),
+            Some(v) => v.canonical(),
             None => format!("R:{}", self.description),
         }
+    }
+}
+
+/// The ledger key of a stored SQL-ledger row: a version written as `1.0` is the same
+/// migration as `1`.
+pub fn canonical_key(stored: &str) -> String {
+    if stored.starts_with("R:") {
+        return stored.to_string();
+    }
+    match stored.split('.').map(str::parse::<u64>).collect::<Result<Vec<_>, _>>() {
+        Ok(parts) => Version(parts).canonical(),
+        Err(_) => stored.to_string(),
     }
 }
 
 /// A dotted version (`1.2.10`), compared part by part as numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version(pub Vec<u64>);
+
+impl Version {
+    /// Without trailing zero parts: `1.0` → `1`, `2.1.0` → `2.1`.
+    pub fn canonical(&self) -> String {
+        let mut parts = self.0.clone();
+        while parts.len() > 1 && parts.last() == Some(&0) {
+            parts.pop();
+        }
+        Version(parts).to_string()
+    }
+}
 
 impl Ord for Version {
     fn cmp(&self, other: &Self) -> Ordering {
@@ -289,8 +312,10 @@ pub struct MigrationPlan {
 }
 
 impl MigrationPlan {
+    /// Migrations not applied yet (or changed, or to retry); runAlways ones are not
+    /// pending: they run on every `up` but are never "missing".
     pub fn pending(&self) -> usize {
-        self.steps.iter().filter(|s| s.state.runs()).count()
+        self.steps.iter().filter(|s| s.state.runs() && s.state != State::Always).count()
     }
 
     pub fn to_run(&self) -> impl Iterator<Item = &Step> {
@@ -420,6 +445,14 @@ mod tests {
         let e = sql_folder("db", files(&["V1__a.sql", "V1.0__b.sql"])).unwrap_err();
         assert!(e.to_string().contains("version 1.0 is also used by V1__a.sql"), "{e}");
         assert!(sql_folder("db", files(&[".keep", "V1__a.sql"])).is_ok());
+    }
+
+    #[test]
+    fn versions_1_0_and_1_are_one_ledger_key() {
+        let m = sql_folder("d", files(&["V1.0__a.sql", "V2_1_0__b.sql"])).unwrap();
+        assert_eq!((m[0].key(), m[1].key()), ("1".to_string(), "2.1".to_string()));
+        assert_eq!(canonical_key("1.0"), "1");
+        assert_eq!(canonical_key("R:views"), "R:views");
     }
 
     #[test]

@@ -325,7 +325,8 @@ pub struct WaitArgs {
     /// connection and SELECT 1 succeed). `database:NAME`: exists, allows connections and can
     /// be connected to. `role:NAME`: exists and can log in. `sql:QUERY`: the first column of
     /// the first row is true (boolean true, a non-zero number, or t/true/yes/on/1), run in
-    /// the target database. `migrated:MODULE`, `branch:ID`: not supported yet.
+    /// the target database. `migrated:MODULE`: every migration of the module is applied (needs
+    /// -f). `branch:ID`: not supported yet (branches arrive with the next issue).
     #[arg(long = "for", value_name = "CONDITION", required = true, value_parser = crate::wait::parse_condition)]
     pub conditions: Vec<crate::wait::Condition>,
     /// The server (and target database) as a connection URL. -f takes precedence over

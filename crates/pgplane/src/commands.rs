@@ -58,7 +58,17 @@ pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
         jobs: 4,
         live: !args.change.json,
     };
-    let runs = migrate::run_modules(&s, None, None, &opts).await?;
+    let runs = match migrate::run_modules(&s, None, None, &opts).await {
+        Ok(runs) => runs,
+        Err(e) => {
+            // Provisioning happened: its result is printed whatever the migrations did.
+            if let Some(mut doc) = doc {
+                doc["migrations"] = json!({"ok": false, "error": format!("{e:#}"), "modules": []});
+                print_doc(Some(doc))?;
+            }
+            return Err(e.context("provisioning succeeded; migrations did not run"));
+        }
+    };
     let ok = runs.iter().all(migrate::ModuleRun::ok);
     match doc {
         Some(mut doc) => {

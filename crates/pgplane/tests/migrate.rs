@@ -456,3 +456,72 @@ fn a_liquibase_module_is_migrated_inside_each_tenant_schema() {
     assert_eq!(t.sql("mig_lbten_shop", "SELECT count(*) FROM acme_shop.ddm_db_changelog"), "3");
     assert_eq!(t.sql("mig_lbten_shop", "SELECT to_regclass('public.item') IS NULL"), "t");
 }
+
+#[test]
+fn liquibase_edge_semantics_fail_on_error_run_always_and_cleared_checksums() {
+    let t = T::new("mig_lbsem");
+    let url = t.database("mig_lbsem_db");
+    t.write(
+        "model/changelog.sql",
+        "--liquibase formatted sql\n\n--changeset ann:1\nCREATE TABLE a (id int);\n\n--changeset ann:2 failOnError:false\nINSERT INTO nowhere VALUES (1);\n\n--changeset ann:3 runAlways:true\nINSERT INTO a VALUES (3);\n\n--changeset ann:4\nCREATE TABLE d (id int);\n",
+    );
+    let src = ["--url", &url, "--source", "model/changelog.sql"];
+    // failOnError:false: the failure is reported, the run goes on and succeeds.
+    let up = migrate(&t, "up", &src).ok();
+    assert!(
+        up.stdout.contains("skipped   changelog.sql::2::ann") && up.stdout.contains("failOnError"),
+        "{}",
+        up.stdout
+    );
+    // Like Liquibase: no ledger row for it, so the next update tries it again.
+    assert_eq!(
+        t.sql("mig_lbsem_db", "SELECT string_agg(id, ',' ORDER BY orderexecuted) FROM databasechangelog"),
+        "1,3,4"
+    );
+    let st = migrate(&t, "status", &[&src[..], &["--json"]].concat()).ok().json();
+    let target = &st["modules"][0]["targets"][0];
+    // Only the failed one is pending; the runAlways changeset is not "missing".
+    assert_eq!(target["pending"], 1, "{st}");
+    assert_eq!(target["migrations"][2]["state"], "always");
+    // A second up re-runs the runAlways changeset (RERAN, one row) and retries 2.
+    migrate(&t, "up", &src).ok();
+    assert_eq!(t.sql("mig_lbsem_db", "SELECT exectype FROM databasechangelog WHERE id = '3'"), "RERAN");
+    assert_eq!(t.sql("mig_lbsem_db", "SELECT count(*) FROM a"), "2");
+    // After `liquibase clear-checksums` (MD5SUM NULL), up fills them in again.
+    t.sql("mig_lbsem_db", "UPDATE databasechangelog SET md5sum = NULL");
+    migrate(&t, "validate", &src).ok();
+    migrate(&t, "up", &src).ok();
+    assert_eq!(t.sql("mig_lbsem_db", "SELECT count(*) FROM databasechangelog WHERE md5sum LIKE '9:%'"), "3");
+}
+
+#[test]
+fn sigterm_cancels_the_running_changeset_and_releases_liquibase_lock() {
+    let t = T::new("mig_sigterm");
+    let url = t.database("mig_sigterm_db");
+    t.write(
+        "model/changelog.sql",
+        "--liquibase formatted sql\n\n--changeset ann:1\nCREATE TABLE a (id int);\nSELECT pg_sleep(60);\n",
+    );
+    let child = t
+        .cmd()
+        .args(["migrate", "up", "--url", &url, "--source", "model/changelog.sql"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while t.sql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND application_name = 'pgplane-migrate'") != "1" {
+        assert!(Instant::now() < deadline, "the changeset never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(t.sql("mig_sigterm_db", "SELECT locked FROM databasechangeloglock"), "t");
+    let killed = Instant::now();
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(killed.elapsed() < Duration::from_secs(10), "pgplane stopped promptly");
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("interrupted by SIGTERM"), "{text}");
+    // Rolled back, nothing recorded, Liquibase's lock row released.
+    assert_eq!(t.sql("mig_sigterm_db", "SELECT to_regclass('a') IS NULL, (SELECT count(*) FROM databasechangelog), (SELECT locked FROM databasechangeloglock)"), "t|0|f");
+}

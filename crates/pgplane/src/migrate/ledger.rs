@@ -41,7 +41,7 @@ pub fn qualified(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
 }
 
-pub async fn table_exists(client: &Client, schema: &str, table: &str) -> Result<bool> {
+pub async fn table_exists(client: &impl tokio_postgres::GenericClient, schema: &str, table: &str) -> Result<bool> {
     let row = client
         .query_one("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", &[&schema, &table])
         .await?;
@@ -51,11 +51,14 @@ pub async fn table_exists(client: &Client, schema: &str, table: &str) -> Result<
 /// The latest ledger row of every migration; `None` when there is no ledger yet.
 pub async fn read(client: &Client, source: &Source, schema: &str, names: &LedgerNames) -> Result<Option<Vec<Applied>>> {
     let table = names.table(source);
+    if let Source::Liquibase(_) = source {
+        return liquibase::read(client, schema, &table).await;
+    }
     if !table_exists(client, schema, &table).await? {
         return Ok(None);
     }
     let rows = match source {
-        Source::Liquibase(_) => return liquibase::read(client, schema, &table).await,
+        Source::Liquibase(_) => unreachable!("read above"),
         Source::Sql { .. } => {
             let sql = format!(
                 "SELECT DISTINCT ON (key) key, checksum, success, transactional,
@@ -70,7 +73,7 @@ pub async fn read(client: &Client, source: &Source, schema: &str, names: &Ledger
                 .with_context(|| format!("reading the ledger {schema}.{table}"))?
                 .iter()
                 .map(|r| Applied {
-                    key: r.get(0),
+                    key: pgplane_core::migrate::canonical_key(r.get(0)),
                     checksum: r.get(1),
                     success: r.get(2),
                     rolled_back: r.get(3),
@@ -190,37 +193,38 @@ pub async fn run_unit(
             let m = migrations.iter().find(|m| m.key() == unit.key).context("unit without migration")?;
             let table = qualified(&t.schema, &names.table(source));
             let started = Instant::now();
-            let result = if m.transactional {
-                let tx = client.transaction().await?;
-                match tx.batch_execute(&m.sql).await {
-                    Ok(()) => {
-                        insert_sql_row(&tx, &table, m, started, None).await?;
-                        tx.commit().await?;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
+            // Every error until the commit, the commit's included, is the migration's failure.
+            let result: Result<(), (tokio_postgres::Error, usize)> = if m.transactional {
+                async {
+                    let tx = client.transaction().await.map_err(|e| (e, 0))?;
+                    tx.batch_execute(&m.sql).await.map_err(|e| (e, 0))?;
+                    insert_sql_row(&tx, &table, m, started, None).await.map_err(|e| (e, 0))?;
+                    tx.commit().await.map_err(|e| (e, 0))
                 }
+                .await
             } else {
-                let mut r = Ok(());
-                for stmt in super::split(&m.sql) {
-                    if let Err(e) = client.batch_execute(&stmt).await {
-                        r = Err(e);
-                        break;
+                async {
+                    // Position of each statement in the file, to map error positions to lines.
+                    let mut offset = 0;
+                    for stmt in super::split(&m.sql) {
+                        let at = m.sql[offset..].find(stmt.as_str()).map(|i| offset + i).unwrap_or(offset);
+                        offset = at + stmt.len();
+                        let chars_before = m.sql[..at].chars().count();
+                        client.batch_execute(&stmt).await.map_err(|e| (e, chars_before))?;
                     }
+                    insert_sql_row(&*client, &table, m, started, None).await.map_err(|e| (e, 0))
                 }
-                if r.is_ok() {
-                    insert_sql_row(&*client, &table, m, started, None).await?;
-                }
-                r
+                .await
             };
             match result {
                 Ok(()) => Ok(Outcome::Ran(how)),
-                Err(e) => {
+                Err((e, chars_before)) => {
                     let file = format!("{}/{}", folder.display(), m.script);
-                    let failure = failure_of(&m.script, &e, Some((&file, &m.sql)));
+                    let mut failure = failure_of(&m.script, &e, Some((&file, &m.sql, chars_before)));
+                    failure.in_transaction = m.transactional;
                     insert_sql_row(&*client, &table, m, started, Some(&failure.to_string()))
                         .await
-                        .context("recording the failure in the ledger")?;
+                        .with_context(|| format!("{failure}; recording this failure in the ledger failed too"))?;
                     Ok(Outcome::Failed(failure))
                 }
             }
@@ -234,7 +238,7 @@ async fn insert_sql_row(
     m: &SqlMigration,
     started: Instant,
     error: Option<&str>,
-) -> Result<()> {
+) -> Result<(), tokio_postgres::Error> {
     let ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
     let version = m.version.as_ref().map(ToString::to_string);
     c.execute(
@@ -249,15 +253,16 @@ async fn insert_sql_row(
 }
 
 /// PostgreSQL's error with its position: a line of `text` (named `file`) when the
-/// statement was the whole text.
-pub fn failure_of(migration: &str, e: &tokio_postgres::Error, whole: Option<(&str, &str)>) -> Failure {
+/// statement started `chars_before` characters into it.
+pub fn failure_of(migration: &str, e: &tokio_postgres::Error, whole: Option<(&str, &str, usize)>) -> Failure {
     let Some(db) = e.as_db_error() else {
         return Failure {
             migration: migration.to_string(),
             message: e.to_string(),
             sqlstate: None,
-            position: None,
+            position: whole.map(|(file, _, _)| file.to_string()),
             statement: None,
+            in_transaction: true,
         };
     };
     let mut message = db.message().to_string();
@@ -265,13 +270,13 @@ pub fn failure_of(migration: &str, e: &tokio_postgres::Error, whole: Option<(&st
         message.push_str(&format!(" ({d})"));
     }
     let position = match (db.position(), whole) {
-        (Some(tokio_postgres::error::ErrorPosition::Original(p)), Some((file, text))) => {
-            let before: String = text.chars().take((*p as usize).saturating_sub(1)).collect();
+        (Some(tokio_postgres::error::ErrorPosition::Original(p)), Some((file, text, chars_before))) => {
+            let before: String = text.chars().take(chars_before + (*p as usize).saturating_sub(1)).collect();
             let line = before.matches('\n').count() + 1;
             Some(format!("{file}:{line}"))
         }
         (Some(tokio_postgres::error::ErrorPosition::Original(p)), None) => Some(format!("character {p}")),
-        _ => whole.map(|(file, _)| file.to_string()),
+        _ => whole.map(|(file, _, _)| file.to_string()),
     };
     Failure {
         migration: migration.to_string(),
@@ -279,5 +284,57 @@ pub fn failure_of(migration: &str, e: &tokio_postgres::Error, whole: Option<(&st
         sqlstate: Some(db.code().code().to_string()),
         position,
         statement: None,
+        in_transaction: true,
+    }
+}
+
+/// Hides string literals that follow PASSWORD in a statement shown to people.
+pub fn redact(sql: &str) -> String {
+    let lower = sql.to_ascii_lowercase();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    while let Some(found) = lower[i..].find("password") {
+        let after = i + found + "password".len();
+        let rest = &sql[after..];
+        let skipped = rest.len() - rest.trim_start().len();
+        let quote_at = after + skipped;
+        out.push_str(&sql[i..after]);
+        if sql[quote_at..].starts_with('\'') {
+            // Skip to the closing quote ('' is an escaped quote inside).
+            let mut j = quote_at + 1;
+            let bytes = sql.as_bytes();
+            while j < bytes.len() {
+                if bytes[j] == b'\'' {
+                    if bytes.get(j + 1) == Some(&b'\'') {
+                        j += 2;
+                        continue;
+                    }
+                    break;
+                }
+                j += 1;
+            }
+            out.push_str(&sql[after..quote_at]);
+            out.push_str("'********'");
+            i = (j + 1).min(sql.len());
+        } else {
+            i = after;
+        }
+    }
+    out.push_str(&sql[i..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_in_statements_are_hidden() {
+        assert_eq!(
+            redact("ALTER ROLE app PASSWORD 'it''s secret' VALID UNTIL 'x'"),
+            "ALTER ROLE app PASSWORD '********' VALID UNTIL 'x'"
+        );
+        assert_eq!(redact("create role a password  'p';"), "create role a password  '********';");
+        assert_eq!(redact("SELECT password FROM users"), "SELECT password FROM users");
     }
 }

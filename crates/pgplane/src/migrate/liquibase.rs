@@ -98,7 +98,7 @@ pub async fn read(client: &Client, schema: &str, table: &str) -> Result<Option<V
     }
     let sql = format!(
         "SELECT filename, id, author, md5sum, to_char(dateexecuted, 'YYYY-MM-DD HH24:MI:SS')
-           FROM {} ORDER BY orderexecuted",
+           FROM {} WHERE EXECTYPE NOT IN ('FAILED', 'SKIPPED') ORDER BY orderexecuted",
         qualified(schema, table)
     );
     let mut out: Vec<Applied> = client
@@ -296,10 +296,15 @@ async fn holds(client: &Client, schema: &str, c: &Condition) -> Result<bool> {
     })
 }
 
-fn deployment_id() -> String {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    let s = ms.to_string();
-    s[s.len().saturating_sub(10)..].to_string()
+/// One DEPLOYMENT_ID per pgplane run, like Liquibase's per update: the last 10 digits of
+/// the start time in milliseconds.
+fn deployment_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let s = ms.to_string();
+        s[s.len().saturating_sub(10)..].to_string()
+    })
 }
 
 struct Row<'a> {
@@ -308,7 +313,14 @@ struct Row<'a> {
     rerun: bool,
 }
 
-async fn write_row(c: &impl GenericClient, schema: &str, table: &str, row: Row<'_>) -> Result<()> {
+/// Writes a changeset's DATABASECHANGELOG row as Liquibase 4.28 does: a re-run updates
+/// the existing row (EXECTYPE RERAN), anything else inserts one.
+async fn write_row(
+    c: &impl GenericClient,
+    schema: &str,
+    table: &str,
+    row: Row<'_>,
+) -> Result<(), tokio_postgres::Error> {
     let t = qualified(schema, table);
     let cs = row.cs;
     let order: i32 = c.query_one(&format!("SELECT coalesce(max(ORDEREXECUTED), 0) + 1 FROM {t}"), &[]).await?.get(0);
@@ -329,6 +341,7 @@ async fn write_row(c: &impl GenericClient, schema: &str, table: &str, row: Row<'
     }
     let description = truncate(&cs.description(), 255);
     let comment = truncate(cs.comment.as_deref().unwrap_or(""), 255);
+    let tool = truncate(TOOL, 20);
     c.execute(
         &format!(
             "INSERT INTO {t} (ID, AUTHOR, FILENAME, DATEEXECUTED, ORDEREXECUTED, MD5SUM, DESCRIPTION, COMMENTS, EXECTYPE,
@@ -346,12 +359,36 @@ async fn write_row(c: &impl GenericClient, schema: &str, table: &str, row: Row<'
             &row.exectype,
             &cs.contexts_column(),
             &cs.labels_column(),
-            &TOOL,
+            &tool,
             &deployment,
             &cs.tag(),
         ],
     )
     .await?;
+    Ok(())
+}
+
+/// Fills MD5SUM where it is NULL (after `liquibase clear-checksums`), as Liquibase's update does.
+pub async fn fill_checksums(
+    client: &Client,
+    src: &LiquibaseSource,
+    schema: &str,
+    table: &str,
+    units: &[&Unit],
+) -> Result<()> {
+    let t = qualified(schema, table);
+    for unit in units {
+        let cs = src.changeset(unit)?;
+        client
+            .execute(
+                &format!(
+                    "UPDATE {t} SET MD5SUM = $1 WHERE ID = $2 AND AUTHOR = $3 AND FILENAME = $4 AND MD5SUM IS NULL"
+                ),
+                &[&cs.checksum, &cs.id, &cs.author, &cs.filename],
+            )
+            .await
+            .with_context(|| format!("filling in the checksum of {}::{}::{}", cs.filename, cs.id, cs.author))?;
+    }
     Ok(())
 }
 
@@ -364,6 +401,8 @@ fn truncate(s: &str, max: usize) -> String {
     out
 }
 
+/// Records a failed changeset next to Liquibase's tables (Liquibase's ledger only holds
+/// what ran). `in_transaction`: nothing of it stayed.
 async fn record_failure(client: &Client, schema: &str, cs: &ChangeSet, f: &Failure) -> Result<()> {
     let t = qualified(schema, FAILURES_TABLE);
     client
@@ -380,14 +419,19 @@ async fn record_failure(client: &Client, schema: &str, cs: &ChangeSet, f: &Failu
                  ON CONFLICT (filename, id, author) DO UPDATE
                  SET md5sum = excluded.md5sum, failed_at = now(), in_transaction = excluded.in_transaction, error = excluded.error"
             ),
-            &[&cs.filename, &cs.id, &cs.author, &cs.checksum, &cs.run_in_transaction, &f.to_string()],
+            &[&cs.filename, &cs.id, &cs.author, &cs.checksum, &f.in_transaction, &f.to_string()],
         )
         .await?;
     Ok(())
 }
 
-async fn clear_failure(c: &impl GenericClient, schema: &str, cs: &ChangeSet) -> Result<()> {
-    if table_exists_generic(c, schema, FAILURES_TABLE).await? {
+async fn clear_failure(c: &impl GenericClient, schema: &str, cs: &ChangeSet) -> Result<(), tokio_postgres::Error> {
+    // to_regclass instead of a failing DELETE: the table exists only after a failure.
+    let exists: bool = c
+        .query_one("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", &[&schema, &FAILURES_TABLE])
+        .await?
+        .get(0);
+    if exists {
         c.execute(
             &format!(
                 "DELETE FROM {} WHERE filename = $1 AND id = $2 AND author = $3",
@@ -400,17 +444,21 @@ async fn clear_failure(c: &impl GenericClient, schema: &str, cs: &ChangeSet) -> 
     Ok(())
 }
 
-async fn table_exists_generic(c: &impl GenericClient, schema: &str, table: &str) -> Result<bool> {
-    let row =
-        c.query_one("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", &[&schema, &table]).await?;
-    Ok(row.get(0))
-}
-
-async fn run_statements(c: &Client, statements: &[liquibase::Statement]) -> Result<(), (usize, tokio_postgres::Error)> {
+/// Runs the statements, then the ledger row; `Err((statement index, error))`, where the
+/// index is `None` for an error after the statements (the row, the commit).
+async fn run_statements(
+    c: &Client,
+    statements: &[liquibase::Statement],
+    schema: &str,
+    table: &str,
+    row: Row<'_>,
+) -> Result<(), (Option<usize>, tokio_postgres::Error)> {
     for (i, s) in statements.iter().enumerate() {
-        c.batch_execute(&s.sql).await.map_err(|e| (i, e))?;
+        c.batch_execute(&s.sql).await.map_err(|e| (Some(i), e))?;
     }
-    Ok(())
+    let cs = row.cs;
+    write_row(c, schema, table, row).await.map_err(|e| (None, e))?;
+    clear_failure(c, schema, cs).await.map_err(|e| (None, e))
 }
 
 /// Runs one changeset: preconditions, its statements and its ledger row.
@@ -426,6 +474,8 @@ pub async fn run_unit(
     let schema = t.schema.as_str();
     let rerun = matches!(step.state, State::Changed | State::Always);
     let ran = if rerun { "reran" } else { "applied" };
+    let exectype = if rerun { "RERAN" } else { "EXECUTED" };
+    let here = format!("{}:{}", cs.location.file, cs.location.line);
     if let Some(pre) = &cs.preconditions {
         let verdict = holds(client, schema, &pre.condition).await;
         let (handling, what) = match &verdict {
@@ -436,14 +486,11 @@ pub async fn run_unit(
             Err(e) => (Some(pre.on_error), format!("precondition error: {e:#}")),
         };
         match handling {
-            None | Some(OnFail::Warn) => {
-                if handling.is_some() {
-                    tracing::warn!(changeset = %unit.name, "{what}; running it anyway (onFail/onError WARN)");
-                }
-            }
+            None => {}
+            Some(OnFail::Warn) => tracing::warn!(changeset = %unit.name, "{what}; running it anyway (WARN)"),
             Some(OnFail::MarkRan) => {
-                let tx = client.transaction().await?;
                 // Like Liquibase: MARK_RAN always adds a row, even for a re-run.
+                let tx = client.transaction().await?;
                 write_row(&tx, schema, table, Row { cs, exectype: "MARK_RAN", rerun: false }).await?;
                 clear_failure(&tx, schema, cs).await?;
                 tx.commit().await?;
@@ -455,63 +502,49 @@ pub async fn run_unit(
                     migration: unit.name.clone(),
                     message: what,
                     sqlstate: None,
-                    position: Some(format!("{}:{}", cs.location.file, cs.location.line)),
+                    position: Some(here),
                     statement: None,
+                    // Nothing ran.
+                    in_transaction: true,
                 };
-                record_failure(client, schema, cs, &f).await?;
+                record_failure(client, schema, cs, &f)
+                    .await
+                    .with_context(|| format!("{f}; recording it failed too"))?;
                 return Ok(Outcome::Failed(f));
             }
         }
     }
     let statements = cs.sql(Some(schema));
+    let row = Row { cs, exectype, rerun };
     let result = if cs.run_in_transaction {
-        let tx = client.transaction().await?;
-        match run_statements(tx.client(), &statements).await {
-            Ok(()) => {
-                write_row(&tx, schema, table, Row { cs, exectype: if rerun { "RERAN" } else { "EXECUTED" }, rerun })
-                    .await?;
-                clear_failure(&tx, schema, cs).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-            Err(e) => Err(e),
+        match client.transaction().await {
+            Ok(tx) => match run_statements(tx.client(), &statements, schema, table, row).await {
+                Ok(()) => tx.commit().await.map_err(|e| (None, e)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err((None, e)),
         }
     } else {
-        match run_statements(client, &statements).await {
-            Ok(()) => {
-                write_row(
-                    &*client,
-                    schema,
-                    table,
-                    Row { cs, exectype: if rerun { "RERAN" } else { "EXECUTED" }, rerun },
-                )
-                .await?;
-                clear_failure(&*client, schema, cs).await?;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        run_statements(client, &statements, schema, table, row).await
     };
-    match result {
-        Ok(()) => Ok(Outcome::Ran(ran)),
-        Err((i, e)) => {
-            let mut f = failure_of(&unit.name, &e, None);
-            let stmt = &statements[i].sql;
-            f.position = Some(format!(
-                "{}:{} (statement {} of the changeset{})",
-                cs.location.file,
-                cs.location.line,
-                i + 1,
-                f.position.as_deref().map(|p| format!(", {p}")).unwrap_or_default()
-            ));
-            f.statement = Some(truncate(stmt, 300));
-            if !cs.fail_on_error {
-                // failOnError: false — Liquibase records the changeset as FAILED and goes on.
-                write_row(&*client, schema, table, Row { cs, exectype: "FAILED", rerun }).await?;
-                return Ok(Outcome::Skipped(format!("{f}; failOnError is false, recorded as FAILED")));
-            }
-            record_failure(client, schema, cs, &f).await.context("recording the failure")?;
-            Ok(Outcome::Failed(f))
-        }
+    let Err((index, e)) = result else {
+        return Ok(Outcome::Ran(ran));
+    };
+    let mut f = failure_of(&unit.name, &e, None);
+    f.in_transaction = cs.run_in_transaction;
+    let detail = match index {
+        Some(i) => format!("statement {} of the changeset", i + 1),
+        None => "writing its ledger row or committing".to_string(),
+    };
+    f.position =
+        Some(format!("{here} ({detail}{})", f.position.as_deref().map(|p| format!(", {p}")).unwrap_or_default()));
+    f.statement = index.map(|i| truncate(&super::ledger::redact(&statements[i].sql), 300));
+    record_failure(client, schema, cs, &f).await.with_context(|| format!("{f}; recording it failed too"))?;
+    if !cs.fail_on_error {
+        // failOnError: false — Liquibase writes no row and goes on; the changeset runs
+        // again on the next update. pgplane does the same and keeps the failure on record.
+        tracing::warn!(changeset = %unit.name, "{f}; failOnError is false, going on");
+        return Ok(Outcome::Skipped(format!("{f}; failOnError is false, it runs again next time")));
     }
+    Ok(Outcome::Failed(f))
 }

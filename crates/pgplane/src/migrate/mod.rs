@@ -78,6 +78,8 @@ pub struct Failure {
     /// `file:line` for SQL files, `statement N, character C` for generated SQL.
     pub position: Option<String>,
     pub statement: Option<String>,
+    /// Whether it ran inside a transaction (so nothing of it stayed).
+    pub in_transaction: bool,
 }
 
 impl std::fmt::Display for Failure {
@@ -166,19 +168,31 @@ async fn run_one(source: &Source, t: &Target, opts: &RunOptions, many: bool) -> 
 /// search path, and the owner role.
 pub async fn connect(t: &Target) -> Result<Client> {
     let client = t.server.connect_as(Some(&t.database), Role::Migrate).await?;
+    // A killed pgplane's statement must not hold the migration lock until it finishes:
+    // PostgreSQL (14+) then checks every second that the client is still there.
+    client
+        .batch_execute(
+            "SELECT set_config('client_connection_check_interval', '1s', false)
+              WHERE current_setting('server_version_num')::int >= 140000",
+        )
+        .await
+        .with_context(|| format!("setting up the migration session in database {}", t.database))?;
+    setup_session(&client, t).await?;
+    Ok(client)
+}
+
+/// The target's role and search path; set again before every migration, since a
+/// migration may change them for the rest of the session.
+async fn setup_session(client: &Client, t: &Target) -> Result<()> {
     let mut setup = String::new();
     if let Some(role) = &t.role {
         let _ = write!(setup, "SET ROLE {};", quote_ident(role));
     }
     let _ = write!(setup, "SET search_path TO {};", quote_ident(&t.schema));
-    // A killed pgplane's statement must not hold the migration lock until it finishes:
-    // PostgreSQL then checks every second that the client is still there.
-    setup.push_str("SET client_connection_check_interval = '1s';");
     client.batch_execute(&setup).await.with_context(|| match &t.role {
-        Some(role) => format!("setting role {role} in database {}", t.database),
-        None => format!("setting the search path in database {}", t.database),
-    })?;
-    Ok(client)
+        Some(role) => format!("setting role {role} and search_path {} in database {}", t.schema, t.database),
+        None => format!("setting search_path {} in database {}", t.schema, t.database),
+    })
 }
 
 /// Reads the ledger and plans; `None` ledger means the table does not exist yet.
@@ -205,16 +219,39 @@ async fn run_target(source: &Source, t: &Target, opts: &RunOptions, many: bool, 
     }
     ledger::ensure(&client, source, &t.schema, &opts.ledger).await?;
     let Source::Liquibase(_) = source else {
-        return plan_and_run(&mut client, source, t, opts, many, report).await;
+        return interruptible(&mut client, |c| plan_and_run(c, source, t, opts, many, report)).await;
     };
     // Liquibase's lock row too, so a real Liquibase started meanwhile waits for pgplane.
     let lock_table = opts.ledger.lock_table();
     liquibase::lock_row(&client, &t.schema, &lock_table, opts.lock_timeout).await?;
-    let result = plan_and_run(&mut client, source, t, opts, many, report).await;
+    let result = interruptible(&mut client, |c| plan_and_run(c, source, t, opts, many, report)).await;
     let released = liquibase::unlock_row(&client, &t.schema, &lock_table).await;
-    let ok = result?;
-    released.context("releasing Liquibase's lock row")?;
-    Ok(ok)
+    match (result, released) {
+        (Ok(ok), Ok(())) => Ok(ok),
+        (Ok(_), Err(e)) => Err(e.context("releasing Liquibase's lock row")),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(unlock)) => {
+            tracing::warn!(error = %format!("{unlock:#}"), "could not release Liquibase's lock row; the next pgplane run takes it over");
+            Err(e)
+        }
+    }
+}
+
+/// Runs `work` until it ends or the process gets SIGINT/SIGTERM; then the running
+/// statement is cancelled (its transaction rolls back) and an error says so.
+async fn interruptible<'c, F, Fut>(client: &'c mut Client, work: F) -> Result<bool>
+where
+    F: FnOnce(&'c mut Client) -> Fut,
+    Fut: std::future::Future<Output = Result<bool>> + 'c,
+{
+    let cancel = client.cancel_token();
+    tokio::select! {
+        r = work(client) => r,
+        signal = crate::output::shutdown_signal() => {
+            let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+            bail!("interrupted by {signal}: the running migration was cancelled and rolled back")
+        }
+    }
 }
 
 async fn plan_and_run(
@@ -252,8 +289,20 @@ async fn plan_and_run(
         return Ok(true);
     }
     let prefix = if many { format!("{}: ", t.label) } else { String::new() };
+    if let Source::Liquibase(l) = source {
+        // Liquibase's update fills in checksums `clear-checksums` removed.
+        let cleared: Vec<&pgplane_core::migrate::Unit> = p
+            .steps
+            .iter()
+            .filter(|s| s.state == State::Applied)
+            .map(|s| &units[s.unit])
+            .filter(|u| applied.iter().any(|a| a.key == u.key && a.checksum.is_none()))
+            .collect();
+        liquibase::fill_checksums(client, l, &t.schema, &opts.ledger.table(source), &cleared).await?;
+    }
     for step in p.to_run() {
         let unit = &units[step.unit];
+        setup_session(client, t).await?;
         let started = Instant::now();
         let outcome = ledger::run_unit(client, source, t, &opts.ledger, step, unit).await?;
         let ms = started.elapsed().as_millis() as u64;
@@ -323,10 +372,13 @@ pub fn render_text(reports: &[Report], mode: Mode) -> String {
             if let Some(s) = &f.statement {
                 let _ = writeln!(out, "  statement: {s}");
             }
-            let _ = writeln!(
-                out,
-                "  the failed migration was rolled back where it ran in a transaction and is recorded in the ledger; fix it and run `pgplane migrate up` again"
-            );
+            let advice = if f.in_transaction {
+                "it was rolled back and recorded; fix it and run `pgplane migrate up` again"
+            } else {
+                "it ran outside a transaction, so part of it may have stayed; check the target, make it safe \
+                 to re-run, then run `pgplane migrate up --retry-failed`"
+            };
+            let _ = writeln!(out, "  {advice}");
         }
         let summary = match (mode, r.ok) {
             (Mode::Up, true) if r.applied.is_empty() => "up to date".to_string(),
@@ -418,45 +470,87 @@ pub async fn unmigrated(
     let m = manifest.module(module).with_context(|| format!("module {module:?} is not in the manifest"))?;
     let spec =
         m.migrations.as_ref().with_context(|| format!("module {module} has no `migrations:` in the manifest"))?;
-    let source = Source::load(&module_source_path(&manifest.file, &spec.path))?;
+    let source = cached_source(&module_source_path(&manifest.file, &spec.path))?;
     let opts = RunOptions {
         mode: Mode::Status,
-        selection: Selection { contexts: spec.contexts.clone(), labels: spec.labels.clone() },
-        ledger: LedgerNames {
-            history_table: spec.history_table.clone(),
-            changelog_table: spec.changelog_table.clone(),
-            changelog_lock_table: spec.changelog_lock_table.clone(),
-        },
+        selection: Selection::default(),
+        ledger: LedgerNames::default(),
         retry_failed: false,
         lock_timeout: Duration::ZERO,
-        jobs: 1,
+        jobs: 8,
         live: false,
-    };
+    }
+    .with_spec(spec);
     let targets = targets_of(manifest, desired, m, None, server)?;
     if targets.is_empty() {
         return Ok(Some(format!("module {module} has no targets (no tenant enables it)")));
     }
-    let mut missing = Vec::new();
-    for t in &targets {
-        let client = match connect(t).await {
-            Ok(c) => c,
-            Err(e) => {
-                missing.push(format!("{}: {e:#}", t.label));
-                continue;
+    // Every target is checked (8 at a time); each one's problem is collected, none stops the rest.
+    let checks = futures_util::stream::iter(targets.iter())
+        .map(|t| {
+            let (source, opts) = (&source, &opts);
+            async move {
+                let client = connect(t).await?;
+                let (units, _, p) = plan_target(&client, source, t, opts).await?;
+                Ok::<_, anyhow::Error>(if let Some(problem) = p.problems.first() {
+                    Some(problem.to_string())
+                } else if p.pending() > 0 {
+                    let first = p
+                        .to_run()
+                        .find(|s| s.state != State::Always)
+                        .map(|s| units[s.unit].name.clone())
+                        .unwrap_or_default();
+                    Some(format!("{} pending (next {first})", p.pending()))
+                } else {
+                    None
+                })
             }
-        };
-        let (units, _, p) = plan_target(&client, &source, t, &opts).await?;
-        if let Some(problem) = p.problems.first() {
-            missing.push(format!("{}: {problem}", t.label));
-        } else if p.pending() > 0 {
-            let first = p.to_run().next().map(|s| units[s.unit].name.clone()).unwrap_or_default();
-            missing.push(format!("{}: {} pending (next {first})", t.label, p.pending()));
-        }
-    }
+        })
+        .buffered(opts.jobs)
+        .collect::<Vec<_>>()
+        .await;
+    let missing: Vec<String> = targets
+        .iter()
+        .zip(checks)
+        .filter_map(|(t, r)| match r {
+            Ok(None) => None,
+            Ok(Some(why)) => Some(format!("{}: {why}", t.label)),
+            Err(e) => Some(format!("{}: {e:#}", t.label)),
+        })
+        .collect();
     if missing.is_empty() {
         return Ok(None);
     }
     Ok(Some(format!("{} of {} target(s) not migrated: {}", missing.len(), targets.len(), missing.join("; "))))
+}
+
+/// Sources read once per process: `wait` asks every interval.
+fn cached_source(path: &std::path::Path) -> Result<std::sync::Arc<Source>> {
+    type Cache = std::sync::Mutex<std::collections::BTreeMap<PathBuf, std::sync::Arc<Source>>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(s) = cache.lock().map_err(|_| anyhow::anyhow!("source cache poisoned"))?.get(path) {
+        return Ok(s.clone());
+    }
+    let source = std::sync::Arc::new(Source::load(path)?);
+    cache.lock().map_err(|_| anyhow::anyhow!("source cache poisoned"))?.insert(path.to_path_buf(), source.clone());
+    Ok(source)
+}
+
+impl RunOptions {
+    /// Fills what the command line left open from a manifest's `migrations:` options.
+    pub fn with_spec(mut self, spec: &pgplane_core::manifest::MigrationsSpec) -> RunOptions {
+        if self.selection.contexts.is_empty() {
+            self.selection.contexts = spec.contexts.clone();
+        }
+        if self.selection.labels.is_none() {
+            self.selection.labels = spec.labels.clone();
+        }
+        self.ledger.changelog_table = self.ledger.changelog_table.or(spec.changelog_table.clone());
+        self.ledger.changelog_lock_table = self.ledger.changelog_lock_table.or(spec.changelog_lock_table.clone());
+        self.ledger.history_table = self.ledger.history_table.or(spec.history_table.clone());
+        self
+    }
 }
 
 /// One module's (or one URL's) run: its source and the reports of its targets.
@@ -504,16 +598,7 @@ pub async fn run_modules(
             ),
         };
         let source = Source::load(&path).with_context(|| format!("module {}", m.name))?;
-        let mut opts = base.clone();
-        if opts.selection.contexts.is_empty() {
-            opts.selection.contexts = spec.contexts.clone();
-        }
-        if opts.selection.labels.is_none() {
-            opts.selection.labels = spec.labels.clone();
-        }
-        opts.ledger.changelog_table = opts.ledger.changelog_table.or(spec.changelog_table.clone());
-        opts.ledger.changelog_lock_table = opts.ledger.changelog_lock_table.or(spec.changelog_lock_table.clone());
-        opts.ledger.history_table = opts.ledger.history_table.or(spec.history_table.clone());
+        let opts = base.clone().with_spec(&spec);
         let targets = module_targets(s, m, only.and_then(|(_, t)| t))?;
         work.push((m.name.clone(), source, targets, opts));
     }
