@@ -182,28 +182,40 @@ pub async fn run_unit(
     names: &LedgerNames,
     step: &Step,
     unit: &Unit,
+    begin: &super::Begin,
 ) -> Result<Outcome> {
     let how = match step.state {
         State::Pending | State::Retry => "applied",
         _ => "reapplied",
     };
     match source {
-        Source::Liquibase(l) => liquibase::run_unit(client, l, t, &names.table(source), step, unit).await,
+        Source::Liquibase(l) => liquibase::run_unit(client, l, t, &names.table(source), step, unit, begin).await,
         Source::Sql { migrations, folder } => {
             let m = migrations.iter().find(|m| m.key() == unit.key).context("unit without migration")?;
             let table = qualified(&t.schema, &names.table(source));
             let started = Instant::now();
             // Every error until the commit, the commit's included, is the migration's failure.
             let result: Result<(), (tokio_postgres::Error, usize)> = if m.transactional {
-                async {
-                    let tx = client.transaction().await.map_err(|e| (e, 0))?;
-                    tx.batch_execute(&m.sql).await.map_err(|e| (e, 0))?;
-                    insert_sql_row(&tx, &table, m, started, None).await.map_err(|e| (e, 0))?;
-                    tx.commit().await.map_err(|e| (e, 0))
+                // BEGIN, the script and the ledger row are sent at once (pipelined); an
+                // error in the script aborts the transaction, so the row cannot commit.
+                let c: &Client = client;
+                let run = futures_util::future::try_join3(
+                    c.batch_execute(&begin.transaction()),
+                    c.batch_execute(&m.sql),
+                    insert_sql_row(c, &table, m, None, None),
+                )
+                .await;
+                let result = match run {
+                    Ok(_) => c.batch_execute("COMMIT").await.map_err(|e| (e, 0)),
+                    Err(e) => Err((e, 0)),
+                };
+                if result.is_err() {
+                    let _ = c.batch_execute("ROLLBACK").await;
                 }
-                .await
+                result
             } else {
                 async {
+                    client.batch_execute(&begin.setup).await.map_err(|e| (e, 0))?;
                     // Position of each statement in the file, to map error positions to lines.
                     let mut offset = 0;
                     for stmt in super::split(&m.sql) {
@@ -212,7 +224,7 @@ pub async fn run_unit(
                         let chars_before = m.sql[..at].chars().count();
                         client.batch_execute(&stmt).await.map_err(|e| (e, chars_before))?;
                     }
-                    insert_sql_row(&*client, &table, m, started, None).await.map_err(|e| (e, 0))
+                    insert_sql_row(&*client, &table, m, Some(started), None).await.map_err(|e| (e, 0))
                 }
                 .await
             };
@@ -222,7 +234,7 @@ pub async fn run_unit(
                     let file = format!("{}/{}", folder.display(), m.script);
                     let mut failure = failure_of(&m.script, &e, Some((&file, &m.sql, chars_before)));
                     failure.in_transaction = m.transactional;
-                    insert_sql_row(&*client, &table, m, started, Some(&failure.to_string()))
+                    insert_sql_row(&*client, &table, m, Some(started), Some(&failure.to_string()))
                         .await
                         .with_context(|| format!("{failure}; recording this failure in the ledger failed too"))?;
                     Ok(Outcome::Failed(failure))
@@ -232,21 +244,34 @@ pub async fn run_unit(
     }
 }
 
+/// `started: None` inside the migration's transaction: the server measures from BEGIN.
 async fn insert_sql_row(
-    c: &impl tokio_postgres::GenericClient,
+    c: &Client,
     table: &str,
     m: &SqlMigration,
-    started: Instant,
+    started: Option<Instant>,
     error: Option<&str>,
 ) -> Result<(), tokio_postgres::Error> {
-    let ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
+    use tokio_postgres::types::Type;
+    let ms = started.map(|s| s.elapsed().as_millis().min(i32::MAX as u128) as i32);
     let version = m.version.as_ref().map(ToString::to_string);
-    c.execute(
+    // execute_typed: parse, bind and execute in one round trip.
+    c.execute_typed(
         &format!(
             "INSERT INTO {table} (version, description, script, checksum, execution_ms, success, transactional, error)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+             VALUES ($1, $2, $3, $4, coalesce($5, (extract(epoch FROM clock_timestamp() - now()) * 1000)::int),
+                     $6, $7, $8)"
         ),
-        &[&version, &m.description, &m.script, &m.checksum, &ms, &error.is_none(), &m.transactional, &error],
+        &[
+            (&version, Type::TEXT),
+            (&m.description, Type::TEXT),
+            (&m.script, Type::TEXT),
+            (&m.checksum, Type::TEXT),
+            (&ms, Type::INT4),
+            (&error.is_none(), Type::BOOL),
+            (&m.transactional, Type::BOOL),
+            (&error, Type::TEXT),
+        ],
     )
     .await?;
     Ok(())

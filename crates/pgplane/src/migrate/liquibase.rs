@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use pgplane_core::ident::quote_ident;
 use pgplane_core::liquibase::{self, ChangeSet, Changelog, Condition, FsLoader, OnFail};
 use pgplane_core::migrate::{Applied, State, Step, Unit};
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::Client;
 
 use super::ledger::{failure_of, qualified, table_exists, Outcome};
 use super::{Failure, Selection, Target};
@@ -315,24 +315,28 @@ struct Row<'a> {
 
 /// Writes a changeset's DATABASECHANGELOG row as Liquibase 4.28 does: a re-run updates
 /// the existing row (EXECTYPE RERAN), anything else inserts one.
-async fn write_row(
-    c: &impl GenericClient,
-    schema: &str,
-    table: &str,
-    row: Row<'_>,
-) -> Result<(), tokio_postgres::Error> {
+async fn write_row(c: &Client, schema: &str, table: &str, row: Row<'_>) -> Result<(), tokio_postgres::Error> {
+    use tokio_postgres::types::Type;
     let t = qualified(schema, table);
     let cs = row.cs;
-    let order: i32 = c.query_one(&format!("SELECT coalesce(max(ORDEREXECUTED), 0) + 1 FROM {t}"), &[]).await?.get(0);
     let deployment = deployment_id();
+    // Under the migration lock, so max + 1 is this run's next number.
+    let order = format!("(SELECT coalesce(max(ORDEREXECUTED), 0) + 1 FROM {t})");
     if row.rerun {
         let n = c
-            .execute(
+            .execute_typed(
                 &format!(
-                    "UPDATE {t} SET DATEEXECUTED = NOW(), ORDEREXECUTED = $1, MD5SUM = $2, EXECTYPE = $3, DEPLOYMENT_ID = $4
-                      WHERE ID = $5 AND AUTHOR = $6 AND FILENAME = $7"
+                    "UPDATE {t} SET DATEEXECUTED = NOW(), ORDEREXECUTED = {order}, MD5SUM = $1, EXECTYPE = $2, DEPLOYMENT_ID = $3
+                      WHERE ID = $4 AND AUTHOR = $5 AND FILENAME = $6"
                 ),
-                &[&order, &cs.checksum, &row.exectype, &deployment, &cs.id, &cs.author, &cs.filename],
+                &[
+                    (&cs.checksum, Type::VARCHAR),
+                    (&row.exectype, Type::VARCHAR),
+                    (&deployment, Type::VARCHAR),
+                    (&cs.id, Type::VARCHAR),
+                    (&cs.author, Type::VARCHAR),
+                    (&cs.filename, Type::VARCHAR),
+                ],
             )
             .await?;
         if n > 0 {
@@ -342,26 +346,25 @@ async fn write_row(
     let description = truncate(&cs.description(), 255);
     let comment = truncate(cs.comment.as_deref().unwrap_or(""), 255);
     let tool = truncate(TOOL, 20);
-    c.execute(
+    c.execute_typed(
         &format!(
             "INSERT INTO {t} (ID, AUTHOR, FILENAME, DATEEXECUTED, ORDEREXECUTED, MD5SUM, DESCRIPTION, COMMENTS, EXECTYPE,
                               CONTEXTS, LABELS, LIQUIBASE, DEPLOYMENT_ID, TAG)
-             VALUES ($1, $2, $3, NOW(), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+             VALUES ($1, $2, $3, NOW(), {order}, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         ),
         &[
-            &cs.id,
-            &cs.author,
-            &cs.filename,
-            &order,
-            &cs.checksum,
-            &description,
-            &comment,
-            &row.exectype,
-            &cs.contexts_column(),
-            &cs.labels_column(),
-            &tool,
-            &deployment,
-            &cs.tag(),
+            (&cs.id, Type::VARCHAR),
+            (&cs.author, Type::VARCHAR),
+            (&cs.filename, Type::VARCHAR),
+            (&cs.checksum, Type::VARCHAR),
+            (&description, Type::VARCHAR),
+            (&comment, Type::VARCHAR),
+            (&row.exectype, Type::VARCHAR),
+            (&cs.contexts_column(), Type::VARCHAR),
+            (&cs.labels_column(), Type::VARCHAR),
+            (&tool, Type::VARCHAR),
+            (&deployment, Type::VARCHAR),
+            (&cs.tag(), Type::VARCHAR),
         ],
     )
     .await?;
@@ -425,7 +428,7 @@ async fn record_failure(client: &Client, schema: &str, cs: &ChangeSet, f: &Failu
     Ok(())
 }
 
-async fn clear_failure(c: &impl GenericClient, schema: &str, cs: &ChangeSet) -> Result<(), tokio_postgres::Error> {
+async fn clear_failure(c: &Client, schema: &str, cs: &ChangeSet) -> Result<(), tokio_postgres::Error> {
     // to_regclass instead of a failing DELETE: the table exists only after a failure.
     let exists: bool = c
         .query_one("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", &[&schema, &FAILURES_TABLE])
@@ -445,20 +448,53 @@ async fn clear_failure(c: &impl GenericClient, schema: &str, cs: &ChangeSet) -> 
 }
 
 /// Runs the statements, then the ledger row; `Err((statement index, error))`, where the
-/// index is `None` for an error after the statements (the row, the commit).
+/// index is `None` for an error after the statements (the row, the commit). In a
+/// transaction everything up to the row is sent at once (pipelined): an error aborts the
+/// transaction, so nothing after it can commit. Outside one, statement by statement.
 async fn run_statements(
     c: &Client,
+    begin: &super::Begin,
     statements: &[liquibase::Statement],
     schema: &str,
     table: &str,
     row: Row<'_>,
+    had_failure: bool,
 ) -> Result<(), (Option<usize>, tokio_postgres::Error)> {
-    for (i, s) in statements.iter().enumerate() {
-        c.batch_execute(&s.sql).await.map_err(|e| (Some(i), e))?;
-    }
+    use futures_util::TryFutureExt;
     let cs = row.cs;
-    write_row(c, schema, table, row).await.map_err(|e| (None, e))?;
-    clear_failure(c, schema, cs).await.map_err(|e| (None, e))
+    if cs.run_in_transaction {
+        let begin = begin.transaction();
+        let result = async {
+            futures_util::future::try_join3(
+                c.batch_execute(&begin).map_err(|e| (None, e)),
+                futures_util::future::try_join_all(
+                    statements.iter().enumerate().map(|(i, s)| c.batch_execute(&s.sql).map_err(move |e| (Some(i), e))),
+                ),
+                write_row(c, schema, table, row).map_err(|e| (None, e)),
+            )
+            .await?;
+            if had_failure {
+                clear_failure(c, schema, cs).await.map_err(|e| (None, e))?;
+            }
+            c.batch_execute("COMMIT").await.map_err(|e| (None, e))
+        }
+        .await;
+        if result.is_err() {
+            // Leaves no transaction open, whichever step failed (none is left after a failed COMMIT).
+            let _ = c.batch_execute("ROLLBACK").await;
+        }
+        result
+    } else {
+        c.batch_execute(&begin.setup).await.map_err(|e| (None, e))?;
+        for (i, s) in statements.iter().enumerate() {
+            c.batch_execute(&s.sql).await.map_err(|e| (Some(i), e))?;
+        }
+        write_row(c, schema, table, row).await.map_err(|e| (None, e))?;
+        if had_failure {
+            clear_failure(c, schema, cs).await.map_err(|e| (None, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs one changeset: preconditions, its statements and its ledger row.
@@ -469,8 +505,10 @@ pub async fn run_unit(
     table: &str,
     step: &Step,
     unit: &Unit,
+    begin: &super::Begin,
 ) -> Result<Outcome> {
     let cs = src.changeset(unit)?;
+    let had_failure = step.state == State::Retry;
     let schema = t.schema.as_str();
     let rerun = matches!(step.state, State::Changed | State::Always);
     let ran = if rerun { "reran" } else { "applied" };
@@ -491,8 +529,8 @@ pub async fn run_unit(
             Some(OnFail::MarkRan) => {
                 // Like Liquibase: MARK_RAN always adds a row, even for a re-run.
                 let tx = client.transaction().await?;
-                write_row(&tx, schema, table, Row { cs, exectype: "MARK_RAN", rerun: false }).await?;
-                clear_failure(&tx, schema, cs).await?;
+                write_row(tx.client(), schema, table, Row { cs, exectype: "MARK_RAN", rerun: false }).await?;
+                clear_failure(tx.client(), schema, cs).await?;
                 tx.commit().await?;
                 return Ok(Outcome::Ran("mark-ran"));
             }
@@ -516,17 +554,7 @@ pub async fn run_unit(
     }
     let statements = cs.sql(Some(schema));
     let row = Row { cs, exectype, rerun };
-    let result = if cs.run_in_transaction {
-        match client.transaction().await {
-            Ok(tx) => match run_statements(tx.client(), &statements, schema, table, row).await {
-                Ok(()) => tx.commit().await.map_err(|e| (None, e)),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err((None, e)),
-        }
-    } else {
-        run_statements(client, &statements, schema, table, row).await
-    };
+    let result = run_statements(client, begin, &statements, schema, table, row, had_failure).await;
     let Err((index, e)) = result else {
         return Ok(Outcome::Ran(ran));
     };

@@ -181,8 +181,32 @@ pub async fn connect(t: &Target) -> Result<Client> {
     Ok(client)
 }
 
-/// The target's role and search path; set again before every migration, since a
-/// migration may change them for the rest of the session.
+/// How each migration starts: the target's role and search path again (an earlier
+/// migration may have changed them), then, inside a transaction, BEGIN; `durable: false`
+/// lets the commit return before the WAL is flushed.
+pub struct Begin {
+    pub setup: String,
+    pub durable: bool,
+}
+
+impl Begin {
+    pub fn new(t: &Target, durable: bool) -> Begin {
+        let mut setup = String::new();
+        if let Some(role) = &t.role {
+            let _ = write!(setup, "SET ROLE {};", quote_ident(role));
+        }
+        let _ = write!(setup, "SET search_path TO {};", quote_ident(&t.schema));
+        Begin { setup, durable }
+    }
+
+    /// Setup, BEGIN and the commit mode, as one batch.
+    pub fn transaction(&self) -> String {
+        let sync = if self.durable { "" } else { "SET LOCAL synchronous_commit = off;" };
+        format!("{}BEGIN;{sync}", self.setup)
+    }
+}
+
+/// The target's role and search path.
 async fn setup_session(client: &Client, t: &Target) -> Result<()> {
     let mut setup = String::new();
     if let Some(role) = &t.role {
@@ -225,6 +249,10 @@ async fn run_target(source: &Source, t: &Target, opts: &RunOptions, many: bool, 
     let lock_table = opts.ledger.lock_table();
     liquibase::lock_row(&client, &t.schema, &lock_table, opts.lock_timeout).await?;
     let result = interruptible(&mut client, |c| plan_and_run(c, source, t, opts, many, report)).await;
+    if result.is_err() {
+        // An interrupted migration may have left its transaction open on this session.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
     let released = liquibase::unlock_row(&client, &t.schema, &lock_table).await;
     match (result, released) {
         (Ok(ok), Ok(())) => Ok(ok),
@@ -300,11 +328,16 @@ async fn plan_and_run(
             .collect();
         liquibase::fill_checksums(client, l, &t.schema, &opts.ledger.table(source), &cleared).await?;
     }
-    for step in p.to_run() {
+    let to_run: Vec<_> = p.to_run().collect();
+    for (i, step) in to_run.iter().enumerate() {
         let unit = &units[step.unit];
-        setup_session(client, t).await?;
+        // Only the run's last migration waits for its commit to reach disk, which makes
+        // every earlier one durable too; a server crash in between loses whole
+        // migrations with their ledger rows (never one without the other), and they run
+        // again next time.
+        let begin = Begin::new(t, i + 1 == to_run.len());
         let started = Instant::now();
-        let outcome = ledger::run_unit(client, source, t, &opts.ledger, step, unit).await?;
+        let outcome = ledger::run_unit(client, source, t, &opts.ledger, step, unit, &begin).await?;
         let ms = started.elapsed().as_millis() as u64;
         match outcome {
             ledger::Outcome::Ran(how) => {
