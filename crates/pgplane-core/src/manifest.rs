@@ -48,6 +48,50 @@ pub struct RawManifest {
     pub modules: Vec<RawModule>,
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
+    #[serde(default)]
+    pub templates: Vec<RawTemplate>,
+    #[serde(default)]
+    pub branches: Option<RawBranches>,
+}
+
+/// A template database built from migration sources, for branches to be stamped from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplate {
+    pub name: String,
+    pub module: String,
+    pub sources: Vec<String>,
+    #[serde(default)]
+    pub contexts: Vec<String>,
+}
+
+/// How branch databases are named, limited and set up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBranches {
+    #[serde(default)]
+    pub database: Option<String>,
+    #[serde(default)]
+    pub max_per_template: Option<u32>,
+    #[serde(default)]
+    pub ttl: Option<String>,
+    #[serde(default)]
+    pub readonly_role: Option<String>,
+    #[serde(default)]
+    pub template_sessions: Option<TemplateSessions>,
+    #[serde(default)]
+    pub settings: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// What `branch create` does with sessions connected to the template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateSessions {
+    /// Wait for them to end (up to the session timeout).
+    #[default]
+    Wait,
+    /// End them with pg_terminate_backend.
+    Terminate,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +161,8 @@ pub struct RawModule {
     pub readonly_role: bool,
     #[serde(default)]
     pub migrations: Option<RawMigrations>,
+    #[serde(default)]
+    pub settings: BTreeMap<String, serde_yaml::Value>,
 }
 
 /// `migrations: PATH`, or a map with the path and options.
@@ -162,6 +208,8 @@ pub struct Manifest {
     pub naming: Naming,
     pub modules: Vec<ModuleSpec>,
     pub tenants: Vec<TenantSpec>,
+    pub templates: Vec<TemplateSpec>,
+    pub branches: BranchPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,7 +239,53 @@ pub struct ModuleSpec {
     pub connection_limit: Option<i32>,
     pub readonly_role: bool,
     pub migrations: Option<MigrationsSpec>,
+    /// Database-level settings (`ALTER DATABASE … SET name = value`), sorted by name.
+    pub settings: Vec<(String, String)>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSpec {
+    /// The template database's name.
+    pub name: String,
+    /// The module whose owner owns the objects and whose migrations options apply.
+    pub module: String,
+    /// Migration sources, in order, as written (relative to the manifest's folder).
+    pub sources: Vec<String>,
+    pub contexts: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BranchPolicy {
+    /// `{template}`, `{branch}` (and `{env}`) → the branch database's name.
+    pub database: NameTemplate,
+    pub max_per_template: u32,
+    pub ttl: Option<std::time::Duration>,
+    /// May connect to and read every branch and template.
+    pub readonly_role: Option<String>,
+    pub template_sessions: TemplateSessions,
+    /// Database-level settings of every branch, sorted by name.
+    pub settings: Vec<(String, String)>,
+}
+
+impl Default for BranchPolicy {
+    fn default() -> Self {
+        BranchPolicy {
+            database: NameTemplate::parse(
+                DEFAULT_BRANCH_DATABASE,
+                &[Var::Template, Var::Branch],
+                &[Var::Template, Var::Branch, Var::Env],
+            )
+            .expect("valid default"),
+            max_per_template: 20,
+            ttl: None,
+            readonly_role: None,
+            template_sessions: TemplateSessions::Wait,
+            settings: Vec::new(),
+        }
+    }
+}
+
+pub const DEFAULT_BRANCH_DATABASE: &str = "{template}_{branch}";
 
 /// A module's migration source and how to apply it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -251,6 +345,10 @@ impl Manifest {
             ManifestError { file: path.to_path_buf(), line, column, message }
         })?;
         validate(&src, raw, env)
+    }
+
+    pub fn template(&self, name: &str) -> Option<&TemplateSpec> {
+        self.templates.iter().find(|t| t.name == name)
     }
 
     pub fn module(&self, name: &str) -> Option<&ModuleSpec> {
@@ -520,6 +618,7 @@ fn validate(
                 None => None,
                 Some(raw) => Some(migrations(raw).map_err(|(key, value, msg)| here().err(key, &value, msg))?),
             },
+            settings: settings(&m.settings).map_err(|(key, msg)| here().err(&key, &key, msg))?,
         });
     }
 
@@ -566,6 +665,91 @@ fn validate(
         tenants.push(TenantSpec { name: t.name.clone(), modules: t.modules.clone() });
     }
 
+    let templates_scope = src.section("templates");
+    let mut templates = Vec::new();
+    let mut seen_templates = BTreeSet::new();
+    for t in &raw.templates {
+        check_name("template", &t.name).map_err(|m| templates_scope.err("name", &t.name, m))?;
+        let here = || templates_scope.from("name", &t.name);
+        if !seen_templates.insert(t.name.clone()) {
+            return Err(templates_scope.err_nth("name", &t.name, 1, format!("template {:?} is listed twice", t.name)));
+        }
+        match by_name.get(t.module.as_str()) {
+            None => {
+                return Err(here().err(
+                    "module",
+                    &t.module,
+                    format!(
+                        "template {:?} names module {:?}, which is not defined in `modules` (defined: {})",
+                        t.name,
+                        t.module,
+                        by_name.keys().copied().collect::<Vec<_>>().join(", ")
+                    ),
+                ))
+            }
+            Some(m) if m.storage != Storage::Database => {
+                return Err(here().err(
+                    "module",
+                    &t.module,
+                    format!(
+                        "template {:?}: module {:?} has `storage: {}`; templates are built for modules with `storage: database`",
+                        t.name,
+                        t.module,
+                        m.storage.as_str()
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        if t.sources.is_empty() {
+            return Err(here().err(
+                "sources",
+                "[]",
+                format!("template {:?} has no sources; list the migration sources that build it", t.name),
+            ));
+        }
+        templates.push(TemplateSpec {
+            name: t.name.clone(),
+            module: t.module.clone(),
+            sources: t.sources.clone(),
+            contexts: t.contexts.clone(),
+        });
+    }
+
+    let branches = match &raw.branches {
+        None => BranchPolicy::default(),
+        Some(b) => {
+            let scope = src.section("branches");
+            let mut policy = BranchPolicy::default();
+            if let Some(text) = &b.database {
+                policy.database =
+                    NameTemplate::parse(text, &[Var::Template, Var::Branch], &[Var::Template, Var::Branch, Var::Env])
+                        .map_err(|m| scope.err("database", text, format!("branches.database: {m}")))?;
+            }
+            if let Some(max) = b.max_per_template {
+                if max == 0 {
+                    return Err(scope.err(
+                        "max_per_template",
+                        "0",
+                        "branches.max_per_template must be at least 1".into(),
+                    ));
+                }
+                policy.max_per_template = max;
+            }
+            if let Some(ttl) = &b.ttl {
+                policy.ttl =
+                    Some(parse_duration(ttl).map_err(|m| scope.err("ttl", ttl, format!("branches.ttl: {m}")))?);
+            }
+            if let Some(role) = &b.readonly_role {
+                check_name("branches.readonly_role", role).map_err(|m| scope.err("readonly_role", role, m))?;
+                policy.readonly_role = Some(role.clone());
+            }
+            policy.template_sessions = b.template_sessions.unwrap_or_default();
+            policy.settings = settings(&b.settings).map_err(|(key, msg)| scope.err(&key, &key, msg))?;
+            policy
+        }
+    };
+
     Ok(Manifest {
         file: src.file.to_path_buf(),
         default_environment: raw.environment,
@@ -573,7 +757,57 @@ fn validate(
         naming,
         modules,
         tenants,
+        templates,
+        branches,
     })
+}
+
+/// Database-level settings: names like `search_path` or `app.mode`; scalar values.
+fn settings(raw: &BTreeMap<String, serde_yaml::Value>) -> Result<Vec<(String, String)>, (String, String)> {
+    let mut out = Vec::new();
+    for (name, value) in raw {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name.split('.').count() <= 2
+            && name.split('.').all(|p| {
+                p.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                    && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            });
+        if !valid {
+            return Err((
+                name.clone(),
+                format!(
+                    "setting name {name:?} is not valid; use a PostgreSQL parameter name like search_path or app.mode"
+                ),
+            ));
+        }
+        let value = match value {
+            serde_yaml::Value::String(s) => s.clone(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+            _ => return Err((name.clone(), format!("setting {name}: the value must be a string, number or boolean"))),
+        };
+        out.push((name.clone(), value));
+    }
+    Ok(out)
+}
+
+/// `250ms`, `30s`, `5m`, `72h`, `7d`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration; write e.g. 250ms, 30s, 5m, 72h or 7d"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s, m, h or d")),
+    };
+    Ok(d)
 }
 
 /// Checks a module's `migrations`; an error names the key, its value and the message.
@@ -826,6 +1060,29 @@ tenants:
         assert!(e.contains(":5:") && e.contains("changelog_table"), "{e}");
         let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    migrations:\n      path: x\n      changelog_table: \"bad name\"\n");
         assert!(e.contains(":7:") && e.contains("changelog_table"), "{e}");
+    }
+
+    #[test]
+    fn templates_and_branches_from_the_issue() {
+        let m = parse(
+            "version: 1\nmodules:\n  - name: registry\n    storage: database\n    settings: {search_path: 'registry, public', statement_timeout: 5000}\ntemplates:\n  - name: registry_template\n    module: registry\n    sources: [data-model/master/changelog.yaml]\nbranches:\n  database: \"{template}_dev_{branch}\"\n  max_per_template: 20\n  ttl: 72h\n  readonly_role: registry_dev_role\n  template_sessions: terminate\n  settings: {search_path: '\"$user\", registry, public'}\n",
+        )
+        .unwrap();
+        assert_eq!(m.templates[0].module, "registry");
+        assert_eq!(m.branches.ttl, Some(std::time::Duration::from_secs(72 * 3600)));
+        assert_eq!(m.branches.template_sessions, TemplateSessions::Terminate);
+        assert_eq!(m.branches.settings, vec![("search_path".to_string(), "\"$user\", registry, public".to_string())]);
+        assert_eq!(
+            m.modules[0].settings,
+            vec![("search_path".into(), "registry, public".into()), ("statement_timeout".into(), "5000".into())]
+        );
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: schema-per-tenant\ntemplates:\n  - name: t\n    module: a\n    sources: [x]\n");
+        assert!(e.contains(":7:") && e.contains("storage: database"), "{e}");
+        let e =
+            err("version: 1\nmodules:\n  - name: a\n    storage: database\nbranches:\n  database: \"{template}_x\"\n");
+        assert!(e.contains(":6:") && e.contains("{branch}"), "{e}");
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    settings: {\"Bad-Name\": 1}\n");
+        assert!(e.contains("Bad-Name"), "{e}");
     }
 
     #[test]

@@ -236,7 +236,7 @@ impl Desired {
         let mut d = Desired { env: env.to_string(), ..Desired::default() };
         for m in &manifest.modules {
             let b = Builder { env, module: &m.name, server: &m.server };
-            let vars = Vars { env, module: &m.name, tenant: "", owner: "" };
+            let vars = Vars { env, module: &m.name, ..Vars::default() };
             let limit = m.connection_limit.unwrap_or(-1);
             let tenants: Vec<&str> =
                 manifest.tenants.iter().filter(|t| t.modules.contains(&m.name)).map(|t| t.name.as_str()).collect();

@@ -11,6 +11,10 @@ pub enum Var {
     Tenant,
     /// The owner role's computed name (for `readonly_role`).
     Owner,
+    /// A template database's name (for `branches.database`).
+    Template,
+    /// A sanitised branch id (for `branches.database`).
+    Branch,
 }
 
 impl Var {
@@ -20,6 +24,8 @@ impl Var {
             Var::Module => "module",
             Var::Tenant => "tenant",
             Var::Owner => "owner",
+            Var::Template => "template",
+            Var::Branch => "branch",
         }
     }
 }
@@ -51,6 +57,8 @@ pub struct Vars<'a> {
     pub module: &'a str,
     pub tenant: &'a str,
     pub owner: &'a str,
+    pub template: &'a str,
+    pub branch: &'a str,
 }
 
 impl NameTemplate {
@@ -107,6 +115,8 @@ impl NameTemplate {
                 Part::Var(Var::Module) => out.push_str(vars.module),
                 Part::Var(Var::Tenant) => out.push_str(vars.tenant),
                 Part::Var(Var::Owner) => out.push_str(vars.owner),
+                Part::Var(Var::Template) => out.push_str(vars.template),
+                Part::Var(Var::Branch) => out.push_str(vars.branch),
             }
         }
         out
@@ -135,7 +145,7 @@ mod tests {
     fn renders() {
         let t = NameTemplate::parse("{env}_{tenant}_{module}", &[Var::Tenant], &[Var::Env, Var::Tenant, Var::Module])
             .expect("valid");
-        assert_eq!(t.render(Vars { env: "dev", tenant: "acme", module: "users", owner: "" }), "dev_acme_users");
+        assert_eq!(t.render(Vars { env: "dev", tenant: "acme", module: "users", ..Vars::default() }), "dev_acme_users");
     }
 
     #[test]
