@@ -9,6 +9,7 @@
 //! [`liquibase::Loader`]; it never talks to a database or the network, and depends on no
 //! database, HTTP or CLI crate.
 
+pub mod branch;
 pub mod ident;
 pub mod liquibase;
 pub mod manifest;

@@ -123,6 +123,188 @@ pub enum Command {
         #[command(subcommand)]
         command: MigrateCommand,
     },
+    /// Template databases that branches are stamped from.
+    #[command(after_help = "Example:
+  pgplane template build registry_template -f pgplane.yaml   # build, or rebuild and swap in")]
+    Template {
+        #[command(subcommand)]
+        command: TemplateCommand,
+    },
+    /// Branch databases for version candidates: stamped from a template, then migrated.
+    ///
+    /// A branch database is `CREATE DATABASE … TEMPLATE <template>` (WAL_LOG for small
+    /// templates, FILE_COPY for big ones), owned by the template module's owner, closed to
+    /// other modules' roles, readable by `branches.readonly_role`; then the given sources
+    /// are applied in order. Its status (RUNNING, SUCCESS, FAILED with the error) is
+    /// recorded in the control database. Operations on one branch serialize; different
+    /// branches run in parallel.
+    #[command(after_help = "Examples:
+  pgplane branch create MR-1234 --template registry_template --source candidate/changelog.yaml --label mr=1234 --ttl 72h
+  pgplane branch show MR-1234 --json
+  pgplane branch reset MR-1234 --source candidate/changelog.yaml   # a new patch set
+  pgplane branch gc --keep-file open-merge-requests.txt --dry-run
+  pgplane branch delete --all --match 'registry_template_dev_*'")]
+    Branch {
+        #[command(subcommand)]
+        command: BranchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Build (or rebuild) a template from its sources: a new database is built and swapped
+    /// in only when every source succeeded; a failed rebuild leaves the old template intact.
+    Build(TemplateBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TemplateBuildArgs {
+    /// The template's name (`templates[].name`).
+    pub name: String,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    #[command(flatten)]
+    pub deploy: DeployArgs,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Liquibase contexts, comma-separated (default: the template's `contexts`, else all).
+    #[arg(long, value_delimiter = ',')]
+    pub contexts: Vec<String>,
+    /// How long to wait for another operation on the same branch or template.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    /// How long sessions on the template may delay the copy (waited for or terminated, per
+    /// `branches.template_sessions`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub session_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BranchCommand {
+    /// Stamp a branch database from a template and deploy the given sources in order.
+    /// Exit code 0 when its status is SUCCESS, 1 when FAILED.
+    Create(BranchCreateArgs),
+    /// Drop and re-create the branch from its template, then deploy again (a new patch set).
+    Reset(BranchResetArgs),
+    /// Every branch of the environment with its status.
+    List(BranchListArgs),
+    /// One branch: id, database, template, labels, created, expires, status and error.
+    Show(BranchShowArgs),
+    /// Drop a branch (ending its sessions) and its record; or every branch with --all.
+    Delete(BranchDeleteArgs),
+    /// Reconcile: drop branches not in the live list, past their TTL, or interrupted.
+    Gc(BranchGcArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BranchCreateArgs {
+    /// The branch id from CI (`feature/ABC-12`, `1234`); sanitised into the database name.
+    pub id: String,
+    /// The template to stamp from.
+    #[arg(long)]
+    pub template: String,
+    /// Migration sources to apply after stamping, in order (e.g. the master changelog, then
+    /// the candidate's).
+    #[arg(long = "source", value_name = "PATH")]
+    pub sources: Vec<String>,
+    /// Time to live (e.g. 72h); `gc` drops the branch afterwards. Default: `branches.ttl`.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// A label `key=value` (repeat for several).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    #[command(flatten)]
+    pub deploy: DeployArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BranchResetArgs {
+    pub id: String,
+    /// New sources (default: the ones of the last deployment).
+    #[arg(long = "source", value_name = "PATH")]
+    pub sources: Vec<String>,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    #[command(flatten)]
+    pub deploy: DeployArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BranchListArgs {
+    /// Only branches of this template.
+    #[arg(long)]
+    pub template: Option<String>,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BranchShowArgs {
+    pub id: String,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BranchDeleteArgs {
+    /// The branch to delete (or --all).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub id: Option<String>,
+    /// Every branch pgplane manages in the environment (with --match: those whose id or
+    /// database matches). Databases pgplane does not manage are never touched.
+    #[arg(long)]
+    pub all: bool,
+    /// A pattern with `*` and `?`, matched against the database name and the id.
+    #[arg(long = "match", requires = "all", value_name = "PATTERN")]
+    pub pattern: Option<String>,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BranchGcArgs {
+    /// A live branch id (e.g. an open merge request); repeat for several. With --keep or
+    /// --keep-file, every branch not listed is dropped.
+    #[arg(long = "keep", value_name = "ID")]
+    pub keep: Vec<String>,
+    /// A file with live branch ids, one per line (# comments and blank lines ignored).
+    #[arg(long)]
+    pub keep_file: Option<PathBuf>,
+    /// Show what would be dropped; drop nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("label {s:?} is not KEY=VALUE")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -326,7 +508,8 @@ pub struct WaitArgs {
     /// be connected to. `role:NAME`: exists and can log in. `sql:QUERY`: the first column of
     /// the first row is true (boolean true, a non-zero number, or t/true/yes/on/1), run in
     /// the target database. `migrated:MODULE`: every migration of the module is applied (needs
-    /// -f). `branch:ID`: not supported yet (branches arrive with the next issue).
+    /// -f). `branch:ID`: the branch's
+    /// deployment status is SUCCESS (needs -f).
     #[arg(long = "for", value_name = "CONDITION", required = true, value_parser = crate::wait::parse_condition)]
     pub conditions: Vec<crate::wait::Condition>,
     /// The server (and target database) as a connection URL. -f takes precedence over

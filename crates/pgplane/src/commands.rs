@@ -10,12 +10,12 @@ use pgplane_core::render;
 use serde_json::json;
 
 use crate::cli::{
-    AdoptArgs, ApplyArgs, ChangeArgs, CredentialFormat, CredentialsArgs, LocalCommand, MigrateCommand, PlanArgs,
-    RoleChoice, StatusArgs, WaitArgs,
+    AdoptArgs, ApplyArgs, BranchCommand, ChangeArgs, CredentialFormat, CredentialsArgs, LocalCommand, MigrateCommand,
+    PlanArgs, RoleChoice, StatusArgs, TemplateCommand, WaitArgs,
 };
 use crate::conn::Servers;
 use crate::ops::{self, Ctx, Session};
-use crate::{control, exec, migrate, observe, output, secrets, wait};
+use crate::{branch, control, exec, migrate, observe, output, secrets, wait};
 
 pub async fn plan(ctx: &mut Ctx, args: PlanArgs) -> Result<i32> {
     let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
@@ -567,4 +567,174 @@ fn print_migrations(runs: &[migrate::ModuleRun], mode: migrate::Mode, json: bool
         print!("{}", migrate::render_text(&r.targets, mode));
     }
     Ok(())
+}
+
+pub async fn template(ctx: &mut Ctx, command: TemplateCommand) -> Result<i32> {
+    let TemplateCommand::Build(args) = command;
+    let b = branch::Branches::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
+    let opts = deploy_options(&args.deploy, !args.json);
+    let report = b.build_template(&args.name, &args.deploy.contexts, &opts).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.ok {
+        println!("template {} built (marked IS_TEMPLATE, closed to module roles)", report.template);
+    } else {
+        for r in &report.runs {
+            println!("{}", r.source);
+            print!("{}", migrate::render_text(&r.targets, migrate::Mode::Up));
+        }
+        println!(
+            "template {} NOT rebuilt: {}; the previous template (if any) is unchanged",
+            report.template,
+            report.error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(if report.ok { 0 } else { 1 })
+}
+
+fn deploy_options(args: &crate::cli::DeployArgs, live: bool) -> branch::DeployOptions {
+    branch::DeployOptions { lock_timeout: args.lock_timeout, session_timeout: args.session_timeout, live }
+}
+
+pub async fn branch(ctx: &mut Ctx, command: BranchCommand) -> Result<i32> {
+    match command {
+        BranchCommand::Create(a) => {
+            let b = branch::Branches::open(ctx, &a.manifest.file, a.manifest.env.as_deref()).await?;
+            let req = branch::BranchRequest {
+                id: a.id.clone(),
+                template: Some(a.template.clone()),
+                sources: Some(a.sources.clone()),
+                contexts: a.deploy.contexts.clone(),
+                labels: Some(a.labels.iter().cloned().collect()),
+                ttl: a.ttl,
+            };
+            let v = b.deploy_branch(&req, false, &deploy_options(&a.deploy, !a.json)).await?;
+            print_branch(&v, a.json)
+        }
+        BranchCommand::Reset(a) => {
+            let b = branch::Branches::open(ctx, &a.manifest.file, a.manifest.env.as_deref()).await?;
+            let req = branch::BranchRequest {
+                id: a.id.clone(),
+                template: None,
+                sources: (!a.sources.is_empty()).then(|| a.sources.clone()),
+                contexts: a.deploy.contexts.clone(),
+                labels: None,
+                ttl: None,
+            };
+            let v = b.deploy_branch(&req, true, &deploy_options(&a.deploy, !a.json)).await?;
+            print_branch(&v, a.json)
+        }
+        BranchCommand::Show(a) => {
+            let b = branch::Branches::open(ctx, &a.manifest.file, a.manifest.env.as_deref()).await?;
+            let v = b.show(&a.id).await?.with_context(|| {
+                format!("there is no branch {:?} in environment {} (see `pgplane branch list`)", a.id, b.env)
+            })?;
+            print_branch(&v, a.json)?;
+            Ok(0)
+        }
+        BranchCommand::List(a) => {
+            let b = branch::Branches::open(ctx, &a.manifest.file, a.manifest.env.as_deref()).await?;
+            let all = b.records(None, a.template.as_deref()).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(0);
+            }
+            if all.is_empty() {
+                println!("no branches in environment {}", b.env);
+            }
+            for v in &all {
+                let labels: Vec<String> = v.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!(
+                    "{:<24} {:<8} {:<40} {:<20} expires {:<20} {}",
+                    v.id,
+                    v.status,
+                    v.database,
+                    v.template,
+                    v.expires_at.as_deref().unwrap_or("never"),
+                    labels.join(",")
+                );
+            }
+            Ok(0)
+        }
+        BranchCommand::Delete(a) => {
+            let b = branch::Branches::open(ctx, &a.manifest.file, a.manifest.env.as_deref()).await?;
+            let opts =
+                branch::DeployOptions { lock_timeout: a.lock_timeout, session_timeout: a.lock_timeout, live: false };
+            let dropped = match &a.id {
+                Some(id) => vec![b.delete(id, &opts).await?],
+                None => b.delete_all(a.pattern.as_deref(), &opts).await?,
+            };
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&json!({"deleted": dropped}))?);
+            } else {
+                for v in &dropped {
+                    println!("deleted branch {} (database {})", v.id, v.database);
+                }
+                if dropped.is_empty() {
+                    println!("no branch matched; nothing deleted");
+                }
+            }
+            Ok(0)
+        }
+        BranchCommand::Gc(a) => {
+            let b = branch::Branches::open(ctx, &a.manifest.file, a.manifest.env.as_deref()).await?;
+            let mut keep: Option<std::collections::BTreeSet<String>> =
+                (!a.keep.is_empty()).then(|| a.keep.iter().cloned().collect());
+            if let Some(file) = &a.keep_file {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading the live list {}", file.display()))?;
+                let ids =
+                    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string);
+                keep.get_or_insert_with(Default::default).extend(ids);
+            }
+            let opts =
+                branch::DeployOptions { lock_timeout: a.lock_timeout, session_timeout: a.lock_timeout, live: false };
+            let dropped = b.gc(keep.as_ref(), a.dry_run, &opts).await?;
+            if a.json {
+                let list: Vec<_> = dropped
+                    .iter()
+                    .map(|(v, why)| json!({"id": v.id, "database": v.database, "template": v.template, "reason": why}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&json!({"dry_run": a.dry_run, "dropped": list}))?);
+            } else {
+                let verb = if a.dry_run { "would drop" } else { "dropped" };
+                for (v, why) in &dropped {
+                    println!("{verb} branch {} (database {}): {why}", v.id, v.database);
+                }
+                if dropped.is_empty() {
+                    println!("nothing to drop");
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn print_branch(v: &branch::BranchView, json_out: bool) -> Result<i32> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        println!("branch {}", v.id);
+        println!("  status    {}", v.status);
+        println!("  database  {} (template {}, server {})", v.database, v.template, v.server);
+        if !v.labels.is_empty() {
+            let labels: Vec<String> = v.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("  labels    {}", labels.join(", "));
+        }
+        if !v.sources.is_empty() {
+            println!("  sources   {}", v.sources.join(", "));
+        }
+        println!(
+            "  created   {}   expires {}",
+            v.created_at.as_deref().unwrap_or("-"),
+            v.expires_at.as_deref().unwrap_or("never")
+        );
+        if let Some(e) = &v.error {
+            println!("  error     {e}");
+        }
+        if let Some(stmt) = v.failure.as_ref().and_then(|f| f.get("statement")).and_then(|s| s.as_str()) {
+            println!("  statement {stmt}");
+        }
+    }
+    Ok(if v.status == "FAILED" { 1 } else { 0 })
 }

@@ -58,6 +58,7 @@ impl Target {
             Role::Read => cfg.application_name("pgplane"),
             Role::Apply => cfg.application_name(apply_application_name()),
             Role::Migrate => cfg.application_name("pgplane-migrate"),
+            Role::Branch => cfg.application_name("pgplane-branch"),
         };
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(10));
@@ -83,6 +84,8 @@ pub enum Role {
     Apply,
     /// Runs migrations: not an apply session, so apply's reaper leaves it alone.
     Migrate,
+    /// Builds templates and branch databases (also left alone by apply's reaper).
+    Branch,
 }
 
 pub const APPLY_APPLICATION_PREFIX: &str = "pgplane-apply/";

@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../sql/control/0001_init.sql")),
     (2, include_str!("../sql/control/0002_observations.sql")),
     (3, include_str!("../sql/control/0003_installation.sql")),
+    (4, include_str!("../sql/control/0004_branches.sql")),
 ];
 
 /// Advisory lock key that serializes every mutating pgplane operation on a server.
@@ -89,7 +90,13 @@ pub async fn create_if_missing(admin: &Client) -> Result<()> {
 
 /// Migrates the control schema (call with the lock held, after [`create_if_missing`]).
 pub async fn ensure(target: &Target) -> Result<Client> {
-    let mut client = target.connect_as(Some(CONTROL_DB), Role::Apply).await?;
+    ensure_as(target, Role::Apply).await
+}
+
+/// [`ensure`] with a session named for `role` (branch operations must not look like an
+/// apply's session, which the next apply would reap).
+pub async fn ensure_as(target: &Target, role: Role) -> Result<Client> {
+    let mut client = target.connect_as(Some(CONTROL_DB), role).await?;
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK_KEY]).await?;
     tx.batch_execute(

@@ -1,5 +1,6 @@
 //! The `pgplane` binary: parse arguments, set up logging, run one command, exit.
 
+mod branch;
 mod cli;
 mod commands;
 mod conn;
@@ -42,6 +43,8 @@ fn main() -> ExitCode {
             Command::Wait(a) => commands::wait(&ctx, a).await,
             Command::Local { command } => commands::local(&mut ctx, command),
             Command::Migrate { command } => commands::migrate(&mut ctx, command).await,
+            Command::Template { command } => commands::template(&mut ctx, command).await,
+            Command::Branch { command } => commands::branch(&mut ctx, command).await,
         }
     });
     match result {

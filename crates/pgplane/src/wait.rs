@@ -285,7 +285,7 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 /// What a probe may use in one round.
-#[allow(dead_code)] // client, client_error and database are for `probe_branch` (branches issue)
+#[allow(dead_code)] // client, client_error and database: for probes that need the target's connection
 pub struct Probe<'a> {
     /// Connection to [`Probe::database`], when one could be made this round.
     pub client: Option<&'a Client>,
@@ -323,9 +323,38 @@ pub async fn probe_migrated(probe: &Probe<'_>, module: &str) -> Outcome {
     }
 }
 
-/// Evaluates `branch:ID`. Called once per round from [`evaluate`]; not written yet.
-pub async fn probe_branch(_probe: &Probe<'_>, id: &str) -> Outcome {
-    Outcome::fails(format!("branch:{id}: this condition is not supported yet"))
+/// Evaluates `branch:ID`: the branch's deployment status is SUCCESS (read from the
+/// control database, on the manifest's first server). Needs `-f`.
+pub async fn probe_branch(probe: &Probe<'_>, id: &str) -> Outcome {
+    let (Some(manifest), Some(desired)) = (probe.manifest, probe.desired) else {
+        return Outcome::fails(format!(
+            "branch:{id} needs the manifest: pass -f FILE (and --env E unless it sets `environment:`)"
+        ));
+    };
+    let control_server = match manifest.servers.first() {
+        Some(s) => match Target::from_url(&s.name, &s.url) {
+            Ok(t) => t,
+            Err(e) => return Outcome::fails(format!("{e:#}")),
+        },
+        None => probe.target.clone(),
+    };
+    let limit = probe.connect_timeout.max(Duration::from_secs(5));
+    let check = async {
+        let control = control_server.connect(Some(crate::control::CONTROL_DB)).await?;
+        crate::branch::records(&control, &desired.env, Some(id), None).await
+    };
+    match tokio::time::timeout(limit, check).await {
+        Ok(Ok(list)) => match list.first() {
+            Some(b) if b.status == "SUCCESS" => Outcome::holds(format!("branch {id}: SUCCESS ({})", b.database)),
+            Some(b) => Outcome::fails(match &b.error {
+                Some(e) => format!("branch {id}: {}: {e}", b.status),
+                None => format!("branch {id}: {}", b.status),
+            }),
+            None => Outcome::fails(format!("branch {id}: no deployment record (UNKNOWN)")),
+        },
+        Ok(Err(e)) => Outcome::fails(format!("{e:#}")),
+        Err(_) => Outcome::fails(format!("no answer within {}", human(limit))),
+    }
 }
 
 /// The connections of the loop: one to the target database, and a fallback one while that

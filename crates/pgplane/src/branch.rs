@@ -1,0 +1,904 @@
+//! Template databases and branch databases: build a template from migration sources,
+//! stamp branches from it with `CREATE DATABASE … TEMPLATE`, deploy candidate sources,
+//! record statuses in the control database, and clean up.
+//!
+//! Locks (session advisory locks in the control database, each on a connection of its own
+//! that lives as long as the operation): one per branch, so operations on the same branch
+//! serialize and different branches run in parallel; one per template, taken shared while
+//! a branch is copied from it and exclusive while a rebuilt template is swapped in.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use pgplane_core::ident::{quote_ident, quote_literal};
+use pgplane_core::manifest::{TemplateSessions, TemplateSpec};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use crate::conn::{Role, Target as Server};
+use crate::control::{self, CONTROL_DB};
+use crate::migrate;
+use crate::ops::Session;
+
+const BRANCH_LOCK: i32 = 0x7067_6272; // "pgbr"
+const TEMPLATE_LOCK: i32 = 0x7067_7470; // "pgtp"
+
+/// Templates larger than this are copied with `STRATEGY FILE_COPY`, smaller ones with
+/// `WAL_LOG` (PostgreSQL 15's default). Measured with `bench/branch`: see bench/README.md.
+pub const FILE_COPY_ABOVE_BYTES: i64 = 256 * 1024 * 1024;
+
+/// A branch as `branch list|show --json` and the HTTP API show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BranchView {
+    pub id: String,
+    pub database: String,
+    pub template: String,
+    pub server: String,
+    pub labels: BTreeMap<String, String>,
+    pub sources: Vec<String>,
+    /// RUNNING, SUCCESS, FAILED, or UNKNOWN when pgplane has no deployment record.
+    pub status: String,
+    /// What failed, for people: the migration, PostgreSQL's message, where.
+    pub error: Option<String>,
+    /// The same, structured: `{migration, message, sqlstate, position, statement}`.
+    pub failure: Option<Value>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub operation_id: Option<i64>,
+}
+
+/// Everything a branch command needs: the manifest's session and the control database.
+pub struct Branches {
+    pub s: Session,
+    pub env: String,
+    pub control: Client,
+    pub control_server: Server,
+}
+
+impl Branches {
+    /// Opens the session and the control database (creating it if needed).
+    pub async fn open(ctx: &mut crate::ops::Ctx, file: &Path, env: Option<&str>) -> Result<Branches> {
+        let s = Session::open(ctx, file, env).await?;
+        let env = s.desired.env.clone();
+        control::create_if_missing(s.first_admin()).await?;
+        let control_server = s.servers.first().clone();
+        let control = control::ensure_as(&control_server, Role::Branch).await?;
+        Ok(Branches { s, env, control, control_server })
+    }
+
+    fn template(&self, name: &str) -> Result<&TemplateSpec> {
+        self.s.manifest.template(name).with_context(|| {
+            let known: Vec<&str> = self.s.manifest.templates.iter().map(|t| t.name.as_str()).collect();
+            format!(
+                "template {name:?} is not in {} (templates: {})",
+                self.s.manifest.file.display(),
+                if known.is_empty() { "none; add a `templates:` entry".to_string() } else { known.join(", ") }
+            )
+        })
+    }
+
+    /// The server and owner role of a template's module.
+    fn module_of(&self, t: &TemplateSpec) -> Result<(Server, String, String)> {
+        let m = self.s.manifest.module(&t.module).context("template module")?;
+        let server = self.s.servers.get(&m.server)?.clone();
+        let owner = self
+            .s
+            .desired
+            .endpoint(&m.name, None)
+            .map(|e| e.owner_role.clone())
+            .context("the template's module has no owner role")?;
+        let schema = m.migrations.as_ref().and_then(|x| x.schema.clone()).unwrap_or_else(|| "public".into());
+        Ok((server, owner, schema))
+    }
+
+    fn admin(&self, server: &str) -> Result<&Client> {
+        self.s.admins.get(server).with_context(|| format!("no connection to server {server}"))
+    }
+
+    /// Holds an advisory lock in the control database on a connection of its own.
+    async fn lock(&self, class: i32, key: &str, what: &str, timeout: Duration) -> Result<Client> {
+        let c = self.control_server.connect_as(Some(CONTROL_DB), Role::Branch).await?;
+        c.batch_execute("SET idle_session_timeout = 0").await?;
+        let started = Instant::now();
+        let mut told = false;
+        loop {
+            let got: bool = c.query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&class, &key]).await?.get(0);
+            if got {
+                return Ok(c);
+            }
+            if started.elapsed() >= timeout {
+                bail!(
+                    "another pgplane operation on {what} did not finish within {}s; try again later",
+                    timeout.as_secs()
+                );
+            }
+            if !told && started.elapsed() > Duration::from_millis(300) {
+                eprintln!("pgplane: waiting for another operation on {what}");
+                told = true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether a pgplane process holds a branch's lock right now.
+    async fn busy(&self, database: &str) -> Result<bool> {
+        busy(&self.control, database).await
+    }
+
+    // ----- templates -------------------------------------------------------------------
+
+    /// Builds (or rebuilds) a template: a new database from the sources, swapped in only
+    /// when every source succeeded, so branches can be stamped meanwhile and a failed
+    /// rebuild leaves the old template as it was.
+    pub async fn build_template(
+        &self,
+        name: &str,
+        contexts: &[String],
+        opts: &DeployOptions,
+    ) -> Result<TemplateReport> {
+        let t = self.template(name)?.clone();
+        let (server, owner, schema) = self.module_of(&t)?;
+        let admin = self.admin(&server.name)?;
+        ensure_role(admin, &owner).await?;
+        let _build_lock = self
+            .lock(
+                TEMPLATE_LOCK,
+                &format!("build/{}/{}", self.env, t.name),
+                &format!("template {}", t.name),
+                opts.lock_timeout,
+            )
+            .await?;
+        let building = pgplane_core::ident::fit_identifier(&format!("{}__build", t.name));
+        // Claim before create: the row names the build database before it exists.
+        self.control
+            .execute(
+                "INSERT INTO pgplane.templates (env, name, server, module, building) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (env, name) DO UPDATE SET building = excluded.building, server = excluded.server",
+                &[&self.env, &t.name, &server.name, &t.module, &building],
+            )
+            .await?;
+        recover_swap(admin, &t.name).await?;
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&building))).await?;
+        if database_exists(admin, &t.name).await? && !self.is_template_record(&t.name).await? {
+            bail!("database {} exists and is not a template pgplane built; pick another template name", t.name);
+        }
+        let b = quote_ident(&building);
+        admin.batch_execute(&format!("CREATE DATABASE {b}")).await.with_context(|| format!("creating {building}"))?;
+        admin.batch_execute(&format!("REVOKE ALL ON DATABASE {b} FROM PUBLIC")).await?;
+        // The template belongs to the admin (so the module's roles cannot connect to it);
+        // its objects belong to the module's owner, who runs the migrations.
+        let inside = server.connect_as(Some(&building), Role::Branch).await?;
+        inside
+            .batch_execute(&format!("ALTER SCHEMA public OWNER TO {}", quote_ident(&owner)))
+            .await
+            .context("handing the public schema to the module's owner")?;
+        drop(inside);
+        let manifest_dir = manifest_dir(&self.s.manifest.file);
+        let sources: Vec<PathBuf> = t.sources.iter().map(|p| manifest_dir.join(p)).collect();
+        let contexts = if contexts.is_empty() { t.contexts.clone() } else { contexts.to_vec() };
+        let target = migrate::Target {
+            label: t.name.clone(),
+            tenant: None,
+            server: server.clone(),
+            database: building.clone(),
+            schema: schema.clone(),
+            role: Some(owner.clone()),
+        };
+        let deployed = deploy(&target, &sources, &contexts, self.module_ledger(&t.module), opts).await?;
+        if let Some(err) = &deployed.error {
+            admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&building))).await?;
+            self.control
+                .execute(
+                    "UPDATE pgplane.templates SET building = NULL WHERE env = $1 AND name = $2",
+                    &[&self.env, &t.name],
+                )
+                .await?;
+            return Ok(TemplateReport {
+                template: t.name,
+                database: None,
+                ok: false,
+                error: Some(err.clone()),
+                runs: deployed.runs,
+            });
+        }
+        self.grant_readonly(&server, &building, &owner).await?;
+        // Swap: exclusive template lock, so no branch is being copied from the old one.
+        let _swap = self
+            .lock(
+                TEMPLATE_LOCK,
+                &format!("{}/{}", self.env, t.name),
+                &format!("template {}", t.name),
+                opts.lock_timeout,
+            )
+            .await?;
+        let retired = pgplane_core::ident::fit_identifier(&format!("{}__retired", t.name));
+        if database_exists(admin, &t.name).await? {
+            clear_sessions(admin, &t.name, TemplateSessions::Terminate, opts.session_timeout).await?;
+            admin
+                .batch_execute(&format!(
+                    "ALTER DATABASE {n} IS_TEMPLATE false; ALTER DATABASE {n} RENAME TO {r};",
+                    n = quote_ident(&t.name),
+                    r = quote_ident(&retired)
+                ))
+                .await
+                .with_context(|| format!("retiring the old {}", t.name))?;
+        }
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {b} RENAME TO {n}; ALTER DATABASE {n} IS_TEMPLATE true;",
+                b = quote_ident(&building),
+                n = quote_ident(&t.name)
+            ))
+            .await
+            .with_context(|| format!("swapping in the new {}", t.name))?;
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&retired))).await?;
+        let sources_json = serde_json::to_value(&t.sources)?;
+        self.control
+            .execute(
+                "UPDATE pgplane.templates SET building = NULL, built_at = now(), sources = $3 WHERE env = $1 AND name = $2",
+                &[&self.env, &t.name, &sources_json],
+            )
+            .await?;
+        Ok(TemplateReport {
+            template: t.name.clone(),
+            database: Some(t.name),
+            ok: true,
+            error: None,
+            runs: deployed.runs,
+        })
+    }
+
+    async fn is_template_record(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .control
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pgplane.templates WHERE name = $1 AND built_at IS NOT NULL)",
+                &[&name],
+            )
+            .await?
+            .get(0))
+    }
+
+    fn module_ledger(&self, module: &str) -> migrate::LedgerNames {
+        let spec = self.s.manifest.module(module).and_then(|m| m.migrations.clone()).unwrap_or_default();
+        migrate::LedgerNames {
+            history_table: spec.history_table,
+            changelog_table: spec.changelog_table,
+            changelog_lock_table: spec.changelog_lock_table,
+        }
+    }
+
+    /// The read-only role may connect to `database` and read everything the owner has
+    /// and will create there.
+    async fn grant_readonly(&self, server: &Server, database: &str, owner: &str) -> Result<()> {
+        let Some(ro) = &self.s.manifest.branches.readonly_role else {
+            return Ok(());
+        };
+        let admin = self.admin(&server.name)?;
+        if !role_exists(admin, ro).await? {
+            bail!("branches.readonly_role {ro} does not exist; run `pgplane apply` first (it creates the role)");
+        }
+        admin
+            .batch_execute(&format!("GRANT CONNECT ON DATABASE {} TO {}", quote_ident(database), quote_ident(ro)))
+            .await?;
+        let c = server.connect_as(Some(database), Role::Branch).await?;
+        let schemas: Vec<String> = c
+            .query(
+                "SELECT nspname FROM pg_namespace WHERE nspowner = (SELECT oid FROM pg_roles WHERE rolname = $1)
+                    AND nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' ORDER BY 1",
+                &[&owner],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let (ro, owner) = (quote_ident(ro), quote_ident(owner));
+        let mut sql = format!(
+            "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} GRANT SELECT ON TABLES TO {ro};
+             ALTER DEFAULT PRIVILEGES FOR ROLE {owner} GRANT SELECT ON SEQUENCES TO {ro};
+             ALTER DEFAULT PRIVILEGES FOR ROLE {owner} GRANT USAGE ON SCHEMAS TO {ro};"
+        );
+        for s in schemas {
+            let s = quote_ident(&s);
+            sql.push_str(&format!(
+                "GRANT USAGE ON SCHEMA {s} TO {ro}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {ro};
+                 GRANT SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {ro};"
+            ));
+        }
+        c.batch_execute(&sql).await.with_context(|| format!("granting {ro} read access in {database}"))
+    }
+
+    // ----- branches --------------------------------------------------------------------
+
+    /// `branch create` (`reset: false`) and `branch reset` (`reset: true`).
+    pub async fn deploy_branch(&self, req: &BranchRequest, reset: bool, opts: &DeployOptions) -> Result<BranchView> {
+        let existing = self.record(&req.id).await?;
+        let template_name = match (&req.template, &existing) {
+            (Some(t), _) => t.clone(),
+            (None, Some(b)) => b.template.clone(),
+            (None, None) if reset => bail!(
+                "there is no branch {:?}; create it with `pgplane branch create {} --template NAME`",
+                req.id,
+                req.id
+            ),
+            (None, None) => bail!("pass --template NAME (templates: {})", self.template_names()),
+        };
+        let t = self.template(&template_name)?.clone();
+        let (server, owner, schema) = self.module_of(&t)?;
+        let policy = &self.s.manifest.branches;
+        let database =
+            pgplane_core::branch::database_name(policy, &self.env, &t.name, &req.id).map_err(anyhow::Error::msg)?;
+        let _lock = self.lock(BRANCH_LOCK, &database, &format!("branch {}", req.id), opts.lock_timeout).await?;
+        // Read again under the lock: a concurrent operation may have finished meanwhile.
+        let existing = self.record(&req.id).await?;
+        match (&existing, reset) {
+            (Some(b), false) => bail!(
+                "branch {:?} already exists (database {}, status {}); use `pgplane branch reset {}` to deploy it again",
+                req.id,
+                b.database,
+                b.status,
+                req.id
+            ),
+            (None, true) => bail!("there is no branch {:?}; create it with `pgplane branch create`", req.id),
+            (Some(b), true) if b.template != t.name => {
+                bail!("branch {:?} was stamped from template {}, not {}", req.id, b.template, t.name)
+            }
+            _ => {}
+        }
+        if let Some(other) = self.record_by_database(&server.name, &database).await? {
+            if other.id != req.id {
+                bail!(
+                    "branch ids {:?} and {:?} both become database {database}; use ids that differ in letters or digits",
+                    other.id,
+                    req.id
+                );
+            }
+        }
+        let admin = self.admin(&server.name)?;
+        if !reset {
+            let count: i64 = self
+                .control
+                .query_one(
+                    "SELECT count(*) FROM pgplane.branches WHERE env = $1 AND template = $2",
+                    &[&self.env, &t.name],
+                )
+                .await?
+                .get(0);
+            if count >= i64::from(policy.max_per_template) {
+                bail!(
+                    "template {} already has {count} branches (branches.max_per_template is {}); delete or gc some first",
+                    t.name,
+                    policy.max_per_template
+                );
+            }
+            if database_exists(admin, &database).await? {
+                bail!("database {database} exists but is not a branch pgplane manages; pgplane will not touch it (choose another id)");
+            }
+        }
+        if !database_exists(admin, &t.name).await? || !self.is_template_record(&t.name).await? {
+            bail!("template {} is not built yet; run `pgplane template build {}`", t.name, t.name);
+        }
+        let sources: Vec<String> = match (&req.sources, &existing) {
+            (Some(s), _) => s.clone(),
+            (None, Some(b)) => b.sources.clone(),
+            (None, None) => Vec::new(),
+        };
+        let contexts = if req.contexts.is_empty() { t.contexts.clone() } else { req.contexts.clone() };
+        let labels = match (&req.labels, &existing) {
+            (Some(l), _) => l.clone(),
+            (None, Some(b)) => b.labels.clone(),
+            (None, None) => BTreeMap::new(),
+        };
+        let ttl = req.ttl.or(policy.ttl);
+        let op =
+            control::op_start(&self.control, if reset { "branch_reset" } else { "branch_create" }, Some(&self.env))
+                .await?;
+        // Claim before create: RUNNING is recorded before the database exists.
+        self.control
+            .execute(
+                "INSERT INTO pgplane.branches (env, id, database, server, template, labels, sources, contexts, status, operation_id, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'RUNNING', $9, now() + make_interval(secs => $10::float8))
+                 ON CONFLICT (env, id) DO UPDATE SET status = 'RUNNING', error = NULL, failure = NULL,
+                    sources = excluded.sources, contexts = excluded.contexts, labels = excluded.labels,
+                    operation_id = excluded.operation_id, updated_at = now(),
+                    expires_at = CASE WHEN $11 THEN excluded.expires_at ELSE pgplane.branches.expires_at END",
+                &[
+                    &self.env,
+                    &req.id,
+                    &database,
+                    &server.name,
+                    &t.name,
+                    &serde_json::to_value(&labels)?,
+                    &serde_json::to_value(&sources)?,
+                    &serde_json::to_value(&contexts)?,
+                    &op,
+                    &ttl.map(|d| d.as_secs_f64()),
+                    &req.ttl.is_some(),
+                ],
+            )
+            .await?;
+        let outcome = self.stamp_and_deploy(&t, &server, &owner, &schema, &database, &sources, &contexts, opts).await;
+        let (status, error, failure) = match &outcome {
+            Ok(d) if d.error.is_none() => ("SUCCESS", None, None),
+            Ok(d) => ("FAILED", d.error.clone(), d.failure.clone()),
+            Err(e) => ("FAILED", Some(format!("{e:#}")), None),
+        };
+        self.control
+            .execute(
+                "UPDATE pgplane.branches SET status = $3, error = $4, failure = $5, updated_at = now() WHERE env = $1 AND id = $2",
+                &[&self.env, &req.id, &status, &error, &failure],
+            )
+            .await?;
+        control::op_finish(&self.control, op, 1, error.as_deref()).await?;
+        self.show(&req.id).await?.context("the branch record vanished")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn stamp_and_deploy(
+        &self,
+        t: &TemplateSpec,
+        server: &Server,
+        owner: &str,
+        schema: &str,
+        database: &str,
+        sources: &[String],
+        contexts: &[String],
+        opts: &DeployOptions,
+    ) -> Result<Deployed> {
+        let admin = self.admin(&server.name)?;
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(database))).await?;
+        {
+            // Shared template lock: a rebuild cannot swap the template out mid-copy.
+            let lock = self.lock_shared(&format!("{}/{}", self.env, t.name), opts.lock_timeout).await?;
+            let size: i64 = admin.query_one("SELECT pg_database_size($1)", &[&t.name]).await?.get(0);
+            let strategy = if size > FILE_COPY_ABOVE_BYTES { "FILE_COPY" } else { "WAL_LOG" };
+            let policy = self.s.manifest.branches.template_sessions;
+            let started = Instant::now();
+            loop {
+                clear_sessions(admin, &t.name, policy, opts.session_timeout.saturating_sub(started.elapsed())).await?;
+                let sql = format!(
+                    "CREATE DATABASE {d} TEMPLATE {t} OWNER {o} STRATEGY {strategy}",
+                    d = quote_ident(database),
+                    t = quote_ident(&t.name),
+                    o = quote_ident(owner)
+                );
+                match admin.batch_execute(&sql).await {
+                    Ok(()) => break,
+                    // A session connected between the check and the copy: try again.
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                            && started.elapsed() < opts.session_timeout =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => {
+                        return Err(crate::exec::pg_error(e))
+                            .with_context(|| format!("copying template {} to {database}", t.name))
+                    }
+                }
+            }
+            drop(lock);
+        }
+        let mut setup = format!("REVOKE ALL ON DATABASE {} FROM PUBLIC;", quote_ident(database));
+        for (name, value) in &self.s.manifest.branches.settings {
+            setup.push_str(&format!(
+                "ALTER DATABASE {} SET {} = {};",
+                quote_ident(database),
+                quote_ident(name),
+                quote_literal(value)
+            ));
+        }
+        admin.batch_execute(&setup).await.with_context(|| format!("setting up {database}"))?;
+        self.grant_readonly(server, database, owner).await?;
+        let target = migrate::Target {
+            label: database.to_string(),
+            tenant: None,
+            server: server.clone(),
+            database: database.to_string(),
+            schema: schema.to_string(),
+            role: Some(owner.to_string()),
+        };
+        let paths: Vec<PathBuf> = sources.iter().map(PathBuf::from).collect();
+        let deployed = deploy(&target, &paths, contexts, self.module_ledger(&t.module), opts).await?;
+        if deployed.error.is_none() {
+            // Tables in schemas the candidate created get their read grants too.
+            self.grant_readonly(server, database, owner).await?;
+        }
+        Ok(deployed)
+    }
+
+    async fn lock_shared(&self, key: &str, timeout: Duration) -> Result<Client> {
+        let c = self.control_server.connect_as(Some(CONTROL_DB), Role::Branch).await?;
+        let started = Instant::now();
+        loop {
+            let got: bool = c
+                .query_one("SELECT pg_try_advisory_lock_shared($1, hashtext($2))", &[&TEMPLATE_LOCK, &key])
+                .await?
+                .get(0);
+            if got {
+                return Ok(c);
+            }
+            if started.elapsed() >= timeout {
+                bail!(
+                    "the template {key} is being swapped by a rebuild that did not finish within {}s",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn template_names(&self) -> String {
+        let names: Vec<&str> = self.s.manifest.templates.iter().map(|t| t.name.as_str()).collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    }
+
+    async fn record(&self, id: &str) -> Result<Option<BranchView>> {
+        Ok(self.records(Some(id), None).await?.into_iter().next())
+    }
+
+    async fn record_by_database(&self, server: &str, database: &str) -> Result<Option<BranchView>> {
+        let row = self
+            .control
+            .query_opt("SELECT id FROM pgplane.branches WHERE server = $1 AND database = $2", &[&server, &database])
+            .await?;
+        match row {
+            Some(r) => {
+                let id: String = r.get(0);
+                let mut all = self.records_any_env(&id, server, database).await?;
+                Ok(all.pop())
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn records_any_env(&self, id: &str, server: &str, database: &str) -> Result<Vec<BranchView>> {
+        let rows = self
+            .control
+            .query(
+                &format!("{SELECT_BRANCH} WHERE id = $1 AND server = $2 AND database = $3"),
+                &[&id, &server, &database],
+            )
+            .await?;
+        rows.iter().map(view_of).collect()
+    }
+
+    /// Branch records of this environment (one id, or one template), with RUNNING shown
+    /// honestly: a deployment no pgplane process holds any more is FAILED (interrupted).
+    pub async fn records(&self, id: Option<&str>, template: Option<&str>) -> Result<Vec<BranchView>> {
+        records(&self.control, &self.env, id, template).await
+    }
+
+    /// `branch show`: the record, or UNKNOWN for a database with the branch's name that
+    /// pgplane has no deployment record of.
+    pub async fn show(&self, id: &str) -> Result<Option<BranchView>> {
+        if let Some(v) = self.record(id).await? {
+            return Ok(Some(v));
+        }
+        for t in &self.s.manifest.templates {
+            let Ok(database) = pgplane_core::branch::database_name(&self.s.manifest.branches, &self.env, &t.name, id)
+            else {
+                continue;
+            };
+            let (server, _, _) = self.module_of(t)?;
+            if database_exists(self.admin(&server.name)?, &database).await? {
+                return Ok(Some(BranchView {
+                    id: id.to_string(),
+                    database,
+                    template: t.name.clone(),
+                    server: server.name.clone(),
+                    labels: BTreeMap::new(),
+                    sources: vec![],
+                    status: "UNKNOWN".into(),
+                    error: None,
+                    failure: None,
+                    created_at: None,
+                    updated_at: None,
+                    expires_at: None,
+                    operation_id: None,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Drops a branch's database (ending its sessions) and then its record.
+    pub async fn delete(&self, id: &str, opts: &DeployOptions) -> Result<BranchView> {
+        let Some(b) = self.record(id).await? else {
+            bail!("there is no branch {id:?} in environment {} (see `pgplane branch list`)", self.env);
+        };
+        let _lock = self.lock(BRANCH_LOCK, &b.database, &format!("branch {id}"), opts.lock_timeout).await?;
+        self.drop_locked(&b).await?;
+        Ok(b)
+    }
+
+    async fn drop_locked(&self, b: &BranchView) -> Result<()> {
+        let admin = self.admin(&b.server)?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&b.database)))
+            .await
+            .with_context(|| format!("dropping {}", b.database))?;
+        self.control.execute("DELETE FROM pgplane.branches WHERE env = $1 AND id = $2", &[&self.env, &b.id]).await?;
+        Ok(())
+    }
+
+    /// `branch delete --all [--match PATTERN]`: only branches pgplane has records of.
+    pub async fn delete_all(&self, pattern: Option<&str>, opts: &DeployOptions) -> Result<Vec<BranchView>> {
+        let mut dropped = Vec::new();
+        for b in self.records(None, None).await? {
+            if pattern
+                .is_some_and(|p| !pgplane_core::branch::glob(p, &b.database) && !pgplane_core::branch::glob(p, &b.id))
+            {
+                continue;
+            }
+            dropped.push(self.delete(&b.id, opts).await?);
+        }
+        Ok(dropped)
+    }
+
+    /// Reconciliation: drops branches not in `keep` (when given), expired ones and
+    /// interrupted deployments; `dry_run` only reports.
+    pub async fn gc(
+        &self,
+        keep: Option<&std::collections::BTreeSet<String>>,
+        dry_run: bool,
+        opts: &DeployOptions,
+    ) -> Result<Vec<(BranchView, String)>> {
+        let records = self.records(None, None).await?;
+        let now: i64 = self.control.query_one("SELECT extract(epoch FROM now())::int8", &[]).await?.get(0);
+        let mut known = Vec::new();
+        for b in &records {
+            let expires: Option<i64> = self
+                .control
+                .query_one(
+                    "SELECT extract(epoch FROM expires_at)::int8 FROM pgplane.branches WHERE env = $1 AND id = $2",
+                    &[&self.env, &b.id],
+                )
+                .await?
+                .get(0);
+            let busy = self.busy(&b.database).await?;
+            known.push(pgplane_core::branch::Known {
+                id: b.id.clone(),
+                expires_at: expires,
+                interrupted: b.status == "FAILED" && b.error.as_deref() == Some(INTERRUPTED),
+                busy,
+            });
+        }
+        let mut out = Vec::new();
+        for d in pgplane_core::branch::gc(&known, keep, now) {
+            let Some(b) = records.iter().find(|b| b.id == d.id) else { continue };
+            if !dry_run {
+                let _lock = self.lock(BRANCH_LOCK, &b.database, &format!("branch {}", b.id), opts.lock_timeout).await?;
+                self.drop_locked(b).await?;
+            }
+            out.push((b.clone(), d.reason));
+        }
+        Ok(out)
+    }
+}
+
+async fn busy(control: &Client, database: &str) -> Result<bool> {
+    Ok(control
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                AND classid = $1::int4::oid AND objid = hashtext($2)::oid AND objsubid = 2
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            &[&BRANCH_LOCK, &database],
+        )
+        .await?
+        .get(0))
+}
+
+/// Branch records of `env` from the control database (see [`Branches::records`]); also
+/// what `wait --for branch:ID` reads.
+pub async fn records(control: &Client, env: &str, id: Option<&str>, template: Option<&str>) -> Result<Vec<BranchView>> {
+    let rows = control
+        .query(
+            &format!(
+                "{SELECT_BRANCH} WHERE env = $1 AND ($2::text IS NULL OR id = $2) AND ($3::text IS NULL OR template = $3) ORDER BY template, id"
+            ),
+            &[&env, &id, &template],
+        )
+        .await?;
+    let mut out = Vec::new();
+    for r in &rows {
+        let mut v = view_of(r)?;
+        if v.status == "RUNNING" && !busy(control, &v.database).await? {
+            v.status = "FAILED".into();
+            v.error = Some(INTERRUPTED.into());
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+const INTERRUPTED: &str =
+    "the deployment was interrupted (no pgplane process is running it); run `pgplane branch reset` or `pgplane branch delete`";
+
+const SELECT_BRANCH: &str = "SELECT id, database, template, server, labels, sources, status, error, failure,
+        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+        to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+        to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+        operation_id
+   FROM pgplane.branches";
+
+fn view_of(r: &tokio_postgres::Row) -> Result<BranchView> {
+    let labels: Value = r.get(4);
+    let sources: Value = r.get(5);
+    Ok(BranchView {
+        id: r.get(0),
+        database: r.get(1),
+        template: r.get(2),
+        server: r.get(3),
+        labels: serde_json::from_value(labels).unwrap_or_default(),
+        sources: serde_json::from_value(sources).unwrap_or_default(),
+        status: r.get(6),
+        error: r.get(7),
+        failure: r.get(8),
+        created_at: r.get(9),
+        updated_at: r.get(10),
+        expires_at: r.get(11),
+        operation_id: r.get(12),
+    })
+}
+
+/// A `branch create|reset` request (the CLI's flags, the API's JSON body).
+#[derive(Debug, Clone, Default)]
+pub struct BranchRequest {
+    pub id: String,
+    pub template: Option<String>,
+    /// `None`: keep the recorded sources (reset) or none (create).
+    pub sources: Option<Vec<String>>,
+    pub contexts: Vec<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub ttl: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeployOptions {
+    pub lock_timeout: Duration,
+    /// How long to wait for (or to keep terminating) sessions on the template.
+    pub session_timeout: Duration,
+    /// Print a line per migration as it runs.
+    pub live: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TemplateReport {
+    pub template: String,
+    pub database: Option<String>,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub runs: Vec<migrate::ModuleRun>,
+}
+
+pub struct Deployed {
+    pub runs: Vec<migrate::ModuleRun>,
+    pub error: Option<String>,
+    pub failure: Option<Value>,
+}
+
+/// Applies sources in order to one target; stops at the first that fails.
+async fn deploy(
+    target: &migrate::Target,
+    sources: &[PathBuf],
+    contexts: &[String],
+    ledger: migrate::LedgerNames,
+    opts: &DeployOptions,
+) -> Result<Deployed> {
+    let run_opts = migrate::RunOptions {
+        mode: migrate::Mode::Up,
+        selection: migrate::Selection { contexts: contexts.to_vec(), labels: None },
+        ledger,
+        retry_failed: false,
+        lock_timeout: opts.lock_timeout,
+        jobs: 1,
+        live: opts.live,
+    };
+    // Every source is read (and rejected if bad) before anything runs.
+    let mut loaded = Vec::new();
+    for path in sources {
+        loaded.push(migrate::Source::load(path).with_context(|| format!("source {}", path.display()))?);
+    }
+    let mut runs = Vec::new();
+    for source in &loaded {
+        let reports = migrate::run_all(source, vec![target.clone()], &run_opts).await;
+        let failed = reports.iter().find(|r| !r.ok).map(|r| {
+            let error = match (&r.failure, &r.error) {
+                (Some(f), _) => f.to_string(),
+                (None, Some(e)) => e.clone(),
+                (None, None) => r.problems.join("; "),
+            };
+            (error, r.failure.as_ref().and_then(|f| serde_json::to_value(f).ok()))
+        });
+        runs.push(migrate::ModuleRun { module: None, source: source.describe(), targets: reports });
+        if let Some((error, failure)) = failed {
+            return Ok(Deployed { runs, error: Some(error), failure });
+        }
+    }
+    Ok(Deployed { runs, error: None, failure: None })
+}
+
+fn manifest_dir(file: &Path) -> PathBuf {
+    file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
+}
+
+async fn database_exists(admin: &Client, name: &str) -> Result<bool> {
+    Ok(admin.query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&name]).await?.get(0))
+}
+
+async fn role_exists(admin: &Client, name: &str) -> Result<bool> {
+    Ok(admin.query_one("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", &[&name]).await?.get(0))
+}
+
+async fn ensure_role(admin: &Client, owner: &str) -> Result<()> {
+    if !role_exists(admin, owner).await? {
+        bail!("role {owner} does not exist yet; run `pgplane apply` first");
+    }
+    Ok(())
+}
+
+/// A rebuild that died between its two renames left `<name>__retired` and no `<name>`:
+/// put the old template back.
+async fn recover_swap(admin: &Client, name: &str) -> Result<()> {
+    let retired = pgplane_core::ident::fit_identifier(&format!("{name}__retired"));
+    if !database_exists(admin, name).await? && database_exists(admin, &retired).await? {
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {r} RENAME TO {n}; ALTER DATABASE {n} IS_TEMPLATE true;",
+                r = quote_ident(&retired),
+                n = quote_ident(name)
+            ))
+            .await
+            .with_context(|| format!("restoring template {name} after an interrupted rebuild"))?;
+    }
+    Ok(())
+}
+
+/// Waits for (or terminates) sessions connected to `database`, up to `timeout`.
+async fn clear_sessions(admin: &Client, database: &str, policy: TemplateSessions, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let sessions: Vec<(i32, String, String)> = admin
+            .query(
+                "SELECT pid, coalesce(usename, ''), coalesce(application_name, '') FROM pg_stat_activity
+                  WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&database],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        if policy == TemplateSessions::Terminate {
+            for (pid, _, _) in &sessions {
+                admin.execute("SELECT pg_terminate_backend($1)", &[pid]).await?;
+            }
+        }
+        if started.elapsed() >= timeout {
+            let list: Vec<String> =
+                sessions.iter().map(|(p, u, a)| format!("pid {p} user {u} application {a:?}")).collect();
+            bail!(
+                "{} session(s) on template {database} did not end within {}s ({}); {}",
+                sessions.len(),
+                timeout.as_secs(),
+                list.join(", "),
+                match policy {
+                    TemplateSessions::Wait => "end them, or set `branches.template_sessions: terminate`",
+                    TemplateSessions::Terminate => "they reconnect as fast as they are terminated; stop the client",
+                }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
