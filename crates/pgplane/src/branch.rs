@@ -217,7 +217,8 @@ impl Branches {
             .await?;
         let retired = pgplane_core::ident::fit_identifier(&format!("{}__retired", t.name));
         if database_exists(admin, &t.name).await? {
-            clear_sessions(admin, &t.name, TemplateSessions::Terminate, opts.session_timeout).await?;
+            let deadline = Instant::now() + opts.session_timeout;
+            clear_sessions(admin, &t.name, TemplateSessions::Terminate, deadline, opts.session_timeout).await?;
             admin
                 .batch_execute(&format!(
                     "ALTER DATABASE {n} IS_TEMPLATE false; ALTER DATABASE {n} RENAME TO {r};",
@@ -457,9 +458,9 @@ impl Branches {
             let size: i64 = admin.query_one("SELECT pg_database_size($1)", &[&t.name]).await?.get(0);
             let strategy = if size > FILE_COPY_ABOVE_BYTES { "FILE_COPY" } else { "WAL_LOG" };
             let policy = self.s.manifest.branches.template_sessions;
-            let started = Instant::now();
+            let deadline = Instant::now() + opts.session_timeout;
             loop {
-                clear_sessions(admin, &t.name, policy, opts.session_timeout.saturating_sub(started.elapsed())).await?;
+                clear_sessions(admin, &t.name, policy, deadline, opts.session_timeout).await?;
                 let sql = format!(
                     "CREATE DATABASE {d} TEMPLATE {t} OWNER {o} STRATEGY {strategy}",
                     d = quote_ident(database),
@@ -471,7 +472,7 @@ impl Branches {
                     // A session connected between the check and the copy: try again.
                     Err(e)
                         if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
-                            && started.elapsed() < opts.session_timeout =>
+                            && Instant::now() < deadline =>
                     {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
@@ -863,9 +864,15 @@ async fn recover_swap(admin: &Client, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Waits for (or terminates) sessions connected to `database`, up to `timeout`.
-async fn clear_sessions(admin: &Client, database: &str, policy: TemplateSessions, timeout: Duration) -> Result<()> {
-    let started = Instant::now();
+/// Waits for (or terminates) sessions connected to `database` until `deadline` (`timeout`
+/// is the configured wait, for the message).
+async fn clear_sessions(
+    admin: &Client,
+    database: &str,
+    policy: TemplateSessions,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<()> {
     loop {
         let sessions: Vec<(i32, String, String)> = admin
             .query(
@@ -885,7 +892,7 @@ async fn clear_sessions(admin: &Client, database: &str, policy: TemplateSessions
                 admin.execute("SELECT pg_terminate_backend($1)", &[pid]).await?;
             }
         }
-        if started.elapsed() >= timeout {
+        if Instant::now() >= deadline {
             let list: Vec<String> =
                 sessions.iter().map(|(p, u, a)| format!("pid {p} user {u} application {a:?}")).collect();
             bail!(

@@ -629,8 +629,8 @@ pub async fn branch(ctx: &mut Ctx, command: BranchCommand) -> Result<i32> {
             let v = b.show(&a.id).await?.with_context(|| {
                 format!("there is no branch {:?} in environment {} (see `pgplane branch list`)", a.id, b.env)
             })?;
-            print_branch(&v, a.json)?;
-            Ok(0)
+            // Like create and reset: exit 1 when the deployment FAILED.
+            print_branch(&v, a.json)
         }
         BranchCommand::List(a) => {
             let b = branch::Branches::open(ctx, &a.manifest.file, a.manifest.env.as_deref()).await?;
