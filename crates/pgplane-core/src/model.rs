@@ -151,6 +151,9 @@ pub struct DesiredDatabase {
     pub connection_limit: i32,
     /// Roles besides the owner that may connect.
     pub connect: BTreeSet<String>,
+    /// Database-level settings (`ALTER DATABASE … SET`), sorted by name; pgplane manages
+    /// only these names.
+    pub settings: Vec<(String, String)>,
     pub origin: Origin,
     pub long_name: Option<String>,
 }
@@ -283,6 +286,7 @@ impl Desired {
                         owner,
                         connection_limit: limit,
                         connect,
+                        settings: m.settings.clone(),
                         origin: b.origin(None, Purpose::Database),
                         long_name: db_long,
                     });
@@ -304,6 +308,7 @@ impl Desired {
                             owner: tr,
                             connection_limit: limit,
                             connect: readonly.into_iter().collect(),
+                            settings: m.settings.clone(),
                             origin: b.origin(Some(t), Purpose::TenantDatabase),
                             long_name: db_long,
                         });
