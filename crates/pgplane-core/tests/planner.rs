@@ -504,6 +504,78 @@ fn unchanged_and_unlisted_database_settings_need_nothing() {
 }
 
 #[test]
+fn the_branch_readonly_role_is_created_without_grants() {
+    let d = desired(
+        "dev",
+        "modules:\n  - name: registry\n    storage: database\ntemplates:\n  - name: registry_template\n    module: registry\n    sources: [db/changelog.yaml]\nbranches:\n  readonly_role: registry_dev_role\n",
+    );
+    check(
+        &d,
+        &Observed::default(),
+        PlanOptions::default(),
+        expect![[r#"
+              1. create_role role dev_registry  [local]  (role dev_registry is missing)
+                 CREATE ROLE "dev_registry" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT PASSWORD '********';
+              2. create_role role registry_dev_role  [local]  (role registry_dev_role is missing)
+                 CREATE ROLE "registry_dev_role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT PASSWORD '********';
+              3. create_database database dev_registry  [local]  (database dev_registry is missing)
+                 CREATE DATABASE "dev_registry" OWNER "dev_registry" CONNECTION LIMIT -1;
+              4. revoke_public database dev_registry  [local]  (least privilege: only the module's roles may connect)
+                 REVOKE ALL ON DATABASE "dev_registry" FROM PUBLIC;
+            Plan: 4 changes: 3 to create, 1 to change, 0 to drop (env dev).
+        "#]],
+    );
+    check(
+        &d,
+        &applied(&d),
+        PlanOptions::default(),
+        expect![[r#"
+            No changes (env dev).
+        "#]],
+    );
+    // Removed from the manifest: an orphan, dropped only with --prune.
+    let o = applied(&d);
+    let after = desired("dev", "modules:\n  - name: registry\n    storage: database\n");
+    check(
+        &after,
+        &o,
+        PlanOptions::default(),
+        expect![[r#"
+            orphaned (managed, no longer in the manifest; `apply --prune` drops them):
+              - role registry_dev_role [local]
+            No changes (env dev), 1 orphaned.
+        "#]],
+    );
+    let p = plan(&after, &o, PlanOptions { prune: true, adopt: false }).unwrap();
+    assert_eq!(p.actions.last().unwrap().sql.redacted(), "DROP ROLE \"registry_dev_role\"");
+}
+
+#[test]
+fn the_branch_readonly_role_must_not_clash() {
+    let m = Manifest::parse(
+        Path::new("pgplane.yaml"),
+        "version: 1\nmodules:\n  - name: registry\n    storage: database\nbranches:\n  readonly_role: dev_registry\n",
+        &|_| None,
+    )
+    .unwrap();
+    let e = Desired::build(&m, "dev").unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "name clash: role dev_registry is wanted by env dev module registry (owner_role) and by env dev (branch_readonly_role); change a name or the naming templates"
+    );
+    // The same name managed for another environment is a clash at plan time.
+    let qa =
+        desired("qa", "modules:\n  - name: app\n    storage: database\nbranches:\n  readonly_role: shared_reader\n");
+    let d =
+        desired("dev", "modules:\n  - name: app\n    storage: database\nbranches:\n  readonly_role: shared_reader\n");
+    let err = plan(&d, &applied(&qa), PlanOptions::default()).unwrap_err().to_string();
+    assert!(
+        err.contains("role shared_reader is already managed by pgplane for env qa (branch_readonly_role)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn schema_per_tenant_settings_go_on_the_shared_database() {
     let d = desired(
         "dev",
