@@ -86,6 +86,72 @@ pub fn quote_literal(value: &str) -> String {
     out
 }
 
+/// Parameters that PostgreSQL reads as a list of identifiers and quotes element by element
+/// (`GUC_LIST_QUOTE`): `SET search_path = 'a, b'` would set one schema named `a, b`, so
+/// their values are sent as one literal per element.
+pub const LIST_SETTINGS: &[&str] =
+    &["search_path", "temp_tablespaces", "local_preload_libraries", "session_preload_libraries"];
+
+/// Splits `"$user", registry, public` into its names the way PostgreSQL's
+/// `SplitIdentifierString` does: comma-separated, whitespace around names ignored, a
+/// double-quoted name kept as is (`""` inside is one `"`), an unquoted one lowercased.
+pub fn split_identifier_list(s: &str) -> Result<Vec<String>, String> {
+    let is_space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c');
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.next_if(|c| is_space(*c)).is_some() {}
+        let mut name = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next() {
+                    None => return Err(format!("unclosed double quote in {s:?}")),
+                    Some('"') if chars.next_if_eq(&'"').is_some() => name.push('"'),
+                    Some('"') => break,
+                    Some(c) => name.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',' && !is_space(*c)) {
+                name.push(c.to_ascii_lowercase());
+            }
+        }
+        if name.is_empty() {
+            return Err(format!("{s:?} has an empty name; write names separated by commas"));
+        }
+        out.push(name);
+        while chars.next_if(|c| is_space(*c)).is_some() {}
+        match chars.next() {
+            None => return Ok(out),
+            Some(',') => {}
+            Some(c) => return Err(format!("unexpected {c:?} in {s:?}; separate names with commas")),
+        }
+    }
+}
+
+/// The right side of `SET name = …` for a setting's value: one literal, or for
+/// [`LIST_SETTINGS`] one literal per name (`'$user', 'registry', 'public'`), which
+/// PostgreSQL stores as `"$user", registry, public`.
+pub fn setting_value_sql(name: &str, value: &str) -> String {
+    if LIST_SETTINGS.contains(&name) {
+        if let Ok(names) = split_identifier_list(value) {
+            return names.iter().map(|n| quote_literal(n)).collect::<Vec<_>>().join(", ");
+        }
+    }
+    quote_literal(value)
+}
+
+/// Whether a setting's stored value (as in `pg_db_role_setting.setconfig`) is the wanted
+/// one: the same text, or for [`LIST_SETTINGS`] the same names.
+pub fn same_setting_value(name: &str, stored: &str, wanted: &str) -> bool {
+    if LIST_SETTINGS.contains(&name) {
+        if let (Ok(a), Ok(b)) = (split_identifier_list(stored), split_identifier_list(wanted)) {
+            return a == b;
+        }
+    }
+    stored == wanted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +190,23 @@ mod tests {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(quote_literal("a\\b"), "'a\\b'");
+    }
+
+    #[test]
+    fn identifier_lists_split_like_postgres() {
+        let split = |s: &str| split_identifier_list(s);
+        assert_eq!(split("\"$user\", registry, public").unwrap(), ["$user", "registry", "public"]);
+        assert_eq!(split(" Registry ,\"My \"\"x\"\"\",$user").unwrap(), ["registry", "My \"x\"", "$user"]);
+        assert!(split("").is_err());
+        assert!(split("a,,b").is_err());
+        assert!(split("a, \"b").is_err());
+        assert!(split("a b").is_err());
+        assert_eq!(setting_value_sql("search_path", "\"$user\", registry"), "'$user', 'registry'");
+        assert_eq!(setting_value_sql("statement_timeout", "5s"), "'5s'");
+        assert_eq!(setting_value_sql("app.mode", "it's"), "'it''s'");
+        assert!(same_setting_value("search_path", "\"$user\", registry, public", "\"$user\",registry,  public"));
+        assert!(!same_setting_value("search_path", "\"registry, public\"", "registry, public"));
+        assert!(!same_setting_value("statement_timeout", "0", "5000"));
     }
 
     /// Reads a quoted identifier back the way PostgreSQL's lexer does.

@@ -787,6 +787,11 @@ fn settings(raw: &BTreeMap<String, serde_yaml::Value>) -> Result<Vec<(String, St
             serde_yaml::Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
             _ => return Err((name.clone(), format!("setting {name}: the value must be a string, number or boolean"))),
         };
+        if crate::ident::LIST_SETTINGS.contains(&name.as_str()) {
+            crate::ident::split_identifier_list(&value).map_err(|m| {
+                (name.clone(), format!("setting {name} is a list of names like '\"$user\", app, public': {m}"))
+            })?;
+        }
         out.push((name.clone(), value));
     }
     Ok(out)
@@ -1083,6 +1088,10 @@ tenants:
         assert!(e.contains(":6:") && e.contains("{branch}"), "{e}");
         let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    settings: {\"Bad-Name\": 1}\n");
         assert!(e.contains("Bad-Name"), "{e}");
+        let e = err(
+            "version: 1\nmodules:\n  - name: a\n    storage: database\n    settings:\n      search_path: 'a,, b'\n",
+        );
+        assert!(e.contains("search_path is a list of names"), "{e}");
     }
 
     #[test]

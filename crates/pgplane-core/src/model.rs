@@ -21,6 +21,10 @@ pub struct Origin {
 
 impl Origin {
     pub fn describe(&self) -> String {
+        if self.module.is_empty() {
+            // Environment-wide objects such as the branch read-only role belong to no module.
+            return format!("env {} ({})", self.env, self.purpose.as_str());
+        }
         match &self.tenant {
             Some(t) => format!("env {} module {} tenant {} ({})", self.env, self.module, t, self.purpose.as_str()),
             None => format!("env {} module {} ({})", self.env, self.module, self.purpose.as_str()),
@@ -35,6 +39,8 @@ pub enum Purpose {
     ReadonlyRole,
     TenantRole,
     TenantReadonlyRole,
+    /// `branches.readonly_role`: reads every branch and template of the environment.
+    BranchReadonlyRole,
     Database,
     TenantDatabase,
     TenantSchema,
@@ -48,6 +54,7 @@ impl Purpose {
             Purpose::ReadonlyRole => "readonly_role",
             Purpose::TenantRole => "tenant_role",
             Purpose::TenantReadonlyRole => "tenant_readonly_role",
+            Purpose::BranchReadonlyRole => "branch_readonly_role",
             Purpose::Database => "database",
             Purpose::TenantDatabase => "tenant_database",
             Purpose::TenantSchema => "tenant_schema",
@@ -61,6 +68,7 @@ impl Purpose {
             Purpose::ReadonlyRole,
             Purpose::TenantRole,
             Purpose::TenantReadonlyRole,
+            Purpose::BranchReadonlyRole,
             Purpose::Database,
             Purpose::TenantDatabase,
             Purpose::TenantSchema,
@@ -151,6 +159,9 @@ pub struct DesiredDatabase {
     pub connection_limit: i32,
     /// Roles besides the owner that may connect.
     pub connect: BTreeSet<String>,
+    /// Database-level settings (`ALTER DATABASE … SET`), sorted by name; pgplane manages
+    /// only these names.
+    pub settings: Vec<(String, String)>,
     pub origin: Origin,
     pub long_name: Option<String>,
 }
@@ -283,6 +294,7 @@ impl Desired {
                         owner,
                         connection_limit: limit,
                         connect,
+                        settings: m.settings.clone(),
                         origin: b.origin(None, Purpose::Database),
                         long_name: db_long,
                     });
@@ -304,11 +316,31 @@ impl Desired {
                             owner: tr,
                             connection_limit: limit,
                             connect: readonly.into_iter().collect(),
+                            settings: m.settings.clone(),
                             origin: b.origin(Some(t), Purpose::TenantDatabase),
                             long_name: db_long,
                         });
                     }
                 }
+            }
+        }
+        if let Some(name) = &manifest.branches.readonly_role {
+            // On every server holding a template (branches are stamped there), else on the
+            // first server. It gets no database and no grants here: `template build` and
+            // `branch create` grant it CONNECT and SELECT.
+            let mut servers: BTreeSet<&str> = manifest
+                .templates
+                .iter()
+                .filter_map(|t| manifest.module(&t.module))
+                .map(|m| m.server.as_str())
+                .collect();
+            let first = manifest.server_names().into_iter().next().unwrap_or_default();
+            if servers.is_empty() {
+                servers.insert(&first);
+            }
+            for server in servers {
+                let b = Builder { env, module: "", server };
+                b.role(&mut d, (name.clone(), None), None, Purpose::BranchReadonlyRole);
             }
         }
         d.check_names()?;

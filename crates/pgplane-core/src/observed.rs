@@ -88,7 +88,21 @@ pub struct DatabaseState {
     pub is_template: bool,
     /// Grantee (role name or `PUBLIC`) → privileges (`CONNECT`, `TEMPORARY`, `CREATE`).
     pub privileges: Privileges,
+    /// Database-level settings (`pg_db_role_setting` with `setrole = 0`): parameter name,
+    /// lowercased (PostgreSQL stores canonical spellings such as `DateStyle`) → value as stored.
+    pub settings: BTreeMap<String, String>,
     pub contents: Contents,
+}
+
+impl DatabaseState {
+    /// Reads `setconfig` entries (`name=value`) into [`DatabaseState::settings`].
+    pub fn parse_settings(setconfig: &[String]) -> BTreeMap<String, String> {
+        setconfig
+            .iter()
+            .filter_map(|entry| entry.split_once('='))
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.to_string()))
+            .collect()
+    }
 }
 
 /// The inside of a database, which needs a connection to that database to read.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::ident::quote_ident as q;
+use crate::ident::{quote_ident as q, same_setting_value, setting_value_sql};
 use crate::model::{Desired, ObjectKind, ObjectRef, Record};
 use crate::observed::{Contents, DbContents, Observed, RoleState, ServerState, PUBLIC};
 
@@ -61,6 +61,7 @@ pub enum ActionKind {
     AlterDatabaseConnectionLimit,
     RevokePublic,
     GrantConnect,
+    SetDatabaseSetting,
     CreateSchema,
     AlterSchemaOwner,
     RevokeSchema,
@@ -91,6 +92,7 @@ impl ActionKind {
             ActionKind::AlterDatabaseConnectionLimit => "alter_database_connection_limit",
             ActionKind::RevokePublic => "revoke_public",
             ActionKind::GrantConnect => "grant_connect",
+            ActionKind::SetDatabaseSetting => "set_database_setting",
             ActionKind::CreateSchema => "create_schema",
             ActionKind::AlterSchemaOwner => "alter_schema_owner",
             ActionKind::RevokeSchema => "revoke_schema",
@@ -191,7 +193,7 @@ pub struct PlanError {
 
 /// Computes the ordered actions that take `observed` to `desired`.
 ///
-/// Order: adopt → roles → databases → database privileges → inside each database
+/// Order: adopt → roles → databases → database privileges and settings → inside each database
 /// (schemas, extensions, read grants) → role settings → drops (extensions, schemas,
 /// databases, roles) → forgotten records.
 pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Result<Plan, PlanError> {
@@ -406,6 +408,24 @@ impl Planner<'_> {
                         .collect();
                     grant_all_connects(self, &missing);
                 }
+            }
+            // Only the names the manifest lists are pgplane's: a setting removed from the
+            // manifest (or set by hand under another name) stays as it is.
+            let have = server(&d.server).databases.get(&d.name).map(|state| &state.settings);
+            for (name, value) in &d.settings {
+                let current = have.and_then(|h| h.get(name));
+                let why = match current {
+                    Some(v) if same_setting_value(name, v, value) => continue,
+                    Some(v) => format!("drift: {name} is {v}, want {value}"),
+                    None => format!("setting {name} is missing"),
+                };
+                let sql = Sql::text(format!(
+                    "ALTER DATABASE {} SET {} = {}",
+                    q(&d.name),
+                    q(name),
+                    setting_value_sql(name, value)
+                ));
+                self.push(ActionKind::SetDatabaseSetting, &obj, None, sql, &why, RecordChange::None);
             }
         }
     }

@@ -59,6 +59,7 @@ fn applied(d: &Desired) -> Observed {
                 connection_limit: db.connection_limit,
                 is_template: false,
                 privileges,
+                settings: db.settings.iter().cloned().collect(),
                 contents: Contents::Known(contents),
             },
         );
@@ -404,4 +405,183 @@ fn new_databases_are_planned_from_template1() {
         Plan: 5 changes: 3 to create, 2 to change, 0 to drop (env dev).
     "#]],
     );
+}
+
+const SETTINGS: &str = "modules:\n  - name: registry\n    storage: database\n    settings:\n      search_path: '\"$user\", registry, public'\n      statement_timeout: 5000\n      app.mode: \"it's\"\n  - name: files\n    storage: database-per-tenant\n    settings: {work_mem: 64MB}\ntenants:\n  - name: acme\n    modules: [files]\n";
+
+#[test]
+fn database_settings_are_set_on_new_databases() {
+    // Right after each database's creation and privileges; the module's settings on every
+    // tenant database; a list setting sent one literal per name.
+    let d = desired("dev", SETTINGS);
+    check(
+        &d,
+        &Observed::default(),
+        PlanOptions::default(),
+        expect![[r#"
+          1. create_role role dev_acme_files  [local]  (role dev_acme_files is missing)
+             CREATE ROLE "dev_acme_files" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT PASSWORD '********';
+          2. create_role role dev_registry  [local]  (role dev_registry is missing)
+             CREATE ROLE "dev_registry" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT PASSWORD '********';
+          3. create_database database dev_acme_files  [local]  (database dev_acme_files is missing)
+             CREATE DATABASE "dev_acme_files" OWNER "dev_acme_files" CONNECTION LIMIT -1;
+          4. revoke_public database dev_acme_files  [local]  (least privilege: only the module's roles may connect)
+             REVOKE ALL ON DATABASE "dev_acme_files" FROM PUBLIC;
+          5. set_database_setting database dev_acme_files  [local]  (setting work_mem is missing)
+             ALTER DATABASE "dev_acme_files" SET "work_mem" = '64MB';
+          6. create_database database dev_registry  [local]  (database dev_registry is missing)
+             CREATE DATABASE "dev_registry" OWNER "dev_registry" CONNECTION LIMIT -1;
+          7. revoke_public database dev_registry  [local]  (least privilege: only the module's roles may connect)
+             REVOKE ALL ON DATABASE "dev_registry" FROM PUBLIC;
+          8. set_database_setting database dev_registry  [local]  (setting app.mode is missing)
+             ALTER DATABASE "dev_registry" SET "app.mode" = 'it''s';
+          9. set_database_setting database dev_registry  [local]  (setting search_path is missing)
+             ALTER DATABASE "dev_registry" SET "search_path" = '$user', 'registry', 'public';
+         10. set_database_setting database dev_registry  [local]  (setting statement_timeout is missing)
+             ALTER DATABASE "dev_registry" SET "statement_timeout" = '5000';
+        Plan: 10 changes: 4 to create, 6 to change, 0 to drop (env dev).
+    "#]],
+    );
+}
+
+#[test]
+fn a_missing_database_setting_is_added() {
+    let d = desired("dev", SETTINGS);
+    let mut o = applied(&d);
+    o.servers.get_mut("local").unwrap().databases.get_mut("dev_registry").unwrap().settings.remove("statement_timeout");
+    check(
+        &d,
+        &o,
+        PlanOptions::default(),
+        expect![[r#"
+              1. set_database_setting database dev_registry  [local]  (setting statement_timeout is missing)
+                 ALTER DATABASE "dev_registry" SET "statement_timeout" = '5000';
+            Plan: 1 change: 0 to create, 1 to change, 0 to drop (env dev).
+        "#]],
+    );
+}
+
+#[test]
+fn a_changed_database_setting_is_drift() {
+    let d = desired("dev", SETTINGS);
+    let mut o = applied(&d);
+    let db = o.servers.get_mut("local").unwrap().databases.get_mut("dev_acme_files").unwrap();
+    db.settings.insert("work_mem".into(), "4MB".into());
+    // A whole list given as one literal is one schema named "registry, public" to PostgreSQL.
+    let db = o.servers.get_mut("local").unwrap().databases.get_mut("dev_registry").unwrap();
+    db.settings.insert("search_path".into(), "\"\"\"$user\"\", registry, public\"".into());
+    check(
+        &d,
+        &o,
+        PlanOptions::default(),
+        expect![[r#"
+              1. set_database_setting database dev_acme_files  [local]  (drift: work_mem is 4MB, want 64MB)
+                 ALTER DATABASE "dev_acme_files" SET "work_mem" = '64MB';
+              2. set_database_setting database dev_registry  [local]  (drift: search_path is """$user"", registry, public", want "$user", registry, public)
+                 ALTER DATABASE "dev_registry" SET "search_path" = '$user', 'registry', 'public';
+            Plan: 2 changes: 0 to create, 2 to change, 0 to drop (env dev).
+        "#]],
+    );
+}
+
+#[test]
+fn unchanged_and_unlisted_database_settings_need_nothing() {
+    let d = desired("dev", SETTINGS);
+    let mut o = applied(&d);
+    let db = o.servers.get_mut("local").unwrap().databases.get_mut("dev_registry").unwrap();
+    // As PostgreSQL stores them: the list re-quoted element by element, canonical names
+    // lowercased by the observer; a setting the manifest does not list is not pgplane's.
+    db.settings.insert("search_path".into(), "\"$user\", registry, public".into());
+    db.settings.insert("datestyle".into(), "ISO, DMY".into());
+    check(
+        &d,
+        &o,
+        PlanOptions::default(),
+        expect![[r#"
+            No changes (env dev).
+        "#]],
+    );
+}
+
+#[test]
+fn the_branch_readonly_role_is_created_without_grants() {
+    let d = desired(
+        "dev",
+        "modules:\n  - name: registry\n    storage: database\ntemplates:\n  - name: registry_template\n    module: registry\n    sources: [db/changelog.yaml]\nbranches:\n  readonly_role: registry_dev_role\n",
+    );
+    check(
+        &d,
+        &Observed::default(),
+        PlanOptions::default(),
+        expect![[r#"
+              1. create_role role dev_registry  [local]  (role dev_registry is missing)
+                 CREATE ROLE "dev_registry" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT PASSWORD '********';
+              2. create_role role registry_dev_role  [local]  (role registry_dev_role is missing)
+                 CREATE ROLE "registry_dev_role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT PASSWORD '********';
+              3. create_database database dev_registry  [local]  (database dev_registry is missing)
+                 CREATE DATABASE "dev_registry" OWNER "dev_registry" CONNECTION LIMIT -1;
+              4. revoke_public database dev_registry  [local]  (least privilege: only the module's roles may connect)
+                 REVOKE ALL ON DATABASE "dev_registry" FROM PUBLIC;
+            Plan: 4 changes: 3 to create, 1 to change, 0 to drop (env dev).
+        "#]],
+    );
+    check(
+        &d,
+        &applied(&d),
+        PlanOptions::default(),
+        expect![[r#"
+            No changes (env dev).
+        "#]],
+    );
+    // Removed from the manifest: an orphan, dropped only with --prune.
+    let o = applied(&d);
+    let after = desired("dev", "modules:\n  - name: registry\n    storage: database\n");
+    check(
+        &after,
+        &o,
+        PlanOptions::default(),
+        expect![[r#"
+            orphaned (managed, no longer in the manifest; `apply --prune` drops them):
+              - role registry_dev_role [local]
+            No changes (env dev), 1 orphaned.
+        "#]],
+    );
+    let p = plan(&after, &o, PlanOptions { prune: true, adopt: false }).unwrap();
+    assert_eq!(p.actions.last().unwrap().sql.redacted(), "DROP ROLE \"registry_dev_role\"");
+}
+
+#[test]
+fn the_branch_readonly_role_must_not_clash() {
+    let m = Manifest::parse(
+        Path::new("pgplane.yaml"),
+        "version: 1\nmodules:\n  - name: registry\n    storage: database\nbranches:\n  readonly_role: dev_registry\n",
+        &|_| None,
+    )
+    .unwrap();
+    let e = Desired::build(&m, "dev").unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "name clash: role dev_registry is wanted by env dev module registry (owner_role) and by env dev (branch_readonly_role); change a name or the naming templates"
+    );
+    // The same name managed for another environment is a clash at plan time.
+    let qa =
+        desired("qa", "modules:\n  - name: app\n    storage: database\nbranches:\n  readonly_role: shared_reader\n");
+    let d =
+        desired("dev", "modules:\n  - name: app\n    storage: database\nbranches:\n  readonly_role: shared_reader\n");
+    let err = plan(&d, &applied(&qa), PlanOptions::default()).unwrap_err().to_string();
+    assert!(
+        err.contains("role shared_reader is already managed by pgplane for env qa (branch_readonly_role)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn schema_per_tenant_settings_go_on_the_shared_database() {
+    let d = desired(
+        "dev",
+        "modules:\n  - name: users\n    storage: schema-per-tenant\n    settings: {statement_timeout: 1s}\ntenants:\n  - name: acme\n    modules: [users]\n",
+    );
+    let dbs: Vec<(&str, &[(String, String)])> =
+        d.databases.iter().map(|db| (db.name.as_str(), &db.settings[..])).collect();
+    assert_eq!(dbs, [("dev_users", &[("statement_timeout".to_string(), "1s".to_string())][..])]);
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use pgplane_core::ident::{quote_ident, quote_literal};
+use pgplane_core::ident::quote_ident;
 use pgplane_core::manifest::{TemplateSessions, TemplateSpec};
 use serde::Serialize;
 use serde_json::Value;
@@ -490,7 +490,7 @@ impl Branches {
                 "ALTER DATABASE {} SET {} = {};",
                 quote_ident(database),
                 quote_ident(name),
-                quote_literal(value)
+                pgplane_core::ident::setting_value_sql(name, value)
             ));
         }
         admin.batch_execute(&setup).await.with_context(|| format!("setting up {database}"))?;

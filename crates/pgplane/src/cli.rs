@@ -478,7 +478,12 @@ pub enum RoleChoice {
 #[derive(Debug, Args)]
 pub struct CredentialsArgs {
     /// The module, as named in the manifest.
-    pub module: String,
+    #[arg(required_unless_present = "branch_readonly")]
+    pub module: Option<String>,
+    /// The role of `branches.readonly_role` instead of a module's (reads every branch and
+    /// template; the URL names the first template on its server, else `postgres`).
+    #[arg(long, conflicts_with_all = ["module", "tenant", "role"])]
+    pub branch_readonly: bool,
     #[command(flatten)]
     pub manifest: ManifestArgs,
     /// The tenant, for schema-per-tenant and database-per-tenant modules.
@@ -493,7 +498,8 @@ pub struct CredentialsArgs {
     /// Change the password first (the old one stops working).
     #[arg(long)]
     pub rotate: bool,
-    /// Name of the Kubernetes Secret (default: ENV-MODULE[-TENANT][-readonly]-db).
+    /// Name of the Kubernetes Secret (default: ENV-MODULE[-TENANT][-readonly]-db, or
+    /// ENV-branch-readonly-db).
     #[arg(long)]
     pub k8s_name: Option<String>,
     /// Kubernetes namespace for the Secret.

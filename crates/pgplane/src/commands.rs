@@ -267,10 +267,122 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
 
 pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
     let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
-    let module = s.manifest.module(&args.module).with_context(|| {
+    let who = if args.branch_readonly { branch_readonly(&s)? } else { module_role(&s, &args)? };
+    let Who { role, server, database, schema, module, tenant, secret_name } = who;
+    let target = s.servers.get(&server)?.clone();
+    let not_applied = || format!("role {role} is not provisioned by pgplane yet; run `pgplane apply` first");
+    let (generation, _lock) = if args.rotate {
+        let (lock, mut c) = s.lock(std::time::Duration::from_secs(300)).await?;
+        ensure_managed(&c, &s.desired, &server, &role).await.with_context(not_applied)?;
+        let op = control::op_start(&c, "rotate", Some(&s.desired.env)).await?;
+        // The new generation commits only once the server has the new verifier.
+        let tx = c.transaction().await?;
+        let generation = control::bump_generation(&tx, &server, &role).await?;
+        let password = ctx.keys()?.password(&server, &role, generation);
+        let sql = format!(
+            "ALTER ROLE {} PASSWORD {}",
+            pgplane_core::ident::quote_ident(&role),
+            pgplane_core::ident::quote_literal(&secrets::scram_verifier(&password))
+        );
+        let result = s.admins[&server].batch_execute(&sql).await.map_err(exec::pg_error);
+        let result = match result {
+            Ok(()) => tx.commit().await.context("recording the new password generation"),
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        };
+        let error = result.as_ref().err().map(|e| format!("{e:#}"));
+        if let Err(e) = control::op_finish(&c, op, 1, error.as_deref()).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not journal the rotation");
+        }
+        result.context("changing the password")?;
+        (generation, Some(lock))
+    } else {
+        let c = control::open_existing(s.servers.first(), s.first_admin()).await?.with_context(not_applied)?;
+        ensure_managed(&c, &s.desired, &server, &role).await.with_context(not_applied)?;
+        (control::generation(&c, &server, &role).await?, None)
+    };
+    let password = ctx.keys()?.password(&server, &role, generation);
+    let (host, port) = target.host_port();
+    let url = format!("postgresql://{role}:{password}@{}:{port}/{}", url_host(&host), database);
+    let print = |k: &str, v: &str| format!("{k}={v}");
+    match args.format {
+        CredentialFormat::Url => println!("{url}"),
+        CredentialFormat::Env => {
+            let mut lines = vec![
+                print("PGHOST", &host),
+                print("PGPORT", &port.to_string()),
+                print("PGDATABASE", &database),
+                print("PGUSER", &role),
+                print("PGPASSWORD", &password),
+            ];
+            if let Some(schema) = &schema {
+                lines.push(print("PGOPTIONS", &format!("-c search_path={schema}")));
+                lines.push(print("DATABASE_SCHEMA", schema));
+            }
+            lines.push(print("DATABASE_URL", &url));
+            println!("{}", lines.join("\n"));
+        }
+        CredentialFormat::Json => {
+            let doc = json!({
+                "host": host, "port": port, "database": database, "user": role,
+                "password": password, "schema": schema, "url": url,
+                "module": module, "tenant": tenant, "env": s.desired.env,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        CredentialFormat::K8sSecret => {
+            let name = args.k8s_name.clone().unwrap_or_else(|| secret_name.replace('_', "-"));
+            let q = |v: &str| serde_json::to_string(v).expect("strings serialize");
+            let mut doc = format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {}\n", q(&name));
+            if let Some(ns) = &args.k8s_namespace {
+                doc.push_str(&format!("  namespace: {}\n", q(ns)));
+            }
+            doc.push_str("  labels:\n    app.kubernetes.io/managed-by: pgplane\n");
+            doc.push_str(&format!("    pgplane.io/env: {}\n", q(&s.desired.env)));
+            if let Some(module) = &module {
+                doc.push_str(&format!("    pgplane.io/module: {}\n", q(module)));
+            }
+            doc.push_str("type: Opaque\nstringData:\n");
+            let mut data = vec![
+                ("PGHOST", host.clone()),
+                ("PGPORT", port.to_string()),
+                ("PGDATABASE", database.clone()),
+                ("PGUSER", role.clone()),
+                ("PGPASSWORD", password.clone()),
+            ];
+            if let Some(schema) = &schema {
+                data.push(("DATABASE_SCHEMA", schema.clone()));
+            }
+            data.push(("DATABASE_URL", url.clone()));
+            for (k, v) in data {
+                doc.push_str(&format!("  {k}: {}\n", q(&v)));
+            }
+            print!("{doc}");
+        }
+    }
+    Ok(0)
+}
+
+/// The role `credentials` hands out, where it connects, and how to name its Secret.
+struct Who {
+    role: String,
+    server: String,
+    database: String,
+    schema: Option<String>,
+    module: Option<String>,
+    tenant: Option<String>,
+    secret_name: String,
+}
+
+/// A module's (or tenant's) owner or read-only role.
+fn module_role(s: &Session, args: &CredentialsArgs) -> Result<Who> {
+    let name = args.module.as_deref().context("name a module, or pass --branch-readonly")?;
+    let module = s.manifest.module(name).with_context(|| {
         format!(
             "module {:?} is not in {} (modules: {})",
-            args.module,
+            name,
             s.manifest.file.display(),
             s.manifest.modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
         )
@@ -294,109 +406,45 @@ pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
             format!("module {} has no read-only role; set `readonly_role: true` and apply", module.name)
         })?,
     };
-    let target = s.servers.get(&endpoint.server)?.clone();
-    let not_applied = || format!("role {role} is not provisioned by pgplane yet; run `pgplane apply` first");
-    let (generation, _lock) = if args.rotate {
-        let (lock, mut c) = s.lock(std::time::Duration::from_secs(300)).await?;
-        ensure_managed(&c, &s.desired, &endpoint.server, &role).await.with_context(not_applied)?;
-        let op = control::op_start(&c, "rotate", Some(&s.desired.env)).await?;
-        // The new generation commits only once the server has the new verifier.
-        let tx = c.transaction().await?;
-        let generation = control::bump_generation(&tx, &endpoint.server, &role).await?;
-        let password = ctx.keys()?.password(&endpoint.server, &role, generation);
-        let sql = format!(
-            "ALTER ROLE {} PASSWORD {}",
-            pgplane_core::ident::quote_ident(&role),
-            pgplane_core::ident::quote_literal(&secrets::scram_verifier(&password))
-        );
-        let result = s.admins[&endpoint.server].batch_execute(&sql).await.map_err(exec::pg_error);
-        let result = match result {
-            Ok(()) => tx.commit().await.context("recording the new password generation"),
-            Err(e) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        };
-        let error = result.as_ref().err().map(|e| format!("{e:#}"));
-        if let Err(e) = control::op_finish(&c, op, 1, error.as_deref()).await {
-            tracing::warn!(error = %format!("{e:#}"), "could not journal the rotation");
-        }
-        result.context("changing the password")?;
-        (generation, Some(lock))
-    } else {
-        let c = control::open_existing(s.servers.first(), s.first_admin()).await?.with_context(not_applied)?;
-        ensure_managed(&c, &s.desired, &endpoint.server, &role).await.with_context(not_applied)?;
-        (control::generation(&c, &endpoint.server, &role).await?, None)
-    };
-    let password = ctx.keys()?.password(&endpoint.server, &role, generation);
-    let (host, port) = target.host_port();
-    let url = format!("postgresql://{role}:{password}@{}:{port}/{}", url_host(&host), endpoint.database);
-    let print = |k: &str, v: &str| format!("{k}={v}");
-    match args.format {
-        CredentialFormat::Url => println!("{url}"),
-        CredentialFormat::Env => {
-            let mut lines = vec![
-                print("PGHOST", &host),
-                print("PGPORT", &port.to_string()),
-                print("PGDATABASE", &endpoint.database),
-                print("PGUSER", &role),
-                print("PGPASSWORD", &password),
-            ];
-            if let Some(schema) = &endpoint.schema {
-                lines.push(print("PGOPTIONS", &format!("-c search_path={schema}")));
-                lines.push(print("DATABASE_SCHEMA", schema));
-            }
-            lines.push(print("DATABASE_URL", &url));
-            println!("{}", lines.join("\n"));
-        }
-        CredentialFormat::Json => {
-            let doc = json!({
-                "host": host, "port": port, "database": endpoint.database, "user": role,
-                "password": password, "schema": endpoint.schema, "url": url,
-                "module": endpoint.module, "tenant": endpoint.tenant, "env": s.desired.env,
-            });
-            println!("{}", serde_json::to_string_pretty(&doc)?);
-        }
-        CredentialFormat::K8sSecret => {
-            let mut name = format!("{}-{}", s.desired.env, endpoint.module);
-            if let Some(t) = &endpoint.tenant {
-                name.push_str(&format!("-{t}"));
-            }
-            if args.role == RoleChoice::Readonly {
-                name.push_str("-readonly");
-            }
-            name.push_str("-db");
-            let name = args.k8s_name.clone().unwrap_or_else(|| name.replace('_', "-"));
-            let q = |v: &str| serde_json::to_string(v).expect("strings serialize");
-            let mut doc = format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {}\n", q(&name));
-            if let Some(ns) = &args.k8s_namespace {
-                doc.push_str(&format!("  namespace: {}\n", q(ns)));
-            }
-            doc.push_str("  labels:\n    app.kubernetes.io/managed-by: pgplane\n");
-            doc.push_str(&format!(
-                "    pgplane.io/env: {}\n    pgplane.io/module: {}\n",
-                q(&s.desired.env),
-                q(&endpoint.module)
-            ));
-            doc.push_str("type: Opaque\nstringData:\n");
-            let mut data = vec![
-                ("PGHOST", host.clone()),
-                ("PGPORT", port.to_string()),
-                ("PGDATABASE", endpoint.database.clone()),
-                ("PGUSER", role.clone()),
-                ("PGPASSWORD", password.clone()),
-            ];
-            if let Some(schema) = &endpoint.schema {
-                data.push(("DATABASE_SCHEMA", schema.clone()));
-            }
-            data.push(("DATABASE_URL", url.clone()));
-            for (k, v) in data {
-                doc.push_str(&format!("  {k}: {}\n", q(&v)));
-            }
-            print!("{doc}");
-        }
+    let mut secret_name = format!("{}-{}", s.desired.env, endpoint.module);
+    if let Some(t) = &endpoint.tenant {
+        secret_name.push_str(&format!("-{t}"));
     }
-    Ok(0)
+    if args.role == RoleChoice::Readonly {
+        secret_name.push_str("-readonly");
+    }
+    secret_name.push_str("-db");
+    Ok(Who {
+        role,
+        server: endpoint.server.clone(),
+        database: endpoint.database.clone(),
+        schema: endpoint.schema.clone(),
+        module: Some(endpoint.module.clone()),
+        tenant: endpoint.tenant.clone(),
+        secret_name,
+    })
+}
+
+/// The role of `branches.readonly_role`, on the server of the first template (or the first
+/// server); its URL names that template, which `template build` lets it read.
+fn branch_readonly(s: &Session) -> Result<Who> {
+    let role = s
+        .desired
+        .roles
+        .iter()
+        .find(|r| r.origin.purpose == pgplane_core::model::Purpose::BranchReadonlyRole)
+        .with_context(|| format!("{} sets no `branches.readonly_role`", s.manifest.file.display()))?;
+    let template =
+        s.manifest.templates.iter().find(|t| s.manifest.module(&t.module).is_some_and(|m| m.server == role.server));
+    Ok(Who {
+        role: role.name.clone(),
+        server: role.server.clone(),
+        database: template.map_or_else(|| "postgres".to_string(), |t| t.name.clone()),
+        schema: None,
+        module: None,
+        tenant: None,
+        secret_name: format!("{}-branch-readonly-db", s.desired.env),
+    })
 }
 
 fn url_host(host: &str) -> String {

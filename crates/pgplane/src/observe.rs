@@ -195,6 +195,7 @@ pub async fn read_cluster(admin: &Client) -> Result<ServerState> {
                 connection_limit: d.get(2),
                 is_template: d.get(3),
                 privileges: privileges(d.get(4)),
+                settings: DatabaseState::parse_settings(&d.get::<_, Vec<String>>(5)),
                 contents: Contents::Unknown,
             },
         );

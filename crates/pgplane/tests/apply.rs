@@ -864,3 +864,91 @@ fn statements_left_running_by_a_killed_apply_are_ended_before_the_next_one_plans
     let _ = bystander.kill();
     t.sql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgplane-apply/otherinstall/cafe'");
 }
+
+#[test]
+fn database_settings_are_applied_and_drift_repaired() {
+    let t = T::new("dbset");
+    let f = t.manifest(
+        "modules:\n  - name: app\n    storage: database\n    settings:\n      search_path: '\"$user\", app, public'\n      statement_timeout: 5s\n\
+         \x20 - name: files\n    storage: database-per-tenant\n    settings: {work_mem: 64MB}\n\
+         tenants:\n  - name: acme\n    modules: [files]\n",
+    );
+    let f = f.to_str().unwrap();
+    let setconfig = |db: &str| {
+        t.sql(
+            "postgres",
+            &format!(
+                "SELECT setconfig FROM pg_db_role_setting \
+                 WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = '{db}') AND setrole = 0"
+            ),
+        )
+    };
+    t.pgplane(&["apply", "-f", f, "--yes"]).ok();
+    assert_eq!(setconfig("dbset_app"), r#"{"search_path=\"$user\", app, public",statement_timeout=5s}"#);
+    assert_eq!(setconfig("dbset_acme_files"), "{work_mem=64MB}");
+    // A session of the module's role gets them: the list as three schemas, not one.
+    let url = t.credentials(&["app", "-f", f]);
+    assert_eq!(psql(&url, "SHOW search_path").unwrap(), "\"$user\", app, public");
+    assert_eq!(psql(&url, "SHOW statement_timeout").unwrap(), "5s");
+    assert_eq!(t.pgplane(&["plan", "-f", f, "--detailed-exitcode"]).code, 0, "a second plan is empty");
+
+    // Drift by hand; a setting the manifest does not list is not pgplane's and stays.
+    t.sql("postgres", "ALTER DATABASE dbset_app SET statement_timeout = 0");
+    t.sql("postgres", "ALTER DATABASE dbset_app SET lock_timeout = '3s'");
+    let plan = t.pgplane(&["plan", "-f", f, "--json"]).ok().json();
+    let actions = plan["actions"].as_array().unwrap();
+    assert_eq!(actions.len(), 1, "{plan}");
+    assert_eq!(actions[0]["kind"], "set_database_setting");
+    assert_eq!(actions[0]["why"], "drift: statement_timeout is 0, want 5s");
+    assert_eq!(actions[0]["sql"], "ALTER DATABASE \"dbset_app\" SET \"statement_timeout\" = '5s'");
+    let status = t.pgplane(&["status", "-f", f, "--env", "dbset"]).ok().stdout;
+    assert!(status.contains("drift: drift: statement_timeout is 0, want 5s"), "{status}");
+
+    t.pgplane(&["apply", "-f", f, "--yes"]).ok();
+    assert_eq!(
+        setconfig("dbset_app"),
+        r#"{"search_path=\"$user\", app, public",statement_timeout=5s,lock_timeout=3s}"#
+    );
+    assert_eq!(t.pgplane(&["plan", "-f", f, "--detailed-exitcode"]).code, 0);
+    assert_eq!(t.pgplane(&["plan", "-f", f, "--deep", "--detailed-exitcode"]).code, 0);
+}
+
+#[test]
+fn the_branch_readonly_role_is_provisioned_handed_out_and_pruned() {
+    let t = T::new("brro");
+    let body = "modules:\n  - name: registry\n    storage: database\n\
+                templates:\n  - name: brro_registry_template\n    module: registry\n    sources: [db/changelog.yaml]\n";
+    let f = t.manifest(&format!("{body}branches:\n  readonly_role: brro_reader\n"));
+    let f = f.to_str().unwrap();
+    t.pgplane(&["apply", "-f", f, "--yes"]).ok();
+    assert_eq!(
+        t.sql("postgres", "SELECT rolcanlogin, rolsuper, rolcreatedb FROM pg_roles WHERE rolname = 'brro_reader'"),
+        "t|f|f"
+    );
+    assert_eq!(t.records("role"), vec!["brro_reader", "brro_registry"]);
+    assert_eq!(
+        t.sql("pgplane", "SELECT module, purpose FROM pgplane.objects WHERE name = 'brro_reader'"),
+        "|branch_readonly_role"
+    );
+    // No database of its own, no grants from apply.
+    assert_eq!(t.sql("postgres", "SELECT has_database_privilege('brro_reader', 'brro_registry', 'CONNECT')"), "f");
+    assert_eq!(t.pgplane(&["plan", "-f", f, "--detailed-exitcode"]).code, 0);
+
+    // credentials hands it out; the URL names the template (built by `template build`).
+    let doc: serde_json::Value =
+        serde_json::from_str(&t.credentials(&["--branch-readonly", "-f", f, "--format", "json"])).unwrap();
+    assert_eq!((doc["user"].as_str(), doc["database"].as_str()), (Some("brro_reader"), Some("brro_registry_template")));
+    let url = doc["url"].as_str().unwrap().replace("/brro_registry_template", "/postgres");
+    assert_eq!(psql(&url, "SELECT current_user").unwrap(), "brro_reader");
+    let both = t.pgplane(&["credentials", "registry", "--branch-readonly", "-f", f]);
+    assert_eq!(both.code, 2, "a module and --branch-readonly conflict: {}", both.stderr);
+
+    // Removed from the manifest: orphaned, dropped only with --prune.
+    let f2 = t.manifest_named("without.yaml", body);
+    let f2 = f2.to_str().unwrap();
+    t.pgplane(&["apply", "-f", f2, "--yes"]).ok();
+    assert_eq!(t.sql("postgres", "SELECT count(*) FROM pg_roles WHERE rolname = 'brro_reader'"), "1");
+    t.pgplane(&["apply", "-f", f2, "--yes", "--prune"]).ok();
+    assert_eq!(t.sql("postgres", "SELECT count(*) FROM pg_roles WHERE rolname = 'brro_reader'"), "0");
+    assert_eq!(t.records("role"), vec!["brro_registry"]);
+}

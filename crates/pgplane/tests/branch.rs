@@ -87,8 +87,6 @@ fn world(env: &str, extra: &str) -> (T, String) {
     let f = t.manifest(&body(env, extra));
     let f = f.to_str().unwrap().to_string();
     t.pgplane(&["apply", "-f", &f, "--yes"]).ok();
-    // TEMPORARY until apply provisions branches.readonly_role.
-    let _ = t.sql_try("postgres", &format!("CREATE ROLE {env}_reader LOGIN"));
     t.pgplane(&["template", "build", &format!("{env}_tpl"), "-f", &f]).ok();
     (t, f)
 }
