@@ -176,6 +176,14 @@ impl Branches {
             .batch_execute(&format!("ALTER SCHEMA public OWNER TO {}", quote_ident(&owner)))
             .await
             .context("handing the public schema to the module's owner")?;
+        // The module's extensions, as in its own database (copied into every branch).
+        let module = self.s.manifest.module(&t.module).context("template module")?;
+        for ext in &module.extensions {
+            inside
+                .batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {}", quote_ident(ext)))
+                .await
+                .with_context(|| format!("creating extension {ext} in the template"))?;
+        }
         drop(inside);
         let manifest_dir = manifest_dir(&self.s.manifest.file);
         let sources: Vec<PathBuf> = t.sources.iter().map(|p| manifest_dir.join(p)).collect();
