@@ -23,8 +23,21 @@ use crate::control::{self, CONTROL_DB};
 use crate::migrate;
 use crate::ops::Session;
 
-const BRANCH_LOCK: i32 = 0x7067_6272; // "pgbr"
-const TEMPLATE_LOCK: i32 = 0x7067_7470; // "pgtp"
+const BRANCH_LOCK: i32 = 0x7067_6272; // "pgbr": one branch (env/sanitised id)
+const TEMPLATE_LOCK: i32 = 0x7067_7470; // "pgtp": copies (shared) vs swap (exclusive)
+const TEMPLATE_BUILD_LOCK: i32 = 0x7067_7462; // "pgtb": one build of a template at a time
+const TEMPLATE_CAP_LOCK: i32 = 0x7067_7463; // "pgtc": counting a template's branches
+
+#[derive(Debug, Clone, Copy)]
+enum Lock {
+    Exclusive,
+    Shared,
+}
+
+/// The branch lock's key: two ids that become the same name share it.
+fn branch_key(env: &str, id: &str) -> String {
+    format!("{env}/{}", pgplane_core::branch::sanitize(id).unwrap_or_else(|_| id.to_string()))
+}
 
 /// Templates larger than this are copied with `STRATEGY FILE_COPY`, smaller ones with
 /// `WAL_LOG` (PostgreSQL 15's default). Measured with `bench/branch`: see bench/README.md.
@@ -49,6 +62,17 @@ pub struct BranchView {
     pub updated_at: Option<String>,
     pub expires_at: Option<String>,
     pub operation_id: Option<i64>,
+    /// `expires_at` in seconds since the epoch, for gc.
+    #[serde(skip)]
+    pub expires_epoch: Option<i64>,
+}
+
+/// A branch `gc` dropped (or would drop), and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dropped {
+    #[serde(flatten)]
+    pub branch: BranchView,
+    pub reason: String,
 }
 
 /// Everything a branch command needs: the manifest's session and the control database.
@@ -99,34 +123,48 @@ impl Branches {
         self.s.admins.get(server).with_context(|| format!("no connection to server {server}"))
     }
 
-    /// Holds an advisory lock in the control database on a connection of its own.
-    async fn lock(&self, class: i32, key: &str, what: &str, timeout: Duration) -> Result<Client> {
+    /// Holds an advisory lock in the control database on a connection of its own, waiting
+    /// in PostgreSQL's lock queue (fair: an exclusive waiter is not starved by new shared
+    /// holders) up to the lock timeout.
+    async fn lock(&self, mode: Lock, class: i32, key: &str, what: &str, opts: &DeployOptions) -> Result<Client> {
         let c = self.control_server.connect_as(Some(CONTROL_DB), Role::Branch).await?;
-        c.batch_execute("SET idle_session_timeout = 0").await?;
-        let started = Instant::now();
-        let mut told = false;
-        loop {
-            let got: bool = c.query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&class, &key]).await?.get(0);
-            if got {
-                return Ok(c);
+        c.batch_execute(&format!(
+            "SET idle_session_timeout = 0; SET lock_timeout = {}",
+            opts.lock_timeout.as_millis().max(1)
+        ))
+        .await?;
+        let sql = match mode {
+            Lock::Exclusive => "SELECT pg_advisory_lock($1, hashtext($2))",
+            Lock::Shared => "SELECT pg_advisory_lock_shared($1, hashtext($2))",
+        };
+        let result = {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&class, &key];
+            let acquire = c.execute(sql, &params);
+            tokio::pin!(acquire);
+            tokio::select! {
+                r = &mut acquire => r,
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {
+                    eprintln!("pgplane: waiting for another operation on {what}");
+                    acquire.await
+                }
             }
-            if started.elapsed() >= timeout {
-                bail!(
-                    "another pgplane operation on {what} did not finish within {}s; try again later",
-                    timeout.as_secs()
-                );
+        };
+        match result {
+            Ok(_) => {
+                c.batch_execute("SET lock_timeout = 0").await?;
+                Ok(c)
             }
-            if !told && started.elapsed() > Duration::from_millis(300) {
-                eprintln!("pgplane: waiting for another operation on {what}");
-                told = true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => bail!(
+                "another pgplane operation on {what} did not finish within {}s; try again later or raise --lock-timeout",
+                opts.lock_timeout.as_secs()
+            ),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Whether a pgplane process holds a branch's lock right now.
-    async fn busy(&self, database: &str) -> Result<bool> {
-        busy(&self.control, database).await
+    async fn busy(&self, id: &str) -> Result<bool> {
+        busy(&self.control, &self.env, id).await
     }
 
     // ----- templates -------------------------------------------------------------------
@@ -144,15 +182,51 @@ impl Branches {
         let (server, owner, schema) = self.module_of(&t)?;
         let admin = self.admin(&server.name)?;
         ensure_role(admin, &owner).await?;
-        let _build_lock = self
-            .lock(
-                TEMPLATE_LOCK,
-                &format!("build/{}/{}", self.env, t.name),
-                &format!("template {}", t.name),
-                opts.lock_timeout,
+        // Template databases are named as written, so the lock is per server and name.
+        let key = format!("{}/{}", server.name, t.name);
+        let _build_lock =
+            self.lock(Lock::Exclusive, TEMPLATE_BUILD_LOCK, &key, &format!("template {}", t.name), opts).await?;
+        let other: Option<String> = self
+            .control
+            .query_opt(
+                "SELECT env FROM pgplane.templates WHERE name = $1 AND server = $2 AND env <> $3",
+                &[&t.name, &server.name, &self.env],
             )
-            .await?;
+            .await?
+            .map(|r| r.get(0));
+        if let Some(other) = other {
+            bail!(
+                "template {} on server {} belongs to environment {other}; template databases are shared by name, so give this environment's template another name",
+                t.name,
+                server.name
+            );
+        }
+        let owned = self.is_template_record(&t.name).await?;
+        if database_exists(admin, &t.name).await? && !owned {
+            bail!("database {} exists and pgplane did not build it; pick another template name", t.name);
+        }
+        let op = control::op_start(&self.control, "template_build", Some(&self.env)).await?;
+        let result = self.build_locked(&t, &server, &owner, &schema, contexts, opts).await;
+        let error = match &result {
+            Ok(r) => r.error.clone(),
+            Err(e) => Some(format!("{e:#}")),
+        };
+        control::op_finish(&self.control, op, usize::from(error.is_none()), error.as_deref()).await?;
+        result
+    }
+
+    async fn build_locked(
+        &self,
+        t: &TemplateSpec,
+        server: &Server,
+        owner: &str,
+        schema: &str,
+        contexts: &[String],
+        opts: &DeployOptions,
+    ) -> Result<TemplateReport> {
+        let admin = self.admin(&server.name)?;
         let building = pgplane_core::ident::fit_identifier(&format!("{}__build", t.name));
+        let retired = pgplane_core::ident::fit_identifier(&format!("{}__retired", t.name));
         // Claim before create: the row names the build database before it exists.
         self.control
             .execute(
@@ -161,11 +235,14 @@ impl Branches {
                 &[&self.env, &t.name, &server.name, &t.module, &building],
             )
             .await?;
-        recover_swap(admin, &t.name).await?;
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&building))).await?;
-        if database_exists(admin, &t.name).await? && !self.is_template_record(&t.name).await? {
-            bail!("database {} exists and is not a template pgplane built; pick another template name", t.name);
+        // Leftovers of a build that died: put a retired template back, drop the rest.
+        if !database_exists(admin, &t.name).await? && database_exists(admin, &retired).await? {
+            swap_in(admin, &retired, &t.name, opts)
+                .await
+                .with_context(|| format!("restoring template {} after an interrupted rebuild", t.name))?;
         }
+        drop_database(admin, &retired).await?;
+        drop_database(admin, &building).await?;
         let b = quote_ident(&building);
         admin.batch_execute(&format!("CREATE DATABASE {b}")).await.with_context(|| format!("creating {building}"))?;
         admin.batch_execute(&format!("REVOKE ALL ON DATABASE {b} FROM PUBLIC")).await?;
@@ -173,7 +250,7 @@ impl Branches {
         // its objects belong to the module's owner, who runs the migrations.
         let inside = server.connect_as(Some(&building), Role::Branch).await?;
         inside
-            .batch_execute(&format!("ALTER SCHEMA public OWNER TO {}", quote_ident(&owner)))
+            .batch_execute(&format!("ALTER SCHEMA public OWNER TO {}", quote_ident(owner)))
             .await
             .context("handing the public schema to the module's owner")?;
         // The module's extensions, as in its own database (copied into every branch).
@@ -193,12 +270,12 @@ impl Branches {
             tenant: None,
             server: server.clone(),
             database: building.clone(),
-            schema: schema.clone(),
-            role: Some(owner.clone()),
+            schema: schema.to_string(),
+            role: Some(owner.to_string()),
         };
         let deployed = deploy(&target, &sources, &contexts, self.module_ledger(&t.module), opts).await?;
         if let Some(err) = &deployed.error {
-            admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&building))).await?;
+            drop_database(admin, &building).await?;
             self.control
                 .execute(
                     "UPDATE pgplane.templates SET building = NULL WHERE env = $1 AND name = $2",
@@ -206,45 +283,30 @@ impl Branches {
                 )
                 .await?;
             return Ok(TemplateReport {
-                template: t.name,
+                template: t.name.clone(),
                 database: None,
                 ok: false,
                 error: Some(err.clone()),
                 runs: deployed.runs,
             });
         }
-        self.grant_readonly(&server, &building, &owner).await?;
-        // Swap: exclusive template lock, so no branch is being copied from the old one.
-        let _swap = self
-            .lock(
-                TEMPLATE_LOCK,
-                &format!("{}/{}", self.env, t.name),
-                &format!("template {}", t.name),
-                opts.lock_timeout,
-            )
-            .await?;
-        let retired = pgplane_core::ident::fit_identifier(&format!("{}__retired", t.name));
+        self.grant_readonly(server, &building, owner).await?;
+        // Swap under the exclusive template lock: it queues behind branches being copied
+        // from the old template and keeps new copies waiting until the new one is in.
+        let key = format!("{}/{}", server.name, t.name);
+        let _swap = self.lock(Lock::Exclusive, TEMPLATE_LOCK, &key, &format!("template {}", t.name), opts).await?;
         if database_exists(admin, &t.name).await? {
-            let deadline = Instant::now() + opts.session_timeout;
-            clear_sessions(admin, &t.name, TemplateSessions::Terminate, deadline, opts.session_timeout).await?;
-            admin
-                .batch_execute(&format!(
-                    "ALTER DATABASE {n} IS_TEMPLATE false; ALTER DATABASE {n} RENAME TO {r};",
-                    n = quote_ident(&t.name),
-                    r = quote_ident(&retired)
-                ))
+            let sql = format!(
+                "ALTER DATABASE {n} IS_TEMPLATE false; ALTER DATABASE {n} RENAME TO {r};",
+                n = quote_ident(&t.name),
+                r = quote_ident(&retired)
+            );
+            while_sessions(admin, &t.name, &sql, TemplateSessions::Terminate, opts)
                 .await
                 .with_context(|| format!("retiring the old {}", t.name))?;
         }
-        admin
-            .batch_execute(&format!(
-                "ALTER DATABASE {b} RENAME TO {n}; ALTER DATABASE {n} IS_TEMPLATE true;",
-                b = quote_ident(&building),
-                n = quote_ident(&t.name)
-            ))
-            .await
-            .with_context(|| format!("swapping in the new {}", t.name))?;
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&retired))).await?;
+        swap_in(admin, &building, &t.name, opts).await.with_context(|| format!("swapping in the new {}", t.name))?;
+        drop_database(admin, &retired).await?;
         let sources_json = serde_json::to_value(&t.sources)?;
         self.control
             .execute(
@@ -254,19 +316,20 @@ impl Branches {
             .await?;
         Ok(TemplateReport {
             template: t.name.clone(),
-            database: Some(t.name),
+            database: Some(t.name.clone()),
             ok: true,
             error: None,
             runs: deployed.runs,
         })
     }
 
+    /// Whether pgplane built (or is building) this template: its row exists.
     async fn is_template_record(&self, name: &str) -> Result<bool> {
         Ok(self
             .control
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pgplane.templates WHERE name = $1 AND built_at IS NOT NULL)",
-                &[&name],
+                "SELECT EXISTS (SELECT 1 FROM pgplane.templates WHERE env = $1 AND name = $2)",
+                &[&self.env, &name],
             )
             .await?
             .get(0))
@@ -325,112 +388,85 @@ impl Branches {
 
     /// `branch create` (`reset: false`) and `branch reset` (`reset: true`).
     pub async fn deploy_branch(&self, req: &BranchRequest, reset: bool, opts: &DeployOptions) -> Result<BranchView> {
+        pgplane_core::branch::sanitize(&req.id).map_err(anyhow::Error::msg)?;
+        let _lock = self
+            .lock(Lock::Exclusive, BRANCH_LOCK, &branch_key(&self.env, &req.id), &format!("branch {}", req.id), opts)
+            .await?;
+        // Read under the lock: a concurrent operation on this branch has finished by now.
         let existing = self.record(&req.id).await?;
-        let template_name = match (&req.template, &existing) {
-            (Some(t), _) => t.clone(),
-            (None, Some(b)) => b.template.clone(),
-            (None, None) if reset => bail!(
+        let template_name = match (&req.template, &existing, reset) {
+            (_, None, true) => bail!(
                 "there is no branch {:?}; create it with `pgplane branch create {} --template NAME`",
                 req.id,
                 req.id
             ),
-            (None, None) => bail!("pass --template NAME (templates: {})", self.template_names()),
-        };
-        let t = self.template(&template_name)?.clone();
-        let (server, owner, schema) = self.module_of(&t)?;
-        let policy = &self.s.manifest.branches;
-        let database =
-            pgplane_core::branch::database_name(policy, &self.env, &t.name, &req.id).map_err(anyhow::Error::msg)?;
-        let _lock = self.lock(BRANCH_LOCK, &database, &format!("branch {}", req.id), opts.lock_timeout).await?;
-        // Read again under the lock: a concurrent operation may have finished meanwhile.
-        let existing = self.record(&req.id).await?;
-        match (&existing, reset) {
-            (Some(b), false) => bail!(
+            (_, Some(b), false) => bail!(
                 "branch {:?} already exists (database {}, status {}); use `pgplane branch reset {}` to deploy it again",
                 req.id,
                 b.database,
                 b.status,
                 req.id
             ),
-            (None, true) => bail!("there is no branch {:?}; create it with `pgplane branch create`", req.id),
-            (Some(b), true) if b.template != t.name => {
-                bail!("branch {:?} was stamped from template {}, not {}", req.id, b.template, t.name)
+            (Some(t), Some(b), true) if *t != b.template => {
+                bail!("branch {:?} was stamped from template {}, not {t}", req.id, b.template)
             }
-            _ => {}
-        }
-        if let Some(other) = self.record_by_database(&server.name, &database).await? {
-            if other.id != req.id {
-                bail!(
-                    "branch ids {:?} and {:?} both become database {database}; use ids that differ in letters or digits",
-                    other.id,
-                    req.id
-                );
-            }
-        }
+            (_, Some(b), true) => b.template.clone(),
+            (Some(t), None, false) => t.clone(),
+            (None, None, false) => bail!("pass --template NAME (templates: {})", self.template_names()),
+        };
+        let t = self.template(&template_name)?.clone();
+        let (server, owner, schema) = self.module_of(&t)?;
         let admin = self.admin(&server.name)?;
-        if !reset {
-            let count: i64 = self
-                .control
-                .query_one(
-                    "SELECT count(*) FROM pgplane.branches WHERE env = $1 AND template = $2",
-                    &[&self.env, &t.name],
-                )
-                .await?
-                .get(0);
-            if count >= i64::from(policy.max_per_template) {
-                bail!(
-                    "template {} already has {count} branches (branches.max_per_template is {}); delete or gc some first",
-                    t.name,
-                    policy.max_per_template
-                );
+        let policy = &self.s.manifest.branches;
+        // A reset keeps the database it has, even if the naming policy changed since.
+        let database = match &existing {
+            Some(b) => b.database.clone(),
+            None => {
+                pgplane_core::branch::database_name(policy, &self.env, &t.name, &req.id).map_err(anyhow::Error::msg)?
             }
-            if database_exists(admin, &database).await? {
-                bail!("database {database} exists but is not a branch pgplane manages; pgplane will not touch it (choose another id)");
-            }
-        }
+        };
         if !database_exists(admin, &t.name).await? || !self.is_template_record(&t.name).await? {
             bail!("template {} is not built yet; run `pgplane template build {}`", t.name, t.name);
         }
+        // Sessions a killed pgplane left on this branch (e.g. a CREATE DATABASE still copying).
+        let session_name = session_name(&self.env, &req.id);
+        reap(admin, &session_name).await?;
         let sources: Vec<String> = match (&req.sources, &existing) {
-            (Some(s), _) => s.clone(),
+            (Some(s), _) => s.iter().map(|p| absolute(p)).collect::<Result<_>>()?,
             (None, Some(b)) => b.sources.clone(),
             (None, None) => Vec::new(),
         };
         let contexts = if req.contexts.is_empty() { t.contexts.clone() } else { req.contexts.clone() };
-        let labels = match (&req.labels, &existing) {
-            (Some(l), _) => l.clone(),
-            (None, Some(b)) => b.labels.clone(),
-            (None, None) => BTreeMap::new(),
-        };
+        let labels = req.labels.clone().or_else(|| existing.as_ref().map(|b| b.labels.clone())).unwrap_or_default();
         let ttl = req.ttl.or(policy.ttl);
+        if existing.is_none() {
+            self.claim(&req.id, &database, &server.name, &t.name, &labels, &sources, &contexts, ttl).await?;
+        }
         let op =
             control::op_start(&self.control, if reset { "branch_reset" } else { "branch_create" }, Some(&self.env))
                 .await?;
-        // Claim before create: RUNNING is recorded before the database exists.
-        self.control
-            .execute(
-                "INSERT INTO pgplane.branches (env, id, database, server, template, labels, sources, contexts, status, operation_id, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'RUNNING', $9, now() + make_interval(secs => $10::float8))
-                 ON CONFLICT (env, id) DO UPDATE SET status = 'RUNNING', error = NULL, failure = NULL,
-                    sources = excluded.sources, contexts = excluded.contexts, labels = excluded.labels,
-                    operation_id = excluded.operation_id, updated_at = now(),
-                    expires_at = CASE WHEN $11 THEN excluded.expires_at ELSE pgplane.branches.expires_at END",
-                &[
-                    &self.env,
-                    &req.id,
-                    &database,
-                    &server.name,
-                    &t.name,
-                    &serde_json::to_value(&labels)?,
-                    &serde_json::to_value(&sources)?,
-                    &serde_json::to_value(&contexts)?,
-                    &op,
-                    &ttl.map(|d| d.as_secs_f64()),
-                    &req.ttl.is_some(),
-                ],
-            )
-            .await?;
-        let outcome = self.stamp_and_deploy(&t, &server, &owner, &schema, &database, &sources, &contexts, opts).await;
+        let outcome = async {
+            self.control
+                .execute(
+                    "UPDATE pgplane.branches SET status = 'RUNNING', error = NULL, failure = NULL, sources = $3, contexts = $4,
+                        labels = $5, operation_id = $6, updated_at = now(),
+                        expires_at = CASE WHEN $7::float8 IS NULL THEN expires_at ELSE now() + make_interval(secs => $7::float8) END
+                      WHERE env = $1 AND id = $2",
+                    &[
+                        &self.env,
+                        &req.id,
+                        &serde_json::to_value(&sources)?,
+                        &serde_json::to_value(&contexts)?,
+                        &serde_json::to_value(&labels)?,
+                        &op,
+                        &req.ttl.map(|d| d.as_secs_f64()),
+                    ],
+                )
+                .await?;
+            let admin = server.connect_named(None, &session_name).await?;
+            self.stamp_and_deploy(&admin, &t, &server, &owner, &schema, &database, reset, &sources, &contexts, opts).await
+        }
+        .await;
         let (status, error, failure) = match &outcome {
             Ok(d) if d.error.is_none() => ("SUCCESS", None, None),
             Ok(d) => ("FAILED", d.error.clone(), d.failure.clone()),
@@ -443,54 +479,119 @@ impl Branches {
             )
             .await?;
         control::op_finish(&self.control, op, 1, error.as_deref()).await?;
+        if let Err(e) = outcome {
+            if let Some(pg) = e.downcast_ref::<tokio_postgres::Error>() {
+                if pg.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) && existing.is_none() {
+                    // A database with this name appeared that is not ours: give the name back.
+                    self.control
+                        .execute("DELETE FROM pgplane.branches WHERE env = $1 AND id = $2", &[&self.env, &req.id])
+                        .await?;
+                    bail!("database {database} was created by someone else meanwhile; pgplane will not touch it (choose another id)");
+                }
+            }
+        }
         self.show(&req.id).await?.context("the branch record vanished")
+    }
+
+    /// Records a new branch (RUNNING) before its database exists; refuses a name another
+    /// id has, an unmanaged database with the name, and a full template.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim(
+        &self,
+        id: &str,
+        database: &str,
+        server: &str,
+        template: &str,
+        labels: &BTreeMap<String, String>,
+        sources: &[String],
+        contexts: &[String],
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        if let Some(other) = self.id_by_database(server, database).await? {
+            bail!("branch ids {other:?} and {id:?} both become database {database}; use ids that differ in letters or digits");
+        }
+        if database_exists(self.admin(server)?, database).await? {
+            bail!("database {database} exists but is not a branch pgplane manages; pgplane will not touch it (choose another id)");
+        }
+        let policy = &self.s.manifest.branches;
+        let mut tx_client = self.control_server.connect_as(Some(CONTROL_DB), Role::Branch).await?;
+        let tx = tx_client.transaction().await?;
+        // Counting and inserting under one template-wide lock: parallel creates cannot overshoot the cap.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&TEMPLATE_CAP_LOCK, &format!("{}/{template}", self.env)],
+        )
+        .await?;
+        let count: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM pgplane.branches WHERE env = $1 AND template = $2",
+                &[&self.env, &template],
+            )
+            .await?
+            .get(0);
+        if count >= i64::from(policy.max_per_template) {
+            bail!(
+                "template {template} already has {count} branches (branches.max_per_template is {}); delete or gc some first",
+                policy.max_per_template
+            );
+        }
+        let inserted = tx
+            .execute(
+                "INSERT INTO pgplane.branches (env, id, database, server, template, labels, sources, contexts, status, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'RUNNING', now() + make_interval(secs => $9::float8))
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &self.env,
+                    &id,
+                    &database,
+                    &server,
+                    &template,
+                    &serde_json::to_value(labels)?,
+                    &serde_json::to_value(sources)?,
+                    &serde_json::to_value(contexts)?,
+                    &ttl.map(|d| d.as_secs_f64()),
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            bail!("database {database} is already recorded for another branch; use another id");
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn stamp_and_deploy(
         &self,
+        admin: &Client,
         t: &TemplateSpec,
         server: &Server,
         owner: &str,
         schema: &str,
         database: &str,
+        reset: bool,
         sources: &[String],
         contexts: &[String],
         opts: &DeployOptions,
     ) -> Result<Deployed> {
-        let admin = self.admin(&server.name)?;
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(database))).await?;
+        if reset {
+            drop_database(admin, database).await?;
+        }
         {
             // Shared template lock: a rebuild cannot swap the template out mid-copy.
-            let lock = self.lock_shared(&format!("{}/{}", self.env, t.name), opts.lock_timeout).await?;
+            let key = format!("{}/{}", server.name, t.name);
+            let _copying = self.lock(Lock::Shared, TEMPLATE_LOCK, &key, &format!("template {}", t.name), opts).await?;
             let size: i64 = admin.query_one("SELECT pg_database_size($1)", &[&t.name]).await?.get(0);
             let strategy = if size > FILE_COPY_ABOVE_BYTES { "FILE_COPY" } else { "WAL_LOG" };
-            let policy = self.s.manifest.branches.template_sessions;
-            let deadline = Instant::now() + opts.session_timeout;
-            loop {
-                clear_sessions(admin, &t.name, policy, deadline, opts.session_timeout).await?;
-                let sql = format!(
-                    "CREATE DATABASE {d} TEMPLATE {t} OWNER {o} STRATEGY {strategy}",
-                    d = quote_ident(database),
-                    t = quote_ident(&t.name),
-                    o = quote_ident(owner)
-                );
-                match admin.batch_execute(&sql).await {
-                    Ok(()) => break,
-                    // A session connected between the check and the copy: try again.
-                    Err(e)
-                        if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
-                            && Instant::now() < deadline =>
-                    {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(e) => {
-                        return Err(crate::exec::pg_error(e))
-                            .with_context(|| format!("copying template {} to {database}", t.name))
-                    }
-                }
-            }
-            drop(lock);
+            let sql = format!(
+                "CREATE DATABASE {d} TEMPLATE {t} OWNER {o} STRATEGY {strategy}",
+                d = quote_ident(database),
+                t = quote_ident(&t.name),
+                o = quote_ident(owner)
+            );
+            while_sessions(admin, &t.name, &sql, self.s.manifest.branches.template_sessions, opts)
+                .await
+                .with_context(|| format!("copying template {} to {database}", t.name))?;
         }
         let mut setup = format!("REVOKE ALL ON DATABASE {} FROM PUBLIC;", quote_ident(database));
         for (name, value) in &self.s.manifest.branches.settings {
@@ -520,27 +621,6 @@ impl Branches {
         Ok(deployed)
     }
 
-    async fn lock_shared(&self, key: &str, timeout: Duration) -> Result<Client> {
-        let c = self.control_server.connect_as(Some(CONTROL_DB), Role::Branch).await?;
-        let started = Instant::now();
-        loop {
-            let got: bool = c
-                .query_one("SELECT pg_try_advisory_lock_shared($1, hashtext($2))", &[&TEMPLATE_LOCK, &key])
-                .await?
-                .get(0);
-            if got {
-                return Ok(c);
-            }
-            if started.elapsed() >= timeout {
-                bail!(
-                    "the template {key} is being swapped by a rebuild that did not finish within {}s",
-                    timeout.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
     fn template_names(&self) -> String {
         let names: Vec<&str> = self.s.manifest.templates.iter().map(|t| t.name.as_str()).collect();
         if names.is_empty() {
@@ -554,36 +634,30 @@ impl Branches {
         Ok(self.records(Some(id), None).await?.into_iter().next())
     }
 
-    async fn record_by_database(&self, server: &str, database: &str) -> Result<Option<BranchView>> {
-        let row = self
+    /// The id recorded for a database name on a server (in any environment).
+    async fn id_by_database(&self, server: &str, database: &str) -> Result<Option<String>> {
+        Ok(self
             .control
             .query_opt("SELECT id FROM pgplane.branches WHERE server = $1 AND database = $2", &[&server, &database])
-            .await?;
-        match row {
-            Some(r) => {
-                let id: String = r.get(0);
-                let mut all = self.records_any_env(&id, server, database).await?;
-                Ok(all.pop())
-            }
-            None => Ok(None),
-        }
-    }
-
-    async fn records_any_env(&self, id: &str, server: &str, database: &str) -> Result<Vec<BranchView>> {
-        let rows = self
-            .control
-            .query(
-                &format!("{SELECT_BRANCH} WHERE id = $1 AND server = $2 AND database = $3"),
-                &[&id, &server, &database],
-            )
-            .await?;
-        rows.iter().map(view_of).collect()
+            .await?
+            .map(|r| r.get(0)))
     }
 
     /// Branch records of this environment (one id, or one template), with RUNNING shown
     /// honestly: a deployment no pgplane process holds any more is FAILED (interrupted).
+    /// A finished branch whose database is gone (dropped outside pgplane) is FAILED too.
     pub async fn records(&self, id: Option<&str>, template: Option<&str>) -> Result<Vec<BranchView>> {
-        records(&self.control, &self.env, id, template).await
+        let mut list = records(&self.control, &self.env, id, template).await?;
+        for v in list.iter_mut().filter(|v| v.status == "SUCCESS") {
+            if !database_exists(self.admin(&v.server)?, &v.database).await? {
+                v.status = "FAILED".into();
+                v.error = Some(format!(
+                    "database {} is missing (dropped outside pgplane); run `pgplane branch reset {}` or `pgplane branch delete {}`",
+                    v.database, v.id, v.id
+                ));
+            }
+        }
+        Ok(list)
     }
 
     /// `branch show`: the record, or UNKNOWN for a database with the branch's name that
@@ -613,6 +687,7 @@ impl Branches {
                     updated_at: None,
                     expires_at: None,
                     operation_id: None,
+                    expires_epoch: None,
                 }));
             }
         }
@@ -621,20 +696,21 @@ impl Branches {
 
     /// Drops a branch's database (ending its sessions) and then its record.
     pub async fn delete(&self, id: &str, opts: &DeployOptions) -> Result<BranchView> {
+        let _lock =
+            self.lock(Lock::Exclusive, BRANCH_LOCK, &branch_key(&self.env, id), &format!("branch {id}"), opts).await?;
         let Some(b) = self.record(id).await? else {
             bail!("there is no branch {id:?} in environment {} (see `pgplane branch list`)", self.env);
         };
-        let _lock = self.lock(BRANCH_LOCK, &b.database, &format!("branch {id}"), opts.lock_timeout).await?;
         self.drop_locked(&b).await?;
         Ok(b)
     }
 
+    /// With the branch's lock held: ends leftovers of a dead process, drops the database,
+    /// then forgets the record.
     async fn drop_locked(&self, b: &BranchView) -> Result<()> {
         let admin = self.admin(&b.server)?;
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&b.database)))
-            .await
-            .with_context(|| format!("dropping {}", b.database))?;
+        reap(admin, &session_name(&self.env, &b.id)).await?;
+        drop_database(admin, &b.database).await.with_context(|| format!("dropping {}", b.database))?;
         self.control.execute("DELETE FROM pgplane.branches WHERE env = $1 AND id = $2", &[&self.env, &b.id]).await?;
         Ok(())
     }
@@ -654,53 +730,61 @@ impl Branches {
     }
 
     /// Reconciliation: drops branches not in `keep` (when given), expired ones and
-    /// interrupted deployments; `dry_run` only reports.
+    /// interrupted deployments; `dry_run` only reports. Each decision is made again under
+    /// the branch's lock, with the record as it is then.
     pub async fn gc(
         &self,
         keep: Option<&std::collections::BTreeSet<String>>,
         dry_run: bool,
         opts: &DeployOptions,
-    ) -> Result<Vec<(BranchView, String)>> {
+    ) -> Result<Vec<Dropped>> {
+        let now = || async {
+            Ok::<i64, anyhow::Error>(
+                self.control.query_one("SELECT extract(epoch FROM now())::int8", &[]).await?.get(0),
+            )
+        };
+        let known = |b: &BranchView, busy: bool| pgplane_core::branch::Known {
+            id: b.id.clone(),
+            expires_at: b.expires_epoch,
+            interrupted: b.status == "FAILED" && b.error.as_deref() == Some(INTERRUPTED),
+            busy,
+        };
         let records = self.records(None, None).await?;
-        let now: i64 = self.control.query_one("SELECT extract(epoch FROM now())::int8", &[]).await?.get(0);
-        let mut known = Vec::new();
+        let mut candidates = Vec::new();
         for b in &records {
-            let expires: Option<i64> = self
-                .control
-                .query_one(
-                    "SELECT extract(epoch FROM expires_at)::int8 FROM pgplane.branches WHERE env = $1 AND id = $2",
-                    &[&self.env, &b.id],
-                )
-                .await?
-                .get(0);
-            let busy = self.busy(&b.database).await?;
-            known.push(pgplane_core::branch::Known {
-                id: b.id.clone(),
-                expires_at: expires,
-                interrupted: b.status == "FAILED" && b.error.as_deref() == Some(INTERRUPTED),
-                busy,
-            });
+            candidates.push(known(b, self.busy(&b.id).await?));
         }
         let mut out = Vec::new();
-        for d in pgplane_core::branch::gc(&known, keep, now) {
-            let Some(b) = records.iter().find(|b| b.id == d.id) else { continue };
-            if !dry_run {
-                let _lock = self.lock(BRANCH_LOCK, &b.database, &format!("branch {}", b.id), opts.lock_timeout).await?;
-                self.drop_locked(b).await?;
+        for d in pgplane_core::branch::gc(&candidates, keep, now().await?) {
+            if dry_run {
+                if let Some(b) = records.iter().find(|b| b.id == d.id) {
+                    out.push(Dropped { branch: b.clone(), reason: d.reason });
+                }
+                continue;
             }
-            out.push((b.clone(), d.reason));
+            let _lock = self
+                .lock(Lock::Exclusive, BRANCH_LOCK, &branch_key(&self.env, &d.id), &format!("branch {}", d.id), opts)
+                .await?;
+            let Some(b) = self.record(&d.id).await? else { continue };
+            // Still to be dropped now that we hold it (a reset may have renewed it meanwhile)?
+            // We hold its lock now, so a RUNNING record is one no process runs any more.
+            let mut current = known(&b, false);
+            current.interrupted |= b.status == "RUNNING";
+            let Some(again) = pgplane_core::branch::gc(&[current], keep, now().await?).pop() else { continue };
+            self.drop_locked(&b).await?;
+            out.push(Dropped { branch: b, reason: again.reason });
         }
         Ok(out)
     }
 }
 
-async fn busy(control: &Client, database: &str) -> Result<bool> {
+async fn busy(control: &Client, env: &str, id: &str) -> Result<bool> {
     Ok(control
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
                 AND classid = $1::int4::oid AND objid = hashtext($2)::oid AND objsubid = 2
                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
-            &[&BRANCH_LOCK, &database],
+            &[&BRANCH_LOCK, &branch_key(env, id)],
         )
         .await?
         .get(0))
@@ -720,7 +804,7 @@ pub async fn records(control: &Client, env: &str, id: Option<&str>, template: Op
     let mut out = Vec::new();
     for r in &rows {
         let mut v = view_of(r)?;
-        if v.status == "RUNNING" && !busy(control, &v.database).await? {
+        if v.status == "RUNNING" && !busy(control, env, &v.id).await? {
             v.status = "FAILED".into();
             v.error = Some(INTERRUPTED.into());
         }
@@ -736,7 +820,7 @@ const SELECT_BRANCH: &str = "SELECT id, database, template, server, labels, sour
         to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
         to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
         to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-        operation_id
+        operation_id, extract(epoch FROM expires_at)::int8
    FROM pgplane.branches";
 
 fn view_of(r: &tokio_postgres::Row) -> Result<BranchView> {
@@ -756,6 +840,7 @@ fn view_of(r: &tokio_postgres::Row) -> Result<BranchView> {
         updated_at: r.get(10),
         expires_at: r.get(11),
         operation_id: r.get(12),
+        expires_epoch: r.get(13),
     })
 }
 
@@ -855,21 +940,81 @@ async fn ensure_role(admin: &Client, owner: &str) -> Result<()> {
     Ok(())
 }
 
-/// A rebuild that died between its two renames left `<name>__retired` and no `<name>`:
-/// put the old template back.
-async fn recover_swap(admin: &Client, name: &str) -> Result<()> {
-    let retired = pgplane_core::ident::fit_identifier(&format!("{name}__retired"));
-    if !database_exists(admin, name).await? && database_exists(admin, &retired).await? {
-        admin
-            .batch_execute(&format!(
-                "ALTER DATABASE {r} RENAME TO {n}; ALTER DATABASE {n} IS_TEMPLATE true;",
-                r = quote_ident(&retired),
-                n = quote_ident(name)
-            ))
-            .await
-            .with_context(|| format!("restoring template {name} after an interrupted rebuild"))?;
-    }
+/// `DROP DATABASE IF EXISTS … WITH (FORCE)`: ends its sessions first.
+async fn drop_database(admin: &Client, name: &str) -> Result<()> {
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))).await?;
     Ok(())
+}
+
+/// Renames `from` to `to` and marks it as a template, in one transaction.
+async fn swap_in(admin: &Client, from: &str, to: &str, opts: &DeployOptions) -> Result<()> {
+    let sql = format!(
+        "ALTER DATABASE {f} RENAME TO {t}; ALTER DATABASE {t} IS_TEMPLATE true;",
+        f = quote_ident(from),
+        t = quote_ident(to)
+    );
+    while_sessions(admin, from, &sql, TemplateSessions::Terminate, opts).await
+}
+
+/// Runs `sql`, which needs `database` to have no other sessions: clears them per
+/// `policy` and retries while new ones slip in, up to the session timeout.
+async fn while_sessions(
+    admin: &Client,
+    database: &str,
+    sql: &str,
+    policy: TemplateSessions,
+    opts: &DeployOptions,
+) -> Result<()> {
+    let deadline = Instant::now() + opts.session_timeout;
+    loop {
+        clear_sessions(admin, database, policy, deadline, opts.session_timeout).await?;
+        match admin.batch_execute(sql).await {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The application_name of a branch operation's admin session: the next holder of the
+/// branch's lock ends sessions with this name, which only a dead process can have left.
+fn session_name(env: &str, id: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(branch_key(env, id).as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("pgplane-branch/{hex}")
+}
+
+/// Ends sessions named `name` (a dead process's leftovers; we hold the lock) and waits
+/// until they are gone.
+async fn reap(admin: &Client, name: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                &[&name],
+            )
+            .await?
+            .get(0);
+        if left == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{left} session(s) left by an interrupted pgplane ({name}) did not end within 30s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A source path as recorded: absolute, so `reset` finds it from any folder.
+fn absolute(path: &str) -> Result<String> {
+    let p = std::fs::canonicalize(path).with_context(|| format!("source {path} cannot be read"))?;
+    Ok(p.display().to_string())
 }
 
 /// Waits for (or terminates) sessions connected to `database` until `deadline` (`timeout`

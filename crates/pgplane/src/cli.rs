@@ -292,6 +292,9 @@ pub struct BranchGcArgs {
     /// Show what would be dropped; drop nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Accept an empty live list (it drops every branch).
+    #[arg(long)]
+    pub allow_empty: bool,
     #[command(flatten)]
     pub manifest: ManifestArgs,
     #[arg(long, default_value = "300s", value_parser = parse_duration)]

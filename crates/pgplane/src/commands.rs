@@ -706,8 +706,7 @@ pub async fn branch(ctx: &mut Ctx, command: BranchCommand) -> Result<i32> {
         }
         BranchCommand::Delete(a) => {
             let b = branch::Branches::open(ctx, &a.manifest.file, a.manifest.env.as_deref()).await?;
-            let opts =
-                branch::DeployOptions { lock_timeout: a.lock_timeout, session_timeout: a.lock_timeout, live: false };
+            let opts = plain_options(a.lock_timeout);
             let dropped = match &a.id {
                 Some(id) => vec![b.delete(id, &opts).await?],
                 None => b.delete_all(a.pattern.as_deref(), &opts).await?,
@@ -735,19 +734,16 @@ pub async fn branch(ctx: &mut Ctx, command: BranchCommand) -> Result<i32> {
                     text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string);
                 keep.get_or_insert_with(Default::default).extend(ids);
             }
-            let opts =
-                branch::DeployOptions { lock_timeout: a.lock_timeout, session_timeout: a.lock_timeout, live: false };
-            let dropped = b.gc(keep.as_ref(), a.dry_run, &opts).await?;
+            if keep.as_ref().is_some_and(|k| k.is_empty()) && !a.allow_empty {
+                bail!("the live list is empty, which would drop every branch; if that is meant, pass --allow-empty");
+            }
+            let dropped = b.gc(keep.as_ref(), a.dry_run, &plain_options(a.lock_timeout)).await?;
             if a.json {
-                let list: Vec<_> = dropped
-                    .iter()
-                    .map(|(v, why)| json!({"id": v.id, "database": v.database, "template": v.template, "reason": why}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&json!({"dry_run": a.dry_run, "dropped": list}))?);
+                println!("{}", serde_json::to_string_pretty(&json!({"dry_run": a.dry_run, "dropped": dropped}))?);
             } else {
                 let verb = if a.dry_run { "would drop" } else { "dropped" };
-                for (v, why) in &dropped {
-                    println!("{verb} branch {} (database {}): {why}", v.id, v.database);
+                for d in &dropped {
+                    println!("{verb} branch {} (database {}): {}", d.branch.id, d.branch.database, d.reason);
                 }
                 if dropped.is_empty() {
                     println!("nothing to drop");
@@ -756,6 +752,11 @@ pub async fn branch(ctx: &mut Ctx, command: BranchCommand) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Options of commands that deploy nothing (delete, gc).
+fn plain_options(lock_timeout: std::time::Duration) -> branch::DeployOptions {
+    branch::DeployOptions { lock_timeout, session_timeout: lock_timeout, live: false }
 }
 
 fn print_branch(v: &branch::BranchView, json_out: bool) -> Result<i32> {

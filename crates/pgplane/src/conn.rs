@@ -50,16 +50,23 @@ impl Target {
     /// things: mutating sessions are `pgplane-apply/<pid>` so that the next lock holder
     /// can find statements a killed pgplane left running (see [`crate::control::lock`]).
     pub async fn connect_as(&self, db: Option<&str>, role: Role) -> Result<Client> {
+        let name = match role {
+            Role::Read => "pgplane".to_string(),
+            Role::Apply => apply_application_name(),
+            Role::Migrate => "pgplane-migrate".to_string(),
+            Role::Branch => "pgplane-branch".to_string(),
+        };
+        self.connect_named(db, &name).await
+    }
+
+    /// Connects with a given `application_name` (branch operations name their sessions
+    /// after the branch, so the next holder of its lock can end a dead process's leftovers).
+    pub async fn connect_named(&self, db: Option<&str>, application_name: &str) -> Result<Client> {
         let mut cfg = self.config.clone();
         if let Some(db) = db {
             cfg.dbname(db);
         }
-        match role {
-            Role::Read => cfg.application_name("pgplane"),
-            Role::Apply => cfg.application_name(apply_application_name()),
-            Role::Migrate => cfg.application_name("pgplane-migrate"),
-            Role::Branch => cfg.application_name("pgplane-branch"),
-        };
+        cfg.application_name(application_name);
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(10));
         }

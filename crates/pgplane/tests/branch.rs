@@ -302,6 +302,9 @@ fn gc_keeps_the_live_list_and_drops_the_rest_and_the_expired() {
         "1",
         "dry run drops nothing"
     );
+    t.write("empty.txt", "# nothing open\n");
+    let refused = branch(&t, &f, &["gc", "--keep-file", "empty.txt"]).fails();
+    assert!(refused.stderr.contains("--allow-empty"), "{}", refused.stderr);
     t.write("open-mrs.txt", "# open merge requests\n101\n\n103\n");
     let done = branch(&t, &f, &["gc", "--keep-file", "open-mrs.txt"]).ok();
     assert!(
@@ -357,6 +360,13 @@ fn delete_all_touches_only_managed_branches() {
     // A branch name that an unmanaged database already has is refused, not taken over.
     let taken = branch(&t, &f, &["create", "handmade", "--template", "br_del_tpl"]).fails();
     assert!(taken.stderr.contains("not a branch pgplane manages"), "{}", taken.stderr);
+    // A branch whose database was dropped by hand is reported, not shown as SUCCESS.
+    branch(&t, &f, &["create", "3", "--template", "br_del_tpl"]).ok();
+    t.sql("postgres", "DROP DATABASE br_del_tpl_3");
+    let gone = branch(&t, &f, &["show", "3", "--json"]);
+    assert_eq!(gone.code, 1);
+    assert!(gone.json()["error"].as_str().unwrap().contains("is missing"), "{}", gone.stdout);
+    branch(&t, &f, &["reset", "3"]).ok();
     let one = branch(&t, &f, &["delete", "nope"]).fails();
     assert!(one.stderr.contains("there is no branch \"nope\""), "{}", one.stderr);
 }
@@ -431,6 +441,16 @@ fn a_failed_rebuild_leaves_the_template_and_branches_keep_working() {
     assert_ne!(t.sql("postgres", "SELECT oid FROM pg_database WHERE datname = 'br_rebuild_tpl'"), oid);
     branch(&t, &f, &["create", "3", "--template", "br_rebuild_tpl"]).ok();
     assert_eq!(t.sql("br_rebuild_tpl_3", "SELECT to_regclass('extra') IS NOT NULL"), "t");
+    // A rebuild that died between its renames (template retired, new one not in yet) and
+    // left its build database: the next build recovers and cleans up.
+    t.sql("postgres", "ALTER DATABASE br_rebuild_tpl IS_TEMPLATE false");
+    t.sql("postgres", "ALTER DATABASE br_rebuild_tpl RENAME TO br_rebuild_tpl__retired");
+    t.sql("postgres", "CREATE DATABASE br_rebuild_tpl__build");
+    t.pgplane(&["template", "build", "br_rebuild_tpl", "-f", &f]).ok();
+    assert_eq!(
+        lines(&t.sql("postgres", "SELECT datname || ' ' || datistemplate FROM pg_database WHERE datname LIKE 'br\\_rebuild\\_tpl%' AND datname NOT LIKE '%\\_1' AND datname NOT LIKE '%\\_2' AND datname NOT LIKE '%\\_3' ORDER BY 1")),
+        ["br_rebuild_tpl true"]
+    );
     assert_eq!(
         t.sql("br_rebuild_tpl_1", "SELECT to_regclass('extra') IS NULL"),
         "t",
