@@ -81,11 +81,34 @@ pub async fn create_if_missing(admin: &Client) -> Result<()> {
                 || e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {}
         Err(e) => return Err(crate::exec::pg_error(e)).context("creating the control database `pgplane`"),
     }
-    admin
-        .batch_execute("REVOKE ALL ON DATABASE pgplane FROM PUBLIC")
-        .await
-        .context("restricting the control database")?;
-    Ok(())
+    restrict(admin).await
+}
+
+/// `REVOKE ALL ON DATABASE pgplane FROM PUBLIC`, unless already so. Processes racing on
+/// a fresh server may update the database's row at the same moment ("tuple concurrently
+/// updated"): then look again and retry.
+async fn restrict(c: &Client) -> Result<()> {
+    for attempt in 0.. {
+        let open: bool = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
+                  WHERE d.datname = $1 AND a.grantee = 0)",
+                &[&CONTROL_DB],
+            )
+            .await?
+            .get(0);
+        if !open {
+            return Ok(());
+        }
+        match c.batch_execute("REVOKE ALL ON DATABASE pgplane FROM PUBLIC").await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 20 && e.as_db_error().is_some_and(|d| d.message().contains("concurrently updated")) => {
+                tokio::time::sleep(Duration::from_millis(20 + 10 * attempt)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("restricting the control database")),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// Migrates the control schema (call with the lock held, after [`create_if_missing`]).
@@ -120,10 +143,7 @@ pub async fn ensure_as(target: &Target, role: Role) -> Result<Client> {
     }
     tx.commit().await?;
     // Also when a process died between creating the database and restricting it.
-    client
-        .batch_execute("REVOKE ALL ON DATABASE pgplane FROM PUBLIC")
-        .await
-        .context("restricting the control database")?;
+    restrict(&client).await?;
     let id: String = client.query_one("SELECT id FROM pgplane.installation", &[]).await?.get(0);
     crate::conn::set_apply_installation(&id[..id.len().min(16)]);
     Ok(client)
