@@ -19,4 +19,5 @@ pub mod naming;
 pub mod observed;
 pub mod plan;
 pub mod render;
+pub mod schema;
 pub mod sqlsplit;

@@ -148,6 +148,50 @@ pub enum Command {
         #[command(subcommand)]
         command: BranchCommand,
     },
+    /// Read a database's structure: its tables and views.
+    #[command(after_help = "Examples:
+  pgplane schema tables --db dev_registry -f pgplane.yaml
+  pgplane schema tables --branch MR-42 --json
+  pgplane schema tables --url postgresql://reader@db/registry --schema public")]
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Tables and views with their comment, columns, estimated rows and size, sorted by
+    /// schema and name (views are flagged by `kind`).
+    Tables(SchemaTablesArgs),
+}
+
+/// Which database `pgplane schema` reads.
+#[derive(Debug, Args)]
+pub struct SchemaTarget {
+    /// A database on the manifest's servers.
+    #[arg(long, conflicts_with_all = ["branch", "url"])]
+    pub db: Option<String>,
+    /// A branch database (by its id).
+    #[arg(long, conflicts_with = "url")]
+    pub branch: Option<String>,
+    /// Any database, by connection URL.
+    #[arg(long)]
+    pub url: Option<String>,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaTablesArgs {
+    #[command(flatten)]
+    pub target: SchemaTarget,
+    /// Only this schema.
+    #[arg(long)]
+    pub schema: Option<String>,
+    /// `[{"name", "schema", "kind", "description", "columns", "estimated_rows", "size_bytes"}]`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

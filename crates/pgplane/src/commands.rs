@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::cli::{
     AdoptArgs, ApplyArgs, BranchCommand, ChangeArgs, CredentialFormat, CredentialsArgs, LocalCommand, MigrateCommand,
-    PlanArgs, RoleChoice, StatusArgs, TemplateCommand, WaitArgs,
+    PlanArgs, RoleChoice, SchemaCommand, StatusArgs, TemplateCommand, WaitArgs,
 };
 use crate::conn::Servers;
 use crate::ops::{self, Ctx, Session};
@@ -786,4 +786,17 @@ fn print_branch(v: &branch::BranchView, json_out: bool) -> Result<i32> {
         }
     }
     Ok(if v.status == "FAILED" { 1 } else { 0 })
+}
+
+pub async fn schema(ctx: &mut Ctx, command: SchemaCommand) -> Result<i32> {
+    let SchemaCommand::Tables(a) = command;
+    let (client, database) = crate::schema::connect(ctx, &a.target).await?;
+    let tables = crate::schema::tables(&client, a.schema.as_deref()).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&tables)?);
+    } else {
+        println!("database {database}");
+        print!("{}", pgplane_core::schema::tables_text(&tables));
+    }
+    Ok(0)
 }

@@ -11,6 +11,7 @@ mod migrate;
 mod observe;
 mod ops;
 mod output;
+mod schema;
 mod secrets;
 mod wait;
 
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
             Command::Migrate { command } => commands::migrate(&mut ctx, command).await,
             Command::Template { command } => commands::template(&mut ctx, command).await,
             Command::Branch { command } => commands::branch(&mut ctx, command).await,
+            Command::Schema { command } => commands::schema(&mut ctx, command).await,
         }
     });
     match result {
