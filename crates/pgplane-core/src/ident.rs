@@ -48,10 +48,14 @@ pub fn fit_identifier(name: &str) -> String {
     while !name.is_char_boundary(cut) {
         cut -= 1;
     }
-    let digest = Sha256::digest(name.as_bytes());
-    let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let hex = hex(&Sha256::digest(name.as_bytes())[..4]);
     let prefix = name[..cut].trim_end_matches('_');
     format!("{prefix}_{hex}")
+}
+
+/// Lowercase hex of bytes (digests in names and checksums).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Quotes an identifier for SQL: `"` around it, inner `"` doubled. Always quoting keeps

@@ -192,9 +192,7 @@ fn parse_file(name: &str, text: &str) -> Result<SqlMigration, String> {
 
 /// `sha256:<hex>` of a text.
 pub fn checksum(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", crate::ident::hex(&Sha256::digest(text.as_bytes())))
 }
 
 /// A migration as the planner sees it, whatever its source.

@@ -266,8 +266,8 @@ impl Branches {
                 .with_context(|| format!("creating extension {ext} in the template"))?;
         }
         drop(inside);
-        let manifest_dir = manifest_dir(&self.s.manifest.file);
-        let sources: Vec<PathBuf> = t.sources.iter().map(|p| manifest_dir.join(p)).collect();
+        let sources: Vec<PathBuf> =
+            t.sources.iter().map(|p| migrate::module_source_path(&self.s.manifest.file, p)).collect();
         let contexts = if contexts.is_empty() { t.contexts.clone() } else { contexts.to_vec() };
         let target = migrate::Target {
             label: t.name.clone(),
@@ -925,10 +925,6 @@ async fn deploy(
     Ok(Deployed { runs, error: None, failure: None })
 }
 
-fn manifest_dir(file: &Path) -> PathBuf {
-    file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
-}
-
 async fn database_exists(admin: &Client, name: &str) -> Result<bool> {
     Ok(admin.query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&name]).await?.get(0))
 }
@@ -989,8 +985,7 @@ async fn while_sessions(
 fn session_name(env: &str, id: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(branch_key(env, id).as_bytes());
-    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("pgplane-branch/{hex}")
+    format!("pgplane-branch/{}", pgplane_core::ident::hex(&digest[..8]))
 }
 
 /// Ends sessions named `name` (a dead process's leftovers; we hold the lock) and waits

@@ -110,7 +110,7 @@ fn nonce() -> &'static str {
         let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
         let t =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        format!("{}{:08x}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(), t ^ std::process::id())
+        format!("{}{:08x}", pgplane_core::ident::hex(&bytes), t ^ std::process::id())
     })
 }
 

@@ -258,11 +258,12 @@ fn sessions_on_the_template_are_waited_for_or_terminated() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while t.sql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE datname = 'br_sess_tpl'") == "0" {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    t.wait_for_sql(
+        "postgres",
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = 'br_sess_tpl'",
+        "t",
+        "the session never connected",
+    );
     let waited = branch(&t, &f, &["create", "1", "--template", "br_sess_tpl", "--session-timeout", "1s"]);
     assert_eq!(waited.code, 1);
     let text = format!("{}{}", waited.stdout, waited.stderr);
@@ -395,15 +396,12 @@ fn a_killed_deployment_is_reported_honestly_and_cleaned_up() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while t.sql(
+    t.wait_for_sql(
         "postgres",
         "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND datname = 'br_kill_tpl_9'",
-    ) != "1"
-    {
-        assert!(Instant::now() < deadline, "the deployment never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        "1",
+        "the deployment never started",
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     // Honest status: not RUNNING forever, but an interrupted (FAILED) deployment.

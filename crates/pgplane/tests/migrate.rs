@@ -184,11 +184,7 @@ fn the_lock_dies_with_a_killed_process() {
     t.write("db/V1__slow.sql", "CREATE TABLE a (id int); SELECT pg_sleep(60);\n");
     let mut child = t.cmd().args(["migrate", "up", "--url", &url, "--source", "db"]).spawn().unwrap();
     // Wait until the migration is running (it holds the lock), then kill -9.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while t.sql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND application_name = 'pgplane-migrate'") != "1" {
-        assert!(Instant::now() < deadline, "the migration never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    t.wait_for_sql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND application_name = 'pgplane-migrate'", "1", "the migration never started");
     child.kill().unwrap();
     child.wait().unwrap();
     t.write("db/V1__slow.sql", "CREATE TABLE a (id int);\n");
@@ -509,11 +505,7 @@ fn sigterm_cancels_the_running_changeset_and_releases_liquibase_lock() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while t.sql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND application_name = 'pgplane-migrate'") != "1" {
-        assert!(Instant::now() < deadline, "the changeset never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    t.wait_for_sql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND application_name = 'pgplane-migrate'", "1", "the changeset never started");
     assert_eq!(t.sql("mig_sigterm_db", "SELECT locked FROM databasechangeloglock"), "t");
     let killed = Instant::now();
     std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();

@@ -55,8 +55,7 @@ fn list(items: &[Vec<(String, SVal)>], level: usize) -> String {
 }
 
 pub(crate) fn md5_hex(bytes: &[u8]) -> String {
-    let d = Md5::digest(bytes);
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    crate::ident::hex(&Md5::digest(bytes))
 }
 
 /// `CheckSum.compute(String)`: line endings standardised, then MD5.

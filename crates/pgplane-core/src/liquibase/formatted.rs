@@ -3,7 +3,7 @@
 
 use super::checksum;
 use super::parse::{on_fail, Ctx};
-use super::{Change, ChangeSet, ChangelogError, Condition, Location, Preconditions, SqlChange};
+use super::{Change, ChangeSet, ChangelogError, Condition, Preconditions, SqlChange};
 
 /// `--` then optional spaces then `word` (case-insensitive); returns the rest of the line.
 fn directive<'a>(line: &'a str, word: &str) -> Option<&'a str> {
@@ -183,25 +183,7 @@ fn start(path: &str, rest: &str, ln: usize) -> Result<Pending, ChangelogError> {
     let who = format!("changeset {id} (author {author})");
     let attrs = attributes(attrs).map_err(|e| err(format!("{who}: {e}")))?;
     let mut p = Pending {
-        cs: ChangeSet {
-            id,
-            author,
-            filename: path.to_string(),
-            location: Location { file: path.to_string(), line: ln },
-            checksum: String::new(),
-            valid_checksums: Vec::new(),
-            contexts: None,
-            labels: None,
-            dbms: None,
-            run_always: false,
-            run_on_change: false,
-            fail_on_error: true,
-            run_in_transaction: true,
-            comment: None,
-            preconditions: None,
-            changes: Vec::new(),
-            rollback: Vec::new(),
-        },
+        cs: ChangeSet::new(id, author, path, ln),
         sql: String::new(),
         rollback: String::new(),
         split: true,
@@ -264,21 +246,7 @@ fn finish(ctx: &Ctx, mut p: Pending) -> ChangeSet {
 fn raw(path: &str, src: &str) -> ChangeSet {
     let sql = src.trim().to_string();
     ChangeSet {
-        id: "raw".into(),
-        author: "includeAll".into(),
-        filename: path.to_string(),
-        location: Location { file: path.to_string(), line: 1 },
         checksum: checksum::changeset(&[checksum::sql(&sql)]),
-        valid_checksums: Vec::new(),
-        contexts: None,
-        labels: None,
-        dbms: None,
-        run_always: false,
-        run_on_change: false,
-        fail_on_error: true,
-        run_in_transaction: true,
-        comment: None,
-        preconditions: None,
         changes: vec![Change::Sql(SqlChange {
             sql,
             split_statements: true,
@@ -286,6 +254,6 @@ fn raw(path: &str, src: &str) -> ChangeSet {
             end_delimiter: None,
             dbms: None,
         })],
-        rollback: Vec::new(),
+        ..ChangeSet::new("raw".into(), "includeAll".into(), path, 1)
     }
 }

@@ -98,6 +98,30 @@ pub struct ChangeSet {
 }
 
 impl ChangeSet {
+    /// A changeset at `path:line` with Liquibase's defaults (fail on error, in a
+    /// transaction, no filters) and no changes yet.
+    pub fn new(id: String, author: String, path: &str, line: usize) -> ChangeSet {
+        ChangeSet {
+            id,
+            author,
+            filename: path.to_string(),
+            location: Location { file: path.to_string(), line },
+            checksum: String::new(),
+            valid_checksums: Vec::new(),
+            contexts: None,
+            labels: None,
+            dbms: None,
+            run_always: false,
+            run_on_change: false,
+            fail_on_error: true,
+            run_in_transaction: true,
+            comment: None,
+            preconditions: None,
+            changes: Vec::new(),
+            rollback: Vec::new(),
+        }
+    }
+
     /// Liquibase's DESCRIPTION column value: the changes' descriptions joined with `; `,
     /// cut to 250 characters (247 and `...`) the way Liquibase's history service stores it.
     pub fn description(&self) -> String {

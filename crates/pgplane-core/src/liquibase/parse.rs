@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use super::checksum::{self, SVal};
 use super::node::{self, Node};
 use super::{
-    expr, formatted, Change, ChangeSet, Changelog, ChangelogError, Column, Condition, Constraints, Loader, Location,
-    Name, OnFail, Preconditions, SqlChange, Value,
+    expr, formatted, Change, ChangeSet, Changelog, ChangelogError, Column, Condition, Constraints, Loader, Name,
+    OnFail, Preconditions, SqlChange, Value,
 };
 
 /// Loads `changelog` (a path relative to the loader's search path, like Liquibase's
@@ -300,8 +300,6 @@ impl Ctx<'_> {
         let b = |k: &str, d: bool| bool_attr(n, k, path, Some(line)).map(|v| v.unwrap_or(d));
         let mut cs = ChangeSet {
             filename: n.get("logicalFilePath").unwrap_or_else(|| filename.to_string()),
-            location: Location { file: path.to_string(), line },
-            checksum: String::new(),
             valid_checksums: n.get_all("validCheckSum").into_iter().map(|s| s.trim().to_string()).collect(),
             contexts: n.get("contextFilter").or_else(|| n.get("context")),
             labels: n.get("labels"),
@@ -311,11 +309,7 @@ impl Ctx<'_> {
             fail_on_error: b("failOnError", true)?,
             run_in_transaction: b("runInTransaction", true)?,
             comment: n.get("comment").map(|c| c.trim().to_string()),
-            preconditions: None,
-            changes: Vec::new(),
-            rollback: Vec::new(),
-            id,
-            author,
+            ..ChangeSet::new(id, author, path, line)
         };
         let mut sums = Vec::new();
         for c in n.flat_children("changes") {

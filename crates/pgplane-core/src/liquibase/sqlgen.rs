@@ -334,8 +334,7 @@ fn change_sql(c: &Change, d: Option<&str>) -> Vec<String> {
             for c in columns {
                 let Some(k) = &c.constraints else { continue };
                 if let Some((target, rcols)) = fk_target(c) {
-                    let name =
-                        k.foreign_key_name.as_deref().map(|n| format!("CONSTRAINT {} ", ident(n))).unwrap_or_default();
+                    let name = constraint(k.foreign_key_name.as_deref());
                     parts.push(format!(
                         "{name}FOREIGN KEY ({}) REFERENCES {}({rcols}){}",
                         ident(&c.name),
@@ -347,11 +346,7 @@ fn change_sql(c: &Change, d: Option<&str>) -> Vec<String> {
             for c in columns {
                 let Some(k) = &c.constraints else { continue };
                 if k.unique {
-                    let name = k
-                        .unique_constraint_name
-                        .as_deref()
-                        .map(|n| format!("CONSTRAINT {} ", ident(n)))
-                        .unwrap_or_default();
+                    let name = constraint(k.unique_constraint_name.as_deref());
                     parts.push(format!("{name}UNIQUE ({})", ident(&c.name)));
                 }
             }
@@ -373,11 +368,7 @@ fn change_sql(c: &Change, d: Option<&str>) -> Vec<String> {
                 out.push(format!("ALTER TABLE {t} ADD {}", column_def(c, false)));
                 let Some(k) = &c.constraints else { continue };
                 if k.unique {
-                    let name = k
-                        .unique_constraint_name
-                        .as_deref()
-                        .map(|n| format!("CONSTRAINT {} ", ident(n)))
-                        .unwrap_or_default();
+                    let name = constraint(k.unique_constraint_name.as_deref());
                     out.push(format!("ALTER TABLE {t} ADD {name}UNIQUE ({})", ident(&c.name)));
                 }
                 if let (Some((target, rcols)), Some(name)) = (fk_target(c), &k.foreign_key_name) {
@@ -427,11 +418,11 @@ fn change_sql(c: &Change, d: Option<&str>) -> Vec<String> {
             out.push(format!("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT", q(table, d), ident(column)));
         }
         Change::AddPrimaryKey { table, columns, constraint_name } => {
-            let name = constraint_name.as_deref().map(|n| format!("CONSTRAINT {} ", ident(n))).unwrap_or_default();
+            let name = constraint(constraint_name.as_deref());
             out.push(format!("ALTER TABLE {} ADD {name}PRIMARY KEY ({})", q(table, d), cols(columns)));
         }
         Change::AddUniqueConstraint { table, columns, constraint_name, deferrable, initially_deferred } => {
-            let name = constraint_name.as_deref().map(|n| format!("CONSTRAINT {} ", ident(n))).unwrap_or_default();
+            let name = constraint(constraint_name.as_deref());
             out.push(format!(
                 "ALTER TABLE {} ADD {name}UNIQUE ({}){}",
                 q(table, d),
@@ -543,4 +534,9 @@ fn change_sql(c: &Change, d: Option<&str>) -> Vec<String> {
         Change::TagDatabase { .. } => {}
     }
     out
+}
+
+/// `CONSTRAINT "name" ` when the change names its constraint, else nothing (PostgreSQL names it).
+fn constraint(name: Option<&str>) -> String {
+    name.map(|n| format!("CONSTRAINT {} ", ident(n))).unwrap_or_default()
 }

@@ -428,22 +428,14 @@ async fn record_failure(client: &Client, schema: &str, cs: &ChangeSet, f: &Failu
     Ok(())
 }
 
+/// Forgets a recorded failure; call only for a changeset the plan retries (its failure
+/// row, hence the table, exists).
 async fn clear_failure(c: &Client, schema: &str, cs: &ChangeSet) -> Result<(), tokio_postgres::Error> {
-    // to_regclass instead of a failing DELETE: the table exists only after a failure.
-    let exists: bool = c
-        .query_one("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", &[&schema, &FAILURES_TABLE])
-        .await?
-        .get(0);
-    if exists {
-        c.execute(
-            &format!(
-                "DELETE FROM {} WHERE filename = $1 AND id = $2 AND author = $3",
-                qualified(schema, FAILURES_TABLE)
-            ),
-            &[&cs.filename, &cs.id, &cs.author],
-        )
-        .await?;
-    }
+    c.execute(
+        &format!("DELETE FROM {} WHERE filename = $1 AND id = $2 AND author = $3", qualified(schema, FAILURES_TABLE)),
+        &[&cs.filename, &cs.id, &cs.author],
+    )
+    .await?;
     Ok(())
 }
 
@@ -530,7 +522,9 @@ pub async fn run_unit(
                 // Like Liquibase: MARK_RAN always adds a row, even for a re-run.
                 let tx = client.transaction().await?;
                 write_row(tx.client(), schema, table, Row { cs, exectype: "MARK_RAN", rerun: false }).await?;
-                clear_failure(tx.client(), schema, cs).await?;
+                if had_failure {
+                    clear_failure(tx.client(), schema, cs).await?;
+                }
                 tx.commit().await?;
                 return Ok(Outcome::Ran("mark-ran"));
             }

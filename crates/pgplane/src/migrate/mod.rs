@@ -208,12 +208,7 @@ impl Begin {
 
 /// The target's role and search path.
 async fn setup_session(client: &Client, t: &Target) -> Result<()> {
-    let mut setup = String::new();
-    if let Some(role) = &t.role {
-        let _ = write!(setup, "SET ROLE {};", quote_ident(role));
-    }
-    let _ = write!(setup, "SET search_path TO {};", quote_ident(&t.schema));
-    client.batch_execute(&setup).await.with_context(|| match &t.role {
+    client.batch_execute(&Begin::new(t, true).setup).await.with_context(|| match &t.role {
         Some(role) => format!("setting role {role} and search_path {} in database {}", t.schema, t.database),
         None => format!("setting search_path {} in database {}", t.schema, t.database),
     })

@@ -176,6 +176,15 @@ impl T {
         psql(&with_db(&self.server.url, db), sql).unwrap_or_else(|e| panic!("psql failed in {db}: {e}\nSQL: {sql}"))
     }
 
+    /// Polls `sql` in `db` every 50 ms until it returns `want`; panics after 20 s saying `what`.
+    pub fn wait_for_sql(&self, db: &str, sql: &str, want: &str, what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.sql(db, sql) != want {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn sql_try(&self, db: &str, sql: &str) -> Result<String, String> {
         psql(&with_db(&self.server.url, db), sql)
     }
