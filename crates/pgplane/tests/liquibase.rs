@@ -101,8 +101,10 @@ fn not_applied(status: &str) -> Vec<String> {
 }
 
 /// runAlways changesets per pgplane's status: they are "pending" for Liquibase forever.
-fn always_names(t: &T, url: &str, source: &str) -> Vec<String> {
-    let st = t.pgplane(&["migrate", "status", "--url", url, "--source", source, "--json"]).ok().json();
+fn always_names(t: &T, url: &str, source: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["migrate", "status", "--url", url, "--source", source, "--json"];
+    args.extend_from_slice(extra);
+    let st = t.pgplane(&args).ok().json();
     let mut v: Vec<String> = st["modules"][0]["targets"][0]["migrations"]
         .as_array()
         .unwrap()
@@ -175,7 +177,7 @@ fn both_ways(name: &str) {
     let status = liquibase(&t, &dir, &root, &by_pg, &["status", "--verbose"]);
     assert_eq!(
         not_applied(&status),
-        always_names(&t, &pg_url, source),
+        always_names(&t, &pg_url, source, &[]),
         "{name}: liquibase status on pgplane's database lists more than the runAlways changesets: {status}"
     );
     let identities = |db: &str| {
@@ -191,7 +193,7 @@ fn both_ways(name: &str) {
     liquibase(&t, &dir, &root, &by_pg, &["update"]);
     // Only runAlways changesets run again.
     assert_eq!(identities(&by_pg), before, "{name}: Liquibase added or changed ledger rows of pgplane's run");
-    let always_count = always_names(&t, &pg_url, source).len();
+    let always_count = always_names(&t, &pg_url, source, &[]).len();
     let reran_after: usize =
         t.sql(&by_pg, "SELECT count(*) FROM databasechangelog WHERE exectype = 'RERAN'").parse().unwrap();
     assert!(
@@ -357,27 +359,7 @@ fn renamed_ledger_tables_are_shared_with_liquibase() {
             "--verbose",
         ],
     );
-    let always = t
-        .pgplane(&[
-            "migrate",
-            "status",
-            "--url",
-            &url,
-            "--source",
-            source.to_str().unwrap(),
-            "--changelog-table",
-            "ddm_db_changelog",
-            "--json",
-        ])
-        .ok()
-        .json();
-    let always: Vec<String> = always["modules"][0]["targets"][0]["migrations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["state"] == "always")
-        .map(|m| m["name"].as_str().unwrap().to_string())
-        .collect();
+    let always = always_names(&t, &url, source.to_str().unwrap(), &["--changelog-table", "ddm_db_changelog"]);
     assert_eq!(not_applied(&status), always, "{status}");
     // pgplane released its lock row; Liquibase took and released it again.
     assert_eq!(t.sql(db, "SELECT locked FROM ddm_db_changelog_lock WHERE id = 1"), "f");
