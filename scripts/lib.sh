@@ -64,3 +64,13 @@ ensure_liquibase() {
   fi
   export LIQUIBASE="$bin"
 }
+
+# wrk, the HTTP load generator of bench/api: the Debian package `wrk`, only when missing.
+ensure_wrk() {
+  command -v wrk >/dev/null 2>&1 && return 0
+  echo "wrk not found: installing the Debian package wrk" >&2
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk >/dev/null
+}
