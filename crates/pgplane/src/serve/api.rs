@@ -202,6 +202,9 @@ async fn tables_response(client: &tokio_postgres::Client, schema: Option<&str>) 
 /// A branch of the serving environment, with a finished branch whose database is gone
 /// shown as FAILED (as `pgplane branch show` does).
 async fn branch_view(state: &Shared, id: &str) -> ApiResult<BranchView> {
+    if id.contains('\0') {
+        return Err(ApiError::not_found(format!("there is no branch {id:?}")));
+    }
     let control = state.control().await?;
     let Some(mut v) = crate::branch::records(&control, &state.env, Some(id), None).await?.pop() else {
         return Err(ApiError::not_found(format!("there is no branch {id:?} in environment {}", state.env)));
@@ -253,6 +256,14 @@ pub async fn branch(State(state): State<Shared>, UrlPath(id): UrlPath<String>) -
     security(("bearer" = [])))]
 /// Stamps a branch database from a template and deploys the sources, in the background.
 pub async fn create_branch(State(state): State<Shared>, Body(body): Body<CreateBranch>) -> ApiResult<Response> {
+    no_nul(
+        [&body.id, &body.template]
+            .into_iter()
+            .chain(body.ttl.iter())
+            .chain(body.sources.iter().flatten())
+            .chain(body.contexts.iter().flatten())
+            .chain(body.labels.iter().flat_map(|l| l.iter().flat_map(|(k, v)| [k, v]))),
+    )?;
     pgplane_core::branch::sanitize(&body.id).map_err(ApiError::invalid)?;
     if state.manifest.template(&body.template).is_none() {
         let known: Vec<&str> = state.manifest.templates.iter().map(|t| t.name.as_str()).collect();
@@ -291,6 +302,13 @@ pub async fn reset_branch(
     bytes: Bytes,
 ) -> ApiResult<Response> {
     let body: ResetBranch = optional_body(&bytes)?;
+    no_nul(
+        body.ttl
+            .iter()
+            .chain(body.sources.iter().flatten())
+            .chain(body.contexts.iter().flatten())
+            .chain(body.labels.iter().flat_map(|l| l.iter().flat_map(|(k, v)| [k, v]))),
+    )?;
     let existing = branch_view(&state, &id).await?;
     let req = BranchRequest {
         id,
@@ -517,6 +535,14 @@ pub async fn operations(
 }
 
 // ----- request checks -----------------------------------------------------------------
+
+/// PostgreSQL text cannot hold NUL: such a value is the request's mistake.
+fn no_nul<'a>(mut values: impl Iterator<Item = &'a String>) -> ApiResult<()> {
+    match values.find(|v| v.contains('\0')) {
+        Some(v) => Err(ApiError::invalid(format!("{v:?} contains a NUL character"))),
+        None => Ok(()),
+    }
+}
 
 fn parse_ttl(s: &str) -> ApiResult<Duration> {
     pgplane_core::manifest::parse_duration(s).map_err(|e| ApiError::invalid(format!("ttl: {e}")))

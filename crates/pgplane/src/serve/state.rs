@@ -121,6 +121,9 @@ impl AppState {
 
     /// The server holding a (non-template) database, or 404.
     pub async fn locate(&self, database: &str) -> ApiResult<String> {
+        if database.contains('\0') {
+            return Err(ApiError::not_found(format!("there is no database {database:?}")));
+        }
         if let Some(s) = self.located.lock().ok().and_then(|m| m.get(database).cloned()) {
             return Ok(s);
         }

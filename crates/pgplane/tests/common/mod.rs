@@ -354,7 +354,8 @@ impl Response {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}), status {}: {}", self.status, self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}), status {}: {}", self.status, self.body))
     }
 
     /// The API's error code, asserting the one error shape `{"error": {"code", "message"}}`.
@@ -378,7 +379,8 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> R
     };
     let mut stream = std::net::TcpStream::connect(host).expect("connect to pgplane serve");
     stream.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -392,9 +394,8 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> R
     let mut payload = raw[split + 4..].to_vec();
     let mut lines = head.lines();
     let status: u16 = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
     if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
         let mut out = Vec::new();
         let mut rest = &payload[..];
