@@ -4,6 +4,7 @@ use serde::Serialize;
 
 /// One table or view of a database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TableSummary {
     pub name: String,
     pub schema: String,
