@@ -201,7 +201,7 @@ async fn tables_response(client: &tokio_postgres::Client, schema: Option<&str>) 
 
 /// A branch of the serving environment, with a finished branch whose database is gone
 /// shown as FAILED (as `pgplane branch show` does).
-async fn branch_view(state: &Shared, id: &str) -> ApiResult<BranchView> {
+pub(super) async fn branch_view(state: &Shared, id: &str) -> ApiResult<BranchView> {
     if id.contains('\0') {
         return Err(ApiError::not_found(format!("there is no branch {id:?}")));
     }
@@ -393,7 +393,7 @@ pub async fn branch_tables(
     tables_response(&client, q.schema.as_deref()).await
 }
 
-async fn branch_client(state: &Shared, v: &BranchView) -> ApiResult<deadpool_postgres::Object> {
+pub(super) async fn branch_client(state: &Shared, v: &BranchView) -> ApiResult<deadpool_postgres::Object> {
     state.client(&v.server, Some(&v.database)).await.map_err(|e| match v.status.as_str() {
         "SUCCESS" | "UNKNOWN" => e,
         _ => ApiError::not_found(format!(

@@ -83,7 +83,7 @@ pub fn router(state: Shared) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed);
     Router::new()
         .nest("/api/v1", api)
-        .merge(console::routes())
+        .merge(console::routes(state.clone()))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
