@@ -64,3 +64,29 @@ ensure_liquibase() {
   fi
   export LIQUIBASE="$bin"
 }
+
+# The web console's browser test: Debian's chromium (headless) driven by playwright-core
+# (the library only, no bundled browsers). Exports PGPLANE_PLAYWRIGHT_DIR, the folder
+# holding node_modules/playwright-core.
+PLAYWRIGHT_VERSION=1.65.1
+ensure_playwright() {
+  local dir="${PGPLANE_TOOLS:-/var/tmp/pgplane-tools}/playwright-$PLAYWRIGHT_VERSION"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "chromium not found: installing the Debian package chromium" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  fi
+  if [ ! -f "$dir/node_modules/playwright-core/package.json" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+      echo "npm not found: installing the Debian package npm" >&2
+      $sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq npm >/dev/null
+    fi
+    echo "installing playwright-core@$PLAYWRIGHT_VERSION into $dir" >&2
+    mkdir -p "$dir"
+    npm install --prefix "$dir" --no-audit --no-fund --loglevel=error "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null
+  fi
+  export PGPLANE_PLAYWRIGHT_DIR="$dir"
+}
