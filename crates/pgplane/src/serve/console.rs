@@ -42,6 +42,7 @@ pub fn routes(state: Shared) -> Router<Shared> {
         .route("/sign-in", get(sign_in_form).post(sign_in))
         .route("/sign-out", get(sign_out))
         .route("/console.css", get(css))
+        .route("/favicon.ico", get(icon))
         .fallback(not_found)
         .layer(middleware::map_response(headers))
 }
@@ -99,6 +100,14 @@ async fn headers(mut r: Response) -> Response {
 
 async fn css() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "max-age=300")], CSS).into_response()
+}
+
+/// A plain mark for the browser's tab (and no 404 for the browser's request).
+async fn icon() -> Response {
+    const SVG: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\">\
+        <rect width=\"16\" height=\"16\" rx=\"3\" fill=\"#0550ae\"/>\
+        <path d=\"M5 13V3h3.5a3 3 0 0 1 0 6H5\" fill=\"none\" stroke=\"#fff\" stroke-width=\"2\"/></svg>";
+    ([(header::CONTENT_TYPE, "image/svg+xml"), (header::CACHE_CONTROL, "max-age=86400")], SVG).into_response()
 }
 
 // ----- sign-in ------------------------------------------------------------------------

@@ -143,6 +143,7 @@ pub fn document(page: &Page, env: &str, sign_out: bool) -> String {
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">
 <title>{title} · pgplane {env}</title>
 <link rel=\"stylesheet\" href=\"/console.css\">
+<link rel=\"icon\" href=\"/favicon.ico\" type=\"image/svg+xml\">
 </head>
 <body>
 <header><div class=\"bar\"><a class=\"brand\" href=\"/\">pgplane</a><span class=\"env\" title=\"environment\">{env}</span><nav>{nav}</nav></div></header>
