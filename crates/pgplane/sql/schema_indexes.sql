@@ -8,13 +8,13 @@ SELECT n.nspname AS schema,
        i.indisunique AS "unique",
        i.indisprimary AS "primary",
        pg_get_expr(i.indpred, i.indrelid, true) AS predicate,
-       (SELECT con.conname FROM pg_constraint con
-         WHERE con.conindid = i.indexrelid AND con.conrelid = i.indrelid
-           AND con.contype IN ('p', 'u', 'x')) AS "constraint"
+       con.conname AS "constraint"
   FROM pg_index i
   JOIN pg_class ic ON ic.oid = i.indexrelid
   JOIN pg_class c ON c.oid = i.indrelid
   JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid
+                             AND con.contype IN ('p', 'u', 'x')
  WHERE c.relkind IN ('r', 'p', 'm')
    AND NOT c.relispartition
    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
