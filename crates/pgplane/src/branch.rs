@@ -48,7 +48,7 @@ fn branch_key(env: &str, id: &str) -> String {
 pub const FILE_COPY_ABOVE_BYTES: i64 = 64 * 1024 * 1024;
 
 /// A branch as `branch list|show --json` and the HTTP API show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BranchView {
     pub id: String,
     pub database: String,
@@ -61,6 +61,7 @@ pub struct BranchView {
     /// What failed, for people: the migration, PostgreSQL's message, where.
     pub error: Option<String>,
     /// The same, structured: `{migration, message, sqlstate, position, statement}`.
+    #[schema(value_type = Option<Object>)]
     pub failure: Option<Value>,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
@@ -85,6 +86,8 @@ pub struct Branches {
     pub env: String,
     pub control: Client,
     pub control_server: Server,
+    /// See [`crate::ops::Ctx::operation`].
+    pub operation: Option<i64>,
 }
 
 impl Branches {
@@ -95,7 +98,7 @@ impl Branches {
         control::create_if_missing(s.first_admin()).await?;
         let control_server = s.servers.first().clone();
         let control = control::ensure_as(&control_server, Role::Branch).await?;
-        Ok(Branches { s, env, control, control_server })
+        Ok(Branches { s, env, control, control_server, operation: ctx.operation })
     }
 
     fn template(&self, name: &str) -> Result<&TemplateSpec> {
@@ -209,13 +212,13 @@ impl Branches {
         if database_exists(admin, &t.name).await? && !owned {
             bail!("database {} exists and pgplane did not build it; pick another template name", t.name);
         }
-        let op = control::op_start(&self.control, "template_build", Some(&self.env)).await?;
+        let journal = control::Journal::start(&self.control, self.operation, "template_build", Some(&self.env)).await?;
         let result = self.build_locked(&t, &server, &owner, &schema, contexts, opts).await;
         let error = match &result {
             Ok(r) => r.error.clone(),
             Err(e) => Some(format!("{e:#}")),
         };
-        control::op_finish(&self.control, op, usize::from(error.is_none()), error.as_deref()).await?;
+        journal.finish(&self.control, usize::from(error.is_none()), error.as_deref()).await?;
         result
     }
 
@@ -446,9 +449,9 @@ impl Branches {
         if existing.is_none() {
             self.claim(&req.id, &database, &server.name, &t.name, &labels, &sources, &contexts, ttl).await?;
         }
-        let op =
-            control::op_start(&self.control, if reset { "branch_reset" } else { "branch_create" }, Some(&self.env))
-                .await?;
+        let kind = if reset { "branch_reset" } else { "branch_create" };
+        let journal = control::Journal::start(&self.control, self.operation, kind, Some(&self.env)).await?;
+        let op = journal.id;
         let outcome = async {
             self.control
                 .execute(
@@ -482,7 +485,7 @@ impl Branches {
                 &[&self.env, &req.id, &status, &error, &failure],
             )
             .await?;
-        control::op_finish(&self.control, op, 1, error.as_deref()).await?;
+        journal.finish(&self.control, 1, error.as_deref()).await?;
         if let Err(e) = outcome {
             if let Some(pg) = e.downcast_ref::<tokio_postgres::Error>() {
                 if pg.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) && existing.is_none() {
@@ -654,11 +657,7 @@ impl Branches {
         let mut list = records(&self.control, &self.env, id, template).await?;
         for v in list.iter_mut().filter(|v| v.status == "SUCCESS") {
             if !database_exists(self.admin(&v.server)?, &v.database).await? {
-                v.status = "FAILED".into();
-                v.error = Some(format!(
-                    "database {} is missing (dropped outside pgplane); run `pgplane branch reset {}` or `pgplane branch delete {}`",
-                    v.database, v.id, v.id
-                ));
+                mark_missing(v);
             }
         }
         Ok(list)
@@ -780,6 +779,15 @@ impl Branches {
         }
         Ok(out)
     }
+}
+
+/// A finished branch whose database is gone (dropped outside pgplane) is FAILED.
+pub fn mark_missing(v: &mut BranchView) {
+    v.status = "FAILED".into();
+    v.error = Some(format!(
+        "database {} is missing (dropped outside pgplane); run `pgplane branch reset {}` or `pgplane branch delete {}`",
+        v.database, v.id, v.id
+    ));
 }
 
 async fn busy(control: &Client, env: &str, id: &str) -> Result<bool> {

@@ -148,6 +148,21 @@ pub enum Command {
         #[command(subcommand)]
         command: BranchCommand,
     },
+    /// Serve the REST API, the web console, health checks and metrics in one process.
+    ///
+    /// REST under /api/v1 (OpenAPI at /api/v1/openapi.json), the console at /, /healthz
+    /// (process up), /readyz (control database reachable) and /metrics (Prometheus).
+    /// Long operations (apply, branch create/reset) answer 202 with an operation and run in
+    /// the background, journaled in the control database. Bearer tokens with scope `read`
+    /// or `admin` come from --tokens-file (one `scope:token` per line) or PGPLANE_TOKENS
+    /// (`scope:token,scope:token`); without tokens, serve only listens on loopback.
+    /// SIGTERM stops accepting requests; running operations get the grace period to finish
+    /// and are recorded as interrupted otherwise.
+    #[command(after_help = "Examples:
+  pgplane serve -f pgplane.yaml                                  # http://127.0.0.1:7070
+  PGPLANE_TOKENS=admin:$ADMIN,read:$PORTAL pgplane serve --listen 0.0.0.0:7070
+  curl -H \"Authorization: Bearer $PORTAL\" localhost:7070/api/v1/branches")]
+    Serve(ServeArgs),
     /// Read a database's structure: its tables and views, one relation in full, or the
     /// differences between two databases, branches or templates.
     #[command(after_help = "Examples:
@@ -162,6 +177,22 @@ pub enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// Address to listen on. Anything but loopback requires tokens.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: std::net::SocketAddr,
+    /// Tokens, one `scope:token` per line (scope `read` or `admin`; `#` comments).
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// How long running operations may take to finish after SIGTERM before they are
+    /// recorded as interrupted.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub grace: Duration,
 }
 
 #[derive(Debug, Subcommand)]

@@ -334,25 +334,128 @@ pub async fn bump_generation(c: &tokio_postgres::Transaction<'_>, server: &str, 
     Ok(row.get(0))
 }
 
+/// Advisory lock class of a running operation (key: its id). The process running an
+/// operation holds it on the connection that journals it, so any reader can tell a running
+/// operation from one whose process died (see [`operations`]).
+pub const OP_LOCK: i32 = 0x7067_6f70; // "pgop"
+
+/// Journals the start of an operation and holds its lock on `c` until [`op_finish`] (or
+/// until `c` closes, e.g. because the process died).
 pub async fn op_start(c: &Client, kind: &str, env: Option<&str>) -> Result<i64> {
     let row = c
         .query_one(
-            "INSERT INTO pgplane.operations (kind, env, status) VALUES ($1, $2, 'running') RETURNING id",
-            &[&kind, &env],
+            "WITH op AS (INSERT INTO pgplane.operations (kind, env, status) VALUES ($1, $2, 'running') RETURNING id)
+             SELECT id, pg_advisory_lock($3, (id & 2147483647)::int4) IS NOT NULL FROM op",
+            &[&kind, &env, &OP_LOCK],
         )
         .await?;
     Ok(row.get(0))
 }
 
+/// An operation's journal entry: started here, or handed over by a caller that created
+/// the row itself (`pgplane serve` does, to answer 202 with it before the work starts) and
+/// finishes it.
+pub struct Journal {
+    pub id: i64,
+    owned: bool,
+}
+
+impl Journal {
+    pub async fn start(c: &Client, given: Option<i64>, kind: &str, env: Option<&str>) -> Result<Journal> {
+        Ok(match given {
+            Some(id) => Journal { id, owned: false },
+            None => Journal { id: op_start(c, kind, env).await?, owned: true },
+        })
+    }
+
+    pub async fn finish(&self, c: &Client, changes: usize, error: Option<&str>) -> Result<()> {
+        if self.owned {
+            op_finish(c, self.id, changes, error).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Journals how an operation ended and releases its lock.
 pub async fn op_finish(c: &Client, id: i64, changes: usize, error: Option<&str>) -> Result<()> {
     let status = if error.is_some() { "failed" } else { "succeeded" };
     let changes = i32::try_from(changes).unwrap_or(i32::MAX);
-    c.execute(
-        "UPDATE pgplane.operations SET status = $2, changes = $3, error = $4, finished_at = now() WHERE id = $1",
-        &[&id, &status, &changes, &error],
+    c.query_one(
+        "WITH op AS (UPDATE pgplane.operations SET status = $2, changes = $3, error = $4, finished_at = now() WHERE id = $1)
+         SELECT pg_advisory_unlock($5, ($1 & 2147483647)::int4)",
+        &[&id, &status, &changes, &error, &OP_LOCK],
     )
     .await?;
     Ok(())
+}
+
+/// What an operation row says, with `running` told honestly: a running operation whose
+/// lock no process holds was interrupted (its process died or was killed).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Operation {
+    pub id: i64,
+    /// `apply`, `adopt`, `rotate`, `template_build`, `branch_create`, `branch_reset`, …
+    pub kind: String,
+    /// `running`, `succeeded` or `failed`.
+    pub status: String,
+    pub error: Option<String>,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub env: Option<String>,
+    /// How many changes it made.
+    pub changes: i32,
+}
+
+pub const OP_INTERRUPTED: &str = "interrupted: the pgplane process running this operation stopped before it finished";
+
+/// Operations, newest first: one (`id`), or the latest `limit` (optionally of one `env`).
+pub async fn operations(c: &Client, id: Option<i64>, env: Option<&str>, limit: i64) -> Result<Vec<Operation>> {
+    let rows = c
+        .query(
+            "SELECT id, kind,
+                    CASE WHEN status = 'running' AND NOT EXISTS (
+                           SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+                              AND l.classid = $4::int4::oid AND l.objid = (o.id & 2147483647)::int4::oid AND l.objsubid = 2
+                              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+                         THEN 'interrupted' ELSE status END,
+                    error,
+                    to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                    to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                    env, changes
+               FROM pgplane.operations o
+              WHERE ($1::int8 IS NULL OR id = $1) AND ($2::text IS NULL OR env = $2)
+              ORDER BY id DESC LIMIT $3",
+            &[&id, &env, &limit, &OP_LOCK],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let status: String = r.get(2);
+            let (status, error) = match status.as_str() {
+                "interrupted" => ("failed".to_string(), Some(OP_INTERRUPTED.to_string())),
+                _ => (status, r.get(3)),
+            };
+            Operation {
+                id: r.get(0),
+                kind: r.get(1),
+                status,
+                error,
+                started_at: r.get(4),
+                finished_at: r.get(5),
+                env: r.get(6),
+                changes: r.get(7),
+            }
+        })
+        .collect())
+}
+
+/// Counts of operations by kind and status (interrupted ones count as failed), for metrics.
+pub async fn operation_counts(c: &Client) -> Result<Vec<(String, String, i64)>> {
+    let rows =
+        c.query("SELECT kind, status, count(*) FROM pgplane.operations GROUP BY 1, 2 ORDER BY 1, 2", &[]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
 }
 
 /// Terminates statements that a killed pgplane left running, and waits until they are gone.

@@ -13,6 +13,7 @@ mod ops;
 mod output;
 mod schema;
 mod secrets;
+mod serve;
 mod wait;
 
 use std::io::IsTerminal;
@@ -26,7 +27,12 @@ use crate::cli::{Cli, Command, LogFormat};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // `serve` answers requests on every core; every other command is one task at a time.
+    let runtime = match &cli.command {
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgplane: cannot start the async runtime: {e}");
@@ -47,6 +53,7 @@ fn main() -> ExitCode {
             Command::Template { command } => commands::template(&mut ctx, command).await,
             Command::Branch { command } => commands::branch(&mut ctx, command).await,
             Command::Schema { command } => commands::schema(&mut ctx, command).await,
+            Command::Serve(a) => serve::run(ctx.home.clone(), a).await,
         }
     });
     match result {

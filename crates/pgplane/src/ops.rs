@@ -22,13 +22,16 @@ use crate::{control, observe};
 pub struct Ctx {
     pub home: PathBuf,
     pub local: LocalServer,
-    keys: std::cell::OnceCell<Keyring>,
+    keys: std::sync::OnceLock<Keyring>,
+    /// The journal row this operation reports to, when the caller created it (`serve`
+    /// creates it to answer 202 before the work starts); `None`: the operation journals itself.
+    pub operation: Option<i64>,
 }
 
 impl Ctx {
     pub fn new(home: PathBuf) -> Ctx {
         let local = LocalServer::new(&home);
-        Ctx { home, local, keys: std::cell::OnceCell::new() }
+        Ctx { home, local, keys: std::sync::OnceLock::new(), operation: None }
     }
 
     /// The secret key, loaded (or created) on first use.
@@ -148,7 +151,7 @@ impl Session {
         kind: &str,
         progress: &dyn Progress,
     ) -> Result<(usize, Vec<Fresh>)> {
-        let op = control::op_start(&locked.control, kind, Some(&self.desired.env)).await?;
+        let journal = control::Journal::start(&locked.control, ctx.operation, kind, Some(&self.desired.env)).await?;
         let keys = ctx.keys()?;
         let mut observe_dbs = BTreeMap::new();
         for target in &self.servers.list {
@@ -159,7 +162,7 @@ impl Session {
         let mut exec = Executor::new(&self.servers, &locked.control, &locked.lock, keys, observe_dbs);
         let result = exec.run(&locked.plan, progress).await;
         let error = result.as_ref().err().map(|e| format!("{e:#}"));
-        let journaled = control::op_finish(&locked.control, op, *result.as_ref().unwrap_or(&0), error.as_deref()).await;
+        let journaled = journal.finish(&locked.control, *result.as_ref().unwrap_or(&0), error.as_deref()).await;
         match (&result, journaled) {
             (Ok(_), Err(e)) => return Err(e.context("journaling the operation")),
             // The action's error is the one to report; the journal's is secondary.

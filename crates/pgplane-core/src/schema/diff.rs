@@ -44,6 +44,7 @@ use super::{Column, EnumType, SchemaSnapshot, Sequence, TableDetail};
 /// does), incoming foreign keys (they are the other table's), functions, domains,
 /// privileges and data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SchemaDiff {
     pub changes: Vec<Change>,
     pub summary: Summary,
@@ -57,8 +58,9 @@ impl SchemaDiff {
 
 /// One difference; see [`SchemaDiff`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Change {
-    pub object: ObjectKind,
+    pub object: SchemaObject,
     pub name: String,
     pub table: Option<String>,
     pub change: ChangeKind,
@@ -68,8 +70,9 @@ pub struct Change {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
-pub enum ObjectKind {
+pub enum SchemaObject {
     Table,
     View,
     Column,
@@ -81,23 +84,24 @@ pub enum ObjectKind {
     Sequence,
 }
 
-impl ObjectKind {
+impl SchemaObject {
     pub fn as_str(self) -> &'static str {
         match self {
-            ObjectKind::Table => "table",
-            ObjectKind::View => "view",
-            ObjectKind::Column => "column",
-            ObjectKind::Constraint => "constraint",
-            ObjectKind::Index => "index",
-            ObjectKind::Trigger => "trigger",
-            ObjectKind::Comment => "comment",
-            ObjectKind::Enum => "enum",
-            ObjectKind::Sequence => "sequence",
+            SchemaObject::Table => "table",
+            SchemaObject::View => "view",
+            SchemaObject::Column => "column",
+            SchemaObject::Constraint => "constraint",
+            SchemaObject::Index => "index",
+            SchemaObject::Trigger => "trigger",
+            SchemaObject::Comment => "comment",
+            SchemaObject::Enum => "enum",
+            SchemaObject::Sequence => "sequence",
         }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
     Added,
@@ -107,6 +111,7 @@ pub enum ChangeKind {
 
 /// How many changes of each kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Summary {
     pub added: usize,
     pub removed: usize,
@@ -121,7 +126,7 @@ impl Out {
     /// `at`: the object, its name and its table.
     fn push(
         &mut self,
-        at: (ObjectKind, &str, Option<&str>),
+        at: (SchemaObject, &str, Option<&str>),
         change: ChangeKind,
         attribute: Option<&str>,
         from: Option<Value>,
@@ -142,7 +147,7 @@ impl Out {
     /// Added / removed / changed by the presence and equality of the two sides.
     fn compare<T: PartialEq + Serialize>(
         &mut self,
-        object: ObjectKind,
+        object: SchemaObject,
         name: &str,
         table: Option<&str>,
         attribute: &str,
@@ -163,7 +168,7 @@ impl Out {
     /// A change of one attribute whose two values differ.
     fn attribute<T: PartialEq + Serialize>(
         &mut self,
-        object: ObjectKind,
+        object: SchemaObject,
         name: &str,
         table: Option<&str>,
         attribute: &str,
@@ -177,7 +182,7 @@ impl Out {
 
     /// Comments: `added` when one appears, `removed` when it goes, `changed` otherwise.
     fn comment(&mut self, name: &str, table: Option<&str>, from: &Option<String>, to: &Option<String>) {
-        self.compare(ObjectKind::Comment, name, table, "text", from, to);
+        self.compare(SchemaObject::Comment, name, table, "text", from, to);
     }
 }
 
@@ -185,11 +190,11 @@ fn value<T: Serialize>(v: &Option<T>) -> Option<Value> {
     v.as_ref().map(|v| json!(v))
 }
 
-fn relation_object(t: &TableDetail) -> ObjectKind {
+fn relation_object(t: &TableDetail) -> SchemaObject {
     if t.is_view() {
-        ObjectKind::View
+        SchemaObject::View
     } else {
-        ObjectKind::Table
+        SchemaObject::Table
     }
 }
 
@@ -228,10 +233,10 @@ pub fn diff(from: &SchemaSnapshot, to: &SchemaSnapshot) -> SchemaDiff {
         let q = format!("{}.{}", key.0, key.1);
         match (x, y) {
             (Some(x), Some(y)) => {
-                out.attribute(ObjectKind::Enum, &q, None, "values", &x.values, &y.values);
+                out.attribute(SchemaObject::Enum, &q, None, "values", &x.values, &y.values);
                 out.comment(&q, None, &x.comment, &y.comment);
             }
-            _ => out.compare(ObjectKind::Enum, &q, None, "", &x.cloned(), &y.cloned()),
+            _ => out.compare(SchemaObject::Enum, &q, None, "", &x.cloned(), &y.cloned()),
         }
     }
 
@@ -244,7 +249,7 @@ pub fn diff(from: &SchemaSnapshot, to: &SchemaSnapshot) -> SchemaDiff {
         let q = format!("{}.{}", key.0, key.1);
         match (x, y) {
             (Some(x), Some(y)) => {
-                let s = ObjectKind::Sequence;
+                let s = SchemaObject::Sequence;
                 out.attribute(s, &q, None, "type", &x.r#type, &y.r#type);
                 out.attribute(s, &q, None, "start", &x.start, &y.start);
                 out.attribute(s, &q, None, "increment", &x.increment, &y.increment);
@@ -255,7 +260,7 @@ pub fn diff(from: &SchemaSnapshot, to: &SchemaSnapshot) -> SchemaDiff {
                 out.attribute(s, &q, None, "owned_by", &x.owned_by, &y.owned_by);
                 out.comment(&q, None, &x.comment, &y.comment);
             }
-            _ => out.compare(ObjectKind::Sequence, &q, None, "", &x.cloned(), &y.cloned()),
+            _ => out.compare(SchemaObject::Sequence, &q, None, "", &x.cloned(), &y.cloned()),
         }
     }
 
@@ -283,7 +288,7 @@ fn relation(out: &mut Out, x: &TableDetail, y: &TableDetail) {
     if !y.is_view() {
         let old: BTreeMap<&str, &Column> = x.columns.iter().map(|c| (c.name.as_str(), c)).collect();
         let new: BTreeSet<&str> = y.columns.iter().map(|c| c.name.as_str()).collect();
-        let col = ObjectKind::Column;
+        let col = SchemaObject::Column;
         for c in &y.columns {
             let Some(o) = old.get(c.name.as_str()) else {
                 out.push((col, &c.name, table), ChangeKind::Added, None, None, Some(json!(c)));
@@ -303,20 +308,20 @@ fn relation(out: &mut Out, x: &TableDetail, y: &TableDetail) {
     let constraints = |t: &TableDetail| -> BTreeMap<String, String> {
         t.constraints().into_iter().map(|(_, name, def)| (name.to_string(), def.to_string())).collect()
     };
-    named(out, ObjectKind::Constraint, &q, &constraints(x), &constraints(y));
+    named(out, SchemaObject::Constraint, &q, &constraints(x), &constraints(y));
 
     let indexes = |t: &TableDetail| -> BTreeMap<String, String> {
         t.indexes.iter().filter(|i| i.constraint.is_none()).map(|i| (i.name.clone(), i.definition.clone())).collect()
     };
-    named(out, ObjectKind::Index, &q, &indexes(x), &indexes(y));
+    named(out, SchemaObject::Index, &q, &indexes(x), &indexes(y));
 
     let triggers = |t: &TableDetail| -> BTreeMap<String, String> {
         t.triggers.iter().map(|tr| (tr.name.clone(), tr.definition.clone())).collect()
     };
-    named(out, ObjectKind::Trigger, &q, &triggers(x), &triggers(y));
+    named(out, SchemaObject::Trigger, &q, &triggers(x), &triggers(y));
     for tr in &y.triggers {
         if let Some(o) = x.triggers.iter().find(|o| o.name == tr.name) {
-            out.attribute(ObjectKind::Trigger, &tr.name, table, "enabled", &o.enabled, &tr.enabled);
+            out.attribute(SchemaObject::Trigger, &tr.name, table, "enabled", &o.enabled, &tr.enabled);
         }
     }
 
@@ -331,7 +336,7 @@ fn relation(out: &mut Out, x: &TableDetail, y: &TableDetail) {
 }
 
 /// Objects identified by name within a table and compared by their definition.
-fn named(out: &mut Out, object: ObjectKind, table: &str, x: &BTreeMap<String, String>, y: &BTreeMap<String, String>) {
+fn named(out: &mut Out, object: SchemaObject, table: &str, x: &BTreeMap<String, String>, y: &BTreeMap<String, String>) {
     for name in x.keys().chain(y.keys()).collect::<BTreeSet<_>>() {
         out.compare(object, name, Some(table), "definition", &x.get(name), &y.get(name));
     }
@@ -354,7 +359,7 @@ pub fn diff_text(d: &SchemaDiff) -> String {
         }
         let block = &d.changes[i..j];
         let whole = block.len() == 1
-            && matches!(block[0].object, ObjectKind::Table | ObjectKind::View)
+            && matches!(block[0].object, SchemaObject::Table | SchemaObject::View)
             && block[0].change != ChangeKind::Changed;
         match &group {
             Some(table) if !whole => {
@@ -406,7 +411,7 @@ fn text(v: &Option<Value>) -> String {
 /// The object a change is about, as its text line shows it.
 fn subject(c: &Change) -> String {
     match c.object {
-        ObjectKind::Comment => match &c.table {
+        SchemaObject::Comment => match &c.table {
             Some(t) if c.name != *t => {
                 format!("comment on column {}", c.name.strip_prefix(&format!("{t}.")).unwrap_or(&c.name))
             }
@@ -414,7 +419,7 @@ fn subject(c: &Change) -> String {
             None => format!("comment on {}", c.name),
         },
         // A relation's own change inside its block: the block's header names it.
-        ObjectKind::Table | ObjectKind::View if c.change == ChangeKind::Changed => c.object.as_str().to_string(),
+        SchemaObject::Table | SchemaObject::View if c.change == ChangeKind::Changed => c.object.as_str().to_string(),
         o => format!("{} {}", o.as_str(), c.name),
     }
 }
@@ -426,7 +431,7 @@ fn change_lines(c: &Change) -> Vec<String> {
     match (c.change, c.attribute.as_deref()) {
         (ChangeKind::Added | ChangeKind::Removed, _) => {
             let detail = match (c.object, side) {
-                (ObjectKind::Table | ObjectKind::View, Some(v)) => {
+                (SchemaObject::Table | SchemaObject::View, Some(v)) => {
                     let t: TableDetail = serde_json::from_value(v.clone()).unwrap_or_default();
                     let n = t.columns.len();
                     let kind = match t.kind.as_str() {
@@ -435,25 +440,25 @@ fn change_lines(c: &Change) -> Vec<String> {
                     };
                     format!(" ({kind}{n} column{})", if n == 1 { "" } else { "s" })
                 }
-                (ObjectKind::Column, Some(v)) => {
+                (SchemaObject::Column, Some(v)) => {
                     let col: Column = serde_json::from_value(v.clone()).unwrap_or_default();
                     format!(" {} {}", col.r#type, column_attributes(&col)).trim_end().to_string()
                 }
-                (ObjectKind::Enum, Some(v)) => {
+                (SchemaObject::Enum, Some(v)) => {
                     let e: EnumType = serde_json::from_value(v.clone()).unwrap_or_default();
                     let values: Vec<String> = e.values.iter().map(|v| format!("'{v}'")).collect();
                     format!(" ({})", values.join(", "))
                 }
-                (ObjectKind::Sequence, Some(v)) => {
+                (SchemaObject::Sequence, Some(v)) => {
                     let s: Sequence = serde_json::from_value(v.clone()).unwrap_or_default();
                     format!(" {} start {} increment {}", s.r#type, s.start, s.increment)
                 }
-                (ObjectKind::Comment, v) => format!(": {}", quoted(v)),
+                (SchemaObject::Comment, v) => format!(": {}", quoted(v)),
                 (_, v) => format!("  {}", one_line(&text(v))),
             };
             vec![format!("{m} {}{detail}", subject(c))]
         }
-        (ChangeKind::Changed, Some("definition")) if matches!(c.object, ObjectKind::Table | ObjectKind::View) => {
+        (ChangeKind::Changed, Some("definition")) if matches!(c.object, SchemaObject::Table | SchemaObject::View) => {
             let mut lines = vec![format!("{m} {} definition:", subject(c))];
             lines.extend(line_diff(&text(&c.from), &text(&c.to)).into_iter().map(|l| format!("    {l}")));
             lines

@@ -8,11 +8,12 @@ mod text;
 
 use serde::{Deserialize, Serialize};
 
-pub use diff::{diff, diff_text, Change, ChangeKind, ObjectKind, SchemaDiff, Summary};
+pub use diff::{diff, diff_text, Change, ChangeKind, SchemaDiff, SchemaObject, Summary};
 pub use text::table_text;
 
 /// One table or view of a database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TableSummary {
     pub name: String,
     pub schema: String,
@@ -33,6 +34,7 @@ pub struct TableSummary {
 /// parent lists them in `partitions`. Constraints, indexes and triggers are sorted by name;
 /// columns are in table order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct TableDetail {
     pub schema: String,
@@ -110,6 +112,7 @@ impl TableDetail {
 
 /// A column of a table or view.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Column {
     pub name: String,
@@ -127,6 +130,7 @@ pub struct Column {
 
 /// A primary key, unique, check or exclusion constraint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Constraint {
     pub name: String,
@@ -139,6 +143,7 @@ pub struct Constraint {
 /// A foreign key: `schema.table (columns)` references `referenced_schema.referenced_table
 /// (referenced_columns)`. The same shape serves both directions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct ForeignKey {
     pub name: String,
@@ -159,6 +164,7 @@ pub struct ForeignKey {
 
 /// An index of a table or materialized view.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Index {
     pub name: String,
@@ -174,6 +180,7 @@ pub struct Index {
 
 /// A (non-internal) trigger.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Trigger {
     pub name: String,
@@ -185,6 +192,7 @@ pub struct Trigger {
 
 /// An enum type with its values in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct EnumType {
     pub schema: String,
@@ -201,6 +209,7 @@ impl EnumType {
 
 /// A sequence (not an identity column's: those are the column's `identity`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Sequence {
     pub schema: String,
@@ -227,6 +236,7 @@ impl Sequence {
 /// Everything `pgplane schema diff` compares: every table and view of a database (as
 /// [`TableDetail`]), its enums and sequences, sorted by schema and name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct SchemaSnapshot {
     pub tables: Vec<TableDetail>,

@@ -253,3 +253,161 @@ pub fn temp_home(name: &str) -> PathBuf {
     std::fs::create_dir_all(&p).expect("create home");
     p
 }
+
+/// A `pgplane serve` process of a test; killed when dropped.
+pub struct Serve {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// Everything the process wrote on stderr so far (read by a thread).
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl T {
+    /// Starts `pgplane serve -f MANIFEST --listen 127.0.0.1:0 EXTRA…` with `envs`, and waits
+    /// for its "serving … on http://ADDR/" line.
+    pub fn serve(&self, manifest: &str, extra: &[&str], envs: &[(&str, &str)]) -> Serve {
+        use std::io::BufRead;
+        let mut cmd = self.cmd();
+        cmd.args(["serve", "-f", manifest, "--listen", "127.0.0.1:0"]).args(extra).stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn pgplane serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split(" on http://").nth(1) {
+                    let _ = tx.send(format!("http://{}", rest.split('/').next().unwrap_or_default()));
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let base = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(b) => b,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("pgplane serve did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Serve { child, base, log }
+    }
+}
+
+impl Serve {
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// A request to this server; see [`http`].
+    pub fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Response {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a));
+        }
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        http(method, &format!("{}{path}", self.base), &headers, body.unwrap_or("").as_bytes())
+    }
+
+    /// Sends SIGTERM and waits for the process; returns its exit code.
+    pub fn terminate(mut self, timeout: std::time::Duration) -> Option<i32> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP response as tests see it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}), status {}: {}", self.status, self.body))
+    }
+
+    /// The API's error code, asserting the one error shape `{"error": {"code", "message"}}`.
+    #[track_caller]
+    pub fn error_code(&self) -> String {
+        let v = self.json();
+        let e = &v["error"];
+        assert!(e["message"].is_string() && v.as_object().unwrap().len() == 1, "not the error shape: {}", self.body);
+        e["code"].as_str().unwrap_or_else(|| panic!("no code: {}", self.body)).to_string()
+    }
+}
+
+/// A minimal HTTP/1.1 client (one request per connection), enough for tests without
+/// another dependency: `Content-Length` and chunked bodies.
+pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http:// URL");
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut stream = std::net::TcpStream::connect(host).expect("connect to pgplane serve");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read response");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut payload = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status line");
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
+    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+        let mut out = Vec::new();
+        let mut rest = &payload[..];
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest = &rest[eol + 2 + size + 2..];
+        }
+        payload = out;
+    }
+    Response { status, headers, body: String::from_utf8_lossy(&payload).into_owned() }
+}

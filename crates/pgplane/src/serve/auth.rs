@@ -1,0 +1,123 @@
+//! Bearer tokens with a scope. Tokens are kept only as SHA-256 digests and compared in
+//! constant time against every configured token (no early exit), so neither the memory
+//! of the process nor the time of a request tells anything about them.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// What a token may do: `read` everything, or also change things (`admin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    Read,
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+pub struct Tokens {
+    digests: Vec<(Scope, [u8; 32])>,
+}
+
+/// Tokens shorter than this are refused: they would be guessable.
+const MIN_TOKEN_LEN: usize = 16;
+
+impl Tokens {
+    /// From `--tokens-file` (one `scope:token` per line, `#` comments, blank lines) and
+    /// `PGPLANE_TOKENS` (`scope:token,scope:token`); both may be given.
+    pub fn load(file: Option<&Path>, env: Option<&str>) -> Result<Tokens> {
+        let mut digests = Vec::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            for (i, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                digests.push(parse(line).with_context(|| format!("{}:{}", path.display(), i + 1))?);
+            }
+        }
+        if let Some(env) = env {
+            for (i, item) in env.split(',').map(str::trim).filter(|s| !s.is_empty()).enumerate() {
+                digests.push(parse(item).with_context(|| format!("PGPLANE_TOKENS, entry {}", i + 1))?);
+            }
+        }
+        Ok(Tokens { digests })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// The scope of a presented token (the highest, should it be listed twice), if any.
+    pub fn scope_of(&self, presented: &str) -> Option<Scope> {
+        let digest = digest(presented);
+        let mut found: Option<Scope> = None;
+        for (scope, d) in &self.digests {
+            let equal: bool = d.ct_eq(&digest).into();
+            if equal {
+                found = found.max(Some(*scope));
+            }
+        }
+        found
+    }
+}
+
+fn parse(item: &str) -> Result<(Scope, [u8; 32])> {
+    let Some((scope, token)) = item.split_once(':') else {
+        bail!("expected `scope:token` (scope `read` or `admin`)");
+    };
+    let scope = match scope.trim() {
+        "read" => Scope::Read,
+        "admin" => Scope::Admin,
+        other => bail!("unknown scope {other:?}: use `read` or `admin`"),
+    };
+    let token = token.trim();
+    if token.len() < MIN_TOKEN_LEN {
+        bail!(
+            "the {} token is {} characters long; use at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 24`)",
+            scope.as_str(),
+            token.len()
+        );
+    }
+    Ok((scope, digest(token)))
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_from_env_and_file() {
+        let dir = std::env::temp_dir().join(format!("pgplane-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("tokens");
+        std::fs::write(&file, "# portal\nread:rrrrrrrrrrrrrrrrrrrr\n\nadmin:aaaaaaaaaaaaaaaaaaaa\n").expect("write");
+        let t = Tokens::load(Some(&file), Some("read:eeeeeeeeeeeeeeeeeeee")).expect("tokens");
+        assert_eq!(t.scope_of("rrrrrrrrrrrrrrrrrrrr"), Some(Scope::Read));
+        assert_eq!(t.scope_of("aaaaaaaaaaaaaaaaaaaa"), Some(Scope::Admin));
+        assert_eq!(t.scope_of("eeeeeeeeeeeeeeeeeeee"), Some(Scope::Read));
+        assert_eq!(t.scope_of("aaaaaaaaaaaaaaaaaaa"), None);
+        assert_eq!(t.scope_of(""), None);
+        std::fs::write(&file, "read:ok-but-fine-length\nwrite:xxxxxxxxxxxxxxxxxxxxxx\n").expect("write");
+        let err = format!("{:#}", Tokens::load(Some(&file), None).err().expect("bad scope"));
+        assert!(err.contains("tokens:2") && err.contains("unknown scope \"write\""), "{err}");
+        let err = format!("{:#}", Tokens::load(None, Some("admin:short")).err().expect("short"));
+        assert!(err.contains("PGPLANE_TOKENS, entry 1") && err.contains("at least 16"), "{err}");
+        assert!(!err.contains("short\""), "the token itself is never echoed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

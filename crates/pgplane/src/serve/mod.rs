@@ -1,0 +1,175 @@
+//! `pgplane serve`: the REST API (`/api/v1`), the web console (`/`), health checks and
+//! metrics in one process. Handlers are thin front ends over the operations the CLI runs
+//! (see `api.rs`); long operations run in the background (`jobs.rs`) and are journaled
+//! in the control database.
+
+mod api;
+mod auth;
+mod console;
+mod error;
+mod jobs;
+mod metrics;
+pub mod openapi;
+mod state;
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use self::auth::{Scope, Tokens};
+use self::error::ApiError;
+use self::state::Shared;
+use crate::cli::ServeArgs;
+
+pub async fn run(home: PathBuf, args: ServeArgs) -> Result<i32> {
+    let tokens = Tokens::load(args.tokens_file.as_deref(), std::env::var("PGPLANE_TOKENS").ok().as_deref())?;
+    if tokens.is_empty() && !args.listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {} without tokens: anyone who can reach it could change your databases; \
+             pass --tokens-file FILE or set PGPLANE_TOKENS=admin:TOKEN,read:TOKEN (or listen on 127.0.0.1)",
+            args.listen
+        );
+    }
+    let state = state::AppState::open(home, &args.manifest.file, args.manifest.env.clone(), tokens).await?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    eprintln!(
+        "pgplane: serving env {} on http://{addr}/ (API /api/v1, OpenAPI /api/v1/openapi.json, metrics /metrics){}",
+        state.env,
+        if state.tokens.is_empty() { "; no tokens: loopback only, no sign-in" } else { "" }
+    );
+    let app = router(state.clone());
+    let signal = std::sync::Arc::new(tokio::sync::Notify::new());
+    let stop = signal.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let name = crate::output::shutdown_signal().await;
+            eprintln!("pgplane: {name} received: finishing requests; running operations get {}s", args.grace.as_secs());
+            stop.notify_one();
+        })
+        .await
+        .context("serving")?;
+    let interrupted = state.jobs.drain(args.grace, state.servers.first()).await;
+    if !interrupted.is_empty() {
+        eprintln!("pgplane: recorded operations {interrupted:?} as interrupted");
+    }
+    eprintln!("pgplane: stopped");
+    Ok(0)
+}
+
+pub fn router(state: Shared) -> Router {
+    let api = Router::new()
+        .route("/databases", get(api::databases))
+        .route("/databases/{db}/tables", get(api::database_tables))
+        .route("/branches", get(api::branches).post(api::create_branch))
+        .route("/branches/{id}", get(api::branch).delete(api::delete_branch))
+        .route("/branches/{id}/reset", post(api::reset_branch))
+        .route("/branches/{id}/tables", get(api::branch_tables))
+        .route("/plan", post(api::plan))
+        .route("/apply", post(api::apply))
+        .route("/operations", get(api::operations))
+        .route("/operations/{id}", get(api::operation))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed);
+    Router::new()
+        .nest("/api/v1", api)
+        .merge(console::routes())
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .with_state(state)
+}
+
+/// Bearer token check: reads need `read` (or `admin`), changes need `admin`. `POST /plan`
+/// changes nothing and needs `read`. Without configured tokens (loopback only) all pass.
+async fn authorize(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    if state.tokens.is_empty() {
+        return next.run(req).await;
+    }
+    let needed = if req.method() == Method::GET || req.method() == Method::HEAD || req.uri().path().ends_with("/plan") {
+        Scope::Read
+    } else {
+        Scope::Admin
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return with_challenge(ApiError::unauthorized("send `Authorization: Bearer TOKEN` (a read or admin token)"));
+    };
+    match state.tokens.scope_of(presented) {
+        None => with_challenge(ApiError::unauthorized("the token is not valid")),
+        Some(scope) if scope < needed => ApiError::forbidden(format!(
+            "this route changes things and needs an admin token; the token given has scope {}",
+            scope.as_str()
+        ))
+        .into_response(),
+        Some(_) => next.run(req).await,
+    }
+}
+
+fn with_challenge(e: ApiError) -> Response {
+    let mut r = e.into_response();
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    r
+}
+
+async fn openapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi::document()).into_response()
+}
+
+/// Ready when the control database answers.
+async fn readyz(State(state): State<Shared>) -> Response {
+    match state.control().await {
+        Ok(c) => match c.simple_query("SELECT 1").await {
+            Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+            Err(e) => ApiError::unavailable(format!("the control database does not answer: {e}")).into_response(),
+        },
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn metrics_text(State(state): State<Shared>) -> Response {
+    match metrics::render(&state).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+            .into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// Runs a request's operation on a thread of its own (with its own runtime): the CLI's
+/// operations are written for one task at a time, not for the multi-threaded server.
+pub async fn on_thread<T, F, Fut>(work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>>,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("pgplane-request".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a runtime")
+                .and_then(|rt| rt.block_on(work()));
+            let _ = tx.send(result);
+        })
+        .context("starting a thread")?;
+    rx.await.context("the request's thread ended early")?
+}
