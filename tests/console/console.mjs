@@ -99,6 +99,31 @@ try {
   assert.equal(await page.locator('tr[data-table="public.entries"]').count(), 1);
   await shot(page, 'branch-good');
 
+  step("a table's structure: columns, keys both ways, indexes");
+  await page.click('tr[data-table="public.reviews"] a');
+  await page.waitForSelector('table.columns');
+  const entryId = await page.textContent('tr[data-column="entry_id"]');
+  assert.match(entryId, /bigint/);
+  assert.match(entryId, /not null/);
+  assert.match(await page.textContent('table.foreign-keys'), /public\.entries/);
+  assert.match(await page.textContent('table.indexes'), /reviews_pkey/);
+  await shot(page, 'table-reviews');
+  await page.click('table.foreign-keys a');
+  await page.waitForSelector('table.referenced-by');
+  assert.match(await page.textContent('table.referenced-by'), /public\.reviews/);
+  assert.match(await page.textContent('tr[data-column="id"]'), /always/);
+
+  step('the diff against the template shows the added table and column');
+  await page.goto(`${base}/branches/${encodeURIComponent(good)}`);
+  await page.click('#diff-link');
+  await page.waitForSelector('#diff-summary');
+  assert.equal(await page.locator('tr.added[data-object="table"][data-name="public.reviews"]').count(), 1);
+  assert.equal(await page.locator('[data-diff-table="public.entries"]').count(), 1);
+  assert.equal(await page.locator('tr.added[data-object="column"][data-name="email"]').count(), 1);
+  const added = await page.locator('tr.added').first().evaluate((e) => getComputedStyle(e.querySelector('td')).backgroundColor);
+  assert.notEqual(added, 'rgba(0, 0, 0, 0)', 'added rows are coloured');
+  await shot(page, 'diff');
+
   step('recent operations are listed');
   await page.click('nav >> text=Operations');
   await page.waitForSelector('table.operations');
@@ -113,7 +138,9 @@ try {
 
   step('on a phone-sized window nothing makes the page scroll sideways');
   await page.setViewportSize({ width: 390, height: 844 });
-  const paths = ['/', '/branches', `/branches/${encodeURIComponent(failed)}`, `/branches/${encodeURIComponent(good)}`, '/operations'];
+  const g = encodeURIComponent(good);
+  const paths = ['/', '/branches', `/branches/${encodeURIComponent(failed)}`, `/branches/${g}`,
+    `/branches/${g}/tables/public.reviews`, `/branches/${g}/diff`, '/operations'];
   for (const p of paths) {
     await page.goto(`${base}${p}`);
     const { scroll, width } = await page.evaluate(() => ({
@@ -121,7 +148,7 @@ try {
       width: window.innerWidth,
     }));
     assert.ok(scroll <= width, `${p}: the page is ${scroll}px wide in a ${width}px window`);
-    await shot(page, `phone${p.replaceAll('/', '-').replace(/-$/, '') || '-home'}`);
+    await shot(page, `phone${p.replaceAll(/[/.]/g, '-').replace(/-$/, '') || '-home'}`);
   }
 
   step('signing out ends the session');

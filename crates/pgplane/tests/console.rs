@@ -185,6 +185,25 @@ fn values_from_the_database_are_escaped() {
     let branch = get(&s, "/branches/MR-1", None);
     assert!(branch.body.contains("&lt;script&gt;alert") && !branch.body.contains("<script>"), "{}", branch.body);
     assert_eq!(get(&s, "/sign-in", None).status, 303, "nothing to sign in to");
+
+    // A table's structure, in the module's database and in the branch, and a diff without changes.
+    let entries = get(&s, "/databases/con_escape_registry/tables/public.entries", None);
+    assert_eq!(entries.status, 200, "{}", entries.body);
+    assert!(entries.body.contains("<tr data-column=\"name\">") && entries.body.contains("what it is called"));
+    assert!(!entries.body.contains("<script>"), "{}", entries.body);
+    assert_eq!(get(&s, "/branches/MR-1/tables/public.entries", None).status, 200);
+    assert_eq!(get(&s, "/branches/MR-1/tables/public.nope", None).status, 404);
+    let diff = get(&s, "/branches/MR-1/diff", None);
+    assert_eq!(diff.status, 200, "{}", diff.body);
+    assert!(diff.body.contains("id=\"no-differences\""), "{}", diff.body);
+    // The diff's connection to the template is closed: a rebuild is not held up.
+    t.wait_for_sql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'con_escape_tpl'",
+        "0",
+        "a session on the template stayed open",
+    );
+    t.pgplane(&["template", "build", "con_escape_tpl", "-f", &f]).ok();
 }
 
 /// The browser test's tools: `PGPLANE_PLAYWRIGHT_DIR` (set by `ensure_playwright` in

@@ -8,6 +8,7 @@
 //! answers 303 to `/sign-in?next=…`. Without tokens (loopback only) nobody signs in.
 
 mod html;
+mod schema;
 
 use std::fmt::Write;
 
@@ -17,7 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Form, Json, Router};
-use pgplane_core::schema::TableSummary;
+use pgplane_core::schema::{TableDetail, TableSummary};
 use serde::Deserialize;
 
 use self::html::{badge, bytes, enc, esc, link, opt, time, Page, Section};
@@ -33,8 +34,11 @@ pub fn routes(state: Shared) -> Router<Shared> {
     let pages = Router::new()
         .route("/", get(home))
         .route("/databases/{db}", get(database))
+        .route("/databases/{db}/tables/{table}", get(database_table))
         .route("/branches", get(branches))
         .route("/branches/{id}", get(branch))
+        .route("/branches/{id}/tables/{table}", get(branch_table))
+        .route("/branches/{id}/diff", get(branch_diff))
         .route("/operations", get(operations))
         .route_layer(middleware::from_fn_with_state(state, require_sign_in));
     Router::new()
@@ -338,6 +342,26 @@ async fn database_page(state: &Shared, db: &str) -> ApiResult<Page> {
     Ok(Page::new(Section::Databases, db, body).crumb("/", "Databases"))
 }
 
+async fn database_table(State(state): State<Shared>, Path((db, table)): Path<(String, String)>) -> Response {
+    respond(&state, database_table_page(&state, &db, &table).await)
+}
+
+async fn database_table_page(state: &Shared, db: &str, table: &str) -> ApiResult<Page> {
+    let client = state.database(db).await?;
+    let detail = describe(&client, table, &format!("database {db}")).await?;
+    let base = format!("/databases/{}", enc(db));
+    Ok(Page::new(Section::Databases, detail.qualified(), schema::structure(&detail, &format!("{base}/tables")))
+        .crumb("/", "Databases")
+        .crumb(base, db))
+}
+
+/// A table's structure, or 404.
+async fn describe(client: &tokio_postgres::Client, table: &str, place: &str) -> ApiResult<TableDetail> {
+    crate::schema::describe(client, table)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("there is no table or view {table:?} in {place}")))
+}
+
 /// Tables and views; names link to `{base}/{schema.name}`.
 fn tables_table(tables: &[TableSummary], base: &str) -> String {
     let mut out = String::from(
@@ -476,6 +500,12 @@ async fn branch_page(state: &Shared, id: &str) -> ApiResult<Page> {
     }
     body.push_str("</dl>");
     let base = format!("/branches/{}", enc(&b.id));
+    let _ = write!(
+        body,
+        "<p><a id=\"diff-link\" href=\"{}/diff\">Schema changes against template {}</a></p>",
+        esc(&base),
+        esc(&b.template)
+    );
     body.push_str("<h2>Tables</h2>");
     match branch_tables(state, &b).await {
         Ok(tables) => body.push_str(&tables_table(&tables, &format!("{base}/tables"))),
@@ -489,6 +519,43 @@ async fn branch_page(state: &Shared, id: &str) -> ApiResult<Page> {
 async fn branch_tables(state: &Shared, b: &BranchView) -> ApiResult<Vec<TableSummary>> {
     let client = api::branch_client(state, b).await?;
     Ok(crate::schema::tables(&client, None).await?)
+}
+
+async fn branch_table(State(state): State<Shared>, Path((id, table)): Path<(String, String)>) -> Response {
+    respond(&state, branch_table_page(&state, &id, &table).await)
+}
+
+async fn branch_table_page(state: &Shared, id: &str, table: &str) -> ApiResult<Page> {
+    let b = api::branch_view(state, id).await?;
+    let client = api::branch_client(state, &b).await?;
+    let detail = describe(&client, table, &format!("branch {id}")).await?;
+    let base = format!("/branches/{}", enc(&b.id));
+    Ok(Page::new(Section::Branches, detail.qualified(), schema::structure(&detail, &format!("{base}/tables")))
+        .crumb("/branches", "Branches")
+        .crumb(base, format!("Branch {}", b.id)))
+}
+
+async fn branch_diff(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    respond(&state, branch_diff_page(&state, &id).await)
+}
+
+/// The branch's schema against its template's: the template is read over a connection of
+/// its own, closed right after (an idle session on a template would hold up copies).
+async fn branch_diff_page(state: &Shared, id: &str) -> ApiResult<Page> {
+    let b = api::branch_view(state, id).await?;
+    let client = api::branch_client(state, &b).await?;
+    let template = state
+        .connect_once(&b.server, &b.template)
+        .await
+        .map_err(|e| ApiError { message: format!("cannot read template {}: {}", b.template, e.message), ..e })?;
+    let (from, to) = tokio::try_join!(crate::schema::snapshot(&template), crate::schema::snapshot(&client))?;
+    drop(template);
+    let diff = pgplane_core::schema::diff(&from, &to);
+    let base = format!("/branches/{}", enc(&b.id));
+    let body = schema::diff(&diff, &b.template, &format!("{base}/tables"));
+    Ok(Page::new(Section::Branches, format!("Branch {} against {}", b.id, b.template), body)
+        .crumb("/branches", "Branches")
+        .crumb(base, format!("Branch {}", b.id)))
 }
 
 /// The structured failure (migration, SQLSTATE, position, statement) under the message.
