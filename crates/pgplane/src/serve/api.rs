@@ -220,8 +220,11 @@ async fn describe(client: &tokio_postgres::Client, table: &str, place: &str) -> 
     }
 }
 
-async fn tables_response(client: &tokio_postgres::Client, schema: Option<&str>) -> ApiResult<Response> {
-    let tables = crate::schema::tables(client, schema).await?;
+/// The tables query, prepared once per pooled connection (the hot path of portals).
+async fn tables_response(client: &deadpool_postgres::Object, schema: Option<&str>) -> ApiResult<Response> {
+    let statement = client.prepare_cached(crate::schema::TABLES_SQL).await?;
+    let rows = client.query(&statement, &[&schema]).await?;
+    let tables: Vec<TableSummary> = rows.iter().map(crate::schema::table_summary).collect();
     Ok(Json(tables).into_response())
 }
 
