@@ -17,7 +17,7 @@ use crate::cli::{ManifestArgs, SchemaTarget};
 use crate::conn::{Role, Target as Server};
 use crate::ops::Ctx;
 
-const TABLES_SQL: &str = include_str!("../sql/schema_tables.sql");
+pub const TABLES_SQL: &str = include_str!("../sql/schema_tables.sql");
 const RELATIONS_SQL: &str = include_str!("../sql/schema_relations.sql");
 const COLUMNS_SQL: &str = include_str!("../sql/schema_columns.sql");
 const CONSTRAINTS_SQL: &str = include_str!("../sql/schema_constraints.sql");
@@ -151,18 +151,20 @@ async fn connect_template(ctx: &mut Ctx, manifest: &ManifestArgs, name: &str) ->
 /// Every table and view (of `schema`, or of all non-system schemas), sorted by schema and name.
 pub async fn tables(client: &Client, schema: Option<&str>) -> Result<Vec<TableSummary>> {
     let rows = client.query(TABLES_SQL, &[&schema]).await.context("reading the catalog")?;
-    Ok(rows
-        .iter()
-        .map(|r| TableSummary {
-            schema: r.get(0),
-            name: r.get(1),
-            kind: r.get(2),
-            description: r.get(3),
-            columns: r.get(4),
-            estimated_rows: r.get(5),
-            size_bytes: r.get(6),
-        })
-        .collect())
+    Ok(rows.iter().map(table_summary).collect())
+}
+
+/// One row of [`TABLES_SQL`] (`serve` runs it as a prepared statement cached per connection).
+pub fn table_summary(r: &tokio_postgres::Row) -> TableSummary {
+    TableSummary {
+        schema: r.get(0),
+        name: r.get(1),
+        kind: r.get(2),
+        description: r.get(3),
+        columns: r.get(4),
+        estimated_rows: r.get(5),
+        size_bytes: r.get(6),
+    }
 }
 
 /// The whole database: every table and view (partitions folded into their parent), enum
