@@ -18,7 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Form, Json, Router};
-use pgplane_core::schema::{TableDetail, TableSummary};
+use pgplane_core::schema::TableSummary;
 use serde::Deserialize;
 
 use self::html::{badge, bytes, enc, esc, link, opt, time, Page, Section};
@@ -347,19 +347,11 @@ async fn database_table(State(state): State<Shared>, Path((db, table)): Path<(St
 }
 
 async fn database_table_page(state: &Shared, db: &str, table: &str) -> ApiResult<Page> {
-    let client = state.database(db).await?;
-    let detail = describe(&client, table, &format!("database {db}")).await?;
+    let Json(detail) = api::database_table(State(state.clone()), Path((db.to_string(), table.to_string()))).await?;
     let base = format!("/databases/{}", enc(db));
     Ok(Page::new(Section::Databases, detail.qualified(), schema::structure(&detail, &format!("{base}/tables")))
         .crumb("/", "Databases")
         .crumb(base, db))
-}
-
-/// A table's structure, or 404.
-async fn describe(client: &tokio_postgres::Client, table: &str, place: &str) -> ApiResult<TableDetail> {
-    crate::schema::describe(client, table)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("there is no table or view {table:?} in {place}")))
 }
 
 /// Tables and views; names link to `{base}/{schema.name}`.
@@ -526,36 +518,27 @@ async fn branch_table(State(state): State<Shared>, Path((id, table)): Path<(Stri
 }
 
 async fn branch_table_page(state: &Shared, id: &str, table: &str) -> ApiResult<Page> {
-    let b = api::branch_view(state, id).await?;
-    let client = api::branch_client(state, &b).await?;
-    let detail = describe(&client, table, &format!("branch {id}")).await?;
-    let base = format!("/branches/{}", enc(&b.id));
+    let Json(detail) = api::branch_table(State(state.clone()), Path((id.to_string(), table.to_string()))).await?;
+    let base = format!("/branches/{}", enc(id));
     Ok(Page::new(Section::Branches, detail.qualified(), schema::structure(&detail, &format!("{base}/tables")))
         .crumb("/branches", "Branches")
-        .crumb(base, format!("Branch {}", b.id)))
+        .crumb(base, format!("Branch {id}")))
 }
 
 async fn branch_diff(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     respond(&state, branch_diff_page(&state, &id).await)
 }
 
-/// The branch's schema against its template's: the template is read over a connection of
-/// its own, closed right after (an idle session on a template would hold up copies).
+/// The branch's schema against its template's (the API's diff: the template is read over
+/// a connection of its own, closed right after).
 async fn branch_diff_page(state: &Shared, id: &str) -> ApiResult<Page> {
-    let b = api::branch_view(state, id).await?;
-    let client = api::branch_client(state, &b).await?;
-    let template = state
-        .connect_once(&b.server, &b.template)
-        .await
-        .map_err(|e| ApiError { message: format!("cannot read template {}: {}", b.template, e.message), ..e })?;
-    let (from, to) = tokio::try_join!(crate::schema::snapshot(&template), crate::schema::snapshot(&client))?;
-    drop(template);
-    let diff = pgplane_core::schema::diff(&from, &to);
-    let base = format!("/branches/{}", enc(&b.id));
-    let body = schema::diff(&diff, &b.template, &format!("{base}/tables"));
-    Ok(Page::new(Section::Branches, format!("Branch {} against {}", b.id, b.template), body)
+    let Json(d) = api::branch_diff(State(state.clone()), Path(id.to_string())).await?;
+    let template = d.from.strip_prefix("template:").unwrap_or(&d.from);
+    let base = format!("/branches/{}", enc(id));
+    let body = schema::diff(&d.diff, template, &format!("{base}/tables"));
+    Ok(Page::new(Section::Branches, format!("Branch {id} against {template}"), body)
         .crumb("/branches", "Branches")
-        .crumb(base, format!("Branch {}", b.id)))
+        .crumb(base, format!("Branch {id}")))
 }
 
 /// The structured failure (migration, SQLSTATE, position, statement) under the message.
