@@ -48,6 +48,16 @@ databaseChangeLog:
             sql: INSERT INTO missing_table VALUES (1)
 ";
 
+const BRIEF: &str = "\
+databaseChangeLog:
+  - changeSet:
+      id: b1
+      author: bob
+      changes:
+        - sql:
+            sql: SELECT pg_sleep(2)
+";
+
 const SLOW: &str = "\
 databaseChangeLog:
   - changeSet:
@@ -65,6 +75,7 @@ fn world(env: &str) -> (T, String) {
     t.write("model/cand/changelog.yaml", CANDIDATE);
     t.write("model/broken/changelog.yaml", BROKEN);
     t.write("model/slow/changelog.yaml", SLOW);
+    t.write("model/brief/changelog.yaml", BRIEF);
     let f = t.manifest(&format!(
         "modules:
   - name: registry
@@ -441,6 +452,20 @@ fn refuses_to_listen_openly_without_tokens_and_reads_token_files() {
 #[test]
 fn sigterm_and_kill_leave_operations_reported_as_interrupted() {
     let (t, f) = world("sv_term");
+    // SIGTERM while a 2 s deployment runs: it gets the grace period and finishes.
+    let s = serve(&t, &f, &["--grace", "30s"]);
+    let brief = "{\"id\": \"brief\", \"template\": \"sv_term_tpl\", \"sources\": [\"model/brief/changelog.yaml\"]}";
+    let op = accepted(&s.req("POST", "/api/v1/branches", Some(ADMIN), Some(brief)), "branch_create");
+    t.wait_for_sql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(2)%' AND pid <> pg_backend_pid()",
+        "1",
+        "the brief changeset never started",
+    );
+    assert_eq!(s.terminate(Duration::from_secs(30)), Some(0), "serve did not stop on SIGTERM");
+    assert_eq!(t.sql("pgplane", &format!("SELECT status FROM pgplane.operations WHERE id = {op}")), "succeeded");
+    assert_eq!(t.sql("pgplane", "SELECT status FROM pgplane.branches WHERE id = 'brief'"), "SUCCESS");
+
     let slow = "{\"id\": \"slow\", \"template\": \"sv_term_tpl\", \"sources\": [\"model/slow/changelog.yaml\"]}";
     // SIGTERM with a short grace: serve stops within seconds and the operation is failed, not running.
     let s = serve(&t, &f, &["--grace", "1s"]);

@@ -37,6 +37,8 @@ pub async fn run(home: PathBuf, args: ServeArgs) -> Result<i32> {
             args.listen
         );
     }
+    // Running operations stop when the grace period is over, not at the signal.
+    crate::output::take_over_signals();
     let state = state::AppState::open(home, &args.manifest.file, args.manifest.env.clone(), tokens).await?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
