@@ -144,10 +144,12 @@ pub async fn databases(State(state): State<Shared>) -> ApiResult<Json<Vec<Databa
             .await?;
         for r in rows {
             let name: String = r.get(0);
+            // NULL: dropped while we read (branches come and go).
+            let Some(size_bytes) = r.get::<_, Option<i64>>(2) else { continue };
             let mut info = DatabaseInfo {
                 server: target.name.clone(),
                 owner: r.get(1),
-                size_bytes: r.get(2),
+                size_bytes,
                 description: r.get(3),
                 kind: "unmanaged".into(),
                 env: None,

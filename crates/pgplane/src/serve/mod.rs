@@ -92,8 +92,33 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
+}
+
+/// A handler that panics (a bug) answers 500 in the API's error shape instead of closing
+/// the connection; the panic is logged.
+async fn catch_panic(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    let path = req.uri().path().to_string();
+    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(path, panic = %what, "a request handler panicked");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error (a bug in pgplane; see its log)",
+            )
+            .into_response()
+        }
+    }
 }
 
 /// Bearer token check: reads need `read` (or `admin`), changes need `admin`. `POST /plan`
