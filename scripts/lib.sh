@@ -2,6 +2,21 @@
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+# apt-get install PACKAGE… (with sudo unless root); callers check first that it is missing.
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_npm() {
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "npm not found: installing the Debian package npm" >&2
+    apt_install npm
+  fi
+}
+
 # Installs PostgreSQL server binaries and psql with apt-get, only when they are missing.
 ensure_postgres() {
   local have_server=0
@@ -13,10 +28,7 @@ ensure_postgres() {
     return 0
   fi
   echo "PostgreSQL server binaries or psql missing: installing the Debian packages postgresql and postgresql-client" >&2
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql postgresql-client >/dev/null
+  apt_install postgresql postgresql-client
 }
 
 ensure_rust() {
@@ -45,19 +57,10 @@ ensure_liquibase() {
   local bin="$dir/node_modules/liquibase/dist/liquibase/liquibase"
   if ! command -v java >/dev/null 2>&1; then
     echo "java not found: installing the Debian package openjdk-17-jre-headless" >&2
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+    apt_install openjdk-17-jre-headless
   fi
   if [ ! -x "$bin" ]; then
-    if ! command -v npm >/dev/null 2>&1; then
-      echo "npm not found: installing the Debian package npm" >&2
-      local sudo=""
-      [ "$(id -u)" = 0 ] || sudo="sudo"
-      $sudo apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq npm >/dev/null
-    fi
+    ensure_npm
     echo "installing Liquibase (npm liquibase@$LIQUIBASE_NPM_VERSION) into $dir" >&2
     mkdir -p "$dir"
     npm install --prefix "$dir" --no-audit --no-fund --loglevel=error "liquibase@$LIQUIBASE_NPM_VERSION" >/dev/null
@@ -71,19 +74,12 @@ ensure_liquibase() {
 PLAYWRIGHT_VERSION=1.65.1
 ensure_playwright() {
   local dir="${PGPLANE_TOOLS:-/var/tmp/pgplane-tools}/playwright-$PLAYWRIGHT_VERSION"
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
   if [ ! -x /usr/bin/chromium ]; then
     echo "chromium not found: installing the Debian package chromium" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+    apt_install chromium
   fi
   if [ ! -f "$dir/node_modules/playwright-core/package.json" ]; then
-    if ! command -v npm >/dev/null 2>&1; then
-      echo "npm not found: installing the Debian package npm" >&2
-      $sudo apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq npm >/dev/null
-    fi
+    ensure_npm
     echo "installing playwright-core@$PLAYWRIGHT_VERSION into $dir" >&2
     mkdir -p "$dir"
     npm install --prefix "$dir" --no-audit --no-fund --loglevel=error "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null

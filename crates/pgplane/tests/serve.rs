@@ -7,24 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Response, Serve, T};
+use common::{Response, Serve, MASTER, T};
 
 const READ: &str = "read-token-0123456789abcdef";
 const ADMIN: &str = "admin-token-0123456789abcdef";
-
-const MASTER: &str = "\
-databaseChangeLog:
-  - changeSet:
-      id: m1
-      author: ann
-      changes:
-        - createTable:
-            tableName: entries
-            remarks: Registry entries
-            columns:
-              - column: {name: id, type: bigint, autoIncrement: true, constraints: {primaryKey: true}}
-              - column: {name: name, type: varchar(100)}
-";
 
 const CANDIDATE: &str = "\
 databaseChangeLog:

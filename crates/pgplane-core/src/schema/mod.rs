@@ -9,7 +9,7 @@ mod text;
 use serde::{Deserialize, Serialize};
 
 pub use diff::{diff, diff_text, Change, ChangeKind, SchemaDiff, SchemaObject, Summary};
-pub use text::table_text;
+pub use text::{column_attributes, table_text};
 
 /// One table or view of a database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -121,7 +121,7 @@ pub fn table_text(t: &TableDetail) -> String {
 }
 
 /// `not null, default now()`, `identity always`, `generated always as (…) stored`.
-pub(super) fn column_attributes(c: &Column) -> String {
+pub fn column_attributes(c: &Column) -> String {
     let mut parts = Vec::new();
     if !c.nullable {
         parts.push("not null".to_string());

@@ -3,7 +3,9 @@
 
 use std::fmt::Write;
 
-use pgplane_core::schema::{diff_text, Change, ChangeKind, Column, SchemaDiff, SchemaObject, TableDetail};
+use pgplane_core::schema::{
+    column_attributes, diff_text, Change, ChangeKind, Column, SchemaDiff, SchemaObject, TableDetail,
+};
 use serde_json::Value;
 
 use super::html::{enc, esc, link, opt};
@@ -323,23 +325,6 @@ fn detail(c: &Change) -> String {
             esc(&text(&c.to))
         ),
     }
-}
-
-fn column_attributes(c: &Column) -> String {
-    let mut parts = Vec::new();
-    if !c.nullable {
-        parts.push("not null".to_string());
-    }
-    if let Some(d) = &c.default {
-        parts.push(format!("default {d}"));
-    }
-    if let Some(i) = &c.identity {
-        parts.push(format!("identity {}", i.replace('_', " ")));
-    }
-    if let Some(g) = &c.generated {
-        parts.push(format!("generated always as ({g}) stored"));
-    }
-    parts.join(", ")
 }
 
 fn text(v: &Option<Value>) -> String {
