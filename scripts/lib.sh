@@ -2,6 +2,21 @@
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+# apt-get install PACKAGE… (with sudo unless root); callers check first that it is missing.
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_npm() {
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "npm not found: installing the Debian package npm" >&2
+    apt_install npm
+  fi
+}
+
 # Installs PostgreSQL server binaries and psql with apt-get, only when they are missing.
 ensure_postgres() {
   local have_server=0
@@ -13,10 +28,7 @@ ensure_postgres() {
     return 0
   fi
   echo "PostgreSQL server binaries or psql missing: installing the Debian packages postgresql and postgresql-client" >&2
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql postgresql-client >/dev/null
+  apt_install postgresql postgresql-client
 }
 
 ensure_rust() {
@@ -45,19 +57,10 @@ ensure_liquibase() {
   local bin="$dir/node_modules/liquibase/dist/liquibase/liquibase"
   if ! command -v java >/dev/null 2>&1; then
     echo "java not found: installing the Debian package openjdk-17-jre-headless" >&2
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+    apt_install openjdk-17-jre-headless
   fi
   if [ ! -x "$bin" ]; then
-    if ! command -v npm >/dev/null 2>&1; then
-      echo "npm not found: installing the Debian package npm" >&2
-      local sudo=""
-      [ "$(id -u)" = 0 ] || sudo="sudo"
-      $sudo apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq npm >/dev/null
-    fi
+    ensure_npm
     echo "installing Liquibase (npm liquibase@$LIQUIBASE_NPM_VERSION) into $dir" >&2
     mkdir -p "$dir"
     npm install --prefix "$dir" --no-audit --no-fund --loglevel=error "liquibase@$LIQUIBASE_NPM_VERSION" >/dev/null
@@ -65,12 +68,42 @@ ensure_liquibase() {
   export LIQUIBASE="$bin"
 }
 
+# The web console's browser test: Debian's chromium (headless) driven by playwright-core
+# (the library only, no bundled browsers). Exports PGPLANE_PLAYWRIGHT_DIR, the folder
+# holding node_modules/playwright-core.
+PLAYWRIGHT_VERSION=1.65.1
+ensure_playwright() {
+  local dir="${PGPLANE_TOOLS:-/var/tmp/pgplane-tools}/playwright-$PLAYWRIGHT_VERSION"
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "chromium not found: installing the Debian package chromium" >&2
+    apt_install chromium
+  fi
+  if [ ! -f "$dir/node_modules/playwright-core/package.json" ]; then
+    ensure_npm
+    echo "installing playwright-core@$PLAYWRIGHT_VERSION into $dir" >&2
+    mkdir -p "$dir"
+    npm install --prefix "$dir" --no-audit --no-fund --loglevel=error "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null
+  fi
+  export PGPLANE_PLAYWRIGHT_DIR="$dir"
+}
+
 # wrk, the HTTP load generator of bench/api: the Debian package `wrk`, only when missing.
 ensure_wrk() {
-  command -v wrk >/dev/null 2>&1 && return 0
-  echo "wrk not found: installing the Debian package wrk" >&2
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk >/dev/null
+  if ! command -v wrk >/dev/null 2>&1; then
+    echo "wrk not found: installing the Debian package wrk" >&2
+    apt_install wrk
+  fi
+}
+
+# pgbench of the newest PostgreSQL installed (postgresql-contrib when there is none).
+# Exports PGBENCH.
+ensure_pgbench() {
+  PGBENCH="$(ls /usr/lib/postgresql/*/bin/pgbench 2>/dev/null | sort -V | tail -1 || true)"
+  [ -n "$PGBENCH" ] || PGBENCH="$(command -v pgbench || true)"
+  if [ -z "$PGBENCH" ]; then
+    echo "pgbench not found: installing the Debian package postgresql-contrib" >&2
+    apt_install postgresql-contrib
+    PGBENCH="$(ls /usr/lib/postgresql/*/bin/pgbench 2>/dev/null | sort -V | tail -1 || command -v pgbench)"
+  fi
+  export PGBENCH
 }

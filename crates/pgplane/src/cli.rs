@@ -163,11 +163,16 @@ pub enum Command {
   PGPLANE_TOKENS=admin:$ADMIN,read:$PORTAL pgplane serve --listen 0.0.0.0:7070
   curl -H \"Authorization: Bearer $PORTAL\" localhost:7070/api/v1/branches")]
     Serve(ServeArgs),
-    /// Read a database's structure: its tables and views.
+    /// Read a database's structure: its tables and views, one relation in full, or the
+    /// differences between two databases, branches or templates.
     #[command(after_help = "Examples:
   pgplane schema tables --db dev_registry -f pgplane.yaml
   pgplane schema tables --branch MR-42 --json
-  pgplane schema tables --url postgresql://reader@db/registry --schema public")]
+  pgplane schema tables --url postgresql://reader@db/registry --schema public
+  pgplane schema describe entries --db dev_registry
+  pgplane schema describe audit.events --branch MR-42 --json
+  pgplane schema diff template:registry_template branch:MR-42
+  pgplane schema diff db:dev_registry db:prod_registry --json --exit-code")]
     Schema {
         #[command(subcommand)]
         command: SchemaCommand,
@@ -195,6 +200,57 @@ pub enum SchemaCommand {
     /// Tables and views with their comment, columns, estimated rows and size, sorted by
     /// schema and name (views are flagged by `kind`).
     Tables(SchemaTablesArgs),
+    /// One table or view in full: columns (type, nullability, default, identity, generated,
+    /// comment), primary key, unique, check and exclusion constraints, foreign keys both
+    /// ways, indexes (partial ones flagged), triggers, partitions, the view's definition,
+    /// the enums its columns use and the sequences it owns.
+    #[command(after_help = "Examples:
+  pgplane schema describe entries --db dev_registry -f pgplane.yaml
+  pgplane schema describe audit.events --branch MR-42 --json
+  pgplane schema describe live_entries --url postgresql://reader@db/registry")]
+    Describe(SchemaDescribeArgs),
+    /// What changed from one database to another: tables, views, columns (type,
+    /// nullability, default, identity, generation), constraints, indexes, triggers,
+    /// comments, enums and sequences, added, removed or changed. Each side is `db:NAME` (or
+    /// just `NAME`) on the manifest's servers, `branch:ID`, `template:NAME`, or a
+    /// `postgresql://` URL. Exit code 0 (with --exit-code: 0 when equal, 2 when different),
+    /// 1 on error.
+    #[command(after_help = "Examples:
+  pgplane schema diff template:registry_template branch:MR-42 -f pgplane.yaml
+  pgplane schema diff dev_registry staging_registry --json
+  pgplane schema diff db:dev_registry branch:MR-42 --exit-code   # 2 when they differ")]
+    Diff(SchemaDiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaDescribeArgs {
+    /// The table or view: `schema.name`, or `name` (in `public`, else the only schema that has it).
+    pub table: String,
+    #[command(flatten)]
+    pub target: SchemaTarget,
+    /// `{"schema", "name", "kind", "description", "columns": [{"name", "type", "nullable",
+    /// "default", "identity", "generated", "comment"}], "primary_key", "unique", "checks",
+    /// "exclusions", "foreign_keys", "referenced_by", "indexes", "triggers",
+    /// "view_definition", "partition_key", "partitions", "enums", "sequences"}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaDiffArgs {
+    /// The old side: db:NAME, NAME, branch:ID, template:NAME or a postgresql:// URL.
+    pub from: String,
+    /// The new side, written the same way.
+    pub to: String,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// `{"from", "to", "changes": [{"object", "name", "table", "change", "attribute",
+    /// "from", "to"}], "summary": {"added", "removed", "changed", "total"}}`.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 2 when the two sides differ (0 when they do not, 1 on error).
+    #[arg(long)]
+    pub exit_code: bool,
 }
 
 /// Which database `pgplane schema` reads.

@@ -789,14 +789,49 @@ fn print_branch(v: &branch::BranchView, json_out: bool) -> Result<i32> {
 }
 
 pub async fn schema(ctx: &mut Ctx, command: SchemaCommand) -> Result<i32> {
-    let SchemaCommand::Tables(a) = command;
-    let (client, database) = crate::schema::connect(ctx, &a.target).await?;
-    let tables = crate::schema::tables(&client, a.schema.as_deref()).await?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&tables)?);
-    } else {
-        println!("database {database}");
-        print!("{}", pgplane_core::schema::tables_text(&tables));
+    match command {
+        SchemaCommand::Tables(a) => {
+            let (client, database) = crate::schema::connect(ctx, &a.target).await?;
+            let tables = crate::schema::tables(&client, a.schema.as_deref()).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&tables)?);
+            } else {
+                println!("database {database}");
+                print!("{}", pgplane_core::schema::tables_text(&tables));
+            }
+        }
+        SchemaCommand::Describe(a) => {
+            let (client, database) = crate::schema::connect(ctx, &a.target).await?;
+            let Some(table) = crate::schema::describe(&client, &a.table).await? else {
+                bail!("there is no table or view {:?} in database {database} (see `pgplane schema tables`)", a.table);
+            };
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&table)?);
+            } else {
+                print!("{}", pgplane_core::schema::table_text(&table));
+            }
+        }
+        SchemaCommand::Diff(a) => {
+            let (from, from_label) = crate::schema::connect_side(ctx, &a.manifest, &a.from).await?;
+            let (to, to_label) = crate::schema::connect_side(ctx, &a.manifest, &a.to).await?;
+            let (old, new) = futures_util::try_join!(crate::schema::snapshot(&from), crate::schema::snapshot(&to))?;
+            let d = pgplane_core::schema::diff(&old, &new);
+            if a.json {
+                #[derive(serde::Serialize)]
+                struct Report<'a> {
+                    from: &'a str,
+                    to: &'a str,
+                    #[serde(flatten)]
+                    diff: &'a pgplane_core::schema::SchemaDiff,
+                }
+                let report = Report { from: &from_label, to: &to_label, diff: &d };
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("--- {from_label}\n+++ {to_label}");
+                print!("{}", pgplane_core::schema::diff_text(&d));
+            }
+            return Ok(if a.exit_code && !d.is_empty() { 2 } else { 0 });
+        }
     }
     Ok(0)
 }

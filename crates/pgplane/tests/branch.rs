@@ -7,25 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{lines, psql, with_db, T};
-
-const MASTER: &str = "\
-databaseChangeLog:
-  - changeSet:
-      id: m1
-      author: ann
-      changes:
-        - createTable:
-            tableName: entries
-            remarks: Registry entries
-            columns:
-              - column: {name: id, type: bigint, autoIncrement: true, constraints: {primaryKey: true}}
-              - column: {name: name, type: varchar(100)}
-        - insert:
-            tableName: entries
-            columns:
-              - column: {name: name, value: from the template}
-";
+use common::{lines, psql, with_db, MASTER, T};
 
 const CANDIDATE: &str = "\
 databaseChangeLog:

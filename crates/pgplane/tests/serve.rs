@@ -7,24 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Response, Serve, T};
+use common::{Response, Serve, MASTER, T};
 
 const READ: &str = "read-token-0123456789abcdef";
 const ADMIN: &str = "admin-token-0123456789abcdef";
-
-const MASTER: &str = "\
-databaseChangeLog:
-  - changeSet:
-      id: m1
-      author: ann
-      changes:
-        - createTable:
-            tableName: entries
-            remarks: Registry entries
-            columns:
-              - column: {name: id, type: bigint, autoIncrement: true, constraints: {primaryKey: true}}
-              - column: {name: name, type: varchar(100)}
-";
 
 const CANDIDATE: &str = "\
 databaseChangeLog:
@@ -48,6 +34,16 @@ databaseChangeLog:
             sql: INSERT INTO missing_table VALUES (1)
 ";
 
+const BRIEF: &str = "\
+databaseChangeLog:
+  - changeSet:
+      id: b1
+      author: bob
+      changes:
+        - sql:
+            sql: SELECT pg_sleep(2)
+";
+
 const SLOW: &str = "\
 databaseChangeLog:
   - changeSet:
@@ -65,6 +61,7 @@ fn world(env: &str) -> (T, String) {
     t.write("model/cand/changelog.yaml", CANDIDATE);
     t.write("model/broken/changelog.yaml", BROKEN);
     t.write("model/slow/changelog.yaml", SLOW);
+    t.write("model/brief/changelog.yaml", BRIEF);
     let f = t.manifest(&format!(
         "modules:
   - name: registry
@@ -216,6 +213,24 @@ fn databases_and_tables() {
     let only = s.req("GET", "/api/v1/databases/sv_db_registry/tables?schema=nope", Some(READ), None).json();
     assert_eq!(only, serde_json::json!([]));
 
+    // A table's structure, as `schema describe --json` prints it; views with their definition.
+    let r = s.req("GET", "/api/v1/databases/sv_db_registry/tables/notes", Some(READ), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let cli = t.pgplane(&["schema", "describe", "notes", "--db", "sv_db_registry", "-f", &f, "--json"]).ok().json();
+    assert_eq!(r.json(), cli);
+    assert_eq!(r.json()["description"], "Free text");
+    assert_eq!(r.json()["columns"][0]["name"], "id");
+    let v = s.req("GET", "/api/v1/databases/sv_db_registry/tables/public.v", Some(READ), None).json();
+    assert!(v["view_definition"].as_str().unwrap().contains("1 AS one"), "{v}");
+    let r = s.req("GET", "/api/v1/databases/sv_db_registry/tables/nope", Some(READ), None);
+    assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
+    t.sql("sv_db_registry", "CREATE SCHEMA a; CREATE SCHEMA b; CREATE TABLE a.dup (i int); CREATE TABLE b.dup (i int)");
+    let r = s.req("GET", "/api/v1/databases/sv_db_registry/tables/dup", Some(READ), None);
+    assert_eq!((r.status, r.error_code().as_str()), (422, "invalid"), "{}", r.body);
+    assert!(r.body.contains("a.dup") && r.body.contains("b.dup"), "{}", r.body);
+    let r = s.req("GET", "/api/v1/databases/no_such_db/tables/notes", Some(READ), None);
+    assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
+
     let r = s.req("GET", "/api/v1/databases/no_such_db/tables", Some(READ), None);
     assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
     let r = s.req("GET", "/api/v1/databases/sv_db_tpl/tables", Some(READ), None);
@@ -269,12 +284,33 @@ fn branch_lifecycle_over_the_api() {
     let tables = s.req("GET", "/api/v1/branches/MR-42/tables", Some(READ), None).json();
     let names: Vec<&str> = tables.as_array().unwrap().iter().filter_map(|x| x["name"].as_str()).collect();
     assert!(names.contains(&"auditors") && names.contains(&"entries"), "{names:?}");
+    // A table of the branch, and what the branch changes compared with its template.
+    let a = s.req("GET", "/api/v1/branches/MR-42/tables/auditors", Some(READ), None);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["columns"][0]["type"], "integer");
+    assert_eq!(s.req("GET", "/api/v1/branches/MR-42/tables/nope", Some(READ), None).status, 404);
+    let d = s.req("GET", "/api/v1/branches/MR-42/diff", Some(READ), None);
+    assert_eq!(d.status, 200, "{}", d.body);
+    let d = d.json();
+    assert_eq!((d["from"].as_str(), d["to"].as_str()), (Some("template:sv_br_tpl"), Some("branch:MR-42")));
+    let cli = t.pgplane(&["schema", "diff", "template:sv_br_tpl", "branch:MR-42", "-f", &f, "--json"]).ok().json();
+    assert_eq!(d["changes"], cli["changes"]);
+    assert!(
+        d["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["object"] == "table" && c["change"] == "added" && c["name"] == "public.auditors"),
+        "{d}"
+    );
     // The same id again is a conflict; an unknown one is 404.
     let r = s.req("POST", "/api/v1/branches", Some(ADMIN), Some(&body("MR-42", "model/cand/changelog.yaml")));
     assert_eq!((r.status, r.error_code().as_str()), (409, "conflict"));
     for (m, p) in [
         ("GET", "/api/v1/branches/MR-0"),
         ("GET", "/api/v1/branches/MR-0/tables"),
+        ("GET", "/api/v1/branches/MR-0/diff"),
+        ("GET", "/api/v1/branches/MR-0/tables/x"),
         ("DELETE", "/api/v1/branches/MR-0"),
         ("POST", "/api/v1/branches/MR-0/reset"),
     ] {
@@ -402,6 +438,20 @@ fn refuses_to_listen_openly_without_tokens_and_reads_token_files() {
 #[test]
 fn sigterm_and_kill_leave_operations_reported_as_interrupted() {
     let (t, f) = world("sv_term");
+    // SIGTERM while a 2 s deployment runs: it gets the grace period and finishes.
+    let s = serve(&t, &f, &["--grace", "30s"]);
+    let brief = "{\"id\": \"brief\", \"template\": \"sv_term_tpl\", \"sources\": [\"model/brief/changelog.yaml\"]}";
+    let op = accepted(&s.req("POST", "/api/v1/branches", Some(ADMIN), Some(brief)), "branch_create");
+    t.wait_for_sql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(2)%' AND pid <> pg_backend_pid()",
+        "1",
+        "the brief changeset never started",
+    );
+    assert_eq!(s.terminate(Duration::from_secs(30)), Some(0), "serve did not stop on SIGTERM");
+    assert_eq!(t.sql("pgplane", &format!("SELECT status FROM pgplane.operations WHERE id = {op}")), "succeeded");
+    assert_eq!(t.sql("pgplane", "SELECT status FROM pgplane.branches WHERE id = 'brief'"), "SUCCESS");
+
     let slow = "{\"id\": \"slow\", \"template\": \"sv_term_tpl\", \"sources\": [\"model/slow/changelog.yaml\"]}";
     // SIGTERM with a short grace: serve stops within seconds and the operation is failed, not running.
     let s = serve(&t, &f, &["--grace", "1s"]);

@@ -270,7 +270,7 @@ where
     let cancel = client.cancel_token();
     tokio::select! {
         r = work(client) => r,
-        signal = crate::output::shutdown_signal() => {
+        signal = crate::output::stop_requested() => {
             let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
             bail!("interrupted by {signal}: the running migration was cancelled and rolled back")
         }

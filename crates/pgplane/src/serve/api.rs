@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pgplane_core::model::{ObjectKind, Purpose};
 use pgplane_core::plan::PlanOptions;
-use pgplane_core::schema::TableSummary;
+use pgplane_core::schema::{SchemaDiff, TableDetail, TableSummary};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -144,10 +144,12 @@ pub async fn databases(State(state): State<Shared>) -> ApiResult<Json<Vec<Databa
             .await?;
         for r in rows {
             let name: String = r.get(0);
+            // NULL: dropped while we read (branches come and go).
+            let Some(size_bytes) = r.get::<_, Option<i64>>(2) else { continue };
             let mut info = DatabaseInfo {
                 server: target.name.clone(),
                 owner: r.get(1),
-                size_bytes: r.get(2),
+                size_bytes,
                 description: r.get(3),
                 kind: "unmanaged".into(),
                 env: None,
@@ -192,8 +194,39 @@ pub async fn database_tables(
     tables_response(&client, q.schema.as_deref()).await
 }
 
-async fn tables_response(client: &tokio_postgres::Client, schema: Option<&str>) -> ApiResult<Response> {
-    let tables = crate::schema::tables(client, schema).await?;
+#[utoipa::path(get, path = "/api/v1/databases/{db}/tables/{table}", tag = "databases",
+    params(("db" = String, Path, description = "Database name"),
+        ("table" = String, Path, description = "`schema.name`, or a bare name (`public` first)")),
+    responses((status = 200, body = TableDetail), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+/// A table's or view's structure (as `pgplane schema describe --json`).
+pub async fn database_table(
+    State(state): State<Shared>,
+    UrlPath((db, table)): UrlPath<(String, String)>,
+) -> ApiResult<Json<TableDetail>> {
+    let client = state.database(&db).await?;
+    describe(&client, &table, &db).await
+}
+
+async fn describe(client: &tokio_postgres::Client, table: &str, place: &str) -> ApiResult<Json<TableDetail>> {
+    if table.contains('\0') {
+        return Err(ApiError::not_found(format!("there is no table {table:?} in {place}")));
+    }
+    match crate::schema::describe(client, table).await {
+        Ok(Some(t)) => Ok(Json(t)),
+        Ok(None) => Err(ApiError::not_found(format!("there is no table or view {table:?} in {place}"))),
+        Err(e) if e.downcast_ref::<pgplane_core::schema::Ambiguous>().is_some() => {
+            Err(ApiError::invalid(format!("{e:#}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The tables query, prepared once per pooled connection (the hot path of portals).
+async fn tables_response(client: &deadpool_postgres::Object, schema: Option<&str>) -> ApiResult<Response> {
+    let statement = client.prepare_cached(crate::schema::TABLES_SQL).await?;
+    let rows = client.query(&statement, &[&schema]).await?;
+    let tables: Vec<TableSummary> = rows.iter().map(crate::schema::table_summary).collect();
     Ok(Json(tables).into_response())
 }
 
@@ -201,7 +234,7 @@ async fn tables_response(client: &tokio_postgres::Client, schema: Option<&str>) 
 
 /// A branch of the serving environment, with a finished branch whose database is gone
 /// shown as FAILED (as `pgplane branch show` does).
-async fn branch_view(state: &Shared, id: &str) -> ApiResult<BranchView> {
+pub(super) async fn branch_view(state: &Shared, id: &str) -> ApiResult<BranchView> {
     if id.contains('\0') {
         return Err(ApiError::not_found(format!("there is no branch {id:?}")));
     }
@@ -393,7 +426,7 @@ pub async fn branch_tables(
     tables_response(&client, q.schema.as_deref()).await
 }
 
-async fn branch_client(state: &Shared, v: &BranchView) -> ApiResult<deadpool_postgres::Object> {
+pub(super) async fn branch_client(state: &Shared, v: &BranchView) -> ApiResult<deadpool_postgres::Object> {
     state.client(&v.server, Some(&v.database)).await.map_err(|e| match v.status.as_str() {
         "SUCCESS" | "UNKNOWN" => e,
         _ => ApiError::not_found(format!(
@@ -403,6 +436,52 @@ async fn branch_client(state: &Shared, v: &BranchView) -> ApiResult<deadpool_pos
             v.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
         )),
     })
+}
+
+#[utoipa::path(get, path = "/api/v1/branches/{id}/tables/{table}", tag = "branches",
+    params(("id" = String, Path, description = "Branch id"),
+        ("table" = String, Path, description = "`schema.name`, or a bare name (`public` first)")),
+    responses((status = 200, body = TableDetail), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+/// A table's structure in a branch's database.
+pub async fn branch_table(
+    State(state): State<Shared>,
+    UrlPath((id, table)): UrlPath<(String, String)>,
+) -> ApiResult<Json<TableDetail>> {
+    let v = branch_view(&state, &id).await?;
+    let client = branch_client(&state, &v).await?;
+    describe(&client, &table, &format!("branch {id}")).await
+}
+
+/// What a branch changes compared with its template.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BranchDiff {
+    /// `template:NAME`
+    pub from: String,
+    /// `branch:ID`
+    pub to: String,
+    #[serde(flatten)]
+    pub diff: SchemaDiff,
+}
+
+#[utoipa::path(get, path = "/api/v1/branches/{id}/diff", tag = "branches",
+    params(("id" = String, Path, description = "Branch id")),
+    responses((status = 200, body = BranchDiff), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+/// The branch's schema against its template's (as `pgplane schema diff template:T branch:ID --json`).
+pub async fn branch_diff(State(state): State<Shared>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<BranchDiff>> {
+    let v = branch_view(&state, &id).await?;
+    let client = branch_client(&state, &v).await?;
+    // The template on its own short session: an idle pooled one would hold up copies.
+    let template = state.connect_once(&v.server, &v.template).await.map_err(|e| {
+        ApiError::not_found(format!("template {} of branch {id:?} cannot be read: {}", v.template, e.message))
+    })?;
+    let (from, to) = futures_util::try_join!(crate::schema::snapshot(&template), crate::schema::snapshot(&client))?;
+    Ok(Json(BranchDiff {
+        from: format!("template:{}", v.template),
+        to: format!("branch:{id}"),
+        diff: pgplane_core::schema::diff(&from, &to),
+    }))
 }
 
 // ----- plan, apply, operations --------------------------------------------------------

@@ -93,23 +93,33 @@ impl Jobs {
         self.running.lock().map(|r| r.iter().filter(|(_, h)| !h.is_finished()).count()).unwrap_or(0)
     }
 
-    /// After SIGTERM: gives running operations `grace` to finish, then records the others
-    /// as interrupted (their process is about to exit) and returns their ids.
+    /// After SIGTERM: gives running operations `grace` to finish; then asks them to stop
+    /// (a running migration is cancelled and recorded as such, as `pgplane migrate` does on
+    /// SIGTERM) and gives them a few seconds to record it; whatever still runs then is
+    /// recorded as interrupted here (its process is about to exit). Returns those ids.
     pub async fn drain(&self, grace: Duration, control_target: &Target) -> Vec<i64> {
-        let deadline = Instant::now() + grace;
+        if self.wait_until(Instant::now() + grace).await.is_empty() {
+            return Vec::new();
+        }
+        crate::output::request_stop("SIGTERM");
+        let left = self.wait_until(Instant::now() + Duration::from_secs(10)).await;
+        if !left.is_empty() {
+            if let Err(e) = interrupt(control_target, &left).await {
+                tracing::error!(error = %format!("{e:#}"), "could not record interrupted operations");
+            }
+        }
+        left
+    }
+
+    /// Waits until no operation runs or `deadline`; returns the ids still running.
+    async fn wait_until(&self, deadline: Instant) -> Vec<i64> {
         loop {
             let left: Vec<i64> = self
                 .running
                 .lock()
                 .map(|r| r.iter().filter(|(_, h)| !h.is_finished()).map(|(id, _)| *id).collect())
                 .unwrap_or_default();
-            if left.is_empty() {
-                return left;
-            }
-            if Instant::now() >= deadline {
-                if let Err(e) = interrupt(control_target, &left).await {
-                    tracing::error!(error = %format!("{e:#}"), "could not record interrupted operations");
-                }
+            if left.is_empty() || Instant::now() >= deadline {
                 return left;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -103,9 +103,13 @@ pub async fn render(state: &Shared) -> anyhow::Result<String> {
     for (kind, status, n) in crate::control::operation_counts(&control).await? {
         m.operations.get_or_create(&OperationLabels { kind, status }).set(n);
     }
-    m.branches.clear();
+    let mut by_status = std::collections::BTreeMap::<String, i64>::new();
     for b in crate::branch::records(&control, &state.env, None, None).await? {
-        m.branches.get_or_create(&StatusLabels { status: b.status }).inc();
+        *by_status.entry(b.status).or_default() += 1;
+    }
+    m.branches.clear();
+    for (status, n) in by_status {
+        m.branches.get_or_create(&StatusLabels { status }).set(n);
     }
     m.running_jobs.set(i64::try_from(state.jobs.count()).unwrap_or(i64::MAX));
     let mut out = String::new();

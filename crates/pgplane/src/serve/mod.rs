@@ -37,6 +37,8 @@ pub async fn run(home: PathBuf, args: ServeArgs) -> Result<i32> {
             args.listen
         );
     }
+    // Running operations stop when the grace period is over, not at the signal.
+    crate::output::take_over_signals();
     let state = state::AppState::open(home, &args.manifest.file, args.manifest.env.clone(), tokens).await?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
@@ -69,10 +71,13 @@ pub fn router(state: Shared) -> Router {
     let api = Router::new()
         .route("/databases", get(api::databases))
         .route("/databases/{db}/tables", get(api::database_tables))
+        .route("/databases/{db}/tables/{table}", get(api::database_table))
         .route("/branches", get(api::branches).post(api::create_branch))
         .route("/branches/{id}", get(api::branch).delete(api::delete_branch))
         .route("/branches/{id}/reset", post(api::reset_branch))
         .route("/branches/{id}/tables", get(api::branch_tables))
+        .route("/branches/{id}/tables/{table}", get(api::branch_table))
+        .route("/branches/{id}/diff", get(api::branch_diff))
         .route("/plan", post(api::plan))
         .route("/apply", post(api::apply))
         .route("/operations", get(api::operations))
@@ -83,12 +88,37 @@ pub fn router(state: Shared) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed);
     Router::new()
         .nest("/api/v1", api)
-        .merge(console::routes())
+        .merge(console::routes(state.clone()))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
+}
+
+/// A handler that panics (a bug) answers 500 in the API's error shape instead of closing
+/// the connection; the panic is logged.
+async fn catch_panic(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    let path = req.uri().path().to_string();
+    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(path, panic = %what, "a request handler panicked");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error (a bug in pgplane; see its log)",
+            )
+            .into_response()
+        }
+    }
 }
 
 /// Bearer token check: reads need `read` (or `admin`), changes need `admin`. `POST /plan`

@@ -13,8 +13,9 @@ use super::api;
         Every failure answers `{\"error\": {\"code\", \"message\"}}`. Send `Authorization: Bearer TOKEN`: \
         `read` tokens may read and plan, `admin` tokens may also change things."),
     paths(
-        api::databases, api::database_tables,
+        api::databases, api::database_tables, api::database_table,
         api::branches, api::create_branch, api::branch, api::reset_branch, api::delete_branch, api::branch_tables,
+        api::branch_table, api::branch_diff,
         api::plan, api::apply, api::operations, api::operation,
     ),
     modifiers(&Bearer),

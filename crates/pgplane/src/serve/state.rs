@@ -114,7 +114,6 @@ impl AppState {
     }
 
     /// An unpooled connection (templates: a pooled idle session would delay copies).
-    #[allow(dead_code)] // the diff route (next commit)
     pub async fn connect_once(&self, server: &str, database: &str) -> ApiResult<tokio_postgres::Client> {
         Ok(self.servers.get(server)?.connect_named(Some(database), "pgplane-serve").await?)
     }

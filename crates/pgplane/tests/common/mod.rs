@@ -411,3 +411,23 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> R
     }
     Response { status, headers, body: String::from_utf8_lossy(&payload).into_owned() }
 }
+
+/// The registry module's master changelog of the branch and serve tests: `entries`
+/// (commented, with an identity key) and one row.
+pub const MASTER: &str = "\
+databaseChangeLog:
+  - changeSet:
+      id: m1
+      author: ann
+      changes:
+        - createTable:
+            tableName: entries
+            remarks: Registry entries
+            columns:
+              - column: {name: id, type: bigint, autoIncrement: true, constraints: {primaryKey: true}}
+              - column: {name: name, type: varchar(100)}
+        - insert:
+            tableName: entries
+            columns:
+              - column: {name: name, value: from the template}
+";
