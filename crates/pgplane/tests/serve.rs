@@ -386,19 +386,24 @@ fn apply_runs_in_the_background_and_reports() {
 #[test]
 fn a_catalog_failure_is_a_500_in_the_error_shape() {
     let (t, f) = world("sv_500");
-    // An ACCESS EXCLUSIVE lock held elsewhere, and a lock timeout for the database's sessions:
-    // reading the table's size fails, and the API says so.
-    t.sql("sv_500_registry", "CREATE TABLE busy (id int)");
+    // An ACCESS EXCLUSIVE lock on a catalog the query reads (comments), held elsewhere, and
+    // a lock timeout for the database's sessions: the query fails, and the API says so.
     t.sql("postgres", "ALTER DATABASE sv_500_registry SET lock_timeout = '200ms'");
     let url = common::with_db(&t.server.url, "sv_500_registry");
     let mut holder = std::process::Command::new("psql")
-        .args([url.as_str(), "-X", "-q", "-c", "BEGIN; LOCK TABLE busy IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(30);"])
+        .args([
+            url.as_str(),
+            "-X",
+            "-q",
+            "-c",
+            "BEGIN; LOCK TABLE pg_description IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(30);",
+        ])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     t.wait_for_sql(
-        "sv_500_registry",
-        "SELECT count(*) FROM pg_locks WHERE relation = 'busy'::regclass AND mode = 'AccessExclusiveLock' AND granted",
+        "postgres",
+        "SELECT count(*) FROM pg_locks WHERE relation = 'pg_description'::regclass AND mode = 'AccessExclusiveLock' AND granted",
         "1",
         "the lock holder never got its lock",
     );

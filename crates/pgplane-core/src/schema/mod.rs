@@ -24,7 +24,9 @@ pub struct TableSummary {
     pub columns: i64,
     /// The planner's estimate (`reltuples`); 0 before the first ANALYZE.
     pub estimated_rows: i64,
-    /// Table, indexes and TOAST (`pg_total_relation_size`); 0 for views.
+    /// Table, TOAST and indexes, estimated from the planner's page counts (`relpages`, as of
+    /// the last VACUUM/ANALYZE/CREATE INDEX, like `estimated_rows`); 0 for views and
+    /// partitioned parents. Exact sizes would cost a `stat()` per fork of every relation.
     pub size_bytes: i64,
 }
 

@@ -43,18 +43,21 @@ pub struct DatabaseInfo {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TablesQuery {
     /// Only this schema.
     pub schema: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BranchesQuery {
     /// Only branches of this template.
     pub template: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct OperationsQuery {
     /// How many, newest first (default 50, at most 1000).
     pub limit: Option<i64>,
@@ -325,7 +328,7 @@ pub async fn create_branch(State(state): State<Shared>, Body(body): Body<CreateB
 }
 
 #[utoipa::path(post, path = "/api/v1/branches/{id}/reset", tag = "branches",
-    params(("id" = String, Path, description = "Branch id")), request_body(content = ResetBranch, description = "Optional"),
+    params(("id" = String, Path, description = "Branch id")), request_body(content = Option<ResetBranch>, description = "Optional"),
     responses((status = 202, body = Operation), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 /// Stamps the branch again from its template and redeploys, in the background.
@@ -486,7 +489,7 @@ pub async fn branch_diff(State(state): State<Shared>, UrlPath(id): UrlPath<Strin
 
 // ----- plan, apply, operations --------------------------------------------------------
 
-#[utoipa::path(post, path = "/api/v1/plan", tag = "operations", request_body(content = ChangeRequest, description = "Optional"),
+#[utoipa::path(post, path = "/api/v1/plan", tag = "operations", request_body(content = Option<ChangeRequest>, description = "Optional"),
     responses((status = 200, description = "The plan, as `pgplane plan --json`", body = Object),
         (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -514,7 +517,7 @@ fn invalid_manifest(e: anyhow::Error) -> ApiError {
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/apply", tag = "operations", request_body(content = ChangeRequest, description = "Optional"),
+#[utoipa::path(post, path = "/api/v1/apply", tag = "operations", request_body(content = Option<ChangeRequest>, description = "Optional"),
     responses((status = 202, body = Operation), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 /// Provisions what the manifest file says now, then runs the modules' migrations, in the background.
