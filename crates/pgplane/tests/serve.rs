@@ -189,7 +189,8 @@ fn databases_and_tables() {
     let (t, f) = world("sv_db");
     t.sql(
         "sv_db_registry",
-        "CREATE TABLE notes (id int); COMMENT ON TABLE notes IS 'Free text'; CREATE VIEW v AS SELECT 1 AS one",
+        "CREATE TABLE notes (id int, gone text, body text); ALTER TABLE notes DROP COLUMN gone;
+         COMMENT ON TABLE notes IS 'Free text'; CREATE VIEW v AS SELECT 1 AS one",
     );
     let s = serve(&t, &f, &[]);
     let dbs = s.req("GET", "/api/v1/databases", Some(READ), None).json();
@@ -209,6 +210,7 @@ fn databases_and_tables() {
     assert_eq!(r.json(), cli);
     let notes = r.json().as_array().unwrap().iter().find(|x| x["name"] == "notes").cloned().unwrap();
     assert_eq!(notes["description"], "Free text");
+    assert_eq!(notes["columns"], 2, "a dropped column is not counted: {notes}");
     assert_eq!(notes["schema"], "public");
     let only = s.req("GET", "/api/v1/databases/sv_db_registry/tables?schema=nope", Some(READ), None).json();
     assert_eq!(only, serde_json::json!([]));

@@ -3,6 +3,7 @@
 //! answer 202 with the journaled operation.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -193,8 +194,7 @@ pub async fn database_tables(
     UrlPath(db): UrlPath<String>,
     Query(q): Query<TablesQuery>,
 ) -> ApiResult<Response> {
-    let client = state.database(&db).await?;
-    tables_response(&client, q.schema.as_deref()).await
+    tables_response(&state, format!("db:{db}"), q.schema.as_deref(), state.database(&db)).await
 }
 
 #[utoipa::path(get, path = "/api/v1/databases/{db}/tables/{table}", tag = "databases",
@@ -226,11 +226,26 @@ async fn describe(client: &tokio_postgres::Client, table: &str, place: &str) -> 
 }
 
 /// The tables query, prepared once per pooled connection (the hot path of portals).
-async fn tables_response(client: &deadpool_postgres::Object, schema: Option<&str>) -> ApiResult<Response> {
-    let statement = client.prepare_cached(crate::schema::TABLES_SQL).await?;
-    let rows = client.query(&statement, &[&schema]).await?;
-    let tables: Vec<TableSummary> = rows.iter().map(crate::schema::table_summary).collect();
-    Ok(Json(tables).into_response())
+/// Concurrent requests for the same list share one query that starts after they arrived
+/// (see `coalesce.rs`), and the JSON is built once for all of them.
+async fn tables_response(
+    state: &Shared,
+    place: String,
+    schema: Option<&str>,
+    client: impl Future<Output = ApiResult<deadpool_postgres::Object>>,
+) -> ApiResult<Response> {
+    let key = format!("{place}\0{}", schema.unwrap_or("\0"));
+    let body = state
+        .tables
+        .run(key, || async {
+            let client = client.await?;
+            let statement = client.prepare_cached(crate::schema::TABLES_SQL).await?;
+            let rows = client.query(&statement, &[&schema]).await?;
+            let tables: Vec<TableSummary> = rows.iter().map(crate::schema::table_summary).collect();
+            Ok(Bytes::from(serde_json::to_vec(&tables).map_err(anyhow::Error::from)?))
+        })
+        .await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 // ----- branches -----------------------------------------------------------------------
@@ -425,8 +440,7 @@ pub async fn branch_tables(
     Query(q): Query<TablesQuery>,
 ) -> ApiResult<Response> {
     let v = branch_view(&state, &id).await?;
-    let client = branch_client(&state, &v).await?;
-    tables_response(&client, q.schema.as_deref()).await
+    tables_response(&state, format!("branch:{id}"), q.schema.as_deref(), branch_client(&state, &v)).await
 }
 
 pub(super) async fn branch_client(state: &Shared, v: &BranchView) -> ApiResult<deadpool_postgres::Object> {

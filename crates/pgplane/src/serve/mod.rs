@@ -5,6 +5,7 @@
 
 mod api;
 mod auth;
+mod coalesce;
 mod console;
 mod error;
 mod jobs;

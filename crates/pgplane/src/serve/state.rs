@@ -38,6 +38,8 @@ pub struct AppState {
     pub tokens: Tokens,
     pub metrics: Metrics,
     pub jobs: Jobs,
+    /// Concurrent reads of the same table list share one query.
+    pub tables: super::coalesce::Coalescer,
     pools: Mutex<HashMap<(String, String), Pool>>,
     /// Which server holds a database (filled on first use).
     located: Mutex<HashMap<String, String>>,
@@ -74,6 +76,7 @@ impl AppState {
             tokens,
             metrics: Metrics::new(),
             jobs: Jobs::default(),
+            tables: Default::default(),
             pools: Mutex::new(HashMap::new()),
             located: Mutex::new(HashMap::new()),
         });
