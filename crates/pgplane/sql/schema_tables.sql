@@ -4,7 +4,8 @@
 --
 -- Only catalog rows are read, no relation is opened: sizes are the planner's page counts
 -- (`relpages` of the table, its TOAST table and all their indexes, times the block size),
--- current as of the last VACUUM, ANALYZE or CREATE INDEX, like `reltuples` for the rows.
+-- current as of the last VACUUM, ANALYZE or CREATE INDEX, like `reltuples` for the rows;
+-- tables never vacuumed nor analyzed get their exact size.
 -- `pg_total_relation_size` would be exact but stats every fork of every relation: on
 -- 2,000 tables that is ~5,400 stat() calls and two thirds of the query's time
 -- (bench/README.md, section 5).
@@ -25,7 +26,11 @@ SELECT n.nspname AS schema,
        d.description,
        c.relnatts - coalesce(dc.n, 0) AS columns,
        greatest(c.reltuples, 0)::int8 AS estimated_rows,
-       CASE WHEN c.relkind IN ('r', 'm')
+       CASE WHEN c.relkind IN ('r', 'm') AND c.reltuples < 0
+            -- never vacuumed nor analyzed (e.g. just created by a migration): no page
+            -- counts yet, so the exact size (only these relations pay for the stat calls)
+            THEN pg_total_relation_size(c.oid)
+            WHEN c.relkind IN ('r', 'm')
             THEN (c.relpages::int8 + coalesce(t.relpages, 0) + coalesce(ci.pages, 0) + coalesce(ti.pages, 0))
                  * current_setting('block_size')::int8
             ELSE 0 END AS size_bytes

@@ -676,22 +676,7 @@ impl Branches {
             };
             let (server, _, _) = self.module_of(t)?;
             if database_exists(self.admin(&server.name)?, &database).await? {
-                return Ok(Some(BranchView {
-                    id: id.to_string(),
-                    database,
-                    template: t.name.clone(),
-                    server: server.name.clone(),
-                    labels: BTreeMap::new(),
-                    sources: vec![],
-                    status: "UNKNOWN".into(),
-                    error: None,
-                    failure: None,
-                    created_at: None,
-                    updated_at: None,
-                    expires_at: None,
-                    operation_id: None,
-                    expires_epoch: None,
-                }));
+                return Ok(Some(unknown(id, database, &t.name, &server.name)));
             }
         }
         Ok(None)
@@ -778,6 +763,26 @@ impl Branches {
             out.push(Dropped { branch: b, reason: again.reason });
         }
         Ok(out)
+    }
+}
+
+/// A database with a branch's name that pgplane has no deployment record of.
+pub fn unknown(id: &str, database: String, template: &str, server: &str) -> BranchView {
+    BranchView {
+        id: id.to_string(),
+        database,
+        template: template.to_string(),
+        server: server.to_string(),
+        labels: BTreeMap::new(),
+        sources: vec![],
+        status: "UNKNOWN".into(),
+        error: None,
+        failure: None,
+        created_at: None,
+        updated_at: None,
+        expires_at: None,
+        operation_id: None,
+        expires_epoch: None,
     }
 }
 

@@ -453,8 +453,19 @@ pub async fn operations(c: &Client, id: Option<i64>, env: Option<&str>, limit: i
 
 /// Counts of operations by kind and status (interrupted ones count as failed), for metrics.
 pub async fn operation_counts(c: &Client) -> Result<Vec<(String, String, i64)>> {
-    let rows =
-        c.query("SELECT kind, status, count(*) FROM pgplane.operations GROUP BY 1, 2 ORDER BY 1, 2", &[]).await?;
+    let rows = c
+        .query(
+            "SELECT kind,
+                    CASE WHEN status = 'running' AND NOT EXISTS (
+                           SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+                              AND l.classid = $1::int4::oid AND l.objid = (o.id & 2147483647)::int4::oid AND l.objsubid = 2
+                              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+                         THEN 'failed' ELSE status END AS state,
+                    count(*)
+               FROM pgplane.operations o GROUP BY 1, 2 ORDER BY 1, 2",
+            &[&OP_LOCK],
+        )
+        .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
 }
 

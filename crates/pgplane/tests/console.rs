@@ -122,7 +122,7 @@ fn pages_need_a_signed_in_token_and_sign_in_comes_back_to_the_page() {
     assert_eq!(ok.header("location"), Some(format!("/databases/{db}").as_str()));
     let set = ok.header("set-cookie").unwrap();
     assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/"), "{set}");
-    assert!(!set.contains(READ), "the cookie holds the token encoded, not as typed: {set}");
+    assert!(!set.contains(READ), "the cookie is not the token: {set}");
     let cookie = cookie_of(&ok);
     let page = get(&s, &format!("/databases/{db}"), Some(&cookie));
     assert_eq!(page.status, 200, "{}", page.body);
@@ -134,6 +134,10 @@ fn pages_need_a_signed_in_token_and_sign_in_comes_back_to_the_page() {
     // The admin token works the same way.
     let admin = cookie_of(&sign_in(&s, ADMIN, "/", None));
     assert_eq!(get(&s, "/operations", Some(&admin)).status, 200);
+    // The cookie is a console session: it is not the token hex-encoded, and the API does
+    // not take it as a bearer token.
+    assert!(!admin.contains(&ADMIN.bytes().map(|b| format!("{b:02x}")).collect::<String>()), "{admin}");
+    assert_eq!(s.req("GET", "/api/v1/branches", Some(&admin), None).status, 401);
 
     // Errors are pages with the right status; unknown paths are 404 pages.
     let missing = get(&s, "/databases/no_such_db", Some(&cookie));

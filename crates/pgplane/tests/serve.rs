@@ -151,6 +151,30 @@ fn health_metrics_openapi_and_auth() {
         let r = s.req(method, path, Some(READ), Some("{}"));
         assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden"), "{method} {path}");
     }
+    // Scopes go by route, not by how the path ends: a branch may be called "plan".
+    let r = s.req("DELETE", "/api/v1/branches/plan", Some(READ), None);
+    assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden"));
+    // The scheme is case-insensitive.
+    let r = common::http(
+        "GET",
+        &format!("{}/api/v1/branches", s.base),
+        &[("Authorization", &format!("BEARER {READ}"))],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    // Bad query strings, bad path bytes and oversized bodies answer in the error shape too.
+    for (m, p, body) in [
+        ("GET", "/api/v1/operations?limit=abc", None),
+        ("GET", "/api/v1/branches/%FF", None),
+        ("GET", "/api/v1/databases/x/tables?schema=%00", None),
+    ] {
+        let r = s.req(m, p, Some(READ), body);
+        assert!(matches!(r.status, 400 | 404 | 422), "{m} {p}: {} {}", r.status, r.body);
+        r.error_code();
+    }
+    let big = format!("{{\"prune\": false, \"x\": \"{}\"}}", "y".repeat(3 << 20));
+    let r = s.req("POST", "/api/v1/plan", Some(READ), Some(&big));
+    assert_eq!((r.status, r.error_code().as_str()), (413, "too_large"));
     // Plan changes nothing: a read token may.
     let r = s.req("POST", "/api/v1/plan", Some(READ), None);
     assert_eq!(r.status, 200, "{}", r.body);

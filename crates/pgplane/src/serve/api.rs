@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ApiResult, Body, ErrorBody};
+use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, Body, ErrorBody, RawBody};
 use super::jobs::Outcome;
 use super::state::Shared;
 use crate::branch::{BranchRequest, BranchView, Branches, DeployOptions};
@@ -191,8 +191,8 @@ pub async fn databases(State(state): State<Shared>) -> ApiResult<Json<Vec<Databa
 /// Tables and views of a database, sorted by schema and name (one catalog query).
 pub async fn database_tables(
     State(state): State<Shared>,
-    UrlPath(db): UrlPath<String>,
-    Query(q): Query<TablesQuery>,
+    ApiPath(db): ApiPath<String>,
+    ApiQuery(q): ApiQuery<TablesQuery>,
 ) -> ApiResult<Response> {
     tables_response(&state, format!("db:{db}"), q.schema.as_deref(), state.database(&db)).await
 }
@@ -205,7 +205,7 @@ pub async fn database_tables(
 /// A table's or view's structure (as `pgplane schema describe --json`).
 pub async fn database_table(
     State(state): State<Shared>,
-    UrlPath((db, table)): UrlPath<(String, String)>,
+    ApiPath((db, table)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<TableDetail>> {
     let client = state.database(&db).await?;
     describe(&client, &table, &db).await
@@ -234,7 +234,10 @@ async fn tables_response(
     schema: Option<&str>,
     client: impl Future<Output = ApiResult<deadpool_postgres::Object>>,
 ) -> ApiResult<Response> {
-    let key = format!("{place}\0{}", schema.unwrap_or("\0"));
+    if schema.is_some_and(|s| s.contains('\0')) {
+        return Err(ApiError::invalid("schema contains a NUL character"));
+    }
+    let key = format!("{place:?} {schema:?}");
     let body = state
         .tables
         .run(key, || async {
@@ -258,6 +261,23 @@ pub(super) async fn branch_view(state: &Shared, id: &str) -> ApiResult<BranchVie
     }
     let control = state.control().await?;
     let Some(mut v) = crate::branch::records(&control, &state.env, Some(id), None).await?.pop() else {
+        // As `branch show`: a database with the branch's name but no record is UNKNOWN.
+        for t in &state.manifest.templates {
+            let (Ok(database), Some(module)) = (
+                pgplane_core::branch::database_name(&state.manifest.branches, &state.env, &t.name, id),
+                state.manifest.module(&t.module),
+            ) else {
+                continue;
+            };
+            let admin = state.client(&module.server, None).await?;
+            let exists: bool = admin
+                .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&database])
+                .await?
+                .get(0);
+            if exists {
+                return Ok(crate::branch::unknown(id, database, &t.name, &module.server));
+            }
+        }
         return Err(ApiError::not_found(format!("there is no branch {id:?} in environment {}", state.env)));
     };
     check_database(state, &mut v).await?;
@@ -282,7 +302,10 @@ async fn check_database(state: &Shared, v: &mut BranchView) -> ApiResult<()> {
     responses((status = 200, body = [BranchView]), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 /// Branches of the serving environment (as `pgplane branch list --json`).
-pub async fn branches(State(state): State<Shared>, Query(q): Query<BranchesQuery>) -> ApiResult<Json<Vec<BranchView>>> {
+pub async fn branches(
+    State(state): State<Shared>,
+    ApiQuery(q): ApiQuery<BranchesQuery>,
+) -> ApiResult<Json<Vec<BranchView>>> {
     let control = state.control().await?;
     let mut list = crate::branch::records(&control, &state.env, None, q.template.as_deref()).await?;
     for v in &mut list {
@@ -296,7 +319,7 @@ pub async fn branches(State(state): State<Shared>, Query(q): Query<BranchesQuery
     responses((status = 200, body = BranchView), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 /// One branch (as `pgplane branch show --json`).
-pub async fn branch(State(state): State<Shared>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<BranchView>> {
+pub async fn branch(State(state): State<Shared>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<BranchView>> {
     Ok(Json(branch_view(&state, &id).await?))
 }
 
@@ -332,14 +355,29 @@ pub async fn create_branch(State(state): State<Shared>, Body(body): Body<CreateB
         labels: Some(body.labels.unwrap_or_default()),
         ttl: body.ttl.as_deref().map(parse_ttl).transpose()?,
     };
+    let key = pgplane_core::branch::sanitize(&body.id).map_err(ApiError::invalid)?;
+    let fresh = state.creating.lock().map(|mut c| c.insert(key.clone())).unwrap_or(false);
+    if !fresh {
+        return Err(ApiError::conflict(format!("branch {:?} is being created (see GET /api/v1/operations)", body.id)));
+    }
+    let started = create_checked(&state, &body.id, req).await;
+    if started.is_err() {
+        if let Ok(mut c) = state.creating.lock() {
+            c.remove(&key);
+        }
+    }
+    started
+}
+
+async fn create_checked(state: &Shared, id: &str, req: BranchRequest) -> ApiResult<Response> {
     let control = state.control().await?;
-    if let Some(b) = crate::branch::records(&control, &state.env, Some(&body.id), None).await?.pop() {
+    if let Some(b) = crate::branch::records(&control, &state.env, Some(id), None).await?.pop() {
         return Err(ApiError::conflict(format!(
             "branch {:?} already exists (database {}, status {}); POST /api/v1/branches/{}/reset deploys it again",
             b.id, b.database, b.status, b.id
         )));
     }
-    start_deploy(&state, req, false).await
+    start_deploy(state, req, false).await
 }
 
 #[utoipa::path(post, path = "/api/v1/branches/{id}/reset", tag = "branches",
@@ -349,7 +387,7 @@ pub async fn create_branch(State(state): State<Shared>, Body(body): Body<CreateB
 /// Stamps the branch again from its template and redeploys, in the background.
 pub async fn reset_branch(
     State(state): State<Shared>,
-    UrlPath(id): UrlPath<String>,
+    ApiPath(id): ApiPath<String>,
     bytes: Bytes,
 ) -> ApiResult<Response> {
     let body: ResetBranch = optional_body(&bytes)?;
@@ -375,6 +413,10 @@ pub async fn reset_branch(
 async fn start_deploy(state: &Shared, req: BranchRequest, reset: bool) -> ApiResult<Response> {
     let (file, env_flag) = (state.manifest.file.clone(), state.env_flag.clone());
     let kind = if reset { "branch_reset" } else { "branch_create" };
+    let done = DoneCreating {
+        state: state.clone(),
+        key: (!reset).then(|| pgplane_core::branch::sanitize(&req.id).ok()).flatten(),
+    };
     let id = state
         .jobs
         .start(state.home.clone(), state.servers.first().clone(), kind, state.env.clone(), move |mut ctx| async move {
@@ -384,11 +426,26 @@ async fn start_deploy(state: &Shared, req: BranchRequest, reset: bool) -> ApiRes
                 session_timeout: Duration::from_secs(60),
                 live: false,
             };
-            let view = b.deploy_branch(&req, reset, &opts).await?;
-            Ok(Outcome { changes: 1, error: view.error })
+            let view = b.deploy_branch(&req, reset, &opts).await;
+            drop(done);
+            Ok(Outcome { changes: 1, error: view?.error })
         })
         .await?;
     accepted(state, id).await
+}
+
+/// Forgets a branch id from `creating` when its job ends (however it ends).
+struct DoneCreating {
+    state: Shared,
+    key: Option<String>,
+}
+
+impl Drop for DoneCreating {
+    fn drop(&mut self) {
+        if let (Some(key), Ok(mut c)) = (&self.key, self.state.creating.lock()) {
+            c.remove(key);
+        }
+    }
 }
 
 /// 202 with the operation and its URL.
@@ -403,7 +460,7 @@ async fn accepted(state: &Shared, id: i64) -> ApiResult<Response> {
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 /// Drops a branch's database (ending its sessions) and forgets it.
-pub async fn delete_branch(State(state): State<Shared>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<BranchView>> {
+pub async fn delete_branch(State(state): State<Shared>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<BranchView>> {
     let existing = branch_view(&state, &id).await?;
     state.forget_pool(&existing.server, &existing.database);
     let (home, file, env_flag) = (state.home.clone(), state.manifest.file.clone(), state.env_flag.clone());
@@ -436,8 +493,8 @@ pub async fn delete_branch(State(state): State<Shared>, UrlPath(id): UrlPath<Str
 /// Tables and views of a branch's database.
 pub async fn branch_tables(
     State(state): State<Shared>,
-    UrlPath(id): UrlPath<String>,
-    Query(q): Query<TablesQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<TablesQuery>,
 ) -> ApiResult<Response> {
     let v = branch_view(&state, &id).await?;
     tables_response(&state, format!("branch:{id}"), q.schema.as_deref(), branch_client(&state, &v)).await
@@ -463,7 +520,7 @@ pub(super) async fn branch_client(state: &Shared, v: &BranchView) -> ApiResult<d
 /// A table's structure in a branch's database.
 pub async fn branch_table(
     State(state): State<Shared>,
-    UrlPath((id, table)): UrlPath<(String, String)>,
+    ApiPath((id, table)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<TableDetail>> {
     let v = branch_view(&state, &id).await?;
     let client = branch_client(&state, &v).await?;
@@ -486,7 +543,7 @@ pub struct BranchDiff {
     responses((status = 200, body = BranchDiff), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 /// The branch's schema against its template's (as `pgplane schema diff template:T branch:ID --json`).
-pub async fn branch_diff(State(state): State<Shared>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<BranchDiff>> {
+pub async fn branch_diff(State(state): State<Shared>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<BranchDiff>> {
     let v = branch_view(&state, &id).await?;
     let client = branch_client(&state, &v).await?;
     // The template on its own short session: an idle pooled one would hold up copies.
@@ -508,7 +565,7 @@ pub async fn branch_diff(State(state): State<Shared>, UrlPath(id): UrlPath<Strin
         (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 /// What apply would change now (reads the manifest file again); changes nothing.
-pub async fn plan(State(state): State<Shared>, bytes: Bytes) -> ApiResult<Json<serde_json::Value>> {
+pub async fn plan(State(state): State<Shared>, RawBody(bytes): RawBody) -> ApiResult<Json<serde_json::Value>> {
     let body: ChangeRequest = optional_body(&bytes)?;
     let (home, file, env_flag) = (state.home.clone(), state.manifest.file.clone(), state.env_flag.clone());
     let plan = super::on_thread(move || async move {
@@ -535,7 +592,7 @@ fn invalid_manifest(e: anyhow::Error) -> ApiError {
     responses((status = 202, body = Operation), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 /// Provisions what the manifest file says now, then runs the modules' migrations, in the background.
-pub async fn apply(State(state): State<Shared>, bytes: Bytes) -> ApiResult<Response> {
+pub async fn apply(State(state): State<Shared>, RawBody(bytes): RawBody) -> ApiResult<Response> {
     let body: ChangeRequest = optional_body(&bytes)?;
     // Refuse a manifest that does not load before starting anything.
     crate::ops::load_manifest(&state.manifest.file).map_err(invalid_manifest)?;
@@ -612,7 +669,7 @@ async fn operation_by_id(state: &Shared, id: i64) -> ApiResult<Operation> {
     responses((status = 200, body = Operation), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 /// One operation; `running` only while a pgplane process runs it.
-pub async fn operation(State(state): State<Shared>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<Operation>> {
+pub async fn operation(State(state): State<Shared>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Operation>> {
     let id: i64 = id.parse().map_err(|_| ApiError::not_found(format!("there is no operation {id:?}")))?;
     Ok(Json(operation_by_id(&state, id).await?))
 }
@@ -623,7 +680,7 @@ pub async fn operation(State(state): State<Shared>, UrlPath(id): UrlPath<String>
 /// Recent operations, newest first, from every pgplane process.
 pub async fn operations(
     State(state): State<Shared>,
-    Query(q): Query<OperationsQuery>,
+    ApiQuery(q): ApiQuery<OperationsQuery>,
 ) -> ApiResult<Json<Vec<Operation>>> {
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let control = state.control().await?;

@@ -26,6 +26,11 @@ impl Scope {
 
 pub struct Tokens {
     digests: Vec<(Scope, [u8; 32])>,
+    /// Console sessions: HMAC(key, digest) per token with a key random per process, so the
+    /// console's cookie is not the bearer token (it opens no API route) and every cookie
+    /// ends with the process.
+    sessions: Vec<(Scope, [u8; 32])>,
+    session_key: [u8; 32],
 }
 
 /// Tokens shorter than this are refused: they would be guessable.
@@ -51,7 +56,34 @@ impl Tokens {
                 digests.push(parse(item).with_context(|| format!("PGPLANE_TOKENS, entry {}", i + 1))?);
             }
         }
-        Ok(Tokens { digests })
+        let mut session_key = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut session_key))
+            .context("reading /dev/urandom for the console's session key")?;
+        let sessions = digests.iter().map(|(scope, d)| (*scope, session(&session_key, d))).collect();
+        Ok(Tokens { digests, sessions, session_key })
+    }
+
+    /// The console cookie for a valid token (hex), or `None`.
+    pub fn session_for(&self, token: &str) -> Option<String> {
+        self.scope_of(token)?;
+        Some(pgplane_core::ident::hex(&session(&self.session_key, &digest(token))))
+    }
+
+    /// The scope of a console cookie, compared in constant time like tokens.
+    pub fn scope_of_session(&self, cookie: &str) -> Option<Scope> {
+        let bytes: Vec<u8> = (0..cookie.len() / 2)
+            .map(|i| cookie.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<_>>()?;
+        let presented: [u8; 32] = bytes.try_into().ok()?;
+        let mut found: Option<Scope> = None;
+        for (scope, s) in &self.sessions {
+            let equal: bool = s.ct_eq(&presented).into();
+            if equal {
+                found = found.max(Some(*scope));
+            }
+        }
+        found
     }
 
     pub fn is_empty(&self) -> bool {
@@ -92,6 +124,13 @@ fn parse(item: &str) -> Result<(Scope, [u8; 32])> {
     Ok((scope, digest(token)))
 }
 
+fn session(key: &[u8; 32], digest: &[u8; 32]) -> [u8; 32] {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(digest);
+    mac.finalize().into_bytes().into()
+}
+
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -112,6 +151,13 @@ mod tests {
         assert_eq!(t.scope_of("eeeeeeeeeeeeeeeeeeee"), Some(Scope::Read));
         assert_eq!(t.scope_of("aaaaaaaaaaaaaaaaaaa"), None);
         assert_eq!(t.scope_of(""), None);
+        // Console cookies: not the token, valid for its scope, unknown otherwise.
+        let cookie = t.session_for("aaaaaaaaaaaaaaaaaaaa").expect("session");
+        assert!(!cookie.contains(&pgplane_core::ident::hex(b"aaaaaaaaaaaaaaaaaaaa")));
+        assert_eq!(t.scope_of_session(&cookie), Some(Scope::Admin));
+        assert_eq!(t.session_for("nope-nope-nope-nope"), None);
+        assert_eq!(t.scope_of_session("00"), None);
+        assert_eq!(t.scope_of_session(&cookie[..62]), None);
         std::fs::write(&file, "read:ok-but-fine-length\nwrite:xxxxxxxxxxxxxxxxxxxxxx\n").expect("write");
         let err = format!("{:#}", Tokens::load(Some(&file), None).err().expect("bad scope"));
         assert!(err.contains("tokens:2") && err.contains("unknown scope \"write\""), "{err}");

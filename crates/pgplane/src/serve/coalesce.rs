@@ -14,6 +14,9 @@ use tokio::sync::{watch, Semaphore};
 
 use super::error::ApiError;
 
+/// A query that hangs (a stuck backend) must not hold its waiters forever.
+const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A finished query's answer: the JSON body, or the error (kept as parts: shared).
 type Answer = Arc<Result<Bytes, (StatusCode, &'static str, String)>>;
 
@@ -69,8 +72,21 @@ impl Coalescer {
                 slot.next = None;
             }
         }
-        let answer: Answer = Arc::new(query().await.map_err(|e| (e.status, e.code, e.message)));
+        let answer = match tokio::time::timeout(QUERY_TIMEOUT, query()).await {
+            Ok(result) => result,
+            Err(_) => Err(ApiError::unavailable(format!(
+                "the catalog query did not answer within {}s",
+                QUERY_TIMEOUT.as_secs()
+            ))),
+        };
+        let answer: Answer = Arc::new(answer.map_err(|e| (e.status, e.code, e.message)));
         tx.send_replace(Some(answer.clone()));
+        // Forget the key when nobody else is queued for it (keys come from requests).
+        if let Ok(mut slots) = self.slots.lock() {
+            if slots.get(&key).is_some_and(|s| s.next.is_none() && Arc::strong_count(&s.running) <= 2) {
+                slots.remove(&key);
+            }
+        }
         shared(&answer)
     }
 }

@@ -3,8 +3,9 @@
 //! helpers in `console/html.rs`, which escape every value.
 //!
 //! Sign-in: with tokens configured, every page but `/sign-in` and the stylesheet needs
-//! the cookie `pgplane_token` (the token, hex-encoded; HttpOnly, SameSite=Strict) holding
-//! a token of any scope, checked like a bearer token (constant time); without it a page
+//! the cookie `pgplane_token` (HttpOnly, SameSite=Strict) holding a session for a token of
+//! any scope: an HMAC of the token with a key random per process, so the cookie is not the
+//! token and opens no API route; checked in constant time. Without it a page
 //! answers 303 to `/sign-in?next=…`. Without tokens (loopback only) nobody signs in.
 
 mod html;
@@ -23,7 +24,7 @@ use serde::Deserialize;
 
 use self::html::{badge, bytes, enc, esc, link, opt, time, Page, Section};
 use super::api::{self, BranchesQuery, OperationsQuery};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiPath, ApiQuery, ApiResult};
 use super::state::Shared;
 use crate::branch::BranchView;
 
@@ -119,7 +120,9 @@ async fn icon() -> Response {
 /// Lets a request through when no tokens are configured or its cookie holds a valid
 /// token; otherwise 303 to the sign-in page, which brings the person back afterwards.
 async fn require_sign_in(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    if state.tokens.is_empty() || cookie_token(req.headers()).is_some_and(|t| state.tokens.scope_of(&t).is_some()) {
+    if state.tokens.is_empty()
+        || cookie_token(req.headers()).is_some_and(|t| state.tokens.scope_of_session(&t).is_some())
+    {
         return next.run(req).await;
     }
     let back = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -133,26 +136,14 @@ fn redirect(to: &str) -> Response {
     }
 }
 
-/// The token in the `pgplane_token` cookie, if any and well-formed.
+/// The session in the `pgplane_token` cookie, if any.
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-        .find_map(unhex)
-}
-
-fn unhex(s: &str) -> Option<String> {
-    let bytes = s
-        .as_bytes()
-        .chunks(2)
-        .map(|pair| {
-            std::str::from_utf8(pair).ok().filter(|p| p.len() == 2).and_then(|p| u8::from_str_radix(p, 16).ok())
-        })
-        .collect::<Option<Vec<u8>>>()?;
-    String::from_utf8(bytes).ok()
+        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('=').map(str::to_string))
 }
 
 /// Where to go after signing in: a path on this site, never another site
@@ -222,20 +213,17 @@ async fn sign_in(State(state): State<Shared>, headers: HeaderMap, Form(form): Fo
         return error_page(&state, ApiError::forbidden("sign-in forms are only accepted from this site"));
     }
     let token = form.token.trim();
-    if state.tokens.scope_of(token).is_none() {
+    let Some(session) = state.tokens.session_for(token) else {
         return sign_in_page(
             &state,
             StatusCode::UNAUTHORIZED,
             &next,
             Some("That token is not valid. Check it and try again."),
         );
-    }
+    };
     let secure = headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-    let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict{}",
-        pgplane_core::ident::hex(token.as_bytes()),
-        if secure { "; Secure" } else { "" }
-    );
+    let cookie =
+        format!("{COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict{}", if secure { "; Secure" } else { "" });
     let mut r = redirect(&next);
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         r.headers_mut().insert(header::SET_COOKIE, v);
@@ -347,7 +335,7 @@ async fn database_table(State(state): State<Shared>, Path((db, table)): Path<(St
 }
 
 async fn database_table_page(state: &Shared, db: &str, table: &str) -> ApiResult<Page> {
-    let Json(detail) = api::database_table(State(state.clone()), Path((db.to_string(), table.to_string()))).await?;
+    let Json(detail) = api::database_table(State(state.clone()), ApiPath((db.to_string(), table.to_string()))).await?;
     let base = format!("/databases/{}", enc(db));
     Ok(Page::new(Section::Databases, detail.qualified(), schema::structure(&detail, &format!("{base}/tables")))
         .crumb("/", "Databases")
@@ -390,7 +378,7 @@ async fn branches(State(state): State<Shared>, Query(q): Query<BranchesQuery>) -
 
 async fn branches_page(state: &Shared, q: BranchesQuery) -> ApiResult<Page> {
     let template = q.template.clone();
-    let Json(list) = api::branches(State(state.clone()), Query(q)).await?;
+    let Json(list) = api::branches(State(state.clone()), ApiQuery(q)).await?;
     let mut body = String::new();
     if let Some(t) = &template {
         let _ = write!(
@@ -518,7 +506,7 @@ async fn branch_table(State(state): State<Shared>, Path((id, table)): Path<(Stri
 }
 
 async fn branch_table_page(state: &Shared, id: &str, table: &str) -> ApiResult<Page> {
-    let Json(detail) = api::branch_table(State(state.clone()), Path((id.to_string(), table.to_string()))).await?;
+    let Json(detail) = api::branch_table(State(state.clone()), ApiPath((id.to_string(), table.to_string()))).await?;
     let base = format!("/branches/{}", enc(id));
     Ok(Page::new(Section::Branches, detail.qualified(), schema::structure(&detail, &format!("{base}/tables")))
         .crumb("/branches", "Branches")
@@ -532,7 +520,7 @@ async fn branch_diff(State(state): State<Shared>, Path(id): Path<String>) -> Res
 /// The branch's schema against its template's (the API's diff: the template is read over
 /// a connection of its own, closed right after).
 async fn branch_diff_page(state: &Shared, id: &str) -> ApiResult<Page> {
-    let Json(d) = api::branch_diff(State(state.clone()), Path(id.to_string())).await?;
+    let Json(d) = api::branch_diff(State(state.clone()), ApiPath(id.to_string())).await?;
     let template = d.from.strip_prefix("template:").unwrap_or(&d.from);
     let base = format!("/branches/{}", enc(id));
     let body = schema::diff(&d.diff, template, &format!("{base}/tables"));
@@ -568,7 +556,7 @@ async fn operations(State(state): State<Shared>, Query(q): Query<OperationsQuery
 
 async fn operations_page(state: &Shared, q: OperationsQuery) -> ApiResult<Page> {
     let q = OperationsQuery { limit: Some(q.limit.unwrap_or(100)) };
-    let Json(ops) = api::operations(State(state.clone()), Query(q)).await?;
+    let Json(ops) = api::operations(State(state.clone()), ApiQuery(q)).await?;
     let mut body = String::from(
         "<p class=\"muted\">Newest first, from every pgplane process sharing the control database.</p>\
          <div class=\"scroll\"><table class=\"operations\"><thead><tr><th class=\"num\">#</th><th>Kind</th><th>Status</th>\
@@ -612,13 +600,10 @@ mod tests {
     }
 
     #[test]
-    fn cookie_holds_the_token_hex_encoded() {
+    fn cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
-        let value = format!("other=1; {COOKIE}={}; x=y", pgplane_core::ident::hex("tok; en=\"é\"".as_bytes()));
-        h.insert(header::COOKIE, HeaderValue::from_str(&value).expect("header"));
-        assert_eq!(cookie_token(&h).as_deref(), Some("tok; en=\"é\""));
-        h.insert(header::COOKIE, HeaderValue::from_static("pgplane_token=zz"));
-        assert_eq!(cookie_token(&h), None);
+        h.insert(header::COOKIE, HeaderValue::from_static("other=1; pgplane_token=abc123; x=y"));
+        assert_eq!(cookie_token(&h).as_deref(), Some("abc123"));
         h.insert(header::COOKIE, HeaderValue::from_static("pgplane_tokenx=61"));
         assert_eq!(cookie_token(&h), None);
     }

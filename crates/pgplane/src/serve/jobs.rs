@@ -16,9 +16,13 @@ use crate::conn::{Role, Target};
 use crate::control::{self, CONTROL_DB};
 use crate::ops::Ctx;
 
+/// A job's operation id, known once the job has journaled it.
+type OperationId = std::sync::Arc<Mutex<Option<i64>>>;
+
 #[derive(Default)]
 pub struct Jobs {
-    running: Mutex<Vec<(i64, std::thread::JoinHandle<()>)>>,
+    /// Each job's thread and its operation id (known once journaled).
+    running: Mutex<Vec<(OperationId, std::thread::JoinHandle<()>)>>,
 }
 
 /// What a finished job reports: how many changes, and the error when it failed (a failed
@@ -75,16 +79,34 @@ impl Jobs {
                         None => tracing::info!(operation = id, kind, changes = outcome.changes, "operation succeeded"),
                         Some(e) => tracing::warn!(operation = id, kind, error = %e, "operation failed"),
                     }
-                    if let Err(e) = control::op_finish(&control_client, id, outcome.changes, outcome.error.as_deref()).await {
+                    // The journaling connection may have dropped meanwhile: then on a new one.
+                    let (changes, error) = (outcome.changes, outcome.error.as_deref());
+                    let finish = |c: tokio_postgres::Client| async move { control::op_finish(&c, id, changes, error).await };
+                    let mut result = finish(control_client).await;
+                    if result.is_err() {
+                        result = match control_target.connect_as(Some(CONTROL_DB), Role::Branch).await {
+                            Ok(c) => finish(c).await,
+                            Err(e) => Err(e),
+                        };
+                    }
+                    if let Err(e) = result {
                         tracing::error!(operation = id, error = %format!("{e:#}"), "could not journal the end of the operation");
                     }
                 });
             })
             .context("starting a thread for the operation")?;
+        // Tracked before we wait for its id: should this request go away meanwhile, the
+        // job still runs, and shutdown must still wait for it.
+        let cell = std::sync::Arc::new(std::sync::Mutex::new(None));
+        {
+            let mut running = self.running.lock().map_err(|_| anyhow::anyhow!("job list poisoned"))?;
+            running.retain(|(_, h)| !h.is_finished());
+            running.push((cell.clone(), handle));
+        }
         let id = rx.await.context("the operation's thread ended before journaling it")??;
-        let mut running = self.running.lock().map_err(|_| anyhow::anyhow!("job list poisoned"))?;
-        running.retain(|(_, h)| !h.is_finished());
-        running.push((id, handle));
+        if let Ok(mut c) = cell.lock() {
+            *c = Some(id);
+        }
         Ok(id)
     }
 
@@ -117,7 +139,12 @@ impl Jobs {
             let left: Vec<i64> = self
                 .running
                 .lock()
-                .map(|r| r.iter().filter(|(_, h)| !h.is_finished()).map(|(id, _)| *id).collect())
+                .map(|r| {
+                    r.iter()
+                        .filter(|(_, h)| !h.is_finished())
+                        .filter_map(|(id, _)| id.lock().ok().and_then(|id| *id))
+                        .collect()
+                })
                 .unwrap_or_default();
             if left.is_empty() || Instant::now() >= deadline {
                 return left;

@@ -50,17 +50,45 @@ pub async fn run(home: PathBuf, args: ServeArgs) -> Result<i32> {
         if state.tokens.is_empty() { "; no tokens: loopback only, no sign-in" } else { "" }
     );
     let app = router(state.clone());
-    let signal = std::sync::Arc::new(tokio::sync::Notify::new());
-    let stop = signal.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let name = crate::output::shutdown_signal().await;
-            eprintln!("pgplane: {name} received: finishing requests; running operations get {}s", args.grace.as_secs());
-            stop.notify_one();
-        })
-        .await
-        .context("serving")?;
-    let interrupted = state.jobs.drain(args.grace, state.servers.first()).await;
+    // The grace period starts at the signal and covers both the HTTP requests in flight
+    // and the running operations; a second signal stops at once.
+    let (signaled, mut on_signal) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
+    let grace = args.grace;
+    let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let name = crate::output::shutdown_signal().await;
+        eprintln!("pgplane: {name} received: finishing requests and running operations (up to {}s)", grace.as_secs());
+        signaled.send_replace(Some(tokio::time::Instant::now()));
+    });
+    let requests_deadline = async {
+        let at = loop {
+            if let Some(at) = *on_signal.borrow_and_update() {
+                break at;
+            }
+            if on_signal.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::time::sleep_until(at + grace).await;
+        at
+    };
+    let signal_at = tokio::select! {
+        r = serving => {
+            r.context("serving")?;
+            on_signal.borrow().unwrap_or_else(tokio::time::Instant::now)
+        }
+        at = requests_deadline => {
+            eprintln!("pgplane: requests still running after {}s; closing them", grace.as_secs());
+            at
+        }
+    };
+    let left = grace.saturating_sub(signal_at.elapsed());
+    let interrupted = tokio::select! {
+        ids = state.jobs.drain(left, state.servers.first()) => ids,
+        name = crate::output::shutdown_signal() => {
+            eprintln!("pgplane: second {name}: stopping now");
+            state.jobs.drain(std::time::Duration::ZERO, state.servers.first()).await
+        }
+    };
     if !interrupted.is_empty() {
         eprintln!("pgplane: recorded operations {interrupted:?} as interrupted");
     }
@@ -128,17 +156,19 @@ async fn authorize(State(state): State<Shared>, req: Request, next: Next) -> Res
     if state.tokens.is_empty() {
         return next.run(req).await;
     }
-    let needed = if req.method() == Method::GET || req.method() == Method::HEAD || req.uri().path().ends_with("/plan") {
-        Scope::Read
-    } else {
-        Scope::Admin
-    };
+    // By route pattern, not by path: `DELETE /branches/plan` is a branch named "plan".
+    let plan = req.extensions().get::<axum::extract::MatchedPath>().is_some_and(|p| p.as_str().ends_with("/plan"))
+        && req.method() == Method::POST;
+    let needed =
+        if req.method() == Method::GET || req.method() == Method::HEAD || plan { Scope::Read } else { Scope::Admin };
+    // The scheme is case-insensitive (RFC 7235).
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let Some(presented) = presented else {
         return with_challenge(ApiError::unauthorized("send `Authorization: Bearer TOKEN` (a read or admin token)"));
     };
@@ -190,6 +220,9 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<T>>,
 {
+    // At most a few at a time: each is an OS thread with connections of its own.
+    static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+    let _slot = SLOTS.acquire().await.context("request slots closed")?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("pgplane-request".into())

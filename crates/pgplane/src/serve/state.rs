@@ -38,6 +38,9 @@ pub struct AppState {
     pub tokens: Tokens,
     pub metrics: Metrics,
     pub jobs: Jobs,
+    /// Branch ids whose creation this process started and has not finished (the job claims
+    /// the branch's row only once it holds the branch's lock; until then this says 409).
+    pub creating: Mutex<std::collections::HashSet<String>>,
     /// Concurrent reads of the same table list share one query.
     pub tables: super::coalesce::Coalescer,
     pools: Mutex<HashMap<(String, String), Pool>>,
@@ -77,6 +80,7 @@ impl AppState {
             metrics: Metrics::new(),
             jobs: Jobs::default(),
             tables: Default::default(),
+            creating: Mutex::new(Default::default()),
             pools: Mutex::new(HashMap::new()),
             located: Mutex::new(HashMap::new()),
         });
