@@ -938,7 +938,8 @@ async fn deploy(
     Ok(Deployed { runs, error: None, failure: None })
 }
 
-async fn database_exists(admin: &Client, name: &str) -> Result<bool> {
+/// Whether a database of this name exists on the admin connection's server.
+pub async fn database_exists(admin: &Client, name: &str) -> Result<bool> {
     Ok(admin.query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&name]).await?.get(0))
 }
 

@@ -105,11 +105,7 @@ async fn connect_db(ctx: &mut Ctx, manifest: &ManifestArgs, db: &str) -> Result<
     let s = crate::ops::Session::open(ctx, &manifest.file, manifest.env.as_deref()).await?;
     let mut chosen = s.servers.first().clone();
     for server in &s.servers.list {
-        let exists: bool = s.admins[&server.name]
-            .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&db])
-            .await?
-            .get(0);
-        if exists {
+        if crate::branch::database_exists(&s.admins[&server.name], db).await? {
             chosen = server.clone();
             break;
         }
@@ -138,11 +134,7 @@ async fn connect_template(ctx: &mut Ctx, manifest: &ManifestArgs, name: &str) ->
     };
     let module = s.manifest.module(&t.module).context("the template's module")?;
     let server = s.servers.get(&module.server)?;
-    let exists: bool = s.admins[&server.name]
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&t.name])
-        .await?
-        .get(0);
-    if !exists {
+    if !crate::branch::database_exists(&s.admins[&server.name], &t.name).await? {
         bail!("template {name} has not been built yet on server {} (run `pgplane template build {name}`)", server.name);
     }
     server.connect_as(Some(&t.name), Role::Read).await

@@ -270,11 +270,7 @@ pub(super) async fn branch_view(state: &Shared, id: &str) -> ApiResult<BranchVie
                 continue;
             };
             let admin = state.client(&module.server, None).await?;
-            let exists: bool = admin
-                .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&database])
-                .await?
-                .get(0);
-            if exists {
+            if crate::branch::database_exists(&admin, &database).await? {
                 return Ok(crate::branch::unknown(id, database, &t.name, &module.server));
             }
         }
@@ -287,11 +283,7 @@ pub(super) async fn branch_view(state: &Shared, id: &str) -> ApiResult<BranchVie
 async fn check_database(state: &Shared, v: &mut BranchView) -> ApiResult<()> {
     if v.status == "SUCCESS" {
         let admin = state.client(&v.server, None).await?;
-        let exists: bool = admin
-            .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&v.database])
-            .await?
-            .get(0);
-        if !exists {
+        if !crate::branch::database_exists(&admin, &v.database).await? {
             crate::branch::mark_missing(v);
         }
     }
