@@ -330,7 +330,7 @@ pub async fn create_branch(State(state): State<Shared>, Body(body): Body<CreateB
             .chain(body.contexts.iter().flatten())
             .chain(body.labels.iter().flat_map(|l| l.iter().flat_map(|(k, v)| [k, v]))),
     )?;
-    pgplane_core::branch::sanitize(&body.id).map_err(ApiError::invalid)?;
+    let key = pgplane_core::branch::sanitize(&body.id).map_err(ApiError::invalid)?;
     if state.manifest.template(&body.template).is_none() {
         let known: Vec<&str> = state.manifest.templates.iter().map(|t| t.name.as_str()).collect();
         return Err(ApiError::invalid(format!(
@@ -347,29 +347,21 @@ pub async fn create_branch(State(state): State<Shared>, Body(body): Body<CreateB
         labels: Some(body.labels.unwrap_or_default()),
         ttl: body.ttl.as_deref().map(parse_ttl).transpose()?,
     };
-    let key = pgplane_core::branch::sanitize(&body.id).map_err(ApiError::invalid)?;
     let fresh = state.creating.lock().map(|mut c| c.insert(key.clone())).unwrap_or(false);
     if !fresh {
         return Err(ApiError::conflict(format!("branch {:?} is being created (see GET /api/v1/operations)", body.id)));
     }
-    let started = create_checked(&state, &body.id, req).await;
-    if started.is_err() {
-        if let Ok(mut c) = state.creating.lock() {
-            c.remove(&key);
-        }
-    }
-    started
-}
-
-async fn create_checked(state: &Shared, id: &str, req: BranchRequest) -> ApiResult<Response> {
+    // From here on the id is released whenever this guard goes: on an error below, or
+    // when the job that takes it over ends.
+    let creating = Creating { state: state.clone(), key };
     let control = state.control().await?;
-    if let Some(b) = crate::branch::records(&control, &state.env, Some(id), None).await?.pop() {
+    if let Some(b) = crate::branch::records(&control, &state.env, Some(&body.id), None).await?.pop() {
         return Err(ApiError::conflict(format!(
             "branch {:?} already exists (database {}, status {}); POST /api/v1/branches/{}/reset deploys it again",
             b.id, b.database, b.status, b.id
         )));
     }
-    start_deploy(state, req, false).await
+    start_deploy(&state, req, Some(creating)).await
 }
 
 #[utoipa::path(post, path = "/api/v1/branches/{id}/reset", tag = "branches",
@@ -399,16 +391,14 @@ pub async fn reset_branch(
         labels: body.labels,
         ttl: body.ttl.as_deref().map(parse_ttl).transpose()?,
     };
-    start_deploy(&state, req, true).await
+    start_deploy(&state, req, None).await
 }
 
-async fn start_deploy(state: &Shared, req: BranchRequest, reset: bool) -> ApiResult<Response> {
+/// Starts `branch create` (with the id's `creating` guard) or `branch reset` (without).
+async fn start_deploy(state: &Shared, req: BranchRequest, creating: Option<Creating>) -> ApiResult<Response> {
     let (file, env_flag) = (state.manifest.file.clone(), state.env_flag.clone());
+    let reset = creating.is_none();
     let kind = if reset { "branch_reset" } else { "branch_create" };
-    let done = DoneCreating {
-        state: state.clone(),
-        key: (!reset).then(|| pgplane_core::branch::sanitize(&req.id).ok()).flatten(),
-    };
     let id = state
         .jobs
         .start(state.home.clone(), state.servers.first().clone(), kind, state.env.clone(), move |mut ctx| async move {
@@ -419,23 +409,24 @@ async fn start_deploy(state: &Shared, req: BranchRequest, reset: bool) -> ApiRes
                 live: false,
             };
             let view = b.deploy_branch(&req, reset, &opts).await;
-            drop(done);
+            drop(creating);
             Ok(Outcome { changes: 1, error: view?.error })
         })
         .await?;
     accepted(state, id).await
 }
 
-/// Forgets a branch id from `creating` when its job ends (however it ends).
-struct DoneCreating {
+/// A branch id in `AppState::creating`, removed when this is dropped (however the
+/// request or its job ends).
+struct Creating {
     state: Shared,
-    key: Option<String>,
+    key: String,
 }
 
-impl Drop for DoneCreating {
+impl Drop for Creating {
     fn drop(&mut self) {
-        if let (Some(key), Ok(mut c)) = (&self.key, self.state.creating.lock()) {
-            c.remove(key);
+        if let Ok(mut c) = self.state.creating.lock() {
+            c.remove(&self.key);
         }
     }
 }
