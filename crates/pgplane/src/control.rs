@@ -407,26 +407,35 @@ pub struct Operation {
     pub changes: i32,
 }
 
+/// `o.status` told honestly: a `running` operation whose lock no process holds is
+/// `interrupted`. (`OP_LOCK` is our constant, written into the SQL as a number.)
+fn honest_status() -> String {
+    format!(
+        "CASE WHEN o.status = 'running' AND NOT EXISTS (
+                SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+                   AND l.classid = {OP_LOCK}::oid AND l.objid = (o.id & 2147483647)::int4::oid AND l.objsubid = 2
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+              THEN 'interrupted' ELSE o.status END"
+    )
+}
+
 pub const OP_INTERRUPTED: &str = "interrupted: the pgplane process running this operation stopped before it finished";
 
 /// Operations, newest first: one (`id`), or the latest `limit` (optionally of one `env`).
 pub async fn operations(c: &Client, id: Option<i64>, env: Option<&str>, limit: i64) -> Result<Vec<Operation>> {
     let rows = c
         .query(
-            "SELECT id, kind,
-                    CASE WHEN status = 'running' AND NOT EXISTS (
-                           SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
-                              AND l.classid = $4::int4::oid AND l.objid = (o.id & 2147483647)::int4::oid AND l.objsubid = 2
-                              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
-                         THEN 'interrupted' ELSE status END,
-                    error,
-                    to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                    to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                    env, changes
-               FROM pgplane.operations o
-              WHERE ($1::int8 IS NULL OR id = $1) AND ($2::text IS NULL OR env = $2)
-              ORDER BY id DESC LIMIT $3",
-            &[&id, &env, &limit, &OP_LOCK],
+            &format!(
+                "SELECT id, kind, {status}, error,
+                        to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        env, changes
+                   FROM pgplane.operations o
+                  WHERE ($1::int8 IS NULL OR id = $1) AND ($2::text IS NULL OR env = $2)
+                  ORDER BY id DESC LIMIT $3",
+                status = honest_status()
+            ),
+            &[&id, &env, &limit],
         )
         .await?;
     Ok(rows
@@ -455,15 +464,13 @@ pub async fn operations(c: &Client, id: Option<i64>, env: Option<&str>, limit: i
 pub async fn operation_counts(c: &Client) -> Result<Vec<(String, String, i64)>> {
     let rows = c
         .query(
-            "SELECT kind,
-                    CASE WHEN status = 'running' AND NOT EXISTS (
-                           SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
-                              AND l.classid = $1::int4::oid AND l.objid = (o.id & 2147483647)::int4::oid AND l.objsubid = 2
-                              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
-                         THEN 'failed' ELSE status END AS state,
-                    count(*)
-               FROM pgplane.operations o GROUP BY 1, 2 ORDER BY 1, 2",
-            &[&OP_LOCK],
+            &format!(
+                "SELECT kind, CASE s WHEN 'interrupted' THEN 'failed' ELSE s END, count(*)
+                   FROM (SELECT kind, {status} AS s FROM pgplane.operations o) x
+                  GROUP BY 1, 2 ORDER BY 1, 2",
+                status = honest_status()
+            ),
+            &[],
         )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
