@@ -48,53 +48,41 @@ impl Jobs {
         Fut: Future<Output = Result<Outcome>>,
     {
         let (tx, rx) = oneshot::channel::<Result<i64>>();
-        let handle = std::thread::Builder::new()
-            .name(format!("pgplane-{kind}"))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = tx.send(Err(anyhow::Error::new(e).context("starting the operation's runtime")));
-                        return;
-                    }
+        let handle = super::thread_with_runtime(format!("pgplane-{kind}"), move || async move {
+            let journal = async {
+                let c = control_target.connect_as(Some(CONTROL_DB), Role::Branch).await?;
+                let id = control::op_start(&c, kind, Some(&env)).await?;
+                Ok::<_, anyhow::Error>((c, id))
+            };
+            let (control_client, id) = match journal.await {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(id));
+            let mut ctx = Ctx::new(home);
+            ctx.operation = Some(id);
+            let outcome = work(ctx).await.unwrap_or_else(|e| Outcome { changes: 0, error: Some(format!("{e:#}")) });
+            match &outcome.error {
+                None => tracing::info!(operation = id, kind, changes = outcome.changes, "operation succeeded"),
+                Some(e) => tracing::warn!(operation = id, kind, error = %e, "operation failed"),
+            }
+            // The journaling connection may have dropped meanwhile: then on a new one.
+            let (changes, error) = (outcome.changes, outcome.error.as_deref());
+            let finish = |c: tokio_postgres::Client| async move { control::op_finish(&c, id, changes, error).await };
+            let mut result = finish(control_client).await;
+            if result.is_err() {
+                result = match control_target.connect_as(Some(CONTROL_DB), Role::Branch).await {
+                    Ok(c) => finish(c).await,
+                    Err(e) => Err(e),
                 };
-                runtime.block_on(async move {
-                    let journal = async {
-                        let c = control_target.connect_as(Some(CONTROL_DB), Role::Branch).await?;
-                        let id = control::op_start(&c, kind, Some(&env)).await?;
-                        Ok::<_, anyhow::Error>((c, id))
-                    };
-                    let (control_client, id) = match journal.await {
-                        Ok(v) => v,
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let _ = tx.send(Ok(id));
-                    let mut ctx = Ctx::new(home);
-                    ctx.operation = Some(id);
-                    let outcome = work(ctx).await.unwrap_or_else(|e| Outcome { changes: 0, error: Some(format!("{e:#}")) });
-                    match &outcome.error {
-                        None => tracing::info!(operation = id, kind, changes = outcome.changes, "operation succeeded"),
-                        Some(e) => tracing::warn!(operation = id, kind, error = %e, "operation failed"),
-                    }
-                    // The journaling connection may have dropped meanwhile: then on a new one.
-                    let (changes, error) = (outcome.changes, outcome.error.as_deref());
-                    let finish = |c: tokio_postgres::Client| async move { control::op_finish(&c, id, changes, error).await };
-                    let mut result = finish(control_client).await;
-                    if result.is_err() {
-                        result = match control_target.connect_as(Some(CONTROL_DB), Role::Branch).await {
-                            Ok(c) => finish(c).await,
-                            Err(e) => Err(e),
-                        };
-                    }
-                    if let Err(e) = result {
-                        tracing::error!(operation = id, error = %format!("{e:#}"), "could not journal the end of the operation");
-                    }
-                });
-            })
-            .context("starting a thread for the operation")?;
+            }
+            if let Err(e) = result {
+                tracing::error!(operation = id, error = %format!("{e:#}"), "could not journal the end of the operation");
+            }
+        })?;
         // Tracked before we wait for its id: should this request go away meanwhile, the
         // job still runs, and shutdown must still wait for it.
         let cell = std::sync::Arc::new(std::sync::Mutex::new(None));

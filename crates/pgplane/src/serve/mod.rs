@@ -212,6 +212,23 @@ async fn metrics_text(State(state): State<Shared>) -> Response {
     }
 }
 
+/// Starts `work` on a new thread with a single-threaded runtime of its own. Should the
+/// runtime not start (it is logged), `work` is dropped unrun: callers learn it from their
+/// result channel closing.
+pub fn thread_with_runtime<F, Fut>(name: String, work: F) -> Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(work()),
+            Err(e) => tracing::error!(error = %e, "cannot start a runtime for a background thread"),
+        })
+        .context("starting a thread")
+}
+
 /// Runs a request's operation on a thread of its own (with its own runtime): the CLI's
 /// operations are written for one task at a time, not for the multi-threaded server.
 pub async fn on_thread<T, F, Fut>(work: F) -> Result<T>
@@ -224,16 +241,8 @@ where
     static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
     let _slot = SLOTS.acquire().await.context("request slots closed")?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("pgplane-request".into())
-        .spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting a runtime")
-                .and_then(|rt| rt.block_on(work()));
-            let _ = tx.send(result);
-        })
-        .context("starting a thread")?;
+    thread_with_runtime("pgplane-request".into(), move || async move {
+        let _ = tx.send(work().await);
+    })?;
     rx.await.context("the request's thread ended early")?
 }
