@@ -15,6 +15,9 @@ fn tables_lists_tables_and_views_with_comments_counts_and_sizes() {
         "CREATE TABLE entries (id bigint PRIMARY KEY, name text, created_at timestamptz);
          COMMENT ON TABLE entries IS 'Registry entries';
          INSERT INTO entries SELECT g, 'n' || g, now() FROM generate_series(1, 500) g;
+         CREATE INDEX entries_created_at_idx ON entries (created_at);
+         -- Stored out of line: the TOAST table and its index have pages too.
+         INSERT INTO entries SELECT 0, string_agg(md5(g::text), '') FROM generate_series(1, 4000) g;
          ANALYZE entries;
          CREATE VIEW entry_names AS SELECT name FROM entries;
          CREATE SCHEMA audit;
@@ -24,6 +27,7 @@ fn tables_lists_tables_and_views_with_comments_counts_and_sizes() {
     let f = t.manifest("modules:\n  - name: registry\n    storage: database\n    migrations: db\n");
     let f = f.to_str().unwrap();
     t.pgplane(&["apply", "-f", f, "--yes"]).ok();
+    t.sql("sch_tables_registry", "VACUUM entries");
 
     let out = t.pgplane(&["schema", "tables", "--db", "sch_tables_registry", "-f", f, "--json"]).ok().json();
     let rows = out.as_array().unwrap();
@@ -46,8 +50,20 @@ fn tables_lists_tables_and_views_with_comments_counts_and_sizes() {
     let entries = &rows[1];
     assert_eq!(entries["description"], "Registry entries");
     assert_eq!(entries["columns"], 3);
-    assert_eq!(entries["estimated_rows"], 500);
-    assert!(entries["size_bytes"].as_i64().unwrap() > 8192, "{entries}");
+    assert_eq!(entries["estimated_rows"], 501);
+    // The size is the planner's page counts of the table, its TOAST table and the indexes
+    // of both (here: every part has pages), as one relation at a time adds them up.
+    let pages = t.sql(
+        "sch_tables_registry",
+        "SELECT c.relpages, t.relpages, (SELECT sum(i.relpages) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+                                          WHERE x.indrelid = c.oid),
+                (SELECT sum(i.relpages) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+                  WHERE x.indrelid = t.oid)
+           FROM pg_class c JOIN pg_class t ON t.oid = c.reltoastrelid WHERE c.oid = 'public.entries'::regclass",
+    );
+    let pages: Vec<i64> = pages.split('|').map(|p| p.trim().parse().unwrap()).collect();
+    assert!(pages.iter().all(|&p| p > 0), "every part has pages: {pages:?}");
+    assert_eq!(entries["size_bytes"].as_i64().unwrap(), pages.iter().sum::<i64>() * 8192, "{entries} {pages:?}");
     assert_eq!(rows[2]["description"], serde_json::Value::Null);
     assert_eq!(rows[2]["size_bytes"], 0);
 
