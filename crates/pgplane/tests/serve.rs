@@ -387,6 +387,69 @@ fn branch_lifecycle_over_the_api() {
 }
 
 #[test]
+fn a_branch_is_running_from_the_moment_it_is_accepted() {
+    let (t, f) = world("sv_acc");
+    let s = serve(&t, &f, &[]);
+    // Another process holds the branch's lock (as a running `branch reset` would): the job
+    // waits for it before it claims the branch's row.
+    let control = common::with_db(&t.server.url, "pgplane");
+    let mut holder = std::process::Command::new("psql")
+        .args([
+            control.as_str(),
+            "-X",
+            "-q",
+            "-c",
+            "SELECT pg_advisory_lock(x'70676272'::int, hashtext('sv_acc/mr_44')), pg_sleep(30);",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    t.wait_for_sql(
+        "pgplane",
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = x'70676272'::int::oid",
+        "1",
+        "the lock holder never got its lock",
+    );
+    let body = "{\"id\": \"MR-44\", \"template\": \"sv_acc_tpl\", \"sources\": [\"model/cand/changelog.yaml\"], \"labels\": {\"mr\": \"44\"}}";
+    let op = accepted(&s.req("POST", "/api/v1/branches", Some(ADMIN), Some(body)), "branch_create");
+    // Not claimed yet, yet the API shows it: RUNNING, with its database, labels and operation.
+    assert_eq!(t.sql("pgplane", "SELECT count(*) FROM pgplane.branches WHERE env = 'sv_acc'"), "0");
+    let b = s.req("GET", "/api/v1/branches/MR-44", Some(READ), None);
+    assert_eq!(b.status, 200, "{}", b.body);
+    let b = b.json();
+    assert_eq!(
+        (b["status"].as_str(), b["database"].as_str(), b["template"].as_str()),
+        (Some("RUNNING"), Some("sv_acc_tpl_mr_44"), Some("sv_acc_tpl"))
+    );
+    assert_eq!((b["labels"]["mr"].as_str(), b["operation_id"].as_i64()), (Some("44"), Some(op)), "{b}");
+    let list = s.req("GET", "/api/v1/branches", Some(READ), None).json();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0], b);
+    // Its tables are not there yet; it cannot be created again, reset or deleted meanwhile.
+    let r = s.req("GET", "/api/v1/branches/MR-44/tables", Some(READ), None);
+    assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"), "{}", r.body);
+    assert!(r.body.contains("status RUNNING"), "{}", r.body);
+    for (m, p, b) in [
+        ("POST", "/api/v1/branches", Some(body)),
+        ("POST", "/api/v1/branches/MR-44/reset", None),
+        ("DELETE", "/api/v1/branches/MR-44", None),
+    ] {
+        let r = s.req(m, p, Some(ADMIN), b);
+        assert_eq!((r.status, r.error_code().as_str()), (409, "conflict"), "{m} {p}: {}", r.body);
+        assert!(r.body.contains("being created"), "{}", r.body);
+    }
+    assert_eq!(t.sql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'sv_acc_tpl_mr_44'"), "0");
+    // The lock goes: the job claims, stamps and deploys; the branch is the recorded one.
+    t.sql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'pgplane' AND application_name = 'psql'");
+    let _ = holder.wait();
+    assert_eq!(finished(&s, op)["status"], "succeeded");
+    let b = s.req("GET", "/api/v1/branches/MR-44", Some(READ), None).json();
+    assert_eq!(b, t.pgplane(&["branch", "show", "MR-44", "-f", &f, "--json"]).ok().json());
+    assert_eq!((b["status"].as_str(), b["operation_id"].as_i64()), (Some("SUCCESS"), Some(op)));
+    assert_eq!(t.sql("sv_acc_tpl_mr_44", "SELECT to_regclass('public.auditors') IS NOT NULL"), "t");
+}
+
+#[test]
 fn apply_runs_in_the_background_and_reports() {
     let (t, f) = world("sv_apply");
     let s = serve(&t, &f, &[]);

@@ -261,6 +261,10 @@ pub(super) async fn branch_view(state: &Shared, id: &str) -> ApiResult<BranchVie
     }
     let control = state.control().await?;
     let Some(mut v) = crate::branch::records(&control, &state.env, Some(id), None).await?.pop() else {
+        // Just accepted (202), its job not yet holding the branch's lock: RUNNING.
+        if let Some(v) = being_created(state, id) {
+            return Ok(v);
+        }
         // As `branch show`: a database with the branch's name but no record is UNKNOWN.
         for t in &state.manifest.templates {
             let (Ok(database), Some(module)) = (
@@ -278,6 +282,23 @@ pub(super) async fn branch_view(state: &Shared, id: &str) -> ApiResult<BranchVie
     };
     check_database(state, &mut v).await?;
     Ok(v)
+}
+
+/// The branch `id` as accepted by `POST /branches`, while its job has not claimed its row.
+fn being_created(state: &Shared, id: &str) -> Option<BranchView> {
+    let key = pgplane_core::branch::sanitize(id).ok()?;
+    state.creating.lock().ok()?.get(&key).filter(|v| v.id == id).cloned()
+}
+
+/// 409 while the branch's creation has been accepted but its job has not claimed it yet.
+fn not_being_created(state: &Shared, id: &str) -> ApiResult<()> {
+    match being_created(state, id) {
+        Some(v) => Err(ApiError::conflict(format!(
+            "branch {id:?} is being created{}; try again when it ends",
+            v.operation_id.map(|op| format!(" (GET /api/v1/operations/{op})")).unwrap_or_default()
+        ))),
+        None => Ok(()),
+    }
 }
 
 async fn check_database(state: &Shared, v: &mut BranchView) -> ApiResult<()> {
@@ -303,6 +324,21 @@ pub async fn branches(
     for v in &mut list {
         check_database(&state, v).await?;
     }
+    // Accepted, their jobs not yet holding the branch's lock (as `GET /branches/{id}`).
+    let accepted: Vec<BranchView> = state
+        .creating
+        .lock()
+        .map(|c| c.values().filter(|v| q.template.as_deref().is_none_or(|t| v.template == t)).cloned().collect())
+        .unwrap_or_default();
+    let before = list.len();
+    for v in accepted {
+        if !list.iter().any(|b| b.id == v.id) {
+            list.push(v);
+        }
+    }
+    if list.len() > before {
+        list.sort_by(|a, b| (&a.template, &a.id).cmp(&(&b.template, &b.id)));
+    }
     Ok(Json(list))
 }
 
@@ -310,7 +346,8 @@ pub async fn branches(
     params(("id" = String, Path, description = "Branch id")),
     responses((status = 200, body = BranchView), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-/// One branch (as `pgplane branch show --json`).
+/// One branch (as `pgplane branch show --json`); RUNNING from the moment `POST /branches`
+/// accepted it.
 pub async fn branch(State(state): State<Shared>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<BranchView>> {
     Ok(Json(branch_view(&state, &id).await?))
 }
@@ -347,7 +384,18 @@ pub async fn create_branch(State(state): State<Shared>, Body(body): Body<CreateB
         labels: Some(body.labels.unwrap_or_default()),
         ttl: body.ttl.as_deref().map(parse_ttl).transpose()?,
     };
-    let fresh = state.creating.lock().map(|mut c| c.insert(key.clone())).unwrap_or(false);
+    let view = accepted_view(&state, &req)?;
+    let fresh = state
+        .creating
+        .lock()
+        .map(|mut c| match c.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(view);
+                true
+            }
+        })
+        .unwrap_or(false);
     if !fresh {
         return Err(ApiError::conflict(format!("branch {:?} is being created (see GET /api/v1/operations)", body.id)));
     }
@@ -366,7 +414,8 @@ pub async fn create_branch(State(state): State<Shared>, Body(body): Body<CreateB
 
 #[utoipa::path(post, path = "/api/v1/branches/{id}/reset", tag = "branches",
     params(("id" = String, Path, description = "Branch id")), request_body(content = Option<ResetBranch>, description = "Optional"),
-    responses((status = 202, body = Operation), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 202, body = Operation), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The branch is being created"), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 /// Stamps the branch again from its template and redeploys, in the background.
 pub async fn reset_branch(
@@ -382,6 +431,7 @@ pub async fn reset_branch(
             .chain(body.contexts.iter().flatten())
             .chain(body.labels.iter().flat_map(|l| l.iter().flat_map(|(k, v)| [k, v]))),
     )?;
+    not_being_created(&state, &id)?;
     let existing = branch_view(&state, &id).await?;
     let req = BranchRequest {
         id,
@@ -394,10 +444,29 @@ pub async fn reset_branch(
     start_deploy(&state, req, None).await
 }
 
+/// How a branch just accepted for creation looks until its job claims its row: RUNNING,
+/// with the database name and server its template gives it.
+fn accepted_view(state: &Shared, req: &BranchRequest) -> ApiResult<BranchView> {
+    let template = req.template.as_deref().unwrap_or_default();
+    let module = state
+        .manifest
+        .template(template)
+        .and_then(|t| state.manifest.module(&t.module))
+        .ok_or_else(|| ApiError::invalid(format!("template {template:?} has no module in the manifest")))?;
+    let database = pgplane_core::branch::database_name(&state.manifest.branches, &state.env, template, &req.id)
+        .map_err(ApiError::invalid)?;
+    let mut v = crate::branch::unknown(&req.id, database, template, &module.server);
+    v.status = "RUNNING".into();
+    v.labels = req.labels.clone().unwrap_or_default();
+    v.sources = req.sources.clone().unwrap_or_default();
+    Ok(v)
+}
+
 /// Starts `branch create` (with the id's `creating` guard) or `branch reset` (without).
 async fn start_deploy(state: &Shared, req: BranchRequest, creating: Option<Creating>) -> ApiResult<Response> {
     let (file, env_flag) = (state.manifest.file.clone(), state.env_flag.clone());
     let reset = creating.is_none();
+    let key = creating.as_ref().map(|c| c.key.clone());
     let kind = if reset { "branch_reset" } else { "branch_create" };
     let id = state
         .jobs
@@ -413,6 +482,11 @@ async fn start_deploy(state: &Shared, req: BranchRequest, creating: Option<Creat
             Ok(Outcome { changes: 1, error: view?.error })
         })
         .await?;
+    if let Some(key) = key {
+        if let Some(v) = state.creating.lock().ok().as_mut().and_then(|c| c.get_mut(&key)) {
+            v.operation_id = Some(id);
+        }
+    }
     accepted(state, id).await
 }
 
@@ -444,6 +518,7 @@ async fn accepted(state: &Shared, id: i64) -> ApiResult<Response> {
     security(("bearer" = [])))]
 /// Drops a branch's database (ending its sessions) and forgets it.
 pub async fn delete_branch(State(state): State<Shared>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<BranchView>> {
+    not_being_created(&state, &id)?;
     let existing = branch_view(&state, &id).await?;
     state.forget_pool(&existing.server, &existing.database);
     let (home, file, env_flag) = (state.home.clone(), state.manifest.file.clone(), state.env_flag.clone());

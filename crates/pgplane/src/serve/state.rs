@@ -38,9 +38,10 @@ pub struct AppState {
     pub tokens: Tokens,
     pub metrics: Metrics,
     pub jobs: Jobs,
-    /// Branch ids whose creation this process started and has not finished (the job claims
-    /// the branch's row only once it holds the branch's lock; until then this says 409).
-    pub creating: Mutex<std::collections::HashSet<String>>,
+    /// Branches whose creation this process started and has not finished, by sanitised id,
+    /// as `GET /branches/{id}` shows them (RUNNING) until the job holds the branch's lock and
+    /// has claimed its row; another create of the same id meanwhile is a 409.
+    pub creating: Mutex<HashMap<String, crate::branch::BranchView>>,
     /// Concurrent reads of the same table list share one query.
     pub tables: super::coalesce::Coalescer,
     pools: Mutex<HashMap<(String, String), Pool>>,
