@@ -105,6 +105,47 @@ fn finished(s: &Serve, id: i64) -> serde_json::Value {
     }
 }
 
+/// A psql session in `db` that runs `sql` (taking a lock) and then sleeps, until released.
+struct Holder<'t> {
+    t: &'t T,
+    db: String,
+    child: std::process::Child,
+}
+
+impl<'t> Holder<'t> {
+    /// Starts the session and waits until `granted` (SQL run in the control database or
+    /// `db`'s server) returns 1.
+    fn new(t: &'t T, db: &str, sql: &str, granted: &str) -> Self {
+        let child = std::process::Command::new("psql")
+            .args([&common::with_db(&t.server.url, db), "-X", "-q", "-c", &format!("{sql}; SELECT pg_sleep(60);")])
+            .env("PGAPPNAME", "pgplane-test-holder")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        t.wait_for_sql(db, granted, "1", "the holder never got its lock");
+        Holder { t, db: db.to_string(), child }
+    }
+
+    /// Ends the session (killing psql alone would leave the backend asleep, holding on).
+    fn release(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Holder<'_> {
+    fn drop(&mut self) {
+        let _ = self.t.sql_try(
+            "postgres",
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'pgplane-test-holder'",
+                self.db
+            ),
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[track_caller]
 fn accepted(r: &Response, kind: &str) -> i64 {
     assert_eq!(r.status, 202, "{}", r.body);
@@ -392,23 +433,11 @@ fn a_branch_is_running_from_the_moment_it_is_accepted() {
     let s = serve(&t, &f, &[]);
     // Another process holds the branch's lock (as a running `branch reset` would): the job
     // waits for it before it claims the branch's row.
-    let control = common::with_db(&t.server.url, "pgplane");
-    let mut holder = std::process::Command::new("psql")
-        .args([
-            control.as_str(),
-            "-X",
-            "-q",
-            "-c",
-            "SELECT pg_advisory_lock(x'70676272'::int, hashtext('sv_acc/mr_44')), pg_sleep(30);",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    t.wait_for_sql(
+    let holder = Holder::new(
+        &t,
         "pgplane",
+        "SELECT pg_advisory_lock(x'70676272'::int, hashtext('sv_acc/mr_44'))",
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = x'70676272'::int::oid",
-        "1",
-        "the lock holder never got its lock",
     );
     let body = "{\"id\": \"MR-44\", \"template\": \"sv_acc_tpl\", \"sources\": [\"model/cand/changelog.yaml\"], \"labels\": {\"mr\": \"44\"}}";
     let op = accepted(&s.req("POST", "/api/v1/branches", Some(ADMIN), Some(body)), "branch_create");
@@ -440,8 +469,7 @@ fn a_branch_is_running_from_the_moment_it_is_accepted() {
     }
     assert_eq!(t.sql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'sv_acc_tpl_mr_44'"), "0");
     // The lock goes: the job claims, stamps and deploys; the branch is the recorded one.
-    t.sql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'pgplane' AND application_name = 'psql'");
-    let _ = holder.wait();
+    holder.release();
     assert_eq!(finished(&s, op)["status"], "succeeded");
     let b = s.req("GET", "/api/v1/branches/MR-44", Some(READ), None).json();
     assert_eq!(b, t.pgplane(&["branch", "show", "MR-44", "-f", &f, "--json"]).ok().json());
@@ -478,32 +506,18 @@ fn a_catalog_failure_is_a_500_in_the_error_shape() {
     // An ACCESS EXCLUSIVE lock on a catalog the query reads (comments), held elsewhere, and
     // a lock timeout for the database's sessions: the query fails, and the API says so.
     t.sql("postgres", "ALTER DATABASE sv_500_registry SET lock_timeout = '200ms'");
-    let url = common::with_db(&t.server.url, "sv_500_registry");
-    let mut holder = std::process::Command::new("psql")
-        .args([
-            url.as_str(),
-            "-X",
-            "-q",
-            "-c",
-            "BEGIN; LOCK TABLE pg_description IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(30);",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    t.wait_for_sql(
-        "postgres",
+    let holder = Holder::new(
+        &t,
+        "sv_500_registry",
+        "BEGIN; LOCK TABLE pg_description IN ACCESS EXCLUSIVE MODE",
         "SELECT count(*) FROM pg_locks WHERE relation = 'pg_description'::regclass AND mode = 'AccessExclusiveLock' AND granted",
-        "1",
-        "the lock holder never got its lock",
     );
     let s = serve(&t, &f, &[]);
     let r = s.req("GET", "/api/v1/databases/sv_500_registry/tables", Some(READ), None);
-    let _ = holder.kill();
-    let _ = holder.wait();
     assert_eq!((r.status, r.error_code().as_str()), (500, "internal"), "{}", r.body);
     assert!(r.body.contains("lock timeout"), "{}", r.body);
     // The server is fine afterwards.
-    t.sql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'sv_500_registry' AND application_name = 'psql'");
+    holder.release();
     let deadline = Instant::now() + Duration::from_secs(10);
     while s.req("GET", "/api/v1/databases/sv_500_registry/tables", Some(READ), None).status != 200 {
         assert!(Instant::now() < deadline, "still failing after the lock was released");
