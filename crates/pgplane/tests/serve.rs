@@ -437,7 +437,8 @@ fn a_branch_is_running_from_the_moment_it_is_accepted() {
         &t,
         "pgplane",
         "SELECT pg_advisory_lock(x'70676272'::int, hashtext('sv_acc/mr_44'))",
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = x'70676272'::int::oid",
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = x'70676272'::int::oid
+            AND objid = hashtext('sv_acc/mr_44')::oid AND objsubid = 2",
     );
     let body = "{\"id\": \"MR-44\", \"template\": \"sv_acc_tpl\", \"sources\": [\"model/cand/changelog.yaml\"], \"labels\": {\"mr\": \"44\"}}";
     let op = accepted(&s.req("POST", "/api/v1/branches", Some(ADMIN), Some(body)), "branch_create");

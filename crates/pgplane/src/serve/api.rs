@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -284,13 +285,14 @@ pub(super) async fn branch_view(state: &Shared, id: &str) -> ApiResult<BranchVie
     Ok(v)
 }
 
-/// The branch `id` as accepted by `POST /branches`, while its job has not claimed its row.
+/// The branch `id` as accepted by `POST /branches`, until its job ends (the job's own
+/// record shows once it claimed the branch).
 fn being_created(state: &Shared, id: &str) -> Option<BranchView> {
     let key = pgplane_core::branch::sanitize(id).ok()?;
-    state.creating.lock().ok()?.get(&key).filter(|v| v.id == id).cloned()
+    state.creating().get(&key)?.as_ref().filter(|v| v.id == id).cloned()
 }
 
-/// 409 while the branch's creation has been accepted but its job has not claimed it yet.
+/// 409 while the branch's creation has been accepted and its job runs.
 fn not_being_created(state: &Shared, id: &str) -> ApiResult<()> {
     match being_created(state, id) {
         Some(v) => Err(ApiError::conflict(format!(
@@ -324,21 +326,16 @@ pub async fn branches(
     for v in &mut list {
         check_database(&state, v).await?;
     }
-    // Accepted, their jobs not yet holding the branch's lock (as `GET /branches/{id}`).
+    // Accepted, their jobs not yet holding the branch's lock (as `GET /branches/{id}`):
+    // after the recorded ones, which keep the control database's order.
     let accepted: Vec<BranchView> = state
-        .creating
-        .lock()
-        .map(|c| c.values().filter(|v| q.template.as_deref().is_none_or(|t| v.template == t)).cloned().collect())
-        .unwrap_or_default();
-    let before = list.len();
-    for v in accepted {
-        if !list.iter().any(|b| b.id == v.id) {
-            list.push(v);
-        }
-    }
-    if list.len() > before {
-        list.sort_by(|a, b| (&a.template, &a.id).cmp(&(&b.template, &b.id)));
-    }
+        .creating()
+        .values()
+        .flatten()
+        .filter(|v| q.template.as_deref().is_none_or(|t| v.template == t) && !list.iter().any(|b| b.id == v.id))
+        .cloned()
+        .collect();
+    list.extend(accepted);
     Ok(Json(list))
 }
 
@@ -385,23 +382,14 @@ pub async fn create_branch(State(state): State<Shared>, Body(body): Body<CreateB
         ttl: body.ttl.as_deref().map(parse_ttl).transpose()?,
     };
     let view = accepted_view(&state, &req)?;
-    let fresh = state
-        .creating
-        .lock()
-        .map(|mut c| match c.entry(key.clone()) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(view);
-                true
-            }
-        })
-        .unwrap_or(false);
-    if !fresh {
-        return Err(ApiError::conflict(format!("branch {:?} is being created (see GET /api/v1/operations)", body.id)));
-    }
     // From here on the id is released whenever this guard goes: on an error below, or
     // when the job that takes it over ends.
-    let creating = Creating { state: state.clone(), key };
+    let creating = Creating::reserve(&state, key).map_err(|other| {
+        ApiError::conflict(format!(
+            "branch {:?} is being created (see GET /api/v1/operations)",
+            other.unwrap_or(body.id.clone())
+        ))
+    })?;
     let control = state.control().await?;
     if let Some(b) = crate::branch::records(&control, &state.env, Some(&body.id), None).await?.pop() {
         return Err(ApiError::conflict(format!(
@@ -409,7 +397,8 @@ pub async fn create_branch(State(state): State<Shared>, Body(body): Body<CreateB
             b.id, b.database, b.status, b.id
         )));
     }
-    start_deploy(&state, req, Some(creating)).await
+    creating.show(view);
+    start_deploy(&state, req, Some(Arc::new(creating))).await
 }
 
 #[utoipa::path(post, path = "/api/v1/branches/{id}/reset", tag = "branches",
@@ -445,7 +434,10 @@ pub async fn reset_branch(
 }
 
 /// How a branch just accepted for creation looks until its job claims its row: RUNNING,
-/// with the database name and server its template gives it.
+/// with the database name and server its template gives it; `created_at` and `expires_at`
+/// (the TTL counts from the claim) come with the row. A job that fails before it claims
+/// the row (the branch's lock not free within 300 s, a database of that name recorded for
+/// another branch) leaves no branch: the operation says why.
 fn accepted_view(state: &Shared, req: &BranchRequest) -> ApiResult<BranchView> {
     let template = req.template.as_deref().unwrap_or_default();
     let module = state
@@ -463,10 +455,11 @@ fn accepted_view(state: &Shared, req: &BranchRequest) -> ApiResult<BranchView> {
 }
 
 /// Starts `branch create` (with the id's `creating` guard) or `branch reset` (without).
-async fn start_deploy(state: &Shared, req: BranchRequest, creating: Option<Creating>) -> ApiResult<Response> {
+async fn start_deploy(state: &Shared, req: BranchRequest, creating: Option<Arc<Creating>>) -> ApiResult<Response> {
     let (file, env_flag) = (state.manifest.file.clone(), state.env_flag.clone());
     let reset = creating.is_none();
-    let key = creating.as_ref().map(|c| c.key.clone());
+    // The handler keeps the guard too, so the entry it names the operation in is its own.
+    let shown = creating.clone();
     let kind = if reset { "branch_reset" } else { "branch_create" };
     let id = state
         .jobs
@@ -482,26 +475,46 @@ async fn start_deploy(state: &Shared, req: BranchRequest, creating: Option<Creat
             Ok(Outcome { changes: 1, error: view?.error })
         })
         .await?;
-    if let Some(key) = key {
-        if let Some(v) = state.creating.lock().ok().as_mut().and_then(|c| c.get_mut(&key)) {
-            v.operation_id = Some(id);
-        }
+    if let Some(c) = shown {
+        c.update(|v| v.operation_id = Some(id));
     }
     accepted(state, id).await
 }
 
-/// A branch id in `AppState::creating`, removed when this is dropped (however the
-/// request or its job ends).
+/// A (sanitised) branch id in `AppState::creating`, removed when this is dropped (however
+/// the request or its job ends).
 struct Creating {
     state: Shared,
     key: String,
 }
 
+impl Creating {
+    /// Reserves `key`, not yet shown; `Err` with the id being created when it is taken.
+    fn reserve(state: &Shared, key: String) -> Result<Creating, Option<String>> {
+        match state.creating().entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => Err(e.get().as_ref().map(|v| v.id.clone())),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(None);
+                Ok(Creating { state: state.clone(), key })
+            }
+        }
+    }
+
+    /// From now on `GET /branches/{id}` shows the branch as `view`.
+    fn show(&self, view: BranchView) {
+        self.state.creating().insert(self.key.clone(), Some(view));
+    }
+
+    fn update(&self, change: impl FnOnce(&mut BranchView)) {
+        if let Some(Some(v)) = self.state.creating().get_mut(&self.key) {
+            change(v);
+        }
+    }
+}
+
 impl Drop for Creating {
     fn drop(&mut self) {
-        if let Ok(mut c) = self.state.creating.lock() {
-            c.remove(&self.key);
-        }
+        self.state.creating().remove(&self.key);
     }
 }
 

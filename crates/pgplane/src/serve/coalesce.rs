@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -60,7 +60,7 @@ impl Coalescer {
     {
         // Only leaders hold the semaphore's `Arc`: its count tells when a key can be forgotten.
         let lead = {
-            let mut slots = self.slots.lock().map_err(|_| anyhow::anyhow!("coalescer poisoned"))?;
+            let mut slots = self.slots();
             let at_once = self.at_once;
             let slot = slots
                 .entry(key.clone())
@@ -75,7 +75,7 @@ impl Coalescer {
                 }
             }
         };
-        let (tx, running) = match lead {
+        let lead = match lead {
             Err(mut rx) => loop {
                 if let Some(answer) = rx.borrow_and_update().clone() {
                     return shared(&answer);
@@ -85,14 +85,14 @@ impl Coalescer {
                     return Box::pin(self.run(key, query)).await;
                 }
             },
-            Ok(lead) => lead,
+            Ok((tx, running)) => Lead { coalescer: self, key: &key, running: Some(running), tx },
         };
-        let _turn = running.acquire().await.map_err(|_| anyhow::anyhow!("coalescer closed"))?;
+        let running = lead.running.clone().ok_or_else(|| anyhow::anyhow!("coalescer: a leader without its key"))?;
+        // Dropped before `lead` (declared after it), so `lead` sees the count without it.
+        let _turn = running.acquire_owned().await.map_err(|_| anyhow::anyhow!("coalescer closed"))?;
         // From here on, new requests gather for the query after this one.
-        if let Ok(mut slots) = self.slots.lock() {
-            if let Some(slot) = slots.get_mut(&key) {
-                slot.next = None;
-            }
+        if let Some(slot) = self.slots().get_mut(&key) {
+            slot.next = None;
         }
         let answer = match tokio::time::timeout(QUERY_TIMEOUT, query()).await {
             Ok(result) => result,
@@ -102,14 +102,40 @@ impl Coalescer {
             ))),
         };
         let answer: Answer = Arc::new(answer.map_err(|e| (e.status, e.code, e.message)));
-        tx.send_replace(Some(answer.clone()));
-        // Forget the key when no other query runs or gathers for it (keys come from requests).
-        if let Ok(mut slots) = self.slots.lock() {
-            if slots.get(&key).is_some_and(|s| s.next.is_none() && Arc::strong_count(&s.running) <= 2) {
-                slots.remove(&key);
-            }
-        }
+        lead.tx.send_replace(Some(answer.clone()));
         shared(&answer)
+    }
+
+    /// The map, also after a panic elsewhere (nothing under this lock can be left half done).
+    fn slots(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A leader's hold on its key. However the leader ends (answered, failed, or dropped with
+/// its request), the key is forgotten when no other query runs or gathers for it: keys
+/// come from requests.
+struct Lead<'a> {
+    coalescer: &'a Coalescer,
+    key: &'a str,
+    running: Option<Arc<Semaphore>>,
+    /// Where the answer goes to the requests that joined.
+    tx: watch::Sender<Option<Answer>>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        drop(self.running.take());
+        let mut slots = self.coalescer.slots();
+        let idle = slots.get(self.key).is_some_and(|s| {
+            // Only the map's own `Arc` left, and nobody alive gathering the next query (a
+            // leader dropped while it gathered finds its own batch there).
+            Arc::strong_count(&s.running) == 1
+                && s.next.as_ref().is_none_or(|rx| rx.has_changed().is_err() || rx.same_channel(&self.tx.subscribe()))
+        });
+        if idle {
+            slots.remove(self.key);
+        }
     }
 }
 
@@ -140,7 +166,7 @@ mod tests {
         String::from_utf8_lossy(&body).parse().expect("number")
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn requests_share_the_next_query_never_a_running_one() {
         let c = Coalescer::new(1);
         let runs = AtomicUsize::new(0);
@@ -162,7 +188,7 @@ mod tests {
         assert!(c.slots.lock().expect("lock").is_empty(), "keys are forgotten when nobody waits");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn errors_are_shared_and_a_vanished_leader_is_replaced() {
         let c = Coalescer::new(1);
         let e = c.run("k".into(), || async { Err(ApiError::not_found("gone")) }).await.expect_err("shared error");
@@ -180,9 +206,27 @@ mod tests {
         };
         let (_, _, w) = tokio::join!(blocker, abandoned, waiter);
         assert_eq!(w, 2);
+        assert!(c.slots.lock().expect("lock").is_empty(), "an abandoned leader leaves no key behind");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
+    async fn requests_dropped_while_leading_leave_no_key() {
+        let c = Coalescer::default();
+        let runs = AtomicUsize::new(0);
+        // Dropped in the middle of its query.
+        let _ = tokio::time::timeout(Duration::from_millis(10), ask(&c, &runs, "a")).await;
+        assert!(c.slots.lock().expect("lock").is_empty(), "key a left behind");
+        // Dropped while it gathered for a third query beside two running ones.
+        let gatherer = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::timeout(Duration::from_millis(10), ask(&c, &runs, "b")).await.expect_err("dropped");
+        };
+        let (x, y, ()) = tokio::join!(ask(&c, &runs, "b"), ask(&c, &runs, "b"), gatherer);
+        assert_eq!((x, y), (2, 3));
+        assert!(c.slots.lock().expect("lock").is_empty(), "key b left behind");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn two_queries_run_at_once_and_later_requests_gather_for_a_third() {
         let c = Coalescer::default();
         assert_eq!(c.at_once, 2);

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -38,10 +38,11 @@ pub struct AppState {
     pub tokens: Tokens,
     pub metrics: Metrics,
     pub jobs: Jobs,
-    /// Branches whose creation this process started and has not finished, by sanitised id,
-    /// as `GET /branches/{id}` shows them (RUNNING) until the job holds the branch's lock and
-    /// has claimed its row; another create of the same id meanwhile is a 409.
-    pub creating: Mutex<HashMap<String, crate::branch::BranchView>>,
+    /// Branches whose creation this process started and has not finished, by sanitised id:
+    /// reserved (`None`) while the request checks that the branch does not exist, then as
+    /// `GET /branches/{id}` shows them (RUNNING) until the job's own record does. Another
+    /// create of the same id meanwhile is a 409.
+    creating: Mutex<HashMap<String, Option<crate::branch::BranchView>>>,
     /// Concurrent reads of the same table list share one query.
     pub tables: super::coalesce::Coalescer,
     pools: Mutex<HashMap<(String, String), Pool>>,
@@ -50,6 +51,12 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Branches being created (see the field), also after a panic elsewhere: every change
+    /// under this lock is one map operation.
+    pub fn creating(&self) -> MutexGuard<'_, HashMap<String, Option<crate::branch::BranchView>>> {
+        self.creating.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Loads the manifest, resolves the servers (starting the embedded one when the
     /// manifest lists none) and makes sure the control database exists and is migrated.
     pub async fn open(
