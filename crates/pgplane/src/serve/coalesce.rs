@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -106,9 +106,8 @@ impl Coalescer {
         shared(&answer)
     }
 
-    /// The map, also after a panic elsewhere (nothing under this lock can be left half done).
     fn slots(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+        super::lock(&self.slots)
     }
 }
 

@@ -212,6 +212,12 @@ async fn metrics_text(State(state): State<Shared>) -> Response {
     }
 }
 
+/// Locks `m`, also after a panic elsewhere held it: for maps whose every change under the
+/// lock is one map operation, so nothing can be left half done.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Starts `work` on a new thread with a single-threaded runtime of its own. Should the
 /// runtime not start (it is logged), `work` is dropped unrun: callers learn it from their
 /// result channel closing.

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -51,10 +51,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Branches being created (see the field), also after a panic elsewhere: every change
-    /// under this lock is one map operation.
+    /// Branches being created (see the field).
     pub fn creating(&self) -> MutexGuard<'_, HashMap<String, Option<crate::branch::BranchView>>> {
-        self.creating.lock().unwrap_or_else(PoisonError::into_inner)
+        super::lock(&self.creating)
     }
 
     /// Loads the manifest, resolves the servers (starting the embedded one when the
