@@ -711,6 +711,41 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     pgplane_core::manifest::parse_duration(s)
 }
 
+// Clap's argument types become the library's request types here, so the operations never
+// see clap.
+impl From<&ManifestArgs> for crate::ops::ManifestArgs {
+    fn from(a: &ManifestArgs) -> Self {
+        crate::ops::ManifestArgs { file: a.file.clone(), env: a.env.clone() }
+    }
+}
+
+impl From<&SchemaTarget> for crate::schema::SchemaTarget {
+    fn from(a: &SchemaTarget) -> Self {
+        crate::schema::SchemaTarget {
+            db: a.db.clone(),
+            branch: a.branch.clone(),
+            url: a.url.clone(),
+            manifest: (&a.manifest).into(),
+        }
+    }
+}
+
+impl From<WaitArgs> for crate::wait::WaitArgs {
+    fn from(a: WaitArgs) -> Self {
+        crate::wait::WaitArgs {
+            conditions: a.conditions,
+            url: a.url,
+            file: a.file,
+            env: a.env,
+            module: a.module,
+            timeout: a.timeout,
+            interval: a.interval,
+            json: a.json,
+            diagnose_sql: a.diagnose_sql,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

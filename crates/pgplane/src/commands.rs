@@ -58,7 +58,7 @@ pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
         jobs: 4,
         live: !args.change.json,
     };
-    let runs = match migrate::run_modules(&s, None, None, &opts).await {
+    let runs = match migrate::run_modules(&s, None, None, &opts, &output::Terminal::new()).await {
         Ok(runs) => runs,
         Err(e) => {
             // Provisioning happened: its result is printed whatever the migrations did.
@@ -486,7 +486,7 @@ async fn ensure_managed(
 
 /// `pgplane wait`: see [`crate::wait`].
 pub async fn wait(ctx: &Ctx, args: WaitArgs) -> Result<i32> {
-    wait::run(ctx, args).await
+    wait::run(ctx, args.into(), &output::Terminal::new()).await
 }
 
 pub fn local(ctx: &mut Ctx, command: LocalCommand) -> Result<i32> {
@@ -583,7 +583,7 @@ pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
             schema: args.schema.clone().unwrap_or_else(|| "public".into()),
             role: None,
         };
-        let targets = migrate::run_all(&source, vec![target], &opts).await;
+        let targets = migrate::run_all(&source, vec![target], &opts, &output::Terminal::new()).await;
         vec![migrate::ModuleRun { module: None, source: source.describe(), targets }]
     } else {
         if args.source.is_some() && args.module.is_none() {
@@ -591,7 +591,7 @@ pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
         }
         let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
         let only = args.module.as_deref().map(|m| (m, args.tenant.as_deref()));
-        let runs = migrate::run_modules(&s, only, args.source.as_deref(), &opts).await?;
+        let runs = migrate::run_modules(&s, only, args.source.as_deref(), &opts, &output::Terminal::new()).await?;
         if runs.is_empty() {
             bail!(
                 "no module in {} has `migrations:`; add `migrations: PATH` to a module or pass --module M --source PATH",
@@ -791,7 +791,7 @@ fn print_branch(v: &branch::BranchView, json_out: bool) -> Result<i32> {
 pub async fn schema(ctx: &mut Ctx, command: SchemaCommand) -> Result<i32> {
     match command {
         SchemaCommand::Tables(a) => {
-            let (client, database) = crate::schema::connect(ctx, &a.target).await?;
+            let (client, database) = crate::schema::connect(ctx, &(&a.target).into()).await?;
             let tables = crate::schema::tables(&client, a.schema.as_deref()).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&tables)?);
@@ -801,7 +801,7 @@ pub async fn schema(ctx: &mut Ctx, command: SchemaCommand) -> Result<i32> {
             }
         }
         SchemaCommand::Describe(a) => {
-            let (client, database) = crate::schema::connect(ctx, &a.target).await?;
+            let (client, database) = crate::schema::connect(ctx, &(&a.target).into()).await?;
             let Some(table) = crate::schema::describe(&client, &a.table).await? else {
                 bail!("there is no table or view {:?} in database {database} (see `pgplane schema tables`)", a.table);
             };
@@ -812,8 +812,8 @@ pub async fn schema(ctx: &mut Ctx, command: SchemaCommand) -> Result<i32> {
             }
         }
         SchemaCommand::Diff(a) => {
-            let (from, from_label) = crate::schema::connect_side(ctx, &a.manifest, &a.from).await?;
-            let (to, to_label) = crate::schema::connect_side(ctx, &a.manifest, &a.to).await?;
+            let (from, from_label) = crate::schema::connect_side(ctx, &(&a.manifest).into(), &a.from).await?;
+            let (to, to_label) = crate::schema::connect_side(ctx, &(&a.manifest).into(), &a.to).await?;
             let (old, new) = futures_util::try_join!(crate::schema::snapshot(&from), crate::schema::snapshot(&to))?;
             let d = pgplane_core::schema::diff(&old, &new);
             if a.json {

@@ -1,20 +1,12 @@
 //! The `pgplane` binary: parse arguments, set up logging, run one command, exit.
 
-mod branch;
 mod cli;
 mod commands;
-mod conn;
-mod control;
-mod exec;
-mod local;
-mod migrate;
-mod observe;
-mod ops;
 mod output;
-mod schema;
-mod secrets;
 mod serve;
-mod wait;
+
+// The operations live in the library; front ends call them by these names.
+use pgplane_ops::{branch, cancel, conn, control, events, exec, migrate, observe, ops, schema, secrets, wait};
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -5,6 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use indicatif::{ProgressBar, ProgressStyle};
 use pgplane_core::plan::Action;
 
+use crate::events::Events;
 use crate::exec::Progress;
 
 pub struct BarProgress(ProgressBar);
@@ -76,50 +77,66 @@ pub fn confirm(question: &str) -> bool {
     matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
-/// Set by `serve`, which handles signals itself: running operations are asked to stop
-/// only when its grace period is over, not at the signal.
-static STOP: std::sync::OnceLock<tokio::sync::watch::Sender<Option<&'static str>>> = std::sync::OnceLock::new();
-
-/// From now on [`stop_requested`] waits for [`request_stop`] instead of a signal.
-pub fn take_over_signals() {
-    STOP.get_or_init(|| tokio::sync::watch::channel(None).0);
+/// The CLI's [`Events`]: on a terminal, a counter bar for progress and a spinner for stage
+/// messages; elsewhere, a stage message at most every 10 seconds as a log line.
+pub struct Terminal {
+    state: std::sync::Mutex<TermState>,
+    tty: bool,
 }
 
-/// Asks running operations to stop (see [`take_over_signals`]).
-pub fn request_stop(reason: &'static str) {
-    if let Some(tx) = STOP.get() {
-        tx.send_replace(Some(reason));
+#[derive(Default)]
+struct TermState {
+    bar: Option<ProgressBar>,
+    spinner: Option<ProgressBar>,
+    last_line: Option<std::time::Instant>,
+}
+
+impl Terminal {
+    pub fn new() -> Terminal {
+        Terminal { state: Default::default(), tty: std::io::stderr().is_terminal() }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, TermState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// Resolves when the running operation should stop: on SIGINT or SIGTERM, or, in `serve`,
-/// when [`request_stop`] is called. Works from any runtime.
-pub async fn stop_requested() -> &'static str {
-    let Some(tx) = STOP.get() else {
-        return shutdown_signal().await;
-    };
-    let mut rx = tx.subscribe();
-    loop {
-        if let Some(reason) = *rx.borrow_and_update() {
-            return reason;
-        }
-        if rx.changed().await.is_err() {
-            return std::future::pending().await;
+impl Events for Terminal {
+    fn stage(&self, _name: &str, message: &str) {
+        let mut s = self.state();
+        if self.tty {
+            let spinner = s.spinner.get_or_insert_with(|| {
+                let bar = ProgressBar::new_spinner();
+                bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                bar
+            });
+            spinner.set_message(message.to_string());
+        } else if s.last_line.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+            // The first message comes a round after the start; later ones every 10 s.
+            if s.last_line.is_some() {
+                eprintln!("pgplane: still {message}");
+            }
+            s.last_line = Some(std::time::Instant::now());
         }
     }
-}
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM, with the signal's name.
-pub async fn shutdown_signal() -> &'static str {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
+    fn progress(&self, done: u64, total: u64, what: &str) {
+        if !self.tty {
+            return;
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+        let mut s = self.state();
+        let bar = s.bar.get_or_insert_with(|| counter(total, what, false));
+        bar.set_length(total);
+        bar.set_position(done);
+    }
+
+    fn progress_done(&self) {
+        let mut s = self.state();
+        if let Some(bar) = s.bar.take() {
+            bar.finish_and_clear();
+        }
+        if let Some(spinner) = s.spinner.take() {
+            spinner.finish_and_clear();
+        }
     }
 }

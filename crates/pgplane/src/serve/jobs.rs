@@ -111,7 +111,7 @@ impl Jobs {
         if self.wait_until(Instant::now() + grace).await.is_empty() {
             return Vec::new();
         }
-        crate::output::request_stop("SIGTERM");
+        crate::cancel::request_stop("SIGTERM");
         let left = self.wait_until(Instant::now() + Duration::from_secs(10)).await;
         if !left.is_empty() {
             if let Err(e) = interrupt(control_target, &left).await {

@@ -39,7 +39,7 @@ pub async fn run(home: PathBuf, args: ServeArgs) -> Result<i32> {
         );
     }
     // Running operations stop when the grace period is over, not at the signal.
-    crate::output::take_over_signals();
+    crate::cancel::take_over_signals();
     let state = state::AppState::open(home, &args.manifest.file, args.manifest.env.clone(), tokens).await?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
@@ -55,7 +55,7 @@ pub async fn run(home: PathBuf, args: ServeArgs) -> Result<i32> {
     let (signaled, mut on_signal) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
     let grace = args.grace;
     let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let name = crate::output::shutdown_signal().await;
+        let name = crate::cancel::shutdown_signal().await;
         eprintln!("pgplane: {name} received: finishing requests and running operations (up to {}s)", grace.as_secs());
         signaled.send_replace(Some(tokio::time::Instant::now()));
     });
@@ -84,7 +84,7 @@ pub async fn run(home: PathBuf, args: ServeArgs) -> Result<i32> {
     let left = grace.saturating_sub(signal_at.elapsed());
     let interrupted = tokio::select! {
         ids = state.jobs.drain(left, state.servers.first()) => ids,
-        name = crate::output::shutdown_signal() => {
+        name = crate::cancel::shutdown_signal() => {
             eprintln!("pgplane: second {name}: stopping now");
             state.jobs.drain(std::time::Duration::ZERO, state.servers.first()).await
         }

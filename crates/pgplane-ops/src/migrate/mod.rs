@@ -19,6 +19,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::conn::{Role, Target as Server};
+use crate::events::Events;
 pub use ledger::LedgerNames;
 pub use source::{Selection, Source};
 
@@ -118,22 +119,32 @@ pub struct Report {
 
 /// Runs `opts.mode` over every target, at most `opts.jobs` at a time; one target's
 /// failure does not stop the others.
-pub async fn run_all(source: &Source, targets: Vec<Target>, opts: &RunOptions) -> Vec<Report> {
+pub async fn run_all(source: &Source, targets: Vec<Target>, opts: &RunOptions, events: &dyn Events) -> Vec<Report> {
     let many = targets.len() > 1;
-    let bar = crate::output::counter(targets.len() as u64, "targets migrated", !opts.live || !many);
+    let total = targets.len() as u64;
+    let counting = opts.live && many;
+    let done = std::sync::atomic::AtomicU64::new(0);
+    if counting {
+        events.progress(0, total, "targets migrated");
+    }
     let mut reports: Vec<(usize, Report)> = futures_util::stream::iter(targets.into_iter().enumerate())
         .map(|(i, t)| {
-            let bar = &bar;
+            let done = &done;
             async move {
                 let r = run_one(source, &t, opts, many).await;
-                bar.inc(1);
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if counting {
+                    events.progress(n, total, "targets migrated");
+                }
                 (i, r)
             }
         })
         .buffer_unordered(opts.jobs.max(1))
         .collect()
         .await;
-    bar.finish_and_clear();
+    if counting {
+        events.progress_done();
+    }
     reports.sort_by_key(|(i, _)| *i);
     reports.into_iter().map(|(_, r)| r).collect()
 }
@@ -270,7 +281,7 @@ where
     let cancel = client.cancel_token();
     tokio::select! {
         r = work(client) => r,
-        signal = crate::output::stop_requested() => {
+        signal = crate::cancel::stop_requested() => {
             let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
             bail!("interrupted by {signal}: the running migration was cancelled and rolled back")
         }
@@ -602,6 +613,7 @@ pub async fn run_modules(
     only: Option<(&str, Option<&str>)>,
     source_override: Option<&std::path::Path>,
     base: &RunOptions,
+    events: &dyn Events,
 ) -> Result<Vec<ModuleRun>> {
     let modules: Vec<&pgplane_core::manifest::ModuleSpec> = match only {
         Some((name, _)) => vec![s.manifest.module(name).with_context(|| {
@@ -632,7 +644,7 @@ pub async fn run_modules(
     }
     let mut runs = Vec::new();
     for (module, source, targets, opts) in work {
-        let reports = run_all(&source, targets, &opts).await;
+        let reports = run_all(&source, targets, &opts, events).await;
         runs.push(ModuleRun { module: Some(module), source: source.describe(), targets: reports });
     }
     Ok(runs)

@@ -13,9 +13,9 @@ use pgplane_core::schema::{
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
-use crate::cli::{ManifestArgs, SchemaTarget};
 use crate::conn::{Role, Target as Server};
 use crate::ops::Ctx;
+use crate::ops::ManifestArgs;
 
 pub const TABLES_SQL: &str = include_str!("../sql/schema_tables.sql");
 const RELATIONS_SQL: &str = include_str!("../sql/schema_relations.sql");
@@ -27,6 +27,15 @@ const ENUMS_SQL: &str = include_str!("../sql/schema_enums.sql");
 const SEQUENCES_SQL: &str = include_str!("../sql/schema_sequences.sql");
 
 /// Connects to what `--db`, `--branch` or `--url` names; returns the database's name.
+/// Which database a schema command reads: one on the manifest's servers, a branch, or any URL.
+#[derive(Debug, Clone)]
+pub struct SchemaTarget {
+    pub db: Option<String>,
+    pub branch: Option<String>,
+    pub url: Option<String>,
+    pub manifest: ManifestArgs,
+}
+
 pub async fn connect(ctx: &mut Ctx, target: &SchemaTarget) -> Result<(Client, String)> {
     if let Some(url) = &target.url {
         let (client, db, _) = connect_url(url).await?;

@@ -48,7 +48,8 @@ fn branch_key(env: &str, id: &str) -> String {
 pub const FILE_COPY_ABOVE_BYTES: i64 = 64 * 1024 * 1024;
 
 /// A branch as `branch list|show --json` and the HTTP API show it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BranchView {
     pub id: String,
     pub database: String,
@@ -61,7 +62,7 @@ pub struct BranchView {
     /// What failed, for people: the migration, PostgreSQL's message, where.
     pub error: Option<String>,
     /// The same, structured: `{migration, message, sqlstate, position, statement}`.
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub failure: Option<Value>,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
@@ -921,7 +922,7 @@ async fn deploy(
     }
     let mut runs = Vec::new();
     for source in &loaded {
-        let reports = migrate::run_all(source, vec![target.clone()], &run_opts).await;
+        let reports = migrate::run_all(source, vec![target.clone()], &run_opts, &crate::events::Quiet).await;
         let failed = reports.iter().find(|r| !r.ok).map(|r| {
             let error = match (&r.failure, &r.error) {
                 (Some(f), _) => f.to_string(),

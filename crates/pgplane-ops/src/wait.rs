@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::IsTerminal;
+
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -20,8 +20,8 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use crate::cli::WaitArgs;
 use crate::conn::{Servers, Target};
+use crate::events::Events;
 use crate::ops::{self, Ctx};
 
 /// Exit code when `--timeout` passed before every condition held.
@@ -35,6 +35,22 @@ const APPLICATION_NAME: &str = "pgplane-wait";
 
 /// Rows of a diagnostic query shown as text; JSON has them all.
 const DIAGNOSTIC_TEXT_ROWS: usize = 50;
+
+/// What `pgplane wait` is asked: conditions, where to check them and for how long.
+#[derive(Debug, Clone)]
+pub struct WaitArgs {
+    pub conditions: Vec<Condition>,
+    /// `--url`, or `DATABASE_URL` from the environment.
+    pub url: Option<String>,
+    /// A manifest whose server (and `module`'s database) to check instead.
+    pub file: Option<std::path::PathBuf>,
+    pub env: Option<String>,
+    pub module: Option<String>,
+    pub timeout: Duration,
+    pub interval: Duration,
+    pub json: bool,
+    pub diagnose_sql: Vec<String>,
+}
 
 /// One `--for` condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -603,47 +619,14 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// Progress on stderr: a spinner on a terminal, else a line every 10 seconds.
-enum Progress {
-    Spinner(indicatif::ProgressBar),
-    Lines { last: Instant },
+/// Reports the pending conditions to `events` as the `waiting` stage's message.
+fn report_waiting(events: &dyn Events, elapsed: Duration, states: &[State]) {
+    let pending: Vec<String> =
+        states.iter().filter(|s| !s.outcome.ok).map(|s| format!("{} ({})", s.cond, s.outcome.observed)).collect();
+    events.stage("waiting", &format!("waiting {} for {}", human(elapsed), pending.join(", ")));
 }
 
-impl Progress {
-    fn new() -> Progress {
-        if std::io::stderr().is_terminal() {
-            let bar = indicatif::ProgressBar::new_spinner();
-            bar.enable_steady_tick(Duration::from_millis(120));
-            Progress::Spinner(bar)
-        } else {
-            Progress::Lines { last: Instant::now() }
-        }
-    }
-
-    fn update(&mut self, elapsed: Duration, states: &[State]) {
-        let pending: Vec<String> =
-            states.iter().filter(|s| !s.outcome.ok).map(|s| format!("{} ({})", s.cond, s.outcome.observed)).collect();
-        match self {
-            Progress::Spinner(bar) => {
-                bar.set_message(format!("waiting {} for {}", human(elapsed), pending.join(", ")));
-            }
-            Progress::Lines { last } => {
-                if last.elapsed() >= Duration::from_secs(10) {
-                    *last = Instant::now();
-                    eprintln!("pgplane: still waiting after {} for {}", human(elapsed), pending.join(", "));
-                }
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Progress::Spinner(bar) = self {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-pub async fn run(ctx: &Ctx, args: WaitArgs) -> Result<i32> {
+pub async fn run(ctx: &Ctx, args: WaitArgs, events: &dyn Events) -> Result<i32> {
     if args.interval < Duration::from_millis(10) {
         bail!("--interval {} is too short; use at least 10ms (e.g. 250ms)", human(args.interval));
     }
@@ -656,7 +639,6 @@ pub async fn run(ctx: &Ctx, args: WaitArgs) -> Result<i32> {
         .map(|c| State { cond: c.clone(), outcome: Outcome::fails("not checked yet"), since: None })
         .collect();
     let mut conns = Conns { main_error: format!("not connected to {} yet", r.display()), ..Conns::default() };
-    let mut progress = Progress::new();
     let limits = |now: Instant| {
         // Never stall a round on one attempt: a connection gets at most the interval
         // (at least 1s), a query at least 5s; both end at the deadline (at least 1s later).
@@ -686,10 +668,10 @@ pub async fn run(ctx: &Ctx, args: WaitArgs) -> Result<i32> {
         if now >= deadline {
             break false;
         }
-        progress.update(now - started, &states);
+        report_waiting(events, now - started, &states);
         tokio::time::sleep_until((round + args.interval).min(deadline)).await;
     };
-    progress.finish();
+    events.progress_done();
     let elapsed = started.elapsed();
     let mut diagnostics = Vec::new();
     if !all_ok && !args.diagnose_sql.is_empty() {

@@ -43,6 +43,14 @@ impl Ctx {
     }
 }
 
+/// Which manifest and environment an operation works on (a file is read and validated by
+/// the operation; the environment defaults to the manifest's `environment:`).
+#[derive(Debug, Clone)]
+pub struct ManifestArgs {
+    pub file: PathBuf,
+    pub env: Option<String>,
+}
+
 pub fn load_manifest(path: &Path) -> Result<Manifest> {
     let env = |k: &str| std::env::var(k).ok();
     Ok(Manifest::load(path, &env)?)

@@ -391,7 +391,8 @@ pub async fn op_finish(c: &Client, id: i64, changes: usize, error: Option<&str>)
 
 /// What an operation row says, with `running` told honestly: a running operation whose
 /// lock no process holds was interrupted (its process died or was killed).
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Operation {
     pub id: i64,
     /// `apply`, `adopt`, `rotate`, `template_build`, `branch_create`, `branch_reset`, …

@@ -1,0 +1,17 @@
+//! How operations report progress: a `Send + Sync` trait that each front end implements
+//! (a terminal bar in the CLI, stages of a job row in the control database, log lines).
+
+/// Progress of one operation. Every method has a no-op default.
+pub trait Events: Send + Sync {
+    /// A stage of the operation begins (`plan`, `apply`, `migrate`, `deploy`, …).
+    fn stage(&self, _name: &str, _message: &str) {}
+    /// Progress within the current stage: `done` of `total` units of `what`.
+    fn progress(&self, _done: u64, _total: u64, _what: &str) {}
+    /// The current stage's progress is over (a bar may be cleared).
+    fn progress_done(&self) {}
+}
+
+/// Reports nothing.
+pub struct Quiet;
+
+impl Events for Quiet {}
