@@ -11,6 +11,7 @@
 
 pub mod branch;
 pub mod ident;
+pub mod job;
 pub mod liquibase;
 pub mod manifest;
 pub mod migrate;

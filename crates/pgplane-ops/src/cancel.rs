@@ -48,3 +48,63 @@ pub async fn shutdown_signal() -> &'static str {
         _ = term.recv() => "SIGTERM",
     }
 }
+
+/// A cancellation handle for one operation: cloned into everything the operation runs,
+/// cancelled by whoever may stop it (a job's heartbeat seeing a cancel request or a lost
+/// lease, a shutdown, the CLI's signal handler). Operations check it at safe points and
+/// race it against long statements (which they then cancel on the server).
+#[derive(Clone, Debug)]
+pub struct Cancel {
+    tx: std::sync::Arc<tokio::sync::watch::Sender<Option<String>>>,
+}
+
+impl Default for Cancel {
+    fn default() -> Self {
+        Cancel::new()
+    }
+}
+
+impl Cancel {
+    pub fn new() -> Cancel {
+        Cancel { tx: std::sync::Arc::new(tokio::sync::watch::channel(None).0) }
+    }
+
+    /// Asks the operation to stop; the first reason given is kept.
+    pub fn cancel(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.tx.send_if_modified(|r| {
+            if r.is_none() {
+                *r = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Why the operation was asked to stop, if it was.
+    pub fn reason(&self) -> Option<String> {
+        self.tx.borrow().clone()
+    }
+
+    /// Resolves (with the reason) once the operation is asked to stop. Works from any runtime.
+    pub async fn cancelled(&self) -> String {
+        let mut rx = self.tx.subscribe();
+        loop {
+            if let Some(r) = rx.borrow_and_update().clone() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// An error if the operation was asked to stop: call it between steps.
+    pub fn check(&self) -> crate::error::Result<()> {
+        match self.reason() {
+            Some(r) => Err(crate::error::Error::Cancelled(format!("stopped: {r}"))),
+            None => Ok(()),
+        }
+    }
+}

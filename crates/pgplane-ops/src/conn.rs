@@ -62,6 +62,19 @@ impl Target {
     /// Connects with a given `application_name` (branch operations name their sessions
     /// after the branch, so the next holder of its lock can end a dead process's leftovers).
     pub async fn connect_named(&self, db: Option<&str>, application_name: &str) -> Result<Client> {
+        let (client, conn) = self.open(db, application_name).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// A session and its connection task, before anything drives it.
+    async fn open(
+        &self,
+        db: Option<&str>,
+        application_name: &str,
+    ) -> Result<(Client, tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>)> {
         let mut cfg = self.config.clone();
         if let Some(db) = db {
             cfg.dbname(db);
@@ -70,17 +83,39 @@ impl Target {
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(10));
         }
-        let (client, conn) = cfg.connect(NoTls).await.with_context(|| {
+        cfg.connect(NoTls).await.with_context(|| {
             format!(
                 "connecting to server {} ({}) database {}",
                 self.name,
                 self.display(),
                 db.or(self.config.get_dbname()).unwrap_or("postgres")
             )
-        })?;
+        })
+    }
+
+    /// Connects and `LISTEN`s on `channel`; `on_notify` gets each notification's payload.
+    /// The returned client must be kept: dropping it ends the session. Its connection task
+    /// ends (and `on_closed` is called) when the session breaks.
+    pub async fn listen(
+        &self,
+        db: Option<&str>,
+        application_name: &str,
+        channel: &str,
+        on_notify: impl Fn(&str) + Send + 'static,
+        on_closed: impl FnOnce() + Send + 'static,
+    ) -> Result<Client> {
+        use futures_util::StreamExt;
+        let (client, mut conn) = self.open(db, application_name).await?;
         tokio::spawn(async move {
-            let _ = conn.await;
+            let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(Ok(m)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                    on_notify(n.payload());
+                }
+            }
+            on_closed();
         });
+        client.batch_execute(&format!("LISTEN {}", pgplane_core::ident::quote_ident(channel))).await?;
         Ok(client)
     }
 }

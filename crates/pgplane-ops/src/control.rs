@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../sql/control/0002_observations.sql")),
     (3, include_str!("../sql/control/0003_installation.sql")),
     (4, include_str!("../sql/control/0004_branches.sql")),
+    (5, include_str!("../sql/control/0005_jobs.sql")),
 ];
 
 /// Advisory lock key that serializes every mutating pgplane operation on a server.
@@ -334,147 +335,45 @@ pub async fn bump_generation(c: &tokio_postgres::Transaction<'_>, server: &str, 
     Ok(row.get(0))
 }
 
-/// Advisory lock class of a running operation (key: its id). The process running an
-/// operation holds it on the connection that journals it, so any reader can tell a running
-/// operation from one whose process died (see [`operations`]).
-pub const OP_LOCK: i32 = 0x7067_6f70; // "pgop"
-
-/// Journals the start of an operation and holds its lock on `c` until [`op_finish`] (or
-/// until `c` closes, e.g. because the process died).
-pub async fn op_start(c: &Client, kind: &str, env: Option<&str>) -> Result<i64> {
-    let row = c
-        .query_one(
-            "WITH op AS (INSERT INTO pgplane.operations (kind, env, status) VALUES ($1, $2, 'running') RETURNING id)
-             SELECT id, pg_advisory_lock($3, (id & 2147483647)::int4) IS NOT NULL FROM op",
-            &[&kind, &env, &OP_LOCK],
-        )
-        .await?;
-    Ok(row.get(0))
-}
-
-/// An operation's journal entry: started here, or handed over by a caller that created
-/// the row itself (`pgplane serve` does, to answer 202 with it before the work starts) and
-/// finishes it.
+/// An operation's journal entry (a job of this process, see [`crate::jobs`]): started
+/// here, or handed over by the worker that claimed the job (it finishes it).
 pub struct Journal {
     pub id: i64,
-    owned: bool,
+    attempt: Option<crate::jobs::Attempt>,
 }
 
 impl Journal {
+    /// `given`: the job this operation runs as (a worker claimed it); `None`: record a job
+    /// of this process now, its lock held on `c` (the operation's control connection) until
+    /// [`Journal::finish`] or until `c` closes (the process died: readers see it interrupted).
     pub async fn start(c: &Client, given: Option<i64>, kind: &str, env: Option<&str>) -> Result<Journal> {
         Ok(match given {
-            Some(id) => Journal { id, owned: false },
-            None => Journal { id: op_start(c, kind, env).await?, owned: true },
+            Some(id) => Journal { id, attempt: None },
+            None => {
+                let new = crate::jobs::NewJob::new(kind, env);
+                let attempt =
+                    crate::jobs::queue::start_inline(c, &new, &crate::jobs::worker::inline_worker_name(), None).await?;
+                Journal { id: attempt.job.id, attempt: Some(attempt) }
+            }
         })
     }
 
     pub async fn finish(&self, c: &Client, changes: usize, error: Option<&str>) -> Result<()> {
-        if self.owned {
-            op_finish(c, self.id, changes, error).await?;
-        }
+        let Some(attempt) = &self.attempt else { return Ok(()) };
+        let changes = i32::try_from(changes).unwrap_or(i32::MAX);
+        let how = match error {
+            None => crate::jobs::Finish::Succeeded { changes, result: None },
+            Some(e) => crate::jobs::Finish::Failed {
+                error: e.to_string(),
+                code: "failed".to_string(),
+                retryable: false,
+                changes,
+                result: None,
+            },
+        };
+        crate::jobs::queue::finish(c, attempt, &how, &[]).await?;
         Ok(())
     }
-}
-
-/// Journals how an operation ended and releases its lock.
-pub async fn op_finish(c: &Client, id: i64, changes: usize, error: Option<&str>) -> Result<()> {
-    let status = if error.is_some() { "failed" } else { "succeeded" };
-    let changes = i32::try_from(changes).unwrap_or(i32::MAX);
-    c.query_one(
-        "WITH op AS (UPDATE pgplane.operations SET status = $2, changes = $3, error = $4, finished_at = now() WHERE id = $1)
-         SELECT pg_advisory_unlock($5, ($1 & 2147483647)::int4)",
-        &[&id, &status, &changes, &error, &OP_LOCK],
-    )
-    .await?;
-    Ok(())
-}
-
-/// What an operation row says, with `running` told honestly: a running operation whose
-/// lock no process holds was interrupted (its process died or was killed).
-#[derive(Debug, Clone, serde::Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct Operation {
-    pub id: i64,
-    /// `apply`, `adopt`, `rotate`, `template_build`, `branch_create`, `branch_reset`, …
-    pub kind: String,
-    /// `running`, `succeeded` or `failed`.
-    pub status: String,
-    pub error: Option<String>,
-    /// RFC 3339, UTC.
-    pub started_at: String,
-    pub finished_at: Option<String>,
-    pub env: Option<String>,
-    /// How many changes it made.
-    pub changes: i32,
-}
-
-/// `o.status` told honestly: a `running` operation whose lock no process holds is
-/// `interrupted`. (`OP_LOCK` is our constant, written into the SQL as a number.)
-fn honest_status() -> String {
-    format!(
-        "CASE WHEN o.status = 'running' AND NOT EXISTS (
-                SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
-                   AND l.classid = {OP_LOCK}::oid AND l.objid = (o.id & 2147483647)::int4::oid AND l.objsubid = 2
-                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
-              THEN 'interrupted' ELSE o.status END"
-    )
-}
-
-pub const OP_INTERRUPTED: &str = "interrupted: the pgplane process running this operation stopped before it finished";
-
-/// Operations, newest first: one (`id`), or the latest `limit` (optionally of one `env`).
-pub async fn operations(c: &Client, id: Option<i64>, env: Option<&str>, limit: i64) -> Result<Vec<Operation>> {
-    let rows = c
-        .query(
-            &format!(
-                "SELECT id, kind, {status}, error,
-                        to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                        to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                        env, changes
-                   FROM pgplane.operations o
-                  WHERE ($1::int8 IS NULL OR id = $1) AND ($2::text IS NULL OR env = $2)
-                  ORDER BY id DESC LIMIT $3",
-                status = honest_status()
-            ),
-            &[&id, &env, &limit],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let status: String = r.get(2);
-            let (status, error) = match status.as_str() {
-                "interrupted" => ("failed".to_string(), Some(OP_INTERRUPTED.to_string())),
-                _ => (status, r.get(3)),
-            };
-            Operation {
-                id: r.get(0),
-                kind: r.get(1),
-                status,
-                error,
-                started_at: r.get(4),
-                finished_at: r.get(5),
-                env: r.get(6),
-                changes: r.get(7),
-            }
-        })
-        .collect())
-}
-
-/// Counts of operations by kind and status (interrupted ones count as failed), for metrics.
-pub async fn operation_counts(c: &Client) -> Result<Vec<(String, String, i64)>> {
-    let rows = c
-        .query(
-            &format!(
-                "SELECT kind, CASE s WHEN 'interrupted' THEN 'failed' ELSE s END, count(*)
-                   FROM (SELECT kind, {status} AS s FROM pgplane.operations o) x
-                  GROUP BY 1, 2 ORDER BY 1, 2",
-                status = honest_status()
-            ),
-            &[],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
 }
 
 /// Terminates statements that a killed pgplane left running, and waits until they are gone.

@@ -274,7 +274,7 @@ pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
     let (generation, _lock) = if args.rotate {
         let (lock, mut c) = s.lock(std::time::Duration::from_secs(300)).await?;
         ensure_managed(&c, &s.desired, &server, &role).await.with_context(not_applied)?;
-        let op = control::op_start(&c, "rotate", Some(&s.desired.env)).await?;
+        let op = control::Journal::start(&c, None, "rotate", Some(&s.desired.env)).await?;
         // The new generation commits only once the server has the new verifier.
         let tx = c.transaction().await?;
         let generation = control::bump_generation(&tx, &server, &role).await?;
@@ -293,7 +293,7 @@ pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
             }
         };
         let error = result.as_ref().err().map(|e| format!("{e:#}"));
-        if let Err(e) = control::op_finish(&c, op, 1, error.as_deref()).await {
+        if let Err(e) = op.finish(&c, 1, error.as_deref()).await {
             tracing::warn!(error = %format!("{e:#}"), "could not journal the rotation");
         }
         result.context("changing the password")?;

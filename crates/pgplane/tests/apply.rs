@@ -123,7 +123,7 @@ fn passwords_never_reach_output_or_the_server_log() {
     assert!(!log.contains(&new_password), "rotated password in the server log");
     assert!(!rotated.stderr.contains(&new_password));
     // Not in the control database either, in any table.
-    for table in ["objects", "role_secrets", "operations", "observations", "installation"] {
+    for table in ["objects", "role_secrets", "jobs", "observations", "installation"] {
         let dump = t.sql("pgplane", &format!("SELECT COALESCE(string_agg(t::text, ' '), '') FROM pgplane.{table} t"));
         assert!(!dump.contains(&password) && !dump.contains(&new_password), "password in pgplane.{table}");
     }
@@ -783,7 +783,7 @@ fn regression_a_failed_create_withdraws_its_claim() {
     assert!(run.stderr.contains("no_such_extension"), "{}", run.stderr);
     assert_eq!(t.records("extension"), Vec::<String>::new());
     assert_eq!(t.records("database"), vec!["claim_app"], "what succeeded stays recorded");
-    let failed = t.sql("pgplane", "SELECT status FROM pgplane.operations WHERE env = 'claim' ORDER BY id DESC LIMIT 1");
+    let failed = t.sql("pgplane", "SELECT status FROM pgplane.jobs WHERE env = 'claim' ORDER BY id DESC LIMIT 1");
     assert_eq!(failed, "failed", "the operation is journaled as failed");
 }
 

@@ -226,7 +226,10 @@ fn concurrent_resets_of_one_branch_serialize() {
     );
     assert!(started.elapsed() >= Duration::from_secs(2), "one after the other, each with its 1 s changeset");
     assert_eq!(t.sql("br_conc_tpl_5", "SELECT count(*) FROM marker"), "0");
-    let ops = t.sql("pgplane", "SELECT count(*) FROM pgplane.operations WHERE env = 'br_conc' AND kind = 'branch_reset' AND status = 'succeeded'");
+    let ops = t.sql(
+        "pgplane",
+        "SELECT count(*) FROM pgplane.jobs WHERE env = 'br_conc' AND kind = 'branch_reset' AND status = 'succeeded'",
+    );
     assert_eq!(ops, "2");
 }
 

@@ -172,6 +172,6 @@ fn regression_first_applies_racing_serialize_whatever_their_admin_database() {
     assert_eq!(psql(&control, "SELECT count(DISTINCT env) FROM pgplane.objects").unwrap(), "2");
     // Each manifest changed things once; its duplicate ran after it and found nothing to do
     // (applies without changes are not journaled).
-    assert_eq!(psql(&control, "SELECT count(*) FROM pgplane.operations").unwrap(), "2");
-    assert_eq!(psql(&control, "SELECT count(*) FROM pgplane.operations WHERE status = 'succeeded'").unwrap(), "2");
+    assert_eq!(psql(&control, "SELECT count(*) FROM pgplane.jobs").unwrap(), "2");
+    assert_eq!(psql(&control, "SELECT count(*) FROM pgplane.jobs WHERE status = 'succeeded'").unwrap(), "2");
 }

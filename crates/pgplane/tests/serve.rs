@@ -558,7 +558,7 @@ fn sigterm_and_kill_leave_operations_reported_as_interrupted() {
         "the brief changeset never started",
     );
     assert_eq!(s.terminate(Duration::from_secs(30)), Some(0), "serve did not stop on SIGTERM");
-    assert_eq!(t.sql("pgplane", &format!("SELECT status FROM pgplane.operations WHERE id = {op}")), "succeeded");
+    assert_eq!(t.sql("pgplane", &format!("SELECT status FROM pgplane.jobs WHERE id = {op}")), "succeeded");
     assert_eq!(t.sql("pgplane", "SELECT status FROM pgplane.branches WHERE id = 'brief'"), "SUCCESS");
 
     let slow = "{\"id\": \"slow\", \"template\": \"sv_term_tpl\", \"sources\": [\"model/slow/changelog.yaml\"]}";
@@ -574,10 +574,8 @@ fn sigterm_and_kill_leave_operations_reported_as_interrupted() {
     let started = Instant::now();
     assert_eq!(s.terminate(Duration::from_secs(20)), Some(0), "serve did not stop on SIGTERM");
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
-    let row = t.sql(
-        "pgplane",
-        &format!("SELECT status || ' ' || coalesce(error, '') FROM pgplane.operations WHERE id = {op}"),
-    );
+    let row =
+        t.sql("pgplane", &format!("SELECT status || ' ' || coalesce(error, '') FROM pgplane.jobs WHERE id = {op}"));
     assert!(row.starts_with("failed ") && row.contains("interrupt"), "{row}");
     // Another serve process reports it, and the branch, honestly.
     let s2 = serve(&t, &f, &[]);
@@ -609,7 +607,7 @@ fn sigterm_and_kill_leave_operations_reported_as_interrupted() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        t.sql("pgplane", &format!("SELECT status FROM pgplane.operations WHERE id = {op}")),
+        t.sql("pgplane", &format!("SELECT status FROM pgplane.jobs WHERE id = {op}")),
         "running",
         "the row itself was left as it was"
     );

@@ -24,7 +24,8 @@ use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, Body, ErrorBody, RawB
 use super::jobs::Outcome;
 use super::state::Shared;
 use crate::branch::{BranchRequest, BranchView, Branches, DeployOptions};
-use crate::control::{self, Operation};
+use crate::control;
+use crate::jobs::Job as Operation;
 
 /// A database on one of the manifest's servers, and what pgplane knows of it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -729,9 +730,8 @@ async fn apply_job(
 
 async fn operation_by_id(state: &Shared, id: i64) -> ApiResult<Operation> {
     let control = state.control().await?;
-    control::operations(&control, Some(id), None, 1)
+    crate::jobs::queue::get(&**control, id)
         .await?
-        .pop()
         .ok_or_else(|| ApiError::not_found(format!("there is no operation {id}")))
 }
 
@@ -755,7 +755,8 @@ pub async fn operations(
 ) -> ApiResult<Json<Vec<Operation>>> {
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let control = state.control().await?;
-    Ok(Json(control::operations(&control, None, None, limit).await?))
+    let filter = crate::jobs::Filter { limit, ..Default::default() };
+    Ok(Json(crate::jobs::queue::list(&**control, &filter).await?))
 }
 
 // ----- request checks -----------------------------------------------------------------

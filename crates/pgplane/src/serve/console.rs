@@ -567,7 +567,7 @@ async fn operations_page(state: &Shared, q: OperationsQuery) -> ApiResult<Page> 
             body,
             "<tr id=\"op-{id}\"><td class=\"num\">{id}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td class=\"nowrap\">{}</td><td class=\"nowrap\">{}</td><td class=\"num\">{}</td><td class=\"wide\">{}</td></tr>",
             esc(&o.kind),
-            badge(&o.status),
+            badge(o.status.as_str()),
             opt(o.env.as_deref()),
             time(Some(&o.started_at)),
             time(o.finished_at.as_deref()),

@@ -51,16 +51,17 @@ impl Jobs {
         let handle = super::thread_with_runtime(format!("pgplane-{kind}"), move || async move {
             let journal = async {
                 let c = control_target.connect_as(Some(CONTROL_DB), Role::Branch).await?;
-                let id = control::op_start(&c, kind, Some(&env)).await?;
-                Ok::<_, anyhow::Error>((c, id))
+                let journal = control::Journal::start(&c, None, kind, Some(&env)).await?;
+                Ok::<_, anyhow::Error>((c, journal))
             };
-            let (control_client, id) = match journal.await {
+            let (control_client, journal) = match journal.await {
                 Ok(v) => v,
                 Err(e) => {
                     let _ = tx.send(Err(e));
                     return;
                 }
             };
+            let id = journal.id;
             let _ = tx.send(Ok(id));
             let mut ctx = Ctx::new(home);
             ctx.operation = Some(id);
@@ -71,7 +72,8 @@ impl Jobs {
             }
             // The journaling connection may have dropped meanwhile: then on a new one.
             let (changes, error) = (outcome.changes, outcome.error.as_deref());
-            let finish = |c: tokio_postgres::Client| async move { control::op_finish(&c, id, changes, error).await };
+            let journal = &journal;
+            let finish = |c: tokio_postgres::Client| async move { journal.finish(&c, changes, error).await };
             let mut result = finish(control_client).await;
             if result.is_err() {
                 result = match control_target.connect_as(Some(CONTROL_DB), Role::Branch).await {
@@ -146,7 +148,8 @@ async fn interrupt(control_target: &Target, ids: &[i64]) -> Result<()> {
     let c = control_target.connect_as(Some(CONTROL_DB), Role::Branch).await?;
     let error = "interrupted: pgplane serve was stopped before this operation finished";
     c.execute(
-        "UPDATE pgplane.operations SET status = 'failed', error = $2, finished_at = now() WHERE id = ANY($1) AND status = 'running'",
+        "UPDATE pgplane.jobs SET status = 'failed', error = $2, error_code = 'cancelled', finished_at = now()
+          WHERE id = ANY($1) AND status = 'running'",
         &[&ids, &error],
     )
     .await?;

@@ -100,8 +100,8 @@ pub async fn render(state: &Shared) -> anyhow::Result<String> {
     let m = &state.metrics;
     let control = state.control().await.map_err(|e| anyhow::anyhow!(e.message))?;
     m.operations.clear();
-    for (kind, status, n) in crate::control::operation_counts(&control).await? {
-        m.operations.get_or_create(&OperationLabels { kind, status }).set(n);
+    for (kind, status, n) in crate::jobs::queue::counts(&**control).await? {
+        m.operations.get_or_create(&OperationLabels { kind, status: status.to_string() }).set(n);
     }
     let mut by_status = std::collections::BTreeMap::<String, i64>::new();
     for b in crate::branch::records(&control, &state.env, None, None).await? {
