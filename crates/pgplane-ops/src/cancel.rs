@@ -17,9 +17,36 @@ pub fn request_stop(reason: &'static str) {
     }
 }
 
-/// Resolves when the running operation should stop: on SIGINT or SIGTERM, or, in `serve`,
-/// when [`request_stop`] is called. Works from any runtime.
-pub async fn stop_requested() -> &'static str {
+tokio::task_local! {
+    static CURRENT: Cancel;
+}
+
+/// Runs `f` as one operation that `cancel` can stop: [`stop_requested`] inside it also
+/// resolves when `cancel` is cancelled (a job's cancel request, a lost lease, a shutdown).
+pub async fn scope<F: std::future::Future>(cancel: Cancel, f: F) -> F::Output {
+    CURRENT.scope(cancel, f).await
+}
+
+/// The cancel handle of the operation running in this task, if it runs under [`scope`].
+pub fn current() -> Option<Cancel> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// Resolves (with the reason) when the running operation should stop: its own cancel
+/// handle (see [`scope`]) is cancelled, or the process is asked to stop — SIGINT or
+/// SIGTERM, or, in a process that handles signals itself, [`request_stop`].
+pub async fn stop_requested() -> String {
+    match current() {
+        Some(cancel) => tokio::select! {
+            reason = cancel.cancelled() => reason,
+            signal = process_stop_requested() => signal.to_string(),
+        },
+        None => process_stop_requested().await.to_string(),
+    }
+}
+
+/// Resolves when the whole process should stop (signal or [`request_stop`]).
+async fn process_stop_requested() -> &'static str {
     let Some(tx) = STOP.get() else {
         return shutdown_signal().await;
     };

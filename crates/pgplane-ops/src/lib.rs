@@ -19,6 +19,8 @@ pub mod locks;
 pub mod migrate;
 pub mod observe;
 pub mod ops;
+pub mod provision;
+pub mod runner;
 pub mod schema;
 pub mod secrets;
 pub mod wait;
