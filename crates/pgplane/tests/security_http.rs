@@ -16,12 +16,16 @@ const READ: &str = "read-token-security-0123456789";
 const ADMIN: &str = "admin-token-security-0123456789";
 const EVIL: &str = "http://evil.example";
 
-/// The readiness test locks a table of the shared control database for a moment; the
-/// others hold this shared so they do not run meanwhile.
+/// The readiness test locks a table of the shared control database for a moment, the
+/// backlog test counts its sessions: they hold this exclusively, the others shared.
 static CONTROL_DB: RwLock<()> = RwLock::new(());
 
 fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
     CONTROL_DB.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    CONTROL_DB.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Two modules (`registry` with a template, `extra`), applied, the template built.
@@ -139,6 +143,9 @@ fn hold_branch_lock<'t>(t: &'t T, key: &str) -> Holder<'t> {
 
 // ----- class 4: no cross-site or DNS-rebinding path -----------------------------------
 
+/// A request a page could try: method, path, headers, body.
+type Attempt = (&'static str, &'static str, Vec<(&'static str, &'static str)>, &'static str);
+
 /// A web page in the same browser can send "simple" requests (text/plain, form posts, no
 /// body) to `serve` without a preflight: none of them may start an apply, a prune, a
 /// reset, a create or a delete, with or without tokens.
@@ -157,40 +164,35 @@ fn cross_site_posts_start_nothing() {
 
     // Without tokens (loopback) nothing but these checks stands between a page and apply.
     let open = t.serve(&f, &[], &[]);
-    let attempts: Vec<(&str, String, Vec<(&str, &str)>, &str)> = vec![
-        ("POST", "/api/v1/apply".into(), vec![("Content-Type", "text/plain"), ("Origin", EVIL)], "{\"prune\": true}"),
-        ("POST", "/api/v1/apply".into(), vec![("Content-Type", "text/plain")], "{\"prune\": true}"),
-        ("POST", "/api/v1/apply".into(), vec![("Content-Type", "text/plain;charset=UTF-8")], ""),
-        ("POST", "/api/v1/apply".into(), vec![("Content-Type", "application/x-www-form-urlencoded")], "prune=true"),
-        ("POST", "/api/v1/apply".into(), vec![("Content-Type", "multipart/form-data; boundary=x")], "--x--\r\n"),
-        ("POST", "/api/v1/apply".into(), vec![], ""),
-        ("POST", "/api/v1/apply".into(), vec![("Origin", EVIL)], ""),
-        ("POST", "/api/v1/apply".into(), vec![("Content-Type", "application/json"), ("Origin", EVIL)], "{\"prune\": true}"),
-        ("POST", "/api/v1/apply".into(), vec![("Content-Type", "application/json"), ("Origin", "null")], "{}"),
+    let attempts: Vec<Attempt> = vec![
+        ("POST", "/api/v1/apply", vec![("Content-Type", "text/plain"), ("Origin", EVIL)], "{\"prune\": true}"),
+        ("POST", "/api/v1/apply", vec![("Content-Type", "text/plain")], "{\"prune\": true}"),
+        ("POST", "/api/v1/apply", vec![("Content-Type", "text/plain;charset=UTF-8")], ""),
+        ("POST", "/api/v1/apply", vec![("Content-Type", "application/x-www-form-urlencoded")], "prune=true"),
+        ("POST", "/api/v1/apply", vec![("Content-Type", "multipart/form-data; boundary=x")], "--x--\r\n"),
+        ("POST", "/api/v1/apply", vec![], ""),
+        ("POST", "/api/v1/apply", vec![("Origin", EVIL)], ""),
+        ("POST", "/api/v1/apply", vec![("Content-Type", "application/json"), ("Origin", EVIL)], "{\"prune\": true}"),
+        ("POST", "/api/v1/apply", vec![("Content-Type", "application/json"), ("Origin", "null")], "{}"),
+        ("POST", "/api/v1/apply", vec![("Content-Type", "application/json"), ("Sec-Fetch-Site", "cross-site")], "{}"),
         (
             "POST",
-            "/api/v1/apply".into(),
-            vec![("Content-Type", "application/json"), ("Sec-Fetch-Site", "cross-site")],
-            "{}",
-        ),
-        (
-            "POST",
-            "/api/v1/apply".into(),
+            "/api/v1/apply",
             // Another site on the same host (a dev server on another port) is another origin.
             vec![("Content-Type", "application/json"), ("Origin", "http://127.0.0.1:1")],
             "{}",
         ),
-        ("POST", "/api/v1/plan".into(), vec![("Content-Type", "text/plain")], "{\"prune\": true}"),
-        ("POST", "/api/v1/branches/MR-1/reset".into(), vec![("Content-Type", "text/plain")], ""),
-        ("POST", "/api/v1/branches/MR-1/reset".into(), vec![("Content-Type", "application/x-www-form-urlencoded")], "a=b"),
+        ("POST", "/api/v1/plan", vec![("Content-Type", "text/plain")], "{\"prune\": true}"),
+        ("POST", "/api/v1/branches/MR-1/reset", vec![("Content-Type", "text/plain")], ""),
+        ("POST", "/api/v1/branches/MR-1/reset", vec![("Content-Type", "application/x-www-form-urlencoded")], "a=b"),
         (
             "POST",
-            "/api/v1/branches".into(),
+            "/api/v1/branches",
             vec![("Content-Type", "text/plain")],
             "{\"id\": \"MR-2\", \"template\": \"sh_csrf_tpl\"}",
         ),
-        ("DELETE", "/api/v1/branches/MR-1".into(), vec![("Origin", EVIL)], ""),
-        ("DELETE", "/api/v1/branches/MR-1".into(), vec![("Content-Type", "text/plain")], "x"),
+        ("DELETE", "/api/v1/branches/MR-1", vec![("Origin", EVIL)], ""),
+        ("DELETE", "/api/v1/branches/MR-1", vec![("Content-Type", "text/plain")], "x"),
     ];
     for (method, path, headers, body) in &attempts {
         let r = send(&open, method, path, headers, body);
@@ -262,8 +264,10 @@ fn dns_rebinding_hosts_are_refused() {
     let before = operations_of(&t);
     let rebound = format!("evil.example:{port}");
     let get = |path: &str, host: &str| send(&s, "GET", path, &[("Host", host)], "");
-    for path in ["/api/v1/databases", "/api/v1/branches", "/api/v1/openapi.json", "/metrics", "/", "/branches", "/nope"] {
-        for host in [rebound.as_str(), "evil.example", "127.0.0.1.evil.example", "localhost.evil.example", "portal.example:80"]
+    for path in ["/api/v1/databases", "/api/v1/branches", "/api/v1/openapi.json", "/metrics", "/", "/branches", "/nope"]
+    {
+        for host in
+            [rebound.as_str(), "evil.example", "127.0.0.1.evil.example", "localhost.evil.example", "portal.example:80"]
         {
             let r = get(path, host);
             assert_eq!(r.status, 421, "GET {path} Host {host}: {}", r.body);
@@ -279,8 +283,10 @@ fn dns_rebinding_hosts_are_refused() {
     assert_eq!(r.status, 421, "{}", r.body);
     let r = http_raw(
         &addr(&s),
-        format!("GET http://{rebound}/api/v1/databases HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
+        format!(
+            "GET http://{rebound}/api/v1/databases HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     );
     assert_eq!(r.status, 421, "{}", r.body);
     assert_eq!(operations_of(&t), before);
@@ -306,7 +312,11 @@ fn dns_rebinding_hosts_are_refused() {
         &s,
         "POST",
         "/api/v1/plan",
-        &[("Host", "pgplane.example.com"), ("Origin", "https://pgplane.example.com"), ("Content-Type", "application/json")],
+        &[
+            ("Host", "pgplane.example.com"),
+            ("Origin", "https://pgplane.example.com"),
+            ("Content-Type", "application/json"),
+        ],
         "",
     );
     assert_eq!(r.status, 200, "{}", r.body);
@@ -368,7 +378,8 @@ fn burst(s: &Serve, tpl: &str, prefix: &str, n: usize) -> Vec<(String, Response,
         assert!(*took < Duration::from_secs(1), "POST {id} took {took:?} ({} of {n} at once)", r.status);
         if r.status == 429 {
             assert_eq!(r.error_code(), "too_many_requests");
-            let retry: u64 = r.header("retry-after").unwrap_or_else(|| panic!("no Retry-After: {:?}", r.headers)).parse().unwrap();
+            let retry: u64 =
+                r.header("retry-after").unwrap_or_else(|| panic!("no Retry-After: {:?}", r.headers)).parse().unwrap();
             assert!((1..=60).contains(&retry), "{retry}");
         }
     }
@@ -381,7 +392,7 @@ fn settled(t: &T, s: &Serve, tpl: &str, creates: &[(String, Response, Duration)]
         let db = format!("{tpl}_{}", id.replace('-', "_"));
         if r.status == 202 {
             let op = finished(s, None, r.json()["id"].as_i64().unwrap());
-            assert_eq!(op["status"], "succeeded", "{id}: {op}");
+            assert_eq!(op["status"], "succeeded", "{id}: {op}\n{}", s.log());
             assert!(database_exists(t, &db), "{db}");
         } else {
             assert!(!database_exists(t, &db), "{db} exists, yet its create was refused");
@@ -409,7 +420,10 @@ fn concurrent_creates_are_each_answered_within_a_second() {
     // Nothing is left queued or running, and the metrics say so.
     let m = s.req("GET", "/metrics", None, None).body;
     assert!(m.contains("pgplane_running_operations 0") && m.contains("pgplane_queued_operations 0"), "{m}");
-    assert!(m.contains("pgplane_http_requests_total{method=\"POST\",route=\"/api/v1/branches\",status=\"429\"}"), "{m}");
+    assert!(
+        m.contains("pgplane_http_requests_total{method=\"POST\",route=\"/api/v1/branches\",status=\"429\"}"),
+        "{m}"
+    );
     assert!(!s.log().contains("panicked"), "{}", s.log());
 }
 
@@ -417,12 +431,18 @@ fn concurrent_creates_are_each_answered_within_a_second() {
 /// the metrics; beyond it every starting route answers 429 with Retry-After.
 #[test]
 fn the_backlog_is_bounded_and_visible() {
-    let _g = shared();
+    // Alone: it counts the control database's sessions.
+    let _exclusive = exclusive();
     let (t, f) = world("sh_backlog");
     let s = t.serve(&f, &["--jobs", "1", "--backlog", "2"], &[]);
     let holder = hold_branch_lock(&t, "sh_backlog/mr_1");
     let create = |id: &str| {
-        s.req("POST", "/api/v1/branches", None, Some(&format!("{{\"id\": \"{id}\", \"template\": \"sh_backlog_tpl\"}}")))
+        s.req(
+            "POST",
+            "/api/v1/branches",
+            None,
+            Some(&format!("{{\"id\": \"{id}\", \"template\": \"sh_backlog_tpl\"}}")),
+        )
     };
     let r1 = create("MR-1");
     assert_eq!(r1.status, 202, "{}", r1.body);
@@ -451,10 +471,9 @@ fn the_backlog_is_bounded_and_visible() {
     assert!(m.contains("pgplane_running_operations 1") && m.contains("pgplane_queued_operations 1"), "{m}");
     assert!(m.contains("pgplane_operation_backlog_limit 2"), "{m}");
     // Full: creates, resets and applies are refused at once, and change nothing.
-    for (path, body) in [
-        ("/api/v1/branches", "{\"id\": \"MR-3\", \"template\": \"sh_backlog_tpl\"}"),
-        ("/api/v1/apply", "{}"),
-    ] {
+    for (path, body) in
+        [("/api/v1/branches", "{\"id\": \"MR-3\", \"template\": \"sh_backlog_tpl\"}"), ("/api/v1/apply", "{}")]
+    {
         let started = Instant::now();
         let r = s.req("POST", path, None, Some(body));
         assert!(started.elapsed() < Duration::from_secs(1));
@@ -478,7 +497,7 @@ fn the_backlog_is_bounded_and_visible() {
 /// database waits behind a lock.
 #[test]
 fn health_checks_never_wait_behind_requests() {
-    let _exclusive = CONTROL_DB.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _exclusive = exclusive();
     let (t, f) = world("sh_ready");
     let s = t.serve(&f, &[], &[]);
     let holder = Holder::new(
@@ -568,13 +587,20 @@ fn over_long_ids_and_out_of_range_ttls_are_422() {
     }
     // 255 bytes is still an id.
     let ok = "c".repeat(255);
-    let r = s.req("POST", "/api/v1/branches", Some(ADMIN), Some(&format!("{{\"id\": \"{ok}\", \"template\": \"sh_odd_tpl\"}}")));
+    let r = s.req(
+        "POST",
+        "/api/v1/branches",
+        Some(ADMIN),
+        Some(&format!("{{\"id\": \"{ok}\", \"template\": \"sh_odd_tpl\"}}")),
+    );
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(finished(&s, Some(READ), r.json()["id"].as_i64().unwrap())["status"], "succeeded");
 
     t.pgplane(&["branch", "create", "MR-1", "--template", "sh_odd_tpl", "-f", &f]).ok();
     let before = operations_of(&t);
-    for ttl in ["0s", "0", "59s", "30000ms", "3651d", "1000000h", "18446744073709551615d", "99999999999999999999999h", "-1h"] {
+    for ttl in
+        ["0s", "0", "59s", "30000ms", "3651d", "1000000h", "18446744073709551615d", "99999999999999999999999h", "-1h"]
+    {
         let body = format!("{{\"id\": \"MR-2\", \"template\": \"sh_odd_tpl\", \"ttl\": \"{ttl}\"}}");
         let r = s.req("POST", "/api/v1/branches", Some(ADMIN), Some(&body));
         assert_eq!((r.status, r.error_code().as_str()), (422, "invalid"), "ttl {ttl}: {}", r.body);
@@ -613,10 +639,8 @@ impl OwnServer {
 
 impl Drop for OwnServer {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(common::BIN)
-            .args(["local", "stop"])
-            .env("PGPLANE_HOME", &self.home)
-            .output();
+        let _ =
+            std::process::Command::new(common::BIN).args(["local", "stop"]).env("PGPLANE_HOME", &self.home).output();
     }
 }
 
@@ -646,7 +670,9 @@ templates:
         .to_string();
     common::run_ok(t.cmd().args(["apply", "-f", &f, "--yes"]).env("TEST_PG_URL", &url));
     common::run_ok(t.cmd().args(["template", "build", "sh_down_tpl", "-f", &f]).env("TEST_PG_URL", &url));
-    common::run_ok(t.cmd().args(["branch", "create", "MR-1", "--template", "sh_down_tpl", "-f", &f]).env("TEST_PG_URL", &url));
+    common::run_ok(
+        t.cmd().args(["branch", "create", "MR-1", "--template", "sh_down_tpl", "-f", &f]).env("TEST_PG_URL", &url),
+    );
     let s = t.serve(&f, &[], &[("TEST_PG_URL", &url)]);
     assert_eq!(s.req("GET", "/readyz", None, None).status, 200);
     assert_eq!(s.req("GET", "/api/v1/branches/MR-1", None, None).status, 200);
