@@ -396,7 +396,8 @@ pub struct Operation {
     pub id: i64,
     /// `apply`, `adopt`, `rotate`, `template_build`, `branch_create`, `branch_reset`, …
     pub kind: String,
-    /// `running`, `succeeded` or `failed`.
+    /// `running`, `succeeded` or `failed` (`pgplane serve` also says `queued` for one it
+    /// accepted that waits for a slot).
     pub status: String,
     pub error: Option<String>,
     /// RFC 3339, UTC.
