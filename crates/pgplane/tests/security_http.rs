@@ -676,6 +676,8 @@ templates:
     let s = t.serve(&f, &[], &[("TEST_PG_URL", &url)]);
     assert_eq!(s.req("GET", "/readyz", None, None).status, 200);
     assert_eq!(s.req("GET", "/api/v1/branches/MR-1", None, None).status, 200);
+    // Its server is known now (a database whose server is down is not "gone").
+    assert_eq!(s.req("GET", "/api/v1/databases/sh_down_registry/tables", None, None).status, 200);
     own.pgplane(&["local", "stop"]);
 
     let routes: Vec<(&str, &str, Option<&str>)> = vec![

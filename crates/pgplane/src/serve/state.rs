@@ -175,10 +175,13 @@ impl AppState {
                     m.remove(database);
                 }
                 self.forget_pool(&server, database);
-                if self.locate(database).await.is_err() {
-                    return Err(ApiError::not_found(format!("there is no database {database:?} any more")));
+                // Gone only when its server says so: a server that is down is a 503.
+                match self.locate(database).await {
+                    Err(l) if l.status == axum::http::StatusCode::NOT_FOUND => {
+                        Err(ApiError::not_found(format!("there is no database {database:?} any more")))
+                    }
+                    _ => Err(e),
                 }
-                Err(e)
             }
         }
     }
