@@ -804,15 +804,15 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration; write e.g. 250ms, 30s, 5m, 72h or 7d"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s, m, h or d")),
-    };
-    Ok(d)
+    let seconds = |per: u64| n.checked_mul(per).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too long"));
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        "d" => seconds(86400),
+        _ => Err(format!("unknown unit {unit:?} in {s:?}; use ms, s, m, h or d")),
+    }
 }
 
 /// Checks a module's `migrations`; an error names the key, its value and the message.

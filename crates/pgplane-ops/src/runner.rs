@@ -208,3 +208,50 @@ pub fn read_keep_file(manifest: &std::path::Path, file: &str) -> Result<BTreeSet
         .map_err(|e| Error::invalid(format!("reading the live list {}: {e}", path.display())))?;
     Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect())
 }
+
+/// The digest of a manifest's text: workers run only jobs queued for the manifest they
+/// serve (replicas share it; a process with another manifest leaves those jobs alone).
+pub fn fingerprint(manifest: &std::path::Path) -> Result<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(manifest)
+        .map_err(|e| Error::invalid(format!("reading the manifest {}: {e}", manifest.display())))?;
+    Ok(pgplane_core::ident::hex(&sha2::Sha256::digest(&bytes))[..16].to_string())
+}
+
+/// The leader's periodic duties for one environment: queue a branch garbage collection
+/// (expired and interrupted branches, and with a live list those not in it) unless one is
+/// queued or running already. The gc itself is a job like any other.
+pub struct Reconciler {
+    pub env: String,
+    pub fingerprint: String,
+    /// The manifest's live list (`branches.keep_file`), if any.
+    pub keep_file: Option<String>,
+}
+
+impl Reconciler {
+    pub async fn queue_gc(&self, control: &tokio_postgres::Client) -> anyhow::Result<Option<i64>> {
+        let req = GcJob { keep: None, keep_file: self.keep_file.clone() };
+        let mut job = new_job(kind::BRANCH_GC, &self.env, Some("gc"), &req).map_err(|e| anyhow::anyhow!("{e}"))?;
+        job.fingerprint = Some(self.fingerprint.clone());
+        job.max_attempts = 1;
+        let key = job.key.clone().unwrap_or_default();
+        if crate::jobs::queue::unfinished_with_key(control, &key).await?.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(crate::jobs::queue::submit(control, &job).await?))
+    }
+}
+
+impl crate::jobs::leader::Duties for Reconciler {
+    fn run<'a>(
+        &'a self,
+        control: &'a tokio_postgres::Client,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
+        Box::pin(async move {
+            if let Some(id) = self.queue_gc(control).await? {
+                tracing::info!(job = id, env = %self.env, "queued the periodic branch gc");
+            }
+            Ok(())
+        })
+    }
+}

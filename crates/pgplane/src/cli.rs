@@ -193,6 +193,21 @@ pub struct ServeArgs {
     /// recorded as interrupted.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// Another name this service is reached by (a proxy's, a Kubernetes Service's), as
+    /// `NAME` (any port) or `NAME:PORT`; repeat for several. Requests whose `Host` is
+    /// neither the listen address (nor `localhost:PORT` on loopback) nor one of these are
+    /// refused with 421: a web page cannot reach the service through a name of its own
+    /// (DNS rebinding).
+    #[arg(long = "allowed-host", value_name = "NAME[:PORT]")]
+    pub allowed_hosts: Vec<String>,
+    /// Operations (apply, branch create and reset) that run at once; others wait in the
+    /// backlog, holding no connection.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+    /// Operations accepted and not finished (running and waiting) at most; beyond, a
+    /// request that would start one is answered 429 with Retry-After.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub backlog: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -756,6 +771,8 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("5 parsecs").is_err());
+        // Too long to count in seconds: an error, not an overflow.
+        assert!(parse_duration("18446744073709551615d").is_err_and(|e| e.contains("too long")));
     }
 
     #[test]

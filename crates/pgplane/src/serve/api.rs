@@ -130,14 +130,19 @@ fn optional_body<T: DeserializeOwned + Default>(bytes: &Bytes) -> ApiResult<T> {
     security(("bearer" = [])))]
 /// Every database of the manifest's servers, with what pgplane manages it as.
 pub async fn databases(State(state): State<Shared>) -> ApiResult<Json<Vec<DatabaseInfo>>> {
-    let control = state.control().await?;
-    let records = control::read_records(&control).await?;
-    let branches: HashMap<(String, String), (String, String)> = control
-        .query("SELECT server, database, id, env FROM pgplane.branches", &[])
-        .await?
-        .iter()
-        .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
-        .collect();
+    // One pooled connection at a time: a request that holds one while it waits for
+    // another can starve the pool when many arrive at once.
+    let (records, branches) = {
+        let control = state.control().await?;
+        let records = control::read_records(&control).await?;
+        let branches: HashMap<(String, String), (String, String)> = control
+            .query("SELECT server, database, id, env FROM pgplane.branches", &[])
+            .await?
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
+            .collect();
+        (records, branches)
+    };
     let mut out = Vec::new();
     for target in &state.servers.list {
         let admin = state.client(&target.name, None).await?;
@@ -258,11 +263,15 @@ async fn tables_response(
 /// A branch of the serving environment, with a finished branch whose database is gone
 /// shown as FAILED (as `pgplane branch show` does).
 pub(super) async fn branch_view(state: &Shared, id: &str) -> ApiResult<BranchView> {
+    check_id(id)?;
     if id.contains('\0') {
         return Err(ApiError::not_found(format!("there is no branch {id:?}")));
     }
-    let control = state.control().await?;
-    let Some(mut v) = crate::branch::records(&control, &state.env, Some(id), None).await?.pop() else {
+    let record = {
+        let control = state.control().await?;
+        crate::branch::records(&control, &state.env, Some(id), None).await?.pop()
+    };
+    let Some(mut v) = record else {
         // Just accepted (202), its job not yet holding the branch's lock: RUNNING.
         if let Some(v) = being_created(state, id) {
             return Ok(v);
@@ -322,8 +331,10 @@ pub async fn branches(
     State(state): State<Shared>,
     ApiQuery(q): ApiQuery<BranchesQuery>,
 ) -> ApiResult<Json<Vec<BranchView>>> {
-    let control = state.control().await?;
-    let mut list = crate::branch::records(&control, &state.env, None, q.template.as_deref()).await?;
+    let mut list = {
+        let control = state.control().await?;
+        crate::branch::records(&control, &state.env, None, q.template.as_deref()).await?
+    };
     for v in &mut list {
         check_database(&state, v).await?;
     }
@@ -353,7 +364,7 @@ pub async fn branch(State(state): State<Shared>, ApiPath(id): ApiPath<String>) -
 #[utoipa::path(post, path = "/api/v1/branches", tag = "branches", request_body = CreateBranch,
     responses((status = 202, body = Operation, description = "Started; poll the operation or the branch"),
         (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 422, body = ErrorBody)),
+        (status = 415, body = ErrorBody, description = "Not `Content-Type: application/json`"), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody, description = "The backlog is full (`--backlog`); retry after `Retry-After` seconds")),
     security(("bearer" = [])))]
 /// Stamps a branch database from a template and deploys the sources, in the background.
 pub async fn create_branch(State(state): State<Shared>, Body(body): Body<CreateBranch>) -> ApiResult<Response> {
@@ -365,6 +376,7 @@ pub async fn create_branch(State(state): State<Shared>, Body(body): Body<CreateB
             .chain(body.contexts.iter().flatten())
             .chain(body.labels.iter().flat_map(|l| l.iter().flat_map(|(k, v)| [k, v]))),
     )?;
+    check_id(&body.id)?;
     let key = pgplane_core::branch::sanitize(&body.id).map_err(ApiError::invalid)?;
     if state.manifest.template(&body.template).is_none() {
         let known: Vec<&str> = state.manifest.templates.iter().map(|t| t.name.as_str()).collect();
@@ -391,8 +403,11 @@ pub async fn create_branch(State(state): State<Shared>, Body(body): Body<CreateB
             other.unwrap_or(body.id.clone())
         ))
     })?;
-    let control = state.control().await?;
-    if let Some(b) = crate::branch::records(&control, &state.env, Some(&body.id), None).await?.pop() {
+    let existing = {
+        let control = state.control().await?;
+        crate::branch::records(&control, &state.env, Some(&body.id), None).await?.pop()
+    };
+    if let Some(b) = existing {
         return Err(ApiError::conflict(format!(
             "branch {:?} already exists (database {}, status {}); POST /api/v1/branches/{}/reset deploys it again",
             b.id, b.database, b.status, b.id
@@ -405,7 +420,8 @@ pub async fn create_branch(State(state): State<Shared>, Body(body): Body<CreateB
 #[utoipa::path(post, path = "/api/v1/branches/{id}/reset", tag = "branches",
     params(("id" = String, Path, description = "Branch id")), request_body(content = Option<ResetBranch>, description = "Optional"),
     responses((status = 202, body = Operation), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "The branch is being created"), (status = 422, body = ErrorBody)),
+        (status = 409, body = ErrorBody, description = "The branch is being created"), (status = 415, body = ErrorBody, description = "Not `Content-Type: application/json`"),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody, description = "The backlog is full (`--backlog`); retry after `Retry-After` seconds")),
     security(("bearer" = [])))]
 /// Stamps the branch again from its template and redeploys, in the background.
 pub async fn reset_branch(
@@ -421,15 +437,18 @@ pub async fn reset_branch(
             .chain(body.contexts.iter().flatten())
             .chain(body.labels.iter().flat_map(|l| l.iter().flat_map(|(k, v)| [k, v]))),
     )?;
+    check_id(&id)?;
+    let ttl = body.ttl.as_deref().map(parse_ttl).transpose()?;
+    let sources = body.sources.as_deref().map(|s| resolve_sources(&state.base, s)).transpose()?;
     not_being_created(&state, &id)?;
     let existing = branch_view(&state, &id).await?;
     let req = BranchRequest {
         id,
         template: Some(existing.template),
-        sources: body.sources.as_deref().map(|s| resolve_sources(&state.base, s)).transpose()?,
+        sources,
         contexts: body.contexts.unwrap_or_default(),
         labels: body.labels,
-        ttl: body.ttl.as_deref().map(parse_ttl).transpose()?,
+        ttl,
     };
     start_deploy(&state, req, None).await
 }
@@ -464,7 +483,7 @@ async fn start_deploy(state: &Shared, req: BranchRequest, creating: Option<Arc<C
     let kind = if reset { "branch_reset" } else { "branch_create" };
     let id = state
         .jobs
-        .start(state.home.clone(), state.servers.first().clone(), kind, state.env.clone(), move |mut ctx| async move {
+        .start(state.home.clone(), kind, state.env.clone(), move |mut ctx| async move {
             let b = Branches::open(&mut ctx, &file, env_flag.as_deref()).await?;
             let opts = DeployOptions {
                 lock_timeout: Duration::from_secs(300),
@@ -528,14 +547,16 @@ async fn accepted(state: &Shared, id: i64) -> ApiResult<Response> {
 #[utoipa::path(delete, path = "/api/v1/branches/{id}", tag = "branches",
     params(("id" = String, Path, description = "Branch id")),
     responses((status = 200, body = BranchView, description = "Deleted; the branch as it was"),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody, description = "No such branch (also: deleted meanwhile by a concurrent request)"),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody, description = "The id is longer than 255 bytes")),
     security(("bearer" = [])))]
 /// Drops a branch's database (ending its sessions) and forgets it.
 pub async fn delete_branch(State(state): State<Shared>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<BranchView>> {
     not_being_created(&state, &id)?;
     let existing = branch_view(&state, &id).await?;
     state.forget_pool(&existing.server, &existing.database);
-    let (home, file, env_flag) = (state.home.clone(), state.manifest.file.clone(), state.env_flag.clone());
+    let (home, file, env_flag, of) =
+        (state.home.clone(), state.manifest.file.clone(), state.env_flag.clone(), id.clone());
     let deleted = super::on_thread(move || async move {
         let mut ctx = crate::ops::Ctx::new(home);
         let b = Branches::open(&mut ctx, &file, env_flag.as_deref()).await?;
@@ -544,18 +565,21 @@ pub async fn delete_branch(State(state): State<Shared>, ApiPath(id): ApiPath<Str
             session_timeout: Duration::from_secs(10),
             live: false,
         };
-        b.delete(&id, &opts).await
+        b.delete(&of, &opts).await
     })
-    .await
-    .map_err(|e| {
-        let message = format!("{e:#}");
-        if message.contains("did not finish within") {
-            ApiError::conflict(message)
-        } else {
-            ApiError::from(e)
-        }
-    })?;
-    Ok(Json(deleted))
+    .await;
+    match deleted {
+        Ok(deleted) => Ok(Json(deleted)),
+        Err(e) if format!("{e:#}").contains("did not finish within") => Err(ApiError::conflict(format!("{e:#}"))),
+        // Deleted meanwhile by a concurrent request (which answered 200).
+        Err(e) => match branch_view(&state, &id).await {
+            Err(gone) if gone.status == StatusCode::NOT_FOUND => Err(ApiError::not_found(format!(
+                "there is no branch {id:?} in environment {} any more (deleted meanwhile)",
+                state.env
+            ))),
+            _ => Err(ApiError::from(e)),
+        },
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/branches/{id}/tables", tag = "branches",
@@ -634,7 +658,7 @@ pub async fn branch_diff(State(state): State<Shared>, ApiPath(id): ApiPath<Strin
 
 #[utoipa::path(post, path = "/api/v1/plan", tag = "operations", request_body(content = Option<ChangeRequest>, description = "Optional"),
     responses((status = 200, description = "The plan, as `pgplane plan --json`", body = Object),
-        (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
+        (status = 400, body = ErrorBody), (status = 415, body = ErrorBody, description = "Not `Content-Type: application/json`"), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 /// What apply would change now (reads the manifest file again); changes nothing.
 pub async fn plan(State(state): State<Shared>, RawBody(bytes): RawBody) -> ApiResult<Json<serde_json::Value>> {
@@ -661,7 +685,8 @@ fn invalid_manifest(e: anyhow::Error) -> ApiError {
 }
 
 #[utoipa::path(post, path = "/api/v1/apply", tag = "operations", request_body(content = Option<ChangeRequest>, description = "Optional"),
-    responses((status = 202, body = Operation), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 202, body = Operation), (status = 403, body = ErrorBody), (status = 415, body = ErrorBody, description = "Not `Content-Type: application/json`"),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody, description = "The backlog is full (`--backlog`); retry after `Retry-After` seconds")),
     security(("bearer" = [])))]
 /// Provisions what the manifest file says now, then runs the modules' migrations, in the background.
 pub async fn apply(State(state): State<Shared>, RawBody(bytes): RawBody) -> ApiResult<Response> {
@@ -671,13 +696,9 @@ pub async fn apply(State(state): State<Shared>, RawBody(bytes): RawBody) -> ApiR
     let (file, env_flag) = (state.manifest.file.clone(), state.env_flag.clone());
     let id = state
         .jobs
-        .start(
-            state.home.clone(),
-            state.servers.first().clone(),
-            "apply",
-            state.env.clone(),
-            move |mut ctx| async move { apply_job(&mut ctx, &file, env_flag.as_deref(), &body).await },
-        )
+        .start(state.home.clone(), "apply", state.env.clone(), move |mut ctx| async move {
+            apply_job(&mut ctx, &file, env_flag.as_deref(), &body).await
+        })
         .await?;
     accepted(&state, id).await
 }
@@ -769,8 +790,32 @@ fn no_nul<'a>(mut values: impl Iterator<Item = &'a String>) -> ApiResult<()> {
     }
 }
 
+/// Branch ids longer than this are refused (422): they name databases, locks and
+/// sessions, and no CI system needs more.
+pub const MAX_ID_BYTES: usize = 255;
+
+fn check_id(id: &str) -> ApiResult<()> {
+    if id.len() > MAX_ID_BYTES {
+        return Err(ApiError::invalid(format!(
+            "the branch id is {} bytes long; at most {MAX_ID_BYTES} are allowed",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A branch's time to live: from a minute (gc would drop it before it is used) to ten
+/// years (beyond that it is a mistake, and far enough out it overflows PostgreSQL's
+/// timestamps).
+pub const TTL_RANGE: (Duration, Duration) = (Duration::from_secs(60), Duration::from_secs(3650 * 86400));
+
 fn parse_ttl(s: &str) -> ApiResult<Duration> {
-    pgplane_core::manifest::parse_duration(s).map_err(|e| ApiError::invalid(format!("ttl: {e}")))
+    let ttl = pgplane_core::manifest::parse_duration(s).map_err(|e| ApiError::invalid(format!("ttl: {e}")))?;
+    let (min, max) = TTL_RANGE;
+    if ttl < min || ttl > max {
+        return Err(ApiError::invalid(format!("ttl {s:?} is out of range: use 1m to 3650d (e.g. 72h)")));
+    }
+    Ok(ttl)
 }
 
 /// Source paths are relative to the manifest's folder and must stay inside it: absolute

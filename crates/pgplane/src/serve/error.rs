@@ -15,6 +15,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after: Option<u32>,
 }
 
 /// The body of every error response.
@@ -25,15 +27,18 @@ pub struct ErrorBody {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Stable: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `method_not_allowed`, `conflict`, `too_large`, `invalid`, `unavailable`, `internal`.
+    /// Stable: `bad_request` (400), `unauthorized` (401), `forbidden` (403), `not_found`
+    /// (404), `method_not_allowed` (405), `conflict` (409), `too_large` (413),
+    /// `unsupported_media_type` (415), `misdirected` (421: a Host this service is not
+    /// reached by), `invalid` (422), `too_many_requests` (429, with Retry-After),
+    /// `internal` (500), `unavailable` (503: a database cannot be reached).
     pub code: String,
     pub message: String,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), retry_after: None }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -56,13 +61,28 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
+    /// 429: come back in `retry_after` seconds.
+    pub fn too_many(message: impl Into<String>, retry_after: u32) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+        }
+    }
 }
 
 /// Anything unexpected is a 500 whose message is the error chain (which never carries
 /// passwords: connection errors name host, port and database only). It is logged too.
+/// A database that cannot be reached (refused, closed, shutting down) anywhere in the
+/// chain is a 503 instead: the request may succeed later.
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> ApiError {
         let message = format!("{e:#}");
+        if e.chain()
+            .any(|c| c.is::<NotAnswering>() || c.downcast_ref::<tokio_postgres::Error>().is_some_and(unreachable))
+        {
+            tracing::warn!(error = %message, "a database cannot be reached");
+            return ApiError::unavailable(message);
+        }
         tracing::error!(error = %message, "request failed");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
@@ -70,8 +90,34 @@ impl From<anyhow::Error> for ApiError {
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> ApiError {
+        if unreachable(&e) {
+            let message = format!("the database cannot be reached: {}", crate::exec::pg_error(e));
+            tracing::warn!(error = %message, "a database cannot be reached");
+            return ApiError::unavailable(message);
+        }
         ApiError::from(crate::exec::pg_error(e))
     }
+}
+
+/// A database that did not answer in time (a 503, like one that cannot be reached).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotAnswering(pub String);
+
+/// Whether `e` says the server cannot be reached now, rather than that a statement failed:
+/// the connection was refused, broke or closed (not a protocol error of ours), or the
+/// server answered with a connection exception (class 08), "shutting down" or "starting
+/// up" (57P01–57P03) or "too many connections" (53300).
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300");
+    }
+    e.is_closed()
+        || e.source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| !matches!(io.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData))
 }
 
 impl From<deadpool_postgres::PoolError> for ApiError {
@@ -84,7 +130,11 @@ impl From<deadpool_postgres::PoolError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
-        (self.status, axum::Json(body)).into_response()
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        r
     }
 }
 

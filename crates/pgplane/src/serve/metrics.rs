@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use super::error::ApiResult;
 use super::state::Shared;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,6 +49,9 @@ pub struct Metrics {
     operations: Family<OperationLabels, Gauge>,
     branches: Family<StatusLabels, Gauge>,
     running_jobs: Gauge,
+    queued_jobs: Gauge,
+    backlog_limit: Gauge,
+    jobs_limit: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -63,6 +67,9 @@ impl Metrics {
         let operations = Family::<OperationLabels, Gauge>::default();
         let branches = Family::<StatusLabels, Gauge>::default();
         let running_jobs = Gauge::default();
+        let queued_jobs = Gauge::default();
+        let backlog_limit = Gauge::default();
+        let jobs_limit = Gauge::default();
         registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by method and route", latency.clone());
         registry.register(
@@ -72,7 +79,28 @@ impl Metrics {
         );
         registry.register("branches", "Branch databases of this environment by status", branches.clone());
         registry.register("running_operations", "Operations this process is running now", running_jobs.clone());
-        Metrics { registry, requests, latency, operations, branches, running_jobs }
+        registry.register(
+            "queued_operations",
+            "Operations this process accepted that wait for a slot (--jobs)",
+            queued_jobs.clone(),
+        );
+        registry.register(
+            "operation_backlog_limit",
+            "Operations accepted and not finished at most (--backlog); beyond, 429",
+            backlog_limit.clone(),
+        );
+        registry.register("operation_slots", "Operations that run at once at most (--jobs)", jobs_limit.clone());
+        Metrics {
+            registry,
+            requests,
+            latency,
+            operations,
+            branches,
+            running_jobs,
+            queued_jobs,
+            backlog_limit,
+            jobs_limit,
+        }
     }
 }
 
@@ -96,9 +124,9 @@ pub async fn track(State(state): State<Shared>, req: Request, next: Next) -> Res
 }
 
 /// The exposition: what the control database says now, plus this process's counters.
-pub async fn render(state: &Shared) -> anyhow::Result<String> {
+pub async fn render(state: &Shared) -> ApiResult<String> {
     let m = &state.metrics;
-    let control = state.control().await.map_err(|e| anyhow::anyhow!(e.message))?;
+    let control = state.control().await?;
     m.operations.clear();
     for (kind, status, n) in crate::jobs::queue::counts(&**control).await? {
         m.operations.get_or_create(&OperationLabels { kind, status: status.to_string() }).set(n);
@@ -111,8 +139,13 @@ pub async fn render(state: &Shared) -> anyhow::Result<String> {
     for (status, n) in by_status {
         m.branches.get_or_create(&StatusLabels { status }).set(n);
     }
-    m.running_jobs.set(i64::try_from(state.jobs.count()).unwrap_or(i64::MAX));
+    drop(control);
+    let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    m.running_jobs.set(gauge(state.jobs.running()));
+    m.queued_jobs.set(gauge(state.jobs.queued_count()));
+    m.backlog_limit.set(gauge(state.jobs.limits().backlog));
+    m.jobs_limit.set(gauge(state.jobs.limits().running));
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &m.registry)?;
+    prometheus_client::encoding::text::encode(&mut out, &m.registry).map_err(anyhow::Error::from)?;
     Ok(out)
 }

@@ -8,6 +8,7 @@ mod auth;
 mod coalesce;
 mod console;
 mod error;
+mod guard;
 mod jobs;
 mod metrics;
 pub mod openapi;
@@ -40,16 +41,18 @@ pub async fn run(home: PathBuf, args: ServeArgs) -> Result<i32> {
     }
     // Running operations stop when the grace period is over, not at the signal.
     crate::cancel::take_over_signals();
-    let state = state::AppState::open(home, &args.manifest.file, args.manifest.env.clone(), tokens).await?;
+    let limits = jobs::Limits { running: usize::from(args.jobs), backlog: usize::from(args.backlog) };
+    let state = state::AppState::open(home, &args.manifest.file, args.manifest.env.clone(), tokens, limits).await?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let hosts = std::sync::Arc::new(guard::Hosts::new(addr, &args.allowed_hosts)?);
     eprintln!(
         "pgplane: serving env {} on http://{addr}/ (API /api/v1, OpenAPI /api/v1/openapi.json, metrics /metrics){}",
         state.env,
         if state.tokens.is_empty() { "; no tokens: loopback only, no sign-in" } else { "" }
     );
-    let app = router(state.clone());
+    let app = router(state.clone(), hosts);
     // The grace period starts at the signal and covers both the HTTP requests in flight
     // and the running operations; a second signal stops at once.
     let (signaled, mut on_signal) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
@@ -96,7 +99,7 @@ pub async fn run(home: PathBuf, args: ServeArgs) -> Result<i32> {
     Ok(0)
 }
 
-pub fn router(state: Shared) -> Router {
+pub fn router(state: Shared, hosts: std::sync::Arc<guard::Hosts>) -> Router {
     let api = Router::new()
         .route("/databases", get(api::databases))
         .route("/databases/{db}/tables", get(api::database_tables))
@@ -115,13 +118,15 @@ pub fn router(state: Shared) -> Router {
         .route("/openapi.json", get(openapi_json))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed);
+    let ready = std::sync::Arc::new(Readiness::new(state.servers.first().clone()));
     Router::new()
         .nest("/api/v1", api)
         .merge(console::routes(state.clone()))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(move || readyz(ready.clone())))
         .route("/metrics", get(metrics_text))
         .layer(middleware::from_fn(catch_panic))
+        .layer(middleware::from_fn_with_state(hosts, guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
 }
@@ -193,14 +198,45 @@ async fn openapi_json() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi::document()).into_response()
 }
 
-/// Ready when the control database answers.
-async fn readyz(State(state): State<Shared>) -> Response {
-    match state.control().await {
-        Ok(c) => match c.simple_query("SELECT 1").await {
-            Ok(_) => (StatusCode::OK, "ready\n").into_response(),
-            Err(e) => ApiError::unavailable(format!("the control database does not answer: {e}")).into_response(),
-        },
-        Err(e) => e.into_response(),
+/// `/readyz`'s own connection to the control database: never one of the request pool,
+/// so a probe never waits behind requests or operations, and one at most, so probes
+/// (which need no token) cannot open connections by the hundred.
+struct Readiness {
+    control: crate::conn::Target,
+    conn: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+}
+
+/// A probe answers within this, ready or not.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Readiness {
+    fn new(control: crate::conn::Target) -> Readiness {
+        Readiness { control, conn: tokio::sync::Mutex::new(None) }
+    }
+
+    async fn check(&self) -> Result<()> {
+        let mut conn = self.conn.lock().await;
+        if conn.as_ref().is_none_or(|c| c.is_closed()) {
+            *conn = Some(self.control.connect_named(Some(crate::control::CONTROL_DB), "pgplane-serve-ready").await?);
+        }
+        let Some(c) = conn.as_ref() else { bail!("no connection") };
+        if let Err(e) = c.simple_query("SELECT 1").await {
+            *conn = None;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+/// Ready when the control database answers, within [`READY_TIMEOUT`].
+async fn readyz(ready: std::sync::Arc<Readiness>) -> Response {
+    match tokio::time::timeout(READY_TIMEOUT, ready.check()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => ApiError::unavailable(format!("the control database does not answer: {e:#}")).into_response(),
+        Err(_) => {
+            ApiError::unavailable(format!("the control database did not answer within {}s", READY_TIMEOUT.as_secs()))
+                .into_response()
+        }
     }
 }
 
@@ -208,7 +244,7 @@ async fn metrics_text(State(state): State<Shared>) -> Response {
     match metrics::render(&state).await {
         Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
             .into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 

@@ -11,7 +11,11 @@ use super::api;
 #[openapi(
     info(title = "pgplane", description = "Control plane for shared PostgreSQL: databases, branches, operations. \
         Every failure answers `{\"error\": {\"code\", \"message\"}}`. Send `Authorization: Bearer TOKEN`: \
-        `read` tokens may read and plan, `admin` tokens may also change things."),
+        `read` tokens may read and plan, `admin` tokens may also change things. \
+        Every POST (and any request with a body) must send `Content-Type: application/json`, also with an empty body (415 otherwise); \
+        a browser's cross-site request (a foreign `Origin`, `Sec-Fetch-Site: cross-site`) is 403; \
+        a `Host` that is not the listen address or an `--allowed-host` is 421. \
+        A database that cannot be reached is 503."),
     paths(
         api::databases, api::database_tables, api::database_table,
         api::branches, api::create_branch, api::branch, api::reset_branch, api::delete_branch, api::branch_tables,

@@ -63,6 +63,7 @@ impl AppState {
         file: &std::path::Path,
         env_flag: Option<String>,
         tokens: Tokens,
+        limits: super::jobs::Limits,
     ) -> Result<Shared> {
         let mut ctx = crate::ops::Ctx::new(home.clone());
         let s = crate::ops::Session::open(&mut ctx, file, env_flag.as_deref()).await?;
@@ -76,6 +77,7 @@ impl AppState {
             .unwrap_or(std::path::Path::new("."))
             .canonicalize()
             .context("the manifest's folder")?;
+        let jobs = Jobs::new(limits, s.servers.first().clone());
         let state = Arc::new(AppState {
             home,
             env: s.desired.env.clone(),
@@ -85,7 +87,7 @@ impl AppState {
             servers: s.servers,
             tokens,
             metrics: Metrics::new(),
-            jobs: Jobs::default(),
+            jobs,
             tables: Default::default(),
             creating: Mutex::new(Default::default()),
             pools: Mutex::new(HashMap::new()),
@@ -173,10 +175,13 @@ impl AppState {
                     m.remove(database);
                 }
                 self.forget_pool(&server, database);
-                if self.locate(database).await.is_err() {
-                    return Err(ApiError::not_found(format!("there is no database {database:?} any more")));
+                // Gone only when its server says so: a server that is down is a 503.
+                match self.locate(database).await {
+                    Err(l) if l.status == axum::http::StatusCode::NOT_FOUND => {
+                        Err(ApiError::not_found(format!("there is no database {database:?} any more")))
+                    }
+                    _ => Err(e),
                 }
-                Err(e)
             }
         }
     }

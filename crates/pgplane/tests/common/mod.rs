@@ -311,7 +311,8 @@ impl Serve {
         if let Some(a) = &auth {
             headers.push(("Authorization", a));
         }
-        if body.is_some() {
+        // As a well-behaved client: every POST says it sends JSON (an empty body is the defaults).
+        if body.is_some() || method == "POST" {
             headers.push(("Content-Type", "application/json"));
         }
         http(method, &format!("{}{path}", self.base), &headers, body.unwrap_or("").as_bytes())
@@ -369,24 +370,34 @@ impl Response {
 }
 
 /// A minimal HTTP/1.1 client (one request per connection), enough for tests without
-/// another dependency: `Content-Length` and chunked bodies.
+/// another dependency: `Content-Length` and chunked bodies. A `Host` among `headers`
+/// replaces the URL's.
 pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").expect("http:// URL");
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let mut stream = std::net::TcpStream::connect(host).expect("connect to pgplane serve");
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {host}\r\n"));
+    }
+    req.push_str(&format!("Connection: close\r\nContent-Length: {}\r\n", body.len()));
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
+    let mut raw = req.into_bytes();
+    raw.extend_from_slice(body);
+    http_raw(host, &raw)
+}
+
+/// Sends `request` as it is (e.g. without a `Host`) to `addr` and reads the response.
+pub fn http_raw(addr: &str, request: &[u8]) -> Response {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to pgplane serve");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
+    stream.write_all(request).unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read response");
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
