@@ -81,6 +81,10 @@ pub struct RawBranches {
     pub template_sessions: Option<TemplateSessions>,
     #[serde(default)]
     pub settings: BTreeMap<String, serde_yaml::Value>,
+    /// A file of live branch ids (one per line), relative to the manifest: the leader's
+    /// periodic gc drops branches not in it.
+    #[serde(default)]
+    pub keep_file: Option<String>,
 }
 
 /// What `branch create` does with sessions connected to the template.
@@ -265,6 +269,8 @@ pub struct BranchPolicy {
     pub template_sessions: TemplateSessions,
     /// Database-level settings of every branch, sorted by name.
     pub settings: Vec<(String, String)>,
+    /// The live list for the periodic gc (relative to the manifest's folder).
+    pub keep_file: Option<String>,
 }
 
 impl Default for BranchPolicy {
@@ -281,6 +287,7 @@ impl Default for BranchPolicy {
             readonly_role: None,
             template_sessions: TemplateSessions::Wait,
             settings: Vec::new(),
+            keep_file: None,
         }
     }
 }
@@ -745,6 +752,7 @@ fn validate(
                 policy.readonly_role = Some(role.clone());
             }
             policy.template_sessions = b.template_sessions.unwrap_or_default();
+            policy.keep_file = b.keep_file.clone();
             policy.settings = settings(&b.settings).map_err(|(key, msg)| scope.err(&key, &key, msg))?;
             policy
         }

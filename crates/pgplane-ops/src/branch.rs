@@ -162,10 +162,13 @@ impl Branches {
                 c.batch_execute("SET lock_timeout = 0").await?;
                 Ok(c)
             }
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => bail!(
-                "another pgplane operation on {what} did not finish within {}s; try again later or raise --lock-timeout",
-                opts.lock_timeout.as_secs()
-            ),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                Err(crate::error::Error::busy(format!(
+                    "another pgplane operation on {what} did not finish within {}s; try again later or raise --lock-timeout",
+                    opts.lock_timeout.as_secs()
+                ))
+                .into())
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -402,12 +405,15 @@ impl Branches {
             .await?;
         // Read under the lock: a concurrent operation on this branch has finished by now.
         let existing = self.record(&req.id).await?;
+        // The same job again (its worker died or stopped; another attempt continues it).
+        let resuming = self.operation.is_some() && existing.as_ref().is_some_and(|b| b.operation_id == self.operation);
         let template_name = match (&req.template, &existing, reset) {
             (_, None, true) => bail!(
                 "there is no branch {:?}; create it with `pgplane branch create {} --template NAME`",
                 req.id,
                 req.id
             ),
+            (_, Some(b), false) if resuming => b.template.clone(),
             (_, Some(b), false) => bail!(
                 "branch {:?} already exists (database {}, status {}); use `pgplane branch reset {}` to deploy it again",
                 req.id,
@@ -472,9 +478,34 @@ impl Branches {
                 )
                 .await?;
             let admin = server.connect_named(None, &session_name).await?;
-            self.stamp_and_deploy(&admin, &t, &server, &owner, &schema, &database, reset, &sources, &contexts, opts).await
+            // A resumed create keeps the database its earlier attempt stamped (CREATE
+            // DATABASE is all or nothing) and continues the deployment from the ledger.
+            let stamp = if resuming && !reset {
+                if database_exists(&admin, &database).await? {
+                    Stamp::Keep
+                } else {
+                    Stamp::New
+                }
+            } else if reset {
+                Stamp::Again
+            } else {
+                Stamp::New
+            };
+            self.stamp_and_deploy(&admin, &t, &server, &owner, &schema, &database, stamp, &sources, &contexts, opts).await
         }
         .await;
+        // Stopped because this process shuts down: the job goes back to the queue and
+        // another attempt continues; the branch stays RUNNING meanwhile.
+        let handed_back = crate::cancel::current().and_then(|c| c.reason()).as_deref()
+            == Some(crate::jobs::worker::SHUTDOWN)
+            && !matches!(&outcome, Ok(d) if d.error.is_none());
+        if handed_back {
+            return Err(crate::error::Error::Cancelled(format!(
+                "branch {}: stopped by the shutdown; the deployment continues in another attempt",
+                req.id
+            ))
+            .into());
+        }
         let (status, error, failure) = match &outcome {
             Ok(d) if d.error.is_none() => ("SUCCESS", None, None),
             Ok(d) => ("FAILED", d.error.clone(), d.failure.clone()),
@@ -577,15 +608,15 @@ impl Branches {
         owner: &str,
         schema: &str,
         database: &str,
-        reset: bool,
+        stamp: Stamp,
         sources: &[String],
         contexts: &[String],
         opts: &DeployOptions,
     ) -> Result<Deployed> {
-        if reset {
+        if stamp == Stamp::Again {
             drop_database(admin, database).await?;
         }
-        {
+        if stamp != Stamp::Keep {
             // Shared template lock: a rebuild cannot swap the template out mid-copy.
             let key = format!("{}/{}", server.name, t.name);
             let _copying = self.lock(Lock::Shared, TEMPLATE_LOCK, &key, &format!("template {}", t.name), opts).await?;
@@ -688,7 +719,11 @@ impl Branches {
         let _lock =
             self.lock(Lock::Exclusive, BRANCH_LOCK, &branch_key(&self.env, id), &format!("branch {id}"), opts).await?;
         let Some(b) = self.record(id).await? else {
-            bail!("there is no branch {id:?} in environment {} (see `pgplane branch list`)", self.env);
+            return Err(crate::error::Error::not_found(format!(
+                "there is no branch {id:?} in environment {} (see `pgplane branch list`)",
+                self.env
+            ))
+            .into());
         };
         self.drop_locked(&b).await?;
         Ok(b)
@@ -767,6 +802,17 @@ impl Branches {
     }
 }
 
+/// What a deployment does with the branch's database before the sources run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stamp {
+    /// Copy the template (a new branch).
+    New,
+    /// Drop it and copy the template again (a reset).
+    Again,
+    /// Keep it (a create resumed after its database was stamped).
+    Keep,
+}
+
 /// A database with a branch's name that pgplane has no deployment record of.
 pub fn unknown(id: &str, database: String, template: &str, server: &str) -> BranchView {
     BranchView {
@@ -819,16 +865,47 @@ pub async fn records(control: &Client, env: &str, id: Option<&str>, template: Op
             &[&env, &id, &template],
         )
         .await?;
-    let mut out = Vec::new();
-    for r in &rows {
-        let mut v = view_of(r)?;
-        if v.status == "RUNNING" && !busy(control, env, &v.id).await? {
+    let mut out: Vec<BranchView> = rows.iter().map(view_of).collect::<Result<_>>()?;
+    // RUNNING without a process holding the branch: interrupted, unless a job for it is
+    // still queued or running (a worker died and another one resumes it). Two queries
+    // for all of them, however many there are.
+    let running: Vec<&BranchView> = out.iter().filter(|v| v.status == "RUNNING").collect();
+    if running.is_empty() {
+        return Ok(out);
+    }
+    let lock_keys: Vec<String> = running.iter().map(|v| branch_key(env, &v.id)).collect();
+    let job_keys: Vec<String> = running.iter().map(|v| crate::runner::branch_key(env, &v.id)).collect();
+    let rows = control
+        .query(
+            "SELECT k.i::int4,
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+                             AND l.classid = ($1::int4)::pg_catalog.oid
+                             AND l.objid = (pg_catalog.hashtext(k.lock_key))::pg_catalog.oid AND l.objsubid = 2
+                             AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                                                WHERE d.datname = pg_catalog.current_database()))
+                    OR EXISTS (SELECT 1 FROM pgplane.jobs j WHERE j.key = k.job_key AND j.status IN ('queued', 'running'))
+               FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) WITH ORDINALITY AS k(lock_key, job_key, i)",
+            &[&BRANCH_LOCK, &lock_keys, &job_keys],
+        )
+        .await?;
+    let alive: std::collections::BTreeSet<usize> =
+        rows.iter().filter(|r| r.get::<_, bool>(1)).map(|r| r.get::<_, i32>(0) as usize - 1).collect();
+    let ids: Vec<String> = running.iter().map(|v| v.id.clone()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        if alive.contains(&i) {
+            continue;
+        }
+        if let Some(v) = out.iter_mut().find(|v| &v.id == id) {
             v.status = "FAILED".into();
             v.error = Some(INTERRUPTED.into());
         }
-        out.push(v);
     }
     Ok(out)
+}
+
+/// Whether the branch's deployment was interrupted (shown FAILED, nobody resumes it).
+pub fn is_interrupted(v: &BranchView) -> bool {
+    v.status == "FAILED" && v.error.as_deref() == Some(INTERRUPTED)
 }
 
 const INTERRUPTED: &str =

@@ -18,6 +18,7 @@
 //! | `pgtb` | env/template | control db | one build of a template at a time |
 //! | `pgtc` | env/template | control db | counting a template's branches (transaction lock) |
 //! | `pgmg` | schema.ledger | target db | one migration run per ledger |
+//! | `pgsq` | env | control db | counting and queueing an environment's jobs (transaction lock) |
 //!
 //! Session locks live as long as the connection that took them: a process that dies
 //! releases them at once, which is how readers tell a running job from a dead one.
@@ -41,6 +42,7 @@ pub const TEMPLATE: Class = class(b"pgtp");
 pub const TEMPLATE_BUILD: Class = class(b"pgtb");
 pub const TEMPLATE_CAP: Class = class(b"pgtc");
 pub const MIGRATION: Class = class(b"pgmg");
+pub const SUBMIT: Class = class(b"pgsq");
 
 /// The second half of a lock: a number, or a name the server hashes with `hashtext`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,9 +84,10 @@ impl Lock {
         }
     }
 
+    /// Calls `func(class, key)`; true unless it returned false (the `void` ones return true).
     async fn call(&self, c: &impl GenericClient, func: &str) -> Result<bool, tokio_postgres::Error> {
         let (key, p) = self.args();
-        let sql = format!("SELECT pg_catalog.{func}($1::int4, {key}) IS NOT FALSE");
+        let sql = format!("SELECT pg_catalog.{func}($1::int4, {key})::text IS DISTINCT FROM 'false'");
         let row = match &p {
             Param::Int(k) => c.query_one(&sql, &[&self.class.0, k]).await?,
             Param::Text(t) => c.query_one(&sql, &[&self.class.0, t]).await?,
@@ -186,7 +189,8 @@ mod tests {
     fn classes_are_their_letters() {
         assert_eq!(BRANCH.0, 0x7067_6272);
         assert_eq!(JOB.0, 0x7067_6f70);
-        let all = [APPLY, CONTROL_MIGRATE, JOB, LEADER, BRANCH, TEMPLATE, TEMPLATE_BUILD, TEMPLATE_CAP, MIGRATION];
+        let all =
+            [APPLY, CONTROL_MIGRATE, JOB, LEADER, BRANCH, TEMPLATE, TEMPLATE_BUILD, TEMPLATE_CAP, MIGRATION, SUBMIT];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a, b, "two lock classes share a number");

@@ -87,6 +87,11 @@ pub struct TemplateJob {
     pub contexts: Option<Vec<String>>,
 }
 
+/// The key of every job on one branch: they run one at a time, in submission order.
+pub fn branch_key(env: &str, id: &str) -> String {
+    format!("branch/{env}/{id}")
+}
+
 /// A job for `kind` with a typed request.
 pub fn new_job(kind: &str, env: &str, resource: Option<&str>, request: &impl Serialize) -> Result<NewJob> {
     let mut j = NewJob::new(kind, Some(env));
@@ -224,12 +229,36 @@ pub fn fingerprint(manifest: &std::path::Path) -> Result<String> {
 pub struct Reconciler {
     pub env: String,
     pub fingerprint: String,
+    pub manifest: PathBuf,
     /// The manifest's live list (`branches.keep_file`), if any.
     pub keep_file: Option<String>,
 }
 
 impl Reconciler {
+    /// Queues a gc job when some branch is due: expired, interrupted, or (with a live
+    /// list) not in it. Nothing is queued when there is nothing to drop.
     pub async fn queue_gc(&self, control: &tokio_postgres::Client) -> anyhow::Result<Option<i64>> {
+        let records = crate::branch::records(control, &self.env, None, None).await?;
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let keep = match &self.keep_file {
+            Some(f) => Some(read_keep_file(&self.manifest, f).map_err(|e| anyhow::anyhow!("{e}"))?),
+            None => None,
+        };
+        let now: i64 = control.query_one("SELECT extract(epoch FROM pg_catalog.now())::int8", &[]).await?.get(0);
+        let known: Vec<pgplane_core::branch::Known> = records
+            .iter()
+            .map(|b| pgplane_core::branch::Known {
+                id: b.id.clone(),
+                expires_at: b.expires_epoch,
+                interrupted: crate::branch::is_interrupted(b),
+                busy: false,
+            })
+            .collect();
+        if pgplane_core::branch::gc(&known, keep.as_ref(), now).is_empty() {
+            return Ok(None);
+        }
         let req = GcJob { keep: None, keep_file: self.keep_file.clone() };
         let mut job = new_job(kind::BRANCH_GC, &self.env, Some("gc"), &req).map_err(|e| anyhow::anyhow!("{e}"))?;
         job.fingerprint = Some(self.fingerprint.clone());

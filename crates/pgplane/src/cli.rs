@@ -200,14 +200,18 @@ pub struct ServeArgs {
     /// (DNS rebinding).
     #[arg(long = "allowed-host", value_name = "NAME[:PORT]")]
     pub allowed_hosts: Vec<String>,
-    /// Operations (apply, branch create and reset) that run at once; others wait in the
-    /// backlog, holding no connection.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub jobs: u16,
-    /// Operations accepted and not finished (running and waiting) at most; beyond, a
-    /// request that would start one is answered 429 with Retry-After.
+    /// Worker slots: queued jobs (apply, branch create/reset, gc, template builds) this
+    /// process runs at once, whichever replica queued them. 0 makes an API-only replica.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub workers: u16,
+    /// Jobs of this environment waiting for a worker at most; beyond, a request that would
+    /// queue one is answered 429 with Retry-After.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub backlog: u16,
+    /// How often the elected leader queues the periodic branch gc (expired, interrupted,
+    /// and with `branches.keep_file` those not in the live list).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,7 +6,9 @@ mod output;
 mod serve;
 
 // The operations live in the library; front ends call them by these names.
-use pgplane_ops::{branch, cancel, conn, control, events, exec, jobs, migrate, observe, ops, schema, secrets, wait};
+use pgplane_ops::{
+    branch, cancel, conn, control, error, events, exec, jobs, migrate, observe, ops, runner, schema, secrets, wait,
+};
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -71,7 +71,7 @@ fn count(t: &T, db: &str, sql: &str) -> i64 {
 }
 
 fn operations_of(t: &T) -> i64 {
-    count(t, "pgplane", &format!("SELECT count(*) FROM pgplane.operations WHERE env = '{}'", t.env))
+    count(t, "pgplane", &format!("SELECT count(*) FROM pgplane.jobs WHERE env = '{}'", t.env))
 }
 
 fn database_exists(t: &T, name: &str) -> bool {
@@ -419,7 +419,7 @@ fn concurrent_creates_are_each_answered_within_a_second() {
     settled(&t, &s, tpl, &second);
     // Nothing is left queued or running, and the metrics say so.
     let m = s.req("GET", "/metrics", None, None).body;
-    assert!(m.contains("pgplane_running_operations 0") && m.contains("pgplane_queued_operations 0"), "{m}");
+    assert!(m.contains("pgplane_running_jobs 0") && m.contains("pgplane_job_queue_depth 0"), "{m}");
     assert!(
         m.contains("pgplane_http_requests_total{method=\"POST\",route=\"/api/v1/branches\",status=\"429\"}"),
         "{m}"
@@ -427,14 +427,15 @@ fn concurrent_creates_are_each_answered_within_a_second() {
     assert!(!s.log().contains("panicked"), "{}", s.log());
 }
 
-/// The backlog is a documented limit (`--backlog`), visible in the operations list and
-/// the metrics; beyond it every starting route answers 429 with Retry-After.
+/// The backlog is a documented limit (`--backlog`: jobs waiting for a worker), visible in
+/// the operations list and the metrics; beyond it every queueing route answers 429 with
+/// Retry-After.
 #[test]
 fn the_backlog_is_bounded_and_visible() {
     // Alone: it counts the control database's sessions.
     let _exclusive = exclusive();
     let (t, f) = world("sh_backlog");
-    let s = t.serve(&f, &["--jobs", "1", "--backlog", "2"], &[]);
+    let s = t.serve(&f, &["--workers", "1", "--backlog", "1"], &[]);
     let holder = hold_branch_lock(&t, "sh_backlog/mr_1");
     let create = |id: &str| {
         s.req(
@@ -468,8 +469,8 @@ fn the_backlog_is_bounded_and_visible() {
     assert_eq!(status(op2), Some("queued".into()), "{ops}");
     assert_eq!(s.req("GET", &format!("/api/v1/operations/{op2}"), None, None).json()["status"], "queued");
     let m = s.req("GET", "/metrics", None, None).body;
-    assert!(m.contains("pgplane_running_operations 1") && m.contains("pgplane_queued_operations 1"), "{m}");
-    assert!(m.contains("pgplane_operation_backlog_limit 2"), "{m}");
+    assert!(m.contains("pgplane_running_jobs 1") && m.contains("pgplane_job_queue_depth 1"), "{m}");
+    assert!(m.contains("pgplane_job_backlog_limit 1"), "{m}");
     // Full: creates, resets and applies are refused at once, and change nothing.
     for (path, body) in
         [("/api/v1/branches", "{\"id\": \"MR-3\", \"template\": \"sh_backlog_tpl\"}"), ("/api/v1/apply", "{}")]

@@ -97,7 +97,7 @@ fn finished(s: &Serve, id: i64) -> serde_json::Value {
         let op = s.req("GET", &format!("/api/v1/operations/{id}"), Some(READ), None);
         assert_eq!(op.status, 200, "{}", op.body);
         let op = op.json();
-        if op["status"] != "running" {
+        if op["status"] != "running" && op["status"] != "queued" {
             return op;
         }
         assert!(Instant::now() < deadline, "operation {id} still running: {op}");
@@ -544,8 +544,21 @@ fn refuses_to_listen_openly_without_tokens_and_reads_token_files() {
     assert_eq!(open.req("GET", "/api/v1/branches", None, None).status, 200);
 }
 
+/// Waits until operation `id`, as `s` reports it, has `status`; returns it.
+fn until_status(s: &Serve, id: i64, status: &str, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let o = s.req("GET", &format!("/api/v1/operations/{id}"), Some(READ), None).json();
+        if o["status"] == status {
+            return o;
+        }
+        assert!(Instant::now() < deadline, "operation {id} is not {status}: {o}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
-fn sigterm_and_kill_leave_operations_reported_as_interrupted() {
+fn sigterm_hands_jobs_back_and_kill_9_is_taken_over() {
     let (t, f) = world("sv_term");
     // SIGTERM while a 2 s deployment runs: it gets the grace period and finishes.
     let s = serve(&t, &f, &["--grace", "30s"]);
@@ -562,7 +575,8 @@ fn sigterm_and_kill_leave_operations_reported_as_interrupted() {
     assert_eq!(t.sql("pgplane", "SELECT status FROM pgplane.branches WHERE id = 'brief'"), "SUCCESS");
 
     let slow = "{\"id\": \"slow\", \"template\": \"sv_term_tpl\", \"sources\": [\"model/slow/changelog.yaml\"]}";
-    // SIGTERM with a short grace: serve stops within seconds and the operation is failed, not running.
+    // SIGTERM with a short grace: serve stops within seconds; the running migration is
+    // cancelled (rolled back) and the job handed back to the queue, not failed.
     let s = serve(&t, &f, &["--grace", "1s"]);
     let op = accepted(&s.req("POST", "/api/v1/branches", Some(ADMIN), Some(slow)), "branch_create");
     t.wait_for_sql(
@@ -572,45 +586,70 @@ fn sigterm_and_kill_leave_operations_reported_as_interrupted() {
         "the slow changeset never started",
     );
     let started = Instant::now();
+    let log = s.log.clone();
     assert_eq!(s.terminate(Duration::from_secs(20)), Some(0), "serve did not stop on SIGTERM");
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
-    let row =
-        t.sql("pgplane", &format!("SELECT status || ' ' || coalesce(error, '') FROM pgplane.jobs WHERE id = {op}"));
-    assert!(row.starts_with("failed ") && row.contains("interrupt"), "{row}");
-    // Another serve process reports it, and the branch, honestly.
-    let s2 = serve(&t, &f, &[]);
-    let o = s2.req("GET", &format!("/api/v1/operations/{op}"), Some(READ), None).json();
-    assert_eq!(o["status"], "failed", "{o}");
-    assert_eq!(s2.req("GET", "/api/v1/branches/slow", Some(READ), None).json()["status"], "FAILED");
+    let log = log.lock().unwrap().clone();
+    assert!(log.contains("handed operations"), "{log}");
+    let row = t.sql("pgplane", &format!("SELECT status || ' ' || attempts FROM pgplane.jobs WHERE id = {op}"));
+    assert_eq!(row, "queued 0", "handed back, the attempt not counted");
+    // An API-only replica (no workers) reports it as queued, and the branch as RUNNING.
+    let api = serve(&t, &f, &["--workers", "0"]);
+    assert_eq!(until_status(&api, op, "queued", Duration::from_secs(5))["attempts"], 0);
+    assert_eq!(api.req("GET", "/api/v1/branches/slow", Some(READ), None).json()["status"], "RUNNING");
+    // Cancelled before any worker took it: nothing runs it any more.
+    let r = api.req("DELETE", &format!("/api/v1/operations/{op}"), Some(ADMIN), None);
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("cancelled")), "{}", r.body);
+    let r = api.req("DELETE", &format!("/api/v1/operations/{op}"), Some(READ), None);
+    assert_eq!(r.status, 403, "cancelling needs an admin token");
+    assert_eq!(api.req("GET", "/api/v1/branches/slow", Some(READ), None).json()["status"], "FAILED");
 
-    // kill -9 mid-operation: nobody records anything, yet readers see it interrupted.
-    let op = accepted(&s2.req("POST", "/api/v1/branches/slow/reset", Some(ADMIN), None), "branch_reset");
+    // kill -9 mid-operation: the job's lock goes with the process; readers see it waiting
+    // for a worker at once, and a replica with workers takes it over (attempt 2).
+    let w = serve(&t, &f, &[]);
+    let op = accepted(&w.req("POST", "/api/v1/branches/slow/reset", Some(ADMIN), None), "branch_reset");
     t.wait_for_sql(
         "postgres",
         "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()",
         "1",
         "the reset never started",
     );
-    let mut s2 = s2;
-    s2.child.kill().unwrap();
-    let _ = s2.child.wait();
-    drop(s2);
-    let s3 = serve(&t, &f, &[]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let o = s3.req("GET", &format!("/api/v1/operations/{op}"), Some(READ), None).json();
-        if o["status"] == "failed" {
-            assert!(o["error"].as_str().unwrap().contains("interrupted"), "{o}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "still running after kill -9: {o}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(
-        t.sql("pgplane", &format!("SELECT status FROM pgplane.jobs WHERE id = {op}")),
-        "running",
-        "the row itself was left as it was"
+    let mut w = w;
+    w.child.kill().unwrap();
+    let _ = w.child.wait();
+    drop(w);
+    let o = until_status(&api, op, "queued", Duration::from_secs(20));
+    assert!(o["error"].as_str().is_some_and(|e| e.contains("interrupted")), "{o}");
+    assert_eq!(t.sql("pgplane", &format!("SELECT status FROM pgplane.jobs WHERE id = {op}")), "running");
+    let env = tokens();
+    let taker = t.serve(
+        &f,
+        &[],
+        &[(env[0].0, env[0].1.as_str()), ("PGPLANE_LEADER_TICK_MS", "200"), ("PGPLANE_JOB_POLL_MS", "200")],
     );
+    let o = until_status(&taker, op, "running", Duration::from_secs(20));
+    assert_eq!(o["attempts"], 2, "{o}");
+    t.wait_for_sql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()",
+        "1",
+        "the taken-over reset never started",
+    );
+    // Cancelling a running job stops its migration (rolled back) within seconds.
+    let started = Instant::now();
+    let r = taker.req("DELETE", &format!("/api/v1/operations/{op}"), Some(ADMIN), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["cancel_requested"], true);
+    let o = until_status(&taker, op, "cancelled", Duration::from_secs(15));
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}: {o}", started.elapsed());
+    assert_eq!(o["error_code"], "cancelled", "{o}");
+    let r = taker.req("DELETE", &format!("/api/v1/operations/{op}"), Some(ADMIN), None);
+    assert_eq!(r.status, 200, "cancelling a cancelled job again is harmless: {}", r.body);
+    let later = "{\"id\": \"later\", \"template\": \"sv_term_tpl\", \"sources\": [\"model/brief/changelog.yaml\"]}";
+    let done = accepted(&taker.req("POST", "/api/v1/branches", Some(ADMIN), Some(later)), "branch_create");
+    assert_eq!(finished(&taker, done)["status"], "succeeded");
+    let r = taker.req("DELETE", &format!("/api/v1/operations/{done}"), Some(ADMIN), None);
+    assert_eq!((r.status, r.error_code().as_str()), (409, "conflict"), "{}", r.body);
 }
 
 /// Random request bodies (bytes, arbitrary JSON, and objects with the real keys holding

@@ -89,8 +89,34 @@ pub struct Worker {
     _listener: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// How many runs failed to write their ends (for logs) — nothing else is kept in memory.
+/// What can be asked of running slots while the worker is being shut down elsewhere.
+#[derive(Clone)]
+pub struct Handle(Arc<Shared>);
+
+impl Handle {
+    /// Ids of the jobs this process runs now.
+    pub fn running(&self) -> Vec<i64> {
+        self.0.running().keys().copied().collect()
+    }
+
+    /// Asks running jobs to stop now (the second signal) without waiting.
+    pub fn cancel_all(&self, reason: &str) {
+        for c in self.0.running().values() {
+            c.cancel(reason);
+        }
+    }
+
+    /// Jobs claimed by this process, and how many of those were another worker's before.
+    pub fn claims(&self) -> (u64, u64) {
+        (self.0.claims.load(Ordering::Relaxed), self.0.takeovers.load(Ordering::Relaxed))
+    }
+}
+
 impl Worker {
+    pub fn handle(&self) -> Handle {
+        Handle(self.shared.clone())
+    }
+
     /// Starts `opts.slots` slots (none: an API-only process) and the listener (on the
     /// current runtime).
     pub fn start(control: Target, opts: Options, runner: Arc<dyn Runner>, hooks: Option<Arc<dyn Hooks>>) -> Worker {
@@ -351,6 +377,8 @@ async fn run_attempt(shared: &Shared, client: &mut tokio_postgres::Client, attem
 fn finish_of(result: Result<Done, Error>, cancel: &Cancel) -> Finish {
     let shutdown = cancel.reason().as_deref() == Some(SHUTDOWN);
     match result {
+        // Stopped by the shutdown, whichever way the operation reports it.
+        Ok(done) if shutdown && done.failed.is_some() => Finish::HandBack,
         Ok(done) => match done.failed {
             None => Finish::Succeeded { changes: done.changes, result: done.result },
             Some(error) => Finish::Failed {

@@ -1,11 +1,11 @@
 //! REST handlers under `/api/v1`. Each is a thin front end over the same operations the
-//! CLI runs; reads use pooled connections, long operations start a background job and
-//! answer 202 with the journaled operation.
+//! CLI runs; reads use pooled connections, long operations are queued as durable jobs in
+//! the control database and answer 202 with the job (`operation`); any replica's workers
+//! run them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -21,10 +21,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ApiPath, ApiQuery, ApiResult, Body, ErrorBody, RawBody};
-use super::jobs::Outcome;
 use super::state::Shared;
-use crate::branch::{BranchRequest, BranchView, Branches, DeployOptions};
-use crate::control;
+use crate::branch::{BranchView, Branches, DeployOptions};
 use crate::jobs::Job as Operation;
 
 /// A database on one of the manifest's servers, and what pgplane knows of it.
@@ -134,7 +132,7 @@ pub async fn databases(State(state): State<Shared>) -> ApiResult<Json<Vec<Databa
     // another can starve the pool when many arrive at once.
     let (records, branches) = {
         let control = state.control().await?;
-        let records = control::read_records(&control).await?;
+        let records = crate::control::read_records(&control).await?;
         let branches: HashMap<(String, String), (String, String)> = control
             .query("SELECT server, database, id, env FROM pgplane.branches", &[])
             .await?
@@ -273,7 +271,7 @@ pub(super) async fn branch_view(state: &Shared, id: &str) -> ApiResult<BranchVie
     };
     let Some(mut v) = record else {
         // Just accepted (202), its job not yet holding the branch's lock: RUNNING.
-        if let Some(v) = being_created(state, id) {
+        if let Some(v) = being_created(state, id).await? {
             return Ok(v);
         }
         // As `branch show`: a database with the branch's name but no record is UNKNOWN.
@@ -295,22 +293,26 @@ pub(super) async fn branch_view(state: &Shared, id: &str) -> ApiResult<BranchVie
     Ok(v)
 }
 
-/// The branch `id` as accepted by `POST /branches`, until its job ends (the job's own
-/// record shows once it claimed the branch).
-fn being_created(state: &Shared, id: &str) -> Option<BranchView> {
-    let key = pgplane_core::branch::sanitize(id).ok()?;
-    state.creating().get(&key)?.as_ref().filter(|v| v.id == id).cloned()
+/// The key of every job on branch `id` (create, reset, delete run one at a time, in order).
+fn branch_key(state: &Shared, id: &str) -> String {
+    crate::runner::branch_key(&state.env, id)
 }
 
-/// 409 while the branch's creation has been accepted and its job runs.
-fn not_being_created(state: &Shared, id: &str) -> ApiResult<()> {
-    match being_created(state, id) {
-        Some(v) => Err(ApiError::conflict(format!(
-            "branch {id:?} is being created{}; try again when it ends",
-            v.operation_id.map(|op| format!(" (GET /api/v1/operations/{op})")).unwrap_or_default()
-        ))),
-        None => Ok(()),
+/// The branch `id` as accepted by `POST /branches` until its job claims the branch's row:
+/// RUNNING, from the queued (or running) `branch_create` job in the control database, so
+/// every replica shows it the same.
+async fn being_created(state: &Shared, id: &str) -> ApiResult<Option<BranchView>> {
+    let control = state.control().await?;
+    let Some(job) = crate::jobs::queue::unfinished_with_key(&**control, &branch_key(state, id)).await? else {
+        return Ok(None);
+    };
+    if job.kind != crate::runner::kind::BRANCH_CREATE {
+        return Ok(None);
     }
+    let Ok(req) = serde_json::from_value::<crate::runner::BranchJob>(job.request.clone()) else { return Ok(None) };
+    let mut v = accepted_view(state, &req)?;
+    v.operation_id = Some(job.id);
+    Ok(Some(v))
 }
 
 async fn check_database(state: &Shared, v: &mut BranchView) -> ApiResult<()> {
@@ -331,23 +333,34 @@ pub async fn branches(
     State(state): State<Shared>,
     ApiQuery(q): ApiQuery<BranchesQuery>,
 ) -> ApiResult<Json<Vec<BranchView>>> {
-    let mut list = {
+    let (mut list, creating) = {
         let control = state.control().await?;
-        crate::branch::records(&control, &state.env, None, q.template.as_deref()).await?
+        let list = crate::branch::records(&control, &state.env, None, q.template.as_deref()).await?;
+        let filter = crate::jobs::Filter {
+            env: Some(state.env.clone()),
+            kind: Some(crate::runner::kind::BRANCH_CREATE.to_string()),
+            statuses: vec![pgplane_core::job::JobStatus::Queued, pgplane_core::job::JobStatus::Running],
+            limit: 1000,
+            ..Default::default()
+        };
+        (list, crate::jobs::queue::list(&**control, &filter).await?)
     };
     for v in &mut list {
         check_database(&state, v).await?;
     }
-    // Accepted, their jobs not yet holding the branch's lock (as `GET /branches/{id}`):
-    // after the recorded ones, which keep the control database's order.
-    let accepted: Vec<BranchView> = state
-        .creating()
-        .values()
-        .flatten()
-        .filter(|v| q.template.as_deref().is_none_or(|t| v.template == t) && !list.iter().any(|b| b.id == v.id))
-        .cloned()
-        .collect();
-    list.extend(accepted);
+    // Accepted, their jobs not yet holding the branch's row (as `GET /branches/{id}`):
+    // after the recorded ones, which keep the control database's order; oldest first.
+    for job in creating.iter().rev() {
+        let Ok(req) = serde_json::from_value::<crate::runner::BranchJob>(job.request.clone()) else { continue };
+        if list.iter().any(|b| b.id == req.id)
+            || q.template.as_deref().is_some_and(|t| req.template.as_deref() != Some(t))
+        {
+            continue;
+        }
+        let mut v = accepted_view(&state, &req)?;
+        v.operation_id = Some(job.id);
+        list.push(v);
+    }
     Ok(Json(list))
 }
 
@@ -386,35 +399,55 @@ pub async fn create_branch(State(state): State<Shared>, Body(body): Body<CreateB
             if known.is_empty() { "none".into() } else { known.join(", ") }
         )));
     }
-    let req = BranchRequest {
+    let req = crate::runner::BranchJob {
         id: body.id.clone(),
         template: Some(body.template),
         sources: body.sources.as_deref().map(|s| resolve_sources(&state.base, s)).transpose()?,
         contexts: body.contexts.unwrap_or_default(),
         labels: Some(body.labels.unwrap_or_default()),
-        ttl: body.ttl.as_deref().map(parse_ttl).transpose()?,
+        ttl_secs: body.ttl.as_deref().map(parse_ttl).transpose()?.map(|d| d.as_secs()),
     };
-    let view = accepted_view(&state, &req)?;
-    // From here on the id is released whenever this guard goes: on an error below, or
-    // when the job that takes it over ends.
-    let creating = Creating::reserve(&state, key).map_err(|other| {
-        ApiError::conflict(format!(
-            "branch {:?} is being created (see GET /api/v1/operations)",
-            other.unwrap_or(body.id.clone())
-        ))
-    })?;
-    let existing = {
-        let control = state.control().await?;
-        crate::branch::records(&control, &state.env, Some(&body.id), None).await?.pop()
-    };
+    accepted_view(&state, &req)?;
+    let _ = key;
+    let mut control = state.control().await?;
+    let existing = crate::branch::records(&control, &state.env, Some(&body.id), None).await?.pop();
     if let Some(b) = existing {
         return Err(ApiError::conflict(format!(
             "branch {:?} already exists (database {}, status {}); POST /api/v1/branches/{}/reset deploys it again",
             b.id, b.database, b.status, b.id
         )));
     }
-    creating.show(view);
-    start_deploy(&state, req, Some(Arc::new(creating))).await
+    queue_branch_job(
+        &state,
+        &mut control,
+        crate::runner::kind::BRANCH_CREATE,
+        &req,
+        Some("the branch is being created or changed"),
+    )
+    .await
+}
+
+/// Queues a branch job (keyed by the branch, so jobs on one branch run in order) and
+/// answers 202 with it.
+async fn queue_branch_job(
+    state: &Shared,
+    control: &mut deadpool_postgres::Object,
+    kind: &str,
+    req: &impl Serialize,
+    exclusive: Option<&str>,
+) -> ApiResult<Response> {
+    let id = branch_id_of(req)?;
+    let mut new = crate::runner::new_job(kind, &state.env, Some(&id), req)?;
+    new.key = Some(branch_key(state, &id));
+    let job = state.jobs.submit(control, new, exclusive).await?;
+    Ok(accepted(job))
+}
+
+fn branch_id_of(req: &impl Serialize) -> ApiResult<String> {
+    serde_json::to_value(req)
+        .ok()
+        .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
+        .ok_or_else(|| ApiError::invalid("the request names no branch id"))
 }
 
 #[utoipa::path(post, path = "/api/v1/branches/{id}/reset", tag = "branches",
@@ -440,17 +473,24 @@ pub async fn reset_branch(
     check_id(&id)?;
     let ttl = body.ttl.as_deref().map(parse_ttl).transpose()?;
     let sources = body.sources.as_deref().map(|s| resolve_sources(&state.base, s)).transpose()?;
-    not_being_created(&state, &id)?;
     let existing = branch_view(&state, &id).await?;
-    let req = BranchRequest {
+    let req = crate::runner::BranchJob {
         id,
         template: Some(existing.template),
         sources,
         contexts: body.contexts.unwrap_or_default(),
         labels: body.labels,
-        ttl,
+        ttl_secs: ttl.map(|d| d.as_secs()),
     };
-    start_deploy(&state, req, None).await
+    let mut control = state.control().await?;
+    queue_branch_job(
+        &state,
+        &mut control,
+        crate::runner::kind::BRANCH_RESET,
+        &req,
+        Some("the branch is being created or changed"),
+    )
+    .await
 }
 
 /// How a branch just accepted for creation looks until its job claims its row: RUNNING,
@@ -458,7 +498,7 @@ pub async fn reset_branch(
 /// (the TTL counts from the claim) come with the row. A job that fails before it claims
 /// the row (the branch's lock not free within 300 s, a database of that name recorded for
 /// another branch) leaves no branch: the operation says why.
-fn accepted_view(state: &Shared, req: &BranchRequest) -> ApiResult<BranchView> {
+fn accepted_view(state: &Shared, req: &crate::runner::BranchJob) -> ApiResult<BranchView> {
     let template = req.template.as_deref().unwrap_or_default();
     let module = state
         .manifest
@@ -474,74 +514,10 @@ fn accepted_view(state: &Shared, req: &BranchRequest) -> ApiResult<BranchView> {
     Ok(v)
 }
 
-/// Starts `branch create` (with the id's `creating` guard) or `branch reset` (without).
-async fn start_deploy(state: &Shared, req: BranchRequest, creating: Option<Arc<Creating>>) -> ApiResult<Response> {
-    let (file, env_flag) = (state.manifest.file.clone(), state.env_flag.clone());
-    let reset = creating.is_none();
-    // The handler keeps the guard too, so the entry it names the operation in is its own.
-    let shown = creating.clone();
-    let kind = if reset { "branch_reset" } else { "branch_create" };
-    let id = state
-        .jobs
-        .start(state.home.clone(), kind, state.env.clone(), move |mut ctx| async move {
-            let b = Branches::open(&mut ctx, &file, env_flag.as_deref()).await?;
-            let opts = DeployOptions {
-                lock_timeout: Duration::from_secs(300),
-                session_timeout: Duration::from_secs(60),
-                live: false,
-            };
-            let view = b.deploy_branch(&req, reset, &opts).await;
-            drop(creating);
-            Ok(Outcome { changes: 1, error: view?.error })
-        })
-        .await?;
-    if let Some(c) = shown {
-        c.update(|v| v.operation_id = Some(id));
-    }
-    accepted(state, id).await
-}
-
-/// A (sanitised) branch id in `AppState::creating`, removed when this is dropped (however
-/// the request or its job ends).
-struct Creating {
-    state: Shared,
-    key: String,
-}
-
-impl Creating {
-    /// Reserves `key`, not yet shown; `Err` with the id being created when it is taken.
-    fn reserve(state: &Shared, key: String) -> Result<Creating, Option<String>> {
-        match state.creating().entry(key.clone()) {
-            std::collections::hash_map::Entry::Occupied(e) => Err(e.get().as_ref().map(|v| v.id.clone())),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(None);
-                Ok(Creating { state: state.clone(), key })
-            }
-        }
-    }
-
-    /// From now on `GET /branches/{id}` shows the branch as `view`.
-    fn show(&self, view: BranchView) {
-        self.state.creating().insert(self.key.clone(), Some(view));
-    }
-
-    fn update(&self, change: impl FnOnce(&mut BranchView)) {
-        if let Some(Some(v)) = self.state.creating().get_mut(&self.key) {
-            change(v);
-        }
-    }
-}
-
-impl Drop for Creating {
-    fn drop(&mut self) {
-        self.state.creating().remove(&self.key);
-    }
-}
-
 /// 202 with the operation and its URL.
-async fn accepted(state: &Shared, id: i64) -> ApiResult<Response> {
-    let op = operation_by_id(state, id).await?;
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, format!("/api/v1/operations/{id}"))], Json(op)).into_response())
+fn accepted(op: Operation) -> Response {
+    let id = op.id;
+    (StatusCode::ACCEPTED, [(header::LOCATION, format!("/api/v1/operations/{id}"))], Json(op)).into_response()
 }
 
 #[utoipa::path(delete, path = "/api/v1/branches/{id}", tag = "branches",
@@ -550,35 +526,63 @@ async fn accepted(state: &Shared, id: i64) -> ApiResult<Response> {
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody, description = "No such branch (also: deleted meanwhile by a concurrent request)"),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody, description = "The id is longer than 255 bytes")),
     security(("bearer" = [])))]
-/// Drops a branch's database (ending its sessions) and forgets it.
+/// Drops a branch's database (ending its sessions) and forgets it. Runs at once in this
+/// process, journaled as a job; a create or reset of the branch still queued or running
+/// is a 409.
 pub async fn delete_branch(State(state): State<Shared>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<BranchView>> {
-    not_being_created(&state, &id)?;
+    check_id(&id)?;
+    {
+        let control = state.control().await?;
+        if let Some(j) = crate::jobs::queue::unfinished_with_key(&**control, &branch_key(&state, &id)).await? {
+            return Err(ApiError::conflict(format!(
+                "the branch is being created or changed ({} operation {}, {}; GET /api/v1/operations/{}); \
+                 try again when it ends",
+                j.kind, j.id, j.status, j.id
+            )));
+        }
+    }
     let existing = branch_view(&state, &id).await?;
     state.forget_pool(&existing.server, &existing.database);
     let (home, file, env_flag, of) =
         (state.home.clone(), state.manifest.file.clone(), state.env_flag.clone(), id.clone());
+    let control_target = state.servers.first().clone();
+    let mut new = crate::runner::new_job(
+        crate::runner::kind::BRANCH_DELETE,
+        &state.env,
+        Some(&id),
+        &crate::runner::BranchDeleteJob { id: id.clone() },
+    )?;
+    new.key = Some(branch_key(&state, &id));
     let deleted = super::on_thread(move || async move {
-        let mut ctx = crate::ops::Ctx::new(home);
-        let b = Branches::open(&mut ctx, &file, env_flag.as_deref()).await?;
-        let opts = DeployOptions {
-            lock_timeout: Duration::from_secs(10),
-            session_timeout: Duration::from_secs(10),
-            live: false,
-        };
-        b.delete(&of, &opts).await
+        let job = crate::jobs::worker::Inline::start(&control_target, &new).await?;
+        let cancel = crate::cancel::Cancel::new();
+        let result = job
+            .run(&cancel, async {
+                let mut ctx = crate::ops::Ctx::new(home);
+                ctx.operation = Some(job.id());
+                let b = Branches::open(&mut ctx, &file, env_flag.as_deref()).await?;
+                let opts = DeployOptions {
+                    lock_timeout: Duration::from_secs(10),
+                    session_timeout: Duration::from_secs(10),
+                    live: false,
+                };
+                let v = b.delete(&of, &opts).await?;
+                Ok::<_, anyhow::Error>((v, crate::jobs::Done { changes: 1, ..Default::default() }))
+            })
+            .await
+            .map_err(crate::error::Error::from);
+        job.finish(&cancel, &result).await?;
+        Ok(result.map(|(v, _)| v))
     })
-    .await;
+    .await?;
     match deleted {
         Ok(deleted) => Ok(Json(deleted)),
-        Err(e) if format!("{e:#}").contains("did not finish within") => Err(ApiError::conflict(format!("{e:#}"))),
         // Deleted meanwhile by a concurrent request (which answered 200).
-        Err(e) => match branch_view(&state, &id).await {
-            Err(gone) if gone.status == StatusCode::NOT_FOUND => Err(ApiError::not_found(format!(
-                "there is no branch {id:?} in environment {} any more (deleted meanwhile)",
-                state.env
-            ))),
-            _ => Err(ApiError::from(e)),
-        },
+        Err(crate::error::Error::NotFound(_)) => Err(ApiError::not_found(format!(
+            "there is no branch {id:?} in environment {} any more (deleted meanwhile)",
+            state.env
+        ))),
+        Err(e) => Err(ApiError::from(e)),
     }
 }
 
@@ -693,60 +697,12 @@ pub async fn apply(State(state): State<Shared>, RawBody(bytes): RawBody) -> ApiR
     let body: ChangeRequest = optional_body(&bytes)?;
     // Refuse a manifest that does not load before starting anything.
     crate::ops::load_manifest(&state.manifest.file).map_err(invalid_manifest)?;
-    let (file, env_flag) = (state.manifest.file.clone(), state.env_flag.clone());
-    let id = state
-        .jobs
-        .start(state.home.clone(), "apply", state.env.clone(), move |mut ctx| async move {
-            apply_job(&mut ctx, &file, env_flag.as_deref(), &body).await
-        })
-        .await?;
-    accepted(&state, id).await
-}
-
-async fn apply_job(
-    ctx: &mut crate::ops::Ctx,
-    file: &Path,
-    env: Option<&str>,
-    body: &ChangeRequest,
-) -> anyhow::Result<Outcome> {
-    let s = crate::ops::Session::open(ctx, file, env).await?;
-    let lock_timeout = Duration::from_secs(300);
-    let locked = s.lock_and_plan(PlanOptions { prune: body.prune, adopt: body.adopt }, lock_timeout).await?;
-    let mut changes = 0;
-    if locked.plan.changes() == 0 {
-        s.refresh_cache(&locked, Vec::new()).await?;
-    } else {
-        let (applied, captured) = s.execute(ctx, &locked, "apply", &crate::output::LogProgress).await?;
-        s.refresh_cache(&locked, captured).await?;
-        changes = applied;
-    }
-    if body.skip_migrations || !s.manifest.modules.iter().any(|m| m.migrations.is_some()) {
-        return Ok(Outcome { changes, error: None });
-    }
-    let opts = crate::migrate::RunOptions {
-        mode: crate::migrate::Mode::Up,
-        selection: crate::migrate::Selection::default(),
-        ledger: crate::migrate::LedgerNames::default(),
-        retry_failed: false,
-        lock_timeout,
-        jobs: 4,
-        live: false,
-    };
-    let runs = crate::migrate::run_modules(&s, None, None, &opts, &crate::events::Quiet).await?;
-    let failed: Vec<String> = runs
-        .iter()
-        .flat_map(|r| r.targets.iter().filter(|t| !t.ok).map(move |t| (r, t)))
-        .map(|(r, t)| {
-            format!(
-                "{} ({}): {}",
-                r.module.as_deref().unwrap_or("?"),
-                t.target,
-                t.error.clone().unwrap_or_else(|| t.problems.join("; "))
-            )
-        })
-        .collect();
-    let error = (!failed.is_empty()).then(|| format!("provisioned; migrations failed: {}", failed.join(" | ")));
-    Ok(Outcome { changes, error })
+    let req =
+        crate::runner::ApplyRequest { prune: body.prune, adopt: body.adopt, skip_migrations: body.skip_migrations };
+    // Applies of one environment run one after another (they would wait for the lock anyway).
+    let new = crate::runner::new_job(crate::runner::kind::APPLY, &state.env, Some("apply"), &req)?;
+    let mut control = state.control().await?;
+    Ok(accepted(state.jobs.submit(&mut control, new, None).await?))
 }
 
 async fn operation_by_id(state: &Shared, id: i64) -> ApiResult<Operation> {
@@ -764,6 +720,26 @@ async fn operation_by_id(state: &Shared, id: i64) -> ApiResult<Operation> {
 pub async fn operation(State(state): State<Shared>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Operation>> {
     let id: i64 = id.parse().map_err(|_| ApiError::not_found(format!("there is no operation {id:?}")))?;
     Ok(Json(operation_by_id(&state, id).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/operations/{id}", tag = "operations",
+    params(("id" = i64, Path, description = "Operation id")),
+    responses((status = 200, body = Operation, description = "Cancelled (a queued one) or asked to stop (a running one: `cancel_requested`, then `cancelled` once its worker stopped it)"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "It already ended")),
+    security(("bearer" = [])))]
+/// Cancels an operation: a queued one at once, a running one at its next safe point (a
+/// running migration is cancelled and rolled back). Same as `pgplane job cancel ID`.
+pub async fn cancel_operation(State(state): State<Shared>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Operation>> {
+    let id: i64 = id.parse().map_err(|_| ApiError::not_found(format!("there is no operation {id:?}")))?;
+    let control = state.control().await?;
+    match crate::jobs::queue::request_cancel(&**control, id).await? {
+        None => Err(ApiError::not_found(format!("there is no operation {id}"))),
+        Some((job, _)) if job.status.is_final() && !job.cancel_requested => {
+            Err(ApiError::conflict(format!("operation {id} already ended ({}); nothing to cancel", job.status)))
+        }
+        Some((job, _)) => Ok(Json(job)),
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/operations", tag = "operations", params(OperationsQuery),

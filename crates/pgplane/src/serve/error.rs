@@ -76,6 +76,31 @@ impl ApiError {
 /// chain is a 503 instead: the request may succeed later.
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> ApiError {
+        ApiError::from(pgplane_ops::error::Error::from(e))
+    }
+}
+
+/// The operations' typed errors, by variant (never by message text).
+impl From<pgplane_ops::error::Error> for ApiError {
+    fn from(e: pgplane_ops::error::Error) -> ApiError {
+        use pgplane_ops::error::Error as E;
+        match e {
+            E::NotFound(m) => ApiError::not_found(m),
+            E::Conflict(m) => ApiError::conflict(m),
+            E::Invalid(m) => ApiError::invalid(m),
+            E::Busy(m) => ApiError::new(StatusCode::CONFLICT, "busy", m),
+            E::Unavailable(m) => {
+                tracing::warn!(error = %m, "a database cannot be reached");
+                ApiError::unavailable(m)
+            }
+            E::Cancelled(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cancelled", m),
+            E::Internal(e) => internal(e),
+        }
+    }
+}
+
+fn internal(e: anyhow::Error) -> ApiError {
+    {
         let message = format!("{e:#}");
         if e.chain()
             .any(|c| c.is::<NotAnswering>() || c.downcast_ref::<tokio_postgres::Error>().is_some_and(unreachable))

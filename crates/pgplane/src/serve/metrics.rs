@@ -48,10 +48,15 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     operations: Family<OperationLabels, Gauge>,
     branches: Family<StatusLabels, Gauge>,
+    jobs: Family<StatusLabels, Gauge>,
     running_jobs: Gauge,
     queued_jobs: Gauge,
     backlog_limit: Gauge,
-    jobs_limit: Gauge,
+    worker_slots: Gauge,
+    leader: Gauge,
+    takeovers: Counter,
+    /// Observed by the worker's hooks.
+    pub claim_latency: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -66,10 +71,20 @@ impl Metrics {
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         let operations = Family::<OperationLabels, Gauge>::default();
         let branches = Family::<StatusLabels, Gauge>::default();
+        let jobs = Family::<StatusLabels, Gauge>::default();
         let running_jobs = Gauge::default();
         let queued_jobs = Gauge::default();
         let backlog_limit = Gauge::default();
-        let jobs_limit = Gauge::default();
+        let worker_slots = Gauge::default();
+        let leader = Gauge::default();
+        let takeovers = Counter::default();
+        // 1 ms … ~16 s.
+        let claim_latency = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "job_claim_latency_seconds",
+            "From when a job could run to when a worker slot of this process claimed it",
+            claim_latency.clone(),
+        );
         registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by method and route", latency.clone());
         registry.register(
@@ -78,28 +93,39 @@ impl Metrics {
             operations.clone(),
         );
         registry.register("branches", "Branch databases of this environment by status", branches.clone());
-        registry.register("running_operations", "Operations this process is running now", running_jobs.clone());
+        registry.register("jobs", "Jobs of every environment by status (control database)", jobs.clone());
         registry.register(
-            "queued_operations",
-            "Operations this process accepted that wait for a slot (--jobs)",
+            "job_queue_depth",
+            "Jobs of this environment waiting for a worker (control database)",
             queued_jobs.clone(),
         );
+        registry.register("running_jobs", "Jobs this process's worker slots run now", running_jobs.clone());
+        registry.register("worker_slots", "Worker slots of this process (--workers)", worker_slots.clone());
         registry.register(
-            "operation_backlog_limit",
-            "Operations accepted and not finished at most (--backlog); beyond, 429",
+            "job_backlog_limit",
+            "Jobs of this environment that may wait at most (--backlog); beyond, 429",
             backlog_limit.clone(),
         );
-        registry.register("operation_slots", "Operations that run at once at most (--jobs)", jobs_limit.clone());
+        registry.register("leader", "1 while this process is the environment's elected leader", leader.clone());
+        registry.register(
+            "job_takeovers",
+            "Jobs this process's slots took over from a worker that died",
+            takeovers.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
             operations,
             branches,
+            jobs,
             running_jobs,
             queued_jobs,
             backlog_limit,
-            jobs_limit,
+            worker_slots,
+            leader,
+            takeovers,
+            claim_latency,
         }
     }
 }
@@ -128,9 +154,16 @@ pub async fn render(state: &Shared) -> ApiResult<String> {
     let m = &state.metrics;
     let control = state.control().await?;
     m.operations.clear();
+    m.jobs.clear();
+    let mut by_job_status = std::collections::BTreeMap::<String, i64>::new();
     for (kind, status, n) in crate::jobs::queue::counts(&**control).await? {
         m.operations.get_or_create(&OperationLabels { kind, status: status.to_string() }).set(n);
+        *by_job_status.entry(status.to_string()).or_default() += n;
     }
+    for (status, n) in by_job_status {
+        m.jobs.get_or_create(&StatusLabels { status }).set(n);
+    }
+    m.queued_jobs.set(crate::jobs::queue::queued(&**control, Some(&state.env)).await?);
     let mut by_status = std::collections::BTreeMap::<String, i64>::new();
     for b in crate::branch::records(&control, &state.env, None, None).await? {
         *by_status.entry(b.status).or_default() += 1;
@@ -142,9 +175,14 @@ pub async fn render(state: &Shared) -> ApiResult<String> {
     drop(control);
     let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     m.running_jobs.set(gauge(state.jobs.running()));
-    m.queued_jobs.set(gauge(state.jobs.queued_count()));
-    m.backlog_limit.set(gauge(state.jobs.limits().backlog));
-    m.jobs_limit.set(gauge(state.jobs.limits().running));
+    m.backlog_limit.set(gauge(state.jobs.limits.backlog));
+    m.worker_slots.set(gauge(state.jobs.limits.workers));
+    m.leader.set(i64::from(state.jobs.is_leader()));
+    let takeovers = state.jobs.claims().1;
+    let seen = m.takeovers.get();
+    if takeovers > seen {
+        m.takeovers.inc_by(takeovers - seen);
+    }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &m.registry).map_err(anyhow::Error::from)?;
     Ok(out)

@@ -41,8 +41,16 @@ pub async fn run(home: PathBuf, args: ServeArgs) -> Result<i32> {
     }
     // Running operations stop when the grace period is over, not at the signal.
     crate::cancel::take_over_signals();
-    let limits = jobs::Limits { running: usize::from(args.jobs), backlog: usize::from(args.backlog) };
-    let state = state::AppState::open(home, &args.manifest.file, args.manifest.env.clone(), tokens, limits).await?;
+    let limits = jobs::Limits { workers: usize::from(args.workers), backlog: usize::from(args.backlog) };
+    let state = state::AppState::open(
+        home,
+        &args.manifest.file,
+        args.manifest.env.clone(),
+        tokens,
+        limits,
+        args.reconcile_interval,
+    )
+    .await?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
@@ -85,15 +93,20 @@ pub async fn run(home: PathBuf, args: ServeArgs) -> Result<i32> {
         }
     };
     let left = grace.saturating_sub(signal_at.elapsed());
-    let interrupted = tokio::select! {
-        ids = state.jobs.drain(left, state.servers.first()) => ids,
+    let shutdown = state.jobs.shutdown(left);
+    tokio::pin!(shutdown);
+    let handed_back = tokio::select! {
+        ids = &mut shutdown => ids,
         name = crate::cancel::shutdown_signal() => {
             eprintln!("pgplane: second {name}: stopping now");
-            state.jobs.drain(std::time::Duration::ZERO, state.servers.first()).await
+            state.jobs.cancel_now();
+            shutdown.await
         }
     };
-    if !interrupted.is_empty() {
-        eprintln!("pgplane: recorded operations {interrupted:?} as interrupted");
+    if !handed_back.is_empty() {
+        eprintln!(
+            "pgplane: handed operations {handed_back:?} back to the queue: another pgplane serve or worker continues them"
+        );
     }
     eprintln!("pgplane: stopped");
     Ok(0)
@@ -113,7 +126,7 @@ pub fn router(state: Shared, hosts: std::sync::Arc<guard::Hosts>) -> Router {
         .route("/plan", post(api::plan))
         .route("/apply", post(api::apply))
         .route("/operations", get(api::operations))
-        .route("/operations/{id}", get(api::operation))
+        .route("/operations/{id}", get(api::operation).delete(api::cancel_operation))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .route("/openapi.json", get(openapi_json))
         .fallback(error::not_found)

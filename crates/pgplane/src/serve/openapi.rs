@@ -20,7 +20,7 @@ use super::api;
         api::databases, api::database_tables, api::database_table,
         api::branches, api::create_branch, api::branch, api::reset_branch, api::delete_branch, api::branch_tables,
         api::branch_table, api::branch_diff,
-        api::plan, api::apply, api::operations, api::operation,
+        api::plan, api::apply, api::operations, api::operation, api::cancel_operation,
     ),
     modifiers(&Bearer),
     tags((name = "databases"), (name = "branches"), (name = "operations")),

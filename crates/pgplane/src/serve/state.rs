@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -37,12 +37,9 @@ pub struct AppState {
     pub servers: Servers,
     pub tokens: Tokens,
     pub metrics: Metrics,
+    /// Durable jobs: this process's worker slots and leader task, and the queueing of
+    /// requests (all state in the control database).
     pub jobs: Jobs,
-    /// Branches whose creation this process started and has not finished, by sanitised id:
-    /// reserved (`None`) while the request checks that the branch does not exist, then as
-    /// `GET /branches/{id}` shows them (RUNNING) until the job's own record does. Another
-    /// create of the same id meanwhile is a 409.
-    creating: Mutex<HashMap<String, Option<crate::branch::BranchView>>>,
     /// Concurrent reads of the same table list share one query.
     pub tables: super::coalesce::Coalescer,
     pools: Mutex<HashMap<(String, String), Pool>>,
@@ -51,11 +48,6 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Branches being created (see the field).
-    pub fn creating(&self) -> MutexGuard<'_, HashMap<String, Option<crate::branch::BranchView>>> {
-        super::lock(&self.creating)
-    }
-
     /// Loads the manifest, resolves the servers (starting the embedded one when the
     /// manifest lists none) and makes sure the control database exists and is migrated.
     pub async fn open(
@@ -64,6 +56,7 @@ impl AppState {
         env_flag: Option<String>,
         tokens: Tokens,
         limits: super::jobs::Limits,
+        reconcile_every: Duration,
     ) -> Result<Shared> {
         let mut ctx = crate::ops::Ctx::new(home.clone());
         let s = crate::ops::Session::open(&mut ctx, file, env_flag.as_deref()).await?;
@@ -77,7 +70,19 @@ impl AppState {
             .unwrap_or(std::path::Path::new("."))
             .canonicalize()
             .context("the manifest's folder")?;
-        let jobs = Jobs::new(limits, s.servers.first().clone());
+        let env = s.desired.env.clone();
+        let metrics = Metrics::new();
+        let jobs = Jobs::start(super::jobs::Setup {
+            home: home.clone(),
+            manifest: crate::ops::ManifestArgs { file: file.to_path_buf(), env: Some(env.clone()) },
+            env: env.clone(),
+            fingerprint: pgplane_ops::runner::fingerprint(file)?,
+            keep_file: s.manifest.branches.keep_file.clone(),
+            control: s.servers.first().clone(),
+            limits,
+            reconcile_every,
+            claim_latency: metrics.claim_latency.clone(),
+        });
         let state = Arc::new(AppState {
             home,
             env: s.desired.env.clone(),
@@ -86,10 +91,9 @@ impl AppState {
             env_flag,
             servers: s.servers,
             tokens,
-            metrics: Metrics::new(),
+            metrics,
             jobs,
             tables: Default::default(),
-            creating: Mutex::new(Default::default()),
             pools: Mutex::new(HashMap::new()),
             located: Mutex::new(HashMap::new()),
         });
