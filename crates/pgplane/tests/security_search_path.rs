@@ -213,7 +213,20 @@ impl Audit<'_> {
 
     fn pgplane(&mut self, args: &[&str]) {
         let t = self.t;
-        self.step(&args.join(" "), || expect_ok(t.pgplane(args)));
+        // Named without the manifest path and without URLs (they hold the admin's password).
+        let name: Vec<&str> = args
+            .iter()
+            .map(|a| {
+                if a.starts_with("postgresql://") {
+                    "URL"
+                } else if a.ends_with(".yaml") {
+                    "M"
+                } else {
+                    a
+                }
+            })
+            .collect();
+        self.step(&name.join(" "), || expect_ok(t.pgplane(args)));
     }
 }
 
@@ -392,9 +405,11 @@ branches:
         audit.failed.join("\n  ")
     );
     assert!(audit.failed.is_empty(), "these paths failed:\n  {}", audit.failed.join("\n  "));
+    // The trap works: an admin session with the database's own search path trips it.
+    psql_as(&admin_app_url, "SELECT count(*) FROM pg_namespace WHERE nspname = 'public'", false);
+    audit.step("the control: psql as the admin with the usual search path", || Ok(()));
+    assert_eq!(audit.escalated.len(), 1, "{:?}", audit.escalated);
+    assert!(audit.escalated[0].contains("operator =(name, name) in sp_app by postgres"), "{:?}", audit.escalated);
     // The migration that was pending ran (through the owner's own view and trigger).
-    assert_eq!(
-        admin_sql(&t, &db, "SELECT count(*) FROM public.ledger_data WHERE version = '2' AND success"),
-        "1"
-    );
+    assert_eq!(admin_sql(&t, &db, "SELECT count(*) FROM public.ledger_data WHERE version = '2' AND success"), "1");
 }

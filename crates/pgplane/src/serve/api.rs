@@ -710,7 +710,7 @@ async fn apply_job(
         jobs: 4,
         live: false,
     };
-    let runs = crate::migrate::run_modules(&s, None, None, &opts).await?;
+    let runs = crate::migrate::run_modules(&s, ctx.keys()?, None, None, &opts).await?;
     let failed: Vec<String> = runs
         .iter()
         .flat_map(|r| r.targets.iter().filter(|t| !t.ok).map(move |t| (r, t)))
