@@ -11,14 +11,16 @@ use tokio_postgres::{Client, Config, NoTls};
 use crate::local::LocalServer;
 use crate::secrets::Keyring;
 
-/// The startup option every session pgplane opens carries (CVE-2018-1058): an empty
-/// `search_path`, so functions, operators and casts resolve from `pg_catalog` alone and
-/// nothing a tenant can create is ever looked up. Sent in the startup packet, it outranks
-/// `ALTER DATABASE|ROLE … SET search_path` (a client setting beats both) and survives
-/// `RESET ALL` and `DISCARD ALL` (it is the session's reset value). pgplane's own tables are
-/// always written `pgplane.x`. PostgreSQL's client tools do the same
-/// (`ALWAYS_SECURE_SEARCH_PATH_SQL`).
-pub const SECURE_OPTIONS: &str = "-c search_path=";
+/// The startup options every session pgplane opens carries. An empty `search_path`
+/// (CVE-2018-1058): functions, operators and casts resolve from `pg_catalog` alone, so
+/// nothing a tenant can create is ever looked up; pgplane's own tables are always written
+/// `pgplane.x`, and PostgreSQL's client tools do the same (`ALWAYS_SECURE_SEARCH_PATH_SQL`).
+/// `role=none`: the session acts as the user it logged in as, even in a database whose
+/// owner ran `ALTER DATABASE … SET role = itself` (which would make an admin session act
+/// with the owner's rights). Sent in the startup packet, they outrank `ALTER DATABASE|ROLE
+/// … SET` (a client setting beats both), come after the URL's own `options` (the last one
+/// wins) and survive `RESET ALL` and `DISCARD ALL` (they are the session's reset values).
+pub const SECURE_OPTIONS: &str = "-c search_path= -c role=none";
 
 /// A server by its manifest name, with its admin connection settings.
 #[derive(Clone)]

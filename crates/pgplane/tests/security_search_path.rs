@@ -252,12 +252,13 @@ fn shadows_planted_by_a_module_owner_never_run_as_the_admin() {
         "model/cand/changelog.yaml",
         "databaseChangeLog:\n  - changeSet:\n      id: c1\n      author: bob\n      changes:\n        - addColumn:\n            tableName: entries\n            columns:\n              - column: {name: email, type: varchar(200)}\n",
     );
-    let f = t.manifest(&format!(
-        "modules:
+    let manifest = |extensions: &str| {
+        t.manifest(&format!(
+            "modules:
   - name: app
     storage: database
     readonly_role: true
-    migrations: migrations/app
+    migrations: migrations/app{extensions}
 templates:
   - name: {tpl}
     module: app
@@ -266,8 +267,9 @@ branches:
   database: \"{{template}}_{{branch}}\"
   readonly_role: {env}_reader
 "
-    ));
-    let f = f.to_str().unwrap().to_string();
+        ))
+    };
+    let f = manifest("").to_str().unwrap().to_string();
     t.pgplane(&["apply", "-f", &f, "--yes"]).ok();
     let mut audit = Audit { t: &t, owner: owner.clone(), escalated: Vec::new(), failed: Vec::new() };
 
@@ -299,6 +301,9 @@ branches:
     audit.pgplane(&["plan", "-f", &f]);
     audit.pgplane(&["status", "-f", &f, "--deep"]);
     audit.pgplane(&["status", "-f", &f]);
+    // apply creates an extension in the planted `public` too (its script runs with
+    // `public` on the path, after `pg_catalog`).
+    manifest("\n    extensions: [pg_trgm]");
     audit.pgplane(&["apply", "-f", &f, "--yes"]);
     audit.pgplane(&["adopt", "-f", &f, "--yes"]);
     audit.pgplane(&["credentials", "-f", &f, "app"]);
@@ -410,6 +415,42 @@ branches:
     audit.step("the control: psql as the admin with the usual search path", || Ok(()));
     assert_eq!(audit.escalated.len(), 1, "{:?}", audit.escalated);
     assert!(audit.escalated[0].contains("operator =(name, name) in sp_app by postgres"), "{:?}", audit.escalated);
+    assert_eq!(
+        admin_sql(&t, &db, "SELECT extnamespace::regnamespace FROM pg_extension WHERE extname = 'pg_trgm'"),
+        "public"
+    );
     // The migration that was pending ran (through the owner's own view and trigger).
     assert_eq!(admin_sql(&t, &db, "SELECT count(*) FROM public.ledger_data WHERE version = '2' AND success"), "1");
+}
+
+/// A database's owner may `ALTER DATABASE … SET role = itself`; an admin session opened
+/// there would then act with the owner's rights (its `CREATE SCHEMA … AUTHORIZATION` for
+/// another tenant fails, its isolation revokes silently do nothing). pgplane's sessions
+/// start with `role=none`.
+#[test]
+fn a_database_owner_cannot_make_admin_sessions_act_as_itself() {
+    let env = "sprole";
+    let t = T::new(env);
+    let tenants = |names: &str| {
+        t.manifest(&format!("modules:\n  - name: users\n    storage: schema-per-tenant\ntenants:\n{names}"))
+    };
+    let f = tenants("  - name: acme\n    modules: [users]\n");
+    let f = f.to_str().unwrap().to_string();
+    t.pgplane(&["apply", "-f", &f, "--yes"]).ok();
+    let owner = format!("{env}_users");
+    // Done with the owner's own rights (SET ROLE to it), as the owner itself could.
+    admin_sql(&t, "postgres", &format!("SET ROLE \"{owner}\"; ALTER DATABASE \"{owner}\" SET role = '{owner}'"));
+    assert_eq!(
+        psql_as(&common::with_db(&t.server.url, &owner), "SELECT current_user", false),
+        owner,
+        "an admin session with the database's settings acts as its owner"
+    );
+
+    tenants("  - name: acme\n    modules: [users]\n  - name: beta\n    modules: [users]\n");
+    t.pgplane(&["apply", "-f", &f, "--yes"]).ok();
+    assert_eq!(
+        admin_sql(&t, &owner, "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'beta_users'"),
+        format!("{env}_beta_users")
+    );
+    assert!(t.pgplane(&["plan", "-f", &f]).ok().stdout.contains("No changes"), "apply left drift");
 }
