@@ -454,3 +454,73 @@ fn a_database_owner_cannot_make_admin_sessions_act_as_itself() {
     );
     assert!(t.pgplane(&["plan", "-f", &f]).ok().stdout.contains("No changes"), "apply left drift");
 }
+
+/// `wait --for sql:` runs as documented: as the module's owner with `-f --module`, as the
+/// URL's user with its usual search path with `--url` (pgplane's own checks on that
+/// connection still run with an empty one), as the admin with an empty path with `-f` alone.
+#[test]
+fn wait_runs_sql_as_the_owner_or_the_urls_user() {
+    let env = "spwait";
+    let t = T::new(env);
+    let f = t.manifest("modules:\n  - name: app\n    storage: database\n");
+    let f = f.to_str().unwrap().to_string();
+    t.pgplane(&["apply", "-f", &f, "--yes"]).ok();
+    let owner = format!("{env}_app");
+    psql_as(&t.credentials(&["-f", &f, "app"]), "CREATE TABLE jobs (id int)", false);
+
+    let who = format!("sql:SELECT current_user = '{owner}' AND session_user = '{owner}'");
+    t.pgplane(&[
+        "wait",
+        "-f",
+        &f,
+        "--module",
+        "app",
+        "--for",
+        &who,
+        "--for",
+        "sql:SELECT count(*) = 0 FROM jobs",
+        "--timeout",
+        "10s",
+    ])
+    .ok();
+    let url = common::with_db(&t.server.url, &owner);
+    let usual = "sql:SELECT pg_catalog.current_setting('search_path') = '\"$user\", public'";
+    t.pgplane(&[
+        "wait",
+        "--url",
+        &url,
+        "--for",
+        "server",
+        "--for",
+        usual,
+        "--for",
+        "sql:SELECT count(*) = 0 FROM jobs",
+        "--timeout",
+        "10s",
+    ])
+    .ok();
+    t.pgplane(&[
+        "wait",
+        "-f",
+        &f,
+        "--for",
+        "sql:SELECT pg_catalog.current_setting('search_path') = ''",
+        "--timeout",
+        "10s",
+    ])
+    .ok();
+    let run = t.pgplane(&[
+        "wait",
+        "--url",
+        &url,
+        "--for",
+        "sql:SELECT false",
+        "--timeout",
+        "500ms",
+        "--diagnose-sql",
+        "SHOW search_path",
+        "--json",
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.json()["diagnostics"][0]["rows"][0][0], "\"$user\", public");
+}
