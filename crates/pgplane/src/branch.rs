@@ -288,8 +288,8 @@ impl Branches {
                 quote_ident(owner)
             )
         };
-        admin.batch_execute(&connect("GRANT")).await?;
         let login = self.owner_login(server, owner).await?;
+        admin.batch_execute(&connect("GRANT")).await?;
         let sources: Vec<PathBuf> =
             t.sources.iter().map(|p| migrate::module_source_path(&self.s.manifest.file, p)).collect();
         let contexts = if contexts.is_empty() { t.contexts.clone() } else { contexts.to_vec() };
