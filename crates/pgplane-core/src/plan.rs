@@ -525,7 +525,9 @@ impl Planner<'_> {
             for e in self.desired.extensions.iter().filter(|e| e.server == d.server && e.database == d.name) {
                 if !contents.extensions.contains(&e.name) {
                     let obj = ObjectRef::in_db(&e.server, ObjectKind::Extension, &e.database, &e.name);
-                    let sql = Sql::text(format!("CREATE EXTENSION {}", q(&e.name)));
+                    // Into `public` by name: pgplane's sessions have an empty search path, so
+                    // nothing else would name the schema (before, `"$user", public` did).
+                    let sql = Sql::text(format!("CREATE EXTENSION {} SCHEMA public", q(&e.name)));
                     let rec = RecordChange::Claim(Record { object: obj.clone(), origin: e.origin.clone() });
                     self.push(
                         ActionKind::CreateExtension,

@@ -104,7 +104,7 @@ fn empty_server_gets_everything_in_order() {
               5. grant_connect database dev_registry  [local]  (role dev_registry_readonly must be able to connect)
                  GRANT CONNECT ON DATABASE "dev_registry" TO "dev_registry_readonly";
               6. create_extension extension dev_registry.pg_trgm  [local/dev_registry]  (extension dev_registry.pg_trgm is missing)
-                 CREATE EXTENSION "pg_trgm";
+                 CREATE EXTENSION "pg_trgm" SCHEMA public;
               7. grant_usage schema dev_registry.public  [local/dev_registry]  (read-only role dev_registry_readonly reads this schema)
                  GRANT USAGE ON SCHEMA "public" TO "dev_registry_readonly";
               8. default_privileges schema dev_registry.public  [local/dev_registry]  (future tables of dev_registry must be readable by dev_registry_readonly)
@@ -401,7 +401,7 @@ fn new_databases_are_planned_from_template1() {
           4. revoke_schema schema dev_app.public  [local/dev_app]  (drift: PUBLIC may create in public)
              REVOKE CREATE ON SCHEMA public FROM PUBLIC;
           5. create_extension extension dev_app.citext  [local/dev_app]  (extension dev_app.citext is missing)
-             CREATE EXTENSION "citext";
+             CREATE EXTENSION "citext" SCHEMA public;
         Plan: 5 changes: 3 to create, 2 to change, 0 to drop (env dev).
     "#]],
     );

@@ -89,6 +89,8 @@ pub struct Branches {
     pub control_server: Server,
     /// See [`crate::ops::Ctx::operation`].
     pub operation: Option<i64>,
+    /// The home folder: the secret key that migrations log in as the module's owner with.
+    home: PathBuf,
 }
 
 impl Branches {
@@ -99,7 +101,7 @@ impl Branches {
         control::create_if_missing(s.first_admin()).await?;
         let control_server = s.servers.first().clone();
         let control = control::ensure_as(&control_server, Role::Branch).await?;
-        Ok(Branches { s, env, control, control_server, operation: ctx.operation })
+        Ok(Branches { s, env, control, control_server, operation: ctx.operation, home: ctx.home.clone() })
     }
 
     fn template(&self, name: &str) -> Result<&TemplateSpec> {
@@ -125,6 +127,14 @@ impl Branches {
             .context("the template's module has no owner role")?;
         let schema = m.migrations.as_ref().and_then(|x| x.schema.clone()).unwrap_or_else(|| "public".into());
         Ok((server, owner, schema))
+    }
+
+    /// The module's owner logging in to `server`: template and branch migrations run as the
+    /// owner itself (never as the admin after `SET ROLE`, which `RESET ROLE` would undo).
+    async fn owner_login(&self, server: &Server, owner: &str) -> Result<Server> {
+        let keys = crate::secrets::Keyring::load(&self.home)?;
+        let logins = crate::conn::Logins::load(&keys, Some(&self.control), [(server.name.as_str(), owner)]).await?;
+        logins.target(server, owner)
     }
 
     fn admin(&self, server: &str) -> Result<&Client> {
@@ -264,27 +274,41 @@ impl Branches {
             .batch_execute(&format!("ALTER SCHEMA public OWNER TO {}", quote_ident(owner)))
             .await
             .context("handing the public schema to the module's owner")?;
-        // The module's extensions, as in its own database (copied into every branch).
+        // The module's extensions, as in its own database (copied into every branch); created
+        // before the owner can log in to plant anything in `public`.
         let module = self.s.manifest.module(&t.module).context("template module")?;
         for ext in &module.extensions {
             inside
-                .batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {}", quote_ident(ext)))
+                .batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {} SCHEMA public", quote_ident(ext)))
                 .await
                 .with_context(|| format!("creating extension {ext} in the template"))?;
         }
         drop(inside);
+        // The owner runs the migrations logged in as itself, so it may connect while they run.
+        let connect = |verb: &str| {
+            format!(
+                "{verb} CONNECT ON DATABASE {b} {} {}",
+                if verb == "GRANT" { "TO" } else { "FROM" },
+                quote_ident(owner)
+            )
+        };
+        let login = self.owner_login(server, owner).await?;
+        admin.batch_execute(&connect("GRANT")).await?;
         let sources: Vec<PathBuf> =
             t.sources.iter().map(|p| migrate::module_source_path(&self.s.manifest.file, p)).collect();
         let contexts = if contexts.is_empty() { t.contexts.clone() } else { contexts.to_vec() };
         let target = migrate::Target {
             label: t.name.clone(),
             tenant: None,
-            server: server.clone(),
+            server: login,
             database: building.clone(),
             schema: schema.to_string(),
             role: Some(owner.to_string()),
         };
-        let deployed = deploy(&target, &sources, &contexts, self.module_ledger(&t.module), opts).await?;
+        let deployed = deploy(&target, &sources, &contexts, self.module_ledger(&t.module), opts).await;
+        // The template belongs to the admin again: branches are stamped from it, never used.
+        admin.batch_execute(&connect("REVOKE")).await?;
+        let deployed = deployed?;
         if let Some(err) = &deployed.error {
             drop_database(admin, &building).await?;
             self.control
@@ -646,7 +670,7 @@ impl Branches {
         let target = migrate::Target {
             label: database.to_string(),
             tenant: None,
-            server: server.clone(),
+            server: self.owner_login(server, owner).await?,
             database: database.to_string(),
             schema: schema.to_string(),
             role: Some(owner.to_string()),

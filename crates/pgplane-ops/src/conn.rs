@@ -11,19 +11,55 @@ use tokio_postgres::{Client, Config, NoTls};
 use crate::local::LocalServer;
 use crate::secrets::Keyring;
 
+/// The startup options every session pgplane opens carries. An empty `search_path`
+/// (CVE-2018-1058): functions, operators and casts resolve from `pg_catalog` alone, so
+/// nothing a tenant can create is ever looked up; pgplane's own tables are always written
+/// `pgplane.x`, and PostgreSQL's client tools do the same (`ALWAYS_SECURE_SEARCH_PATH_SQL`).
+/// `role=none`: the session acts as the user it logged in as, even in a database whose
+/// owner ran `ALTER DATABASE … SET role = itself` (which would make an admin session act
+/// with the owner's rights). Sent in the startup packet, they outrank `ALTER DATABASE|ROLE
+/// … SET` (a client setting beats both), come after the URL's own `options` (the last one
+/// wins) and survive `RESET ALL` and `DISCARD ALL` (they are the session's reset values).
+pub const SECURE_OPTIONS: &str = "-c search_path= -c role=none";
+
 /// A server by its manifest name, with its admin connection settings.
 #[derive(Clone)]
 pub struct Target {
     pub name: String,
+    /// How to connect, with [`SECURE_OPTIONS`] appended to the URL's own `options`.
     pub config: Config,
+    /// The URL's own `options`, for sessions that must see a role's usual settings.
+    url_options: Option<String>,
 }
 
 impl Target {
+    /// Parses an admin URL; every session made from it has the secure search path.
     pub fn from_url(name: &str, url: &str) -> Result<Target> {
         let config = Config::from_str(url).map_err(|e| {
             anyhow::anyhow!("server {name}: the URL is not a valid PostgreSQL connection string ({e}); write postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
         })?;
-        Ok(Target { name: name.to_string(), config })
+        let url_options = config.get_options().map(str::to_string);
+        let mut t = Target { name: name.to_string(), config, url_options };
+        t.config.options(secure_options(t.url_options.as_deref()));
+        Ok(t)
+    }
+
+    /// The same server, logging in as `role` with `password` (a managed role, see
+    /// [`Logins`]); still with the secure search path.
+    pub fn login_as(&self, role: &str, password: &str) -> Target {
+        let mut t = self.clone();
+        t.config.user(role);
+        t.config.password(password);
+        t
+    }
+
+    /// Without [`SECURE_OPTIONS`]: sessions get the search path their role and database
+    /// settings give. Only for sessions that run someone's own SQL with that someone's
+    /// rights (`wait --for sql:` as a module's owner, or as the user of `--url`).
+    pub fn with_usual_search_path(&self) -> Target {
+        let mut t = self.clone();
+        t.config.options(self.url_options.as_deref().unwrap_or(""));
+        t
     }
 
     /// `host:port` for messages; never the password.
@@ -118,6 +154,104 @@ impl Target {
         client.batch_execute(&format!("LISTEN {}", pgplane_core::ident::quote_ident(channel))).await?;
         Ok(client)
     }
+}
+
+fn secure_options(url_options: Option<&str>) -> String {
+    match url_options.map(str::trim).filter(|o| !o.is_empty()) {
+        // Later settings win: ours comes last.
+        Some(o) => format!("{o} {SECURE_OPTIONS}"),
+        None => SECURE_OPTIONS.to_string(),
+    }
+}
+
+/// How pgplane logs in as the roles it manages (migrations run as their owner, never as the
+/// admin after `SET ROLE`): each password is derived from the secret key at the role's
+/// current generation (`pgplane.role_secrets` in the control database; 1 when never
+/// rotated), exactly as `credentials` hands it out.
+#[derive(Default)]
+pub struct Logins {
+    /// (server, role) → password.
+    passwords: BTreeMap<(String, String), String>,
+}
+
+impl std::fmt::Debug for Logins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.passwords.keys()).finish()
+    }
+}
+
+impl Logins {
+    /// Passwords of `roles` (server, role) from `keys` and the generations recorded in
+    /// `control` (`None`: no control database yet, every role at generation 1).
+    pub async fn load<'r>(
+        keys: &Keyring,
+        control: Option<&Client>,
+        roles: impl IntoIterator<Item = (&'r str, &'r str)>,
+    ) -> Result<Logins> {
+        let mut generations: BTreeMap<(String, String), i32> = BTreeMap::new();
+        if let Some(c) = control {
+            for r in c
+                .query("SELECT server, role, generation FROM pgplane.role_secrets", &[])
+                .await
+                .context("reading password generations from the control database")?
+            {
+                generations.insert((r.get(0), r.get(1)), r.get(2));
+            }
+        }
+        let passwords = roles
+            .into_iter()
+            .map(|(server, role)| {
+                let key = (server.to_string(), role.to_string());
+                let generation = generations.get(&key).copied().unwrap_or(1);
+                let password = keys.password(server, role, generation);
+                (key, password)
+            })
+            .collect();
+        Ok(Logins { passwords })
+    }
+
+    /// [`Logins::load`] reading the generations from the control database on `control_server`
+    /// (none yet: generation 1).
+    pub async fn load_from<'r>(
+        keys: &Keyring,
+        control_server: &Target,
+        roles: impl IntoIterator<Item = (&'r str, &'r str)>,
+    ) -> Result<Logins> {
+        let control = match control_server.connect(Some(crate::control::CONTROL_DB)).await {
+            Ok(c) => Some(c),
+            Err(e)
+                if e.chain().any(|c| {
+                    c.downcast_ref::<tokio_postgres::Error>()
+                        .is_some_and(|e| e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_DATABASE))
+                }) =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        Logins::load(keys, control.as_ref(), roles).await
+    }
+
+    /// `server` logging in as `role`.
+    pub fn target(&self, server: &Target, role: &str) -> Result<Target> {
+        let password = self.passwords.get(&(server.name.clone(), role.to_string())).with_context(|| {
+            format!(
+                "role {role} on server {} is not a role of this environment, so pgplane cannot log in as it",
+                server.name
+            )
+        })?;
+        Ok(server.login_as(role, password))
+    }
+}
+
+/// Why logging in as a managed role failed, and what to check.
+pub fn login_error(e: anyhow::Error, role: &str) -> anyhow::Error {
+    e.context(format!(
+        "logging in as role {role} (migrations run as the owner role itself, never as the admin): the role needs \
+         LOGIN, the password pgplane derives (`pgplane apply` sets it; PGPLANE_SECRET_KEY must be the key apply \
+         used), a free connection under its CONNECTION LIMIT, and a pg_hba.conf line that lets it log in with a \
+         password from this host"
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

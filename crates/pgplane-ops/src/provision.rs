@@ -144,7 +144,8 @@ pub async fn apply_with(
         jobs: 4,
         live: hooks.live_migrations,
     };
-    let migrations = migrate::run_modules(&s, None, None, &opts, events).await.map_err(|e| format!("{e:#}"));
+    let migrations =
+        migrate::run_modules(&s, ctx.keys()?, None, None, &opts, events).await.map_err(|e| format!("{e:#}"));
     Ok(ApplyReport { plan, applied, declined: false, migrations: Some(migrations) })
 }
 

@@ -20,9 +20,10 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use crate::conn::{Servers, Target};
+use crate::conn::{Logins, Servers, Target};
 use crate::events::Events;
 use crate::ops::{self, Ctx};
+use crate::secrets::Keyring;
 
 /// Exit code when `--timeout` passed before every condition held.
 pub const EXIT_TIMEOUT: i32 = 1;
@@ -148,6 +149,15 @@ pub fn truthy(value: &str) -> bool {
 }
 
 /// What `wait` connects to.
+///
+/// Who runs what: pgplane's own catalog checks run on `target` with an empty search path
+/// (see [`crate::conn::SECURE_OPTIONS`]; for `--url` it is set first thing on each
+/// connection, after noting the session's usual one). `sql:` runs as `sql_as` when set
+/// (`-f --module M`: the module's owner role, logged in with its derived password, with its
+/// usual search path, so nothing the owner planted ever runs with the admin's rights);
+/// otherwise on `target`'s connection: with `--url` as the URL's user with that session's
+/// usual search path, with `-f` alone as the admin in the admin database with the empty
+/// search path (qualify names there). `--diagnose-sql` runs like `sql:` without `sql_as`.
 pub struct Resolved {
     pub target: Target,
     /// The database conditions are checked in (`sql:` runs here).
@@ -157,6 +167,10 @@ pub struct Resolved {
     /// With `-f`: the manifest, and its desired state when the environment is known.
     pub manifest: Option<Manifest>,
     pub desired: Option<Desired>,
+    /// With `-f --module M`: the role `sql:` runs as (the owner of M's database).
+    pub sql_as: Option<String>,
+    /// With `-f`: the server holding the control database (password generations, branches).
+    pub control: Option<Target>,
 }
 
 impl Resolved {
@@ -178,7 +192,8 @@ pub fn resolve(ctx: &Ctx, args: &WaitArgs) -> Result<Resolved> {
     let Some(url) = &args.url else {
         bail!("nothing to wait on: pass --url URL (or set DATABASE_URL), or -f pgplane.yaml [--module MODULE] to use a manifest's server");
     };
-    let target = Target::from_url("url", url)?;
+    // The URL's user with its usual search path; `connect` secures it for pgplane's own queries.
+    let target = Target::from_url("url", url)?.with_usual_search_path();
     let database = target
         .config
         .get_dbname()
@@ -186,7 +201,7 @@ pub fn resolve(ctx: &Ctx, args: &WaitArgs) -> Result<Resolved> {
         .context("the URL names neither a database nor a user; write postgresql://USER@HOST:PORT/DATABASE")?
         .to_string();
     let fallback = (database != "postgres").then(|| "postgres".to_string());
-    Ok(Resolved { target, database, fallback, manifest: None, desired: None })
+    Ok(Resolved { target, database, fallback, manifest: None, desired: None, sql_as: None, control: None })
 }
 
 fn resolve_manifest(ctx: &Ctx, file: &std::path::Path, env: Option<&str>, module: Option<&str>) -> Result<Resolved> {
@@ -202,7 +217,7 @@ fn resolve_manifest(ctx: &Ctx, file: &std::path::Path, env: Option<&str>, module
         }
         None => None,
     };
-    let (server, database) = match (module, &desired) {
+    let (server, database, owner) = match (module, &desired) {
         (Some(name), Some(desired)) => {
             let m = manifest.module(name).with_context(|| {
                 format!(
@@ -221,9 +236,9 @@ fn resolve_manifest(ctx: &Ctx, file: &std::path::Path, env: Option<&str>, module
                 .iter()
                 .find(|d| d.origin.module == name && d.origin.tenant.is_none() && d.origin.purpose == Purpose::Database)
                 .with_context(|| format!("module {name} has no database in the desired state"))?;
-            (Some(m.server.clone()), Some(db.name.clone()))
+            (Some(m.server.clone()), Some(db.name.clone()), Some(db.owner.clone()))
         }
-        _ => (None, None),
+        _ => (None, None, None),
     };
     let servers = Servers::resolve(&manifest, &ctx.local, || ctx.keys())?;
     let target = match &server {
@@ -239,7 +254,8 @@ fn resolve_manifest(ctx: &Ctx, file: &std::path::Path, env: Option<&str>, module
             (admin_db, fallback)
         }
     };
-    Ok(Resolved { target, database, fallback, manifest: Some(manifest), desired })
+    let control = Some(servers.first().clone());
+    Ok(Resolved { target, database, fallback, manifest: Some(manifest), desired, sql_as: owner, control })
 }
 
 /// A connection that failed, described without the URL.
@@ -249,7 +265,16 @@ struct ConnectError {
     database_unavailable: bool,
 }
 
-async fn connect(target: &Target, db: &str, limit: Duration) -> Result<Client, ConnectError> {
+/// A connection of the loop, and the search path its session had before pgplane emptied it.
+struct Conn {
+    client: Client,
+    usual_path: String,
+}
+
+/// Connects; the first statement notes the session's search path and empties it (fully
+/// qualified, so it is safe whatever that path holds), so pgplane's catalog queries resolve
+/// from `pg_catalog` alone also on a `--url` session.
+async fn connect(target: &Target, db: &str, limit: Duration) -> Result<Conn, ConnectError> {
     let mut cfg = target.config.clone();
     cfg.dbname(db);
     cfg.application_name(APPLICATION_NAME);
@@ -257,13 +282,21 @@ async fn connect(target: &Target, db: &str, limit: Duration) -> Result<Client, C
     let at = format!("{}/{db}", target.display());
     // The whole handshake is bounded, not just the TCP connect: a server that accepts and
     // never answers must not stall the loop.
-    match tokio::time::timeout(limit, cfg.connect(NoTls)).await {
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(client)
-        }
+    let handshake = async {
+        let (client, conn) = cfg.connect(NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let row = client
+            .query_one(
+                "SELECT pg_catalog.current_setting('search_path'), pg_catalog.set_config('search_path', '', false)",
+                &[],
+            )
+            .await?;
+        Ok::<_, tokio_postgres::Error>(Conn { client, usual_path: row.get(0) })
+    };
+    match tokio::time::timeout(limit, handshake).await {
+        Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => {
             let code = e.code().map(|c| c.code().to_string());
             Err(ConnectError {
@@ -314,6 +347,10 @@ pub struct Probe<'a> {
     pub desired: Option<&'a Desired>,
     /// Bound for connections a probe opens itself.
     pub connect_timeout: Duration,
+    /// The secret key, when a condition logs in as a managed role.
+    pub keys: Option<&'a Keyring>,
+    /// With `-f`: the server holding the control database.
+    pub control: Option<&'a Target>,
 }
 
 /// Evaluates `migrated:MODULE`: every migration of the module's source is applied in its
@@ -324,6 +361,11 @@ pub async fn probe_migrated(probe: &Probe<'_>, module: &str) -> Outcome {
             "migrated:{module} needs the manifest: pass -f FILE (and --env E unless the manifest sets `environment:`)"
         ));
     };
+    let Some(keys) = probe.keys else {
+        return Outcome::fails(format!(
+            "migrated:{module} reads each ledger as its owner role, which needs the secret key"
+        ));
+    };
     let server = |name: &str| -> Result<Target> {
         match manifest.servers.iter().find(|s| s.name == name) {
             Some(s) => Target::from_url(&s.name, &s.url),
@@ -331,7 +373,14 @@ pub async fn probe_migrated(probe: &Probe<'_>, module: &str) -> Outcome {
         }
     };
     let limit = probe.connect_timeout.max(Duration::from_secs(5));
-    match tokio::time::timeout(limit, crate::migrate::unmigrated(manifest, desired, module, server)).await {
+    let check = async {
+        // Ledgers are the owners': they are read as the owners, never as the admin.
+        let roles = desired.roles.iter().map(|r| (r.server.as_str(), r.name.as_str()));
+        let logins = Logins::load_from(keys, probe.control.unwrap_or(probe.target), roles).await?;
+        let login = |name: &str, role: &str| logins.target(&server(name)?, role);
+        crate::migrate::unmigrated(manifest, desired, module, login).await
+    };
+    match tokio::time::timeout(limit, check).await {
         Ok(Ok(None)) => Outcome::holds(format!("module {module}: every migration applied")),
         Ok(Ok(Some(missing))) => Outcome::fails(missing),
         Ok(Err(e)) => Outcome::fails(format!("{e:#}")),
@@ -378,20 +427,22 @@ pub async fn probe_branch(probe: &Probe<'_>, id: &str) -> Outcome {
 /// connection (an idle one would block `DROP DATABASE`), once per database OID.
 #[derive(Default)]
 struct Conns {
-    main: Option<Client>,
+    main: Option<Conn>,
     main_error: String,
-    fallback: Option<Client>,
+    fallback: Option<Conn>,
     fallback_error: Option<String>,
     /// Databases a connection succeeded to, with their OID then.
     proved: BTreeMap<String, u32>,
     /// A query got no answer in time: the connection is treated as broken.
     stalled: std::cell::Cell<bool>,
+    /// `sql:` as [`Resolved::sql_as`], logged in as that role.
+    owner: Option<Conn>,
 }
 
 impl Conns {
     /// Drops broken connections and reconnects what is missing (one attempt per round).
     async fn ensure(&mut self, r: &Resolved, limit: Duration) {
-        if self.main.as_ref().is_some_and(Client::is_closed) {
+        if self.main.as_ref().is_some_and(|c| c.client.is_closed()) {
             tracing::info!(at = %r.display(), "connection lost; reconnecting");
             self.main = None;
             self.main_error = format!("connection to {} lost", r.display());
@@ -401,9 +452,13 @@ impl Conns {
             self.main = None;
             self.main_error = format!("a query on {} got no answer in time", r.display());
             self.fallback = None;
+            self.owner = None;
         }
-        if self.fallback.as_ref().is_some_and(Client::is_closed) {
+        if self.fallback.as_ref().is_some_and(|c| c.client.is_closed()) {
             self.fallback = None;
+        }
+        if self.owner.as_ref().is_some_and(|c| c.client.is_closed()) {
+            self.owner = None;
         }
         if self.main.is_some() {
             return;
@@ -435,8 +490,34 @@ impl Conns {
         }
     }
 
+    /// The connection `sql:` runs on as [`Resolved::sql_as`]: logged in as that role with
+    /// the password pgplane derives for it (made once, again after it broke).
+    async fn owner(
+        &mut self,
+        r: &Resolved,
+        role: &str,
+        keys: Option<&Keyring>,
+        limit: Duration,
+    ) -> Result<&Conn, String> {
+        if self.owner.is_none() {
+            let keys = keys.ok_or_else(|| format!("sql: runs as role {role}, whose password needs the secret key"))?;
+            let control = r.control.as_ref().unwrap_or(&r.target);
+            let logins =
+                tokio::time::timeout(limit, Logins::load_from(keys, control, [(r.target.name.as_str(), role)]))
+                    .await
+                    .map_err(|_| format!("no answer within {} from the control database", human(limit)))?
+                    .map_err(|e| format!("{e:#}"))?;
+            let target = logins.target(&r.target, role).map_err(|e| format!("{e:#}"))?.with_usual_search_path();
+            let c = connect(&target, &r.database, limit)
+                .await
+                .map_err(|e| format!("logging in as role {role} (sql: runs as the module's owner): {}", e.text))?;
+            self.owner = Some(c);
+        }
+        self.owner.as_ref().ok_or_else(|| "no connection".to_string())
+    }
+
     /// A connection for catalog queries: the main one or the fallback.
-    fn catalog(&self) -> Option<&Client> {
+    fn catalog(&self) -> Option<&Conn> {
         self.main.as_ref().or(self.fallback.as_ref())
     }
 
@@ -451,12 +532,13 @@ async fn evaluate(
     cond: &Condition,
     conns: &mut Conns,
     r: &Resolved,
+    keys: Option<&Keyring>,
     connect_limit: Duration,
     query_limit: Duration,
 ) -> Outcome {
     match cond {
         Condition::Server => match conns.catalog() {
-            Some(c) => match bounded(query_limit, &conns.stalled, c.simple_query("SELECT 1")).await {
+            Some(c) => match bounded(query_limit, &conns.stalled, c.client.simple_query("SELECT 1")).await {
                 Ok(_) => Outcome::holds(format!("accepts logins at {}", r.target.display())),
                 Err(e) => Outcome::fails(e),
             },
@@ -467,7 +549,7 @@ async fn evaluate(
                 return Outcome::fails(conns.catalog_error().to_string());
             };
             let sql = "SELECT oid, datallowconn FROM pg_database WHERE datname = $1";
-            let row = match bounded(query_limit, &conns.stalled, c.query_opt(sql, &[name])).await {
+            let row = match bounded(query_limit, &conns.stalled, c.client.query_opt(sql, &[name])).await {
                 Ok(row) => row,
                 Err(e) => return Outcome::fails(e),
             };
@@ -498,7 +580,7 @@ async fn evaluate(
             };
             let sql = "SELECT rolcanlogin, rolvaliduntil IS NOT NULL AND rolvaliduntil <= now() \
                        FROM pg_roles WHERE rolname = $1";
-            match bounded(query_limit, &conns.stalled, c.query_opt(sql, &[name])).await {
+            match bounded(query_limit, &conns.stalled, c.client.query_opt(sql, &[name])).await {
                 Ok(None) => Outcome::fails(format!("role {name} does not exist")),
                 Ok(Some(row)) => match (row.get::<_, bool>(0), row.get::<_, bool>(1)) {
                     (false, _) => Outcome::fails(format!("role {name} exists but cannot log in (NOLOGIN)")),
@@ -511,10 +593,23 @@ async fn evaluate(
             }
         }
         Condition::Sql(query) => {
-            let Some(c) = conns.main.as_ref() else {
-                return Outcome::fails(conns.main_error.clone());
+            let c = match &r.sql_as {
+                Some(role) => match conns.owner(r, role, keys, connect_limit).await {
+                    Ok(c) => c,
+                    Err(e) => return Outcome::fails(e),
+                },
+                None => match conns.main.as_ref() {
+                    Some(c) => c,
+                    None => return Outcome::fails(conns.main_error.clone()),
+                },
             };
-            match bounded(query_limit, &conns.stalled, c.simple_query(query)).await {
+            let (result, secured) = as_usual(c, query, query_limit).await;
+            if !secured {
+                // Its search path may still be the usual one: pgplane's queries need another.
+                conns.main = None;
+                conns.owner = None;
+            }
+            match result {
                 Ok(messages) => {
                     let first = messages.iter().find_map(|m| match m {
                         SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
@@ -530,8 +625,28 @@ async fn evaluate(
                 Err(e) => Outcome::fails(e),
             }
         }
-        Condition::Migrated(module) => probe_migrated(&probe(conns, r, connect_limit), module).await,
-        Condition::Branch(id) => probe_branch(&probe(conns, r, connect_limit), id).await,
+        Condition::Migrated(module) => probe_migrated(&probe(conns, r, keys, connect_limit), module).await,
+        Condition::Branch(id) => probe_branch(&probe(conns, r, keys, connect_limit), id).await,
+    }
+}
+
+/// Runs someone's own SQL (`sql:`, `--diagnose-sql`) with the session's usual search path,
+/// then empties it again. `false`: emptying failed, so the connection must not serve
+/// pgplane's own queries any more.
+async fn as_usual(c: &Conn, sql: &str, limit: Duration) -> (Result<Vec<SimpleQueryMessage>, String>, bool) {
+    let run = async {
+        if !c.usual_path.is_empty() {
+            c.client.execute("SELECT pg_catalog.set_config('search_path', $1, false)", &[&c.usual_path]).await?;
+        }
+        let result = c.client.simple_query(sql).await;
+        let secured = c.usual_path.is_empty()
+            || c.client.batch_execute("SELECT pg_catalog.set_config('search_path', '', false)").await.is_ok();
+        Ok::<_, tokio_postgres::Error>((result, secured))
+    };
+    match tokio::time::timeout(limit, run).await {
+        Ok(Ok((result, secured))) => (result.map_err(|e| describe(&e)), secured),
+        Ok(Err(e)) => (Err(describe(&e)), false),
+        Err(_) => (Err(format!("no answer within {}", human(limit))), false),
     }
 }
 
@@ -551,15 +666,17 @@ async fn bounded<T>(
     }
 }
 
-fn probe<'a>(conns: &'a Conns, r: &'a Resolved, connect_timeout: Duration) -> Probe<'a> {
+fn probe<'a>(conns: &'a Conns, r: &'a Resolved, keys: Option<&'a Keyring>, connect_timeout: Duration) -> Probe<'a> {
     Probe {
-        client: conns.main.as_ref(),
+        client: conns.main.as_ref().map(|c| &c.client),
         client_error: &conns.main_error,
         target: &r.target,
         database: &r.database,
         manifest: r.manifest.as_ref(),
         desired: r.desired.as_ref(),
         connect_timeout,
+        keys,
+        control: r.control.as_ref(),
     }
 }
 
@@ -579,14 +696,14 @@ struct Diagnostic {
     error: Option<String>,
 }
 
-async fn diagnose(sql: &str, client: Option<&Client>, no_client: &str, limit: Duration) -> Diagnostic {
+async fn diagnose(sql: &str, client: Option<&Conn>, no_client: &str, limit: Duration) -> Diagnostic {
     let mut d = Diagnostic { sql: sql.to_string(), columns: Vec::new(), rows: Vec::new(), error: None };
     let Some(c) = client else {
         d.error = Some(format!("not run: {no_client}"));
         return d;
     };
-    match tokio::time::timeout(limit, c.simple_query(sql)).await {
-        Ok(Ok(messages)) => {
+    match as_usual(c, sql, limit).await.0 {
+        Ok(messages) => {
             for m in messages {
                 match m {
                     SimpleQueryMessage::RowDescription(cols) if d.columns.is_empty() => {
@@ -602,8 +719,7 @@ async fn diagnose(sql: &str, client: Option<&Client>, no_client: &str, limit: Du
                 }
             }
         }
-        Ok(Err(e)) => d.error = Some(describe(&e)),
-        Err(_) => d.error = Some(format!("no answer within {}", human(limit))),
+        Err(e) => d.error = Some(e),
     }
     d
 }
@@ -631,6 +747,13 @@ pub async fn run(ctx: &Ctx, args: WaitArgs, events: &dyn Events) -> Result<i32> 
         bail!("--interval {} is too short; use at least 10ms (e.g. 250ms)", human(args.interval));
     }
     let r = resolve(ctx, &args)?;
+    // The secret key, when a condition logs in as a managed role.
+    let logs_in = args.conditions.iter().any(|c| match c {
+        Condition::Migrated(_) => true,
+        Condition::Sql(_) => r.sql_as.is_some(),
+        _ => false,
+    });
+    let keys = if logs_in { Some(ctx.keys()?) } else { None };
     let started = Instant::now();
     let deadline = started + args.timeout;
     let mut states: Vec<State> = args
@@ -653,7 +776,7 @@ pub async fn run(ctx: &Ctx, args: WaitArgs, events: &dyn Events) -> Result<i32> 
         let mut order: Vec<&mut State> = states.iter_mut().collect();
         order.sort_by_key(|s| matches!(s.cond, Condition::Sql(_) | Condition::Migrated(_) | Condition::Branch(_)));
         for s in order {
-            let outcome = evaluate(&s.cond, &mut conns, &r, connect_limit, query_limit).await;
+            let outcome = evaluate(&s.cond, &mut conns, &r, keys, connect_limit, query_limit).await;
             s.since = match (outcome.ok, s.since) {
                 (true, Some(t)) => Some(t),
                 (true, None) => Some(started.elapsed()),

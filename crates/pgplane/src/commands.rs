@@ -58,7 +58,7 @@ pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
         jobs: 4,
         live: !args.change.json,
     };
-    let runs = match migrate::run_modules(&s, None, None, &opts, &output::Terminal::new()).await {
+    let runs = match migrate::run_modules(&s, ctx.keys()?, None, None, &opts, &output::Terminal::new()).await {
         Ok(runs) => runs,
         Err(e) => {
             // Provisioning happened: its result is printed whatever the migrations did.
@@ -591,7 +591,8 @@ pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
         }
         let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
         let only = args.module.as_deref().map(|m| (m, args.tenant.as_deref()));
-        let runs = migrate::run_modules(&s, only, args.source.as_deref(), &opts, &output::Terminal::new()).await?;
+        let runs = migrate::run_modules(&s, ctx.keys()?, only, args.source.as_deref(), &opts, &output::Terminal::new())
+            .await?;
         if runs.is_empty() {
             bail!(
                 "no module in {} has `migrations:`; add `migrations: PATH` to a module or pass --module M --source PATH",

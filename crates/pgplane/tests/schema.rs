@@ -136,7 +136,7 @@ fn describe_shows_every_feature_of_a_table() {
     assert_eq!(col("name")["default"], "'unnamed'::character varying");
     assert_eq!(col("name")["comment"], "Shown to people");
     assert_eq!(col("price")["nullable"], true);
-    assert_eq!(col("history")["type"], "entry_status[]");
+    assert_eq!(col("history")["type"], "public.entry_status[]", "types outside pg_catalog are qualified");
     let names = |v: &serde_json::Value| -> Vec<String> {
         v.as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap().to_string()).collect()
     };
@@ -164,7 +164,7 @@ fn describe_shows_every_feature_of_a_table() {
         .collect();
     assert_eq!(incoming, ["audit.events events_entry_id_fkey", "public.entry_tags entry_tags_entry_id_fkey"]);
     let idx = |name: &str| e["indexes"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap().clone();
-    assert_eq!(idx("entries_live_idx")["predicate"], "status = 'live'::entry_status");
+    assert_eq!(idx("entries_live_idx")["predicate"], "status = 'live'::public.entry_status");
     assert_eq!(idx("entries_pkey")["primary"], true);
     assert_eq!(idx("entries_pkey")["constraint"], "entries_pkey");
     assert_eq!(idx("entries_name_owner_key")["unique"], true);
@@ -182,10 +182,10 @@ fn describe_shows_every_feature_of_a_table() {
         table public.entries  -- Registry entries
         columns (10)
           id          bigint                    not null, identity always
-          number      integer                   not null, default nextval('entry_numbers'::regclass)
+          number      integer                   not null, default nextval('public.entry_numbers'::regclass)
           name        character varying(100)    not null, default 'unnamed'::character varying  -- Shown to people
-          status      entry_status              not null, default 'draft'::entry_status
-          history     entry_status[]
+          status      public.entry_status       not null, default 'draft'::public.entry_status
+          history     public.entry_status[]
           price       numeric(10,2)
           quantity    integer                   not null, default 1
           total       numeric                   generated always as ((price * (quantity)::numeric)) stored
@@ -199,17 +199,17 @@ fn describe_shows_every_feature_of_a_table() {
           entries_price_check  CHECK (price >= 0::numeric)
           entries_quantity_positive  CHECK (quantity > 0)
         foreign keys
-          entries_owner_id_fkey  FOREIGN KEY (owner_id) REFERENCES owners(id) ON DELETE CASCADE
+          entries_owner_id_fkey  FOREIGN KEY (owner_id) REFERENCES public.owners(id) ON DELETE CASCADE
         referenced by
           audit.events (entry_id) → (id)  events_entry_id_fkey  on delete no action
           public.entry_tags (entry_id) → (id)  entry_tags_entry_id_fkey  on delete no action
         indexes
-          entries_live_idx (partial)  CREATE INDEX entries_live_idx ON public.entries USING btree (created_at DESC) WHERE (status = 'live'::entry_status)
+          entries_live_idx (partial)  CREATE INDEX entries_live_idx ON public.entries USING btree (created_at DESC) WHERE (status = 'live'::public.entry_status)
           entries_lower_name_idx  CREATE INDEX entries_lower_name_idx ON public.entries USING btree (lower((name)::text))
           entries_name_owner_key (unique)  CREATE UNIQUE INDEX entries_name_owner_key ON public.entries USING btree (owner_id, name)
           entries_pkey (primary)  CREATE UNIQUE INDEX entries_pkey ON public.entries USING btree (id)
         triggers
-          entries_touch  CREATE TRIGGER entries_touch BEFORE UPDATE ON public.entries FOR EACH ROW WHEN (((old.name)::text IS DISTINCT FROM (new.name)::text)) EXECUTE FUNCTION touch()
+          entries_touch  CREATE TRIGGER entries_touch BEFORE UPDATE ON public.entries FOR EACH ROW WHEN (((old.name)::text IS DISTINCT FROM (new.name)::text)) EXECUTE FUNCTION public.touch()
         enums
           public.entry_status  ('draft', 'live', 'archived')
         sequences
@@ -369,9 +369,9 @@ fn diff_of_two_databases_shows_each_kind_of_change() {
             ~ view definition:
                   SELECT entries.id,
                       entries.name
-                     FROM entries
-                -   WHERE entries.status = 'live'::entry_status;
-                +   WHERE entries.status = ANY (ARRAY['live'::entry_status, 'archived'::entry_status]);
+                     FROM public.entries
+                -   WHERE entries.status = 'live'::public.entry_status;
+                +   WHERE entries.status = ANY (ARRAY['live'::public.entry_status, 'archived'::public.entry_status]);
         ~ enum public.entry_status values: 'draft', 'live', 'archived' → 'draft', 'live', 'archived', 'deleted'
         - sequence public.entry_tags_serial_no_seq integer start 1 increment 1
 

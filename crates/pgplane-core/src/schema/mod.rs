@@ -160,7 +160,7 @@ pub struct ForeignKey {
     /// `no action`, `restrict`, `cascade`, `set null` or `set default`.
     pub on_update: String,
     pub on_delete: String,
-    /// `pg_get_constraintdef`: `FOREIGN KEY (owner_id) REFERENCES owners(id) ON DELETE CASCADE`.
+    /// `pg_get_constraintdef` (names outside `pg_catalog` qualified): `FOREIGN KEY (owner_id) REFERENCES public.owners(id) ON DELETE CASCADE`.
     pub definition: String,
 }
 

@@ -23,17 +23,19 @@ use crate::events::Events;
 pub use ledger::LedgerNames;
 pub use source::{Selection, Source};
 
-/// Where one run of migrations goes: a database, a schema in it, and the role that owns
-/// what the migrations create.
+/// Where one run of migrations goes: a database, a schema in it, and who runs them.
 #[derive(Clone)]
 pub struct Target {
     /// For people and JSON: the tenant, the module or the database.
     pub label: String,
     pub tenant: Option<String>,
+    /// How the migration session logs in: as the owner role itself for a module, tenant,
+    /// template or branch (see [`crate::conn::Logins`]), as the URL's user for `--url`.
+    /// Never the admin followed by `SET ROLE`: a migration could `RESET ROLE` back to it.
     pub server: Server,
     pub database: String,
     pub schema: String,
-    /// `SET ROLE` to this before running anything (the module's or tenant's owner).
+    /// The owner role `server` logs in as (checked after connecting); `None` for `--url`.
     pub role: Option<String>,
 }
 
@@ -175,26 +177,40 @@ async fn run_one(source: &Source, t: &Target, opts: &RunOptions, many: bool) -> 
     report
 }
 
-/// Connects as the migration session: the target database, its schema first on the
-/// search path, and the owner role.
+/// Connects as the migration session: logged in as the owner role (or the URL's user) to
+/// the target database, its schema on the search path.
 pub async fn connect(t: &Target) -> Result<Client> {
-    let client = t.server.connect_as(Some(&t.database), Role::Migrate).await?;
+    let client = match t.server.connect_as(Some(&t.database), Role::Migrate).await {
+        Ok(c) => c,
+        Err(e) => match &t.role {
+            Some(role) => return Err(crate::conn::login_error(e, role)),
+            None => return Err(e),
+        },
+    };
     // A killed pgplane's statement must not hold the migration lock until it finishes:
     // PostgreSQL (14+) then checks every second that the client is still there.
-    client
-        .batch_execute(
-            "SELECT set_config('client_connection_check_interval', '1s', false)
-              WHERE current_setting('server_version_num')::int >= 140000",
+    let row = client
+        .query_one(
+            "SELECT session_user::text,
+                    CASE WHEN pg_catalog.current_setting('server_version_num')::int4 OPERATOR(pg_catalog.>=) 140000
+                         THEN pg_catalog.set_config('client_connection_check_interval', '1s', false) END",
+            &[],
         )
         .await
         .with_context(|| format!("setting up the migration session in database {}", t.database))?;
+    let session_user: String = row.get(0);
+    if let Some(role) = &t.role {
+        if session_user != *role {
+            bail!("the migration session in database {} is {session_user}, not the owner role {role}", t.database);
+        }
+    }
     setup_session(&client, t).await?;
     Ok(client)
 }
 
-/// How each migration starts: the target's role and search path again (an earlier
-/// migration may have changed them), then, inside a transaction, BEGIN; `durable: false`
-/// lets the commit return before the WAL is flushed.
+/// How each migration starts: the session's own role and the target's search path again
+/// (an earlier migration may have changed them), then, inside a transaction, BEGIN;
+/// `durable: false` lets the commit return before the WAL is flushed.
 pub struct Begin {
     pub setup: String,
     pub durable: bool,
@@ -203,8 +219,10 @@ pub struct Begin {
 impl Begin {
     pub fn new(t: &Target, durable: bool) -> Begin {
         let mut setup = String::new();
-        if let Some(role) = &t.role {
-            let _ = write!(setup, "SET ROLE {};", quote_ident(role));
+        if t.role.is_some() {
+            // Back to the owner the session logged in as, should a migration have switched
+            // to a role the owner belongs to (nothing higher is reachable from this login).
+            setup.push_str("SET ROLE NONE;");
         }
         let _ = write!(setup, "SET search_path TO {};", quote_ident(&t.schema));
         Begin { setup, durable }
@@ -217,12 +235,12 @@ impl Begin {
     }
 }
 
-/// The target's role and search path.
+/// The target's search path.
 async fn setup_session(client: &Client, t: &Target) -> Result<()> {
-    client.batch_execute(&Begin::new(t, true).setup).await.with_context(|| match &t.role {
-        Some(role) => format!("setting role {role} and search_path {} in database {}", t.schema, t.database),
-        None => format!("setting search_path {} in database {}", t.schema, t.database),
-    })
+    client
+        .batch_execute(&Begin::new(t, true).setup)
+        .await
+        .with_context(|| format!("setting search_path {} in database {}", t.schema, t.database))
 }
 
 /// Reads the ledger and plans; `None` ledger means the table does not exist yet.
@@ -452,22 +470,35 @@ fn split(sql: &str) -> Vec<String> {
 }
 
 /// A manifest module's migration targets: its database, or each enabled tenant's schema
-/// or database (`tenant` narrows to one). Each runs as the owner role of that storage.
+/// or database (`tenant` narrows to one). Each logs in as the owner role of that storage.
 pub fn module_targets(
     s: &crate::ops::Session,
+    logins: &crate::conn::Logins,
     module: &pgplane_core::manifest::ModuleSpec,
     tenant: Option<&str>,
 ) -> Result<Vec<Target>> {
-    targets_of(&s.manifest, &s.desired, module, tenant, |name| s.servers.get(name).cloned())
+    targets_of(&s.manifest, &s.desired, module, tenant, |name, role| logins.target(s.servers.get(name)?, role))
 }
 
-/// [`module_targets`] with any way to find a server by its manifest name.
+/// The logins of every role of the session's environment (see [`crate::conn::Logins`]).
+pub async fn session_logins(s: &crate::ops::Session, keys: &crate::secrets::Keyring) -> Result<crate::conn::Logins> {
+    let control = crate::control::open_existing(s.servers.first(), s.first_admin()).await?;
+    crate::conn::Logins::load(
+        keys,
+        control.as_ref(),
+        s.desired.roles.iter().map(|r| (r.server.as_str(), r.name.as_str())),
+    )
+    .await
+}
+
+/// [`module_targets`] with any way to reach a server by its manifest name as a role:
+/// `login(server, role)`.
 pub fn targets_of(
     manifest: &pgplane_core::manifest::Manifest,
     desired: &pgplane_core::model::Desired,
     module: &pgplane_core::manifest::ModuleSpec,
     tenant: Option<&str>,
-    server: impl Fn(&str) -> Result<Server>,
+    login: impl Fn(&str, &str) -> Result<Server>,
 ) -> Result<Vec<Target>> {
     let endpoints: Vec<_> = desired
         .endpoints
@@ -489,7 +520,7 @@ pub fn targets_of(
                     None => module.name.clone(),
                 },
                 tenant: e.tenant.clone(),
-                server: server(&e.server)?,
+                server: login(&e.server, &e.owner_role)?,
                 database: e.database.clone(),
                 schema: e.schema.clone().unwrap_or_else(|| default_schema.clone()),
                 role: Some(e.owner_role.clone()),
@@ -499,12 +530,13 @@ pub fn targets_of(
 }
 
 /// For `pgplane wait --for migrated:MODULE`: how many targets of the module still have
-/// pending migrations or problems. `Ok(None)` when all are migrated, else what is missing.
+/// pending migrations or problems (read as each target's owner, `login(server, role)`).
+/// `Ok(None)` when all are migrated, else what is missing.
 pub async fn unmigrated(
     manifest: &pgplane_core::manifest::Manifest,
     desired: &pgplane_core::model::Desired,
     module: &str,
-    server: impl Fn(&str) -> Result<Server>,
+    login: impl Fn(&str, &str) -> Result<Server>,
 ) -> Result<Option<String>> {
     let m = manifest.module(module).with_context(|| format!("module {module:?} is not in the manifest"))?;
     let spec =
@@ -520,7 +552,7 @@ pub async fn unmigrated(
         live: false,
     }
     .with_spec(spec);
-    let targets = targets_of(manifest, desired, m, None, server)?;
+    let targets = targets_of(manifest, desired, m, None, login)?;
     if targets.is_empty() {
         return Ok(Some(format!("module {module} has no targets (no tenant enables it)")));
     }
@@ -607,9 +639,11 @@ impl ModuleRun {
 }
 
 /// Migrates every module of the session that has `migrations:` (or just `only`), with
-/// options from the manifest overridden by `base`'s non-default values.
+/// options from the manifest overridden by `base`'s non-default values; each target as its
+/// owner role, with the password derived from `keys`.
 pub async fn run_modules(
     s: &crate::ops::Session,
+    keys: &crate::secrets::Keyring,
     only: Option<(&str, Option<&str>)>,
     source_override: Option<&std::path::Path>,
     base: &RunOptions,
@@ -626,6 +660,7 @@ pub async fn run_modules(
         None => s.manifest.modules.iter().filter(|m| m.migrations.is_some()).collect(),
     };
     // Load and check every source before anything runs.
+    let logins = session_logins(s, keys).await?;
     let mut work = Vec::new();
     for m in modules {
         let (path, spec) = match (source_override, &m.migrations) {
@@ -639,7 +674,7 @@ pub async fn run_modules(
         };
         let source = Source::load(&path).with_context(|| format!("module {}", m.name))?;
         let opts = base.clone().with_spec(&spec);
-        let targets = module_targets(s, m, only.and_then(|(_, t)| t))?;
+        let targets = module_targets(s, &logins, m, only.and_then(|(_, t)| t))?;
         work.push((m.name.clone(), source, targets, opts));
     }
     let mut runs = Vec::new();

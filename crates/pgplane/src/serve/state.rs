@@ -201,6 +201,8 @@ impl AppState {
 }
 
 fn pool(target: &Target, database: &str) -> Pool {
+    // The admin's config, so pooled sessions start with `conn::SECURE_OPTIONS` too (an empty
+    // search path, which no database setting and no `RESET ALL` changes).
     let mut cfg = target.config.clone();
     cfg.dbname(database);
     cfg.application_name("pgplane-serve");
