@@ -376,11 +376,16 @@ impl Desired {
         let mut seen: BTreeMap<ObjectRef, &Origin> = BTreeMap::new();
         for (obj, origin) in self.objects() {
             match obj.kind {
-                ObjectKind::Database if RESERVED_DATABASES.contains(&obj.name.as_str()) => problems.push(format!(
-                    "database name {:?} ({}) is reserved; change naming.database or the module name",
-                    obj.name,
-                    origin.describe()
-                )),
+                ObjectKind::Database
+                    if RESERVED_DATABASES.contains(&obj.name.as_str()) || obj.name.starts_with("pg_") =>
+                {
+                    problems.push(format!(
+                        "database name {:?} ({}) is reserved (postgres, template0, template1, pgplane and pg_*); \
+                         change the naming template or the name",
+                        obj.name,
+                        origin.describe()
+                    ))
+                }
                 ObjectKind::Role if obj.name.starts_with("pg_") || obj.name == "postgres" || obj.name == "public" => {
                     problems.push(format!(
                         "role name {:?} ({}) is reserved by PostgreSQL; change the naming template or the name",

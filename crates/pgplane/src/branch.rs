@@ -269,8 +269,9 @@ impl Branches {
                 .with_context(|| format!("creating extension {ext} in the template"))?;
         }
         drop(inside);
-        let sources: Vec<PathBuf> =
-            t.sources.iter().map(|p| migrate::module_source_path(&self.s.manifest.file, p)).collect();
+        let root = migrate::Root::manifest(&self.s.manifest.file)?;
+        let sources: Vec<(PathBuf, migrate::Root)> =
+            t.sources.iter().map(|p| (migrate::module_source_path(&self.s.manifest.file, p), root.clone())).collect();
         let contexts = if contexts.is_empty() { t.contexts.clone() } else { contexts.to_vec() };
         let target = migrate::Target {
             label: t.name.clone(),
@@ -439,8 +440,11 @@ impl Branches {
         let session_name = session_name(&self.env, &req.id);
         reap(admin, &session_name).await?;
         let sources: Vec<String> = match (&req.sources, &existing) {
-            (Some(s), _) => s.iter().map(|p| absolute(p)).collect::<Result<_>>()?,
-            (None, Some(b)) => b.sources.clone(),
+            (Some(s), _) => s.iter().map(|p| self.checked_source(p, opts)).collect::<Result<_>>()?,
+            (None, Some(b)) => {
+                b.sources.iter().try_for_each(|p| unchanged(p))?;
+                b.sources.clone()
+            }
             (None, None) => Vec::new(),
         };
         let contexts = if req.contexts.is_empty() { t.contexts.clone() } else { req.contexts.clone() };
@@ -619,13 +623,37 @@ impl Branches {
             schema: schema.to_string(),
             role: Some(owner.to_string()),
         };
-        let paths: Vec<PathBuf> = sources.iter().map(PathBuf::from).collect();
+        let paths = sources
+            .iter()
+            .map(|p| Ok((PathBuf::from(p), self.source_root(Path::new(p), opts)?)))
+            .collect::<Result<Vec<_>>>()?;
         let deployed = deploy(&target, &paths, contexts, self.module_ledger(&t.module), opts).await?;
         if deployed.error.is_none() {
             // Tables in schemas the candidate created get their read grants too.
             self.grant_readonly(server, database, owner).await?;
         }
         Ok(deployed)
+    }
+
+    /// The folder a branch source must stay inside (see [`migrate::Root`]): the manifest's
+    /// folder for API requests (`confine_to_manifest`), else the command line's rule.
+    fn source_root(&self, path: &Path, opts: &DeployOptions) -> Result<migrate::Root> {
+        if opts.confine_to_manifest {
+            migrate::Root::manifest(&self.s.manifest.file)
+        } else {
+            migrate::Root::cli(Some(&self.s.manifest.file), path)
+        }
+    }
+
+    /// A source given for a branch, as recorded: absolute with symlinks resolved (so
+    /// `reset` finds it from any folder), and inside its root now.
+    fn checked_source(&self, path: &str, opts: &DeployOptions) -> Result<String> {
+        let root = self.source_root(Path::new(path), opts)?;
+        let real = pgplane_core::confine::resolve(Path::new(path), root.path()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => anyhow::anyhow!("source {e}"),
+            _ => anyhow::anyhow!("source {path} cannot be read: {e}"),
+        })?;
+        Ok(real.display().to_string())
     }
 
     fn template_names(&self) -> String {
@@ -875,6 +903,9 @@ pub struct BranchRequest {
 
 #[derive(Debug, Clone)]
 pub struct DeployOptions {
+    /// Sources must lie inside the manifest's folder (API requests); otherwise the command
+    /// line's rule applies (see [`migrate::Root`]).
+    pub confine_to_manifest: bool,
     pub lock_timeout: Duration,
     /// How long to wait for (or to keep terminating) sessions on the template.
     pub session_timeout: Duration,
@@ -900,7 +931,7 @@ pub struct Deployed {
 /// Applies sources in order to one target; stops at the first that fails.
 async fn deploy(
     target: &migrate::Target,
-    sources: &[PathBuf],
+    sources: &[(PathBuf, migrate::Root)],
     contexts: &[String],
     ledger: migrate::LedgerNames,
     opts: &DeployOptions,
@@ -916,8 +947,8 @@ async fn deploy(
     };
     // Every source is read (and rejected if bad) before anything runs.
     let mut loaded = Vec::new();
-    for path in sources {
-        loaded.push(migrate::Source::load(path).with_context(|| format!("source {}", path.display()))?);
+    for (path, root) in sources {
+        loaded.push(migrate::Source::load(path, root).with_context(|| format!("source {}", path.display()))?);
     }
     let mut runs = Vec::new();
     for source in &loaded {
@@ -1024,10 +1055,18 @@ async fn reap(admin: &Client, name: &str) -> Result<()> {
     }
 }
 
-/// A source path as recorded: absolute, so `reset` finds it from any folder.
-fn absolute(path: &str) -> Result<String> {
-    let p = std::fs::canonicalize(path).with_context(|| format!("source {path} cannot be read"))?;
-    Ok(p.display().to_string())
+/// A recorded source (absolute, symlinks resolved when it was recorded) must still be
+/// that path: a folder on its way replaced by a symlink since would lead elsewhere.
+fn unchanged(path: &str) -> Result<()> {
+    let real = std::fs::canonicalize(path).with_context(|| format!("source {path} cannot be read"))?;
+    if real != Path::new(path) {
+        bail!(
+            "source {path} now leads to {} (a symlink on its way appeared since it was recorded); \
+             pass the sources again with --source",
+            real.display()
+        );
+    }
+    Ok(())
 }
 
 /// Waits for (or terminates) sessions connected to `database` until `deadline` (`timeout`

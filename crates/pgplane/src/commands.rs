@@ -572,7 +572,7 @@ pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
     }
     let runs = if let Some(url) = &args.url {
         let path = args.source.as_deref().context("--url needs --source PATH")?;
-        let source = migrate::Source::load(path)?;
+        let source = migrate::Source::load(path, &migrate::Root::own(path)?)?;
         let server = crate::conn::Target::from_url("url", url)?;
         let database = server.config.get_dbname().unwrap_or("postgres").to_string();
         let target = migrate::Target {
@@ -641,7 +641,12 @@ pub async fn template(ctx: &mut Ctx, command: TemplateCommand) -> Result<i32> {
 }
 
 fn deploy_options(args: &crate::cli::DeployArgs, live: bool) -> branch::DeployOptions {
-    branch::DeployOptions { lock_timeout: args.lock_timeout, session_timeout: args.session_timeout, live }
+    branch::DeployOptions {
+        lock_timeout: args.lock_timeout,
+        session_timeout: args.session_timeout,
+        live,
+        confine_to_manifest: false,
+    }
 }
 
 pub async fn branch(ctx: &mut Ctx, command: BranchCommand) -> Result<i32> {
@@ -756,7 +761,7 @@ pub async fn branch(ctx: &mut Ctx, command: BranchCommand) -> Result<i32> {
 
 /// Options of commands that deploy nothing (delete, gc).
 fn plain_options(lock_timeout: std::time::Duration) -> branch::DeployOptions {
-    branch::DeployOptions { lock_timeout, session_timeout: lock_timeout, live: false }
+    branch::DeployOptions { lock_timeout, session_timeout: lock_timeout, live: false, confine_to_manifest: false }
 }
 
 fn print_branch(v: &branch::BranchView, json_out: bool) -> Result<i32> {

@@ -71,8 +71,30 @@ pub fn scram_verifier(password: &str) -> String {
     postgres_protocol::password::scram_sha_256(password.as_bytes())
 }
 
+/// Creates the home folder private to its owner (0700), whatever the umask: it holds the
+/// secret key and the embedded server. Its parent folders are created as usual (others may
+/// need to pass through them); an existing home is left as it is.
+pub fn create_home(home: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if home.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = home.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(home) {
+        Ok(()) => {
+            // The umask may have taken bits away (e.g. 0277): set exactly 0700.
+            fs::set_permissions(home, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {} private", home.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && home.is_dir() => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating the home folder {}", home.display())),
+    }
+}
+
 fn create_key_file(home: &Path, path: &PathBuf) -> Result<()> {
-    fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
+    create_home(home)?;
     let mut bytes = [0u8; 32];
     fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
     // Write to a temporary file, then link it into place: two processes racing here

@@ -82,12 +82,24 @@ impl Node {
     }
 }
 
+/// How deep changelog elements may nest (YAML and JSON parsers stop at 128 themselves).
+const MAX_DEPTH: usize = 128;
+
 pub(crate) fn from_xml(file: &str, src: &str) -> Result<Node, ChangelogError> {
     let doc = roxmltree::Document::parse(src).map_err(|e| ChangelogError {
         file: file.to_string(),
         line: Some(e.pos().row as usize),
         message: format!("not well-formed XML: {e}; fix the XML syntax"),
     })?;
+    // The tree is converted (and later walked and dropped) recursively: refuse a nesting
+    // no changelog needs before it can exhaust the stack (a candidate's file is untrusted).
+    if let Some(deep) = doc.descendants().find(|n| n.is_element() && n.ancestors().nth(MAX_DEPTH).is_some()) {
+        return Err(ChangelogError {
+            file: file.to_string(),
+            line: Some(doc.text_pos_at(deep.range().start).row as usize),
+            message: format!("elements are nested more than {MAX_DEPTH} deep; no changelog needs that"),
+        });
+    }
     fn conv(doc: &roxmltree::Document, n: roxmltree::Node) -> Node {
         let line = doc.text_pos_at(n.range().start).row as usize;
         let mut node = Node::new(n.tag_name().name(), Some(line));

@@ -469,6 +469,7 @@ async fn start_deploy(state: &Shared, req: BranchRequest, creating: Option<Arc<C
                 lock_timeout: Duration::from_secs(300),
                 session_timeout: Duration::from_secs(60),
                 live: false,
+                confine_to_manifest: true,
             };
             let view = b.deploy_branch(&req, reset, &opts).await;
             drop(creating);
@@ -542,6 +543,7 @@ pub async fn delete_branch(State(state): State<Shared>, ApiPath(id): ApiPath<Str
             lock_timeout: Duration::from_secs(10),
             session_timeout: Duration::from_secs(10),
             live: false,
+            confine_to_manifest: true,
         };
         b.delete(&id, &opts).await
     })
