@@ -139,6 +139,12 @@ pub struct Record {
     #[serde(flatten)]
     pub object: ObjectRef,
     pub origin: Origin,
+    /// The OID of the role or database pgplane created or adopted: an object with the same
+    /// name and another OID is not pgplane's. `None` for schemas and extensions (they live
+    /// in a database pgplane owns), for objects not created yet, and for records an older
+    /// pgplane wrote (apply fills those in the first time it sees the object).
+    #[serde(skip)]
+    pub oid: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -55,6 +55,7 @@ fn applied(d: &Desired) -> Observed {
         s.databases.insert(
             db.name.clone(),
             DatabaseState {
+                oid: 0,
                 owner: db.owner.clone(),
                 connection_limit: db.connection_limit,
                 is_template: false,
@@ -67,7 +68,8 @@ fn applied(d: &Desired) -> Observed {
     for rs in &d.role_settings {
         s.role_settings.insert((rs.database.clone(), rs.role.clone()), vec![format!("search_path={}", rs.search_path)]);
     }
-    let records = d.objects().into_iter().map(|(object, origin)| Record { object, origin: origin.clone() }).collect();
+    let records =
+        d.objects().into_iter().map(|(object, origin)| Record { object, origin: origin.clone(), oid: None }).collect();
     Observed { servers: BTreeMap::from([("local".to_string(), s)]), records }
 }
 

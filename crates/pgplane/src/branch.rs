@@ -70,6 +70,10 @@ pub struct BranchView {
     /// `expires_at` in seconds since the epoch, for gc.
     #[serde(skip)]
     pub expires_epoch: Option<i64>,
+    /// Set by delete and gc when the database under the branch's name was not pgplane's
+    /// and was left alone (see [`Branches::delete`]).
+    #[serde(skip)]
+    pub kept: Option<String>,
 }
 
 /// A branch `gc` dropped (or would drop), and why.
@@ -586,6 +590,11 @@ impl Branches {
         opts: &DeployOptions,
     ) -> Result<Deployed> {
         if reset {
+            if let Some(b) = self.record_of_database(database).await? {
+                if let Some(why) = self.ours(&b).await? {
+                    bail!("{why}; `pgplane branch delete {}` forgets the branch", b.id);
+                }
+            }
             drop_database(admin, database).await?;
         }
         {
@@ -603,6 +612,14 @@ impl Branches {
             while_sessions(admin, &t.name, &sql, self.s.manifest.branches.template_sessions, opts)
                 .await
                 .with_context(|| format!("copying template {} to {database}", t.name))?;
+            // From now on the branch's database is this one, by OID.
+            let oid = database_oid(admin, database).await?.context("the branch's database vanished after its copy")?;
+            self.control
+                .execute(
+                    "UPDATE pgplane.branches SET database_oid = $3 WHERE env = $1 AND database = $2",
+                    &[&self.env, &database, &oid],
+                )
+                .await?;
         }
         let mut setup = format!("REVOKE ALL ON DATABASE {} FROM PUBLIC;", quote_ident(database));
         for (name, value) in &self.s.manifest.branches.settings {
@@ -665,6 +682,11 @@ impl Branches {
         }
     }
 
+    /// The branch of this environment whose database has this name.
+    async fn record_of_database(&self, database: &str) -> Result<Option<BranchView>> {
+        Ok(self.records(None, None).await?.into_iter().find(|b| b.database == database))
+    }
+
     async fn record(&self, id: &str) -> Result<Option<BranchView>> {
         Ok(self.records(Some(id), None).await?.into_iter().next())
     }
@@ -710,25 +732,59 @@ impl Branches {
         Ok(None)
     }
 
-    /// Drops a branch's database (ending its sessions) and then its record.
+    /// Drops a branch's database (ending its sessions) and then its record. A database
+    /// under the branch's name that pgplane did not create (see [`Branches::ours`]) is
+    /// left alone; only the record goes, and `kept` says why.
     pub async fn delete(&self, id: &str, opts: &DeployOptions) -> Result<BranchView> {
         let _lock =
             self.lock(Lock::Exclusive, BRANCH_LOCK, &branch_key(&self.env, id), &format!("branch {id}"), opts).await?;
-        let Some(b) = self.record(id).await? else {
+        let Some(mut b) = self.record(id).await? else {
             bail!("there is no branch {id:?} in environment {} (see `pgplane branch list`)", self.env);
         };
-        self.drop_locked(&b).await?;
+        b.kept = self.drop_locked(&b).await?;
         Ok(b)
     }
 
-    /// With the branch's lock held: ends leftovers of a dead process, drops the database,
-    /// then forgets the record.
-    async fn drop_locked(&self, b: &BranchView) -> Result<()> {
+    /// Whether the database under a branch's name is the one pgplane created for it:
+    /// `Ok(None)` it is (or there is none), `Ok(Some(why))` it is not. The branch row
+    /// holds the database's OID from its creation; an older pgplane's row (OID 0) takes
+    /// the database under the name as its own.
+    async fn ours(&self, b: &BranchView) -> Result<Option<String>> {
+        let admin = self.admin(&b.server)?;
+        let Some(now) = database_oid(admin, &b.database).await? else { return Ok(None) };
+        let recorded: Option<u32> = self
+            .control
+            .query_one("SELECT database_oid FROM pgplane.branches WHERE env = $1 AND id = $2", &[&self.env, &b.id])
+            .await?
+            .get(0);
+        Ok(match recorded {
+            Some(0) => None,
+            Some(oid) if oid == now => None,
+            Some(oid) => Some(format!(
+                "database {} is not the one pgplane created for branch {} (OID {oid}, now {now}: dropped and re-created \
+                 outside pgplane); pgplane leaves it alone",
+                b.database, b.id
+            )),
+            None => Some(format!(
+                "database {} was not created by pgplane for branch {} (its deployment stopped before the copy was \
+                 recorded); pgplane leaves it alone — drop it by hand if it is a leftover",
+                b.database, b.id
+            )),
+        })
+    }
+
+    /// With the branch's lock held: ends leftovers of a dead process, drops the database
+    /// if it is pgplane's, then forgets the record. Returns why a database was kept.
+    async fn drop_locked(&self, b: &BranchView) -> Result<Option<String>> {
         let admin = self.admin(&b.server)?;
         reap(admin, &session_name(&self.env, &b.id)).await?;
-        drop_database(admin, &b.database).await.with_context(|| format!("dropping {}", b.database))?;
+        let kept = self.ours(b).await?;
+        match &kept {
+            None => drop_database(admin, &b.database).await.with_context(|| format!("dropping {}", b.database))?,
+            Some(why) => tracing::warn!(branch = %b.id, "{why}"),
+        }
         self.control.execute("DELETE FROM pgplane.branches WHERE env = $1 AND id = $2", &[&self.env, &b.id]).await?;
-        Ok(())
+        Ok(kept)
     }
 
     /// `branch delete --all [--match PATTERN]`: only branches pgplane has records of.
@@ -787,7 +843,8 @@ impl Branches {
             let mut current = known(&b, false);
             current.interrupted |= b.status == "RUNNING";
             let Some(again) = pgplane_core::branch::gc(&[current], keep, now().await?).pop() else { continue };
-            self.drop_locked(&b).await?;
+            let mut b = b;
+            b.kept = self.drop_locked(&b).await?;
             out.push(Dropped { branch: b, reason: again.reason });
         }
         Ok(out)
@@ -811,6 +868,7 @@ pub fn unknown(id: &str, database: String, template: &str, server: &str) -> Bran
         expires_at: None,
         operation_id: None,
         expires_epoch: None,
+        kept: None,
     }
 }
 
@@ -886,6 +944,7 @@ fn view_of(r: &tokio_postgres::Row) -> Result<BranchView> {
         expires_at: r.get(11),
         operation_id: r.get(12),
         expires_epoch: r.get(13),
+        kept: None,
     })
 }
 
@@ -967,6 +1026,17 @@ async fn deploy(
         }
     }
     Ok(Deployed { runs, error: None, failure: None })
+}
+
+/// The OID of the database of this name, if there is one.
+async fn database_oid(admin: &Client, name: &str) -> Result<Option<u32>> {
+    Ok(admin
+        .query_opt(
+            "SELECT oid FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) $1::pg_catalog.text",
+            &[&name],
+        )
+        .await?
+        .map(|r| r.get(0)))
 }
 
 /// Whether a database of this name exists on the admin connection's server.
