@@ -40,18 +40,23 @@ fn outside(path: &Path, real: &Path, root: &Path) -> io::Error {
     )
 }
 
-fn open(path: &Path, root: &Path, dir: bool) -> io::Result<File> {
+/// Opens `path`; messages name `shown` (entries of a [`Dir`] are reached through
+/// `/proc/self/fd/N/`, which means nothing to people).
+fn open(path: &Path, shown: &Path, root: &Path, dir: bool) -> io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.read(true);
     let flags = if dir { libc::O_DIRECTORY } else { libc::O_NONBLOCK };
-    let file = opts.custom_flags(flags).open(path)?;
+    let file = opts
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", shown.display())))?;
     let real = real_path(&file)?;
     if !real.starts_with(root) {
-        return Err(outside(path, &real, root));
+        return Err(outside(shown, &real, root));
     }
     let meta = file.metadata()?;
     if !dir && !meta.is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a regular file", path.display())));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a regular file", shown.display())));
     }
     Ok(file)
 }
@@ -59,7 +64,7 @@ fn open(path: &Path, root: &Path, dir: bool) -> io::Result<File> {
 /// Opens a regular file for reading, refusing it unless it lies inside `root` (a canonical
 /// folder) with every symlink followed.
 pub fn open_file(path: &Path, root: &Path) -> io::Result<File> {
-    open(path, root, false)
+    open(path, path, root, false)
 }
 
 /// Reads a file inside `root` (see [`open_file`]) as UTF-8 text.
@@ -78,7 +83,7 @@ pub struct Dir {
 impl Dir {
     /// Opens `path`, refusing it unless it lies inside `root` (a canonical folder).
     pub fn open(path: &Path, root: &Path) -> io::Result<Dir> {
-        Ok(Dir { file: open(path, root, true)? })
+        Ok(Dir { file: open(path, path, root, true)? })
     }
 
     /// The entries, each with a path that reaches it through this folder's descriptor (for
@@ -108,6 +113,18 @@ impl Entry {
     /// Whether it is a folder or a symlink to one.
     pub fn is_dir(&self) -> bool {
         self.path.is_dir()
+    }
+
+    /// Reads it as text if it is a regular file inside `root`; messages name `shown`.
+    pub fn read_to_string(&self, shown: &Path, root: &Path) -> io::Result<String> {
+        let mut text = String::new();
+        open(&self.path, shown, root, false)?.read_to_string(&mut text)?;
+        Ok(text)
+    }
+
+    /// Opens it as a folder inside `root`; messages name `shown`.
+    pub fn open_dir(&self, shown: &Path, root: &Path) -> io::Result<Dir> {
+        Ok(Dir { file: open(&self.path, shown, root, true)? })
     }
 }
 
@@ -155,9 +172,12 @@ mod tests {
         assert_eq!(names, ["dir-link", "file-link", "inner-link", "sub"]);
         let sub = dir.entries().unwrap().into_iter().find(|e| e.name == "sub").unwrap();
         assert!(sub.is_dir());
-        let inner = Dir::open(&sub.path, &root).unwrap();
+        let inner = sub.open_dir(Path::new("sub"), &root).unwrap();
         let ok = inner.entries().unwrap().pop().unwrap();
-        assert_eq!(read_to_string(&ok.path, &root).unwrap(), "select 1");
+        assert_eq!(ok.read_to_string(Path::new("sub/ok.sql"), &root).unwrap(), "select 1");
+        let link = dir.entries().unwrap().into_iter().find(|e| e.name == "file-link").unwrap();
+        let e = link.read_to_string(Path::new("shown/file-link"), &root).unwrap_err();
+        assert!(e.to_string().starts_with("shown/file-link leads to"), "{e}");
         // A FIFO neither blocks the open nor is read.
         let fifo = root.join("fifo");
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());

@@ -49,14 +49,20 @@ impl Loader for FsLoader {
 
     fn list(&self, dir: &str) -> std::io::Result<Vec<String>> {
         use crate::confine::Dir;
-        fn walk(d: &Dir, allowed: &std::path::Path, rel: &str, out: &mut Vec<String>) -> std::io::Result<()> {
+        fn walk(
+            base: &std::path::Path,
+            d: &Dir,
+            allowed: &std::path::Path,
+            rel: &str,
+            out: &mut Vec<String>,
+        ) -> std::io::Result<()> {
             for e in d.entries()? {
                 let p =
                     if rel.is_empty() { e.name.clone() } else { format!("{}/{}", rel.trim_end_matches('/'), e.name) };
                 // Folders are walked (symlinks to folders are not, as before); every folder
                 // and file is checked to lie inside when it is opened.
                 if e.folder {
-                    walk(&Dir::open(&e.path, allowed)?, allowed, &p, out)?;
+                    walk(base, &e.open_dir(&base.join(&p), allowed)?, allowed, &p, out)?;
                 } else {
                     out.push(p);
                 }
@@ -66,7 +72,7 @@ impl Loader for FsLoader {
         let allowed = self.allowed()?;
         let dir = dir.trim_end_matches('/');
         let mut out = Vec::new();
-        walk(&Dir::open(&self.root.join(dir), &allowed)?, &allowed, dir, &mut out)?;
+        walk(&self.root, &Dir::open(&self.root.join(dir), &allowed)?, &allowed, dir, &mut out)?;
         Ok(out)
     }
 }

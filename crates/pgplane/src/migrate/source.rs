@@ -152,8 +152,7 @@ fn load_sql_folder(folder: &Path, root: &Path) -> Result<Source> {
                 folder.display()
             );
         }
-        let text =
-            confine::read_to_string(&entry.path, root).with_context(|| format!("reading {}", shown.display()))?;
+        let text = entry.read_to_string(&shown, root).with_context(|| format!("reading {}", shown.display()))?;
         files.push((entry.name, text));
     }
     let migrations = sql_folder(&folder.display().to_string(), files)?;
