@@ -35,7 +35,13 @@ pub fn sanitize(id: &str) -> Result<String, String> {
 /// [`crate::ident::fit_identifier`]).
 pub fn database_name(policy: &BranchPolicy, env: &str, template: &str, id: &str) -> Result<String, String> {
     let branch = sanitize(id)?;
-    Ok(policy.database.render(Vars { env, template, branch: &branch, ..Vars::default() }))
+    let name = policy.database.render(Vars { env, template, branch: &branch, ..Vars::default() });
+    if name.starts_with("pg_") || crate::model::RESERVED_DATABASES.contains(&name.as_str()) {
+        return Err(format!(
+            "branch {id:?} would be database {name:?}, a name reserved for PostgreSQL or pgplane; choose another id"
+        ));
+    }
+    Ok(name)
 }
 
 /// What garbage collection knows about a branch.

@@ -10,7 +10,8 @@ pub const MAX_IDENT_BYTES: usize = 63;
 const HASH_SUFFIX_LEN: usize = 9;
 
 /// The safe alphabet for environment, module and tenant names:
-/// a lowercase ASCII letter, then lowercase letters, digits or `_`, at most 63 bytes.
+/// a lowercase ASCII letter, then lowercase letters, digits or `_`, at most 63 bytes, and
+/// not starting with `pg_` (PostgreSQL's prefix for its own roles, schemas and catalogs).
 pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     let mut chars = name.chars();
     match chars.next() {
@@ -31,6 +32,11 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     }
     if name.len() > MAX_IDENT_BYTES {
         return Err(format!("{what} name {name:?} is {} bytes; at most {MAX_IDENT_BYTES} are allowed", name.len()));
+    }
+    if name.starts_with("pg_") {
+        return Err(format!(
+            "{what} name {name:?} starts with pg_, which PostgreSQL reserves for its own objects; choose another name"
+        ));
     }
     Ok(())
 }
@@ -73,16 +79,22 @@ pub fn quote_ident(name: &str) -> String {
     out
 }
 
-/// Quotes a string literal for SQL with `standard_conforming_strings = on` (the default
-/// since PostgreSQL 9.1): `'` around it, inner `'` doubled. Backslashes stay literal.
+/// Quotes a string literal for SQL, correct whatever `standard_conforming_strings` is (a
+/// tenant may turn it off for its database or role): `'` around it, inner `'` doubled,
+/// and a value holding a backslash is written as an escape string `E'…'` with the
+/// backslashes doubled, as libpq's `PQescapeLiteral` does. (A plain `'…'` string with a
+/// backslash reads differently when the setting is off: `'a\'` would not even end.)
 /// Used only for statements that cannot take bind parameters (utility commands such as
 /// `CREATE ROLE ... PASSWORD`).
 pub fn quote_literal(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
+    let mut out = String::with_capacity(value.len() + 3);
+    if value.contains('\\') {
+        out.push('E');
+    }
     out.push('\'');
     for c in value.chars() {
-        if c == '\'' {
-            out.push('\'');
+        if c == '\'' || c == '\\' {
+            out.push(c);
         }
         out.push(c);
     }
@@ -165,7 +177,7 @@ mod tests {
     fn safe_alphabet() {
         assert!(check_name("module", "registry").is_ok());
         assert!(check_name("module", "a_b9").is_ok());
-        for bad in ["", "Registry", "9lives", "_x", "re-gistry", "a b", "ä", "a;drop"] {
+        for bad in ["", "Registry", "9lives", "_x", "re-gistry", "a b", "ä", "a;drop", "pg_x", "pg_"] {
             assert!(check_name("module", bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_name("env", &"a".repeat(64)).is_err());
@@ -193,7 +205,39 @@ mod tests {
     fn quoting() {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
-        assert_eq!(quote_literal("a\\b"), "'a\\b'");
+        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+        assert_eq!(quote_literal("x\\'; DROP ROLE y; --"), "E'x\\\\''; DROP ROLE y; --'");
+        for scs in [true, false] {
+            assert_eq!(lex_literal(&quote_literal("a\\"), scs).as_deref(), Some("a\\"));
+        }
+    }
+
+    /// Reads a string literal back the way PostgreSQL's lexer does with
+    /// `standard_conforming_strings` on or off; `None` where the literal would not end
+    /// where it should (injection) or holds an escape `quote_literal` never writes.
+    fn lex_literal(quoted: &str, standard: bool) -> Option<String> {
+        let (escapes, rest) = match quoted.strip_prefix('E') {
+            Some(rest) => (true, rest),
+            None => (!standard, quoted),
+        };
+        let inner = rest.strip_prefix('\'')?.strip_suffix('\'')?;
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' if chars.next() != Some('\'') => return None,
+                '\\' if escapes => match chars.next() {
+                    Some(e @ ('\\' | '\'')) => {
+                        out.push(e);
+                        continue;
+                    }
+                    _ => return None,
+                },
+                _ => {}
+            }
+            out.push(c);
+        }
+        Some(out)
     }
 
     #[test]
@@ -238,7 +282,9 @@ mod tests {
 
         #[test]
         fn quote_literal_round_trips(s in "\\PC*") {
-            prop_assert_eq!(unquote(&quote_literal(&s), '\''), Some(s));
+            let q = quote_literal(&s);
+            prop_assert_eq!(lex_literal(&q, true), Some(s.clone()));
+            prop_assert_eq!(lex_literal(&q, false), Some(s));
         }
 
         #[test]
@@ -260,7 +306,8 @@ mod tests {
             let ok = check_name("x", &s).is_ok();
             let expected = !s.is_empty() && s.len() <= 63
                 && s.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && !s.starts_with("pg_");
             prop_assert_eq!(ok, expected);
         }
     }

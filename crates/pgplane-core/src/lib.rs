@@ -6,10 +6,11 @@
 //!
 //! **Invariant:** nothing in this crate does I/O beyond reading the manifest file in
 //! [`manifest::Manifest::load`] and reading migration source files through a
-//! [`liquibase::Loader`]; it never talks to a database or the network, and depends on no
+//! [`liquibase::Loader`] (confined to a folder by [`confine`]); it never talks to a database or the network, and depends on no
 //! database, HTTP or CLI crate.
 
 pub mod branch;
+pub mod confine;
 pub mod ident;
 pub mod job;
 pub mod liquibase;

@@ -351,6 +351,7 @@ impl Manifest {
             }
             ManifestError { file: path.to_path_buf(), line, column, message }
         })?;
+        no_nul(path, text)?;
         validate(&src, raw, env)
     }
 
@@ -370,6 +371,34 @@ impl Manifest {
             self.servers.iter().map(|s| s.name.clone()).collect()
         }
     }
+}
+
+/// PostgreSQL text cannot hold NUL, and a name or value cut at a NUL is not the one
+/// written: a key or value holding one (written as `"\0"`, `"\x00"`, `"\u0000"` …) is an
+/// error at its line.
+fn no_nul(path: &Path, text: &str) -> Result<(), ManifestError> {
+    fn has_nul(v: &serde_yaml::Value) -> bool {
+        match v {
+            serde_yaml::Value::String(s) => s.contains('\0'),
+            serde_yaml::Value::Sequence(items) => items.iter().any(has_nul),
+            serde_yaml::Value::Mapping(m) => m.iter().any(|(k, v)| has_nul(k) || has_nul(v)),
+            serde_yaml::Value::Tagged(t) => has_nul(&t.value),
+            _ => false,
+        }
+    }
+    let value: serde_yaml::Value = serde_yaml::from_str(text).unwrap_or(serde_yaml::Value::Null);
+    if !has_nul(&value) {
+        return Ok(());
+    }
+    let escapes = ["\\0", "\\x00", "\\u0000", "\\U00000000", "\0"];
+    let line = text.lines().position(|l| escapes.iter().any(|e| l.contains(e))).map(|i| i + 1);
+    Err(ManifestError {
+        file: path.to_path_buf(),
+        line,
+        column: None,
+        message: "a value holds a NUL character (\\0), which PostgreSQL names and settings cannot hold; remove it"
+            .into(),
+    })
 }
 
 struct Source<'a> {
@@ -995,6 +1024,26 @@ tenants:
         assert!(e.contains("must start with a lowercase letter"), "{e}");
         let e = err("version: 1\nenvironment: \"dev;drop\"\nmodules:\n  - name: a\n    storage: database\n");
         assert!(e.starts_with("pgplane.yaml:2:"), "{e}");
+    }
+
+    #[test]
+    fn nul_and_pg_names_are_rejected_with_line() {
+        let e =
+            err("version: 1\nmodules:\n  - name: a\n    storage: database\n    settings:\n      app.x: \"a\\0b\"\n");
+        assert!(e.starts_with("pgplane.yaml:6: "), "{e}");
+        assert!(e.contains("NUL"), "{e}");
+        let e = err("version: 1\nmodules:\n  - name: \"a\\u0000\"\n    storage: database\n");
+        assert!(e.starts_with("pgplane.yaml:3: "), "{e}");
+        // A backslash and a zero in single quotes are two characters, not a NUL.
+        assert!(parse(
+            "version: 1\nmodules:\n  - name: a\n    storage: database\n    settings:\n      app.x: 'a\\0'\n"
+        )
+        .is_ok());
+        let e = err("version: 1\nmodules:\n  - name: pg_stat\n    storage: database\n");
+        assert!(e.starts_with("pgplane.yaml:3:"), "{e}");
+        assert!(e.contains("starts with pg_"), "{e}");
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: schema-per-tenant\ntenants:\n  - name: pg_acme\n    modules: [a]\n");
+        assert!(e.starts_with("pgplane.yaml:6:"), "{e}");
     }
 
     #[test]

@@ -139,6 +139,12 @@ pub struct Record {
     #[serde(flatten)]
     pub object: ObjectRef,
     pub origin: Origin,
+    /// The OID of the role or database pgplane created or adopted: an object with the same
+    /// name and another OID is not pgplane's. `None` for schemas and extensions (they live
+    /// in a database pgplane owns), for objects not created yet, and for records an older
+    /// pgplane wrote (apply fills those in the first time it sees the object).
+    #[serde(skip)]
+    pub oid: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -376,11 +382,16 @@ impl Desired {
         let mut seen: BTreeMap<ObjectRef, &Origin> = BTreeMap::new();
         for (obj, origin) in self.objects() {
             match obj.kind {
-                ObjectKind::Database if RESERVED_DATABASES.contains(&obj.name.as_str()) => problems.push(format!(
-                    "database name {:?} ({}) is reserved; change naming.database or the module name",
-                    obj.name,
-                    origin.describe()
-                )),
+                ObjectKind::Database
+                    if RESERVED_DATABASES.contains(&obj.name.as_str()) || obj.name.starts_with("pg_") =>
+                {
+                    problems.push(format!(
+                        "database name {:?} ({}) is reserved (postgres, template0, template1, pgplane and pg_*); \
+                         change the naming template or the name",
+                        obj.name,
+                        origin.describe()
+                    ))
+                }
                 ObjectKind::Role if obj.name.starts_with("pg_") || obj.name == "postgres" || obj.name == "public" => {
                     problems.push(format!(
                         "role name {:?} ({}) is reserved by PostgreSQL; change the naming template or the name",

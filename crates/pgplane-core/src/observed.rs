@@ -30,6 +30,26 @@ pub struct ServerState {
 }
 
 impl ServerState {
+    /// The OID of an existing role or database (`None` for other kinds, absent objects
+    /// and unknown OIDs).
+    pub fn oid(&self, kind: ObjectKind, name: &str) -> Option<u32> {
+        let oid = match kind {
+            ObjectKind::Role => self.roles.get(name)?.oid,
+            ObjectKind::Database => self.databases.get(name)?.oid,
+            ObjectKind::Schema | ObjectKind::Extension => return None,
+        };
+        (oid != 0).then_some(oid)
+    }
+
+    /// `Some((recorded, now))` when a record's role or database exists under its name but
+    /// with another OID than pgplane recorded: it was dropped and re-created outside
+    /// pgplane, and is not pgplane's.
+    pub fn replaced(&self, record: &Record) -> Option<(u32, u32)> {
+        let recorded = record.oid?;
+        let now = self.oid(record.object.kind, &record.object.name)?;
+        (now != recorded).then_some((recorded, now))
+    }
+
     /// `Some(true)` exists, `Some(false)` absent, `None` unknown (database contents not read).
     pub fn exists(&self, obj: &ObjectRef) -> Option<bool> {
         match obj.kind {
@@ -49,6 +69,8 @@ impl ServerState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleState {
+    /// `pg_authid.oid`: who it is, beyond its name (0: not known, e.g. in tests).
+    pub oid: u32,
     pub login: bool,
     pub superuser: bool,
     pub createdb: bool,
@@ -60,12 +82,30 @@ pub struct RoleState {
     pub dependent_databases: BTreeSet<String>,
     /// Databases where the role owns objects (a subset of `dependent_databases`).
     pub owns_objects_in: BTreeSet<String>,
+    /// Whether its password is the one pgplane derives (checked outside the planner,
+    /// which never sees a secret).
+    pub password: PasswordState,
+}
+
+/// A role's stored password against the one pgplane derives for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PasswordState {
+    /// Not checked (not a managed role, or no secret key at hand).
+    #[default]
+    Unknown,
+    /// The stored SCRAM verifier is the derived password's.
+    Matches,
+    /// Another password (changed outside pgplane), or a verifier of another kind.
+    Differs,
+    /// No password at all.
+    Missing,
 }
 
 impl Default for RoleState {
     /// What `CREATE ROLE ... LOGIN` gives: the state pgplane wants.
     fn default() -> Self {
         RoleState {
+            oid: 0,
             login: true,
             superuser: false,
             createdb: false,
@@ -75,6 +115,7 @@ impl Default for RoleState {
             inherit: true,
             dependent_databases: BTreeSet::new(),
             owns_objects_in: BTreeSet::new(),
+            password: PasswordState::Unknown,
         }
     }
 }
@@ -83,6 +124,8 @@ pub type Privileges = BTreeMap<String, BTreeSet<String>>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatabaseState {
+    /// `pg_database.oid` (0: not known, e.g. in tests).
+    pub oid: u32,
     pub owner: String,
     pub connection_limit: i32,
     pub is_template: bool,

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::ident::{quote_ident as q, same_setting_value, setting_value_sql};
 use crate::model::{Desired, ObjectKind, ObjectRef, Record};
-use crate::observed::{Contents, DbContents, Observed, RoleState, ServerState, PUBLIC};
+use crate::observed::{Contents, DbContents, Observed, PasswordState, RoleState, ServerState, PUBLIC};
 
 /// A piece of SQL; passwords stay symbolic until the executor runs the statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +148,18 @@ pub struct Action {
     pub sql: Sql,
     pub why: String,
     pub record: RecordChange,
+    /// Roles and databases the action acts on or runs in, with the OID they had when
+    /// planned: the executor checks each right before the statement, so an object dropped
+    /// and re-created by someone else meanwhile is never altered or dropped.
+    pub expect: Vec<Identity>,
+}
+
+/// A role or database as the plan saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub kind: ObjectKind,
+    pub name: String,
+    pub oid: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -208,6 +220,7 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Result
     for (obj, origin) in &wanted {
         let (obj, origin) = (obj.clone(), *origin);
         let exists = server(&obj.server).exists(&obj);
+        let state = server(&obj.server);
         match records.get(&obj) {
             Some(rec) if &rec.origin != origin => p.problems.push(format!(
                 "name clash: {} is already managed by pgplane for {}, and {} wants it too; change a name or the naming templates",
@@ -215,7 +228,29 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Result
                 rec.origin.describe(),
                 origin.describe()
             )),
-            Some(_) => {}
+            Some(rec) => {
+                if let Some((recorded, now)) = state.replaced(rec) {
+                    if opts.adopt {
+                        adopted.insert(obj.clone());
+                        p.push(
+                            ActionKind::Adopt,
+                            &obj,
+                            None,
+                            Sql::default(),
+                            &format!("re-created outside pgplane (OID {recorded}, now {now}) and --adopt was given: pgplane records it as its own"),
+                            RecordChange::Claim(Record { object: obj.clone(), origin: origin.clone(), oid: Some(now) }),
+                        );
+                    } else {
+                        p.problems.push(format!(
+                            "{} is not the one pgplane created: it was dropped and re-created outside pgplane (OID {recorded}, now {now}), \
+                             so pgplane leaves it alone; adopt it with `pgplane adopt` or `pgplane apply --adopt` if it is meant to be {}, \
+                             or drop it",
+                            obj.display(),
+                            origin.describe()
+                        ));
+                    }
+                }
+            }
             None if exists == Some(true) && obj.kind == ObjectKind::Extension => {}
             None if exists == Some(true) => {
                 if opts.adopt {
@@ -226,7 +261,11 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Result
                         None,
                         Sql::default(),
                         "exists and --adopt was given: pgplane records it as its own",
-                        RecordChange::Claim(Record { object: obj.clone(), origin: origin.clone() }),
+                        RecordChange::Claim(Record {
+                            object: obj.clone(),
+                            origin: origin.clone(),
+                            oid: state.oid(obj.kind, &obj.name),
+                        }),
                     );
                 } else {
                     p.problems.push(format!(
@@ -272,6 +311,25 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Result
     Ok(Plan { env: desired.env.clone(), actions: p.actions, orphans, shortened, notes: p.notes })
 }
 
+impl Planner<'_> {
+    /// Why a record's object is not pgplane's any more: the role or database under its
+    /// name has another OID, or (for a schema or extension) its database has.
+    fn replaced(&self, r: &Record) -> Option<String> {
+        let state = self.observed.servers.get(&r.object.server)?;
+        if let Some((recorded, now)) = state.replaced(r) {
+            return Some(format!("dropped and re-created outside pgplane: OID {recorded}, now {now}"));
+        }
+        if r.object.database.is_empty() {
+            return None;
+        }
+        let db = ObjectRef::cluster(&r.object.server, ObjectKind::Database, &r.object.database);
+        let db_record = self.observed.records.iter().find(|x| x.object == db)?;
+        state.replaced(db_record).map(|(recorded, now)| {
+            format!("its database {} was dropped and re-created outside pgplane: OID {recorded}, now {now}", db.name)
+        })
+    }
+}
+
 struct Planner<'a> {
     desired: &'a Desired,
     observed: &'a Observed,
@@ -283,6 +341,27 @@ struct Planner<'a> {
 
 impl Planner<'_> {
     fn push(&mut self, kind: ActionKind, obj: &ObjectRef, db: Option<&str>, sql: Sql, why: &str, record: RecordChange) {
+        // What must still be the same object when the statement runs: the role or database
+        // acted on, and the database the statement runs in (or the object lives in).
+        let mut expect: Vec<Identity> = Vec::new();
+        if let Some(state) = self.observed.servers.get(&obj.server) {
+            let mut want = |kind: ObjectKind, name: &str| {
+                if let Some(oid) = state.oid(kind, name) {
+                    if !expect.iter().any(|e| e.kind == kind && e.name == name) {
+                        expect.push(Identity { kind, name: name.to_string(), oid });
+                    }
+                }
+            };
+            if !sql.is_empty() {
+                want(obj.kind, &obj.name);
+                if !obj.database.is_empty() {
+                    want(ObjectKind::Database, &obj.database);
+                }
+                if let Some(db) = db {
+                    want(ObjectKind::Database, db);
+                }
+            }
+        }
         self.actions.push(Action {
             kind,
             target: obj.display(),
@@ -292,6 +371,7 @@ impl Planner<'_> {
             sql,
             why: why.to_string(),
             record,
+            expect,
         });
     }
 
@@ -307,7 +387,7 @@ impl Planner<'_> {
                         )),
                         SqlPart::Password { role: r.name.clone() },
                     ]);
-                    let rec = RecordChange::Claim(Record { object: obj.clone(), origin: r.origin.clone() });
+                    let rec = RecordChange::Claim(Record { object: obj.clone(), origin: r.origin.clone(), oid: None });
                     self.push(ActionKind::CreateRole, &obj, None, sql, &format!("{} is missing", obj.display()), rec);
                 }
                 Some(state) => {
@@ -334,12 +414,23 @@ impl Planner<'_> {
                         let why = format!("drift: role has {}", why.join(" "));
                         self.push(ActionKind::AlterRole, &obj, None, sql, &why, RecordChange::None);
                     }
-                    if adopted.contains(&obj) {
+                    let why = if adopted.contains(&obj) {
+                        Some("adopted: pgplane sets a password it can hand out with `pgplane credentials`")
+                    } else {
+                        match state.password {
+                            PasswordState::Differs => Some(
+                                "drift: its password is not the one pgplane derives (changed outside pgplane); \
+                                 `pgplane credentials` hands out the derived one",
+                            ),
+                            PasswordState::Missing => Some("drift: it has no password"),
+                            PasswordState::Matches | PasswordState::Unknown => None,
+                        }
+                    };
+                    if let Some(why) = why {
                         let sql = Sql(vec![
                             SqlPart::Text(format!("ALTER ROLE {} PASSWORD ", q(&r.name))),
                             SqlPart::Password { role: r.name.clone() },
                         ]);
-                        let why = "adopted: pgplane sets a password it can hand out with `pgplane credentials`";
                         self.push(ActionKind::SetPassword, &obj, None, sql, why, RecordChange::None);
                     }
                 }
@@ -365,7 +456,7 @@ impl Planner<'_> {
                         q(&d.owner),
                         d.connection_limit
                     ));
-                    let rec = RecordChange::Claim(Record { object: obj.clone(), origin: d.origin.clone() });
+                    let rec = RecordChange::Claim(Record { object: obj.clone(), origin: d.origin.clone(), oid: None });
                     self.push(
                         ActionKind::CreateDatabase,
                         &obj,
@@ -489,7 +580,8 @@ impl Planner<'_> {
                 match contents.schemas.get(&s.name) {
                     None => {
                         let sql = Sql::text(format!("CREATE SCHEMA {} AUTHORIZATION {}", q(&s.name), q(&s.owner)));
-                        let rec = RecordChange::Claim(Record { object: obj.clone(), origin: s.origin.clone() });
+                        let rec =
+                            RecordChange::Claim(Record { object: obj.clone(), origin: s.origin.clone(), oid: None });
                         self.push(
                             ActionKind::CreateSchema,
                             &obj,
@@ -528,7 +620,7 @@ impl Planner<'_> {
                     // Into `public` by name: pgplane's sessions have an empty search path, so
                     // nothing else would name the schema (before, `"$user", public` did).
                     let sql = Sql::text(format!("CREATE EXTENSION {} SCHEMA public", q(&e.name)));
-                    let rec = RecordChange::Claim(Record { object: obj.clone(), origin: e.origin.clone() });
+                    let rec = RecordChange::Claim(Record { object: obj.clone(), origin: e.origin.clone(), oid: None });
                     self.push(
                         ActionKind::CreateExtension,
                         &obj,
@@ -602,10 +694,21 @@ impl Planner<'_> {
                 let known = self.observed.servers.contains_key(&r.object.server);
                 Orphan {
                     record: r.clone(),
-                    exists: !known || server(&r.object.server).exists(&r.object) != Some(false),
+                    exists: !known
+                        || (server(&r.object.server).exists(&r.object) != Some(false) && self.replaced(r).is_none()),
                 }
             })
             .collect();
+        // Another object under a recorded name: pgplane's is gone, the other is left alone.
+        for o in &orphans {
+            if let Some(why) = self.replaced(&o.record) {
+                self.notes.push(format!(
+                    "{} is not the one pgplane created ({why}); pgplane never drops or alters it{}",
+                    o.record.object.display(),
+                    if self.opts.prune { " and forgets its record" } else { "; apply --prune forgets its record" }
+                ));
+            }
+        }
         for server_name in orphans.iter().map(|o| &o.record.object.server).collect::<BTreeSet<_>>() {
             if !self.observed.servers.contains_key(server_name) {
                 self.notes.push(format!(
@@ -649,7 +752,12 @@ impl Planner<'_> {
                 continue;
             }
             if !o.exists || db_missing {
-                self.push(ActionKind::Forget, obj, None, Sql::default(), "it no longer exists", forget);
+                let why = if self.replaced(&o.record).is_some() {
+                    "another object holds its name (re-created outside pgplane); that one is left alone"
+                } else {
+                    "it no longer exists"
+                };
+                self.push(ActionKind::Forget, obj, None, Sql::default(), why, forget);
                 continue;
             }
             let why = "removed from the manifest; --prune given";

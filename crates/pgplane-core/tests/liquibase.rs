@@ -25,7 +25,7 @@ fn root_changelog(dir: &Path) -> String {
 
 fn load(name: &str) -> Vec<ChangeSet> {
     let dir = fixture(name);
-    let loader = FsLoader { root: dir.clone() };
+    let loader = FsLoader { root: dir.clone(), allowed: None };
     match liquibase::load(&root_changelog(&dir), &loader) {
         Ok(c) => c.changesets,
         Err(e) => panic!("{name}: {e}"),

@@ -55,6 +55,7 @@ fn applied(d: &Desired) -> Observed {
         s.databases.insert(
             db.name.clone(),
             DatabaseState {
+                oid: 0,
                 owner: db.owner.clone(),
                 connection_limit: db.connection_limit,
                 is_template: false,
@@ -67,7 +68,8 @@ fn applied(d: &Desired) -> Observed {
     for rs in &d.role_settings {
         s.role_settings.insert((rs.database.clone(), rs.role.clone()), vec![format!("search_path={}", rs.search_path)]);
     }
-    let records = d.objects().into_iter().map(|(object, origin)| Record { object, origin: origin.clone() }).collect();
+    let records =
+        d.objects().into_iter().map(|(object, origin)| Record { object, origin: origin.clone(), oid: None }).collect();
     Observed { servers: BTreeMap::from([("local".to_string(), s)]), records }
 }
 
@@ -584,4 +586,157 @@ fn schema_per_tenant_settings_go_on_the_shared_database() {
     let dbs: Vec<(&str, &[(String, String)])> =
         d.databases.iter().map(|db| (db.name.as_str(), &db.settings[..])).collect();
     assert_eq!(dbs, [("dev_users", &[("statement_timeout".to_string(), "1s".to_string())][..])]);
+}
+
+/// `applied(d)` with OIDs: every role and database gets one, and its record remembers it.
+fn applied_with_oids(d: &Desired) -> Observed {
+    let mut o = applied(d);
+    let s = o.servers.get_mut("local").unwrap();
+    let mut next = 16384;
+    let mut oids = BTreeMap::new();
+    for (name, r) in s.roles.iter_mut() {
+        next += 1;
+        r.oid = next;
+        oids.insert((ObjectKind::Role, name.clone()), next);
+    }
+    for (name, db) in s.databases.iter_mut() {
+        next += 1;
+        db.oid = next;
+        oids.insert((ObjectKind::Database, name.clone()), next);
+    }
+    for r in &mut o.records {
+        r.oid = oids.get(&(r.object.kind, r.object.name.clone())).copied();
+    }
+    o
+}
+
+#[test]
+fn objects_recreated_under_a_managed_name_are_a_conflict_until_adopted() {
+    let d = desired("dev", "modules:\n  - name: app\n    storage: database\n");
+    let mut o = applied_with_oids(&d);
+    check(
+        &d,
+        &o,
+        PlanOptions::default(),
+        expect![[r#"
+            No changes (env dev).
+        "#]],
+    );
+    let s = o.servers.get_mut("local").unwrap();
+    s.roles.get_mut("dev_app").unwrap().oid = 99001;
+    s.databases.get_mut("dev_app").unwrap().oid = 99002;
+    check(
+        &d,
+        &o,
+        PlanOptions::default(),
+        expect![[r#"
+        error:
+        role dev_app is not the one pgplane created: it was dropped and re-created outside pgplane (OID 16385, now 99001), so pgplane leaves it alone; adopt it with `pgplane adopt` or `pgplane apply --adopt` if it is meant to be env dev module app (owner_role), or drop it
+        database dev_app is not the one pgplane created: it was dropped and re-created outside pgplane (OID 16386, now 99002), so pgplane leaves it alone; adopt it with `pgplane adopt` or `pgplane apply --adopt` if it is meant to be env dev module app (database), or drop it
+    "#]],
+    );
+    check(
+        &d,
+        &o,
+        PlanOptions { adopt: true, prune: false },
+        expect![[r#"
+          1. adopt role dev_app  [local]  (re-created outside pgplane (OID 16385, now 99001) and --adopt was given: pgplane records it as its own)
+          2. adopt database dev_app  [local]  (re-created outside pgplane (OID 16386, now 99002) and --adopt was given: pgplane records it as its own)
+          3. set_password role dev_app  [local]  (adopted: pgplane sets a password it can hand out with `pgplane credentials`)
+             ALTER ROLE "dev_app" PASSWORD '********';
+        Plan: 3 changes: 0 to create, 3 to change, 0 to drop (env dev).
+    "#]],
+    );
+    let p = plan(&d, &o, PlanOptions { adopt: true, prune: false }).unwrap();
+    let adopt = p.actions.iter().find(|a| a.kind == pgplane_core::plan::ActionKind::Adopt).unwrap();
+    assert!(matches!(&adopt.record, pgplane_core::plan::RecordChange::Claim(r) if r.oid == Some(99001)));
+}
+
+#[test]
+fn recreated_orphans_are_forgotten_never_dropped() {
+    let before = desired(
+        "dev",
+        "modules:\n  - name: keep\n    storage: database\n  - name: users\n    storage: schema-per-tenant\ntenants:\n  - name: acme\n    modules: [users]\n",
+    );
+    let mut o = applied_with_oids(&before);
+    let s = o.servers.get_mut("local").unwrap();
+    s.roles.get_mut("dev_acme_users").unwrap().oid = 99001;
+    s.databases.get_mut("dev_users").unwrap().oid = 99002;
+    let after = desired("dev", "modules:\n  - name: keep\n    storage: database\n");
+    check(
+        &after,
+        &o,
+        PlanOptions { prune: true, adopt: false },
+        expect![[r#"
+          1. forget schema dev_users.acme_users  [local]  (another object holds its name (re-created outside pgplane); that one is left alone)
+          2. forget database dev_users  [local]  (another object holds its name (re-created outside pgplane); that one is left alone)
+          3. forget role dev_acme_users  [local]  (another object holds its name (re-created outside pgplane); that one is left alone)
+        orphaned (managed, no longer in the manifest; `apply --prune` drops them):
+          - role dev_users [local]
+        note: role dev_acme_users is not the one pgplane created (dropped and re-created outside pgplane: OID 16385, now 99001); pgplane never drops or alters it and forgets its record
+        note: database dev_users is not the one pgplane created (dropped and re-created outside pgplane: OID 16389, now 99002); pgplane never drops or alters it and forgets its record
+        note: schema dev_users.acme_users is not the one pgplane created (its database dev_users was dropped and re-created outside pgplane: OID 16389, now 99002); pgplane never drops or alters it and forgets its record
+        note: role dev_users is kept although orphaned: it owns database dev_users, which pgplane does not manage; reassign or drop those, then run apply --prune again
+        Plan: 3 changes: 0 to create, 3 to change, 0 to drop (env dev).
+    "#]],
+    );
+}
+
+#[test]
+fn actions_carry_the_oids_they_expect() {
+    let d = desired("dev", REGISTRY);
+    let mut o = applied_with_oids(&d);
+    let s = o.servers.get_mut("local").unwrap();
+    s.roles.get_mut("dev_registry_readonly").unwrap().superuser = true;
+    s.databases.get_mut("dev_registry").unwrap().privileges.insert(PUBLIC.into(), set(&["CONNECT"]));
+    let p = plan(&d, &o, PlanOptions::default()).unwrap();
+    let expects: Vec<String> = p
+        .actions
+        .iter()
+        .map(|a| {
+            let e: Vec<String> = a.expect.iter().map(|e| format!("{} {}={}", e.kind.as_str(), e.name, e.oid)).collect();
+            format!("{} {}: {}", a.kind.as_str(), a.target, e.join(", "))
+        })
+        .collect();
+    expect![[r#"
+        [
+            "alter_role role dev_registry_readonly: role dev_registry_readonly=16386",
+            "revoke_public database dev_registry: database dev_registry=16387",
+        ]
+    "#]]
+    .assert_debug_eq(&expects);
+}
+
+#[test]
+fn password_drift_is_repaired() {
+    use pgplane_core::observed::PasswordState;
+    let d = desired("dev", REGISTRY);
+    let mut o = applied(&d);
+    let s = o.servers.get_mut("local").unwrap();
+    s.roles.get_mut("dev_registry").unwrap().password = PasswordState::Differs;
+    s.roles.get_mut("dev_registry_readonly").unwrap().password = PasswordState::Missing;
+    check(
+        &d,
+        &o,
+        PlanOptions::default(),
+        expect![[r#"
+          1. set_password role dev_registry  [local]  (drift: its password is not the one pgplane derives (changed outside pgplane); `pgplane credentials` hands out the derived one)
+             ALTER ROLE "dev_registry" PASSWORD '********';
+          2. set_password role dev_registry_readonly  [local]  (drift: it has no password)
+             ALTER ROLE "dev_registry_readonly" PASSWORD '********';
+        Plan: 2 changes: 0 to create, 2 to change, 0 to drop (env dev).
+    "#]],
+    );
+    let s = o.servers.get_mut("local").unwrap();
+    for r in s.roles.values_mut() {
+        r.password = PasswordState::Matches;
+    }
+    check(
+        &d,
+        &o,
+        PlanOptions::default(),
+        expect![[r#"
+            No changes (env dev).
+        "#]],
+    );
 }

@@ -10,5 +10,6 @@ SELECT d.datname,
                FROM aclexplode(COALESCE(d.datacl, acldefault('d', d.datdba))) a
                LEFT JOIN pg_roles r ON r.oid = a.grantee) AS privileges,
        COALESCE((SELECT s.setconfig FROM pg_db_role_setting s
-                  WHERE s.setdatabase = d.oid AND s.setrole = 0), '{}') AS settings
+                  WHERE s.setdatabase = d.oid AND s.setrole = 0), '{}') AS settings,
+       d.oid
   FROM pg_database d

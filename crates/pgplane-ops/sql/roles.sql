@@ -14,7 +14,8 @@ SELECT r.rolname,
        r.rolcanlogin, r.rolsuper, r.rolcreatedb, r.rolcreaterole,
        r.rolreplication, r.rolbypassrls, r.rolinherit,
        COALESCE(deps.dependent_databases, '{}') AS dependent_databases,
-       COALESCE(deps.owns_objects_in, '{}') AS owns_objects_in
+       COALESCE(deps.owns_objects_in, '{}') AS owns_objects_in,
+       r.oid
   FROM pg_roles r
   LEFT JOIN deps ON deps.role = r.oid
  WHERE r.rolname !~ '^pg_'

@@ -71,6 +71,10 @@ pub struct BranchView {
     /// `expires_at` in seconds since the epoch, for gc.
     #[serde(skip)]
     pub expires_epoch: Option<i64>,
+    /// Set by delete and gc when the database under the branch's name was not pgplane's
+    /// and was left alone (see [`Branches::delete`]).
+    #[serde(skip)]
+    pub kept: Option<String>,
 }
 
 /// A branch `gc` dropped (or would drop), and why.
@@ -294,8 +298,9 @@ impl Branches {
         };
         let login = self.owner_login(server, owner).await?;
         admin.batch_execute(&connect("GRANT")).await?;
-        let sources: Vec<PathBuf> =
-            t.sources.iter().map(|p| migrate::module_source_path(&self.s.manifest.file, p)).collect();
+        let root = migrate::Root::manifest(&self.s.manifest.file)?;
+        let sources: Vec<(PathBuf, migrate::Root)> =
+            t.sources.iter().map(|p| (migrate::module_source_path(&self.s.manifest.file, p), root.clone())).collect();
         let contexts = if contexts.is_empty() { t.contexts.clone() } else { contexts.to_vec() };
         let target = migrate::Target {
             label: t.name.clone(),
@@ -470,8 +475,11 @@ impl Branches {
         let session_name = session_name(&self.env, &req.id);
         reap(admin, &session_name).await?;
         let sources: Vec<String> = match (&req.sources, &existing) {
-            (Some(s), _) => s.iter().map(|p| absolute(p)).collect::<Result<_>>()?,
-            (None, Some(b)) => b.sources.clone(),
+            (Some(s), _) => s.iter().map(|p| self.checked_source(p, opts)).collect::<Result<_>>()?,
+            (None, Some(b)) => {
+                b.sources.iter().try_for_each(|p| unchanged(p))?;
+                b.sources.clone()
+            }
             (None, None) => Vec::new(),
         };
         let contexts = if req.contexts.is_empty() { t.contexts.clone() } else { req.contexts.clone() };
@@ -638,6 +646,11 @@ impl Branches {
         opts: &DeployOptions,
     ) -> Result<Deployed> {
         if stamp == Stamp::Again {
+            if let Some(b) = self.record_of_database(database).await? {
+                if let Some(why) = self.ours(&b).await? {
+                    bail!("{why}; `pgplane branch delete {}` forgets the branch", b.id);
+                }
+            }
             drop_database(admin, database).await?;
         }
         if stamp != Stamp::Keep {
@@ -655,6 +668,14 @@ impl Branches {
             while_sessions(admin, &t.name, &sql, self.s.manifest.branches.template_sessions, opts)
                 .await
                 .with_context(|| format!("copying template {} to {database}", t.name))?;
+            // From now on the branch's database is this one, by OID.
+            let oid = database_oid(admin, database).await?.context("the branch's database vanished after its copy")?;
+            self.control
+                .execute(
+                    "UPDATE pgplane.branches SET database_oid = $3 WHERE env = $1 AND database = $2",
+                    &[&self.env, &database, &oid],
+                )
+                .await?;
         }
         let mut setup = format!("REVOKE ALL ON DATABASE {} FROM PUBLIC;", quote_ident(database));
         for (name, value) in &self.s.manifest.branches.settings {
@@ -675,13 +696,37 @@ impl Branches {
             schema: schema.to_string(),
             role: Some(owner.to_string()),
         };
-        let paths: Vec<PathBuf> = sources.iter().map(PathBuf::from).collect();
+        let paths = sources
+            .iter()
+            .map(|p| Ok((PathBuf::from(p), self.source_root(Path::new(p), opts)?)))
+            .collect::<Result<Vec<_>>>()?;
         let deployed = deploy(&target, &paths, contexts, self.module_ledger(&t.module), opts).await?;
         if deployed.error.is_none() {
             // Tables in schemas the candidate created get their read grants too.
             self.grant_readonly(server, database, owner).await?;
         }
         Ok(deployed)
+    }
+
+    /// The folder a branch source must stay inside (see [`migrate::Root`]): the manifest's
+    /// folder for API requests (`confine_to_manifest`), else the command line's rule.
+    fn source_root(&self, path: &Path, opts: &DeployOptions) -> Result<migrate::Root> {
+        if opts.confine_to_manifest {
+            migrate::Root::manifest(&self.s.manifest.file)
+        } else {
+            migrate::Root::cli(Some(&self.s.manifest.file), path)
+        }
+    }
+
+    /// A source given for a branch, as recorded: absolute with symlinks resolved (so
+    /// `reset` finds it from any folder), and inside its root now.
+    fn checked_source(&self, path: &str, opts: &DeployOptions) -> Result<String> {
+        let root = self.source_root(Path::new(path), opts)?;
+        let real = pgplane_core::confine::resolve(Path::new(path), root.path()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => anyhow::anyhow!("source {e}"),
+            _ => anyhow::anyhow!("source {path} cannot be read: {e}"),
+        })?;
+        Ok(real.display().to_string())
     }
 
     fn template_names(&self) -> String {
@@ -691,6 +736,11 @@ impl Branches {
         } else {
             names.join(", ")
         }
+    }
+
+    /// The branch of this environment whose database has this name.
+    async fn record_of_database(&self, database: &str) -> Result<Option<BranchView>> {
+        Ok(self.records(None, None).await?.into_iter().find(|b| b.database == database))
     }
 
     async fn record(&self, id: &str) -> Result<Option<BranchView>> {
@@ -738,29 +788,63 @@ impl Branches {
         Ok(None)
     }
 
-    /// Drops a branch's database (ending its sessions) and then its record.
+    /// Drops a branch's database (ending its sessions) and then its record. A database
+    /// under the branch's name that pgplane did not create (see [`Branches::ours`]) is
+    /// left alone; only the record goes, and `kept` says why.
     pub async fn delete(&self, id: &str, opts: &DeployOptions) -> Result<BranchView> {
         let _lock =
             self.lock(Lock::Exclusive, BRANCH_LOCK, &branch_key(&self.env, id), &format!("branch {id}"), opts).await?;
-        let Some(b) = self.record(id).await? else {
+        let Some(mut b) = self.record(id).await? else {
             return Err(crate::error::Error::not_found(format!(
                 "there is no branch {id:?} in environment {} (see `pgplane branch list`)",
                 self.env
             ))
             .into());
         };
-        self.drop_locked(&b).await?;
+        b.kept = self.drop_locked(&b).await?;
         Ok(b)
     }
 
-    /// With the branch's lock held: ends leftovers of a dead process, drops the database,
-    /// then forgets the record.
-    async fn drop_locked(&self, b: &BranchView) -> Result<()> {
+    /// Whether the database under a branch's name is the one pgplane created for it:
+    /// `Ok(None)` it is (or there is none), `Ok(Some(why))` it is not. The branch row
+    /// holds the database's OID from its creation; an older pgplane's row (OID 0) takes
+    /// the database under the name as its own.
+    async fn ours(&self, b: &BranchView) -> Result<Option<String>> {
+        let admin = self.admin(&b.server)?;
+        let Some(now) = database_oid(admin, &b.database).await? else { return Ok(None) };
+        let recorded: Option<u32> = self
+            .control
+            .query_one("SELECT database_oid FROM pgplane.branches WHERE env = $1 AND id = $2", &[&self.env, &b.id])
+            .await?
+            .get(0);
+        Ok(match recorded {
+            Some(0) => None,
+            Some(oid) if oid == now => None,
+            Some(oid) => Some(format!(
+                "database {} is not the one pgplane created for branch {} (OID {oid}, now {now}: dropped and re-created \
+                 outside pgplane); pgplane leaves it alone",
+                b.database, b.id
+            )),
+            None => Some(format!(
+                "database {} was not created by pgplane for branch {} (its deployment stopped before the copy was \
+                 recorded); pgplane leaves it alone — drop it by hand if it is a leftover",
+                b.database, b.id
+            )),
+        })
+    }
+
+    /// With the branch's lock held: ends leftovers of a dead process, drops the database
+    /// if it is pgplane's, then forgets the record. Returns why a database was kept.
+    async fn drop_locked(&self, b: &BranchView) -> Result<Option<String>> {
         let admin = self.admin(&b.server)?;
         reap(admin, &session_name(&self.env, &b.id)).await?;
-        drop_database(admin, &b.database).await.with_context(|| format!("dropping {}", b.database))?;
+        let kept = self.ours(b).await?;
+        match &kept {
+            None => drop_database(admin, &b.database).await.with_context(|| format!("dropping {}", b.database))?,
+            Some(why) => tracing::warn!(branch = %b.id, "{why}"),
+        }
         self.control.execute("DELETE FROM pgplane.branches WHERE env = $1 AND id = $2", &[&self.env, &b.id]).await?;
-        Ok(())
+        Ok(kept)
     }
 
     /// `branch delete --all [--match PATTERN]`: only branches pgplane has records of.
@@ -819,7 +903,8 @@ impl Branches {
             let mut current = known(&b, false);
             current.interrupted |= b.status == "RUNNING";
             let Some(again) = pgplane_core::branch::gc(&[current], keep, now().await?).pop() else { continue };
-            self.drop_locked(&b).await?;
+            let mut b = b;
+            b.kept = self.drop_locked(&b).await?;
             out.push(Dropped { branch: b, reason: again.reason });
         }
         Ok(out)
@@ -854,6 +939,7 @@ pub fn unknown(id: &str, database: String, template: &str, server: &str) -> Bran
         expires_at: None,
         operation_id: None,
         expires_epoch: None,
+        kept: None,
     }
 }
 
@@ -960,6 +1046,7 @@ fn view_of(r: &tokio_postgres::Row) -> Result<BranchView> {
         expires_at: r.get(11),
         operation_id: r.get(12),
         expires_epoch: r.get(13),
+        kept: None,
     })
 }
 
@@ -977,6 +1064,9 @@ pub struct BranchRequest {
 
 #[derive(Debug, Clone)]
 pub struct DeployOptions {
+    /// Sources must lie inside the manifest's folder (API requests); otherwise the command
+    /// line's rule applies (see [`migrate::Root`]).
+    pub confine_to_manifest: bool,
     pub lock_timeout: Duration,
     /// How long to wait for (or to keep terminating) sessions on the template.
     pub session_timeout: Duration,
@@ -1002,7 +1092,7 @@ pub struct Deployed {
 /// Applies sources in order to one target; stops at the first that fails.
 async fn deploy(
     target: &migrate::Target,
-    sources: &[PathBuf],
+    sources: &[(PathBuf, migrate::Root)],
     contexts: &[String],
     ledger: migrate::LedgerNames,
     opts: &DeployOptions,
@@ -1018,8 +1108,8 @@ async fn deploy(
     };
     // Every source is read (and rejected if bad) before anything runs.
     let mut loaded = Vec::new();
-    for path in sources {
-        loaded.push(migrate::Source::load(path).with_context(|| format!("source {}", path.display()))?);
+    for (path, root) in sources {
+        loaded.push(migrate::Source::load(path, root).with_context(|| format!("source {}", path.display()))?);
     }
     let mut runs = Vec::new();
     for source in &loaded {
@@ -1038,6 +1128,17 @@ async fn deploy(
         }
     }
     Ok(Deployed { runs, error: None, failure: None })
+}
+
+/// The OID of the database of this name, if there is one.
+async fn database_oid(admin: &Client, name: &str) -> Result<Option<u32>> {
+    Ok(admin
+        .query_opt(
+            "SELECT oid FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) $1::pg_catalog.text",
+            &[&name],
+        )
+        .await?
+        .map(|r| r.get(0)))
 }
 
 /// Whether a database of this name exists on the admin connection's server.
@@ -1126,10 +1227,18 @@ async fn reap(admin: &Client, name: &str) -> Result<()> {
     }
 }
 
-/// A source path as recorded: absolute, so `reset` finds it from any folder.
-fn absolute(path: &str) -> Result<String> {
-    let p = std::fs::canonicalize(path).with_context(|| format!("source {path} cannot be read"))?;
-    Ok(p.display().to_string())
+/// A recorded source (absolute, symlinks resolved when it was recorded) must still be
+/// that path: a folder on its way replaced by a symlink since would lead elsewhere.
+fn unchanged(path: &str) -> Result<()> {
+    let real = std::fs::canonicalize(path).with_context(|| format!("source {path} cannot be read"))?;
+    if real != Path::new(path) {
+        bail!(
+            "source {path} now leads to {} (a symlink on its way appeared since it was recorded); \
+             pass the sources again with --source",
+            real.display()
+        );
+    }
+    Ok(())
 }
 
 /// Waits for (or terminates) sessions connected to `database` until `deadline` (`timeout`

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 use pgplane_core::model::{ObjectKind, ObjectRef, Origin, Purpose, Record};
-use pgplane_core::observed::DbContents;
+use pgplane_core::observed::{DbContents, Observed};
 use tokio_postgres::Client;
 
 use crate::conn::{Role, Target};
@@ -24,7 +24,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../sql/control/0002_observations.sql")),
     (3, include_str!("../sql/control/0003_installation.sql")),
     (4, include_str!("../sql/control/0004_branches.sql")),
-    (5, include_str!("../sql/control/0005_jobs.sql")),
+    (5, include_str!("../sql/control/0005_identity.sql")),
+    (6, include_str!("../sql/control/0006_jobs.sql")),
 ];
 
 /// Advisory lock key that serializes every mutating pgplane operation on a server.
@@ -219,10 +220,13 @@ pub async fn forget_observations(c: &Client, server: &str, dbs: &[String]) -> Re
 }
 
 pub async fn read_records(c: &Client) -> Result<Vec<Record>> {
+    // `object_oid` through to_jsonb: read-only commands also read a control database an
+    // older pgplane created and did not migrate (the column is missing there).
     let rows = c
         .query(
-            "SELECT server, kind, database, name, env, module, tenant, purpose
-               FROM pgplane.objects ORDER BY server, kind, database, name",
+            "SELECT server, kind, database, name, env, module, tenant, purpose,
+                    (pg_catalog.to_jsonb(o) OPERATOR(pg_catalog.->>) 'object_oid')::pg_catalog.oid
+               FROM pgplane.objects o ORDER BY server, kind, database, name",
             &[],
         )
         .await
@@ -246,9 +250,38 @@ pub async fn read_records(c: &Client) -> Result<Vec<Record>> {
                     purpose: Purpose::parse(&purpose)
                         .with_context(|| format!("unknown purpose {purpose:?} in the control database"))?,
                 },
+                oid: r.get(8),
             })
         })
         .collect()
+}
+
+/// Records the OID of a role or database pgplane just created or adopted.
+pub async fn set_oid(c: &Client, r: &Record, oid: u32) -> Result<()> {
+    c.execute(
+        "UPDATE pgplane.objects SET object_oid = $5 WHERE server = $1 AND kind = $2 AND database = $3 AND name = $4",
+        &[&r.object.server, &r.object.kind.as_str(), &r.object.database, &r.object.name, &oid],
+    )
+    .await
+    .with_context(|| format!("recording the identity of {} in the control database", r.object.display()))?;
+    Ok(())
+}
+
+/// Records of `env` written without an OID (by an older pgplane, or by an apply that died
+/// right after its CREATE) get the OID of the object now under their name: the first
+/// time apply sees the object, it takes it as the one it created. Returns how many.
+pub async fn fill_oids(c: &Client, env: &str, observed: &Observed) -> Result<usize> {
+    let mut filled = 0;
+    for r in observed.records.iter().filter(|r| r.origin.env == env && r.oid.is_none()) {
+        if let Some(oid) = observed.servers.get(&r.object.server).and_then(|s| s.oid(r.object.kind, &r.object.name)) {
+            set_oid(c, r, oid).await?;
+            filled += 1;
+        }
+    }
+    if filled > 0 {
+        tracing::info!(env, records = filled, "recorded the identity (OID) of objects recorded without one");
+    }
+    Ok(filled)
 }
 
 /// Records `r` as managed. Returns true when the record is new, false when it was there
@@ -256,8 +289,8 @@ pub async fn read_records(c: &Client) -> Result<Vec<Record>> {
 pub async fn claim(c: &Client, r: &Record) -> Result<bool> {
     let inserted = c
         .execute(
-            "INSERT INTO pgplane.objects (server, kind, database, name, env, module, tenant, purpose)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO pgplane.objects (server, kind, database, name, env, module, tenant, purpose, object_oid)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (server, kind, database, name) DO NOTHING",
             &[
                 &r.object.server,
@@ -268,6 +301,7 @@ pub async fn claim(c: &Client, r: &Record) -> Result<bool> {
                 &r.origin.module,
                 &r.origin.tenant,
                 &r.origin.purpose.as_str(),
+                &r.oid,
             ],
         )
         .await
@@ -292,6 +326,10 @@ pub async fn claim(c: &Client, r: &Record) -> Result<bool> {
             .with_context(|| format!("unknown purpose {purpose:?} in the control database"))?,
     };
     if origin == r.origin {
+        // Adopting a re-created object: the record now names the new one.
+        if let Some(oid) = r.oid {
+            set_oid(c, r, oid).await?;
+        }
         return Ok(false);
     }
     bail!(
@@ -333,6 +371,59 @@ pub async fn bump_generation(c: &tokio_postgres::Transaction<'_>, server: &str, 
         )
         .await?;
     Ok(row.get(0))
+}
+
+// ----- the secret key and password checks ----------------------------------------------
+
+/// The fingerprint of the secret key recorded in the control database (`None`: none yet,
+/// or a control database of an older pgplane).
+pub async fn key_fingerprint(c: &Client) -> Result<Option<String>> {
+    let row = c
+        .query_opt(
+            "SELECT pg_catalog.to_jsonb(i) OPERATOR(pg_catalog.->>) 'key_fingerprint' FROM pgplane.installation i",
+            &[],
+        )
+        .await
+        .context("reading the secret key's fingerprint")?;
+    Ok(row.and_then(|r| r.get(0)))
+}
+
+/// Records which secret key this control database's passwords derive from (apply only).
+pub async fn set_key_fingerprint(c: &Client, fingerprint: &str) -> Result<()> {
+    c.execute("UPDATE pgplane.installation SET key_fingerprint = $1", &[&fingerprint])
+        .await
+        .context("recording the secret key's fingerprint")?;
+    Ok(())
+}
+
+/// Per (server, role): the password generation and the verifier token last found to match
+/// (see `0005_identity.sql`).
+pub async fn password_records(c: &Client) -> Result<BTreeMap<(String, String), (i32, Option<String>)>> {
+    let rows = c
+        .query(
+            "SELECT server, role, generation, pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'verified'
+               FROM pgplane.role_secrets s",
+            &[],
+        )
+        .await
+        .context("reading password generations")?;
+    Ok(rows.into_iter().map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3)))).collect())
+}
+
+/// Remembers verifiers found (or set) to match the derived password at `generation`, so the
+/// next check is a string comparison. A row of a newer generation is left as it is.
+pub async fn store_verified(c: &Client, verified: &[(String, String, i32, String)]) -> Result<()> {
+    for (server, role, generation, token) in verified {
+        c.execute(
+            "INSERT INTO pgplane.role_secrets (server, role, generation, verified) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (server, role) DO UPDATE SET verified = EXCLUDED.verified
+              WHERE pgplane.role_secrets.generation = EXCLUDED.generation",
+            &[server, role, generation, token],
+        )
+        .await
+        .context("remembering checked passwords")?;
+    }
+    Ok(())
 }
 
 /// An operation's journal entry (a job of this process, see [`crate::jobs`]): started

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result};
 use pgplane_core::ident::quote_literal;
+use pgplane_core::model::ObjectKind;
 use pgplane_core::plan::{Action, ActionKind, Plan, RecordChange, SqlPart};
 use tokio_postgres::Client;
 
@@ -148,18 +149,48 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
+    /// The OID of a role or database on `server` now (`None`: there is none of that name).
+    async fn current_oid(&mut self, server: &str, kind: ObjectKind, name: &str) -> Result<Option<u32>> {
+        let sql = match kind {
+            ObjectKind::Role => {
+                "SELECT oid FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $1::pg_catalog.text"
+            }
+            ObjectKind::Database => {
+                "SELECT oid FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) $1::pg_catalog.text"
+            }
+            ObjectKind::Schema | ObjectKind::Extension => return Ok(None),
+        };
+        let client = self.client(server, None).await?;
+        Ok(client.query_opt(sql, &[&name]).await?.map(|r| r.get(0)))
+    }
+
     async fn run_sql(&mut self, action: &Action) -> Result<()> {
         if !action.sql.is_empty() {
+            // Every role and database the statement acts on or runs in is still the one the
+            // plan saw: one dropped and re-created by someone else meanwhile is not ours.
+            for e in &action.expect {
+                let now = self.current_oid(&action.server, e.kind, &e.name).await?;
+                if now != Some(e.oid) {
+                    return Err(anyhow::Error::new(Rejected(format!(
+                        "{} {} is no longer the one the plan saw (OID {}, now {}): it was dropped or re-created \
+                         outside pgplane meanwhile; nothing more runs, plan again",
+                        e.kind.as_str(),
+                        e.name,
+                        e.oid,
+                        now.map_or_else(|| "none".to_string(), |o| o.to_string())
+                    ))));
+                }
+            }
             // Resolve passwords to SCRAM verifiers: the server never sees a password.
             let mut verifiers = HashMap::new();
             for part in &action.sql.0 {
                 if let SqlPart::Password { role } = part {
                     let generation = control::generation(self.control, &action.server, role).await?;
                     let password = self.keys.password(&action.server, role, generation);
-                    verifiers.insert(role.clone(), quote_literal(&scram_verifier(&password)));
+                    verifiers.insert(role.clone(), (generation, scram_verifier(&password)));
                 }
             }
-            let sql = action.sql.render(|role| verifiers[role].clone());
+            let sql = action.sql.render(|role| quote_literal(&verifiers[role].1));
             if action.kind == ActionKind::DropDatabase {
                 // Our own cached connections to it would block nothing (FORCE), but are useless after.
                 if let Some(db) = action.target.strip_prefix("database ") {
@@ -168,6 +199,23 @@ impl<'a> Executor<'a> {
             }
             let client = self.client(&action.server, action.database.as_deref()).await?;
             client.batch_execute(&sql).await.map_err(pg_error)?;
+            // What pgplane just created is known by its OID from now on.
+            if let (ActionKind::CreateRole | ActionKind::CreateDatabase, RecordChange::Claim(rec)) =
+                (action.kind, &action.record)
+            {
+                if let Some(oid) = self.current_oid(&action.server, rec.object.kind, &rec.object.name).await? {
+                    control::set_oid(self.control, rec, oid).await?;
+                }
+            }
+            // The verifiers just set match their passwords: the next drift check compares strings.
+            let verified: Vec<(String, String, i32, String)> = verifiers
+                .into_iter()
+                .map(|(role, (generation, verifier))| {
+                    let token = self.keys.verified_token(&action.server, &role, generation, &verifier);
+                    (action.server.clone(), role, generation, token)
+                })
+                .collect();
+            control::store_verified(self.control, &verified).await?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::net::TcpListener;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -74,7 +74,15 @@ impl LocalServer {
 
     /// Starts the server (initialising it first if needed); returns at once when it runs.
     pub fn start(&self, keys: &Keyring, port: Option<u16>) -> Result<LocalStatus> {
-        fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        if let Some(home) = self.dir.parent() {
+            crate::secrets::create_home(home)?;
+        }
+        match fs::create_dir(&self.dir) {
+            Ok(()) => fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {} private", self.dir.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", self.dir.display())),
+        }
         let lock = fs::File::create(self.dir.join(".lock")).context("creating the local server lock file")?;
         lock.lock().context("locking the local server folder")?;
         let result = self.start_locked(keys, port);
@@ -318,6 +326,16 @@ impl Runner {
             return Ok(());
         };
         chown_tree(dir, uid, gid)?;
+        // A home created private (0700, root's) closes `local/` to the server user: let
+        // its group pass through (0710), without listing or reading anything in it.
+        if let Some(home) = dir.parent() {
+            let meta = fs::metadata(home).with_context(|| format!("reading {}", home.display()))?;
+            if meta.uid() == 0 && meta.mode() & 0o777 == 0o700 {
+                std::os::unix::fs::chown(home, None, Some(gid)).with_context(|| format!("chgrp {}", home.display()))?;
+                fs::set_permissions(home, fs::Permissions::from_mode(0o710))
+                    .with_context(|| format!("letting the server user through {}", home.display()))?;
+            }
+        }
         let ok = Command::new("runuser")
             .args(["-u", SERVER_OS_USER, "--", "test", "-w"])
             .arg(dir)

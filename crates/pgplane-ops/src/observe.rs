@@ -8,11 +8,12 @@ use anyhow::{Context, Result};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use pgplane_core::model::{Desired, Record};
 use pgplane_core::observed::{
-    Contents, DatabaseState, DbContents, Observed, Privileges, RoleState, SchemaState, ServerState,
+    Contents, DatabaseState, DbContents, Observed, PasswordState, Privileges, RoleState, SchemaState, ServerState,
 };
 use tokio_postgres::Client;
 
 use crate::conn::{Servers, Target};
+use crate::secrets::Keyring;
 
 const ROLES: &str = include_str!("../sql/roles.sql");
 const DATABASES: &str = include_str!("../sql/databases.sql");
@@ -22,6 +23,7 @@ const EXTENSIONS: &str = include_str!("../sql/extensions.sql");
 const DEFAULT_SELECT: &str = include_str!("../sql/default_select.sql");
 const SELECT_ALL: &str = include_str!("../sql/select_all.sql");
 const FINGERPRINTS: &str = include_str!("../sql/fingerprints.sql");
+const ROLE_PASSWORDS: &str = include_str!("../sql/role_passwords.sql");
 
 /// How many databases are read at once.
 const PARALLEL_READS: usize = 8;
@@ -175,6 +177,7 @@ pub async fn read_cluster(admin: &Client) -> Result<ServerState> {
         state.roles.insert(
             r.get(0),
             RoleState {
+                oid: r.get(10),
                 login: r.get(1),
                 superuser: r.get(2),
                 createdb: r.get(3),
@@ -184,6 +187,7 @@ pub async fn read_cluster(admin: &Client) -> Result<ServerState> {
                 inherit: r.get(7),
                 dependent_databases: deps.into_iter().collect(),
                 owns_objects_in: owns.into_iter().collect(),
+                password: PasswordState::Unknown,
             },
         );
     }
@@ -191,6 +195,7 @@ pub async fn read_cluster(admin: &Client) -> Result<ServerState> {
         state.databases.insert(
             d.get(0),
             DatabaseState {
+                oid: d.get(6),
                 owner: d.get(1),
                 connection_limit: d.get(2),
                 is_template: d.get(3),
@@ -224,4 +229,82 @@ pub async fn read_contents(c: &Client, readers: &[String]) -> Result<DbContents>
         default_select: defaults.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect(),
         select_all: select_all.into_iter().map(|r| (r.get(0), r.get(1))).collect(),
     })
+}
+
+/// What [`check_passwords`] found: how many managed roles it compared and how many did
+/// not match (for the secret key check), and verifiers newly found to match (for
+/// `control::store_verified`, which only apply writes).
+#[derive(Debug, Default)]
+pub struct PasswordCheck {
+    pub checked: usize,
+    pub differing: usize,
+    pub verified: Vec<(String, String, i32, String)>,
+}
+
+/// Fills [`RoleState::password`] for every role of `desired` that pgplane manages (recorded
+/// for the same origin, existing, not re-created outside pgplane): its stored verifier
+/// against the password the secret key derives at the role's generation. A verifier
+/// checked before (its token in the control database) is compared as a string; others
+/// need one SCRAM derivation each.
+pub async fn check_passwords(
+    observed: &mut Observed,
+    desired: &Desired,
+    admins: &BTreeMap<String, Client>,
+    control: &Client,
+    keys: &Keyring,
+) -> Result<PasswordCheck> {
+    let records: BTreeMap<&pgplane_core::model::ObjectRef, &Record> =
+        observed.records.iter().map(|r| (&r.object, r)).collect();
+    let mut managed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in &desired.roles {
+        let obj = pgplane_core::model::ObjectRef::cluster(&r.server, pgplane_core::model::ObjectKind::Role, &r.name);
+        let Some(rec) = records.get(&obj).filter(|rec| rec.origin == r.origin) else { continue };
+        let Some(state) = observed.servers.get(&r.server) else { continue };
+        if state.roles.contains_key(&r.name) && state.replaced(rec).is_none() {
+            managed.entry(r.server.clone()).or_default().push(r.name.clone());
+        }
+    }
+    let mut check = PasswordCheck::default();
+    if managed.is_empty() {
+        return Ok(check);
+    }
+    let generations = crate::control::password_records(control).await?;
+    for (server, roles) in managed {
+        let Some(admin) = admins.get(&server) else { continue };
+        let rows = match admin.query(ROLE_PASSWORDS, &[&roles]).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Not a superuser: the passwords stay unknown rather than the plan failing.
+                tracing::warn!(server, error = %crate::exec::pg_error(e), "cannot read role passwords; password drift is not checked");
+                continue;
+            }
+        };
+        let stored: BTreeMap<String, Option<String>> = rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+        let Some(state) = observed.servers.get_mut(&server) else { continue };
+        for role in roles {
+            let (generation, token) = generations.get(&(server.clone(), role.clone())).cloned().unwrap_or((1, None));
+            let found = match stored.get(&role).cloned().flatten() {
+                None => PasswordState::Missing,
+                Some(v) => {
+                    let want = keys.verified_token(&server, &role, generation, &v);
+                    if token.as_deref() == Some(want.as_str()) {
+                        PasswordState::Matches
+                    } else if crate::secrets::verifier_matches(&keys.password(&server, &role, generation), &v) {
+                        check.verified.push((server.clone(), role.clone(), generation, want));
+                        PasswordState::Matches
+                    } else {
+                        PasswordState::Differs
+                    }
+                }
+            };
+            check.checked += 1;
+            if found != PasswordState::Matches {
+                check.differing += 1;
+            }
+            if let Some(r) = state.roles.get_mut(&role) {
+                r.password = found;
+            }
+        }
+    }
+    Ok(check)
 }

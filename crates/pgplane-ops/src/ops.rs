@@ -72,6 +72,10 @@ pub struct Session {
     pub desired: Desired,
     pub servers: Servers,
     pub admins: BTreeMap<String, Client>,
+    /// The home folder, for the secret key (password drift is checked against it).
+    pub home: PathBuf,
+    /// `apply --new-secret-key`: the current key replaces the recorded one.
+    pub new_secret_key: bool,
 }
 
 impl Session {
@@ -92,7 +96,7 @@ impl Session {
             objects = desired.objects().len(),
             "manifest read, servers connected"
         );
-        Ok(Session { manifest, desired, servers, admins })
+        Ok(Session { manifest, desired, servers, admins, home: ctx.home.clone(), new_secret_key: false })
     }
 
     /// Creates the control database if needed, takes the lock in it, ends statements a
@@ -133,7 +137,24 @@ impl Session {
             (Some(c), false) => Depth::Cached(c),
             _ => Depth::Deep,
         };
-        let (observed, _) = observe::observe(&self.servers, &self.admins, &self.desired, records, depth).await?;
+        let (mut observed, _) = observe::observe(&self.servers, &self.admins, &self.desired, records, depth).await?;
+        if let Some(c) = &control {
+            // Password drift, and a secret key that is not the one the passwords derive from.
+            let keys = Keyring::load_existing(&self.home)?;
+            let check = match &keys {
+                Some(k) => observe::check_passwords(&mut observed, &self.desired, &self.admins, c, k).await?,
+                None => observe::PasswordCheck::default(),
+            };
+            let recorded = control::key_fingerprint(c).await?;
+            crate::secrets::check_key(
+                recorded.as_deref(),
+                keys.as_ref(),
+                &self.home,
+                check.checked,
+                check.differing,
+                false,
+            )?;
+        }
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "observed");
         let plan = plan(&self.desired, &observed, opts)?;
         tracing::debug!(ms = started.elapsed().as_millis() as u64, actions = plan.actions.len(), "planned");
@@ -144,8 +165,25 @@ impl Session {
     pub async fn lock_and_plan(&self, opts: PlanOptions, lock_timeout: Duration) -> Result<Locked> {
         let (lock, control) = self.lock(lock_timeout).await?;
         let records = control::read_records(&control).await?;
-        let (observed, fresh) =
+        let (mut observed, fresh) =
             observe::observe(&self.servers, &self.admins, &self.desired, records.clone(), Depth::Deep).await?;
+        // Records without an OID (an older pgplane's) name what is there now.
+        control::fill_oids(&control, &self.desired.env, &observed).await?;
+        let keys = Keyring::load(&self.home)?;
+        let check = observe::check_passwords(&mut observed, &self.desired, &self.admins, &control, &keys).await?;
+        let recorded = control::key_fingerprint(&control).await?;
+        crate::secrets::check_key(
+            recorded.as_deref(),
+            Some(&keys),
+            &self.home,
+            check.checked,
+            check.differing,
+            self.new_secret_key,
+        )?;
+        if recorded.as_deref() != Some(keys.fingerprint().as_str()) {
+            control::set_key_fingerprint(&control, &keys.fingerprint()).await?;
+        }
+        control::store_verified(&control, &check.verified).await?;
         let plan = plan(&self.desired, &observed, opts)?;
         Ok(Locked { lock, control, plan, fresh, records })
     }

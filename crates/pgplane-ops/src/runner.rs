@@ -118,7 +118,13 @@ fn request<T: for<'de> Deserialize<'de>>(job: &Job) -> Result<T> {
 
 /// How long a job waits for locks and for sessions on a template.
 fn deploy_options() -> DeployOptions {
-    DeployOptions { lock_timeout: Duration::from_secs(300), session_timeout: Duration::from_secs(60), live: false }
+    DeployOptions {
+        lock_timeout: Duration::from_secs(300),
+        session_timeout: Duration::from_secs(60),
+        live: false,
+        // Jobs come from requests: their sources stay inside the manifest's folder.
+        confine_to_manifest: true,
+    }
 }
 
 /// Runs jobs against one manifest (as a `serve` replica or `pgplane worker` does).

@@ -582,6 +582,11 @@ pub struct ApplyArgs {
     /// Take over existing objects with target names that pgplane does not manage.
     #[arg(long)]
     pub adopt: bool,
+    /// The secret key was replaced on purpose: record it as this control database's key
+    /// and set every managed role's password anew (deployments need new credentials).
+    /// Without it, apply stops when the key is not the one the passwords derive from.
+    #[arg(long)]
+    pub new_secret_key: bool,
 }
 
 #[derive(Debug, Args)]

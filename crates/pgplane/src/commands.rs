@@ -39,7 +39,8 @@ fn require_confirmation_possible(yes: bool, verb: &str) -> Result<()> {
 
 pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
     require_confirmation_possible(args.change.yes, "apply")?;
-    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
+    let mut s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
+    s.new_secret_key = args.new_secret_key;
     let locked =
         s.lock_and_plan(PlanOptions { prune: args.prune, adopt: args.adopt }, args.change.lock_timeout).await?;
     let (code, doc) = run_locked(ctx, &s, locked, "apply", &args.change).await?;
@@ -91,7 +92,13 @@ pub async fn adopt(ctx: &mut Ctx, args: AdoptArgs) -> Result<i32> {
     require_confirmation_possible(args.change.yes, "adopt")?;
     let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
     let mut locked = s.lock_and_plan(PlanOptions { prune: false, adopt: true }, args.change.lock_timeout).await?;
-    locked.plan.actions.retain(|a| matches!(a.kind, ActionKind::Adopt | ActionKind::SetPassword));
+    // Adoptions and the passwords of the adopted roles; other repairs are apply's.
+    let adopted: std::collections::BTreeSet<String> =
+        locked.plan.actions.iter().filter(|a| a.kind == ActionKind::Adopt).map(|a| a.target.clone()).collect();
+    locked
+        .plan
+        .actions
+        .retain(|a| a.kind == ActionKind::Adopt || (a.kind == ActionKind::SetPassword && adopted.contains(&a.target)));
     locked.plan.orphans.clear();
     let (code, doc) = run_locked(ctx, &s, locked, "adopt", &args.change).await?;
     print_doc(doc)?;
@@ -177,11 +184,31 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
         };
         let (observed, plan) = match &desired {
             Some(d) => {
-                let (obs, _) = observe::observe(&servers, &admins, d, records.clone(), depth()).await?;
+                let (mut obs, _) = observe::observe(&servers, &admins, d, records.clone(), depth()).await?;
+                // Password drift shows as a repair; a wrong secret key is named instead.
+                if let Some(c) = &control_db {
+                    let keys = secrets::Keyring::load_existing(&ctx.home)?;
+                    let check = match &keys {
+                        Some(k) => observe::check_passwords(&mut obs, d, &admins, c, k).await?,
+                        None => observe::PasswordCheck::default(),
+                    };
+                    let recorded = control::key_fingerprint(c).await?;
+                    if let Err(e) = secrets::check_key(
+                        recorded.as_deref(),
+                        keys.as_ref(),
+                        &ctx.home,
+                        check.checked,
+                        check.differing,
+                        false,
+                    ) {
+                        problem = Some(format!("{e:#}"));
+                    }
+                }
                 let plan = match pgplane_core::plan::plan(d, &obs, PlanOptions::default()) {
                     Ok(p) => Some(p),
                     Err(e) => {
-                        problem = Some(format!("drift unknown: no plan for env {env}: {e}"));
+                        let p = format!("drift unknown: no plan for env {env}: {e}");
+                        problem = Some(problem.map_or(p.clone(), |k| format!("{k}\n  {p}")));
                         None
                     }
                 };
@@ -206,6 +233,9 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
                 .map(|a| json!({"kind": a.kind.as_str(), "why": a.why, "sql": a.sql.redacted()}))
                 .collect();
             let in_manifest = wanted.as_ref().map(|w| w.contains(&r.object));
+            // Another object under the recorded name: not pgplane's (dropped and re-created).
+            let replaced =
+                server.and_then(|s| s.replaced(r)).map(|(was, now)| json!({"recorded_oid": was, "oid": now}));
             objects.push(json!({
                 "kind": r.object.kind.as_str(),
                 "name": r.object.name,
@@ -216,6 +246,7 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
                 "purpose": r.origin.purpose.as_str(),
                 "exists": exists,
                 "in_manifest": in_manifest,
+                "replaced": replaced,
                 "drift": drift,
             }));
         }
@@ -246,6 +277,12 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
                 Some(false) => "MISSING".to_string(),
                 None => "unknown".to_string(),
             };
+            if !o["replaced"].is_null() {
+                state = format!(
+                    "NOT PGPLANE'S (dropped and re-created outside pgplane: OID {}, now {})",
+                    o["replaced"]["recorded_oid"], o["replaced"]["oid"]
+                );
+            }
             if o["in_manifest"] == json!(false) {
                 state.push_str(", orphaned");
             }
@@ -274,6 +311,9 @@ pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
     let (generation, _lock) = if args.rotate {
         let (lock, mut c) = s.lock(std::time::Duration::from_secs(300)).await?;
         ensure_managed(&c, &s.desired, &server, &role).await.with_context(not_applied)?;
+        // Never set a password derived from a key the others do not have.
+        let recorded = control::key_fingerprint(&c).await?;
+        secrets::check_key(recorded.as_deref(), Some(ctx.keys()?), &ctx.home, 0, 0, false)?;
         let op = control::Journal::start(&c, None, "rotate", Some(&s.desired.env)).await?;
         // The new generation commits only once the server has the new verifier.
         let tx = c.transaction().await?;
@@ -301,9 +341,32 @@ pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
     } else {
         let c = control::open_existing(s.servers.first(), s.first_admin()).await?.with_context(not_applied)?;
         ensure_managed(&c, &s.desired, &server, &role).await.with_context(not_applied)?;
+        let recorded = control::key_fingerprint(&c).await?;
+        secrets::check_key(recorded.as_deref(), Some(ctx.keys()?), &ctx.home, 0, 0, false)?;
         (control::generation(&c, &server, &role).await?, None)
     };
     let password = ctx.keys()?.password(&server, &role, generation);
+    // Hand out only a password that works: the server's verifier must be this password's.
+    let stored = s.admins[&server]
+        .query_opt(
+            "SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname OPERATOR(pg_catalog.=) $1::pg_catalog.text",
+            &[&role],
+        )
+        .await;
+    match stored {
+        Ok(Some(row)) => {
+            let verifier: Option<String> = row.get(0);
+            if !verifier.as_deref().is_some_and(|v| secrets::verifier_matches(&password, v)) {
+                bail!(
+                    "the password of role {role} on server {server} is not the one pgplane derives (changed outside \
+                     pgplane, or set with another secret key); `pgplane plan` shows it and `pgplane apply` repairs it"
+                );
+            }
+        }
+        Ok(None) => bail!("role {role} does not exist on server {server}; run `pgplane apply`"),
+        // pg_authid needs a superuser: without one, the password is handed out unchecked.
+        Err(e) => tracing::warn!(error = %exec::pg_error(e), "cannot read the role's password; not checked"),
+    }
     let (host, port) = target.host_port();
     let url = format!("postgresql://{role}:{password}@{}:{port}/{}", url_host(&host), database);
     let print = |k: &str, v: &str| format!("{k}={v}");
@@ -572,7 +635,7 @@ pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
     }
     let runs = if let Some(url) = &args.url {
         let path = args.source.as_deref().context("--url needs --source PATH")?;
-        let source = migrate::Source::load(path)?;
+        let source = migrate::Source::load(path, &migrate::Root::own(path)?)?;
         let server = crate::conn::Target::from_url("url", url)?;
         let database = server.config.get_dbname().unwrap_or("postgres").to_string();
         let target = migrate::Target {
@@ -642,7 +705,12 @@ pub async fn template(ctx: &mut Ctx, command: TemplateCommand) -> Result<i32> {
 }
 
 fn deploy_options(args: &crate::cli::DeployArgs, live: bool) -> branch::DeployOptions {
-    branch::DeployOptions { lock_timeout: args.lock_timeout, session_timeout: args.session_timeout, live }
+    branch::DeployOptions {
+        lock_timeout: args.lock_timeout,
+        session_timeout: args.session_timeout,
+        live,
+        confine_to_manifest: false,
+    }
 }
 
 pub async fn branch(ctx: &mut Ctx, command: BranchCommand) -> Result<i32> {
@@ -716,7 +784,10 @@ pub async fn branch(ctx: &mut Ctx, command: BranchCommand) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&json!({"deleted": dropped}))?);
             } else {
                 for v in &dropped {
-                    println!("deleted branch {} (database {})", v.id, v.database);
+                    match &v.kept {
+                        None => println!("deleted branch {} (database {})", v.id, v.database),
+                        Some(why) => println!("deleted branch {} record only: {why}", v.id),
+                    }
                 }
                 if dropped.is_empty() {
                     println!("no branch matched; nothing deleted");
@@ -745,6 +816,9 @@ pub async fn branch(ctx: &mut Ctx, command: BranchCommand) -> Result<i32> {
                 let verb = if a.dry_run { "would drop" } else { "dropped" };
                 for d in &dropped {
                     println!("{verb} branch {} (database {}): {}", d.branch.id, d.branch.database, d.reason);
+                    if let Some(why) = &d.branch.kept {
+                        println!("  record only: {why}");
+                    }
                 }
                 if dropped.is_empty() {
                     println!("nothing to drop");
@@ -757,7 +831,7 @@ pub async fn branch(ctx: &mut Ctx, command: BranchCommand) -> Result<i32> {
 
 /// Options of commands that deploy nothing (delete, gc).
 fn plain_options(lock_timeout: std::time::Duration) -> branch::DeployOptions {
-    branch::DeployOptions { lock_timeout, session_timeout: lock_timeout, live: false }
+    branch::DeployOptions { lock_timeout, session_timeout: lock_timeout, live: false, confine_to_manifest: false }
 }
 
 fn print_branch(v: &branch::BranchView, json_out: bool) -> Result<i32> {

@@ -1,5 +1,24 @@
 //! The `pgplane` binary: parse arguments, set up logging, run one command, exit.
 
+// Every print of this crate goes through `output`: control characters that come from the
+// catalog or from requests are escaped, and a stdout closed by its reader (`| head -1`)
+// ends the process quietly instead of panicking. Defined before the modules, these shadow
+// the standard macros in all of them.
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::output::write_stdout(&::std::format!($($arg)*)) };
+}
+macro_rules! println {
+    () => { $crate::output::write_stdout("\n") };
+    ($($arg:tt)*) => {{ let mut s = ::std::format!($($arg)*); s.push('\n'); $crate::output::write_stdout(&s) }};
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::output::write_stderr(&::std::format!($($arg)*)) };
+}
+macro_rules! eprintln {
+    () => { $crate::output::write_stderr("\n") };
+    ($($arg:tt)*) => {{ let mut s = ::std::format!($($arg)*); s.push('\n'); $crate::output::write_stderr(&s) }};
+}
+
 mod cli;
 mod commands;
 mod output;

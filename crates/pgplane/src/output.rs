@@ -140,3 +140,72 @@ impl Events for Terminal {
         }
     }
 }
+
+// ----- text on stdout and stderr -------------------------------------------------------
+
+/// Text for a terminal: control characters that could move the cursor, change colours,
+/// set the window title or rewrite what was printed (C0 controls but tab and newline, DEL,
+/// C1 controls, and Unicode's bidirectional overrides) are shown as `\u001b`-style
+/// escapes. Names, comments, labels and error messages come from the catalog and from
+/// requests; none of them may drive the operator's terminal. The escape is also valid
+/// inside a JSON string, so `--json` output stays parseable.
+pub fn clean(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.contains(bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if bad(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Exit status when stdout was closed by its reader (`pgplane … | head -1`): what a shell
+/// reports for a program that SIGPIPE ended (128 + 13), as for other Unix tools.
+pub const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Writes to stdout (what `print!`/`println!` expand to in this crate, see `main.rs`).
+/// When the reader went away (EPIPE) the process ends quietly with
+/// [`BROKEN_PIPE_EXIT`], as a Unix tool that SIGPIPE ends: no panic, no message. Other
+/// write errors are ignored, as `print!` would have panicked on them for no gain.
+pub fn write_stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let result = out.write_all(clean(text).as_bytes()).and_then(|()| out.flush());
+    if let Err(e) = result {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+    }
+}
+
+/// Writes to stderr (`eprint!`/`eprintln!`); a closed stderr is ignored: there is nobody
+/// left to tell, and the command's work and exit status stay as they are.
+pub fn write_stderr(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(clean(text).as_bytes()).and_then(|()| err.flush());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(clean("plain\ttext\n"), "plain\ttext\n");
+        assert_eq!(clean("a\x1b[2Jb"), "a\\u001b[2Jb");
+        assert_eq!(clean("x\ry\x07\x7f"), "x\\u000dy\\u0007\\u007f");
+        assert_eq!(clean("c1\u{9b}31m"), "c1\\u009b31m");
+        assert_eq!(clean("rtl\u{202e}txt"), "rtl\\u202etxt");
+        assert_eq!(clean("ünïcödé stays"), "ünïcödé stays");
+        let json = serde_json::to_string(&serde_json::json!({"c": "a\u{9b}b\u{1b}"})).expect("json");
+        let cleaned: serde_json::Value = serde_json::from_str(&clean(&json)).expect("still JSON");
+        assert_eq!(cleaned["c"], "a\u{9b}b\u{1b}");
+    }
+}

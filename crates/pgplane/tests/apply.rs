@@ -588,10 +588,13 @@ fn plan_reuses_apply_observations_until_a_database_changes() {
     t.pgplane(&["apply", "-f", f, "--yes"]).ok();
     assert_eq!(t.pgplane(&["plan", "-f", f, "--deep", "--detailed-exitcode"]).code, 0);
 
-    // A database dropped and re-created by hand under the same name is a new database.
+    // A database dropped and re-created by hand under the same name is a new database:
+    // not pgplane's (another OID) until adopted, and then read afresh, not from the cache.
     t.sql("postgres", "DROP DATABASE cache_app WITH (FORCE)");
     t.sql("postgres", "CREATE DATABASE cache_app OWNER cache_app");
-    let plan = t.pgplane(&["plan", "-f", f, "--json"]).ok().json();
+    let e = t.pgplane(&["plan", "-f", f]).fails();
+    assert!(e.stderr.contains("database cache_app is not the one pgplane created"), "{}", e.stderr);
+    let plan = t.pgplane(&["plan", "-f", f, "--adopt", "--json"]).ok().json();
     let kinds: Vec<&str> = plan["actions"].as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap()).collect();
     assert!(kinds.contains(&"revoke_public") && kinds.contains(&"default_privileges"), "{kinds:?}");
 }
@@ -692,6 +695,7 @@ fn on_terminal(t: &T, args: &str, answer: &str) -> common::Run {
     cmd.args(["-qec", &format!("{} {args}", common::BIN), "/dev/null"])
         .current_dir(&t.dir)
         .env("PGPLANE_HOME", t.dir.join("home"))
+        .env("PGPLANE_SECRET_KEY", common::TEST_SECRET_KEY)
         .env("TEST_PG_URL", &t.server.url)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -24,33 +24,55 @@ pub trait Loader {
     fn list(&self, dir: &str) -> std::io::Result<Vec<String>>;
 }
 
-/// A search path on disk.
+/// A search path on disk whose files must stay inside a folder: every file read and
+/// every folder listed must lie inside `allowed` (or `root` when it is `None`) with its
+/// symlinks followed, checked on what was opened (see [`crate::confine`]). A changelog
+/// author may put symlinks in their folder; none of them leads pgplane out of it.
 #[derive(Debug, Clone)]
 pub struct FsLoader {
+    /// The search path: changelog paths are relative to it.
     pub root: PathBuf,
+    /// The folder files must stay inside (e.g. the manifest's folder); `None`: `root`.
+    pub allowed: Option<PathBuf>,
+}
+
+impl FsLoader {
+    fn allowed(&self) -> std::io::Result<PathBuf> {
+        self.allowed.as_deref().unwrap_or(&self.root).canonicalize()
+    }
 }
 
 impl Loader for FsLoader {
     fn read(&self, path: &str) -> std::io::Result<String> {
-        std::fs::read_to_string(self.root.join(path))
+        crate::confine::read_to_string(&self.root.join(path), &self.allowed()?)
     }
 
     fn list(&self, dir: &str) -> std::io::Result<Vec<String>> {
-        fn walk(base: &std::path::Path, rel: &str, out: &mut Vec<String>) -> std::io::Result<()> {
-            for e in std::fs::read_dir(base.join(rel))? {
-                let e = e?;
-                let name = e.file_name().to_string_lossy().into_owned();
-                let p = if rel.is_empty() { name } else { format!("{}/{name}", rel.trim_end_matches('/')) };
-                if e.file_type()?.is_dir() {
-                    walk(base, &p, out)?;
+        use crate::confine::Dir;
+        fn walk(
+            base: &std::path::Path,
+            d: &Dir,
+            allowed: &std::path::Path,
+            rel: &str,
+            out: &mut Vec<String>,
+        ) -> std::io::Result<()> {
+            for e in d.entries()? {
+                let p =
+                    if rel.is_empty() { e.name.clone() } else { format!("{}/{}", rel.trim_end_matches('/'), e.name) };
+                // Folders are walked (symlinks to folders are not, as before); every folder
+                // and file is checked to lie inside when it is opened.
+                if e.folder {
+                    walk(base, &e.open_dir(&base.join(&p), allowed)?, allowed, &p, out)?;
                 } else {
                     out.push(p);
                 }
             }
             Ok(())
         }
+        let allowed = self.allowed()?;
+        let dir = dir.trim_end_matches('/');
         let mut out = Vec::new();
-        walk(&self.root, dir.trim_end_matches('/'), &mut out)?;
+        walk(&self.root, &Dir::open(&self.root.join(dir), &allowed)?, &allowed, dir, &mut out)?;
         Ok(out)
     }
 }

@@ -82,7 +82,72 @@ impl Node {
     }
 }
 
+/// How deep changelog elements may nest (YAML and JSON parsers stop at 128 themselves).
+const MAX_DEPTH: usize = 128;
+
+/// The line where elements first nest deeper than [`MAX_DEPTH`], found by a flat scan of
+/// the text (comments, CDATA, processing instructions, declarations and quoted attribute
+/// values skipped), or `None`.
+fn too_deep(src: &str) -> Option<usize> {
+    let b = src.as_bytes();
+    let (mut i, mut depth) = (0, 0usize);
+    let skip_to = |from: usize, end: &[u8]| {
+        b[from..].windows(end.len()).position(|w| w == end).map_or(b.len(), |p| from + p + end.len())
+    };
+    while i < b.len() {
+        if b[i] != b'<' {
+            i += 1;
+            continue;
+        }
+        let rest = &b[i..];
+        if rest.starts_with(b"<!--") {
+            i = skip_to(i + 4, b"-->");
+        } else if rest.starts_with(b"<![CDATA[") {
+            i = skip_to(i + 9, b"]]>");
+        } else if rest.starts_with(b"<?") {
+            i = skip_to(i + 2, b"?>");
+        } else if rest.starts_with(b"<!") {
+            i = skip_to(i + 2, b">");
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            i = skip_to(i + 2, b">");
+        } else {
+            // A start tag: up to its `>` outside quotes; `/>` closes it at once.
+            let start = i;
+            let mut quote = None;
+            i += 1;
+            while i < b.len() {
+                match (quote, b[i]) {
+                    (None, q @ (b'"' | b'\'')) => quote = Some(q),
+                    (Some(q), c) if c == q => quote = None,
+                    (None, b'>') => break,
+                    _ => {}
+                }
+                i += 1;
+            }
+            if b.get(i.wrapping_sub(1)) != Some(&b'/') {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(src[..start].matches('\n').count() + 1);
+                }
+            }
+            i += 1;
+        }
+    }
+    None
+}
+
 pub(crate) fn from_xml(file: &str, src: &str) -> Result<Node, ChangelogError> {
+    // roxmltree parses nested elements recursively, and the tree is converted (and later
+    // walked and dropped) recursively too: refuse a nesting no changelog needs before any
+    // of that can exhaust the stack (a candidate's file is untrusted).
+    if let Some(line) = too_deep(src) {
+        return Err(ChangelogError {
+            file: file.to_string(),
+            line: Some(line),
+            message: format!("elements are nested more than {MAX_DEPTH} deep; no changelog needs that"),
+        });
+    }
     let doc = roxmltree::Document::parse(src).map_err(|e| ChangelogError {
         file: file.to_string(),
         line: Some(e.pos().row as usize),
@@ -235,5 +300,23 @@ fn add(node: &mut Node, k: &str, val: &serde_yaml::Value, json: bool) {
                 node.attrs.push((k.to_string(), s));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_measured_without_parsing() {
+        let ok = "<?xml version=\"1.0\"?>\n<databaseChangeLog a=\"x>y\">\n<!-- <a><a> -->\n<changeSet id=\"1\">\
+                  <sql><![CDATA[<b><b>]]></sql><empty/></changeSet></databaseChangeLog>";
+        assert_eq!(too_deep(ok), None);
+        let open = |n: usize| "<a>".repeat(n);
+        assert_eq!(too_deep(&format!("{}{}", open(MAX_DEPTH), "</a>".repeat(MAX_DEPTH))), None);
+        assert_eq!(too_deep(&format!("<r>\n{}", open(MAX_DEPTH))), Some(2));
+        assert_eq!(too_deep(&"<a/>".repeat(1000)), None);
+        let e = from_xml("deep.xml", &format!("<databaseChangeLog>{}", open(100_000))).unwrap_err();
+        assert!(e.message.contains("nested more than 128"), "{}", e.message);
     }
 }

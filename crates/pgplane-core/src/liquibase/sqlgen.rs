@@ -123,8 +123,9 @@ pub(crate) fn ident(name: &str) -> String {
     }
 }
 
+/// Whatever `standard_conforming_strings` the target database sets (see `quote_literal`).
 fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    crate::ident::quote_literal(s)
 }
 
 fn qualified(schema: Option<&str>, name: &str, default_schema: Option<&str>) -> String {

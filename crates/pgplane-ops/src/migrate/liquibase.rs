@@ -29,12 +29,13 @@ pub struct LiquibaseSource {
 }
 
 /// Whether `path` is a Liquibase changelog (by extension, or a formatted SQL header).
-pub fn is_changelog(path: &Path) -> Result<bool> {
+pub fn is_changelog(path: &Path, root: &Path) -> Result<bool> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     Ok(match ext.as_str() {
         "yaml" | "yml" | "xml" | "json" => true,
         "sql" => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = pgplane_core::confine::read_to_string(path, root)
+                .with_context(|| format!("reading {}", path.display()))?;
             let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
             first.to_ascii_lowercase().replace(' ', "").starts_with("--liquibaseformattedsql")
         }
@@ -42,10 +43,11 @@ pub fn is_changelog(path: &Path) -> Result<bool> {
     })
 }
 
-pub fn load(path: &Path) -> Result<LiquibaseSource> {
+/// Loads a changelog; it and every file it includes must lie inside `root` (canonical).
+pub fn load(path: &Path, root: &Path) -> Result<LiquibaseSource> {
     let search_path = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let name = path.file_name().and_then(|n| n.to_str()).context("the changelog path has no file name")?;
-    let loader = FsLoader { root: search_path.clone() };
+    let loader = FsLoader { root: search_path.clone(), allowed: Some(root.to_path_buf()) };
     let changelog = liquibase::load(name, &loader).map_err(|e| {
         // Errors name files relative to the search path; show them from the working folder.
         let line = e.line.map(|l| format!(":{l}")).unwrap_or_default();

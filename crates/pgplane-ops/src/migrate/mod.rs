@@ -21,7 +21,7 @@ use tokio_postgres::Client;
 use crate::conn::{Role, Target as Server};
 use crate::events::Events;
 pub use ledger::LedgerNames;
-pub use source::{Selection, Source};
+pub use source::{Root, Selection, Source};
 
 /// Where one run of migrations goes: a database, a schema in it, and who runs them.
 #[derive(Clone)]
@@ -541,7 +541,7 @@ pub async fn unmigrated(
     let m = manifest.module(module).with_context(|| format!("module {module:?} is not in the manifest"))?;
     let spec =
         m.migrations.as_ref().with_context(|| format!("module {module} has no `migrations:` in the manifest"))?;
-    let source = cached_source(&module_source_path(&manifest.file, &spec.path))?;
+    let source = cached_source(&module_source_path(&manifest.file, &spec.path), &Root::manifest(&manifest.file)?)?;
     let opts = RunOptions {
         mode: Mode::Status,
         selection: Selection::default(),
@@ -596,14 +596,14 @@ pub async fn unmigrated(
 }
 
 /// Sources read once per process: `wait` asks every interval.
-fn cached_source(path: &std::path::Path) -> Result<std::sync::Arc<Source>> {
+fn cached_source(path: &std::path::Path, root: &Root) -> Result<std::sync::Arc<Source>> {
     type Cache = std::sync::Mutex<std::collections::BTreeMap<PathBuf, std::sync::Arc<Source>>>;
     static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(s) = cache.lock().map_err(|_| anyhow::anyhow!("source cache poisoned"))?.get(path) {
         return Ok(s.clone());
     }
-    let source = std::sync::Arc::new(Source::load(path)?);
+    let source = std::sync::Arc::new(Source::load(path, root)?);
     cache.lock().map_err(|_| anyhow::anyhow!("source cache poisoned"))?.insert(path.to_path_buf(), source.clone());
     Ok(source)
 }
@@ -663,16 +663,20 @@ pub async fn run_modules(
     let logins = session_logins(s, keys).await?;
     let mut work = Vec::new();
     for m in modules {
-        let (path, spec) = match (source_override, &m.migrations) {
-            (Some(p), spec) => (p.to_path_buf(), spec.clone().unwrap_or_default()),
-            (None, Some(spec)) => (module_source_path(&s.manifest.file, &spec.path), spec.clone()),
+        let (path, spec, root) = match (source_override, &m.migrations) {
+            (Some(p), spec) => {
+                (p.to_path_buf(), spec.clone().unwrap_or_default(), Root::cli(Some(&s.manifest.file), p)?)
+            }
+            (None, Some(spec)) => {
+                (module_source_path(&s.manifest.file, &spec.path), spec.clone(), Root::manifest(&s.manifest.file)?)
+            }
             (None, None) => bail!(
                 "module {} has no `migrations:` in {}; add `migrations: PATH` to it or pass --source PATH",
                 m.name,
                 s.manifest.file.display()
             ),
         };
-        let source = Source::load(&path).with_context(|| format!("module {}", m.name))?;
+        let source = Source::load(&path, &root).with_context(|| format!("module {}", m.name))?;
         let opts = base.clone().with_spec(&spec);
         let targets = module_targets(s, &logins, m, only.and_then(|(_, t)| t))?;
         work.push((m.name.clone(), source, targets, opts));

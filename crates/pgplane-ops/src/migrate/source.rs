@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use pgplane_core::confine;
 use pgplane_core::migrate::{sql_folder, SqlMigration, Unit};
 
 use super::liquibase::{self, LiquibaseSource};
@@ -23,18 +24,77 @@ pub enum Source {
     Liquibase(LiquibaseSource),
 }
 
-impl Source {
-    /// Reads a source: a folder is a SQL folder; a `.yaml`/`.yml`/`.xml`/`.json` file or a
-    /// `.sql` file starting with `--liquibase formatted sql` is a Liquibase changelog.
-    pub fn load(path: &Path) -> Result<Source> {
-        let meta = std::fs::metadata(path).with_context(|| {
-            format!("migration source {} cannot be read; give a SQL folder or a Liquibase changelog", path.display())
-        })?;
-        if meta.is_dir() {
-            return load_sql_folder(path);
+/// The folder a source's files must stay inside, canonical (symlinks resolved). Every
+/// file pgplane reads for a source — the files of a SQL folder, a changelog and all it
+/// includes — must lie inside it with its symlinks followed, checked on the opened file
+/// when it is read (see [`pgplane_core::confine`]), so a symlink planted in a source
+/// (a file, a folder an include goes through) never leads pgplane out of it, also when it
+/// appears after a request was accepted.
+///
+/// - Sources named by a manifest (`migrations:`, `templates[].sources`) and by API
+///   requests: the manifest's folder ([`Root::manifest`]).
+/// - A `--source PATH` on the command line: the manifest's folder when PATH lies inside it,
+///   else PATH's own folder — the folder itself, or a changelog's folder ([`Root::cli`]).
+///   The path the operator typed is trusted as written, symlinks included; what the
+///   folder holds is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root(PathBuf);
+
+impl Root {
+    /// The folder of the manifest `manifest_file`.
+    pub fn manifest(manifest_file: &Path) -> Result<Root> {
+        let folder = manifest_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let real = folder
+            .canonicalize()
+            .with_context(|| format!("the manifest's folder {} cannot be read", folder.display()))?;
+        Ok(Root(real))
+    }
+
+    /// A source's own folder: a SQL folder itself, or the folder holding a changelog.
+    pub fn own(source: &Path) -> Result<Root> {
+        let unreadable = || format!("migration source {} cannot be read", source.display());
+        let folder = if source.is_dir() {
+            source
+        } else {
+            source.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+        };
+        Ok(Root(folder.canonicalize().with_context(unreadable)?))
+    }
+
+    /// A command line's `--source`: the manifest's folder when the source lies inside it
+    /// (with symlinks followed), else its own folder.
+    pub fn cli(manifest_file: Option<&Path>, source: &Path) -> Result<Root> {
+        if let (Some(file), Ok(real)) = (manifest_file, source.canonicalize()) {
+            let root = Root::manifest(file)?;
+            if real.starts_with(&root.0) {
+                return Ok(root);
+            }
         }
-        if liquibase::is_changelog(path)? {
-            return Ok(Source::Liquibase(liquibase::load(path)?));
+        Root::own(source)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Source {
+    /// Reads a source inside `root`: a folder is a SQL folder; a `.yaml`/`.yml`/`.xml`/
+    /// `.json` file or a `.sql` file starting with `--liquibase formatted sql` is a
+    /// Liquibase changelog.
+    pub fn load(path: &Path, root: &Root) -> Result<Source> {
+        let real = confine::resolve(path, &root.0).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => anyhow::anyhow!("migration source {e}"),
+            _ => anyhow::anyhow!(
+                "migration source {} cannot be read ({e}); give a SQL folder or a Liquibase changelog",
+                path.display()
+            ),
+        })?;
+        if real.is_dir() {
+            return load_sql_folder(path, &root.0);
+        }
+        if liquibase::is_changelog(path, &root.0)? {
+            return Ok(Source::Liquibase(liquibase::load(path, &root.0)?));
         }
         bail!(
             "{} is not a migration source: give a folder of V<version>__<description>.sql files, or a Liquibase \
@@ -75,24 +135,25 @@ impl Source {
     }
 }
 
-fn load_sql_folder(folder: &Path) -> Result<Source> {
+/// The folder's files, each read through the checked folder's descriptor and checked to
+/// lie inside `root` itself (a symlink to a file elsewhere is refused, naming it).
+fn load_sql_folder(folder: &Path, root: &Path) -> Result<Source> {
+    let dir = confine::Dir::open(folder, root).with_context(|| format!("reading {}", folder.display()))?;
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(folder).with_context(|| format!("reading {}", folder.display()))? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
+    for entry in dir.entries().with_context(|| format!("reading {}", folder.display()))? {
+        if entry.name.starts_with('.') {
             continue;
         }
-        let path = entry.path();
-        if path.is_dir() {
+        let shown = folder.join(&entry.name);
+        if entry.is_dir() {
             bail!(
                 "{}: subfolders are not read in a SQL migration folder; move its files up into {}",
-                path.display(),
+                shown.display(),
                 folder.display()
             );
         }
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        files.push((name, text));
+        let text = entry.read_to_string(&shown, root).with_context(|| format!("reading {}", shown.display()))?;
+        files.push((entry.name, text));
     }
     let migrations = sql_folder(&folder.display().to_string(), files)?;
     Ok(Source::Sql { folder: folder.to_path_buf(), migrations })

@@ -565,6 +565,7 @@ pub async fn delete_branch(State(state): State<Shared>, ApiPath(id): ApiPath<Str
                     lock_timeout: Duration::from_secs(10),
                     session_timeout: Duration::from_secs(10),
                     live: false,
+                    confine_to_manifest: true,
                 };
                 let v = b.delete(&of, &opts).await?;
                 Ok::<_, anyhow::Error>((v, crate::jobs::Done { changes: 1, ..Default::default() }))

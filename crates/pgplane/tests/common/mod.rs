@@ -12,6 +12,10 @@ use std::sync::OnceLock;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pgplane");
 
+/// The secret key of every pgplane the tests run against the shared server: they share
+/// its control database, and pgplane refuses a key the control database was not used with.
+pub const TEST_SECRET_KEY: &str = "pgplane-tests-share-this-secret-key-0123456789";
+
 pub struct Server {
     pub home: PathBuf,
     pub url: String,
@@ -161,6 +165,7 @@ impl T {
         let mut c = Command::new(BIN);
         c.current_dir(&self.dir)
             .env("PGPLANE_HOME", self.dir.join("home"))
+            .env("PGPLANE_SECRET_KEY", TEST_SECRET_KEY)
             .env("TEST_PG_URL", &self.server.url)
             .env_remove("PGPLANE_ENV")
             .stdin(Stdio::null());
