@@ -152,17 +152,36 @@ pub enum Command {
     ///
     /// REST under /api/v1 (OpenAPI at /api/v1/openapi.json), the console at /, /healthz
     /// (process up), /readyz (control database reachable) and /metrics (Prometheus).
-    /// Long operations (apply, branch create/reset) answer 202 with an operation and run in
-    /// the background, journaled in the control database. Bearer tokens with scope `read`
-    /// or `admin` come from --tokens-file (one `scope:token` per line) or PGPLANE_TOKENS
-    /// (`scope:token,scope:token`); without tokens, serve only listens on loopback.
-    /// SIGTERM stops accepting requests; running operations get the grace period to finish
-    /// and are recorded as interrupted otherwise.
+    /// Long operations (apply, branch create/reset) answer 202 with an operation: a durable
+    /// job in the control database that the worker slots of any serve replica or `pgplane
+    /// worker` run (--workers here; 0 makes an API-only replica). Any number of replicas
+    /// may share one control database and answer the same; one of them is the elected
+    /// leader, which recovers jobs of dead workers and queues the periodic branch gc.
+    /// Bearer tokens with scope `read` or `admin` come from --tokens-file (one
+    /// `scope:token` per line) or PGPLANE_TOKENS (`scope:token,scope:token`); without
+    /// tokens, serve only listens on loopback. SIGTERM stops accepting requests; running
+    /// jobs get the grace period to finish and are handed back to the queue otherwise.
     #[command(after_help = "Examples:
   pgplane serve -f pgplane.yaml                                  # http://127.0.0.1:7070
   PGPLANE_TOKENS=admin:$ADMIN,read:$PORTAL pgplane serve --listen 0.0.0.0:7070
   curl -H \"Authorization: Bearer $PORTAL\" localhost:7070/api/v1/branches")]
     Serve(ServeArgs),
+    /// Run queued jobs without the HTTP service: worker slots and a candidate for leader,
+    /// like a serve replica with no routes.
+    ///
+    /// Runs the jobs queued for this manifest (by serve replicas, the leader's gc, the
+    /// event consumer) until SIGTERM; then running jobs get --grace to finish and are
+    /// handed back to the queue.
+    #[command(after_help = "Examples:
+  pgplane worker -f pgplane.yaml --workers 8
+  pgplane worker -f pgplane.yaml --env staging --grace 60s")]
+    Worker(WorkerArgs),
+    /// Read and cancel jobs: every long operation (apply, migrate, template build, branch
+    /// create/reset/delete/gc, …) of every pgplane process, from the control database.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
     /// Read a database's structure: its tables and views, one relation in full, or the
     /// differences between two databases, branches or templates.
     #[command(after_help = "Examples:
@@ -212,6 +231,64 @@ pub struct ServeArgs {
     /// and with `branches.keep_file` those not in the live list).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// Jobs this process runs at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+    /// How long running jobs may take to finish after SIGTERM before they are handed back.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// How often the elected leader queues the periodic branch gc.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Recent jobs, newest first (`--status queued,running` for the unfinished ones).
+    #[command(after_help = "Examples:
+  pgplane job list -f pgplane.yaml
+  pgplane job list --status queued,running --kind branch_create --json")]
+    List {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        /// Only these statuses (comma-separated): queued, running, succeeded, failed, cancelled.
+        #[arg(long, value_delimiter = ',')]
+        status: Vec<String>,
+        /// Only this kind (apply, branch_create, branch_reset, branch_delete, branch_gc, template_build, …).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Jobs of every environment, not only --env's.
+        #[arg(long)]
+        all_envs: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print JSON: the jobs as `GET /api/v1/operations` has them.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job with its stages, attempts, worker and error.
+    Show {
+        id: i64,
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job: a queued one at once, a running one at its next safe point (its
+    /// running migration is cancelled and rolled back). Exit 1 when it already ended.
+    Cancel {
+        id: i64,
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 //! leader when its worker dies (`leader`).
 
 pub mod leader;
+pub mod node;
 pub mod queue;
 pub mod worker;
 

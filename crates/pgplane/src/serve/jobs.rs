@@ -6,16 +6,14 @@
 //! lives in this process: any replica answers the same.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use pgplane_ops::jobs::{leader, worker, Job, NewJob};
+use pgplane_ops::jobs::node::{Node, Setup};
+use pgplane_ops::jobs::{worker, Job, NewJob};
 use pgplane_ops::locks::{self, Lock};
-use pgplane_ops::runner::{OpsRunner, Reconciler};
 
 use super::error::{ApiError, ApiResult};
-use crate::conn::Target;
-use crate::ops::ManifestArgs;
 
 /// What this process runs and accepts.
 #[derive(Debug, Clone, Copy)]
@@ -26,27 +24,11 @@ pub struct Limits {
     pub backlog: usize,
 }
 
-/// Configuration of the background parts.
-pub struct Setup {
-    pub home: std::path::PathBuf,
-    pub manifest: ManifestArgs,
-    pub env: String,
-    pub fingerprint: String,
-    pub keep_file: Option<String>,
-    pub control: Target,
-    pub limits: Limits,
-    pub reconcile_every: Duration,
-    pub claim_latency: prometheus_client::metrics::histogram::Histogram,
-}
-
 pub struct Jobs {
     pub limits: Limits,
     pub fingerprint: String,
     env: String,
-    worker: Mutex<Option<worker::Worker>>,
-    handle: worker::Handle,
-    pub leader: Arc<leader::State>,
-    stop_leader: tokio::sync::watch::Sender<bool>,
+    node: Node,
     stopping: AtomicBool,
 }
 
@@ -64,49 +46,16 @@ impl worker::Hooks for ClaimHooks {
 }
 
 impl Jobs {
-    /// Starts the worker slots and the leader task on the current runtime.
-    pub fn start(setup: Setup) -> Jobs {
-        let hooks = Arc::new(ClaimHooks { latency: setup.claim_latency.clone() });
-        let name = format!("serve@{}:{}", worker::hostname(), std::process::id());
-        let mut opts = worker::Options::new(name, setup.limits.workers, vec![setup.fingerprint.clone()]);
-        if let Some(ms) = env_ms("PGPLANE_JOB_POLL_MS") {
-            opts.poll = ms;
-        }
-        let runner = Arc::new(OpsRunner { home: setup.home.clone(), manifest: setup.manifest.clone() });
-        let worker = worker::Worker::start(setup.control.clone(), opts, runner, Some(hooks.clone()));
-        let state = Arc::new(leader::State::default());
-        let (stop_leader, mut stop_rx) = tokio::sync::watch::channel(false);
-        let reconciler = Reconciler {
-            env: setup.env.clone(),
-            manifest: setup.manifest.file.clone(),
-            fingerprint: setup.fingerprint.clone(),
-            keep_file: setup.keep_file.clone(),
-        };
-        let leader_opts = leader::Options {
-            env: setup.env.clone(),
-            tick: env_ms("PGPLANE_LEADER_TICK_MS").unwrap_or(Duration::from_secs(1)),
-            duty_interval: setup.reconcile_every,
-            hung_after: Duration::from_secs(30),
-        };
-        tokio::spawn(leader::run(
-            setup.control.clone(),
-            leader_opts,
-            Arc::new(reconciler),
-            state.clone(),
-            async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            },
-        ));
-        Jobs {
-            limits: setup.limits,
-            fingerprint: setup.fingerprint,
-            env: setup.env,
-            handle: worker.handle(),
-            worker: Mutex::new(Some(worker)),
-            leader: state,
-            stop_leader,
-            stopping: AtomicBool::new(false),
-        }
+    /// Starts this replica's worker slots and leader task on the current runtime.
+    pub fn start(
+        mut setup: Setup,
+        backlog: usize,
+        claim_latency: prometheus_client::metrics::histogram::Histogram,
+    ) -> Jobs {
+        setup.hooks = Some(Arc::new(ClaimHooks { latency: claim_latency }));
+        let limits = Limits { workers: setup.workers, backlog };
+        let (fingerprint, env) = (setup.fingerprint.clone(), setup.env.clone());
+        Jobs { limits, fingerprint, env, node: Node::start(setup), stopping: AtomicBool::new(false) }
     }
 
     /// Queues `new` for a worker of this manifest. With `exclusive`, refuses (409) when an
@@ -154,16 +103,16 @@ impl Jobs {
 
     /// Jobs this process runs now.
     pub fn running(&self) -> usize {
-        self.handle.running().len()
+        self.node.running().len()
     }
 
     /// Jobs this process's slots claimed, and how many were taken over from a dead worker.
     pub fn claims(&self) -> (u64, u64) {
-        self.handle.claims()
+        self.node.claims()
     }
 
     pub fn is_leader(&self) -> bool {
-        self.leader.leader.load(Ordering::SeqCst)
+        self.node.is_leader()
     }
 
     /// After SIGTERM: no more jobs are queued here; running ones get `grace` to finish, then
@@ -171,21 +120,11 @@ impl Jobs {
     /// leader steps down. Returns the ids handed back.
     pub async fn shutdown(&self, grace: Duration) -> Vec<i64> {
         self.stopping.store(true, Ordering::SeqCst);
-        let _ = self.stop_leader.send(true);
-        let worker = super::lock(&self.worker).take();
-        match worker {
-            Some(w) => w.shutdown(grace).await,
-            None => Vec::new(),
-        }
+        self.node.shutdown(grace).await
     }
 
     /// The second signal: running jobs are cancelled now (and handed back).
     pub fn cancel_now(&self) {
-        self.handle.cancel_all(worker::SHUTDOWN);
+        self.node.cancel_now();
     }
-}
-
-/// A duration in milliseconds from the environment (tests make polls and ticks shorter).
-fn env_ms(name: &str) -> Option<Duration> {
-    std::env::var(name).ok()?.parse().ok().map(Duration::from_millis)
 }

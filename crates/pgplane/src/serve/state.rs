@@ -72,17 +72,22 @@ impl AppState {
             .context("the manifest's folder")?;
         let env = s.desired.env.clone();
         let metrics = Metrics::new();
-        let jobs = Jobs::start(super::jobs::Setup {
-            home: home.clone(),
-            manifest: crate::ops::ManifestArgs { file: file.to_path_buf(), env: Some(env.clone()) },
-            env: env.clone(),
-            fingerprint: pgplane_ops::runner::fingerprint(file)?,
-            keep_file: s.manifest.branches.keep_file.clone(),
-            control: s.servers.first().clone(),
-            limits,
-            reconcile_every,
-            claim_latency: metrics.claim_latency.clone(),
-        });
+        let jobs = Jobs::start(
+            pgplane_ops::jobs::node::Setup {
+                home: home.clone(),
+                manifest: crate::ops::ManifestArgs { file: file.to_path_buf(), env: Some(env.clone()) },
+                env: env.clone(),
+                fingerprint: pgplane_ops::runner::fingerprint(file)?,
+                keep_file: s.manifest.branches.keep_file.clone(),
+                control: s.servers.first().clone(),
+                workers: limits.workers,
+                reconcile_every,
+                name: format!("serve@{}:{}", pgplane_ops::jobs::worker::hostname(), std::process::id()),
+                hooks: None,
+            },
+            limits.backlog,
+            metrics.claim_latency.clone(),
+        );
         let state = Arc::new(AppState {
             home,
             env: s.desired.env.clone(),

@@ -1,5 +1,8 @@
 //! Command handlers: thin front ends over [`crate::ops`]. Each returns the exit code.
 
+mod jobs;
+pub use jobs::{job, worker};
+
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
