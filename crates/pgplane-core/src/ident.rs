@@ -59,6 +59,24 @@ pub fn fit_identifier(name: &str) -> String {
     format!("{prefix}_{hex}")
 }
 
+/// [`fit_identifier`], keeping `suffix` (when the name ends with it and it is short) at the
+/// end of a shortened name: the first bytes, `_`, 8 hex digits of the full name's SHA-256,
+/// then the suffix. Same input, same name.
+pub fn fit_identifier_keeping(name: &str, suffix: &str) -> String {
+    if name.len() <= MAX_IDENT_BYTES || suffix.is_empty() || suffix.len() > 20 || !name.ends_with(suffix) {
+        return fit_identifier(name);
+    }
+    let head = &name[..name.len() - suffix.len()];
+    let mut cut = MAX_IDENT_BYTES - HASH_SUFFIX_LEN - suffix.len();
+    while !head.is_char_boundary(cut.min(head.len())) {
+        cut -= 1;
+    }
+    let cut = cut.min(head.len());
+    let hex = hex(&Sha256::digest(name.as_bytes())[..4]);
+    let prefix = head[..cut].trim_end_matches('_');
+    format!("{prefix}_{hex}{suffix}")
+}
+
 /// Lowercase hex of bytes (digests in names and checksums).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -273,6 +273,17 @@ pub struct BranchPolicy {
     pub keep_file: Option<String>,
 }
 
+impl BranchPolicy {
+    /// The branch read-only role's name in `env` (`{env}` filled in, fitted to 63 bytes).
+    pub fn readonly_role_in(&self, env: &str) -> Option<String> {
+        let raw = self.readonly_role.as_deref()?;
+        match NameTemplate::parse(raw, &[], &[Var::Env]) {
+            Ok(t) => Some(t.render(crate::naming::Vars { env, ..Default::default() })),
+            Err(_) => Some(raw.to_string()),
+        }
+    }
+}
+
 impl Default for BranchPolicy {
     fn default() -> Self {
         BranchPolicy {
@@ -327,7 +338,15 @@ impl Manifest {
             file: path.to_path_buf(),
             line: None,
             column: None,
-            message: format!("cannot read the manifest: {e} (pass the manifest with -f FILE)"),
+            message: match e.kind() {
+                std::io::ErrorKind::NotFound => format!(
+                    "no such manifest file (looked in {}); check the path, or write one (see examples/platform.yaml)",
+                    std::env::current_dir()
+                        .map(|d| d.join(path).parent().map(|p| p.display().to_string()).unwrap_or_default())
+                        .unwrap_or_default()
+                ),
+                _ => format!("cannot read the manifest: {e}"),
+            },
         })?;
         Manifest::parse(path, &text, env)
     }
@@ -777,7 +796,13 @@ fn validate(
                     Some(parse_duration(ttl).map_err(|m| scope.err("ttl", ttl, format!("branches.ttl: {m}")))?);
             }
             if let Some(role) = &b.readonly_role {
-                check_name("branches.readonly_role", role).map_err(|m| scope.err("readonly_role", role, m))?;
+                // `{env}` may appear, so that environments on one server get roles of their own.
+                if role.contains('{') {
+                    NameTemplate::parse(role, &[], &[Var::Env])
+                        .map_err(|m| scope.err("readonly_role", role, format!("branches.readonly_role: {m}")))?;
+                } else {
+                    check_name("branches.readonly_role", role).map_err(|m| scope.err("readonly_role", role, m))?;
+                }
                 policy.readonly_role = Some(role.clone());
             }
             policy.template_sessions = b.template_sessions.unwrap_or_default();

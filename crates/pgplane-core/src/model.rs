@@ -330,7 +330,7 @@ impl Desired {
                 }
             }
         }
-        if let Some(name) = &manifest.branches.readonly_role {
+        if let Some(name) = &manifest.branches.readonly_role_in(env) {
             // On every server holding a template (branches are stamped there), else on the
             // first server. It gets no database and no grants here: `template build` and
             // `branch create` grant it CONNECT and SELECT.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::ident::fit_identifier;
+use crate::ident::fit_identifier_keeping;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Var {
@@ -125,7 +125,7 @@ impl NameTemplate {
     /// The fitted name, and the full one when it had to be shortened.
     pub fn render_long(&self, vars: Vars<'_>) -> (String, Option<String>) {
         let raw = self.render_raw(vars);
-        let fitted = fit_identifier(&raw);
+        let fitted = fit_identifier_keeping(&raw, self.suffix());
         let long = (raw != fitted).then_some(raw);
         (fitted, long)
     }
@@ -133,19 +133,41 @@ impl NameTemplate {
     /// The name PostgreSQL will hold: the raw name, shortened with a hash suffix when
     /// longer than 63 bytes (see [`fit_identifier`]).
     pub fn render(&self, vars: Vars<'_>) -> String {
-        fit_identifier(&self.render_raw(vars))
+        fit_identifier_keeping(&self.render_raw(vars), self.suffix())
+    }
+
+    /// The literal text after the last placeholder (`_readonly` in `{owner}_readonly`):
+    /// a shortened name keeps it, so names of different kinds stay told apart.
+    fn suffix(&self) -> &str {
+        match self.parts.last() {
+            Some(Part::Lit(l)) if self.parts.len() > 1 => l,
+            _ => "",
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ident::fit_identifier;
 
     #[test]
     fn renders() {
         let t = NameTemplate::parse("{env}_{tenant}_{module}", &[Var::Tenant], &[Var::Env, Var::Tenant, Var::Module])
             .expect("valid");
         assert_eq!(t.render(Vars { env: "dev", tenant: "acme", module: "users", ..Vars::default() }), "dev_acme_users");
+    }
+
+    #[test]
+    fn a_shortened_name_keeps_the_templates_suffix() {
+        let t = NameTemplate::parse("{owner}_readonly", &[Var::Owner], &[Var::Owner]).expect("valid");
+        let owner = fit_identifier(&"o".repeat(70));
+        let name = t.render(Vars { owner: &owner, ..Vars::default() });
+        assert_eq!(name.len(), 63, "{name}");
+        assert!(name.ends_with("_readonly"), "{name}");
+        assert_ne!(name, t.render(Vars { owner: &fit_identifier(&"p".repeat(70)), ..Vars::default() }));
+        // Short names are untouched.
+        assert_eq!(t.render(Vars { owner: "dev_app", ..Vars::default() }), "dev_app_readonly");
     }
 
     #[test]

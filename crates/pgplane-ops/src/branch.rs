@@ -166,7 +166,7 @@ impl Branches {
             tokio::select! {
                 r = &mut acquire => r,
                 _ = tokio::time::sleep(Duration::from_millis(300)) => {
-                    eprintln!("pgplane: waiting for another operation on {what}");
+                    tracing::warn!("waiting for another operation on {what}");
                     acquire.await
                 }
             }
@@ -387,7 +387,7 @@ impl Branches {
     /// The read-only role may connect to `database` and read everything the owner has
     /// and will create there.
     async fn grant_readonly(&self, server: &Server, database: &str, owner: &str) -> Result<()> {
-        let Some(ro) = &self.s.manifest.branches.readonly_role else {
+        let Some(ro) = &self.s.manifest.branches.readonly_role_in(&self.env) else {
             return Ok(());
         };
         let admin = self.admin(&server.name)?;

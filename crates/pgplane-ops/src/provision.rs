@@ -82,6 +82,10 @@ pub struct ApplyHooks<'a> {
     pub live_migrations: bool,
     /// The executor's progress; `None`: through `events`.
     pub progress: Option<&'a dyn Progress>,
+    /// Changes the plan before it is approved (`adopt` keeps only adoptions).
+    pub edit: Option<&'a dyn Fn(&mut Plan)>,
+    /// The journal's kind (`apply`, `adopt`).
+    pub kind: &'a str,
 }
 
 /// [`apply_with`] for jobs: the plan is approved as computed, locks wait up to 300 s.
@@ -98,6 +102,8 @@ pub async fn apply(
         lock_timeout: Duration::from_secs(300),
         live_migrations: false,
         progress: None,
+        edit: None,
+        kind: "apply",
     };
     apply_with(ctx, file, env, req, hooks, events).await
 }
@@ -111,8 +117,12 @@ pub async fn apply_with(
     events: &dyn Events,
 ) -> Result<ApplyReport> {
     events.stage("plan", "reading the catalog under the lock");
-    let s = Session::open(ctx, file, env).await?;
-    let locked = s.lock_and_plan(PlanOptions { prune: req.prune, adopt: req.adopt }, hooks.lock_timeout).await?;
+    let mut s = Session::open(ctx, file, env).await?;
+    s.new_secret_key = req.new_secret_key;
+    let mut locked = s.lock_and_plan(PlanOptions { prune: req.prune, adopt: req.adopt }, hooks.lock_timeout).await?;
+    if let Some(edit) = hooks.edit {
+        edit(&mut locked.plan);
+    }
     let changes = locked.plan.changes();
     events.stage("plan", &format!("{changes} change(s)"));
     if changes == 0 {
@@ -125,7 +135,7 @@ pub async fn apply_with(
         events.stage("apply", &format!("{changes} change(s)"));
         let adapter = EventsProgress::new(events);
         let progress: &dyn Progress = hooks.progress.unwrap_or(&adapter);
-        let (n, captured) = s.execute(ctx, &locked, "apply", progress).await?;
+        let (n, captured) = s.execute(ctx, &locked, hooks.kind, progress).await?;
         s.refresh_cache(&locked, captured).await?;
         applied = n;
     }

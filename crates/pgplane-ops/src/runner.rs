@@ -34,6 +34,8 @@ pub struct ApplyRequest {
     pub prune: bool,
     pub adopt: bool,
     pub skip_migrations: bool,
+    /// Accept a secret key other than the recorded one and set every managed password anew.
+    pub new_secret_key: bool,
 }
 
 /// `branch_create` / `branch_reset`.

@@ -26,7 +26,7 @@ mod serve;
 
 // The operations live in the library; front ends call them by these names.
 use pgplane_ops::{
-    branch, cancel, conn, control, error, events, exec, jobs, migrate, observe, ops, runner, schema, secrets, wait,
+    branch, cancel, conn, control, credentials, error, events, exec, jobs, migrate, ops, runner, schema, status, wait,
 };
 
 use std::io::IsTerminal;

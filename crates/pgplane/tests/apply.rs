@@ -462,7 +462,14 @@ fn concurrent_applies_serialize() {
     let t = T::new("conc");
     let f1 = t.manifest_named("one.yaml", &modules("conc_one", 8));
     let f2 = t.manifest_named("two.yaml", &modules("conc_two", 8));
-    let spawn = |f: &std::path::Path| t.cmd().args(["apply", "-f", f.to_str().unwrap(), "--yes"]).spawn().unwrap();
+    let spawn = |f: &std::path::Path| {
+        t.cmd()
+            .args(["apply", "-f", f.to_str().unwrap(), "--yes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
     // Two applies of the same manifest and one of another, all at once.
     let children = vec![spawn(&f1), spawn(&f1), spawn(&f2)];
     for c in children {
@@ -492,7 +499,14 @@ fn apply_killed_at_any_moment_converges() {
     let f = f.to_str().unwrap();
     let mut partial = 0;
     for delay_ms in [0u64, 40, 120, 300, 600] {
-        let mut child = t.cmd().args(["apply", "-f", f, "--yes"]).spawn().unwrap();
+        // Its output would only flood the test log (it is killed mid-way on purpose).
+        let mut child = t
+            .cmd()
+            .args(["apply", "-f", f, "--yes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         // Kill only once it is creating things: before that it may be waiting for another
         // test's apply to release the lock, and a kill there would prove nothing.
         let started = "SELECT count(*) > 0 FROM pg_roles WHERE rolname LIKE 'kill\\_k\\_m%'";

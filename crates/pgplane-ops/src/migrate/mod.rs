@@ -111,6 +111,9 @@ pub struct Report {
     pub migrations: Vec<Line>,
     /// What this run applied (up only), in order.
     pub applied: Vec<String>,
+    /// What this run skipped and why (a changeset with `failOnError: false` that failed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
     pub pending: usize,
     pub problems: Vec<String>,
     /// Ledger entries the source does not have.
@@ -133,7 +136,7 @@ pub async fn run_all(source: &Source, targets: Vec<Target>, opts: &RunOptions, e
         .map(|(i, t)| {
             let done = &done;
             async move {
-                let r = run_one(source, &t, opts, many).await;
+                let r = run_one(source, &t, opts).await;
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 if counting {
                     events.progress(n, total, "targets migrated");
@@ -151,7 +154,7 @@ pub async fn run_all(source: &Source, targets: Vec<Target>, opts: &RunOptions, e
     reports.into_iter().map(|(_, r)| r).collect()
 }
 
-async fn run_one(source: &Source, t: &Target, opts: &RunOptions, many: bool) -> Report {
+async fn run_one(source: &Source, t: &Target, opts: &RunOptions) -> Report {
     let mut report = Report {
         target: t.label.clone(),
         tenant: t.tenant.clone(),
@@ -161,13 +164,14 @@ async fn run_one(source: &Source, t: &Target, opts: &RunOptions, many: bool) -> 
         ok: false,
         migrations: vec![],
         applied: vec![],
+        skipped: vec![],
         pending: 0,
         problems: vec![],
         unknown: vec![],
         error: None,
         failure: None,
     };
-    match run_target(source, t, opts, many, &mut report).await {
+    match run_target(source, t, opts, &mut report).await {
         Ok(ok) => report.ok = ok,
         Err(e) => {
             report.ok = false;
@@ -256,23 +260,23 @@ pub async fn plan_target(
     Ok((units, applied, p))
 }
 
-async fn run_target(source: &Source, t: &Target, opts: &RunOptions, many: bool, report: &mut Report) -> Result<bool> {
+async fn run_target(source: &Source, t: &Target, opts: &RunOptions, report: &mut Report) -> Result<bool> {
     let mut client = connect(t).await?;
     let _lock = match opts.mode {
         Mode::Up => Some(ledger::lock(&client, source, t, &opts.ledger, opts.lock_timeout).await?),
         Mode::Status | Mode::Validate => None,
     };
     if opts.mode != Mode::Up {
-        return plan_and_run(&mut client, source, t, opts, many, report).await;
+        return plan_and_run(&mut client, source, t, opts, report).await;
     }
     ledger::ensure(&client, source, &t.schema, &opts.ledger).await?;
     let Source::Liquibase(_) = source else {
-        return interruptible(&mut client, |c| plan_and_run(c, source, t, opts, many, report)).await;
+        return interruptible(&mut client, |c| plan_and_run(c, source, t, opts, report)).await;
     };
     // Liquibase's lock row too, so a real Liquibase started meanwhile waits for pgplane.
     let lock_table = opts.ledger.lock_table();
     liquibase::lock_row(&client, &t.schema, &lock_table, opts.lock_timeout).await?;
-    let result = interruptible(&mut client, |c| plan_and_run(c, source, t, opts, many, report)).await;
+    let result = interruptible(&mut client, |c| plan_and_run(c, source, t, opts, report)).await;
     if result.is_err() {
         // An interrupted migration may have left its transaction open on this session.
         let _ = client.batch_execute("ROLLBACK").await;
@@ -311,7 +315,6 @@ async fn plan_and_run(
     source: &Source,
     t: &Target,
     opts: &RunOptions,
-    many: bool,
     report: &mut Report,
 ) -> Result<bool> {
     let (units, applied, p) = plan_target(client, source, t, opts).await?;
@@ -340,7 +343,6 @@ async fn plan_and_run(
     if opts.mode != Mode::Up {
         return Ok(true);
     }
-    let prefix = if many { format!("{}: ", t.label) } else { String::new() };
     if let Source::Liquibase(l) = source {
         // Liquibase's update fills in checksums `clear-checksums` removed.
         let cleared: Vec<&pgplane_core::migrate::Unit> = p
@@ -365,20 +367,18 @@ async fn plan_and_run(
         let ms = started.elapsed().as_millis() as u64;
         match outcome {
             ledger::Outcome::Ran(how) => {
-                if opts.live {
-                    println!("{prefix}{how:<9} {} ({ms} ms)", unit.name);
+                tracing::info!(target = %t.label, migration = %unit.name, ms, "{how}");
+                if let Some(line) = report.migrations.iter_mut().find(|l| l.name == unit.name) {
+                    line.duration_ms = Some(ms);
                 }
                 report.applied.push(unit.name.clone());
             }
             ledger::Outcome::Skipped(why) => {
-                if opts.live {
-                    println!("{prefix}skipped   {} ({why})", unit.name);
-                }
+                tracing::info!(target = %t.label, migration = %unit.name, "skipped: {why}");
+                report.skipped.push(format!("{} ({why})", unit.name));
             }
             ledger::Outcome::Failed(f) => {
-                if opts.live {
-                    eprintln!("{prefix}FAILED    {f}");
-                }
+                tracing::warn!(target = %t.label, migration = %unit.name, error = %f, "failed");
                 report.failure = Some(f);
                 return Ok(false);
             }
@@ -393,6 +393,20 @@ pub fn render_text(reports: &[Report], mode: Mode) -> String {
     for r in reports {
         let where_ = if r.schema == "public" { r.database.clone() } else { format!("{}.{}", r.database, r.schema) };
         let _ = writeln!(out, "{} ({where_}, ledger {})", r.target, r.ledger);
+        if mode == Mode::Up && r.ok {
+            // What this run applied, in order, under its target.
+            for name in &r.applied {
+                let ms = r.migrations.iter().find(|l| &l.name == name).and_then(|l| l.duration_ms);
+                let _ = write!(out, "  applied   {name}");
+                if let Some(ms) = ms {
+                    let _ = write!(out, " ({ms} ms)");
+                }
+                out.push('\n');
+            }
+        }
+        for s in &r.skipped {
+            let _ = writeln!(out, "  skipped   {s}");
+        }
         if mode != Mode::Up || !r.ok {
             for l in &r.migrations {
                 let state = match l.state {

@@ -3,11 +3,9 @@
 mod jobs;
 pub use jobs::{job, worker};
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
 use anyhow::{bail, Context, Result};
-use pgplane_core::model::{ObjectKind, Record};
 use pgplane_core::plan::{ActionKind, PlanOptions};
 use pgplane_core::render;
 use serde_json::json;
@@ -16,9 +14,8 @@ use crate::cli::{
     AdoptArgs, ApplyArgs, BranchCommand, ChangeArgs, CredentialFormat, CredentialsArgs, LocalCommand, MigrateCommand,
     PlanArgs, RoleChoice, SchemaCommand, StatusArgs, TemplateCommand, WaitArgs,
 };
-use crate::conn::Servers;
 use crate::ops::{self, Ctx, Session};
-use crate::{branch, control, exec, migrate, observe, output, secrets, wait};
+use crate::{branch, migrate, output, wait};
 
 pub async fn plan(ctx: &mut Ctx, args: PlanArgs) -> Result<i32> {
     let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
@@ -154,107 +151,8 @@ async fn run_locked(
 }
 
 pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
-    let manifest = ops::load_manifest(&args.file)?;
-    let servers = Servers::resolve(&manifest, &ctx.local, || ctx.keys())?;
-    let admins = servers.connect_all().await?;
-    let first = servers.first();
-    let control_db = control::open_existing(first, &admins[&first.name]).await?;
-    let records = match &control_db {
-        Some(c) => control::read_records(c).await?,
-        None => Vec::new(),
-    };
-    let depth = || match (&control_db, args.deep) {
-        (Some(c), false) => observe::Depth::Cached(c),
-        _ => observe::Depth::Deep,
-    };
-    let mut envs: BTreeMap<String, Vec<&Record>> = BTreeMap::new();
-    for r in &records {
-        if args.env.as_ref().is_none_or(|e| *e == r.origin.env) {
-            envs.entry(r.origin.env.clone()).or_default().push(r);
-        }
-    }
-    let mut out = Vec::new();
-    for (env, recs) in &envs {
-        // Drift: what apply would repair for this env, per object.
-        // Drift needs the desired state; if it cannot be computed, say why instead of "ok".
-        let mut problem: Option<String> = None;
-        let desired = match pgplane_core::model::Desired::build(&manifest, env) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                problem = Some(format!("drift unknown: the manifest gives no valid desired state for env {env}: {e}"));
-                None
-            }
-        };
-        let (observed, plan) = match &desired {
-            Some(d) => {
-                let (mut obs, _) = observe::observe(&servers, &admins, d, records.clone(), depth()).await?;
-                // Password drift shows as a repair; a wrong secret key is named instead.
-                if let Some(c) = &control_db {
-                    let keys = secrets::Keyring::load_existing(&ctx.home)?;
-                    let check = match &keys {
-                        Some(k) => observe::check_passwords(&mut obs, d, &admins, c, k).await?,
-                        None => observe::PasswordCheck::default(),
-                    };
-                    let recorded = control::key_fingerprint(c).await?;
-                    if let Err(e) = secrets::check_key(
-                        recorded.as_deref(),
-                        keys.as_ref(),
-                        &ctx.home,
-                        check.checked,
-                        check.differing,
-                        false,
-                    ) {
-                        problem = Some(format!("{e:#}"));
-                    }
-                }
-                let plan = match pgplane_core::plan::plan(d, &obs, PlanOptions::default()) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        let p = format!("drift unknown: no plan for env {env}: {e}");
-                        problem = Some(problem.map_or(p.clone(), |k| format!("{k}\n  {p}")));
-                        None
-                    }
-                };
-                (obs, plan)
-            }
-            None => {
-                let empty = pgplane_core::model::Desired { env: env.clone(), ..Default::default() };
-                (observe::observe(&servers, &admins, &empty, records.clone(), depth()).await?.0, None)
-            }
-        };
-        let wanted: Option<std::collections::BTreeSet<_>> =
-            desired.as_ref().map(|d| d.objects().into_iter().map(|(o, _)| o).collect());
-        let mut objects = Vec::new();
-        for r in recs {
-            let server = observed.servers.get(&r.object.server);
-            let exists = server.and_then(|s| s.exists(&r.object));
-            let display = r.object.display();
-            let drift: Vec<_> = plan
-                .iter()
-                .flat_map(|p| p.actions.iter())
-                .filter(|a| a.target == display && a.kind != ActionKind::Adopt)
-                .map(|a| json!({"kind": a.kind.as_str(), "why": a.why, "sql": a.sql.redacted()}))
-                .collect();
-            let in_manifest = wanted.as_ref().map(|w| w.contains(&r.object));
-            // Another object under the recorded name: not pgplane's (dropped and re-created).
-            let replaced =
-                server.and_then(|s| s.replaced(r)).map(|(was, now)| json!({"recorded_oid": was, "oid": now}));
-            objects.push(json!({
-                "kind": r.object.kind.as_str(),
-                "name": r.object.name,
-                "database": if r.object.database.is_empty() { None } else { Some(&r.object.database) },
-                "server": r.object.server,
-                "module": r.origin.module,
-                "tenant": r.origin.tenant,
-                "purpose": r.origin.purpose.as_str(),
-                "exists": exists,
-                "in_manifest": in_manifest,
-                "replaced": replaced,
-                "drift": drift,
-            }));
-        }
-        out.push(json!({"env": env, "objects": objects, "problem": problem}));
-    }
+    let envs = crate::status::status(ctx, &args.file, args.env.as_deref(), args.deep).await?;
+    let out: Vec<serde_json::Value> = envs.iter().map(serde_json::to_value).collect::<Result<_, _>>()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json!({"environments": out}))?);
         return Ok(0);
@@ -307,247 +205,26 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
 
 pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
     let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
-    let who = if args.branch_readonly { branch_readonly(&s)? } else { module_role(&s, &args)? };
-    let Who { role, server, database, schema, module, tenant, secret_name } = who;
-    let target = s.servers.get(&server)?.clone();
-    let not_applied = || format!("role {role} is not provisioned by pgplane yet; run `pgplane apply` first");
-    let (generation, _lock) = if args.rotate {
-        let (lock, mut c) = s.lock(std::time::Duration::from_secs(300)).await?;
-        ensure_managed(&c, &s.desired, &server, &role).await.with_context(not_applied)?;
-        // Never set a password derived from a key the others do not have.
-        let recorded = control::key_fingerprint(&c).await?;
-        secrets::check_key(recorded.as_deref(), Some(ctx.keys()?), &ctx.home, 0, 0, false)?;
-        let op = control::Journal::start(&c, None, "rotate", Some(&s.desired.env)).await?;
-        // The new generation commits only once the server has the new verifier.
-        let tx = c.transaction().await?;
-        let generation = control::bump_generation(&tx, &server, &role).await?;
-        let password = ctx.keys()?.password(&server, &role, generation);
-        let sql = format!(
-            "ALTER ROLE {} PASSWORD {}",
-            pgplane_core::ident::quote_ident(&role),
-            pgplane_core::ident::quote_literal(&secrets::scram_verifier(&password))
-        );
-        let result = s.admins[&server].batch_execute(&sql).await.map_err(exec::pg_error);
-        let result = match result {
-            Ok(()) => tx.commit().await.context("recording the new password generation"),
-            Err(e) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        };
-        let error = result.as_ref().err().map(|e| format!("{e:#}"));
-        if let Err(e) = op.finish(&c, 1, error.as_deref()).await {
-            tracing::warn!(error = %format!("{e:#}"), "could not journal the rotation");
-        }
-        result.context("changing the password")?;
-        (generation, Some(lock))
-    } else {
-        let c = control::open_existing(s.servers.first(), s.first_admin()).await?.with_context(not_applied)?;
-        ensure_managed(&c, &s.desired, &server, &role).await.with_context(not_applied)?;
-        let recorded = control::key_fingerprint(&c).await?;
-        secrets::check_key(recorded.as_deref(), Some(ctx.keys()?), &ctx.home, 0, 0, false)?;
-        (control::generation(&c, &server, &role).await?, None)
+    let req = crate::credentials::CredentialRequest {
+        module: args.module.clone(),
+        tenant: args.tenant.clone(),
+        readonly: args.role == RoleChoice::Readonly,
+        branch_readonly: args.branch_readonly,
+        rotate: args.rotate,
     };
-    let password = ctx.keys()?.password(&server, &role, generation);
-    // Hand out only a password that works: the server's verifier must be this password's.
-    let stored = s.admins[&server]
-        .query_opt(
-            "SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname OPERATOR(pg_catalog.=) $1::pg_catalog.text",
-            &[&role],
-        )
-        .await;
-    match stored {
-        Ok(Some(row)) => {
-            let verifier: Option<String> = row.get(0);
-            if !verifier.as_deref().is_some_and(|v| secrets::verifier_matches(&password, v)) {
-                bail!(
-                    "the password of role {role} on server {server} is not the one pgplane derives (changed outside \
-                     pgplane, or set with another secret key); `pgplane plan` shows it and `pgplane apply` repairs it"
-                );
-            }
-        }
-        Ok(None) => bail!("role {role} does not exist on server {server}; run `pgplane apply`"),
-        // pg_authid needs a superuser: without one, the password is handed out unchecked.
-        Err(e) => tracing::warn!(error = %exec::pg_error(e), "cannot read the role's password; not checked"),
-    }
-    let (host, port) = target.host_port();
-    let url = format!("postgresql://{role}:{password}@{}:{port}/{}", url_host(&host), database);
-    let print = |k: &str, v: &str| format!("{k}={v}");
+    let c = crate::credentials::credentials(ctx, &s, &req).await?;
     match args.format {
-        CredentialFormat::Url => println!("{url}"),
+        CredentialFormat::Url => println!("{}", c.url),
         CredentialFormat::Env => {
-            let mut lines = vec![
-                print("PGHOST", &host),
-                print("PGPORT", &port.to_string()),
-                print("PGDATABASE", &database),
-                print("PGUSER", &role),
-                print("PGPASSWORD", &password),
-            ];
-            if let Some(schema) = &schema {
-                lines.push(print("PGOPTIONS", &format!("-c search_path={schema}")));
-                lines.push(print("DATABASE_SCHEMA", schema));
-            }
-            lines.push(print("DATABASE_URL", &url));
+            let lines: Vec<String> = c.env_vars().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
             println!("{}", lines.join("\n"));
         }
-        CredentialFormat::Json => {
-            let doc = json!({
-                "host": host, "port": port, "database": database, "user": role,
-                "password": password, "schema": schema, "url": url,
-                "module": module, "tenant": tenant, "env": s.desired.env,
-            });
-            println!("{}", serde_json::to_string_pretty(&doc)?);
-        }
+        CredentialFormat::Json => println!("{}", serde_json::to_string_pretty(&c)?),
         CredentialFormat::K8sSecret => {
-            let name = args.k8s_name.clone().unwrap_or_else(|| secret_name.replace('_', "-"));
-            let q = |v: &str| serde_json::to_string(v).expect("strings serialize");
-            let mut doc = format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {}\n", q(&name));
-            if let Some(ns) = &args.k8s_namespace {
-                doc.push_str(&format!("  namespace: {}\n", q(ns)));
-            }
-            doc.push_str("  labels:\n    app.kubernetes.io/managed-by: pgplane\n");
-            doc.push_str(&format!("    pgplane.io/env: {}\n", q(&s.desired.env)));
-            if let Some(module) = &module {
-                doc.push_str(&format!("    pgplane.io/module: {}\n", q(module)));
-            }
-            doc.push_str("type: Opaque\nstringData:\n");
-            let mut data = vec![
-                ("PGHOST", host.clone()),
-                ("PGPORT", port.to_string()),
-                ("PGDATABASE", database.clone()),
-                ("PGUSER", role.clone()),
-                ("PGPASSWORD", password.clone()),
-            ];
-            if let Some(schema) = &schema {
-                data.push(("DATABASE_SCHEMA", schema.clone()));
-            }
-            data.push(("DATABASE_URL", url.clone()));
-            for (k, v) in data {
-                doc.push_str(&format!("  {k}: {}\n", q(&v)));
-            }
-            print!("{doc}");
+            print!("{}", c.k8s_secret(args.k8s_name.as_deref(), args.k8s_namespace.as_deref()))
         }
     }
     Ok(0)
-}
-
-/// The role `credentials` hands out, where it connects, and how to name its Secret.
-struct Who {
-    role: String,
-    server: String,
-    database: String,
-    schema: Option<String>,
-    module: Option<String>,
-    tenant: Option<String>,
-    secret_name: String,
-}
-
-/// A module's (or tenant's) owner or read-only role.
-fn module_role(s: &Session, args: &CredentialsArgs) -> Result<Who> {
-    let name = args.module.as_deref().context("name a module, or pass --branch-readonly")?;
-    let module = s.manifest.module(name).with_context(|| {
-        format!(
-            "module {:?} is not in {} (modules: {})",
-            name,
-            s.manifest.file.display(),
-            s.manifest.modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
-        )
-    })?;
-    let per_tenant = module.storage != pgplane_core::manifest::Storage::Database;
-    match (&args.tenant, per_tenant) {
-        (None, true) => bail!("module {} has `storage: {}`; pass --tenant NAME", module.name, module.storage.as_str()),
-        (Some(_), false) => bail!("module {} has `storage: database` (no tenants); drop --tenant", module.name),
-        _ => {}
-    }
-    let endpoint = s.desired.endpoint(&module.name, args.tenant.as_deref()).with_context(|| {
-        format!(
-            "tenant {:?} does not enable module {} in the manifest",
-            args.tenant.as_deref().unwrap_or(""),
-            module.name
-        )
-    })?;
-    let role = match args.role {
-        RoleChoice::Owner => endpoint.owner_role.clone(),
-        RoleChoice::Readonly => endpoint.readonly_role.clone().with_context(|| {
-            format!("module {} has no read-only role; set `readonly_role: true` and apply", module.name)
-        })?,
-    };
-    let mut secret_name = format!("{}-{}", s.desired.env, endpoint.module);
-    if let Some(t) = &endpoint.tenant {
-        secret_name.push_str(&format!("-{t}"));
-    }
-    if args.role == RoleChoice::Readonly {
-        secret_name.push_str("-readonly");
-    }
-    secret_name.push_str("-db");
-    Ok(Who {
-        role,
-        server: endpoint.server.clone(),
-        database: endpoint.database.clone(),
-        schema: endpoint.schema.clone(),
-        module: Some(endpoint.module.clone()),
-        tenant: endpoint.tenant.clone(),
-        secret_name,
-    })
-}
-
-/// The role of `branches.readonly_role`, on the server of the first template (or the first
-/// server); its URL names that template, which `template build` lets it read.
-fn branch_readonly(s: &Session) -> Result<Who> {
-    let role = s
-        .desired
-        .roles
-        .iter()
-        .find(|r| r.origin.purpose == pgplane_core::model::Purpose::BranchReadonlyRole)
-        .with_context(|| format!("{} sets no `branches.readonly_role`", s.manifest.file.display()))?;
-    let template =
-        s.manifest.templates.iter().find(|t| s.manifest.module(&t.module).is_some_and(|m| m.server == role.server));
-    Ok(Who {
-        role: role.name.clone(),
-        server: role.server.clone(),
-        database: template.map_or_else(|| "postgres".to_string(), |t| t.name.clone()),
-        schema: None,
-        module: None,
-        tenant: None,
-        secret_name: format!("{}-branch-readonly-db", s.desired.env),
-    })
-}
-
-fn url_host(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    }
-}
-
-/// The role must be recorded as managed for exactly this env, module and tenant: names
-/// need not contain `{env}`, so a name alone could be another environment's role.
-async fn ensure_managed(
-    c: &tokio_postgres::Client,
-    desired: &pgplane_core::model::Desired,
-    server: &str,
-    role: &str,
-) -> Result<()> {
-    let wanted = desired
-        .roles
-        .iter()
-        .find(|r| r.server == server && r.name == role)
-        .map(|r| &r.origin)
-        .with_context(|| format!("role {role} is not in the desired state"))?;
-    let record = control::read_records(c)
-        .await?
-        .into_iter()
-        .find(|r| r.object.kind == ObjectKind::Role && r.object.server == server && r.object.name == role);
-    match record {
-        Some(r) if &r.origin == wanted => Ok(()),
-        Some(r) => bail!(
-            "role {role} on server {server} is managed for {}, not for {}",
-            r.origin.describe(),
-            wanted.describe()
-        ),
-        None => bail!("pgplane does not manage role {role} on server {server}"),
-    }
 }
 
 /// `pgplane wait`: see [`crate::wait`].

@@ -698,8 +698,12 @@ pub async fn apply(State(state): State<Shared>, RawBody(bytes): RawBody) -> ApiR
     let body: ChangeRequest = optional_body(&bytes)?;
     // Refuse a manifest that does not load before starting anything.
     crate::ops::load_manifest(&state.manifest.file).map_err(invalid_manifest)?;
-    let req =
-        crate::runner::ApplyRequest { prune: body.prune, adopt: body.adopt, skip_migrations: body.skip_migrations };
+    let req = crate::runner::ApplyRequest {
+        prune: body.prune,
+        adopt: body.adopt,
+        skip_migrations: body.skip_migrations,
+        ..Default::default()
+    };
     // Applies of one environment run one after another (they would wait for the lock anyway).
     let new = crate::runner::new_job(crate::runner::kind::APPLY, &state.env, Some("apply"), &req)?;
     let mut control = state.control().await?;
