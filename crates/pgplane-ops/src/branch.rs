@@ -23,10 +23,7 @@ use crate::control::{self, CONTROL_DB};
 use crate::migrate;
 use crate::ops::Session;
 
-const BRANCH_LOCK: i32 = 0x7067_6272; // "pgbr": one branch (env/sanitised id)
-const TEMPLATE_LOCK: i32 = 0x7067_7470; // "pgtp": copies (shared) vs swap (exclusive)
-const TEMPLATE_BUILD_LOCK: i32 = 0x7067_7462; // "pgtb": one build of a template at a time
-const TEMPLATE_CAP_LOCK: i32 = 0x7067_7463; // "pgtc": counting a template's branches
+use crate::locks::{BRANCH as BRANCH_LOCK, TEMPLATE as TEMPLATE_LOCK, TEMPLATE_BUILD as TEMPLATE_BUILD_LOCK};
 
 #[derive(Debug, Clone, Copy)]
 enum Lock {
@@ -148,20 +145,28 @@ impl Branches {
     /// Holds an advisory lock in the control database on a connection of its own, waiting
     /// in PostgreSQL's lock queue (fair: an exclusive waiter is not starved by new shared
     /// holders) up to the lock timeout.
-    async fn lock(&self, mode: Lock, class: i32, key: &str, what: &str, opts: &DeployOptions) -> Result<Client> {
+    async fn lock(
+        &self,
+        mode: Lock,
+        class: crate::locks::Class,
+        key: &str,
+        what: &str,
+        opts: &DeployOptions,
+    ) -> Result<Client> {
         let c = self.control_server.connect_as(Some(CONTROL_DB), Role::Branch).await?;
         c.batch_execute(&format!(
             "SET idle_session_timeout = 0; SET lock_timeout = {}",
             opts.lock_timeout.as_millis().max(1)
         ))
         .await?;
-        let sql = match mode {
-            Lock::Exclusive => "SELECT pg_advisory_lock($1, hashtext($2))",
-            Lock::Shared => "SELECT pg_advisory_lock_shared($1, hashtext($2))",
-        };
+        let lock = crate::locks::Lock::named(class, key);
         let result = {
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&class, &key];
-            let acquire = c.execute(sql, &params);
+            let acquire = async {
+                match mode {
+                    Lock::Exclusive => lock.lock(&c).await,
+                    Lock::Shared => lock.lock_shared(&c).await,
+                }
+            };
             tokio::pin!(acquire);
             tokio::select! {
                 r = &mut acquire => r,
@@ -588,11 +593,7 @@ impl Branches {
         let mut tx_client = self.control_server.connect_as(Some(CONTROL_DB), Role::Branch).await?;
         let tx = tx_client.transaction().await?;
         // Counting and inserting under one template-wide lock: parallel creates cannot overshoot the cap.
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-            &[&TEMPLATE_CAP_LOCK, &format!("{}/{template}", self.env)],
-        )
-        .await?;
+        crate::locks::Lock::named(crate::locks::TEMPLATE_CAP, format!("{}/{template}", self.env)).xact_lock(&tx).await?;
         let count: i64 = tx
             .query_one(
                 "SELECT count(*) FROM pgplane.branches WHERE env = $1 AND template = $2",
@@ -953,15 +954,7 @@ pub fn mark_missing(v: &mut BranchView) {
 }
 
 async fn busy(control: &Client, env: &str, id: &str) -> Result<bool> {
-    Ok(control
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
-                AND classid = $1::int4::oid AND objid = hashtext($2)::oid AND objsubid = 2
-                AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
-            &[&BRANCH_LOCK, &branch_key(env, id)],
-        )
-        .await?
-        .get(0))
+    Ok(crate::locks::Lock::named(BRANCH_LOCK, branch_key(env, id)).holder(control).await?.is_some())
 }
 
 /// Branch records of `env` from the control database (see [`Branches::records`]); also
@@ -995,7 +988,7 @@ pub async fn records(control: &Client, env: &str, id: Option<&str>, template: Op
                                                 WHERE d.datname = pg_catalog.current_database()))
                     OR EXISTS (SELECT 1 FROM pgplane.jobs j WHERE j.key = k.job_key AND j.status IN ('queued', 'running'))
                FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) WITH ORDINALITY AS k(lock_key, job_key, i)",
-            &[&BRANCH_LOCK, &lock_keys, &job_keys],
+            &[&BRANCH_LOCK.0, &lock_keys, &job_keys],
         )
         .await?;
     let alive: std::collections::BTreeSet<usize> =

@@ -28,10 +28,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../sql/control/0006_jobs.sql")),
 ];
 
-/// Advisory lock key that serializes every mutating pgplane operation on a server.
-const APPLY_LOCK_KEY: i64 = 0x7067_706c_616e_6501;
-/// Transaction lock key for migrating the control schema.
-const MIGRATE_LOCK_KEY: i64 = 0x7067_706c_616e_6502;
+/// The lock that serializes every mutating pgplane operation on a control database.
+fn apply_lock() -> crate::locks::Lock {
+    crate::locks::Lock::new(crate::locks::APPLY, crate::locks::Key::Int(0))
+}
 
 pub async fn exists(admin: &Client) -> Result<bool> {
     let row = admin
@@ -123,7 +123,7 @@ pub async fn ensure(target: &Target) -> Result<Client> {
 pub async fn ensure_as(target: &Target, role: Role) -> Result<Client> {
     let mut client = target.connect_as(Some(CONTROL_DB), role).await?;
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK_KEY]).await?;
+    crate::locks::Lock::new(crate::locks::CONTROL_MIGRATE, crate::locks::Key::Int(0)).xact_lock(&tx).await?;
     tx.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS pgplane;
          CREATE TABLE IF NOT EXISTS pgplane.schema_version (
@@ -509,16 +509,7 @@ impl ApplyLock {
     /// Fails unless this process still holds the lock (its session may have been ended by
     /// a timeout, a proxy or an administrator): never run a statement without it.
     pub async fn ensure_held(&self) -> Result<()> {
-        let held: bool = self
-            .client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
-                                  AND ((classid::bigint << 32) | objid::bigint) = $1)",
-                &[&APPLY_LOCK_KEY],
-            )
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(false);
+        let held = apply_lock().held_here(&self.client).await.unwrap_or(false);
         if !held {
             bail!("lost the pgplane lock (its session ended); stopping before the next statement. Run apply again");
         }
@@ -533,19 +524,11 @@ pub async fn lock(target: &Target, timeout: Duration, on_wait: impl Fn(Option<i3
     let start = Instant::now();
     let mut told = false;
     loop {
-        let got: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&APPLY_LOCK_KEY]).await?.get(0);
-        if got {
+        if apply_lock().try_lock(&client).await? {
             return Ok(ApplyLock { client });
         }
         if !told {
-            let holder: Option<i32> = client
-                .query_opt(
-                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
-                        AND ((classid::bigint << 32) | objid::bigint) = $1 LIMIT 1",
-                    &[&APPLY_LOCK_KEY],
-                )
-                .await?
-                .and_then(|r| r.get(0));
+            let holder: Option<i32> = apply_lock().holder(&client).await?;
             on_wait(holder);
             told = true;
         }

@@ -122,8 +122,6 @@ pub async fn ensure(client: &Client, source: &Source, schema: &str, names: &Ledg
 /// advisory lock, so it is released on every path, also when the process dies.
 pub struct Lock;
 
-const LOCK_CLASS: i32 = 0x7067_6d67; // "pgmg"
-
 /// Takes the migration lock of `schema.ledger` in the target database, waiting up to
 /// `timeout` for another migration to finish.
 pub async fn lock(
@@ -134,22 +132,14 @@ pub async fn lock(
     timeout: Duration,
 ) -> Result<Lock> {
     let key = format!("{}.{}", t.schema, names.table(source));
+    let lock = crate::locks::Lock::named(crate::locks::MIGRATION, key.clone());
     let started = Instant::now();
     let mut told = false;
     loop {
-        let got: bool =
-            client.query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&LOCK_CLASS, &key]).await?.get(0);
-        if got {
+        if lock.try_lock(client).await? {
             return Ok(Lock);
         }
-        let holder: Option<i32> = client
-            .query_opt(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = $1::int4::oid
-                    AND objid = hashtext($2)::oid AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-                &[&LOCK_CLASS, &key],
-            )
-            .await?
-            .map(|r| r.get(0));
+        let holder: Option<i32> = lock.holder(client).await?;
         if started.elapsed() >= timeout {
             bail!(
                 "another migration of {}.{key} is running (session pid {}) and did not finish within {}s; \
