@@ -96,9 +96,10 @@ fn init_logging(cli: &Cli) {
     };
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
+        // Every line escaped (values may come from tenants); so no colour codes either.
+        .with_writer(|| output::CleanStderr)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(false);
     match cli.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

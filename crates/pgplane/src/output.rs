@@ -192,6 +192,20 @@ pub fn write_stderr(text: &str) {
     let _ = err.write_all(clean(text).as_bytes()).and_then(|()| err.flush());
 }
 
+/// Log lines go through [`clean`] too: a field's value can come from the catalog, a
+/// changelog or a request (a failing statement's message). Used as the log writer.
+pub struct CleanStderr;
+
+impl std::io::Write for CleanStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        write_stderr(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::clean;
