@@ -79,6 +79,14 @@ impl Keyring {
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
+    /// The key `pgplane serve` signs console sessions with: the same in every replica that
+    /// shares this secret key (so any replica accepts any replica's cookie), never the key.
+    pub fn console_session_key(&self) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(b"pgplane/v1/console-sessions");
+        mac.finalize().into_bytes().into()
+    }
+
     /// The password of `role` on `server` at `generation` (43 URL-safe characters).
     pub fn password(&self, server: &str, role: &str, generation: i32) -> String {
         self.derive(&format!("pgplane/v1/password/{server}/{role}/{generation}"))

@@ -26,11 +26,18 @@ impl Scope {
 
 pub struct Tokens {
     digests: Vec<(Scope, [u8; 32])>,
-    /// Console sessions: HMAC(key, digest) per token with a key random per process, so the
-    /// console's cookie is not the bearer token (it opens no API route) and every cookie
-    /// ends with the process.
-    sessions: Vec<(Scope, [u8; 32])>,
+    /// Console sessions: `EXPIRY.HMAC(key, digest ‖ EXPIRY)` per token, so the console's
+    /// cookie is not the bearer token (it opens no API route) and ends after
+    /// [`SESSION_SECS`]. The key is derived from the secret key (see
+    /// [`Tokens::use_session_key`]): every replica accepts every replica's cookie.
     session_key: [u8; 32],
+}
+
+/// How long a console session lasts.
+pub const SESSION_SECS: u64 = 12 * 3600;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Tokens shorter than this are refused: they would be guessable.
@@ -60,25 +67,36 @@ impl Tokens {
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut session_key))
             .context("reading /dev/urandom for the console's session key")?;
-        let sessions = digests.iter().map(|(scope, d)| (*scope, session(&session_key, d))).collect();
-        Ok(Tokens { digests, sessions, session_key })
+        Ok(Tokens { digests, session_key })
     }
 
-    /// The console cookie for a valid token (hex), or `None`.
+    /// Signs console sessions with `key` (derived from the secret key, shared by replicas)
+    /// instead of the random one `load` made.
+    pub fn use_session_key(&mut self, key: [u8; 32]) {
+        self.session_key = key;
+    }
+
+    /// The console cookie for a valid token, or `None`.
     pub fn session_for(&self, token: &str) -> Option<String> {
         self.scope_of(token)?;
-        Some(pgplane_core::ident::hex(&session(&self.session_key, &digest(token))))
+        let expires = now_secs() + SESSION_SECS;
+        Some(format!("{expires}.{}", pgplane_core::ident::hex(&session(&self.session_key, &digest(token), expires))))
     }
 
-    /// The scope of a console cookie, compared in constant time like tokens.
+    /// The scope of an unexpired console cookie, compared in constant time like tokens.
     pub fn scope_of_session(&self, cookie: &str) -> Option<Scope> {
-        let bytes: Vec<u8> = (0..cookie.len() / 2)
-            .map(|i| cookie.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        let (expires, mac) = cookie.split_once('.')?;
+        let expires: u64 = expires.parse().ok()?;
+        if expires <= now_secs() || expires > now_secs() + SESSION_SECS {
+            return None;
+        }
+        let bytes: Vec<u8> = (0..mac.len() / 2)
+            .map(|i| mac.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
             .collect::<Option<_>>()?;
         let presented: [u8; 32] = bytes.try_into().ok()?;
         let mut found: Option<Scope> = None;
-        for (scope, s) in &self.sessions {
-            let equal: bool = s.ct_eq(&presented).into();
+        for (scope, d) in &self.digests {
+            let equal: bool = session(&self.session_key, d, expires).ct_eq(&presented).into();
             if equal {
                 found = found.max(Some(*scope));
             }
@@ -124,10 +142,11 @@ fn parse(item: &str) -> Result<(Scope, [u8; 32])> {
     Ok((scope, digest(token)))
 }
 
-fn session(key: &[u8; 32], digest: &[u8; 32]) -> [u8; 32] {
+fn session(key: &[u8; 32], digest: &[u8; 32], expires: u64) -> [u8; 32] {
     use hmac::{Hmac, KeyInit, Mac};
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(digest);
+    mac.update(&expires.to_le_bytes());
     mac.finalize().into_bytes().into()
 }
 

@@ -4,8 +4,9 @@
 //!
 //! Sign-in: with tokens configured, every page but `/sign-in` and the stylesheet needs
 //! the cookie `pgplane_token` (HttpOnly, SameSite=Strict) holding a session for a token of
-//! any scope: an HMAC of the token with a key random per process, so the cookie is not the
-//! token and opens no API route; checked in constant time. Without it a page
+//! any scope: an expiry and an HMAC of the token and the expiry with a key derived from the
+//! secret key (the same in every replica), so the cookie is not the token and opens no API
+//! route; checked in constant time. Without it a page
 //! answers 303 to `/sign-in?next=…`. Without tokens (loopback only) nobody signs in.
 
 mod html;

@@ -31,7 +31,9 @@ use self::state::Shared;
 use crate::cli::ServeArgs;
 
 pub async fn run(home: PathBuf, args: ServeArgs) -> Result<i32> {
-    let tokens = Tokens::load(args.tokens_file.as_deref(), std::env::var("PGPLANE_TOKENS").ok().as_deref())?;
+    let mut tokens = Tokens::load(args.tokens_file.as_deref(), std::env::var("PGPLANE_TOKENS").ok().as_deref())?;
+    // Console sessions are signed with a key every replica derives from the shared secret key.
+    tokens.use_session_key(pgplane_ops::secrets::Keyring::load(&home)?.console_session_key());
     if tokens.is_empty() && !args.listen.ip().is_loopback() {
         bail!(
             "refusing to listen on {} without tokens: anyone who can reach it could change your databases; \
