@@ -138,6 +138,18 @@ impl Branches {
         logins.target(server, owner)
     }
 
+    /// Runs `work` journaled as a job of this process (`branch delete`, `gc` from the CLI),
+    /// unless it already runs as a job.
+    pub async fn journaled<T>(&self, kind: &str, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let journal = control::Journal::start(&self.control, self.operation, kind, Some(&self.env)).await?;
+        let result = work.await;
+        let error = result.as_ref().err().map(|e| format!("{e:#}"));
+        if let Err(e) = journal.finish(&self.control, usize::from(result.is_ok()), error.as_deref()).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not journal the end of the operation");
+        }
+        result
+    }
+
     fn admin(&self, server: &str) -> Result<&Client> {
         self.s.admins.get(server).with_context(|| format!("no connection to server {server}"))
     }

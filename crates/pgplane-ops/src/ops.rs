@@ -115,6 +115,21 @@ impl Session {
         Ok((lock, control))
     }
 
+    /// Runs `work` journaled as a job of this process when the control database exists
+    /// (`migrate up -f`); without one there is nothing to journal into, and it just runs.
+    pub async fn journaled<T>(&self, kind: &str, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let Some(control) = control::open_existing(self.servers.first(), self.first_admin()).await? else {
+            return work.await;
+        };
+        let journal = control::Journal::start(&control, None, kind, Some(&self.desired.env)).await?;
+        let result = work.await;
+        let error = result.as_ref().err().map(|e| format!("{e:#}"));
+        if let Err(e) = journal.finish(&control, 0, error.as_deref()).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not journal the end of the operation");
+        }
+        result
+    }
+
     pub fn first_admin(&self) -> &Client {
         &self.admins[&self.servers.first().name]
     }

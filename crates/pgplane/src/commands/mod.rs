@@ -334,8 +334,12 @@ pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
         }
         let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
         let only = args.module.as_deref().map(|m| (m, args.tenant.as_deref()));
-        let runs = migrate::run_modules(&s, ctx.keys()?, only, args.source.as_deref(), &opts, &output::Terminal::new())
-            .await?;
+        let terminal = output::Terminal::new();
+        let run = migrate::run_modules(&s, ctx.keys()?, only, args.source.as_deref(), &opts, &terminal);
+        let runs = match mode {
+            migrate::Mode::Up => s.journaled("migrate", run).await?,
+            _ => run.await?,
+        };
         if runs.is_empty() {
             bail!(
                 "no module in {} has `migrations:`; add `migrations: PATH` to a module or pass --module M --source PATH",
@@ -457,8 +461,8 @@ pub async fn branch(ctx: &mut Ctx, command: BranchCommand) -> Result<i32> {
             let b = branch::Branches::open(ctx, &a.manifest.file, a.manifest.env.as_deref()).await?;
             let opts = plain_options(a.lock_timeout);
             let dropped = match &a.id {
-                Some(id) => vec![b.delete(id, &opts).await?],
-                None => b.delete_all(a.pattern.as_deref(), &opts).await?,
+                Some(id) => vec![b.journaled("branch_delete", b.delete(id, &opts)).await?],
+                None => b.journaled("branch_delete", b.delete_all(a.pattern.as_deref(), &opts)).await?,
             };
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&json!({"deleted": dropped}))?);
@@ -489,7 +493,9 @@ pub async fn branch(ctx: &mut Ctx, command: BranchCommand) -> Result<i32> {
             if keep.as_ref().is_some_and(|k| k.is_empty()) && !a.allow_empty {
                 bail!("the live list is empty, which would drop every branch; if that is meant, pass --allow-empty");
             }
-            let dropped = b.gc(keep.as_ref(), a.dry_run, &plain_options(a.lock_timeout)).await?;
+            let gc_options = plain_options(a.lock_timeout);
+            let gc = b.gc(keep.as_ref(), a.dry_run, &gc_options);
+            let dropped = if a.dry_run { gc.await? } else { b.journaled("branch_gc", gc).await? };
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&json!({"dry_run": a.dry_run, "dropped": dropped}))?);
             } else {
