@@ -18,7 +18,7 @@
 //! | `pgtb` | env/template | control db | one build of a template at a time |
 //! | `pgtc` | env/template | control db | counting a template's branches (transaction lock) |
 //! | `pgmg` | schema.ledger | target db | one migration run per ledger |
-//! | `pgsq` | env | control db | counting and queueing an environment's jobs (transaction lock) |
+//! | `pgsq` | `env/ENV`, a job key | control db | queueing: an environment's backlog count, a key's exclusivity (transaction locks) |
 //!
 //! Session locks live as long as the connection that took them: a process that dies
 //! releases them at once, which is how readers tell a running job from a dead one.

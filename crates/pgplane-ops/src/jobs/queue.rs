@@ -194,6 +194,33 @@ pub async fn submit(c: &impl GenericClient, j: &NewJob) -> Result<i64> {
     Ok(row.get(0))
 }
 
+/// Queues a job unless `backlog` jobs of its environment already wait for a worker: one
+/// statement counts and inserts. Returns the new id, or `Err(waiting)` when full. Callers
+/// that must never overshoot hold a lock per environment around it (serve does).
+pub async fn submit_bounded(c: &impl GenericClient, j: &NewJob, backlog: i64) -> Result<Result<i64, i64>> {
+    let request = serde_json::to_string(&j.request)?;
+    let row = c
+        .query_one(
+            &format!(
+                "WITH w AS (SELECT count(*) AS n FROM pgplane.jobs WHERE status = 'queued' AND env IS NOT DISTINCT FROM $2),
+                      ins AS (INSERT INTO pgplane.jobs (kind, env, resource, key, request, fingerprint, max_attempts)
+                              SELECT $1, $2, $3, $4, $5::text::jsonb, $6, $7 FROM w WHERE w.n < $8
+                              RETURNING id)
+                 SELECT w.n, ins.id,
+                        CASE WHEN ins.id IS NOT NULL THEN pg_catalog.pg_notify('{CHANNEL}', ins.id::text) END IS NULL
+                   FROM w LEFT JOIN ins ON true"
+            ),
+            &[&j.kind, &j.env, &j.resource, &j.key, &request, &j.fingerprint, &j.max_attempts, &backlog],
+        )
+        .await
+        .context("queueing a job in the control database")?;
+    let waiting: i64 = row.get(0);
+    Ok(match row.get::<_, Option<i64>>(1) {
+        Some(id) => Ok(id),
+        None => Err(waiting),
+    })
+}
+
 /// How many jobs wait for a worker (optionally of one environment).
 pub async fn queued(c: &impl GenericClient, env: Option<&str>) -> Result<i64> {
     let row = c

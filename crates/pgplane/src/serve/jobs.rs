@@ -74,8 +74,9 @@ impl Jobs {
         new.fingerprint = Some(self.fingerprint.clone());
         let tx = control.transaction().await.map_err(anyhow::Error::from)?;
         let t: &tokio_postgres::Transaction = &tx;
-        Lock::named(locks::SUBMIT, &self.env).xact_lock(t).await.map_err(anyhow::Error::from)?;
+        // Exclusive: no unfinished job with the key, checked under a lock of that key only.
         if let (Some(what), Some(key)) = (exclusive, new.key.as_deref()) {
+            Lock::named(locks::SUBMIT, key).xact_lock(t).await.map_err(anyhow::Error::from)?;
             if let Some(j) = pgplane_ops::jobs::queue::unfinished_with_key(t, key).await? {
                 return Err(ApiError::conflict(format!(
                     "{what} (operation {id}, {status}; GET /api/v1/operations/{id}); try again when it ends",
@@ -84,20 +85,25 @@ impl Jobs {
                 )));
             }
         }
-        let waiting = pgplane_ops::jobs::queue::queued(t, Some(&self.env)).await?;
-        if waiting >= i64::try_from(self.limits.backlog).unwrap_or(i64::MAX) {
-            return Err(ApiError::too_many(
-                format!(
-                    "{waiting} operations of environment {} wait for a worker, the most this service queues \
-                     (--backlog {}); try again in a few seconds (GET /api/v1/operations shows them)",
-                    self.env, self.limits.backlog
-                ),
-                5,
-            ));
-        }
-        let id = pgplane_ops::jobs::queue::submit(t, &new).await?;
-        let job = pgplane_ops::jobs::queue::get(t, id).await?;
+        // Count and insert in one statement under the environment's lock, held until the
+        // commit right after: concurrent requests never overshoot the backlog.
+        Lock::named(locks::SUBMIT, format!("env/{}", self.env)).xact_lock(t).await.map_err(anyhow::Error::from)?;
+        let backlog = i64::try_from(self.limits.backlog).unwrap_or(i64::MAX);
+        let id = match pgplane_ops::jobs::queue::submit_bounded(t, &new, backlog).await? {
+            Ok(id) => id,
+            Err(waiting) => {
+                return Err(ApiError::too_many(
+                    format!(
+                        "{waiting} operations of environment {} wait for a worker, the most this service queues \
+                         (--backlog {}); try again in a few seconds (GET /api/v1/operations shows them)",
+                        self.env, self.limits.backlog
+                    ),
+                    5,
+                ))
+            }
+        };
         tx.commit().await.map_err(anyhow::Error::from)?;
+        let job = pgplane_ops::jobs::queue::get(&***control, id).await?;
         job.ok_or_else(|| ApiError::from(anyhow::anyhow!("job {id} vanished as it was queued")))
     }
 
