@@ -14,6 +14,8 @@ mod output;
 mod schema;
 mod secrets;
 mod serve;
+mod stack;
+mod stack_cmd;
 mod wait;
 
 use std::io::IsTerminal;
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
             Command::Template { command } => commands::template(&mut ctx, command).await,
             Command::Branch { command } => commands::branch(&mut ctx, command).await,
             Command::Schema { command } => commands::schema(&mut ctx, command).await,
+            Command::Stack { command } => stack_cmd::stack(&ctx, command).await,
             Command::Serve(a) => serve::run(ctx.home.clone(), a).await,
         }
     });

@@ -459,6 +459,11 @@ impl StackSource {
     }
 }
 
+/// Whether a YAML document is a manifest (it has `modules:`) rather than a stack file.
+pub fn is_manifest(text: &str) -> bool {
+    matches!(serde_yaml::from_str::<Value>(text), Ok(Value::Mapping(m)) if m.contains_key("modules"))
+}
+
 /// A serde_yaml error with its place and without serde's " at line …" tail.
 fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ManifestError {
     let (line, column) = e.location().map(|l| (l.line(), l.column())).unzip();
@@ -840,7 +845,7 @@ impl Builder<'_> {
                 rs.sql_file.as_ref().map(|f| Kind::Sql { sql: SqlText::File(base.join(x(self, "sql_file", f))) })
             }
             "wait" => {
-                let sql = rs.wait.as_ref().map(|s| x(self, "wait", s)).unwrap_or_default();
+                let sql = rs.wait.as_ref().map(|s| x(self, "wait", s).trim().to_string()).unwrap_or_default();
                 if sql.trim().is_empty() {
                     self.fail(
                         &format!("{path}.wait"),
