@@ -11,6 +11,7 @@ mod error;
 mod jobs;
 mod metrics;
 pub mod openapi;
+mod stacks;
 mod state;
 
 use std::future::Future;
@@ -111,6 +112,7 @@ pub fn router(state: Shared) -> Router {
         .route("/apply", post(api::apply))
         .route("/operations", get(api::operations))
         .route("/operations/{id}", get(api::operation))
+        .merge(stacks::api_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .route("/openapi.json", get(openapi_json))
         .fallback(error::not_found)

@@ -362,7 +362,9 @@ pub async fn run(
     let selected = selection(&stack, &states, &opts);
     let processes: Vec<Option<ProcId>> =
         stack.steps.iter().map(|s| recorded.iter().find(|r| r.name == s.name).and_then(|r| r.process())).collect();
-    let log_dir = ctx.home.join("stacks").join(run_id.to_string());
+    // Absolute: services' supervisors write there from the step's own folder.
+    let log_dir = std::path::absolute(ctx.home.join("stacks").join(run_id.to_string()))
+        .context("the home folder's absolute path")?;
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     for (i, s) in stack.steps.iter().enumerate() {
         if !selected[i] {
