@@ -598,3 +598,55 @@ fn stacks_in_the_manifest_the_api_and_the_console_show_runs() {
     let list_page = serve.req("GET", "/stacks", None, None);
     assert!(list_page.body.contains("setup"), "{}", list_page.body);
 }
+
+/// `examples/stack` as the README's demo runs it, on the test server, with free ports.
+#[test]
+fn the_example_stack_runs_end_to_end() {
+    let t = T::new("stk_example");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/stack");
+    let (alpha, beta) = (common::free_port(), common::free_port());
+    for f in ["replay.sh", "sync.sh", "api.py", "sql/schema.sql", "sql/index-alpha.sql", "sql/index-beta.sql"] {
+        t.write(&format!("example/{f}"), &read(&src.join(f)));
+    }
+    let stack = read(&src.join("stack.yaml")).replace("18081", &alpha.to_string()).replace("18082", &beta.to_string());
+    t.write("example/stack.yaml", &stack);
+    let manifest = read(&src.join("pgplane.yaml")).replace(
+        "environment: demo",
+        &format!("environment: {}\nservers:\n  - name: main\n    url: ${{TEST_PG_URL}}", t.env),
+    );
+    t.write("example/pgplane.yaml", &manifest);
+    let _down = DownFile(&t, "example/stack.yaml");
+    t.pgplane(&["apply", "-f", "example/pgplane.yaml", "--yes"]).ok();
+    let out = run(&t, &["run", "-f", "example/stack.yaml", "--json"]).ok();
+    let doc = out.json();
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    // The index builds on the shared table never overlapped, and ran while rows arrived.
+    let (a, b) = (times(&doc, "index-alpha"), times(&doc, "index-beta"));
+    assert!(a.1 <= b.0, "index builds overlapped: {a:?} {b:?}");
+    let replay = times(&doc, "replay");
+    assert!(a.0 < replay.1, "the index builds ran after the replay: {a:?} {replay:?}");
+    // App setup one after another, after the instance was ready; syncs side by side.
+    let ready = times(&doc, "instance-ready");
+    let (sa, sb) = (times(&doc, "setup-alpha"), times(&doc, "setup-beta"));
+    assert!(ready.1 <= sa.0 && sa.1 <= sb.0, "{ready:?} {sa:?} {sb:?}");
+    let (ya, yb) = (times(&doc, "sync-alpha"), times(&doc, "sync-beta"));
+    assert!(ya.0 < yb.1 && yb.0 < ya.1, "the syncs did not overlap: {ya:?} {yb:?}");
+    // Each API server started once its app was in sync, and answers.
+    for (app, port) in [("alpha", alpha), ("beta", beta)] {
+        let in_sync = times(&doc, &format!("in-sync-{app}"));
+        let api = step(&doc, &format!("api-{app}"));
+        assert_eq!(api["state"], "healthy");
+        assert!(api["started_ms"].as_i64().unwrap() >= in_sync.1, "api-{app} started before its app was in sync");
+        let body = common::http("GET", &format!("http://127.0.0.1:{port}/"), &[], b"").body;
+        assert_eq!(body, format!("{app}: 2000 events\n"));
+    }
+}
+
+/// `stack down -f FILE` when dropped.
+struct DownFile<'a>(&'a T, &'a str);
+
+impl Drop for DownFile<'_> {
+    fn drop(&mut self) {
+        let _ = run(self.0, &["down", "-f", self.1, "--grace", "1s"]);
+    }
+}

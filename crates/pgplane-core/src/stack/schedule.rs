@@ -261,7 +261,7 @@ pub fn render_phases(stack: &Stack, phases: &[Vec<usize>], selected: &[bool]) ->
                 }
                 notes.push(who.join(" "));
             }
-            out.push_str(&format!("  {:width$}  {:8} {}\n", s.name, s.kind.as_str(), notes.join("; ")).trim_end());
+            out.push_str(format!("  {:width$}  {:8} {}", s.name, s.kind.as_str(), notes.join("; ")).trim_end());
             out.push('\n');
         }
     }

@@ -79,8 +79,9 @@ pub struct Terminal {
 
 #[derive(Default)]
 struct TermState {
-    running: BTreeMap<String, Option<String>>,
-    phase: (usize, usize),
+    /// Running steps: their phase and last observation.
+    running: BTreeMap<String, (usize, Option<String>)>,
+    phases: usize,
     width: usize,
 }
 
@@ -94,13 +95,15 @@ impl Terminal {
 
     fn redraw(&self, st: &TermState) {
         let mut parts = Vec::new();
-        for (step, seen) in &st.running {
+        for (step, (_, seen)) in &st.running {
             parts.push(match seen {
                 Some(v) => format!("{step} ({v})"),
                 None => step.clone(),
             });
         }
-        self.bar.set_message(format!("phase {}/{} · {}", st.phase.0 + 1, st.phase.1.max(1), parts.join(", ")));
+        // The earliest phase something still runs in.
+        let phase = st.running.values().map(|(p, _)| *p).min().unwrap_or(0);
+        self.bar.set_message(format!("phase {}/{} · {}", phase + 1, st.phases.max(1), parts.join(", ")));
     }
 }
 
@@ -123,15 +126,17 @@ impl StackEvents for Terminal {
             }
             Event::StepStarted { step, phase, phases, .. } => {
                 st.width = st.width.max(step.len());
-                st.phase = (*phase, *phases);
-                st.running.insert(step.to_string(), None);
+                st.phases = *phases;
+                st.running.insert(step.to_string(), (*phase, None));
                 self.redraw(&st);
             }
             Event::Output { step, line } => {
                 self.bar.println(format!("{step:>w$} | {line}", w = st.width));
             }
             Event::Waiting { step, observed } => {
-                st.running.insert(step.to_string(), Some(observed.to_string()));
+                if let Some(entry) = st.running.get_mut(*step) {
+                    entry.1 = Some(observed.to_string());
+                }
                 self.redraw(&st);
             }
             Event::StepFinished { step, state, detail, elapsed } => {
@@ -146,7 +151,7 @@ impl StackEvents for Terminal {
                 self.redraw(&st);
             }
             Event::StepSkipped { step, reason } => self.bar.println(format!("- {step} skipped: {reason}")),
-            Event::Note { text } => self.bar.println(text.to_string()),
+            Event::Note { text } => self.bar.println(*text),
             Event::RunFinished { .. } => self.bar.finish_and_clear(),
         }
     }
@@ -188,7 +193,7 @@ pub fn status_text(run: &RunView) -> String {
         }
         let first = detail.lines().next().unwrap_or("");
         out.push_str(
-            &format!("  {:10} {:w$}  {:7} {:>6}  {first}\n", s.state, s.name, s.kind, took, w = width).trim_end(),
+            format!("  {:10} {:w$}  {:7} {:>6}  {first}", s.state, s.name, s.kind, took, w = width).trim_end(),
         );
         out.push('\n');
         if s.state() == State::Failed {

@@ -349,9 +349,9 @@ pub async fn sql(mut cx: StepCtx, text: String) {
                 for m in &messages {
                     if let SimpleQueryMessage::Row(r) = m {
                         rows += 1;
-                        if rows <= 20 {
-                            let cells: Vec<String> =
-                                (0..r.len()).map(|c| r.get(c).unwrap_or("NULL").to_string()).collect();
+                        let cells: Vec<String> = (0..r.len()).map(|c| r.get(c).unwrap_or("NULL").to_string()).collect();
+                        // `SELECT pg_sleep(1)` and other void results say nothing.
+                        if rows <= 20 && cells.iter().any(|c| !c.is_empty()) {
                             cx.log().line(&cells.join(" | "));
                         }
                     }
