@@ -532,3 +532,18 @@ fn dry_run_shows_groups_as_waves() {
         "#]],
     );
 }
+
+/// The example under "The file." in README.md is a valid stack.
+#[test]
+fn the_readme_example_is_valid() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let from = readme.find("**The file.**").unwrap();
+    let start = readme[from..].find("```yaml\n").unwrap() + from + "```yaml\n".len();
+    let end = readme[start..].find("```").unwrap() + start;
+    let yaml = readme[start..end].replace("manifest: pgplane.yaml", "");
+    let m = manifest();
+    let src = StackSource::parse(Path::new("stack.yaml"), &yaml).unwrap();
+    let stack = src.build(Some(&m), Some(&Desired::build(&m, "dev").unwrap()), "dev").unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = stack.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["schema", "index-alpha", "index-beta", "instance-ready", "api-alpha", "api-beta", "smoke"]);
+}

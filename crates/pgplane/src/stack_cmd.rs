@@ -99,7 +99,7 @@ async fn status(ctx: &Ctx, a: StackStatusArgs) -> Result<i32> {
 
 async fn down(ctx: &Ctx, a: StackDownArgs) -> Result<i32> {
     let loaded = stack::load(&a.file.file, a.file.stack.as_deref(), a.file.env.as_deref())?;
-    let events = render::events_for_stderr(a.json);
+    let events: Box<dyn stack::StackEvents> = if a.json { Box::new(render::Quiet) } else { Box::new(render::Notes) };
     match stack::down(ctx, &loaded, a.run, a.grace, &*events).await? {
         Some((run, stops)) if a.json => {
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({"run": run, "stopped": stops}))?)

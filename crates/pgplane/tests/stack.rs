@@ -143,10 +143,10 @@ steps:
     let doc = out.json();
     let (_, ready_end) = times(&doc, "ready");
     let (after_start, _) = times(&doc, "after");
-    // One interval (200 ms) plus the query and bookkeeping.
-    assert!(ready_end - flag_ms <= 300, "the wait ended {} ms after the condition held", ready_end - flag_ms);
+    // One interval (200 ms) plus the query and the bookkeeping on a shared, busy machine.
+    assert!(ready_end - flag_ms <= 350, "the wait ended {} ms after the condition held", ready_end - flag_ms);
     assert!(
-        after_start - flag_ms <= 350,
+        after_start - flag_ms <= 450,
         "the next step started {} ms after the condition held",
         after_start - flag_ms
     );

@@ -26,6 +26,17 @@ pub fn events_for_stderr(quiet: bool) -> Box<dyn StackEvents> {
     }
 }
 
+/// Only notes, on stderr (`stack down`).
+pub struct Notes;
+
+impl StackEvents for Notes {
+    fn event(&self, e: &Event<'_>) {
+        if let Event::Note { text } = e {
+            eprintln!("pgplane: {text}");
+        }
+    }
+}
+
 /// `--quiet`: nothing while running; the summary is printed by the caller.
 pub struct Quiet;
 

@@ -390,12 +390,13 @@ pub async fn wait_step(mut cx: StepCtx, sql: String, interval: Duration, timeout
     };
     let resolved = resolved(&login);
     let spec = Spec { conditions: vec![Condition::Sql(sql)], interval, timeout, diagnose_sql };
-    let (index, tx) = (cx.index, cx.tx.clone());
+    let (index, tx, log) = (cx.index, cx.tx.clone(), cx.log.clone());
     let mut last = String::new();
-    let mut on_round = move |_: Duration, states: &[wait::State]| {
+    let mut on_round = move |elapsed: Duration, states: &[wait::State]| {
         if let Some(s) = states.first() {
             if s.outcome.observed != last {
                 last = s.outcome.observed.clone();
+                log.lock().unwrap_or_else(|e| e.into_inner()).note(&format!("after {}: {last}", human(elapsed)));
                 let _ = tx.send(Msg::Observed(index, last.clone()));
             }
         }
