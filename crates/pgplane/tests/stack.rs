@@ -136,7 +136,8 @@ steps:
     let db = format!("{}_app", t.env);
     t.wait_for_sql("pgplane", &format!("SELECT count(*) FROM pgplane.stack_steps s JOIN pgplane.stack_runs r ON r.id = s.run_id WHERE r.env = '{}' AND s.name = 'ready' AND s.state = 'waiting'", t.env), "1", "the wait did not start");
     std::thread::sleep(Duration::from_millis(700));
-    t.sql(&db, "INSERT INTO flag VALUES (clock_timestamp())");
+    // Asynchronous commit: the row is visible at its commit, not after a WAL flush later.
+    t.sql(&db, "SET synchronous_commit = off; INSERT INTO flag VALUES (clock_timestamp())");
     let flag_ms: i64 = t.sql(&db, "SELECT (extract(epoch FROM at) * 1000)::int8 FROM flag").parse().unwrap();
     let out = finish(child);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -230,7 +231,7 @@ steps:
     needs: [slow]
     command: touch after-slow
 ";
-    t.write("stack.yaml", body);
+    setup(&t, APP, body);
     let out = run(&t, &["run", "-f", "stack.yaml"]);
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stdout.contains("exited with code 7"), "{}", out.stdout);
@@ -316,8 +317,9 @@ fn stack_down_stops_services_dependents_first_each_with_a_grace_period() {
     let stubborn = "trap 'echo ignored TERM' TERM; while :; do sleep 0.1; done";
     t.write("svc.sh", script);
     t.write("stubborn.sh", stubborn);
-    t.write(
-        "stack.yaml",
+    setup(
+        &t,
+        APP,
         "\
 steps:
   - name: base
@@ -501,8 +503,9 @@ fn bad_files_are_rejected_before_anything_runs() {
 #[test]
 fn from_and_only_rerun_what_the_operator_names() {
     let t = T::new("stk_from");
-    t.write(
-        "stack.yaml",
+    setup(
+        &t,
+        APP,
         "\
 steps:
   - {name: a, command: echo a >> runs.txt}
@@ -535,8 +538,9 @@ fn services_restart_by_policy_and_a_service_that_never_gets_healthy_fails() {
             "if [ ! -e crashed-once ]; then touch crashed-once; echo crashing; exit 1; fi\nexec python3 -m http.server --bind 127.0.0.1 {port}\n"
         ),
     );
-    t.write(
-        "stack.yaml",
+    setup(
+        &t,
+        APP,
         &format!(
             "\
 steps:

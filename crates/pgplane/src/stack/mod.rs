@@ -633,7 +633,15 @@ impl Runner<'_> {
     async fn skip(&mut self, i: usize, why: &str) -> Result<()> {
         let name = &self.stack.steps[i].name;
         self.states[i] = State::Skipped;
-        record::step_finished(self.c, self.run, name, State::Skipped, None, Some(why), None, None).await?;
+        let finish = record::Finish {
+            state: State::Skipped,
+            at: None,
+            detail: Some(why),
+            exit_code: None,
+            log_tail: None,
+            forget_process: false,
+        };
+        record::step_finished(self.c, self.run, name, finish).await?;
         self.events.event(&Event::StepSkipped { step: name, reason: why });
         Ok(())
     }
@@ -728,24 +736,21 @@ impl Runner<'_> {
                 self.states[i] = state;
                 // A cancelled step goes back to pending (it runs on --resume); its start is kept.
                 let at = (state != State::Pending).then_some(at);
-                record::step_finished(
-                    self.c,
-                    self.run,
-                    &name,
+                let service = self.stack.steps[i].is_service();
+                // A step's process is gone once it ended, except a service that is up or
+                // was interrupted while its health was checked (`--resume` re-checks it).
+                let forget_process = if service { state == State::Failed } else { true };
+                let finish = record::Finish {
                     state,
                     at,
-                    detail.as_deref(),
+                    detail: detail.as_deref(),
                     exit_code,
-                    log_tail.as_deref(),
-                )
-                .await?;
-                if matches!(state, State::Completed | State::Failed | State::Pending)
-                    && !self.stack.steps[i].is_service()
-                {
-                    record::step_process(self.c, self.run, &name, None).await?;
-                }
-                if state == State::Failed && self.stack.steps[i].is_service() {
-                    record::step_process(self.c, self.run, &name, None).await?;
+                    log_tail: log_tail.as_deref(),
+                    forget_process,
+                };
+                record::step_finished(self.c, self.run, &name, finish).await?;
+                if forget_process {
+                    self.processes[i] = None;
                 }
                 let elapsed = self.started[i].map(|s| s.elapsed()).unwrap_or_default();
                 self.events.event(&Event::StepFinished { step: &name, state, detail: detail.as_deref(), elapsed });
@@ -875,18 +880,16 @@ pub async fn down(
             proc::Stopped::Terminated => "terminated",
             proc::Stopped::Killed => "killed",
         };
-        record::step_finished(
-            &c,
-            run,
-            &s.name,
-            State::Stopped,
-            Some(SystemTime::now()),
-            Some(&format!("stack down: {result}")),
-            None,
-            None,
-        )
-        .await?;
-        record::step_process(&c, run, &s.name, None).await?;
+        let detail = format!("stack down: {result}");
+        let finish = record::Finish {
+            state: State::Stopped,
+            at: Some(SystemTime::now()),
+            detail: Some(&detail),
+            exit_code: None,
+            log_tail: None,
+            forget_process: true,
+        };
+        record::step_finished(&c, run, &s.name, finish).await?;
         out.push(Stop { step: s.name.clone(), pid: Some(p.pid), result: result.to_string() });
     }
     if !out.is_empty() {

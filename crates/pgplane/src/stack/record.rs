@@ -354,22 +354,26 @@ pub async fn step_state(c: &Client, run: i64, name: &str, state: State, detail: 
     Ok(())
 }
 
-/// How the step ended. `at`: when it ended (`None` for a step that did not run, e.g. skipped).
-#[allow(clippy::too_many_arguments)]
-pub async fn step_finished(
-    c: &Client,
-    run: i64,
-    name: &str,
-    state: State,
-    at: Option<SystemTime>,
-    detail: Option<&str>,
-    exit_code: Option<i32>,
-    log_tail: Option<&str>,
-) -> Result<()> {
+/// How a step ended, as recorded.
+pub struct Finish<'a> {
+    pub state: State,
+    /// When it ended (`None` for a step that did not run, e.g. skipped).
+    pub at: Option<SystemTime>,
+    pub detail: Option<&'a str>,
+    pub exit_code: Option<i32>,
+    pub log_tail: Option<&'a str>,
+    /// Its process is gone (or was never there): clear pid, start time and host.
+    pub forget_process: bool,
+}
+
+/// How the step ended, in one statement (the next step waits for it).
+pub async fn step_finished(c: &Client, run: i64, name: &str, f: Finish<'_>) -> Result<()> {
     c.execute(
         "UPDATE pgplane.stack_steps SET state = $3, finished_at = $4, detail = $5, exit_code = $6, log_tail = $7,
-                updated_at = now() WHERE run_id = $1 AND name = $2",
-        &[&run, &name, &state.as_str(), &at, &detail, &exit_code, &log_tail],
+                pid = CASE WHEN $8 THEN NULL ELSE pid END, pid_start = CASE WHEN $8 THEN NULL ELSE pid_start END,
+                host = CASE WHEN $8 THEN NULL ELSE host END, updated_at = now()
+          WHERE run_id = $1 AND name = $2",
+        &[&run, &name, &f.state.as_str(), &f.at, &f.detail, &f.exit_code, &f.log_tail, &f.forget_process],
     )
     .await
     .with_context(|| format!("recording step {name}"))?;
