@@ -654,3 +654,54 @@ impl Drop for DownFile<'_> {
         let _ = run(self.0, &["down", "-f", self.1, "--grace", "1s"]);
     }
 }
+
+#[test]
+fn sigterm_interrupts_a_run_that_resume_continues_and_one_runner_at_a_time() {
+    let t = T::new("stk_signal");
+    setup(
+        &t,
+        APP,
+        "\
+steps:
+  - name: first
+    command: echo first >> runs.txt
+  - name: long
+    needs: [first]
+    command: echo long >> runs.txt; if [ ! -e slept ]; then touch slept; sleep 60; fi
+",
+    );
+    let child = t
+        .cmd()
+        .args(["stack", "run", "-f", "stack.yaml", "-q"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !t.dir.join("slept").exists() {
+        assert!(Instant::now() < deadline, "step long never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A second runner of the same stack is refused while the first one runs.
+    let second = run(&t, &["run", "-f", "stack.yaml", "--resume"]).fails();
+    assert!(
+        second.stderr.contains("another `pgplane stack run` of stack stack (env stk_signal) is running"),
+        "{}",
+        second.stderr
+    );
+    let long_pid = step(&status(&t), "long")["pid"].as_i64().unwrap();
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let out = finish(child);
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(out.stderr.contains("interrupted; `pgplane stack run -f stack.yaml --resume` continues"), "{}", out.stderr);
+    // --quiet: the summary only, no step output.
+    assert!(!out.stderr.contains("long |") && out.stdout.contains("pending    long"), "{out:?}");
+    let stat = read(Path::new(&format!("/proc/{long_pid}/stat")));
+    assert!(stat.is_empty() || stat.contains(") Z "), "the interrupted command still runs: {stat}");
+    let doc = status(&t);
+    assert_eq!(doc["status"], "interrupted");
+    assert_eq!(step(&doc, "long")["state"], "pending");
+    let doc = run(&t, &["run", "-f", "stack.yaml", "--resume", "--json"]).ok().json();
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(read(&t.dir.join("runs.txt")), "first\nlong\nlong\n");
+}
