@@ -654,7 +654,15 @@ pub struct Spec {
     pub timeout: Duration,
     /// Run once when the timeout passes, for the report.
     pub diagnose_sql: Vec<String>,
+    /// See a condition that turns true within one interval, checks included: each round
+    /// starts early by the longest of the last rounds (plus 10 ms for what follows), so
+    /// it ends one interval after the previous one began. `pgplane wait` keeps the plain
+    /// schedule (a round every interval); stacks use this (the next step waits for it).
+    pub within_interval: bool,
 }
+
+/// What [`Spec::within_interval`] adds to a round's time for the work after it.
+const FOLLOW_UP: Duration = Duration::from_millis(10);
 
 /// How a wait ended: every condition's last observation and the diagnostics.
 #[derive(Debug, Clone)]
@@ -718,6 +726,8 @@ async fn until_inner(r: &Resolved, spec: &Spec, on_round: &mut (dyn FnMut(Durati
         let left = deadline.saturating_duration_since(now).max(Duration::from_secs(1));
         (spec.interval.max(Duration::from_secs(1)).min(left), spec.interval.max(Duration::from_secs(5)).min(left))
     };
+    // The last rounds' durations (for `within_interval`).
+    let mut recent: std::collections::VecDeque<Duration> = std::collections::VecDeque::new();
     let all_ok = loop {
         let round = Instant::now();
         let (connect_limit, query_limit) = limits(round);
@@ -742,7 +752,16 @@ async fn until_inner(r: &Resolved, spec: &Spec, on_round: &mut (dyn FnMut(Durati
             break false;
         }
         on_round(now - started, &states);
-        tokio::time::sleep_until((round + spec.interval).min(deadline)).await;
+        let mut next = round + spec.interval;
+        if spec.within_interval {
+            if recent.len() == 4 {
+                recent.pop_front();
+            }
+            recent.push_back(now - round);
+            let lead = recent.iter().max().copied().unwrap_or_default() + FOLLOW_UP;
+            next -= lead.min(spec.interval / 2);
+        }
+        tokio::time::sleep_until(next.min(deadline)).await;
     };
     let elapsed = started.elapsed();
     let mut diagnostics = Vec::new();
@@ -768,6 +787,7 @@ pub async fn run(ctx: &Ctx, args: WaitArgs) -> Result<i32> {
         interval: args.interval,
         timeout: args.timeout,
         diagnose_sql: args.diagnose_sql.clone(),
+        within_interval: false,
     };
     let mut progress = Progress::new();
     let report = until(&r, &spec, &mut |elapsed, states| progress.update(elapsed, states)).await;

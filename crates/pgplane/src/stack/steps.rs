@@ -389,7 +389,7 @@ pub async fn wait_step(mut cx: StepCtx, sql: String, interval: Duration, timeout
         return cx.finish(Outcome::new(State::Failed, "no login".to_string()));
     };
     let resolved = resolved(&login);
-    let spec = Spec { conditions: vec![Condition::Sql(sql)], interval, timeout, diagnose_sql };
+    let spec = Spec { conditions: vec![Condition::Sql(sql)], interval, timeout, diagnose_sql, within_interval: true };
     let (index, tx, log) = (cx.index, cx.tx.clone(), cx.log.clone());
     let mut last = String::new();
     let mut on_round = move |elapsed: Duration, states: &[wait::State]| {
@@ -590,6 +590,7 @@ async fn check_health(
             interval: health.interval,
             timeout,
             diagnose_sql: Vec::new(),
+            within_interval: true,
         };
         let mut on_round = |_: Duration, states: &[wait::State]| {
             if let Some(s) = states.first() {
@@ -622,10 +623,13 @@ async fn check_health(
                 last = seen;
             }
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             return Err(last);
         }
-        tokio::time::sleep_until((round + health.interval).min(deadline)).await;
+        // As a stack's waits: the next check ends about one interval after this one began.
+        let lead = (now - round + Duration::from_millis(10)).min(health.interval / 2);
+        tokio::time::sleep_until((round + health.interval - lead).min(deadline)).await;
     }
 }
 
