@@ -658,7 +658,6 @@ impl Runner<'_> {
             Kind::Service { .. } => State::Starting,
             _ => State::Running,
         };
-        record::step_started(self.c, self.run, &step.name, state, now, &log_path.display().to_string()).await?;
         self.states[i] = state;
         self.started[i] = Some(Instant::now());
         self.events.event(&Event::StepStarted {
@@ -704,9 +703,13 @@ impl Runner<'_> {
                 tokio::spawn(steps::wait_step(cx, sql, interval, timeout, diagnose_sql));
             }
             Kind::Service { run, health, restart, backoff } => {
-                tokio::spawn(steps::service(cx, run, health, restart, backoff, log_path));
+                tokio::spawn(steps::service(cx, run, health, restart, backoff, log_path.clone()));
             }
         }
+        // Recorded while the step already runs (its start time is from before): the
+        // record is written before any message of the step is handled, and the step does
+        // not wait for it.
+        record::step_started(self.c, self.run, &step.name, state, now, &log_path.display().to_string()).await?;
         Ok(())
     }
 
