@@ -459,7 +459,17 @@ pub async fn run(
     .await;
     done_tx.send_replace(true);
     if let Err(e) = result {
+        // The control database failed us: stop the steps (their processes included) and
+        // let them end before giving up, so none is left running unrecorded.
         runner.cancel_all();
+        let until = tokio::time::Instant::now() + Duration::from_secs(15);
+        while runner.active() > 0 {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(Msg::Finished(i, _))) => runner.cancels[i] = None,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
         let _ = record::finish_run(&c, run_id, "failed", Some(&format!("{e:#}"))).await;
         return Err(e);
     }
