@@ -419,6 +419,7 @@ pub async fn run(
         quiet: opts.quiet,
         phase_of,
         phases: phases.len(),
+        unrecorded: Vec::new(),
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     let (done_tx, done_rx) = watch::channel(false);
@@ -433,6 +434,7 @@ pub async fn run(
             for i in d.start {
                 runner.start(i, tx.clone(), done_rx.clone()).await?;
             }
+            runner.flush().await?;
             if runner.active() == 0 {
                 break;
             }
@@ -473,6 +475,7 @@ pub async fn run(
         let _ = record::finish_run(&c, run_id, "failed", Some(&format!("{e:#}"))).await;
         return Err(e);
     }
+    runner.flush().await?;
     let ended = if interrupted {
         Ended::Interrupted
     } else if runner.selected.iter().zip(&runner.states).all(|(sel, st)| !sel || st.is_done()) {
@@ -629,6 +632,19 @@ struct Runner<'a> {
     quiet: bool,
     phase_of: Vec<Option<usize>>,
     phases: usize,
+    /// Ends of steps not recorded yet (see [`Runner::flush`]).
+    unrecorded: Vec<Unrecorded>,
+}
+
+/// A step's end, until it is recorded.
+struct Unrecorded {
+    name: String,
+    state: State,
+    at: Option<SystemTime>,
+    detail: Option<String>,
+    exit_code: Option<i32>,
+    log_tail: Option<String>,
+    forget_process: bool,
 }
 
 impl Runner<'_> {
@@ -641,18 +657,37 @@ impl Runner<'_> {
     }
 
     async fn skip(&mut self, i: usize, why: &str) -> Result<()> {
-        let name = &self.stack.steps[i].name;
+        let name = self.stack.steps[i].name.clone();
         self.states[i] = State::Skipped;
-        let finish = record::Finish {
+        self.unrecorded.push(Unrecorded {
+            name: name.clone(),
             state: State::Skipped,
             at: None,
-            detail: Some(why),
+            detail: Some(why.to_string()),
             exit_code: None,
             log_tail: None,
             forget_process: false,
-        };
-        record::step_finished(self.c, self.run, name, finish).await?;
-        self.events.event(&Event::StepSkipped { step: name, reason: why });
+        });
+        self.events.event(&Event::StepSkipped { step: &name, reason: why });
+        Ok(())
+    }
+
+    /// Records the ends of steps, in the order they happened. Called after the steps that
+    /// waited for them have been started (so they do not wait for the commit) and before
+    /// their starts are recorded (so no record shows a step started before what it needs
+    /// ended).
+    async fn flush(&mut self) -> Result<()> {
+        for u in std::mem::take(&mut self.unrecorded) {
+            let finish = record::Finish {
+                state: u.state,
+                at: u.at,
+                detail: u.detail.as_deref(),
+                exit_code: u.exit_code,
+                log_tail: u.log_tail.as_deref(),
+                forget_process: u.forget_process,
+            };
+            record::step_finished(self.c, self.run, &u.name, finish).await?;
+        }
         Ok(())
     }
 
@@ -719,6 +754,7 @@ impl Runner<'_> {
         // Recorded while the step already runs (its start time is from before): the
         // record is written before any message of the step is handled, and the step does
         // not wait for it.
+        self.flush().await?;
         record::step_started(self.c, self.run, &step.name, state, now, &log_path.display().to_string()).await?;
         Ok(())
     }
@@ -753,15 +789,15 @@ impl Runner<'_> {
                 // A step's process is gone once it ended, except a service that is up or
                 // was interrupted while its health was checked (`--resume` re-checks it).
                 let forget_process = if service { state == State::Failed } else { true };
-                let finish = record::Finish {
+                self.unrecorded.push(Unrecorded {
+                    name: name.clone(),
                     state,
                     at,
-                    detail: detail.as_deref(),
+                    detail: detail.clone(),
                     exit_code,
-                    log_tail: log_tail.as_deref(),
+                    log_tail,
                     forget_process,
-                };
-                record::step_finished(self.c, self.run, &name, finish).await?;
+                });
                 if forget_process {
                     self.processes[i] = None;
                 }
