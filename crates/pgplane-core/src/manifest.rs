@@ -52,6 +52,9 @@ pub struct RawManifest {
     pub templates: Vec<RawTemplate>,
     #[serde(default)]
     pub branches: Option<RawBranches>,
+    /// Phased setups run by `pgplane stack run` (see [`crate::stack`]).
+    #[serde(default)]
+    pub stacks: Vec<crate::stack::RawStack>,
 }
 
 /// A template database built from migration sources, for branches to be stamped from.
@@ -214,6 +217,9 @@ pub struct Manifest {
     pub tenants: Vec<TenantSpec>,
     pub templates: Vec<TemplateSpec>,
     pub branches: BranchPolicy,
+    /// `stacks:`, checked when the manifest is read; `pgplane stack run` builds one for its
+    /// environment with [`crate::stack::StackSource::build`].
+    pub stacks: Vec<crate::stack::StackSource>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -812,7 +818,7 @@ fn validate(
         }
     };
 
-    Ok(Manifest {
+    let mut manifest = Manifest {
         file: src.file.to_path_buf(),
         default_environment: raw.environment,
         servers,
@@ -821,7 +827,34 @@ fn validate(
         tenants,
         templates,
         branches,
-    })
+        stacks: Vec::new(),
+    };
+    manifest.stacks = stacks(src, &raw.stacks, &manifest)?;
+    Ok(manifest)
+}
+
+/// `stacks:`: names unique, each stack valid (roles, which depend on the environment, are
+/// checked when one runs). The first problem is the error.
+fn stacks(
+    src: &Source<'_>,
+    raws: &[crate::stack::RawStack],
+    manifest: &Manifest,
+) -> Result<Vec<crate::stack::StackSource>, ManifestError> {
+    let sources = crate::stack::StackSource::from_manifest(src.file, src.text, raws);
+    let env = manifest.default_environment.as_deref().unwrap_or("env");
+    let mut names = BTreeSet::new();
+    for (i, s) in sources.iter().enumerate() {
+        s.build(Some(manifest), None, env).map_err(|mut e| e.0.remove(0))?;
+        if !names.insert(s.name()) {
+            return Err(src.section("stacks").err_nth(
+                "name",
+                &s.name(),
+                1,
+                format!("stack {:?} is listed twice (stacks[{i}])", s.name()),
+            ));
+        }
+    }
+    Ok(sources)
 }
 
 /// Database-level settings: names like `search_path` or `app.mode`; scalar values.

@@ -605,7 +605,9 @@ impl Branches {
         let mut tx_client = self.control_server.connect_as(Some(CONTROL_DB), Role::Branch).await?;
         let tx = tx_client.transaction().await?;
         // Counting and inserting under one template-wide lock: parallel creates cannot overshoot the cap.
-        crate::locks::Lock::named(crate::locks::TEMPLATE_CAP, format!("{}/{template}", self.env)).xact_lock(&tx).await?;
+        crate::locks::Lock::named(crate::locks::TEMPLATE_CAP, format!("{}/{template}", self.env))
+            .xact_lock(&tx)
+            .await?;
         let count: i64 = tx
             .query_one(
                 "SELECT count(*) FROM pgplane.branches WHERE env = $1 AND template = $2",

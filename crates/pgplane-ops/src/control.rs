@@ -19,6 +19,9 @@ use crate::observe::Fresh;
 pub const CONTROL_DB: &str = "pgplane";
 
 /// Schema migrations of the control database, in order. Never edit a released one.
+/// Every version not yet in `schema_version` is applied, in this order, so a migration
+/// numbered apart from the others (100: stacks, written in parallel) is applied wherever
+/// it is missing, whatever the highest version applied so far.
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../sql/control/0001_init.sql")),
     (2, include_str!("../sql/control/0002_observations.sql")),
@@ -26,6 +29,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../sql/control/0004_branches.sql")),
     (5, include_str!("../sql/control/0005_identity.sql")),
     (6, include_str!("../sql/control/0006_jobs.sql")),
+    (7, include_str!("../sql/control/0007_stacks.sql")),
 ];
 
 /// The lock that serializes every mutating pgplane operation on a control database.
@@ -132,14 +136,16 @@ pub async fn ensure_as(target: &Target, role: Role) -> Result<Client> {
     )
     .await
     .context("creating the control schema")?;
-    let current: i32 = tx.query_one("SELECT COALESCE(max(version), 0) FROM pgplane.schema_version", &[]).await?.get(0);
+    let applied: Vec<i32> =
+        tx.query("SELECT version FROM pgplane.schema_version", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let current = applied.iter().copied().max().unwrap_or(0);
     if current > latest() {
         bail!(
             "the control database has schema version {current}, newer than this pgplane knows ({}); upgrade pgplane",
             latest()
         );
     }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| !applied.contains(v)) {
         tx.batch_execute(sql).await.with_context(|| format!("migrating the control database to version {version}"))?;
         tx.execute("INSERT INTO pgplane.schema_version (version) VALUES ($1)", &[version]).await?;
     }

@@ -24,5 +24,6 @@ pub mod provision;
 pub mod runner;
 pub mod schema;
 pub mod secrets;
+pub mod stack;
 pub mod status;
 pub mod wait;

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::time::Duration;
 
@@ -434,7 +435,7 @@ struct Conns {
     /// Databases a connection succeeded to, with their OID then.
     proved: BTreeMap<String, u32>,
     /// A query got no answer in time: the connection is treated as broken.
-    stalled: std::cell::Cell<bool>,
+    stalled: AtomicBool,
     /// `sql:` as [`Resolved::sql_as`], logged in as that role.
     owner: Option<Conn>,
 }
@@ -447,7 +448,7 @@ impl Conns {
             self.main = None;
             self.main_error = format!("connection to {} lost", r.display());
         }
-        if self.stalled.replace(false) {
+        if self.stalled.swap(false, Ordering::Relaxed) {
             tracing::info!(at = %r.display(), "a query got no answer in time; reconnecting");
             self.main = None;
             self.main_error = format!("a query on {} got no answer in time", r.display());
@@ -654,13 +655,13 @@ async fn as_usual(c: &Conn, sql: &str, limit: Duration) -> (Result<Vec<SimpleQue
 /// the connections `stalled`, so that the next round reconnects.
 async fn bounded<T>(
     limit: Duration,
-    stalled: &std::cell::Cell<bool>,
+    stalled: &AtomicBool,
     fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(limit, fut).await {
         Ok(res) => res.map_err(|e| describe(&e)),
         Err(_) => {
-            stalled.set(true);
+            stalled.store(true, Ordering::Relaxed);
             Err(format!("no answer within {}", human(limit)))
         }
     }
@@ -681,19 +682,21 @@ fn probe<'a>(conns: &'a Conns, r: &'a Resolved, keys: Option<&'a Keyring>, conne
 }
 
 /// One condition's state across rounds.
-struct State {
-    cond: Condition,
-    outcome: Outcome,
+#[derive(Debug, Clone)]
+pub struct State {
+    pub cond: Condition,
+    pub outcome: Outcome,
     /// When the condition started to hold (in its current run of rounds).
-    since: Option<Duration>,
+    pub since: Option<Duration>,
 }
 
 /// The result of a diagnostic query.
-struct Diagnostic {
-    sql: String,
-    columns: Vec<String>,
-    rows: Vec<Vec<Option<String>>>,
-    error: Option<String>,
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    pub sql: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+    pub error: Option<String>,
 }
 
 async fn diagnose(sql: &str, client: Option<&Conn>, no_client: &str, limit: Duration) -> Diagnostic {
@@ -725,7 +728,7 @@ async fn diagnose(sql: &str, client: Option<&Conn>, no_client: &str, limit: Dura
 }
 
 /// `1.3s`, `250ms`, `5m`.
-fn human(d: Duration) -> String {
+pub fn human(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
     } else if d < Duration::from_secs(120) {
@@ -742,21 +745,94 @@ fn report_waiting(events: &dyn Events, elapsed: Duration, states: &[State]) {
     events.stage("waiting", &format!("waiting {} for {}", human(elapsed), pending.join(", ")));
 }
 
-pub async fn run(ctx: &Ctx, args: WaitArgs, events: &dyn Events) -> Result<i32> {
-    if args.interval < Duration::from_millis(10) {
-        bail!("--interval {} is too short; use at least 10ms (e.g. 250ms)", human(args.interval));
+/// What to wait for, and how (the flags of `pgplane wait`, or a stack's `wait` step).
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub conditions: Vec<Condition>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Run once when the timeout passes, for the report.
+    pub diagnose_sql: Vec<String>,
+    /// See a condition that turns true within one interval, checks included: each round
+    /// starts early by the longest of the last rounds (plus 10 ms for what follows), so
+    /// it ends one interval after the previous one began. `pgplane wait` keeps the plain
+    /// schedule (a round every interval); stacks use this (the next step waits for it).
+    pub within_interval: bool,
+}
+
+/// What [`Spec::within_interval`] adds to a round's time for the work after it.
+const FOLLOW_UP: Duration = Duration::from_millis(10);
+
+/// How a wait ended: every condition's last observation and the diagnostics.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub ok: bool,
+    pub elapsed: Duration,
+    pub states: Vec<State>,
+    pub diagnostics: Vec<Diagnostic>,
+    /// `host:port/database` of the target, for messages.
+    pub target: String,
+    pub timeout: Duration,
+}
+
+impl Report {
+    /// One line per condition (`ok  sql:…  after 1.3s` or `FAIL  sql:…  returned f`), then
+    /// each diagnostic query's rows as a table.
+    pub fn text(&self) -> String {
+        report_text(&self.states, &self.diagnostics)
     }
-    let r = resolve(ctx, &args)?;
-    // The secret key, when a condition logs in as a managed role.
-    let logs_in = args.conditions.iter().any(|c| match c {
-        Condition::Migrated(_) => true,
-        Condition::Sql(_) => r.sql_as.is_some(),
-        _ => false,
-    });
-    let keys = if logs_in { Some(ctx.keys()?) } else { None };
+
+    pub fn json(&self) -> serde_json::Value {
+        json!({
+            "ok": self.ok,
+            "elapsed_ms": self.elapsed.as_millis() as u64,
+            "conditions": self.states.iter().map(|s| json!({
+                "condition": s.cond.to_string(),
+                "ok": s.outcome.ok,
+                "observed": s.outcome.observed,
+                "since_ms": s.since.map(|d| d.as_millis() as u64),
+            })).collect::<Vec<_>>(),
+            "diagnostics": self.diagnostics.iter().map(|d| json!({
+                "sql": d.sql, "columns": d.columns, "rows": d.rows, "error": d.error,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The timeout message (`None` when every condition held).
+    pub fn timed_out(&self) -> Option<String> {
+        if self.ok {
+            return None;
+        }
+        let failing: Vec<String> = self.states.iter().filter(|s| !s.outcome.ok).map(|s| s.cond.to_string()).collect();
+        Some(format!("timed out after {} on {}; not holding: {}", human(self.timeout), self.target, failing.join(", ")))
+    }
+}
+
+/// Checks every condition each `spec.interval` until all hold or `spec.timeout` passes;
+/// then, on a timeout, runs the diagnostic queries. `on_round` sees every round that did
+/// not end the wait (elapsed time, the states). `keys`: the secret key, when a condition
+/// logs in as a managed role. Dropping the future cancels the wait.
+///
+/// Boxed so that callers on any runtime can spawn it (the callback's higher-ranked
+/// lifetime otherwise defeats the compiler's `Send` inference).
+pub fn until<'a>(
+    r: &'a Resolved,
+    spec: &'a Spec,
+    keys: Option<&'a Keyring>,
+    on_round: &'a mut (dyn FnMut(Duration, &[State]) + Send),
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Report> + Send + 'a>> {
+    Box::pin(until_inner(r, spec, keys, on_round))
+}
+
+async fn until_inner(
+    r: &Resolved,
+    spec: &Spec,
+    keys: Option<&Keyring>,
+    on_round: &mut (dyn FnMut(Duration, &[State]) + Send),
+) -> Report {
     let started = Instant::now();
-    let deadline = started + args.timeout;
-    let mut states: Vec<State> = args
+    let deadline = started + spec.timeout;
+    let mut states: Vec<State> = spec
         .conditions
         .iter()
         .map(|c| State { cond: c.clone(), outcome: Outcome::fails("not checked yet"), since: None })
@@ -766,17 +842,19 @@ pub async fn run(ctx: &Ctx, args: WaitArgs, events: &dyn Events) -> Result<i32> 
         // Never stall a round on one attempt: a connection gets at most the interval
         // (at least 1s), a query at least 5s; both end at the deadline (at least 1s later).
         let left = deadline.saturating_duration_since(now).max(Duration::from_secs(1));
-        (args.interval.max(Duration::from_secs(1)).min(left), args.interval.max(Duration::from_secs(5)).min(left))
+        (spec.interval.max(Duration::from_secs(1)).min(left), spec.interval.max(Duration::from_secs(5)).min(left))
     };
+    // The last rounds' durations (for `within_interval`).
+    let mut recent: std::collections::VecDeque<Duration> = std::collections::VecDeque::new();
     let all_ok = loop {
         let round = Instant::now();
         let (connect_limit, query_limit) = limits(round);
-        conns.ensure(&r, connect_limit).await;
+        conns.ensure(r, connect_limit).await;
         // Catalog checks first: a slow `sql:` query must not delay them on the shared connection.
         let mut order: Vec<&mut State> = states.iter_mut().collect();
         order.sort_by_key(|s| matches!(s.cond, Condition::Sql(_) | Condition::Migrated(_) | Condition::Branch(_)));
         for s in order {
-            let outcome = evaluate(&s.cond, &mut conns, &r, keys, connect_limit, query_limit).await;
+            let outcome = evaluate(&s.cond, &mut conns, r, keys, connect_limit, query_limit).await;
             s.since = match (outcome.ok, s.since) {
                 (true, Some(t)) => Some(t),
                 (true, None) => Some(started.elapsed()),
@@ -791,50 +869,63 @@ pub async fn run(ctx: &Ctx, args: WaitArgs, events: &dyn Events) -> Result<i32> 
         if now >= deadline {
             break false;
         }
-        report_waiting(events, now - started, &states);
-        tokio::time::sleep_until((round + args.interval).min(deadline)).await;
+        on_round(now - started, &states);
+        let mut next = round + spec.interval;
+        if spec.within_interval {
+            if recent.len() == 4 {
+                recent.pop_front();
+            }
+            recent.push_back(now - round);
+            let lead = recent.iter().max().copied().unwrap_or_default() + FOLLOW_UP;
+            next -= lead.min(spec.interval / 2);
+        }
+        tokio::time::sleep_until(next.min(deadline)).await;
     };
-    events.progress_done();
     let elapsed = started.elapsed();
     let mut diagnostics = Vec::new();
-    if !all_ok && !args.diagnose_sql.is_empty() {
+    if !all_ok && !spec.diagnose_sql.is_empty() {
         let (connect_limit, query_limit) = limits(Instant::now());
         if conns.catalog().is_none() {
-            conns.ensure(&r, connect_limit).await;
+            conns.ensure(r, connect_limit).await;
         }
-        for sql in &args.diagnose_sql {
+        for sql in &spec.diagnose_sql {
             diagnostics.push(diagnose(sql, conns.catalog(), conns.catalog_error(), query_limit).await);
         }
     }
-    if args.json {
-        let doc = json!({
-            "ok": all_ok,
-            "elapsed_ms": elapsed.as_millis() as u64,
-            "conditions": states.iter().map(|s| json!({
-                "condition": s.cond.to_string(),
-                "ok": s.outcome.ok,
-                "observed": s.outcome.observed,
-                "since_ms": s.since.map(|d| d.as_millis() as u64),
-            })).collect::<Vec<_>>(),
-            "diagnostics": diagnostics.iter().map(|d| json!({
-                "sql": d.sql, "columns": d.columns, "rows": d.rows, "error": d.error,
-            })).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        print!("{}", report_text(&states, &diagnostics));
+    Report { ok: all_ok, elapsed, states, diagnostics, target: r.display(), timeout: spec.timeout }
+}
+
+/// Whether waiting on `conditions` logs in as a managed role (and needs the secret key).
+pub fn logs_in(r: &Resolved, conditions: &[Condition]) -> bool {
+    conditions.iter().any(|c| match c {
+        Condition::Migrated(_) => true,
+        Condition::Sql(_) => r.sql_as.is_some(),
+        _ => false,
+    })
+}
+
+/// `pgplane wait`: resolves the target, waits, and returns the report (the caller prints
+/// it; exit [`EXIT_TIMEOUT`] when it timed out). Progress goes to `events`.
+pub async fn run(ctx: &Ctx, args: WaitArgs, events: &dyn Events) -> Result<Report> {
+    if args.interval < Duration::from_millis(10) {
+        bail!("--interval {} is too short; use at least 10ms (e.g. 250ms)", human(args.interval));
     }
-    if all_ok {
-        return Ok(0);
-    }
-    let failing: Vec<String> = states.iter().filter(|s| !s.outcome.ok).map(|s| s.cond.to_string()).collect();
-    eprintln!(
-        "pgplane: timed out after {} on {}; not holding: {}",
-        human(args.timeout),
-        r.display(),
-        failing.join(", ")
-    );
-    Ok(EXIT_TIMEOUT)
+    let r = resolve(ctx, &args)?;
+    let keys = if logs_in(&r, &args.conditions) { Some(ctx.keys()?) } else { None };
+    let spec = Spec {
+        conditions: args.conditions.clone(),
+        interval: args.interval,
+        timeout: args.timeout,
+        diagnose_sql: args.diagnose_sql.clone(),
+        within_interval: false,
+    };
+    let report = {
+        let mut on_round = |elapsed: Duration, states: &[State]| report_waiting(events, elapsed, states);
+        // `events` is not `Send`-bounded here; the wait runs on this task.
+        until_inner(&r, &spec, keys, &mut on_round).await
+    };
+    events.progress_done();
+    Ok(report)
 }
 
 fn report_text(states: &[State], diagnostics: &[Diagnostic]) -> String {

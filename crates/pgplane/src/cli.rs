@@ -196,6 +196,128 @@ pub enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+    /// Phased setup on shared databases: commands, SQL, waits on SQL conditions and
+    /// long-running services, ordered by `needs` and exclusive or parallel groups.
+    ///
+    /// The stack file (or a `stacks:` entry of the manifest) is checked completely before
+    /// anything runs; every problem names its file and line. Steps that name a module get
+    /// its role's credentials (DATABASE_URL, PGHOST…PGPASSWORD) from pgplane; SQL steps and
+    /// waits log in as that role. Each step's state is recorded in the control database,
+    /// its output goes to $PGPLANE_HOME/stacks/<run>/<step>.log and, prefixed with its
+    /// name, to stderr. Services keep running after the run until `stack down`.
+    ///
+    /// Exit codes of `stack run`: 0 every step completed (services up); 1 error, nothing
+    /// ran if the file was bad; 3 a step failed or timed out (what needs it was skipped;
+    /// `--resume` continues); 4 interrupted by SIGINT/SIGTERM (`--resume` continues).
+    /// `stack status` and `stack down`: 0, or 1 on error.
+    #[command(after_help = "Examples:
+  pgplane stack run -f stack.yaml --dry-run        # the phases and steps, nothing runs
+  pgplane stack run -f stack.yaml --env demo       # run it; services stay up
+  pgplane stack run -f stack.yaml --resume         # after a failure or a crash: continue
+  pgplane stack run -f stack.yaml --from sync-alpha   # again from a step, with what needs it
+  pgplane stack status -f stack.yaml --json
+  pgplane stack down -f stack.yaml --grace 10s     # stop the services, dependents first")]
+    Stack {
+        #[command(subcommand)]
+        command: StackCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StackCommand {
+    /// Run the stack: steps start as soon as what they need holds.
+    Run(StackRunArgs),
+    /// Show the latest run: each step's state, times, waits' last values, failures' log lines.
+    Status(StackStatusArgs),
+    /// Stop the services of the latest run in reverse dependency order (SIGTERM, then
+    /// SIGKILL after the grace period), each one after the other.
+    Down(StackDownArgs),
+    /// Keep one service running (started by `stack run`; not for people).
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StackFileArgs {
+    /// The stack file, or a manifest with `stacks:`.
+    #[arg(short = 'f', long = "file", default_value = "stack.yaml")]
+    pub file: PathBuf,
+    /// Which stack of a manifest's `stacks:` (needed when it has several).
+    #[arg(long)]
+    pub stack: Option<String>,
+    /// Environment; defaults to the manifest's `environment:` (`default` without a manifest).
+    #[arg(long, env = "PGPLANE_ENV")]
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StackRunArgs {
+    #[command(flatten)]
+    pub file: StackFileArgs,
+    /// Continue the latest run: completed steps do not run again; services are re-checked
+    /// and only started again when their process is gone.
+    #[arg(long)]
+    pub resume: bool,
+    /// Run this step and every step that needs it (again, even if completed) in the latest run.
+    #[arg(long, value_name = "STEP", conflicts_with = "only")]
+    pub from: Option<String>,
+    /// Run only this step (repeatable) in the latest run, even if completed; its needs are not checked.
+    #[arg(long, value_name = "STEP")]
+    pub only: Vec<String>,
+    /// After a failure, let steps that do not need the failed one run on.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Show only the summary (the log files still get every line).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Print the phases and steps in order; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the run (as `stack status --json`) or the dry run as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StackStatusArgs {
+    #[command(flatten)]
+    pub file: StackFileArgs,
+    /// This run instead of the latest.
+    #[arg(long)]
+    pub run: Option<i64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StackDownArgs {
+    #[command(flatten)]
+    pub file: StackFileArgs,
+    /// This run instead of the latest.
+    #[arg(long)]
+    pub run: Option<i64>,
+    /// Time between SIGTERM and SIGKILL for each service.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub grace: Duration,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    /// The step's log file.
+    #[arg(long)]
+    pub log: PathBuf,
+    #[arg(long, default_value = "no")]
+    pub restart: String,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub backoff: Duration,
+    /// A variable whose value is hidden in the log (repeatable).
+    #[arg(long)]
+    pub redact_env: Vec<String>,
+    /// The service's command.
+    #[arg(last = true, required = true)]
+    pub argv: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -26,8 +26,11 @@ mod serve;
 
 // The operations live in the library; front ends call them by these names.
 use pgplane_ops::{
-    branch, cancel, conn, control, credentials, error, events, exec, jobs, migrate, ops, runner, schema, status, wait,
+    branch, cancel, conn, control, credentials, error, events, exec, jobs, migrate, ops, runner, schema, stack, status,
+    wait,
 };
+mod stack_cmd;
+mod stack_render;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
             Command::Template { command } => commands::template(&mut ctx, command).await,
             Command::Branch { command } => commands::branch(&mut ctx, command).await,
             Command::Schema { command } => commands::schema(&mut ctx, command).await,
+            Command::Stack { command } => stack_cmd::stack(&ctx, command).await,
             Command::Serve(a) => serve::run(ctx.home.clone(), a).await,
             Command::Worker(a) => commands::worker(&mut ctx, a).await,
             Command::Job { command } => commands::job(&mut ctx, command).await,

@@ -571,29 +571,10 @@ pub async fn unmigrated(
         return Ok(Some(format!("module {module} has no targets (no tenant enables it)")));
     }
     // Every target is checked (8 at a time); each one's problem is collected, none stops the rest.
-    let checks = futures_util::stream::iter(targets.iter())
-        .map(|t| {
-            let (source, opts) = (&source, &opts);
-            async move {
-                let client = connect(t).await?;
-                let (units, _, p) = plan_target(&client, source, t, opts).await?;
-                Ok::<_, anyhow::Error>(if let Some(problem) = p.problems.first() {
-                    Some(problem.to_string())
-                } else if p.pending() > 0 {
-                    let first = p
-                        .to_run()
-                        .find(|s| s.state != State::Always)
-                        .map(|s| units[s.unit].name.clone())
-                        .unwrap_or_default();
-                    Some(format!("{} pending (next {first})", p.pending()))
-                } else {
-                    None
-                })
-            }
-        })
-        .buffered(opts.jobs)
-        .collect::<Vec<_>>()
-        .await;
+    // The futures are made before the stream: a closure inside the stream's type makes
+    // the future not `Send` for every lifetime, which stack runners need.
+    let futures: Vec<_> = targets.iter().map(|t| pending_of(t, &source, &opts)).collect();
+    let checks = futures_util::stream::iter(futures).buffered(opts.jobs).collect::<Vec<_>>().await;
     let missing: Vec<String> = targets
         .iter()
         .zip(checks)
@@ -607,6 +588,21 @@ pub async fn unmigrated(
         return Ok(None);
     }
     Ok(Some(format!("{} of {} target(s) not migrated: {}", missing.len(), targets.len(), missing.join("; "))))
+}
+
+/// What keeps one target from counting as migrated (`None`: nothing).
+async fn pending_of(t: &Target, source: &Source, opts: &RunOptions) -> Result<Option<String>> {
+    let client = connect(t).await?;
+    let (units, _, p) = plan_target(&client, source, t, opts).await?;
+    Ok(if let Some(problem) = p.problems.first() {
+        Some(problem.to_string())
+    } else if p.pending() > 0 {
+        let first =
+            p.to_run().find(|s| s.state != State::Always).map(|s| units[s.unit].name.clone()).unwrap_or_default();
+        Some(format!("{} pending (next {first})", p.pending()))
+    } else {
+        None
+    })
 }
 
 /// Sources read once per process: `wait` asks every interval.

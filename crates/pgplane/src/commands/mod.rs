@@ -229,7 +229,20 @@ pub async fn credentials(ctx: &mut Ctx, args: CredentialsArgs) -> Result<i32> {
 
 /// `pgplane wait`: see [`crate::wait`].
 pub async fn wait(ctx: &Ctx, args: WaitArgs) -> Result<i32> {
-    wait::run(ctx, args.into(), &output::Terminal::new()).await
+    let json = args.json;
+    let report = wait::run(ctx, args.into(), &output::Terminal::new()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.json())?);
+    } else {
+        print!("{}", report.text());
+    }
+    match report.timed_out() {
+        None => Ok(0),
+        Some(message) => {
+            eprintln!("pgplane: {message}");
+            Ok(wait::EXIT_TIMEOUT)
+        }
+    }
 }
 
 pub fn local(ctx: &mut Ctx, command: LocalCommand) -> Result<i32> {

@@ -12,6 +12,7 @@ mod guard;
 mod jobs;
 mod metrics;
 pub mod openapi;
+mod stacks;
 mod state;
 
 use std::future::Future;
@@ -129,6 +130,7 @@ pub fn router(state: Shared, hosts: std::sync::Arc<guard::Hosts>) -> Router {
         .route("/apply", post(api::apply))
         .route("/operations", get(api::operations))
         .route("/operations/{id}", get(api::operation).delete(api::cancel_operation))
+        .merge(stacks::api_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .route("/openapi.json", get(openapi_json))
         .fallback(error::not_found)

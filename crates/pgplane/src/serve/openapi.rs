@@ -21,9 +21,10 @@ use super::api;
         api::branches, api::create_branch, api::branch, api::reset_branch, api::delete_branch, api::branch_tables,
         api::branch_table, api::branch_diff,
         api::plan, api::apply, api::operations, api::operation, api::cancel_operation,
+        super::stacks::stacks, super::stacks::stack_run,
     ),
     modifiers(&Bearer),
-    tags((name = "databases"), (name = "branches"), (name = "operations")),
+    tags((name = "databases"), (name = "branches"), (name = "operations"), (name = "stacks")),
 )]
 struct ApiDoc;
 
