@@ -444,10 +444,22 @@ impl Journal {
     /// of this process now, its lock held on `c` (the operation's control connection) until
     /// [`Journal::finish`] or until `c` closes (the process died: readers see it interrupted).
     pub async fn start(c: &Client, given: Option<i64>, kind: &str, env: Option<&str>) -> Result<Journal> {
+        Journal::start_for(c, given, kind, env, None).await
+    }
+
+    /// [`Journal::start`] naming what the operation works on (a branch, a stack).
+    pub async fn start_for(
+        c: &Client,
+        given: Option<i64>,
+        kind: &str,
+        env: Option<&str>,
+        resource: Option<&str>,
+    ) -> Result<Journal> {
         Ok(match given {
             Some(id) => Journal { id, attempt: None },
             None => {
-                let new = crate::jobs::NewJob::new(kind, env);
+                let mut new = crate::jobs::NewJob::new(kind, env);
+                new.resource = resource.map(str::to_string);
                 let attempt =
                     crate::jobs::queue::start_inline(c, &new, &crate::jobs::worker::inline_worker_name(), None).await?;
                 Journal { id: attempt.job.id, attempt: Some(attempt) }

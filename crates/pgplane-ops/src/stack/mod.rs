@@ -358,6 +358,10 @@ pub async fn run(
             (id, record::steps(&c, id).await?, false)
         }
     };
+    // The run is a job of this process too (`job list` shows it; its lock is held on the
+    // run's control connection, so a killed runner's job reads as interrupted). Its services
+    // live on this host, so no other worker takes it over: `--resume` continues it.
+    let journal = crate::control::Journal::start_for(&c, None, "stack_run", Some(&env), Some(&stack.name)).await?;
     let mut states = recorded_states(&stack, &recorded);
     let selected = selection(&stack, &states, &opts);
     let processes: Vec<Option<ProcId>> =
@@ -473,6 +477,7 @@ pub async fn run(
             }
         }
         let _ = record::finish_run(&c, run_id, "failed", Some(&format!("{e:#}"))).await;
+        let _ = journal.finish(&c, 0, Some(&format!("{e:#}"))).await;
         return Err(e);
     }
     runner.flush().await?;
@@ -484,6 +489,9 @@ pub async fn run(
         Ended::Failed
     };
     record::finish_run(&c, run_id, ended.as_str(), None).await?;
+    let completed = runner.states.iter().filter(|s| s.is_done()).count();
+    let failure = (ended != Ended::Succeeded).then(|| format!("stack run {run_id} {}", ended.as_str()));
+    journal.finish(&c, completed, failure.as_deref()).await?;
     events.event(&Event::RunFinished { run: run_id, status: ended.as_str() });
     let mut view = record::run_with_steps(&c, run_id).await?.context("the run's record vanished")?;
     view.steps.iter_mut().for_each(record::StepView::check_alive);
