@@ -23,3 +23,4 @@ pub mod plan;
 pub mod render;
 pub mod schema;
 pub mod sqlsplit;
+pub mod tenant;

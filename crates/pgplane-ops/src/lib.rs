@@ -23,4 +23,5 @@ pub mod provision;
 pub mod runner;
 pub mod schema;
 pub mod secrets;
+pub mod tenants;
 pub mod wait;

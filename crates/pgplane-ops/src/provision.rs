@@ -111,7 +111,7 @@ pub async fn apply_with(
     events: &dyn Events,
 ) -> Result<ApplyReport> {
     events.stage("plan", "reading the catalog under the lock");
-    let s = Session::open(ctx, file, env).await?;
+    let mut s = Session::open(ctx, file, env).await?;
     let locked = s.lock_and_plan(PlanOptions { prune: req.prune, adopt: req.adopt }, hooks.lock_timeout).await?;
     let changes = locked.plan.changes();
     events.stage("plan", &format!("{changes} change(s)"));

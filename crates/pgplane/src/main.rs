@@ -26,7 +26,8 @@ mod serve;
 
 // The operations live in the library; front ends call them by these names.
 use pgplane_ops::{
-    branch, cancel, conn, control, error, events, exec, jobs, migrate, observe, ops, runner, schema, secrets, wait,
+    branch, cancel, conn, control, error, events, exec, jobs, migrate, observe, ops, runner, schema, secrets, tenants,
+    wait,
 };
 
 use std::io::IsTerminal;

@@ -93,7 +93,7 @@ fn print_doc(doc: Option<serde_json::Value>) -> Result<()> {
 
 pub async fn adopt(ctx: &mut Ctx, args: AdoptArgs) -> Result<i32> {
     require_confirmation_possible(args.change.yes, "adopt")?;
-    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
+    let mut s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
     let mut locked = s.lock_and_plan(PlanOptions { prune: false, adopt: true }, args.change.lock_timeout).await?;
     // Adoptions and the passwords of the adopted roles; other repairs are apply's.
     let adopted: std::collections::BTreeSet<String> =
@@ -178,7 +178,13 @@ pub async fn status(ctx: &mut Ctx, args: StatusArgs) -> Result<i32> {
         // Drift: what apply would repair for this env, per object.
         // Drift needs the desired state; if it cannot be computed, say why instead of "ok".
         let mut problem: Option<String> = None;
-        let desired = match pgplane_core::model::Desired::build(&manifest, env) {
+        // Registered tenants are part of the desired state (never drift, never orphans).
+        let registry = match &control_db {
+            Some(c) => crate::tenants::registry::load(c, env).await?,
+            None => Default::default(),
+        };
+        let registry = crate::tenants::provisional(&manifest, &registry);
+        let desired = match pgplane_core::model::Desired::build(&manifest, env, &registry) {
             Ok(d) => Some(d),
             Err(e) => {
                 problem = Some(format!("drift unknown: the manifest gives no valid desired state for env {env}: {e}"));
