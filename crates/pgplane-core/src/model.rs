@@ -331,8 +331,7 @@ impl Desired {
                         b.search_path(&mut d, &db, &tr, &schema);
                         let readonly = m.readonly_role.then(|| {
                             let ro = n.readonly_role.render_long(Vars { owner: &tr, ..tv });
-                            let ro =
-                                b.reader(&mut d, ro, &db, &schema, &tr, Some(t.name), Purpose::TenantReadonlyRole);
+                            let ro = b.reader(&mut d, ro, &db, &schema, &tr, Some(t.name), Purpose::TenantReadonlyRole);
                             b.search_path(&mut d, &db, &ro, &schema);
                             ro
                         });

@@ -152,9 +152,8 @@ impl std::fmt::Display for ModuleRef {
 
 /// The manifest's module for a tenant request: it exists and has per-tenant storage.
 pub fn tenant_module<'m>(manifest: &'m Manifest, name: &str) -> Result<&'m ModuleSpec, String> {
-    let known = || {
-        manifest.modules.iter().filter(|m| m.per_tenant()).map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
-    };
+    let known =
+        || manifest.modules.iter().filter(|m| m.per_tenant()).map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ");
     match manifest.module(name) {
         None => Err(format!(
             "module {name:?} is not in {} (per-tenant modules: {})",
@@ -211,10 +210,9 @@ pub fn direction(module: &ModuleSpec, from: Option<&str>, to: Option<&str>) -> R
     let index = |v: Option<&str>| -> Result<Option<usize>, String> {
         match v {
             None => Ok(None),
-            Some(v) => module
-                .version_index(v)
-                .map(Some)
-                .ok_or_else(|| format!("module {} no longer declares version {v:?}; add it back to `versions:`", module.name)),
+            Some(v) => module.version_index(v).map(Some).ok_or_else(|| {
+                format!("module {} no longer declares version {v:?}; add it back to `versions:`", module.name)
+            }),
         }
     };
     let (a, b) = (index(from)?, index(to)?);
@@ -392,7 +390,9 @@ pub fn edit(manifest: &Manifest, registry: &Registry, change: &Change) -> Result
     let existing = reg.tenant(t).cloned();
     let mut items = change.items.clone();
     if let Some(action) = change.every {
-        let Some(existing) = &existing else { return Err(not_found(format!("tenant {t:?} is not registered (see `pgplane tenant list`)"))) };
+        let Some(existing) = &existing else {
+            return Err(not_found(format!("tenant {t:?} is not registered (see `pgplane tenant list`)")));
+        };
         items.extend(
             existing
                 .modules
@@ -423,7 +423,9 @@ pub fn edit(manifest: &Manifest, registry: &Registry, change: &Change) -> Result
     let created = existing.is_none();
     if created {
         if items.iter().any(|i| i.action != ItemAction::Add) {
-            return Err(not_found(format!("tenant {t:?} is not registered (see `pgplane tenant list`; `pgplane tenant add` registers it)")));
+            return Err(not_found(format!(
+                "tenant {t:?} is not registered (see `pgplane tenant list`; `pgplane tenant add` registers it)"
+            )));
         }
         reg.tenants.push(TenantRecord {
             name: t.clone(),
@@ -632,9 +634,8 @@ pub fn migration_choice(
             (None, None) => return Ok(None),
         },
     };
-    let on = |name: &str| {
-        parameters.get(name).copied().unwrap_or_else(|| module.parameter(name).is_some_and(|p| p.default))
-    };
+    let on =
+        |name: &str| parameters.get(name).copied().unwrap_or_else(|| module.parameter(name).is_some_and(|p| p.default));
     let mut contexts = spec.contexts.clone();
     let mut negated = Vec::new();
     let mut folders = Vec::new();
@@ -688,12 +689,19 @@ pub fn migration_choice(
 impl MigrationChoice {
     /// The `migrations:` options with this choice's contexts and labels.
     pub fn selected_spec(&self) -> crate::manifest::MigrationsSpec {
-        crate::manifest::MigrationsSpec { contexts: self.contexts.clone(), labels: self.labels.clone(), ..self.spec.clone() }
+        crate::manifest::MigrationsSpec {
+            contexts: self.contexts.clone(),
+            labels: self.labels.clone(),
+            ..self.spec.clone()
+        }
     }
 }
 
 fn module_spec(module: &ModuleSpec) -> Result<crate::manifest::MigrationsSpec, String> {
-    module.migrations.clone().ok_or_else(|| format!("module {} has no `migrations:` to cut a version from", module.name))
+    module
+        .migrations
+        .clone()
+        .ok_or_else(|| format!("module {} has no `migrations:` to cut a version from", module.name))
 }
 
 // ----- placement ---------------------------------------------------------------------------
@@ -708,10 +716,13 @@ pub struct ServerLoad {
     pub capacity: Option<u32>,
 }
 
+/// A (tenant, module) pair and the server its database goes to.
+pub type Placement = ((String, String), String);
+
 /// Chooses a server for each (tenant, module) database that has none yet: the least-loaded
 /// server with room (fewest databases; the manifest's order breaks ties), counting the
 /// databases placed before it. Fails, placing nothing, when one does not fit anywhere.
-pub fn place(wanted: &[(String, String)], servers: &[ServerLoad]) -> Result<Vec<((String, String), String)>, String> {
+pub fn place(wanted: &[(String, String)], servers: &[ServerLoad]) -> Result<Vec<Placement>, String> {
     let mut load: Vec<ServerLoad> = servers.to_vec();
     let mut out = Vec::new();
     for (i, w) in wanted.iter().enumerate() {
@@ -779,6 +790,9 @@ pub fn previews_due(tenants: &[TenantRecord], keep: Option<&BTreeSet<String>>, n
 
 // ----- scoping a plan to one tenant operation ---------------------------------------------
 
+/// The planner's reason for a drop of an orphan.
+const PRUNED: &str = "removed from the manifest; --prune given";
+
 /// Keeps a plan's creations and repairs, and only those drops (and record forgets) whose
 /// object was recorded for an origin `purge` accepts: a tenant purge runs the planner with
 /// pruning, but drops only what it was asked to, never another orphan of the environment.
@@ -799,6 +813,9 @@ pub fn retain_drops(plan: &mut Plan, purge: impl Fn(&Origin) -> bool) {
         );
         !dropping || allowed.contains(&a.object)
     });
+    for a in plan.actions.iter_mut().filter(|a| a.why == PRUNED) {
+        a.why = "purge requested".to_string();
+    }
     plan.orphans.retain(|o| allowed.contains(&o.record.object));
 }
 
@@ -856,7 +873,7 @@ mod tests {
         let t = e.registry.tenant("acme").unwrap();
         assert_eq!(t.module("users").unwrap().version.as_deref(), Some("1.0"));
         assert_eq!(t.module("files").unwrap().version.as_deref(), Some("1.1"), "newest by default");
-        assert_eq!(t.module("users").unwrap().parameters["loadReference"], true);
+        assert!(t.module("users").unwrap().parameters["loadReference"]);
         assert_eq!(e.migrate, ["users", "files"]);
         let reg = e.registry.clone();
         // Adding again changes nothing; an other version is a conflict.
@@ -912,7 +929,10 @@ mod tests {
         };
         assert_eq!(edit(&m, &Registry::default(), &disable).unwrap_err().kind, EditErrorKind::NotFound);
         let listed = manifest(&format!("{VERSIONED}tenants:\n  - name: acme\n    modules: [users]\n"));
-        assert_eq!(edit(&listed, &Registry::default(), &add("acme", &["files"])).unwrap_err().kind, EditErrorKind::Conflict);
+        assert_eq!(
+            edit(&listed, &Registry::default(), &add("acme", &["files"])).unwrap_err().kind,
+            EditErrorKind::Conflict
+        );
     }
 
     #[test]

@@ -791,9 +791,14 @@ fn a_registered_tenant_is_desired_like_a_manifest_one() {
     assert_eq!(a, b, "one engine: the same plan whichever way the tenant is declared");
     // Applied, then planned with pruning against the manifest alone plus the registry:
     // nothing is an orphan.
-    check(&registered_tenant, &applied(&registered_tenant), PlanOptions { prune: true, adopt: false }, expect![[r#"
+    check(
+        &registered_tenant,
+        &applied(&registered_tenant),
+        PlanOptions { prune: true, adopt: false },
+        expect![[r#"
         No changes (env dev).
-    "#]]);
+    "#]],
+    );
     assert!(registered_tenant.endpoint("users", Some("acme")).is_some_and(|e| e.registered && e.enabled));
 }
 
@@ -821,7 +826,11 @@ fn a_disabled_tenant_loses_login_and_connect_and_keeps_its_data() {
     };
     let enabled = desired_with("dev", USERS, &on);
     let disabled = desired_with("dev", USERS, &off);
-    check(&disabled, &applied(&enabled), PlanOptions { prune: true, adopt: false }, expect![[r#"
+    check(
+        &disabled,
+        &applied(&enabled),
+        PlanOptions { prune: true, adopt: false },
+        expect![[r#"
           1. alter_role role dev_acme_files  [local]  (disabled: the role may not log in)
              ALTER ROLE "dev_acme_files" NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'dev_acme_files';
           2. alter_role role dev_acme_users  [local]  (disabled: the role may not log in)
@@ -835,11 +844,21 @@ fn a_disabled_tenant_loses_login_and_connect_and_keeps_its_data() {
           6. revoke_connect database dev_users  [local]  (disabled: role dev_acme_users_readonly may not connect)
              REVOKE CONNECT ON DATABASE "dev_users" FROM "dev_acme_users_readonly";
         Plan: 6 changes: 0 to create, 6 to change, 0 to drop (env dev).
-    "#]]);
-    check(&disabled, &applied(&disabled), PlanOptions::default(), expect![[r#"
+    "#]],
+    );
+    check(
+        &disabled,
+        &applied(&disabled),
+        PlanOptions::default(),
+        expect![[r#"
         No changes (env dev).
-    "#]]);
-    check(&enabled, &applied(&disabled), PlanOptions::default(), expect![[r#"
+    "#]],
+    );
+    check(
+        &enabled,
+        &applied(&disabled),
+        PlanOptions::default(),
+        expect![[r#"
           1. alter_role role dev_acme_files  [local]  (enabled: the role may log in)
              ALTER ROLE "dev_acme_files" LOGIN;
           2. alter_role role dev_acme_users  [local]  (enabled: the role may log in)
@@ -853,7 +872,8 @@ fn a_disabled_tenant_loses_login_and_connect_and_keeps_its_data() {
           6. grant_connect database dev_users  [local]  (role dev_acme_users_readonly must be able to connect)
              GRANT CONNECT ON DATABASE "dev_users" TO "dev_acme_users_readonly";
         Plan: 6 changes: 0 to create, 6 to change, 0 to drop (env dev).
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
@@ -878,13 +898,13 @@ fn a_purge_drops_only_the_purged_tenants_storage() {
         origin.tenant.as_deref() == Some("acme") && origin.module == "files"
     });
     expect![[r#"
-          1. drop_database database dev_acme_files  [local]  (removed from the manifest; --prune given)
+          1. drop_database database dev_acme_files  [local]  (purge requested)
              DROP DATABASE "dev_acme_files" WITH (FORCE);
           2. disable_role role dev_acme_files  [local]  (no new sessions while it is dropped)
              ALTER ROLE "dev_acme_files" NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'dev_acme_files';
           3. drop_owned role dev_acme_files  [local]  (revoke its privileges on databases)
              DROP OWNED BY "dev_acme_files";
-          4. drop_role role dev_acme_files  [local]  (removed from the manifest; --prune given)
+          4. drop_role role dev_acme_files  [local]  (purge requested)
              DROP ROLE "dev_acme_files";
         Plan: 4 changes: 0 to create, 1 to change, 3 to drop (env dev).
     "#]]
@@ -897,7 +917,10 @@ fn auto_placed_tenant_databases_go_to_their_recorded_server() {
     let mut t = registered("acme", &[("files", ModuleState::Enabled)]);
     t.modules[0].server = Some("b".into());
     let d = desired_with("dev", body, &Registry { tenants: vec![t.clone()], ..Default::default() });
-    assert_eq!(d.databases.iter().map(|db| (db.server.as_str(), db.name.as_str())).collect::<Vec<_>>(), [("b", "dev_acme_files")]);
+    assert_eq!(
+        d.databases.iter().map(|db| (db.server.as_str(), db.name.as_str())).collect::<Vec<_>>(),
+        [("b", "dev_acme_files")]
+    );
     assert_eq!(d.endpoint("files", Some("acme")).map(|e| e.server.as_str()), Some("b"));
     t.modules[0].server = None;
     let m = Manifest::parse(Path::new("pgplane.yaml"), &format!("version: 1\n{body}"), &|_| None).unwrap();

@@ -191,8 +191,19 @@ mod tests {
     fn classes_are_their_letters() {
         assert_eq!(BRANCH.0, 0x7067_6272);
         assert_eq!(JOB.0, 0x7067_6f70);
-        let all =
-            [APPLY, CONTROL_MIGRATE, JOB, LEADER, BRANCH, TEMPLATE, TEMPLATE_BUILD, TEMPLATE_CAP, MIGRATION, SUBMIT, TENANT];
+        let all = [
+            APPLY,
+            CONTROL_MIGRATE,
+            JOB,
+            LEADER,
+            BRANCH,
+            TEMPLATE,
+            TEMPLATE_BUILD,
+            TEMPLATE_CAP,
+            MIGRATION,
+            SUBMIT,
+            TENANT,
+        ];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a, b, "two lock classes share a number");

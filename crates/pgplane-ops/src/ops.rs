@@ -92,7 +92,8 @@ impl Session {
         let env = environment(&manifest, env)?;
         // The manifest's own names, before any server is asked (placements provisional).
         let provisional = crate::tenants::provisional(&manifest, &Registry::default());
-        Desired::build(&manifest, &env, &provisional).map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
+        Desired::build(&manifest, &env, &provisional)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
         let local = LocalServer::new(&ctx.home);
         let servers = Servers::resolve(&manifest, &local, || ctx.keys())?;
         // Admin sessions only read and take the lock; the executor opens its own, named
@@ -212,7 +213,12 @@ impl Session {
 
     /// Plans under a lock taken with [`Session::lock`]: the registry is read again (a
     /// tenant operation may have just changed it) and placements are recorded.
-    pub async fn plan_locked(&mut self, lock: control::ApplyLock, control: Client, opts: PlanOptions) -> Result<Locked> {
+    pub async fn plan_locked(
+        &mut self,
+        lock: control::ApplyLock,
+        control: Client,
+        opts: PlanOptions,
+    ) -> Result<Locked> {
         self.refresh_registry(&control).await?;
         self.plan_current(lock, control, opts).await
     }

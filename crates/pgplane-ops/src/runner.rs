@@ -146,7 +146,9 @@ impl TenantAddRequest {
         };
         for (k, v) in &self.labels {
             if k.trim().is_empty() || k.contains('=') || k.chars().chain(v.chars()).any(char::is_control) {
-                return Err(Error::invalid(format!("label {k:?}={v:?}: keys are non-empty without '=', no control characters")));
+                return Err(Error::invalid(format!(
+                    "label {k:?}={v:?}: keys are non-empty without '=', no control characters"
+                )));
             }
         }
         Ok(pgplane_core::tenant::Change {
@@ -199,9 +201,9 @@ impl TenantUpgradeRequest {
         if self.tenant.is_some() {
             return Err(Error::invalid("upgrade --all names no tenant"));
         }
-        let [one] = module_refs(&self.modules)?.try_into().map_err(|_: Vec<_>| {
-            Error::invalid("upgrade --all takes exactly one --module M[@VERSION]")
-        })?;
+        let [one] = module_refs(&self.modules)?
+            .try_into()
+            .map_err(|_: Vec<_>| Error::invalid("upgrade --all takes exactly one --module M[@VERSION]"))?;
         Ok(crate::tenants::FanOut {
             module: one.module,
             version: one.version,
@@ -246,8 +248,11 @@ pub struct TenantRemoveRequest {
 
 impl TenantRemoveRequest {
     pub fn change(&self) -> Result<pgplane_core::tenant::Change> {
-        let action =
-            if self.purge { pgplane_core::tenant::ItemAction::Purge } else { pgplane_core::tenant::ItemAction::Disable };
+        let action = if self.purge {
+            pgplane_core::tenant::ItemAction::Purge
+        } else {
+            pgplane_core::tenant::ItemAction::Disable
+        };
         TenantModulesRequest { tenant: self.tenant.clone(), modules: self.modules.clone() }.change(action)
     }
 }
@@ -493,9 +498,8 @@ impl OpsRunner {
                 };
                 let report =
                     crate::tenants::gc(ctx, &args, keep.as_ref(), false, Duration::from_secs(300), events).await?;
-                let failed = (!report.failed.is_empty()).then(|| {
-                    report.failed.iter().map(|(t, e)| format!("{t}: {e}")).collect::<Vec<_>>().join(" | ")
-                });
+                let failed = (!report.failed.is_empty())
+                    .then(|| report.failed.iter().map(|(t, e)| format!("{t}: {e}")).collect::<Vec<_>>().join(" | "));
                 return Ok(Done {
                     changes: i32::try_from(report.purged.len()).unwrap_or(i32::MAX),
                     result: serde_json::to_value(&report).ok(),
@@ -504,7 +508,9 @@ impl OpsRunner {
             }
         };
         let mut yes = |_: &pgplane_core::plan::Plan| true;
-        let report = crate::tenants::change(ctx, &args, &change, crate::tenants::Hooks::job(&mut yes, &job.kind), events).await?;
+        let report =
+            crate::tenants::change(ctx, &args, &change, crate::tenants::Hooks::job(&mut yes, &job.kind), events)
+                .await?;
         Ok(Done {
             changes: i32::try_from(report.applied).unwrap_or(i32::MAX),
             result: serde_json::to_value(&report).ok(),

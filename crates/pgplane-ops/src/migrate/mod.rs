@@ -612,23 +612,21 @@ pub async fn unmigrated(
     }
     // Every target is checked (8 at a time); each one's problem is collected, none stops the rest.
     let checks = futures_util::stream::iter(work.iter())
-        .map(|(source, opts, t)| {
-            async move {
-                let client = connect(t).await?;
-                let (units, _, p) = plan_target(&client, source, t, opts).await?;
-                Ok::<_, anyhow::Error>(if let Some(problem) = p.problems.first() {
-                    Some(problem.to_string())
-                } else if p.pending() > 0 {
-                    let first = p
-                        .to_run()
-                        .find(|s| s.state != State::Always)
-                        .map(|s| units[s.unit].name.clone())
-                        .unwrap_or_default();
-                    Some(format!("{} pending (next {first})", p.pending()))
-                } else {
-                    None
-                })
-            }
+        .map(|(source, opts, t)| async move {
+            let client = connect(t).await?;
+            let (units, _, p) = plan_target(&client, source, t, opts).await?;
+            Ok::<_, anyhow::Error>(if let Some(problem) = p.problems.first() {
+                Some(problem.to_string())
+            } else if p.pending() > 0 {
+                let first = p
+                    .to_run()
+                    .find(|s| s.state != State::Always)
+                    .map(|s| units[s.unit].name.clone())
+                    .unwrap_or_default();
+                Some(format!("{} pending (next {first})", p.pending()))
+            } else {
+                None
+            })
         })
         .buffered(base.jobs)
         .collect::<Vec<_>>()
@@ -740,7 +738,8 @@ pub async fn run_modules(
         }
         // Tenants of one module may run different versions and parameters: one source each.
         for (choice, endpoints) in by_choice(m, module_endpoints(&s.manifest, &s.desired, m, tenant)?)? {
-            let source = Source::load_choice(&s.manifest.file, &choice).with_context(|| format!("module {}", m.name))?;
+            let source =
+                Source::load_choice(&s.manifest.file, &choice).with_context(|| format!("module {}", m.name))?;
             let opts = base.clone().with_spec(&choice.selected_spec());
             let targets = endpoints.into_iter().map(|e| endpoint_target(m, e, &login)).collect::<Result<Vec<_>>>()?;
             work.push((m.name.clone(), source, targets, opts));

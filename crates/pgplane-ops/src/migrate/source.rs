@@ -203,7 +203,10 @@ impl Source {
         let path = super::module_source_path(manifest_file, &choice.path);
         let root = Root::manifest(manifest_file)?;
         let real = confine::resolve(&path, &root.0).map_err(|e| {
-            anyhow::anyhow!("migration source {} cannot be read ({e}); give a SQL folder or a Liquibase changelog", path.display())
+            anyhow::anyhow!(
+                "migration source {} cannot be read ({e}); give a SQL folder or a Liquibase changelog",
+                path.display()
+            )
         })?;
         let mut source = if real.is_dir() {
             if let Some(p) = choice.liquibase_parameters.first() {
@@ -251,8 +254,7 @@ impl Source {
             }
             (Source::Sql { folder, migrations }, Cut::Version(v)) => {
                 let target = Version::parse(v).map_err(|e| anyhow::anyhow!("{e}"))?;
-                if !migrations.iter().any(|m| m.version.as_ref().is_some_and(|x| x.canonical() == target.canonical()))
-                {
+                if !migrations.iter().any(|m| m.version.as_ref().is_some_and(|x| x.canonical() == target.canonical())) {
                     bail!("{}: no migration has version {v}; the version's `target` must name one", folder.display());
                 }
                 migrations.retain(|m| m.version.as_ref().is_none_or(|x| *x <= target));

@@ -98,9 +98,9 @@ pub async fn upgrade_all(ctx: &mut Ctx, args: &ManifestArgs, f: &FanOut, events:
     let mut s = Session::open(ctx, &args.file, args.env.as_deref()).await?;
     let env = s.desired.env.clone();
     let m = core::tenant_module(&s.manifest, &f.module).map_err(Error::invalid)?.clone();
-    let to = core::resolve_version(&m, f.version.as_deref())
-        .map_err(Error::invalid)?
-        .ok_or_else(|| Error::invalid(format!("module {} declares no `versions:`; there is nothing to upgrade to", m.name)))?;
+    let to = core::resolve_version(&m, f.version.as_deref()).map_err(Error::invalid)?.ok_or_else(|| {
+        Error::invalid(format!("module {} declares no `versions:`; there is nothing to upgrade to", m.name))
+    })?;
     let max_failures = f.max_failures.max(1);
     let jobs = f.jobs.max(1);
     let mut report = FanOutReport {
@@ -193,7 +193,8 @@ pub async fn upgrade_all(ctx: &mut Ctx, args: &ManifestArgs, f: &FanOut, events:
     events.progress(0, total, "tenants upgraded");
     let one = |i: usize| {
         let (t, from) = &candidates[i];
-        let (failures, finished, logins, s, progress_db, m, to) = (&failures, &finished, &logins, &s, &progress_db, &m, &to);
+        let (failures, finished, logins, s, progress_db, m, to) =
+            (&failures, &finished, &logins, &s, &progress_db, &m, &to);
         let env = &env;
         async move {
             let stop = if failures.load(Ordering::SeqCst) >= max_failures {
@@ -277,7 +278,11 @@ fn candidates(
         let Some(tm) = t.module(&m.name) else { continue };
         match tm.state {
             ModuleState::Disabled => {
-                notes.push(format!("{}: disabled; it stays at {} until enabled and upgraded", t.name, show(&tm.version)));
+                notes.push(format!(
+                    "{}: disabled; it stays at {} until enabled and upgraded",
+                    t.name,
+                    show(&tm.version)
+                ));
                 continue;
             }
             ModuleState::Purging => continue,
@@ -287,17 +292,18 @@ fn candidates(
             Direction::Same => {}
             Direction::Up => out.push((t.name.clone(), tm.version.clone())),
             Direction::Down if allow_downgrade => {
-                return Err(super::downgrade(&core::VersionChange {
+                super::downgrade(&core::VersionChange {
                     module: m.name.clone(),
                     from: tm.version.clone(),
                     to: Some(to.to_string()),
                     direction: Direction::Down,
-                })
-                .unwrap_err())
+                })?;
             }
-            Direction::Down => {
-                notes.push(format!("{}: runs {}, newer than {to}; left alone (a downgrade needs --allow-downgrade)", t.name, show(&tm.version)))
-            }
+            Direction::Down => notes.push(format!(
+                "{}: runs {}, newer than {to}; left alone (a downgrade needs --allow-downgrade)",
+                t.name,
+                show(&tm.version)
+            )),
         }
     }
     Ok(out)

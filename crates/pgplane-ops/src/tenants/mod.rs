@@ -89,7 +89,7 @@ pub async fn place(
     manifest: &Manifest,
     registry: &mut Registry,
     admins: &BTreeMap<String, Client>,
-) -> anyhow::Result<Vec<((String, String), String)>> {
+) -> anyhow::Result<Vec<core::Placement>> {
     let wanted = unplaced(manifest, registry);
     if wanted.is_empty() {
         return Ok(Vec::new());
@@ -263,7 +263,9 @@ pub async fn change(
         let prune = !first.purge.is_empty();
         let mut plan = s.plan_readonly(PlanOptions { prune, adopt: false }, false).await?;
         if prune {
-            core::retain_drops(&mut plan, |o| o.env == env && o.tenant.as_deref() == Some(&tenant) && first.purge.contains(&o.module));
+            core::retain_drops(&mut plan, |o| {
+                o.env == env && o.tenant.as_deref() == Some(&tenant) && first.purge.contains(&o.module)
+            });
         }
         report.pending = preview(&s, &tenant, &first.migrate, &plan).await?;
         report.plan = plan;
@@ -374,7 +376,9 @@ pub async fn change(
                 None => {
                     let upgraded = edit.versions.iter().find(|v| &v.module == module);
                     match upgraded {
-                        Some(v) => registry::set_version(&guard.client, &env, &tenant, module, v.to.as_deref(), job).await?,
+                        Some(v) => {
+                            registry::set_version(&guard.client, &env, &tenant, module, v.to.as_deref(), job).await?
+                        }
                         None => registry::set_status(&guard.client, &env, &tenant, module, "ready", None, job).await?,
                     }
                 }
@@ -411,10 +415,7 @@ pub fn run_options(lock_timeout: Duration) -> migrate::RunOptions {
 /// The first failure among migration runs, said in one line.
 pub fn failure_of(runs: &[ModuleRun]) -> Option<String> {
     runs.iter().flat_map(|r| r.targets.iter()).find(|t| !t.ok).map(|t| {
-        t.error
-            .clone()
-            .or_else(|| t.failure.as_ref().map(ToString::to_string))
-            .unwrap_or_else(|| t.problems.join("; "))
+        t.error.clone().or_else(|| t.failure.as_ref().map(ToString::to_string)).unwrap_or_else(|| t.problems.join("; "))
     })
 }
 
@@ -431,10 +432,16 @@ pub async fn migrate_tenant(
     let m = s.manifest.module(module).with_context(|| format!("module {module:?} is not in the manifest"))?;
     let login = |name: &str, role: &str| logins.target(s.servers.get(name)?, role);
     let mut runs = Vec::new();
-    for (choice, endpoints) in migrate::by_choice(m, migrate::module_endpoints(&s.manifest, &s.desired, m, Some(tenant))?)? {
-        let source = migrate::Source::load_choice(&s.manifest.file, &choice).with_context(|| format!("module {module}"))?;
+    for (choice, endpoints) in
+        migrate::by_choice(m, migrate::module_endpoints(&s.manifest, &s.desired, m, Some(tenant))?)?
+    {
+        let source =
+            migrate::Source::load_choice(&s.manifest.file, &choice).with_context(|| format!("module {module}"))?;
         let opts = base.clone().with_spec(&choice.selected_spec());
-        let targets = endpoints.into_iter().map(|e| migrate::endpoint_target(m, e, &login)).collect::<anyhow::Result<Vec<_>>>()?;
+        let targets = endpoints
+            .into_iter()
+            .map(|e| migrate::endpoint_target(m, e, &login))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let reports = migrate::run_all(&source, targets, &opts, events).await;
         runs.push(ModuleRun { module: Some(module.to_string()), source: source.describe(), targets: reports });
     }
@@ -453,7 +460,8 @@ async fn preview(s: &Session, tenant: &str, modules: &[String], plan: &Plan) -> 
         let Some(m) = s.manifest.module(module) else { continue };
         let endpoints = migrate::module_endpoints(&s.manifest, &s.desired, m, Some(tenant))?;
         for (choice, eps) in migrate::by_choice(m, endpoints)? {
-            let source = migrate::Source::load_choice(&s.manifest.file, &choice).with_context(|| format!("module {module}"))?;
+            let source =
+                migrate::Source::load_choice(&s.manifest.file, &choice).with_context(|| format!("module {module}"))?;
             let opts = run_options(Duration::from_secs(5)).with_spec(&choice.selected_spec());
             for e in eps {
                 let created = plan.actions.iter().any(|a| {
@@ -467,7 +475,9 @@ async fn preview(s: &Session, tenant: &str, modules: &[String], plan: &Plan) -> 
                     (all(), Some("new storage: every migration of the version runs".to_string()))
                 } else {
                     match &keys {
-                        None => (Vec::new(), Some("no secret key here: the ledger cannot be read as the tenant".into())),
+                        None => {
+                            (Vec::new(), Some("no secret key here: the ledger cannot be read as the tenant".into()))
+                        }
                         Some(k) => {
                             let logins = migrate::session_logins(s, k).await?;
                             let login = |name: &str, role: &str| logins.target(s.servers.get(name)?, role);
@@ -476,11 +486,7 @@ async fn preview(s: &Session, tenant: &str, modules: &[String], plan: &Plan) -> 
                             let reports = migrate::run_all(&source, vec![target], &status, &crate::events::Quiet).await;
                             match reports.first() {
                                 Some(r) if r.error.is_none() => (
-                                    r.migrations
-                                        .iter()
-                                        .filter(|l| l.state.runs())
-                                        .map(|l| l.name.clone())
-                                        .collect(),
+                                    r.migrations.iter().filter(|l| l.state.runs()).map(|l| l.name.clone()).collect(),
                                     (!r.problems.is_empty()).then(|| r.problems.join("; ")),
                                 ),
                                 Some(r) => (Vec::new(), r.error.clone()),
@@ -642,9 +648,11 @@ pub async fn list(ctx: &mut Ctx, args: &ManifestArgs) -> Result<Vec<TenantView>>
 
 /// `tenant show`: one tenant.
 pub async fn show(ctx: &mut Ctx, args: &ManifestArgs, tenant: &str) -> Result<TenantView> {
-    list(ctx, args).await?.into_iter().find(|t| t.name == tenant).ok_or_else(|| {
-        Error::not_found(format!("there is no tenant {tenant:?} (see `pgplane tenant list`)"))
-    })
+    list(ctx, args)
+        .await?
+        .into_iter()
+        .find(|t| t.name == tenant)
+        .ok_or_else(|| Error::not_found(format!("there is no tenant {tenant:?} (see `pgplane tenant list`)")))
 }
 
 // ----- previews -----------------------------------------------------------------------------
@@ -675,7 +683,11 @@ pub async fn gc(
     let s = Session::open(ctx, &args.file, args.env.as_deref()).await?;
     let control = crate::control::open_existing(s.servers.first(), s.first_admin()).await?;
     let now: i64 = match &control {
-        Some(c) => c.query_one("SELECT extract(epoch FROM pg_catalog.now())::int8", &[]).await.map_err(anyhow::Error::from)?.get(0),
+        Some(c) => c
+            .query_one("SELECT extract(epoch FROM pg_catalog.now())::int8", &[])
+            .await
+            .map_err(anyhow::Error::from)?
+            .get(0),
         None => 0,
     };
     let due = core::previews_due(&s.registry.tenants, keep, now);

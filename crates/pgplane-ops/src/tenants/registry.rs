@@ -105,7 +105,7 @@ pub async fn record_placements(
     c: &impl GenericClient,
     env: &str,
     registry: &Registry,
-    placed: &[((String, String), String)],
+    placed: &[pgplane_core::tenant::Placement],
 ) -> Result<()> {
     for ((tenant, module), server) in placed {
         if registry.tenant(tenant).is_some() {
@@ -275,12 +275,7 @@ pub struct Progress {
 }
 
 /// The recorded progress of upgrades of `module` to `to` in `env`, by tenant.
-pub async fn progress(
-    c: &impl GenericClient,
-    env: &str,
-    module: &str,
-    to: &str,
-) -> Result<BTreeMap<String, Progress>> {
+pub async fn progress(c: &impl GenericClient, env: &str, module: &str, to: &str) -> Result<BTreeMap<String, Progress>> {
     let rows = c
         .query(
             "SELECT tenant, from_version, stage, attempts, error, job FROM pgplane.tenant_upgrades

@@ -1,7 +1,9 @@
 //! Command handlers: thin front ends over [`crate::ops`]. Each returns the exit code.
 
 mod jobs;
+mod tenant;
 pub use jobs::{job, worker};
+pub use tenant::tenant;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;

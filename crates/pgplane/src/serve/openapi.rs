@@ -5,11 +5,11 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::api;
+use super::{api, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "pgplane", description = "Control plane for shared PostgreSQL: databases, branches, operations. \
+    info(title = "pgplane", description = "Control plane for shared PostgreSQL: databases, branches, tenants, operations. \
         Every failure answers `{\"error\": {\"code\", \"message\"}}`. Send `Authorization: Bearer TOKEN`: \
         `read` tokens may read and plan, `admin` tokens may also change things. \
         Every POST (and any request with a body) must send `Content-Type: application/json`, also with an empty body (415 otherwise); \
@@ -21,9 +21,10 @@ use super::api;
         api::branches, api::create_branch, api::branch, api::reset_branch, api::delete_branch, api::branch_tables,
         api::branch_table, api::branch_diff,
         api::plan, api::apply, api::operations, api::operation, api::cancel_operation,
+        tenants::tenants, tenants::tenant, tenants::create, tenants::install,
     ),
     modifiers(&Bearer),
-    tags((name = "databases"), (name = "branches"), (name = "operations")),
+    tags((name = "databases"), (name = "branches"), (name = "tenants"), (name = "operations")),
 )]
 struct ApiDoc;
 
