@@ -621,3 +621,49 @@ impl crate::jobs::leader::Duties for Reconciler {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgplane_core::tenant::ItemAction;
+
+    #[test]
+    fn the_tenant_created_event_is_a_tenant_add_request() {
+        let data = r#"{"tenant": "acme", "modules": ["users", "files@2.0"], "parameters": {"loadReference": "true"}}"#;
+        let req: TenantAddRequest = serde_json::from_str(data).expect("the event's shape");
+        let c = req.change().expect("a change");
+        assert_eq!(c.tenant, "acme");
+        let items: Vec<(String, Option<String>, ItemAction)> =
+            c.items.iter().map(|i| (i.module.clone(), i.version.clone(), i.action)).collect();
+        assert_eq!(
+            items,
+            [("users".into(), None, ItemAction::Add), ("files".into(), Some("2.0".into()), ItemAction::Add)]
+        );
+        assert_eq!(c.parameters["loadReference"], "true");
+        // Booleans as JSON booleans too; a TTL makes it expire.
+        let req: TenantAddRequest = serde_json::from_str(
+            r#"{"tenant": "pr1", "modules": ["users"], "parameters": {"loadReference": true}, "ttl": "2h"}"#,
+        )
+        .expect("booleans");
+        let c = req.change().expect("a change");
+        assert_eq!(c.parameters["loadReference"], "true");
+        assert!(c.expires_at.is_some());
+        let bad: Result<TenantAddRequest, _> = serde_json::from_str(r#"{"tenant": "x", "parameters": {"a": [1]}}"#);
+        assert!(bad.is_err());
+        let req = TenantAddRequest { tenant: "x".into(), ttl: Some("soon".into()), ..Default::default() };
+        assert!(matches!(req.change(), Err(Error::Invalid(m)) if m.contains("ttl")));
+    }
+
+    #[test]
+    fn tenant_jobs_share_the_tenants_key() {
+        let add = new_job(kind::TENANT_ADD, "dev", Some("acme"), &TenantAddRequest::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let off = new_job(kind::TENANT_DISABLE, "dev", Some("acme"), &TenantModulesRequest::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(add.key.as_deref(), Some("tenant/dev/acme"));
+        assert_eq!(add.key, off.key, "operations on one tenant run one after another");
+        let req = TenantRemoveRequest { tenant: "acme".into(), modules: vec![], purge: true };
+        let c = req.change().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.every, c.items.len()), (Some(ItemAction::Purge), 0), "no module named: all of them");
+    }
+}
