@@ -504,9 +504,12 @@ fn check_registry(manifest: &Manifest, registry: &Registry) -> Vec<String> {
     for t in &registry.tenants {
         if manifest.tenants.iter().any(|m| m.name == t.name) {
             problems.push(format!(
-                "tenant {:?} is listed in {} and registered with `pgplane tenant add`; remove it from one of them",
+                "tenant {:?} is listed in {} and registered with `pgplane tenant add`, so its desired state is \
+                 ambiguous and nothing is planned: remove it from the manifest again (then `pgplane tenant remove {} \
+                 --purge` if it should go, before listing it in the manifest)",
                 t.name,
-                manifest.file.display()
+                manifest.file.display(),
+                t.name
             ));
         }
         for tm in t.modules.iter().filter(|m| m.state != ModuleState::Purging) {
