@@ -260,6 +260,19 @@ pub async fn forget(c: &impl GenericClient, env: &str, tenant: &str, modules: &[
     Ok(gone == 1)
 }
 
+/// Forgets every registered tenant of `env` with its modules, placements and upgrade
+/// progress: for an environment whose storage was dropped as a whole (`pgplane destroy`),
+/// after the drops succeeded. Returns how many tenants were registered.
+pub async fn forget_env(c: &impl GenericClient, env: &str) -> Result<u64> {
+    if !has_tables(c).await? {
+        return Ok(0);
+    }
+    c.execute("DELETE FROM pgplane.tenant_upgrades WHERE env = $1", &[&env]).await?;
+    c.execute("DELETE FROM pgplane.tenant_placements WHERE env = $1", &[&env]).await?;
+    // tenant_modules go with their tenant (ON DELETE CASCADE).
+    Ok(c.execute("DELETE FROM pgplane.tenants WHERE env = $1", &[&env]).await?)
+}
+
 /// One tenant's upgrade progress, as a fan-out records it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Progress {
