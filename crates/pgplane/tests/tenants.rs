@@ -284,6 +284,11 @@ fn bad_requests_name_the_fix_and_run_nothing() {
     assert_eq!(t.sql("postgres", "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'tbad\\_%'"), "0");
     if t.sql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'pgplane'") == "1" {
         assert_eq!(control(&t, "SELECT count(*) FROM pgplane.tenants WHERE env = 'tbad'"), "0");
+        // Refused before a job was recorded, except for what needs the registry (the ghost).
+        assert_eq!(
+            control(&t, "SELECT string_agg(DISTINCT kind, ',' ORDER BY kind) FROM pgplane.jobs WHERE env = 'tbad'"),
+            "tenant_disable,tenant_upgrade"
+        );
     }
     // Manifest errors name the file and line.
     let bad = t.manifest_named("bad.yaml", "modules:\n  - name: users\n    storage: schema-per-tenant\n    versions:\n      - {version: \"1.0\", to_tag: v1}\n");

@@ -92,6 +92,16 @@ impl FanOutReport {
     }
 }
 
+/// Checks a fan-out against the manifest alone: the module has per-tenant storage and
+/// declares the version.
+pub fn precheck(manifest: &pgplane_core::manifest::Manifest, f: &FanOut) -> Result<()> {
+    let m = core::tenant_module(manifest, &f.module).map_err(Error::invalid)?;
+    core::resolve_version(m, f.version.as_deref()).map_err(Error::invalid)?.ok_or_else(|| {
+        Error::invalid(format!("module {} declares no `versions:`; there is nothing to upgrade to", m.name))
+    })?;
+    Ok(())
+}
+
 /// Upgrades every registered tenant of `f.module` that runs an older version.
 pub async fn upgrade_all(ctx: &mut Ctx, args: &ManifestArgs, f: &FanOut, events: &dyn Events) -> Result<FanOutReport> {
     events.stage("plan", &format!("module {}", f.module));

@@ -212,6 +212,17 @@ fn edit_error(e: EditError) -> Error {
     }
 }
 
+/// Checks a change against the manifest alone, before anything is recorded (a job row
+/// included): names, modules, versions, parameters, a tenant the manifest lists. What
+/// depends on the tenant's state is checked again under the locks.
+pub fn precheck(manifest: &Manifest, change: &Change) -> Result<()> {
+    match core::edit(manifest, &Registry::default(), change) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind == EditErrorKind::NotFound => Ok(()),
+        Err(e) => Err(edit_error(e)),
+    }
+}
+
 /// A downgrade runs the rollbacks of what the newer version added. This pgplane has no
 /// `migrate rollback` yet (it comes with `migrate up --to-tag`): refused, naming why.
 fn downgrade(v: &core::VersionChange) -> Result<()> {

@@ -97,6 +97,7 @@ async fn upgrade(ctx: &mut Ctx, a: TenantUpgradeArgs) -> Result<i32> {
         return run_change(ctx, &a.change, kind::TENANT_UPGRADE, &req, &change, None).await;
     }
     let fan = req.fan_out(a.change.dry_run, a.change.lock_timeout)?;
+    tenants::fanout::precheck(&crate::ops::load_manifest(&a.change.manifest.file)?, &fan)?;
     let args: crate::ops::ManifestArgs = (&a.change.manifest).into();
     let terminal = output::Terminal::new();
     let report = if a.change.dry_run {
@@ -222,6 +223,8 @@ async fn run_change(
     confirm: Option<(&str, bool)>,
 ) -> Result<i32> {
     let args: crate::ops::ManifestArgs = (&opts.manifest).into();
+    // A bad request is refused before anything is recorded, a job included.
+    tenants::precheck(&crate::ops::load_manifest(&opts.manifest.file)?, change)?;
     let terminal = output::Terminal::new();
     let json = opts.json;
     let asks = confirm.filter(|(_, yes)| !yes && !opts.dry_run);

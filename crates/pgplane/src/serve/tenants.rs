@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pgplane_core::tenant::{self as core, EditErrorKind};
+use pgplane_core::tenant as core;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -83,18 +83,10 @@ fn parameter_text(p: BTreeMap<String, serde_json::Value>) -> ApiResult<BTreeMap<
         .collect()
 }
 
-/// The request checked against the manifest before anything is queued: names, modules,
-/// versions, parameters, a tenant the manifest lists (against an empty registry, so only
-/// what does not depend on the tenant's state: that is the job's to check).
+/// The request checked against the manifest before anything is queued (what depends on
+/// the tenant's state is the job's to check).
 fn check(state: &Shared, change: &core::Change) -> ApiResult<()> {
-    match core::edit(&state.manifest, &core::Registry::default(), change) {
-        Ok(_) => Ok(()),
-        Err(e) => match e.kind {
-            EditErrorKind::Invalid => Err(ApiError::invalid(e.message)),
-            EditErrorKind::Conflict => Err(ApiError::conflict(e.message)),
-            EditErrorKind::NotFound => Ok(()),
-        },
-    }
+    Ok(crate::tenants::precheck(&state.manifest, change)?)
 }
 
 fn accepted(op: Operation) -> Response {
