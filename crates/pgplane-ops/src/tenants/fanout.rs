@@ -20,7 +20,7 @@ use pgplane_core::plan::{Plan, PlanOptions};
 use pgplane_core::tenant::{self as core, Direction, ModuleState};
 use serde::Serialize;
 
-use super::{failure_of, migrate_tenant, registry, run_options, Pending, TenantLock};
+use super::{failure_of, lock_on, migrate_tenant, registry, run_options, unlock_on, Pending, Sources};
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::migrate;
@@ -168,6 +168,11 @@ pub async fn upgrade_all(ctx: &mut Ctx, args: &ManifestArgs, f: &FanOut, events:
 
     crate::control::create_if_missing(s.first_admin()).await?;
     let progress_db = crate::control::ensure_as(s.servers.first(), crate::conn::Role::Branch).await?;
+    // It holds the tenants' locks while they migrate: never let the server end it for idling.
+    progress_db
+        .batch_execute("SET idle_session_timeout = 0; SET idle_in_transaction_session_timeout = 0")
+        .await
+        .map_err(anyhow::Error::from)?;
     let job = ctx.operation;
     for (t, from) in &candidates {
         registry::set_progress(&progress_db, &env, t, &m.name, from.as_deref(), &to, "pending", None, job).await?;
@@ -197,14 +202,15 @@ pub async fn upgrade_all(ctx: &mut Ctx, args: &ManifestArgs, f: &FanOut, events:
     events.stage("migrate", &format!("{} tenant(s), {} at a time after {} canary", candidates.len(), jobs, f.canary));
     let keys = ctx.keys()?;
     let logins = migrate::session_logins(&s, keys).await?;
+    let sources = Sources::default();
     let failures = AtomicUsize::new(0);
     let finished = AtomicUsize::new(0);
     let total = candidates.len() as u64;
     events.progress(0, total, "tenants upgraded");
     let one = |i: usize| {
         let (t, from) = &candidates[i];
-        let (failures, finished, logins, s, progress_db, m, to) =
-            (&failures, &finished, &logins, &s, &progress_db, &m, &to);
+        let (failures, finished, logins, s, progress_db, m, to, sources) =
+            (&failures, &finished, &logins, &s, &progress_db, &m, &to, &sources);
         let env = &env;
         async move {
             let stop = if failures.load(Ordering::SeqCst) >= max_failures {
@@ -215,7 +221,8 @@ pub async fn upgrade_all(ctx: &mut Ctx, args: &ManifestArgs, f: &FanOut, events:
             if let Some(why) = stop {
                 return (i, Outcome::NotStarted(why));
             }
-            let out = upgrade_one(s, logins, progress_db, env, t, from.as_deref(), m, to, f, job, events).await;
+            let out =
+                upgrade_one(s, logins, sources, progress_db, env, t, from.as_deref(), m, to, f, job, events).await;
             if matches!(out, Outcome::Failed(..)) {
                 failures.fetch_add(1, Ordering::SeqCst);
             }
@@ -329,6 +336,7 @@ fn show(v: &Option<String>) -> &str {
 async fn upgrade_one(
     s: &Session,
     logins: &crate::conn::Logins,
+    sources: &Sources,
     progress_db: &tokio_postgres::Client,
     env: &str,
     tenant: &str,
@@ -339,11 +347,16 @@ async fn upgrade_one(
     job: Option<i64>,
     events: &dyn Events,
 ) -> Outcome {
+    // The tenant's lock on the fan-out's control session (no connection per tenant); the
+    // lock dies with the session should this process die.
+    if let Err(e) = lock_on(progress_db, env, tenant, f.lock_timeout).await {
+        let e = format!("{e:#}");
+        events.item(tenant, "failed", &e);
+        return Outcome::Failed(e, vec![]);
+    }
     let result: anyhow::Result<Outcome> = async {
-        let guard = TenantLock::take(s.servers.first(), env, tenant, f.lock_timeout).await?;
         // Someone (a re-run, another worker) may have upgraded it meanwhile.
-        let row = guard
-            .client
+        let row = progress_db
             .query_opt(
                 "SELECT version, state FROM pgplane.tenant_modules WHERE env = $1 AND tenant = $2 AND module = $3",
                 &[&env, &tenant, &m.name],
@@ -362,10 +375,10 @@ async fn upgrade_one(
             registry::set_progress(progress_db, env, tenant, &m.name, from, to, "failed", Some(&why), job).await?;
             return Ok(Outcome::Failed(why, vec![]));
         }
-        registry::set_target(&guard.client, env, tenant, &m.name, Some(to), job).await?;
+        registry::set_target(progress_db, env, tenant, &m.name, Some(to), job).await?;
         registry::set_progress(progress_db, env, tenant, &m.name, from, to, "migrate", None, job).await?;
         events.item(tenant, "migrate", &format!("{} -> {to}", from.unwrap_or("-")));
-        let runs = migrate_tenant(s, logins, tenant, &m.name, &run_options(f.lock_timeout), events).await;
+        let runs = migrate_tenant(s, logins, sources, tenant, &m.name, &run_options(f.lock_timeout), events).await;
         let applied: Vec<String> =
             runs.iter().flatten().flat_map(|r| r.targets.iter().flat_map(|t| t.applied.clone())).collect();
         let failure = match &runs {
@@ -374,13 +387,13 @@ async fn upgrade_one(
         };
         Ok(match failure {
             None => {
-                registry::set_version(&guard.client, env, tenant, &m.name, Some(to), job).await?;
+                registry::set_version(progress_db, env, tenant, &m.name, Some(to), job).await?;
                 registry::set_progress(progress_db, env, tenant, &m.name, from, to, "done", None, job).await?;
                 events.item(tenant, "done", &format!("applied {}", applied.len()));
                 Outcome::Done(applied)
             }
             Some(e) => {
-                registry::set_status(&guard.client, env, tenant, &m.name, "failed", Some(&e), job).await?;
+                registry::set_status(progress_db, env, tenant, &m.name, "failed", Some(&e), job).await?;
                 registry::set_progress(progress_db, env, tenant, &m.name, from, to, "failed", Some(&e), job).await?;
                 events.item(tenant, "failed", &e);
                 Outcome::Failed(e, applied)
@@ -388,6 +401,9 @@ async fn upgrade_one(
         })
     }
     .await;
+    if let Err(e) = unlock_on(progress_db, env, tenant).await {
+        tracing::warn!(tenant, error = %format!("{e:#}"), "could not give back the tenant's lock");
+    }
     result.unwrap_or_else(|e| {
         let e = format!("{e:#}");
         events.item(tenant, "failed", &e);

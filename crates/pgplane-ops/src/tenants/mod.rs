@@ -148,6 +148,56 @@ impl TenantLock {
     }
 }
 
+/// Takes a tenant's lock on a session that other work shares (a fan-out's control
+/// connection), waiting up to `timeout`; give it back with [`unlock_on`]. The lock still dies
+/// with the session.
+pub async fn lock_on(c: &Client, env: &str, tenant: &str, timeout: Duration) -> anyhow::Result<()> {
+    let lock = Lock::named(locks::TENANT, format!("{env}/{tenant}"));
+    let started = std::time::Instant::now();
+    loop {
+        if lock.try_lock(c).await? {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(Error::busy(format!(
+                "another operation on tenant {tenant} holds it for more than {}s",
+                timeout.as_secs()
+            ))
+            .into());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            reason = crate::cancel::stop_requested() => return Err(Error::Cancelled(reason).into()),
+        }
+    }
+}
+
+/// Gives back a lock taken with [`lock_on`].
+pub async fn unlock_on(c: &Client, env: &str, tenant: &str) -> anyhow::Result<()> {
+    Lock::named(locks::TENANT, format!("{env}/{tenant}")).unlock(c).await?;
+    Ok(())
+}
+
+/// Sources loaded once per choice (a fan-out migrates many tenants with the same one).
+#[derive(Default)]
+pub struct Sources(std::sync::Mutex<BTreeMap<String, std::sync::Arc<migrate::Source>>>);
+
+impl Sources {
+    pub fn get(
+        &self,
+        manifest_file: &std::path::Path,
+        choice: &core::MigrationChoice,
+    ) -> anyhow::Result<std::sync::Arc<migrate::Source>> {
+        let key = format!("{choice:?}");
+        if let Some(s) = self.0.lock().map_err(|_| anyhow::anyhow!("source cache poisoned"))?.get(&key) {
+            return Ok(s.clone());
+        }
+        let source = std::sync::Arc::new(migrate::Source::load_choice(manifest_file, choice)?);
+        self.0.lock().map_err(|_| anyhow::anyhow!("source cache poisoned"))?.insert(key, source.clone());
+        Ok(source)
+    }
+}
+
 /// How a caller takes part in a tenant operation.
 pub struct Hooks<'a> {
     /// Sees the plan computed under the lock before anything runs or is recorded;
@@ -378,7 +428,16 @@ pub async fn change(
         let mut failures = Vec::new();
         for module in &edit.migrate {
             registry::set_status(&guard.client, &env, &tenant, module, "migrating", None, job).await?;
-            let runs = migrate_tenant(&s, &logins, &tenant, module, &run_options(hooks.lock_timeout), events).await;
+            let runs = migrate_tenant(
+                &s,
+                &logins,
+                &Sources::default(),
+                &tenant,
+                module,
+                &run_options(hooks.lock_timeout),
+                events,
+            )
+            .await;
             let failure = match &runs {
                 Ok(runs) => failure_of(runs),
                 Err(e) => Some(format!("{e:#}")),
@@ -435,6 +494,7 @@ pub fn failure_of(runs: &[ModuleRun]) -> Option<String> {
 pub async fn migrate_tenant(
     s: &Session,
     logins: &crate::conn::Logins,
+    sources: &Sources,
     tenant: &str,
     module: &str,
     base: &migrate::RunOptions,
@@ -446,8 +506,7 @@ pub async fn migrate_tenant(
     for (choice, endpoints) in
         migrate::by_choice(m, migrate::module_endpoints(&s.manifest, &s.desired, m, Some(tenant))?)?
     {
-        let source =
-            migrate::Source::load_choice(&s.manifest.file, &choice).with_context(|| format!("module {module}"))?;
+        let source = sources.get(&s.manifest.file, &choice).with_context(|| format!("module {module}"))?;
         let opts = base.clone().with_spec(&choice.selected_spec());
         let targets = endpoints
             .into_iter()
