@@ -24,3 +24,4 @@ pub mod render;
 pub mod schema;
 pub mod sqlsplit;
 pub mod stack;
+pub mod tenant;

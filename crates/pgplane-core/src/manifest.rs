@@ -106,6 +106,16 @@ pub enum TemplateSessions {
 pub struct RawServer {
     pub name: String,
     pub url: String,
+    /// How much `server: auto` placement may put on this server.
+    #[serde(default)]
+    pub capacity: Option<RawCapacity>,
+}
+
+/// `capacity: {databases: 200}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCapacity {
+    pub databases: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +180,42 @@ pub struct RawModule {
     pub migrations: Option<RawMigrations>,
     #[serde(default)]
     pub settings: BTreeMap<String, serde_yaml::Value>,
+    /// The module's releases, oldest first (see [`VersionSpec`]).
+    #[serde(default)]
+    pub versions: Vec<RawVersion>,
+    /// Named switches a tenant sets when its module is enabled (see [`ParameterSpec`]).
+    #[serde(default)]
+    pub parameters: BTreeMap<String, RawParameter>,
+}
+
+/// One release of a module: `{version: "2.0", migrations: PATH}` (a source of its own),
+/// `{version: "2.0", to_tag: v2.0}` (the module's changelog up to a `tagDatabase`) or
+/// `{version: "2.0", target: "2.0"}` (the module's SQL folder up to a version).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersion {
+    pub version: serde_yaml::Value,
+    #[serde(default)]
+    pub migrations: Option<RawMigrations>,
+    #[serde(default)]
+    pub to_tag: Option<String>,
+    #[serde(default)]
+    pub target: Option<serde_yaml::Value>,
+}
+
+/// `loadReference: {context: reference}`, `{label: sample}` or `{folder: reference}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawParameter {
+    #[serde(default)]
+    pub context: Option<String>,
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub folder: Option<String>,
+    /// The value when a tenant does not set it (default false).
+    #[serde(default)]
+    pub default: bool,
 }
 
 /// `migrations: PATH`, or a map with the path and options.
@@ -227,6 +273,9 @@ pub struct ServerSpec {
     pub name: String,
     /// The admin URL with `${VAR}`s expanded. Holds a password: never print it.
     pub url: String,
+    /// `capacity.databases`: how many databases `server: auto` placement may bring the
+    /// server to (`None`: no limit).
+    pub capacity: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -251,6 +300,89 @@ pub struct ModuleSpec {
     pub migrations: Option<MigrationsSpec>,
     /// Database-level settings (`ALTER DATABASE … SET name = value`), sorted by name.
     pub settings: Vec<(String, String)>,
+    /// `server: auto` (database-per-tenant only): each tenant's database goes to the
+    /// least-loaded server with room, chosen once and recorded; `server` is then the first
+    /// server and means nothing for the tenants.
+    pub auto_server: bool,
+    /// Releases, oldest first; empty: one unnamed version, `migrations:`.
+    pub versions: Vec<VersionSpec>,
+    /// Tenant parameters, sorted by name.
+    pub parameters: Vec<ParameterSpec>,
+}
+
+impl ModuleSpec {
+    /// The newest version's name (`None` for a module without `versions:`).
+    pub fn newest_version(&self) -> Option<&str> {
+        self.versions.last().map(|v| v.version.as_str())
+    }
+
+    pub fn version(&self, name: &str) -> Option<&VersionSpec> {
+        self.versions.iter().find(|v| v.version == name)
+    }
+
+    /// A version's place in `versions` (0 = oldest).
+    pub fn version_index(&self, name: &str) -> Option<usize> {
+        self.versions.iter().position(|v| v.version == name)
+    }
+
+    pub fn parameter(&self, name: &str) -> Option<&ParameterSpec> {
+        self.parameters.iter().find(|p| p.name == name)
+    }
+
+    /// Whether a tenant's storage of this module is its own (schema or database).
+    pub fn per_tenant(&self) -> bool {
+        self.storage != Storage::Database
+    }
+}
+
+/// One release of a module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionSpec {
+    /// As written (`1.0`, `2.0-rc1`).
+    pub version: String,
+    pub source: VersionSource,
+}
+
+/// Where a version's migrations come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionSource {
+    /// A source of its own (it holds what earlier versions applied too, or the ledger
+    /// keeps their rows as entries it does not have).
+    Own(MigrationsSpec),
+    /// The module's `migrations:` changelog up to and including the changeset whose
+    /// `tagDatabase` sets this tag.
+    ToTag(String),
+    /// The module's `migrations:` SQL folder up to and including this migration version
+    /// (repeatable migrations always run).
+    Target(String),
+}
+
+/// A tenant parameter: what turning it on selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParameterSpec {
+    pub name: String,
+    pub selects: ParameterSelects,
+    pub default: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParameterSelects {
+    /// A Liquibase context: its changesets run only when the parameter is on.
+    Context(String),
+    /// A Liquibase label: changesets carrying it run only when the parameter is on.
+    Label(String),
+    /// A subfolder of a SQL folder: its files join the folder's migrations when on.
+    Folder(String),
+}
+
+impl ParameterSelects {
+    pub fn describe(&self) -> String {
+        match self {
+            ParameterSelects::Context(c) => format!("context {c}"),
+            ParameterSelects::Label(l) => format!("label {l}"),
+            ParameterSelects::Folder(f) => format!("folder {f}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,6 +468,9 @@ pub struct TenantSpec {
 
 /// The name of the embedded server when the manifest lists none.
 pub const LOCAL_SERVER: &str = "local";
+
+/// `server: auto` on a module: placement instead of a server name.
+pub const AUTO_SERVER: &str = "auto";
 
 impl Manifest {
     /// Reads and validates a manifest file. `env` resolves `${VAR}` references.
@@ -512,6 +647,21 @@ impl<'a> Scope<'a> {
         Scope { start, end, ..self }
     }
 
+    /// Error at the first line in this scope that starts the mapping key `key:`.
+    fn err_key(&self, key: &str, message: String) -> ManifestError {
+        let found = self.src.text.lines().enumerate().take(self.end).skip(self.start).find_map(|(i, l)| {
+            let t = l.trim_start().trim_start_matches("- ");
+            let quoted = [format!("{key}:"), format!("\"{key}\":"), format!("'{key}':")];
+            quoted.iter().any(|q| t.starts_with(q.as_str())).then(|| (i, l.len() - t.len()))
+        });
+        ManifestError {
+            file: self.src.file.to_path_buf(),
+            line: found.map(|p| p.0 + 1),
+            column: found.map(|p| p.1 + 1),
+            message,
+        }
+    }
+
     fn err(&self, key: &str, needle: &str, message: String) -> ManifestError {
         self.err_nth(key, needle, 0, message)
     }
@@ -561,7 +711,23 @@ fn validate(
         if url.trim().is_empty() {
             return Err(servers_scope.err("url", &s.url, format!("server {:?} has an empty url", s.name)));
         }
-        servers.push(ServerSpec { name: s.name.clone(), url });
+        if s.name == AUTO_SERVER {
+            return Err(servers_scope.err(
+                "name",
+                &s.name,
+                "server name \"auto\" is reserved: `server: auto` on a module means placement; rename the server"
+                    .into(),
+            ));
+        }
+        let capacity = s.capacity.as_ref().map(|c| c.databases);
+        if capacity == Some(0) {
+            return Err(servers_scope.from("name", &s.name).err(
+                "databases",
+                "0",
+                format!("server {:?}: capacity.databases must be at least 1", s.name),
+            ));
+        }
+        servers.push(ServerSpec { name: s.name.clone(), url, capacity });
     }
     let server_names: Vec<String> = if servers.is_empty() {
         vec![LOCAL_SERVER.to_string()]
@@ -626,7 +792,21 @@ fn validate(
         if !names.insert(m.name.clone()) {
             return Err(modules_scope.err_nth("name", &m.name, 1, format!("module {:?} is listed twice", m.name)));
         }
+        let auto_server = m.server.as_deref() == Some(AUTO_SERVER);
+        if auto_server && m.storage != Storage::DatabasePerTenant {
+            return Err(here().err(
+                "server",
+                AUTO_SERVER,
+                format!(
+                    "module {:?} has `server: auto`, which places each tenant's database on a server; it needs \
+                     `storage: database-per-tenant` (this one has `storage: {}`)",
+                    m.name,
+                    m.storage.as_str()
+                ),
+            ));
+        }
         let server = match &m.server {
+            Some(s) if s == AUTO_SERVER => server_names[0].clone(),
             Some(s) if server_names.contains(s) => s.clone(),
             Some(s) => {
                 return Err(here().err(
@@ -680,6 +860,9 @@ fn validate(
                 Some(raw) => Some(migrations(raw).map_err(|(key, value, msg)| here().err(key, &value, msg))?),
             },
             settings: settings(&m.settings).map_err(|(key, msg)| here().err(&key, &key, msg))?,
+            auto_server,
+            versions: versions(m).map_err(|(key, value, msg, nth)| here().err_nth(key, &value, nth, msg))?,
+            parameters: parameters(m).map_err(|(name, msg)| here().err_key(&name, msg))?,
         });
     }
 
@@ -855,6 +1038,160 @@ fn stacks(
         }
     }
     Ok(sources)
+}
+
+/// A version's name as written: a string or an integer (`1.0` unquoted is a float, whose
+/// text YAML does not keep: `1.10` would read as `1.1`).
+fn version_text(v: &serde_yaml::Value, key: &str) -> Result<String, String> {
+    match v {
+        serde_yaml::Value::String(s) => Ok(s.clone()),
+        serde_yaml::Value::Number(n) if n.is_u64() => Ok(n.to_string()),
+        serde_yaml::Value::Number(n) => Err(format!(
+            "{key}: {n} is read as a number, which loses how it was written (1.10 becomes 1.1); write it in quotes: \
+             {key}: \"{n}\""
+        )),
+        _ => Err(format!("{key} must be a string such as \"2.0\"")),
+    }
+}
+
+/// Checks a version name: letters, digits, `.`, `_` and `-`, starting with a letter or digit.
+pub fn check_version_name(v: &str) -> Result<(), String> {
+    let ok = v.len() <= 63
+        && v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "version {v:?} is not valid; use letters, digits, '.', '_' and '-', starting with a letter or digit \
+             (e.g. 1.0, 2.1-rc1)"
+        ))
+    }
+}
+
+/// A module's `versions:`; an error names the key, its value and the message.
+fn versions(m: &RawModule) -> Result<Vec<VersionSpec>, (&'static str, String, String, usize)> {
+    let mut out: Vec<VersionSpec> = Vec::new();
+    for raw in &m.versions {
+        let version = version_text(&raw.version, "version").map_err(|e| ("version", String::new(), e, 0))?;
+        check_version_name(&version).map_err(|e| ("version", version.clone(), e, 0))?;
+        if out.iter().any(|v| v.version == version) {
+            return Err((
+                "version",
+                version.clone(),
+                format!("module {:?} lists version {version:?} twice", m.name),
+                1,
+            ));
+        }
+        let given = [raw.migrations.is_some(), raw.to_tag.is_some(), raw.target.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err((
+                "version",
+                version.clone(),
+                format!(
+                    "module {:?} version {version:?}: give exactly one of `migrations: PATH` (a source of its own), \
+                     `to_tag: TAG` (the module's changelog up to a tagDatabase) or `target: VERSION` (the module's \
+                     SQL folder up to a migration version)",
+                    m.name
+                ),
+                0,
+            ));
+        }
+        let needs_module_source = |key: &'static str, value: &str| {
+            if m.migrations.is_none() {
+                Err((
+                    key,
+                    value.to_string(),
+                    format!(
+                        "module {:?} version {version:?} uses `{key}`, which cuts the module's own `migrations:` \
+                         source; add `migrations: PATH` to the module",
+                        m.name
+                    ),
+                    0,
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let source = if let Some(raw_m) = &raw.migrations {
+            VersionSource::Own(migrations(raw_m).map_err(|(k, v, e)| (k, v, e, 0))?)
+        } else if let Some(tag) = &raw.to_tag {
+            needs_module_source("to_tag", tag)?;
+            if tag.trim().is_empty() {
+                return Err((
+                    "to_tag",
+                    String::new(),
+                    format!("module {:?} version {version:?}: to_tag is empty", m.name),
+                    0,
+                ));
+            }
+            VersionSource::ToTag(tag.clone())
+        } else {
+            let target = raw
+                .target
+                .as_ref()
+                .map(|t| version_text(t, "target"))
+                .transpose()
+                .map_err(|e| ("target", String::new(), e, 0))?
+                .unwrap_or_default();
+            needs_module_source("target", &target)?;
+            crate::migrate::Version::parse(&target)
+                .map_err(|e| ("target", target.clone(), format!("module {:?} version {version:?}: {e}", m.name), 0))?;
+            VersionSource::Target(target)
+        };
+        out.push(VersionSpec { version, source });
+    }
+    Ok(out)
+}
+
+/// A module's `parameters:`, sorted by name.
+fn parameters(m: &RawModule) -> Result<Vec<ParameterSpec>, (String, String)> {
+    let mut out = Vec::new();
+    for (name, raw) in &m.parameters {
+        let valid = name.len() <= 63
+            && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err((
+                name.clone(),
+                format!("parameter name {name:?} is not valid; use letters, digits and _ (e.g. loadReference)"),
+            ));
+        }
+        let selects = match (&raw.context, &raw.label, &raw.folder) {
+            (Some(c), None, None) => ParameterSelects::Context(c.clone()),
+            (None, Some(l), None) => ParameterSelects::Label(l.clone()),
+            (None, None, Some(f)) => ParameterSelects::Folder(f.clone()),
+            _ => {
+                return Err((
+                    name.clone(),
+                    format!(
+                        "parameter {name:?} of module {:?}: give exactly one of `context: NAME` (Liquibase), \
+                         `label: NAME` (Liquibase) or `folder: NAME` (a subfolder of a SQL folder)",
+                        m.name
+                    ),
+                ))
+            }
+        };
+        let value = match &selects {
+            ParameterSelects::Context(v) | ParameterSelects::Label(v) | ParameterSelects::Folder(v) => v,
+        };
+        let plain = !value.is_empty()
+            && value.len() <= 63
+            && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            && value != "."
+            && value != "..";
+        if !plain {
+            return Err((
+                name.clone(),
+                format!(
+                    "parameter {name:?} of module {:?}: {value:?} is not a plain name (letters, digits, _, - and .)",
+                    m.name
+                ),
+            ));
+        }
+        out.push(ParameterSpec { name: name.clone(), selects, default: raw.default });
+    }
+    Ok(out)
 }
 
 /// Database-level settings: names like `search_path` or `app.mode`; scalar values.
@@ -1207,6 +1544,49 @@ tenants:
             "version: 1\nmodules:\n  - name: a\n    storage: database\n    settings:\n      search_path: 'a,, b'\n",
         );
         assert!(e.contains("search_path is a list of names"), "{e}");
+    }
+
+    #[test]
+    fn versions_parameters_and_placement() {
+        let m = parse(
+            "version: 1\nservers:\n  - name: a\n    url: postgresql://a/p\n  - name: b\n    url: postgresql://b/p\n    capacity: {databases: 200}\nmodules:\n  - name: users\n    storage: schema-per-tenant\n    migrations: db/users.yaml\n    versions:\n      - {version: \"1.0\", to_tag: v1.0}\n      - {version: 2, migrations: db/users-2.yaml}\n    parameters:\n      loadReference: {context: reference}\n      loadSample: {label: sample, default: true}\n  - name: files\n    storage: database-per-tenant\n    server: auto\n    migrations: db/files\n    versions:\n      - {version: \"1.0\", target: \"1\"}\n    parameters:\n      demo: {folder: demo}\n",
+        )
+        .unwrap();
+        assert_eq!(m.servers[1].capacity, Some(200));
+        let users = m.module("users").unwrap();
+        assert_eq!(users.newest_version(), Some("2"));
+        assert_eq!(users.versions[0].source, VersionSource::ToTag("v1.0".into()));
+        assert!(matches!(&users.versions[1].source, VersionSource::Own(s) if s.path == "db/users-2.yaml"));
+        assert_eq!(users.parameter("loadSample").map(|p| p.default), Some(true));
+        let files = m.module("files").unwrap();
+        assert!(files.auto_server);
+        assert_eq!(files.versions[0].source, VersionSource::Target("1".into()));
+        assert_eq!(files.parameters[0].selects, ParameterSelects::Folder("demo".into()));
+    }
+
+    #[test]
+    fn version_and_parameter_errors_name_their_line() {
+        let base = "version: 1\nmodules:\n  - name: users\n    storage: schema-per-tenant\n";
+        let e = err(&format!("{base}    versions:\n      - {{version: 1.0, migrations: x}}\n"));
+        assert!(e.contains("write it in quotes"), "{e}");
+        let e = err(&format!("{base}    versions:\n      - {{version: \"1.0\", to_tag: v1}}\n"));
+        assert!(e.starts_with("pgplane.yaml:6:") && e.contains("add `migrations: PATH` to the module"), "{e}");
+        let e = err(&format!(
+            "{base}    migrations: x\n    versions:\n      - {{version: \"1.0\", to_tag: v1}}\n      - {{version: \"1.0\", to_tag: v2}}\n"
+        ));
+        assert!(e.starts_with("pgplane.yaml:8:") && e.contains("twice"), "{e}");
+        let e = err(&format!("{base}    migrations: x\n    versions:\n      - {{version: \"1.0\"}}\n"));
+        assert!(e.contains("exactly one of"), "{e}");
+        let e = err(&format!("{base}    parameters:\n      loadReference: {{context: a, label: b}}\n"));
+        assert!(e.starts_with("pgplane.yaml:6:") && e.contains("exactly one of"), "{e}");
+        let e = err(&format!("{base}    parameters:\n      loadReference: {{folder: ../up}}\n"));
+        assert!(e.starts_with("pgplane.yaml:6:") && e.contains("not a plain name"), "{e}");
+        let e = err(&format!("{base}    parameters:\n      load-ref: {{context: a}}\n"));
+        assert!(e.starts_with("pgplane.yaml:6:") && e.contains("load-ref"), "{e}");
+        let e = err("version: 1\nmodules:\n  - name: users\n    storage: schema-per-tenant\n    server: auto\n");
+        assert!(e.starts_with("pgplane.yaml:5:") && e.contains("database-per-tenant"), "{e}");
+        let e = err("version: 1\nservers:\n  - name: a\n    url: u\n    capacity: {databases: 0}\nmodules:\n  - name: x\n    storage: database\n");
+        assert!(e.starts_with("pgplane.yaml:5:") && e.contains("at least 1"), "{e}");
     }
 
     #[test]

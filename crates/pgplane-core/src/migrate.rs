@@ -58,6 +58,15 @@ pub fn canonical_key(stored: &str) -> String {
 pub struct Version(pub Vec<u64>);
 
 impl Version {
+    /// A version as written in a file name or on the command line: `2`, `1.2`, `1_2`.
+    pub fn parse(s: &str) -> Result<Version, String> {
+        let parts: Result<Vec<u64>, _> = s.split(['.', '_']).map(str::parse::<u64>).collect();
+        match parts {
+            Ok(p) if !s.is_empty() => Ok(Version(p)),
+            _ => Err(format!("version {s:?} is not dotted numbers like 1, 2.1 or 2_1")),
+        }
+    }
+
     /// Without trailing zero parts: `1.0` → `1`, `2.1.0` → `2.1`.
     pub fn canonical(&self) -> String {
         let mut parts = self.0.clone();
@@ -167,10 +176,9 @@ fn parse_file(name: &str, text: &str) -> Result<SqlMigration, String> {
         let Some((v, d)) = rest.split_once("__") else {
             return Err(format!("{name:?} has no `__` between version and description; {hint}"));
         };
-        let parts: Result<Vec<u64>, _> = v.split(['.', '_']).map(str::parse::<u64>).collect();
-        match parts {
-            Ok(p) if !v.is_empty() => (Some(Version(p)), d),
-            _ => return Err(format!("{name:?}: version {v:?} is not dotted numbers like 1, 2.1 or 2_1; {hint}")),
+        match Version::parse(v) {
+            Ok(version) => (Some(version), d),
+            Err(e) => return Err(format!("{name:?}: {e}; {hint}")),
         }
     } else {
         return Err(format!("{name:?} does not start with V or R__; {hint}"));

@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::ident::check_name;
-use crate::manifest::{Manifest, Storage};
+use crate::manifest::{Manifest, ModuleSpec, Storage};
 use crate::naming::Vars;
+use crate::tenant::{ModuleState, Registry};
 
 /// What an object is for. Stored with every record so that a name wanted by two
 /// different origins is caught as a clash.
@@ -154,6 +155,8 @@ pub struct DesiredRole {
     pub origin: Origin,
     /// The template output before it was shortened to 63 bytes, if it was.
     pub long_name: Option<String>,
+    /// May log in (false: a disabled tenant's role).
+    pub login: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +168,8 @@ pub struct DesiredDatabase {
     pub connection_limit: i32,
     /// Roles besides the owner that may connect.
     pub connect: BTreeSet<String>,
+    /// Roles that must not hold CONNECT (a disabled tenant's roles, the owner included).
+    pub revoke_connect: BTreeSet<String>,
     /// Database-level settings (`ALTER DATABASE … SET`), sorted by name; pgplane manages
     /// only these names.
     pub settings: Vec<(String, String)>,
@@ -219,6 +224,24 @@ pub struct Endpoint {
     pub schema: Option<String>,
     pub owner_role: String,
     pub readonly_role: Option<String>,
+    /// The module version the storage runs (`None`: the module declares no `versions:`).
+    pub version: Option<String>,
+    /// The tenant's parameters (defaults filled in); empty for a module's own storage.
+    pub parameters: BTreeMap<String, bool>,
+    /// False for a disabled tenant module: its roles cannot log in or connect.
+    pub enabled: bool,
+    /// Registered in the control database (`tenant add`), not listed in the manifest.
+    pub registered: bool,
+}
+
+/// One tenant's use of a module, whichever way it is declared.
+struct TenantUse<'a> {
+    name: &'a str,
+    enabled: bool,
+    server: &'a str,
+    version: Option<String>,
+    parameters: BTreeMap<String, bool>,
+    registered: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -244,19 +267,27 @@ pub struct NamingError {
 }
 
 impl Desired {
-    /// Computes every object of `env` and checks the names against each other.
-    pub fn build(manifest: &Manifest, env: &str) -> Result<Desired, NamingError> {
+    /// Computes every object of `env` — the manifest's modules and tenants, and the tenants
+    /// registered in the control database (`registry`, enabled or disabled; purging ones are
+    /// not wanted) — and checks the names against each other.
+    pub fn build(manifest: &Manifest, env: &str, registry: &Registry) -> Result<Desired, NamingError> {
         if let Err(m) = check_name("environment", env) {
             return Err(NamingError { problems: vec![m] });
         }
         let n = &manifest.naming;
         let mut d = Desired { env: env.to_string(), ..Desired::default() };
+        let mut problems = check_registry(manifest, registry);
         for m in &manifest.modules {
-            let b = Builder { env, module: &m.name, server: &m.server };
             let vars = Vars { env, module: &m.name, ..Vars::default() };
             let limit = m.connection_limit.unwrap_or(-1);
-            let tenants: Vec<&str> =
-                manifest.tenants.iter().filter(|t| t.modules.contains(&m.name)).map(|t| t.name.as_str()).collect();
+            let tenants = match tenant_uses(manifest, registry, m) {
+                Ok(t) => t,
+                Err(mut p) => {
+                    problems.append(&mut p);
+                    continue;
+                }
+            };
+            let b = Builder { env, module: &m.name, server: &m.server, login: true };
             match m.storage {
                 Storage::Database | Storage::SchemaPerTenant => {
                     let owner = b.role(&mut d, n.owner_role.render_long(vars), None, Purpose::OwnerRole);
@@ -269,30 +300,48 @@ impl Desired {
                             b.reader(&mut d, ro, &db, "public", &owner, None, Purpose::ReadonlyRole)
                         });
                         connect.extend(readonly.clone());
-                        b.endpoint(&mut d, None, &db, None, &owner, readonly);
+                        d.endpoints.push(Endpoint {
+                            module: m.name.clone(),
+                            tenant: None,
+                            server: b.server.into(),
+                            database: db.clone(),
+                            schema: None,
+                            owner_role: owner.clone(),
+                            readonly_role: readonly,
+                            version: m.newest_version().map(str::to_string),
+                            parameters: BTreeMap::new(),
+                            enabled: true,
+                            registered: false,
+                        });
                     }
+                    let mut revoke = BTreeSet::new();
                     for t in tenants.iter().filter(|_| m.storage == Storage::SchemaPerTenant) {
-                        let tv = Vars { tenant: t, ..vars };
-                        let tr = b.role(&mut d, n.tenant_role.render_long(tv), Some(t), Purpose::TenantRole);
+                        let b = Builder { login: t.enabled, ..b };
+                        let tv = Vars { tenant: t.name, ..vars };
+                        let tr = b.role(&mut d, n.tenant_role.render_long(tv), Some(t.name), Purpose::TenantRole);
                         let (schema, schema_long) = n.tenant_schema.render_long(tv);
                         d.schemas.push(DesiredSchema {
                             server: b.server.into(),
                             database: db.clone(),
                             name: schema.clone(),
                             owner: tr.clone(),
-                            origin: b.origin(Some(t), Purpose::TenantSchema),
+                            origin: b.origin(Some(t.name), Purpose::TenantSchema),
                             long_name: schema_long,
                         });
-                        connect.insert(tr.clone());
                         b.search_path(&mut d, &db, &tr, &schema);
                         let readonly = m.readonly_role.then(|| {
                             let ro = n.readonly_role.render_long(Vars { owner: &tr, ..tv });
-                            let ro = b.reader(&mut d, ro, &db, &schema, &tr, Some(t), Purpose::TenantReadonlyRole);
+                            let ro = b.reader(&mut d, ro, &db, &schema, &tr, Some(t.name), Purpose::TenantReadonlyRole);
                             b.search_path(&mut d, &db, &ro, &schema);
                             ro
                         });
-                        connect.extend(readonly.clone());
-                        b.endpoint(&mut d, Some(t), &db, Some(schema), &tr, readonly);
+                        let mine = [Some(tr.clone()), readonly.clone()].into_iter().flatten();
+                        if t.enabled {
+                            connect.extend(mine);
+                        } else {
+                            revoke.extend(mine);
+                        }
+                        b.endpoint(&mut d, t, &db, Some(schema), &tr, readonly);
                     }
                     d.databases.push(DesiredDatabase {
                         server: b.server.into(),
@@ -300,6 +349,7 @@ impl Desired {
                         owner,
                         connection_limit: limit,
                         connect,
+                        revoke_connect: revoke,
                         settings: m.settings.clone(),
                         origin: b.origin(None, Purpose::Database),
                         long_name: db_long,
@@ -307,28 +357,38 @@ impl Desired {
                 }
                 Storage::DatabasePerTenant => {
                     for t in &tenants {
-                        let tv = Vars { tenant: t, ..vars };
-                        let tr = b.role(&mut d, n.tenant_role.render_long(tv), Some(t), Purpose::TenantRole);
+                        let b = Builder { login: t.enabled, server: t.server, ..b };
+                        let tv = Vars { tenant: t.name, ..vars };
+                        let tr = b.role(&mut d, n.tenant_role.render_long(tv), Some(t.name), Purpose::TenantRole);
                         let (db, db_long) = n.tenant_database.render_long(tv);
-                        b.extensions(&mut d, &db, &m.extensions, Some(t));
+                        b.extensions(&mut d, &db, &m.extensions, Some(t.name));
                         let readonly = m.readonly_role.then(|| {
                             let ro = n.readonly_role.render_long(Vars { owner: &tr, ..tv });
-                            b.reader(&mut d, ro, &db, "public", &tr, Some(t), Purpose::TenantReadonlyRole)
+                            b.reader(&mut d, ro, &db, "public", &tr, Some(t.name), Purpose::TenantReadonlyRole)
                         });
-                        b.endpoint(&mut d, Some(t), &db, None, &tr, readonly.clone());
+                        b.endpoint(&mut d, t, &db, None, &tr, readonly.clone());
+                        let (connect, revoke_connect) = if t.enabled {
+                            (readonly.into_iter().collect(), BTreeSet::new())
+                        } else {
+                            (BTreeSet::new(), [Some(tr.clone()), readonly].into_iter().flatten().collect())
+                        };
                         d.databases.push(DesiredDatabase {
                             server: b.server.into(),
                             name: db,
                             owner: tr,
                             connection_limit: limit,
-                            connect: readonly.into_iter().collect(),
+                            connect,
+                            revoke_connect,
                             settings: m.settings.clone(),
-                            origin: b.origin(Some(t), Purpose::TenantDatabase),
+                            origin: b.origin(Some(t.name), Purpose::TenantDatabase),
                             long_name: db_long,
                         });
                     }
                 }
             }
+        }
+        if !problems.is_empty() {
+            return Err(NamingError { problems });
         }
         if let Some(name) = &manifest.branches.readonly_role_in(env) {
             // On every server holding a template (branches are stamped there), else on the
@@ -345,7 +405,7 @@ impl Desired {
                 servers.insert(&first);
             }
             for server in servers {
-                let b = Builder { env, module: "", server };
+                let b = Builder { env, module: "", server, login: true };
                 b.role(&mut d, (name.clone(), None), None, Purpose::BranchReadonlyRole);
             }
         }
@@ -436,11 +496,116 @@ impl Desired {
     }
 }
 
+/// Registered tenants that the manifest lists too, or that enable a module the manifest
+/// no longer has (or no longer gives per-tenant storage): the desired state would be
+/// ambiguous, so nothing is planned until one side changes.
+fn check_registry(manifest: &Manifest, registry: &Registry) -> Vec<String> {
+    let mut problems = Vec::new();
+    for t in &registry.tenants {
+        if manifest.tenants.iter().any(|m| m.name == t.name) {
+            problems.push(format!(
+                "tenant {:?} is listed in {} and registered with `pgplane tenant add`, so its desired state is \
+                 ambiguous and nothing is planned: remove it from the manifest again (then `pgplane tenant remove {} \
+                 --purge` if it should go, before listing it in the manifest)",
+                t.name,
+                manifest.file.display(),
+                t.name
+            ));
+        }
+        for tm in t.modules.iter().filter(|m| m.state != ModuleState::Purging) {
+            match manifest.module(&tm.module) {
+                None => problems.push(format!(
+                    "registered tenant {:?} has module {:?}, which is not in {}; put the module back, or purge it: \
+                     `pgplane tenant remove {} --module {} --purge`",
+                    t.name,
+                    tm.module,
+                    manifest.file.display(),
+                    t.name,
+                    tm.module
+                )),
+                Some(m) if m.storage == Storage::Database => problems.push(format!(
+                    "registered tenant {:?} has module {:?}, which now has `storage: database`; tenants need \
+                     per-tenant storage",
+                    t.name, tm.module
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    problems
+}
+
+/// The tenants of a module: the manifest's (enabled, at the newest version, default
+/// parameters) and the registered ones (as recorded), sorted by name; with each one's
+/// server (its placement for `server: auto`).
+fn tenant_uses<'a>(
+    manifest: &'a Manifest,
+    registry: &'a Registry,
+    m: &'a ModuleSpec,
+) -> Result<Vec<TenantUse<'a>>, Vec<String>> {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    let mut server_of = |tenant: &str, recorded: Option<&'a str>| -> &'a str {
+        if !m.auto_server {
+            return &m.server;
+        }
+        match recorded {
+            Some(s) if manifest.server_names().iter().any(|n| n == s) => s,
+            Some(s) => {
+                problems.push(format!(
+                    "tenant {tenant:?}'s database of module {} was placed on server {s:?}, which is not in `servers` \
+                     any more; list it again",
+                    m.name
+                ));
+                &m.server
+            }
+            None => {
+                problems.push(format!(
+                    "tenant {tenant:?} of module {} (`server: auto`) has no server yet; plan and apply place it",
+                    m.name
+                ));
+                &m.server
+            }
+        }
+    };
+    for t in manifest.tenants.iter().filter(|t| t.modules.contains(&m.name)) {
+        let placed = registry.placements.get(&(t.name.clone(), m.name.clone())).map(String::as_str);
+        out.push(TenantUse {
+            name: &t.name,
+            enabled: true,
+            server: server_of(&t.name, placed),
+            version: m.newest_version().map(str::to_string),
+            parameters: m.parameters.iter().map(|p| (p.name.clone(), p.default)).collect(),
+            registered: false,
+        });
+    }
+    for t in &registry.tenants {
+        for tm in t.modules.iter().filter(|tm| tm.module == m.name && tm.state != ModuleState::Purging) {
+            out.push(TenantUse {
+                name: &t.name,
+                enabled: tm.state == ModuleState::Enabled,
+                server: server_of(&t.name, tm.server.as_deref()),
+                version: tm.version.clone(),
+                parameters: tm.parameters.clone(),
+                registered: true,
+            });
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    out.sort_by(|a, b| a.name.cmp(b.name));
+    Ok(out)
+}
+
 /// Adds the objects of one module to a [`Desired`], tagging each with its origin.
+#[derive(Clone, Copy)]
 struct Builder<'a> {
     env: &'a str,
     module: &'a str,
     server: &'a str,
+    /// Whether the roles it adds may log in.
+    login: bool,
 }
 
 impl Builder<'_> {
@@ -461,6 +626,7 @@ impl Builder<'_> {
             name: name.clone(),
             origin: self.origin(tenant, purpose),
             long_name,
+            login: self.login,
         });
         name
     }
@@ -512,7 +678,7 @@ impl Builder<'_> {
     fn endpoint(
         &self,
         d: &mut Desired,
-        tenant: Option<&str>,
+        tenant: &TenantUse<'_>,
         database: &str,
         schema: Option<String>,
         owner: &str,
@@ -520,12 +686,16 @@ impl Builder<'_> {
     ) {
         d.endpoints.push(Endpoint {
             module: self.module.into(),
-            tenant: tenant.map(str::to_string),
+            tenant: Some(tenant.name.to_string()),
             server: self.server.into(),
             database: database.into(),
             schema,
             owner_role: owner.into(),
             readonly_role: readonly,
+            version: tenant.version.clone(),
+            parameters: tenant.parameters.clone(),
+            enabled: tenant.enabled,
+            registered: tenant.registered,
         });
     }
 }

@@ -61,6 +61,7 @@ pub enum ActionKind {
     AlterDatabaseConnectionLimit,
     RevokePublic,
     GrantConnect,
+    RevokeConnect,
     SetDatabaseSetting,
     CreateSchema,
     AlterSchemaOwner,
@@ -92,6 +93,7 @@ impl ActionKind {
             ActionKind::AlterDatabaseConnectionLimit => "alter_database_connection_limit",
             ActionKind::RevokePublic => "revoke_public",
             ActionKind::GrantConnect => "grant_connect",
+            ActionKind::RevokeConnect => "revoke_connect",
             ActionKind::SetDatabaseSetting => "set_database_setting",
             ActionKind::CreateSchema => "create_schema",
             ActionKind::AlterSchemaOwner => "alter_schema_owner",
@@ -382,8 +384,9 @@ impl Planner<'_> {
                 None => {
                     let sql = Sql(vec![
                         SqlPart::Text(format!(
-                            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT PASSWORD ",
-                            q(&r.name)
+                            "CREATE ROLE {} {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT PASSWORD ",
+                            q(&r.name),
+                            if r.login { "LOGIN" } else { "NOLOGIN" }
                         )),
                         SqlPart::Password { role: r.name.clone() },
                     ]);
@@ -391,7 +394,7 @@ impl Planner<'_> {
                     self.push(ActionKind::CreateRole, &obj, None, sql, &format!("{} is missing", obj.display()), rec);
                 }
                 Some(state) => {
-                    let want = RoleState::default();
+                    let want = RoleState { login: r.login, ..RoleState::default() };
                     let mut fixes = Vec::new();
                     let mut why = Vec::new();
                     let attrs = [
@@ -410,9 +413,20 @@ impl Planner<'_> {
                         }
                     }
                     if !fixes.is_empty() {
-                        let sql = Sql::text(format!("ALTER ROLE {} {}", q(&r.name), fixes.join(" ")));
-                        let why = format!("drift: role has {}", why.join(" "));
-                        self.push(ActionKind::AlterRole, &obj, None, sql, &why, RecordChange::None);
+                        let mut sql = format!("ALTER ROLE {} {}", q(&r.name), fixes.join(" "));
+                        let why = if !r.login && state.login {
+                            // Its open sessions end too: a disabled tenant reaches nothing.
+                            sql.push_str(&format!(
+                                "; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {}",
+                                crate::ident::quote_literal(&r.name)
+                            ));
+                            "disabled: the role may not log in".to_string()
+                        } else if r.login && !state.login && fixes == ["LOGIN"] {
+                            "enabled: the role may log in".to_string()
+                        } else {
+                            format!("drift: role has {}", why.join(" "))
+                        };
+                        self.push(ActionKind::AlterRole, &obj, None, Sql::text(sql), &why, RecordChange::None);
                     }
                     let why = if adopted.contains(&obj) {
                         Some("adopted: pgplane sets a password it can hand out with `pgplane credentials`")
@@ -469,6 +483,11 @@ impl Planner<'_> {
                     let why = "least privilege: only the module's roles may connect";
                     self.push(ActionKind::RevokePublic, &obj, None, sql, why, RecordChange::None);
                     grant_all_connects(self, &d.connect);
+                    if d.revoke_connect.contains(&d.owner) {
+                        let sql = Sql::text(format!("REVOKE CONNECT ON DATABASE {} FROM {}", q(&d.name), q(&d.owner)));
+                        let why = format!("disabled: role {} may not connect", d.owner);
+                        self.push(ActionKind::RevokeConnect, &obj, None, sql, &why, RecordChange::None);
+                    }
                 }
                 Some(state) => {
                     if state.owner != d.owner {
@@ -498,6 +517,21 @@ impl Planner<'_> {
                         .cloned()
                         .collect();
                     grant_all_connects(self, &missing);
+                    // The owner connects through its implicit privileges unless a disable took
+                    // them away: an enabled owner gets CONNECT back.
+                    let owner_can = state.privileges.get(&d.owner).is_some_and(|p| p.contains("CONNECT"));
+                    if !owner_can && !d.revoke_connect.contains(&d.owner) && !state.privileges.is_empty() {
+                        let sql = Sql::text(format!("GRANT CONNECT ON DATABASE {} TO {}", q(&d.name), q(&d.owner)));
+                        let why = format!("role {} (the owner) must be able to connect", d.owner);
+                        self.push(ActionKind::GrantConnect, &obj, None, sql, &why, RecordChange::None);
+                    }
+                    for role in &d.revoke_connect {
+                        if state.privileges.get(role).is_some_and(|p| p.contains("CONNECT")) {
+                            let sql = Sql::text(format!("REVOKE CONNECT ON DATABASE {} FROM {}", q(&d.name), q(role)));
+                            let why = format!("disabled: role {role} may not connect");
+                            self.push(ActionKind::RevokeConnect, &obj, None, sql, &why, RecordChange::None);
+                        }
+                    }
                 }
             }
             // Only the names the manifest lists are pgplane's: a setting removed from the

@@ -14,18 +14,19 @@ use pgplane_core::observed::{
 };
 use pgplane_core::plan::{plan, PlanOptions};
 use pgplane_core::render::plan_text;
+use pgplane_core::tenant::{ModuleState, Registry, TenantModule, TenantRecord};
 
 fn desired(env: &str, body: &str) -> Desired {
     let text = format!("version: 1\n{body}");
     let m = Manifest::parse(Path::new("pgplane.yaml"), &text, &|_| None).expect("valid manifest");
-    Desired::build(&m, env).expect("names are fine")
+    Desired::build(&m, env, &Registry::default()).expect("names are fine")
 }
 
 /// The observed state right after a successful apply of `d`, records included.
 fn applied(d: &Desired) -> Observed {
     let mut s = ServerState::default();
     for r in &d.roles {
-        s.roles.insert(r.name.clone(), RoleState::default());
+        s.roles.insert(r.name.clone(), RoleState { login: r.login, ..RoleState::default() });
     }
     for db in &d.databases {
         let readers =
@@ -48,7 +49,12 @@ fn applied(d: &Desired) -> Observed {
         for e in d.extensions.iter().filter(|e| e.database == db.name) {
             contents.extensions.insert(e.name.clone());
         }
-        let mut privileges = BTreeMap::from([(db.owner.clone(), set(&["CONNECT", "CREATE", "TEMPORARY"]))]);
+        let owner = if db.revoke_connect.contains(&db.owner) {
+            set(&["CREATE", "TEMPORARY"])
+        } else {
+            set(&["CONNECT", "CREATE", "TEMPORARY"])
+        };
+        let mut privileges = BTreeMap::from([(db.owner.clone(), owner)]);
         for r in &db.connect {
             privileges.insert(r.clone(), set(&["CONNECT"]));
         }
@@ -560,7 +566,7 @@ fn the_branch_readonly_role_must_not_clash() {
         &|_| None,
     )
     .unwrap();
-    let e = Desired::build(&m, "dev").unwrap_err().to_string();
+    let e = Desired::build(&m, "dev", &Registry::default()).unwrap_err().to_string();
     assert_eq!(
         e,
         "name clash: role dev_registry is wanted by env dev module registry (owner_role) and by env dev (branch_readonly_role); change a name or the naming templates"
@@ -739,4 +745,185 @@ fn password_drift_is_repaired() {
             No changes (env dev).
         "#]],
     );
+}
+
+// ----- registered tenants (issue 14) ------------------------------------------------------
+
+const USERS: &str = "modules:\n  - name: users\n    storage: schema-per-tenant\n    readonly_role: true\n  - name: files\n    storage: database-per-tenant\n";
+
+fn registered(tenant: &str, modules: &[(&str, ModuleState)]) -> TenantRecord {
+    TenantRecord {
+        name: tenant.into(),
+        labels: BTreeMap::new(),
+        expires_at: None,
+        created_at: String::new(),
+        modules: modules
+            .iter()
+            .map(|(m, state)| TenantModule {
+                module: m.to_string(),
+                version: None,
+                target_version: None,
+                parameters: BTreeMap::new(),
+                state: *state,
+                server: None,
+                status: "ready".into(),
+                error: None,
+                last_job: None,
+            })
+            .collect(),
+    }
+}
+
+fn desired_with(env: &str, body: &str, registry: &Registry) -> Desired {
+    let text = format!("version: 1\n{body}");
+    let m = Manifest::parse(Path::new("pgplane.yaml"), &text, &|_| None).expect("valid manifest");
+    Desired::build(&m, env, registry).expect("names are fine")
+}
+
+#[test]
+fn a_registered_tenant_is_desired_like_a_manifest_one() {
+    let manifest_tenant = desired("dev", &format!("{USERS}tenants:\n  - name: acme\n    modules: [users]\n"));
+    let reg = Registry { tenants: vec![registered("acme", &[("users", ModuleState::Enabled)])], ..Default::default() };
+    let registered_tenant = desired_with("dev", USERS, &reg);
+    let empty = Observed::default();
+    let a = plan_text(&plan(&manifest_tenant, &empty, PlanOptions::default()).unwrap());
+    let b = plan_text(&plan(&registered_tenant, &empty, PlanOptions::default()).unwrap());
+    assert_eq!(a, b, "one engine: the same plan whichever way the tenant is declared");
+    // Applied, then planned with pruning against the manifest alone plus the registry:
+    // nothing is an orphan.
+    check(
+        &registered_tenant,
+        &applied(&registered_tenant),
+        PlanOptions { prune: true, adopt: false },
+        expect![[r#"
+        No changes (env dev).
+    "#]],
+    );
+    assert!(registered_tenant.endpoint("users", Some("acme")).is_some_and(|e| e.registered && e.enabled));
+}
+
+#[test]
+fn a_registered_tenant_listed_in_the_manifest_too_is_refused() {
+    let reg = Registry { tenants: vec![registered("acme", &[("users", ModuleState::Enabled)])], ..Default::default() };
+    let text = format!("version: 1\n{USERS}tenants:\n  - name: acme\n    modules: [users]\n");
+    let m = Manifest::parse(Path::new("pgplane.yaml"), &text, &|_| None).unwrap();
+    let e = Desired::build(&m, "dev", &reg).unwrap_err().to_string();
+    assert!(e.contains("tenant \"acme\" is listed in pgplane.yaml and registered"), "{e}");
+    let reg = Registry { tenants: vec![registered("acme", &[("gone", ModuleState::Enabled)])], ..Default::default() };
+    let e = Desired::build(&m, "dev", &reg).unwrap_err().to_string();
+    assert!(e.contains("has module \"gone\", which is not in pgplane.yaml") && e.contains("--purge"), "{e}");
+}
+
+#[test]
+fn a_disabled_tenant_loses_login_and_connect_and_keeps_its_data() {
+    let on = Registry {
+        tenants: vec![registered("acme", &[("users", ModuleState::Enabled), ("files", ModuleState::Enabled)])],
+        ..Default::default()
+    };
+    let off = Registry {
+        tenants: vec![registered("acme", &[("users", ModuleState::Disabled), ("files", ModuleState::Disabled)])],
+        ..Default::default()
+    };
+    let enabled = desired_with("dev", USERS, &on);
+    let disabled = desired_with("dev", USERS, &off);
+    check(
+        &disabled,
+        &applied(&enabled),
+        PlanOptions { prune: true, adopt: false },
+        expect![[r#"
+          1. alter_role role dev_acme_files  [local]  (disabled: the role may not log in)
+             ALTER ROLE "dev_acme_files" NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'dev_acme_files';
+          2. alter_role role dev_acme_users  [local]  (disabled: the role may not log in)
+             ALTER ROLE "dev_acme_users" NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'dev_acme_users';
+          3. alter_role role dev_acme_users_readonly  [local]  (disabled: the role may not log in)
+             ALTER ROLE "dev_acme_users_readonly" NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'dev_acme_users_readonly';
+          4. revoke_connect database dev_acme_files  [local]  (disabled: role dev_acme_files may not connect)
+             REVOKE CONNECT ON DATABASE "dev_acme_files" FROM "dev_acme_files";
+          5. revoke_connect database dev_users  [local]  (disabled: role dev_acme_users may not connect)
+             REVOKE CONNECT ON DATABASE "dev_users" FROM "dev_acme_users";
+          6. revoke_connect database dev_users  [local]  (disabled: role dev_acme_users_readonly may not connect)
+             REVOKE CONNECT ON DATABASE "dev_users" FROM "dev_acme_users_readonly";
+        Plan: 6 changes: 0 to create, 6 to change, 0 to drop (env dev).
+    "#]],
+    );
+    check(
+        &disabled,
+        &applied(&disabled),
+        PlanOptions::default(),
+        expect![[r#"
+        No changes (env dev).
+    "#]],
+    );
+    check(
+        &enabled,
+        &applied(&disabled),
+        PlanOptions::default(),
+        expect![[r#"
+          1. alter_role role dev_acme_files  [local]  (enabled: the role may log in)
+             ALTER ROLE "dev_acme_files" LOGIN;
+          2. alter_role role dev_acme_users  [local]  (enabled: the role may log in)
+             ALTER ROLE "dev_acme_users" LOGIN;
+          3. alter_role role dev_acme_users_readonly  [local]  (enabled: the role may log in)
+             ALTER ROLE "dev_acme_users_readonly" LOGIN;
+          4. grant_connect database dev_acme_files  [local]  (role dev_acme_files (the owner) must be able to connect)
+             GRANT CONNECT ON DATABASE "dev_acme_files" TO "dev_acme_files";
+          5. grant_connect database dev_users  [local]  (role dev_acme_users must be able to connect)
+             GRANT CONNECT ON DATABASE "dev_users" TO "dev_acme_users";
+          6. grant_connect database dev_users  [local]  (role dev_acme_users_readonly must be able to connect)
+             GRANT CONNECT ON DATABASE "dev_users" TO "dev_acme_users_readonly";
+        Plan: 6 changes: 0 to create, 6 to change, 0 to drop (env dev).
+    "#]],
+    );
+}
+
+#[test]
+fn a_purge_drops_only_the_purged_tenants_storage() {
+    let both = Registry {
+        tenants: vec![
+            registered("acme", &[("users", ModuleState::Enabled), ("files", ModuleState::Enabled)]),
+            registered("globex", &[("users", ModuleState::Enabled)]),
+        ],
+        ..Default::default()
+    };
+    let o = applied(&desired_with("dev", USERS, &both));
+    // globex also left the registry by hand (an orphan of its own): the purge of acme's
+    // files must not drop it.
+    let purging = Registry {
+        tenants: vec![registered("acme", &[("users", ModuleState::Enabled), ("files", ModuleState::Purging)])],
+        ..Default::default()
+    };
+    let d = desired_with("dev", USERS, &purging);
+    let mut p = plan(&d, &o, PlanOptions { prune: true, adopt: false }).unwrap();
+    pgplane_core::tenant::retain_drops(&mut p, |origin| {
+        origin.tenant.as_deref() == Some("acme") && origin.module == "files"
+    });
+    expect![[r#"
+          1. drop_database database dev_acme_files  [local]  (purge requested)
+             DROP DATABASE "dev_acme_files" WITH (FORCE);
+          2. disable_role role dev_acme_files  [local]  (no new sessions while it is dropped)
+             ALTER ROLE "dev_acme_files" NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'dev_acme_files';
+          3. drop_owned role dev_acme_files  [local]  (revoke its privileges on databases)
+             DROP OWNED BY "dev_acme_files";
+          4. drop_role role dev_acme_files  [local]  (purge requested)
+             DROP ROLE "dev_acme_files";
+        Plan: 4 changes: 0 to create, 1 to change, 3 to drop (env dev).
+    "#]]
+    .assert_eq(&plan_text(&p));
+}
+
+#[test]
+fn auto_placed_tenant_databases_go_to_their_recorded_server() {
+    let body = "servers:\n  - name: a\n    url: postgresql://a/postgres\n  - name: b\n    url: postgresql://b/postgres\n    capacity: {databases: 10}\nmodules:\n  - name: files\n    storage: database-per-tenant\n    server: auto\n";
+    let mut t = registered("acme", &[("files", ModuleState::Enabled)]);
+    t.modules[0].server = Some("b".into());
+    let d = desired_with("dev", body, &Registry { tenants: vec![t.clone()], ..Default::default() });
+    assert_eq!(
+        d.databases.iter().map(|db| (db.server.as_str(), db.name.as_str())).collect::<Vec<_>>(),
+        [("b", "dev_acme_files")]
+    );
+    assert_eq!(d.endpoint("files", Some("acme")).map(|e| e.server.as_str()), Some("b"));
+    t.modules[0].server = None;
+    let m = Manifest::parse(Path::new("pgplane.yaml"), &format!("version: 1\n{body}"), &|_| None).unwrap();
+    let e = Desired::build(&m, "dev", &Registry { tenants: vec![t], ..Default::default() }).unwrap_err().to_string();
+    assert!(e.contains("has no server yet"), "{e}");
 }

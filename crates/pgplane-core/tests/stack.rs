@@ -30,7 +30,7 @@ fn manifest() -> Manifest {
 
 fn build(text: &str) -> Result<Stack, String> {
     let m = manifest();
-    let desired = Desired::build(&m, "dev").unwrap();
+    let desired = Desired::build(&m, "dev", &Default::default()).unwrap();
     let src = StackSource::parse(Path::new("stack.yaml"), text).map_err(|e| e.to_string())?;
     src.build(Some(&m), Some(&desired), "dev").map_err(|e| e.to_string())
 }
@@ -53,7 +53,8 @@ fn example() -> Stack {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/stack");
     let m = Manifest::load(&dir.join("pgplane.yaml"), &|_| None).unwrap();
     let src = StackSource::load(&dir.join("stack.yaml")).unwrap();
-    let mut stack = src.build(Some(&m), Some(&Desired::build(&m, "demo").unwrap()), "demo").unwrap();
+    let mut stack =
+        src.build(Some(&m), Some(&Desired::build(&m, "demo", &Default::default()).unwrap()), "demo").unwrap();
     stack.file = "stack.yaml".into();
     stack
 }
@@ -263,7 +264,7 @@ steps:
     )
     .unwrap();
     let m = manifest();
-    let access = stack.access(&Desired::build(&m, "dev").unwrap()).unwrap();
+    let access = stack.access(&Desired::build(&m, "dev", &Default::default()).unwrap()).unwrap();
     expect![[r#"
         [
             Some(
@@ -543,7 +544,9 @@ fn the_readme_example_is_valid() {
     let yaml = readme[start..end].replace("manifest: pgplane.yaml", "");
     let m = manifest();
     let src = StackSource::parse(Path::new("stack.yaml"), &yaml).unwrap();
-    let stack = src.build(Some(&m), Some(&Desired::build(&m, "dev").unwrap()), "dev").unwrap_or_else(|e| panic!("{e}"));
+    let stack = src
+        .build(Some(&m), Some(&Desired::build(&m, "dev", &Default::default()).unwrap()), "dev")
+        .unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<&str> = stack.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["schema", "index-alpha", "index-beta", "instance-ready", "api-alpha", "api-beta", "smoke"]);
 }

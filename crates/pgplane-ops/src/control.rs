@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("../sql/control/0005_identity.sql")),
     (6, include_str!("../sql/control/0006_jobs.sql")),
     (7, include_str!("../sql/control/0007_stacks.sql")),
+    (8, include_str!("../sql/control/0008_tenants.sql")),
 ];
 
 /// The lock that serializes every mutating pgplane operation on a control database.
@@ -53,14 +54,14 @@ pub async fn open_existing(target: &Target, admin: &Client) -> Result<Option<Cli
     let client = target.connect(Some(CONTROL_DB)).await?;
     // The lock session idles for the whole operation: never let the server end it for that.
     client.batch_execute("SET idle_session_timeout = 0; SET idle_in_transaction_session_timeout = 0").await?;
-    let version: Option<i32> = client
-        .query_one(
-            "SELECT CASE WHEN to_regclass('pgplane.schema_version') IS NULL THEN NULL
-                    ELSE (SELECT max(version) FROM pgplane.schema_version) END",
-            &[],
-        )
-        .await?
-        .get(0);
+    // Two statements: a subquery naming a missing table fails when it is parsed, whatever
+    // a CASE around it says (the database exists a moment before its schema does).
+    let migrated: bool =
+        client.query_one("SELECT to_regclass('pgplane.schema_version') IS NOT NULL", &[]).await?.get(0);
+    let version: Option<i32> = match migrated {
+        false => None,
+        true => client.query_one("SELECT max(version) FROM pgplane.schema_version", &[]).await?.get(0),
+    };
     match version {
         None => Ok(None),
         Some(v) if v > latest() => bail!(

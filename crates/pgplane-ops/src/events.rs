@@ -9,6 +9,9 @@ pub trait Events: Send + Sync {
     fn progress(&self, _done: u64, _total: u64, _what: &str) {}
     /// The current stage's progress is over (a bar may be cleared).
     fn progress_done(&self) {}
+    /// One item of a stage that handles many (a tenant of a fan-out upgrade) reached
+    /// `status` (`pending`, `provision`, `migrate`, `done`, `failed`).
+    fn item(&self, _name: &str, _status: &str, _message: &str) {}
 }
 
 /// Reports nothing.

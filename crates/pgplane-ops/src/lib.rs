@@ -26,4 +26,5 @@ pub mod schema;
 pub mod secrets;
 pub mod stack;
 pub mod status;
+pub mod tenants;
 pub mod wait;

@@ -19,6 +19,7 @@
 //! | `pgtc` | env/template | control db | counting a template's branches (transaction lock) |
 //! | `pgmg` | schema.ledger | target db | one migration run per ledger |
 //! | `pgsq` | `env/ENV`, a job key | control db | queueing: an environment's backlog count, a key's exclusivity (transaction locks) |
+//! | `pgtn` | env/tenant | control db | any operation on one registered tenant (add, upgrade, disable, remove) |
 //!
 //! Session locks live as long as the connection that took them: a process that dies
 //! releases them at once, which is how readers tell a running job from a dead one.
@@ -43,6 +44,7 @@ pub const TEMPLATE_BUILD: Class = class(b"pgtb");
 pub const TEMPLATE_CAP: Class = class(b"pgtc");
 pub const MIGRATION: Class = class(b"pgmg");
 pub const SUBMIT: Class = class(b"pgsq");
+pub const TENANT: Class = class(b"pgtn");
 
 /// The second half of a lock: a number, or a name the server hashes with `hashtext`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,8 +191,19 @@ mod tests {
     fn classes_are_their_letters() {
         assert_eq!(BRANCH.0, 0x7067_6272);
         assert_eq!(JOB.0, 0x7067_6f70);
-        let all =
-            [APPLY, CONTROL_MIGRATE, JOB, LEADER, BRANCH, TEMPLATE, TEMPLATE_BUILD, TEMPLATE_CAP, MIGRATION, SUBMIT];
+        let all = [
+            APPLY,
+            CONTROL_MIGRATE,
+            JOB,
+            LEADER,
+            BRANCH,
+            TEMPLATE,
+            TEMPLATE_BUILD,
+            TEMPLATE_CAP,
+            MIGRATION,
+            SUBMIT,
+            TENANT,
+        ];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a, b, "two lock classes share a number");

@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use pgplane_core::manifest::Manifest;
 use pgplane_core::model::Desired;
 use pgplane_core::plan::{plan, ActionKind, Plan, PlanOptions};
+use pgplane_core::tenant::Registry;
 use tokio_postgres::Client;
 
 use crate::conn::Servers;
@@ -69,6 +70,10 @@ pub fn environment(manifest: &Manifest, flag: Option<&str>) -> Result<String> {
 /// A manifest resolved against live servers, ready to plan.
 pub struct Session {
     pub manifest: Manifest,
+    /// The registered tenants of the environment (from the control database, when it
+    /// exists), with placements chosen for `server: auto` tenants that had none.
+    pub registry: Registry,
+    /// The manifest and the registry as one desired state.
     pub desired: Desired,
     pub servers: Servers,
     pub admins: BTreeMap<String, Client>,
@@ -79,24 +84,63 @@ pub struct Session {
 }
 
 impl Session {
-    /// Validates everything that needs no server first, then connects.
+    /// Validates everything that needs no server first, then connects and reads the
+    /// registered tenants (never creating the control database).
     pub async fn open(ctx: &mut Ctx, file: &Path, env: Option<&str>) -> Result<Session> {
         let started = std::time::Instant::now();
         let manifest = load_manifest(file)?;
         let env = environment(&manifest, env)?;
-        let desired =
-            Desired::build(&manifest, &env).map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
+        // The manifest's own names, before any server is asked (placements provisional).
+        let provisional = crate::tenants::provisional(&manifest, &Registry::default());
+        Desired::build(&manifest, &env, &provisional)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
         let local = LocalServer::new(&ctx.home);
         let servers = Servers::resolve(&manifest, &local, || ctx.keys())?;
         // Admin sessions only read and take the lock; the executor opens its own, named
         // `pgplane-apply/…`, for the plan's statements.
         let admins = servers.connect_all().await?;
+        let mut s = Session {
+            manifest,
+            registry: Registry::default(),
+            desired: Desired { env: env.clone(), ..Desired::default() },
+            servers,
+            admins,
+            home: ctx.home.clone(),
+            new_secret_key: false,
+        };
+        let control = control::open_existing(s.servers.first(), s.first_admin()).await?;
+        s.registry = match &control {
+            Some(c) => crate::tenants::registry::load(c, &env).await?,
+            None => Registry::default(),
+        };
+        s.place(None).await?;
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
-            objects = desired.objects().len(),
+            objects = s.desired.objects().len(),
+            tenants = s.registry.tenants.len(),
             "manifest read, servers connected"
         );
-        Ok(Session { manifest, desired, servers, admins, home: ctx.home.clone(), new_secret_key: false })
+        Ok(s)
+    }
+
+    /// Chooses servers for `server: auto` tenant databases that have none yet (recorded in
+    /// `record`, the control database under the lock; in memory only without it), then
+    /// computes the desired state from the manifest and the registry.
+    pub async fn place(&mut self, record: Option<&Client>) -> Result<()> {
+        let placed = crate::tenants::place(&self.manifest, &mut self.registry, &self.admins).await?;
+        if let Some(c) = record {
+            crate::tenants::registry::record_placements(c, &self.desired.env, &self.registry, &placed).await?;
+        }
+        self.desired = Desired::build(&self.manifest, &self.desired.env, &self.registry)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.manifest.file.display()))?;
+        Ok(())
+    }
+
+    /// Reads the registry again (under the lock, so it is current) and places what needs
+    /// a server, recording the choices.
+    pub async fn refresh_registry(&mut self, control: &Client) -> Result<()> {
+        self.registry = crate::tenants::registry::load(control, &self.desired.env).await?;
+        self.place(Some(control)).await
     }
 
     /// Creates the control database if needed, takes the lock in it, ends statements a
@@ -177,8 +221,26 @@ impl Session {
     }
 
     /// Takes the lock, makes sure the control database exists, and plans against it.
-    pub async fn lock_and_plan(&self, opts: PlanOptions, lock_timeout: Duration) -> Result<Locked> {
+    pub async fn lock_and_plan(&mut self, opts: PlanOptions, lock_timeout: Duration) -> Result<Locked> {
         let (lock, control) = self.lock(lock_timeout).await?;
+        self.plan_locked(lock, control, opts).await
+    }
+
+    /// Plans under a lock taken with [`Session::lock`]: the registry is read again (a
+    /// tenant operation may have just changed it) and placements are recorded.
+    pub async fn plan_locked(
+        &mut self,
+        lock: control::ApplyLock,
+        control: Client,
+        opts: PlanOptions,
+    ) -> Result<Locked> {
+        self.refresh_registry(&control).await?;
+        self.plan_current(lock, control, opts).await
+    }
+
+    /// Plans the session's desired state as it is (the caller read the registry under the
+    /// lock, and may have changed it in memory).
+    pub async fn plan_current(&self, lock: control::ApplyLock, control: Client, opts: PlanOptions) -> Result<Locked> {
         let records = control::read_records(&control).await?;
         let (mut observed, fresh) =
             observe::observe(&self.servers, &self.admins, &self.desired, records.clone(), Depth::Deep).await?;

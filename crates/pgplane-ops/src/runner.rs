@@ -25,6 +25,13 @@ pub mod kind {
     pub const BRANCH_DELETE: &str = "branch_delete";
     pub const BRANCH_GC: &str = "branch_gc";
     pub const TEMPLATE_BUILD: &str = "template_build";
+    pub const TENANT_ADD: &str = "tenant_add";
+    pub const TENANT_UPGRADE: &str = "tenant_upgrade";
+    pub const TENANT_DISABLE: &str = "tenant_disable";
+    pub const TENANT_ENABLE: &str = "tenant_enable";
+    pub const TENANT_REMOVE: &str = "tenant_remove";
+    pub const TENANT_INSTALL: &str = "tenant_install";
+    pub const TENANT_GC: &str = "tenant_gc";
 }
 
 /// `apply`: provision what the manifest says, then run the modules' migrations.
@@ -89,6 +96,239 @@ pub struct TemplateJob {
     pub contexts: Option<Vec<String>>,
 }
 
+/// Parameter values as strings, whether a request sends `"true"` or `true`.
+fn parameter_values<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<BTreeMap<String, String>, D::Error> {
+    let raw: BTreeMap<String, serde_json::Value> = Deserialize::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => Ok((k, s)),
+            serde_json::Value::Bool(b) => Ok((k, b.to_string())),
+            serde_json::Value::Number(n) => Ok((k, n.to_string())),
+            other => Err(serde::de::Error::custom(format!("parameter {k}: {other} is not true or false"))),
+        })
+        .collect()
+}
+
+fn module_refs(modules: &[String]) -> Result<Vec<pgplane_core::tenant::ModuleRef>> {
+    modules.iter().map(|m| pgplane_core::tenant::ModuleRef::parse(m).map_err(Error::invalid)).collect()
+}
+
+fn items(modules: &[String], action: pgplane_core::tenant::ItemAction) -> Result<Vec<pgplane_core::tenant::Item>> {
+    Ok(module_refs(modules)?
+        .into_iter()
+        .map(|r| pgplane_core::tenant::Item { module: r.module, version: r.version, action })
+        .collect())
+}
+
+/// `tenant_add`: register a tenant (or add modules to one) and provision them. The data of
+/// the `tenant.created` event has this shape: `{"tenant": "acme", "modules": ["users",
+/// "files@2.0"], "parameters": {"loadReference": "true"}}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TenantAddRequest {
+    pub tenant: String,
+    /// `MODULE` or `MODULE@VERSION` (the newest when omitted).
+    pub modules: Vec<String>,
+    #[serde(deserialize_with = "parameter_values")]
+    pub parameters: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    /// Time to live, e.g. `72h` (the tenant becomes a preview, purged when it expires).
+    pub ttl: Option<String>,
+}
+
+impl TenantAddRequest {
+    pub fn change(&self) -> Result<pgplane_core::tenant::Change> {
+        let expires_at = match &self.ttl {
+            None => None,
+            Some(t) => {
+                let ttl = pgplane_core::manifest::parse_duration(t).map_err(|e| Error::invalid(format!("ttl: {e}")))?;
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                Some(i64::try_from((now + ttl).as_secs()).unwrap_or(i64::MAX))
+            }
+        };
+        for (k, v) in &self.labels {
+            if k.trim().is_empty() || k.contains('=') || k.chars().chain(v.chars()).any(char::is_control) {
+                return Err(Error::invalid(format!(
+                    "label {k:?}={v:?}: keys are non-empty without '=', no control characters"
+                )));
+            }
+        }
+        Ok(pgplane_core::tenant::Change {
+            tenant: self.tenant.clone(),
+            items: items(&self.modules, pgplane_core::tenant::ItemAction::Add)?,
+            parameters: self.parameters.clone(),
+            labels: self.labels.clone(),
+            expires_at,
+            ..Default::default()
+        })
+    }
+}
+
+/// `tenant_upgrade`: one tenant's modules to a version (`tenant`), or every tenant of one
+/// module (`all`), the canaries first, then `jobs` at a time.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TenantUpgradeRequest {
+    pub tenant: Option<String>,
+    /// Every registered tenant of the (one) module in `modules`.
+    pub all: bool,
+    /// `MODULE@VERSION` (or `MODULE`: the newest).
+    pub modules: Vec<String>,
+    /// Every module of the tenant to its newest version.
+    pub all_modules: bool,
+    pub jobs: Option<usize>,
+    pub canary: usize,
+    pub max_failures: Option<usize>,
+    pub allow_downgrade: bool,
+}
+
+impl TenantUpgradeRequest {
+    /// The change of one tenant (`tenant` set, `all` not).
+    pub fn change(&self) -> Result<pgplane_core::tenant::Change> {
+        let tenant = self.tenant.clone().ok_or_else(|| Error::invalid("name the tenant, or upgrade --all"))?;
+        if self.all_modules && !self.modules.is_empty() {
+            return Err(Error::invalid("give --module M@VERSION or --all-modules, not both"));
+        }
+        Ok(pgplane_core::tenant::Change {
+            tenant,
+            items: items(&self.modules, pgplane_core::tenant::ItemAction::Upgrade)?,
+            every: self.all_modules.then_some(pgplane_core::tenant::ItemAction::Upgrade),
+            allow_downgrade: self.allow_downgrade,
+            ..Default::default()
+        })
+    }
+
+    /// The fan-out (`all` set).
+    pub fn fan_out(&self, dry_run: bool, lock_timeout: Duration) -> Result<crate::tenants::FanOut> {
+        if self.tenant.is_some() {
+            return Err(Error::invalid("upgrade --all names no tenant"));
+        }
+        let [one] = module_refs(&self.modules)?
+            .try_into()
+            .map_err(|_: Vec<_>| Error::invalid("upgrade --all takes exactly one --module M[@VERSION]"))?;
+        Ok(crate::tenants::FanOut {
+            module: one.module,
+            version: one.version,
+            jobs: self.jobs.unwrap_or(4),
+            canary: self.canary,
+            max_failures: self.max_failures.unwrap_or(1),
+            allow_downgrade: self.allow_downgrade,
+            dry_run,
+            lock_timeout,
+        })
+    }
+}
+
+/// `tenant_disable` / `tenant_enable`: some modules (none named: all) of a tenant.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TenantModulesRequest {
+    pub tenant: String,
+    pub modules: Vec<String>,
+}
+
+impl TenantModulesRequest {
+    pub fn change(&self, action: pgplane_core::tenant::ItemAction) -> Result<pgplane_core::tenant::Change> {
+        Ok(pgplane_core::tenant::Change {
+            tenant: self.tenant.clone(),
+            items: items(&self.modules, action)?,
+            every: self.modules.is_empty().then_some(action),
+            ..Default::default()
+        })
+    }
+}
+
+/// `tenant_remove`: purge some modules (none named: all) of a tenant, or, without `purge`,
+/// disable them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TenantRemoveRequest {
+    pub tenant: String,
+    pub modules: Vec<String>,
+    pub purge: bool,
+}
+
+impl TenantRemoveRequest {
+    pub fn change(&self) -> Result<pgplane_core::tenant::Change> {
+        let action = if self.purge {
+            pgplane_core::tenant::ItemAction::Purge
+        } else {
+            pgplane_core::tenant::ItemAction::Disable
+        };
+        TenantModulesRequest { tenant: self.tenant.clone(), modules: self.modules.clone() }.change(action)
+    }
+}
+
+/// What `POST /api/v1/tenants/{t}/install` asks for one module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum InstallAction {
+    /// Add the module (or enable it again).
+    Enable,
+    Upgrade,
+    Disable,
+    /// Drop its storage and roles.
+    Purge,
+}
+
+/// One module of an install request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InstallItem {
+    pub module: String,
+    /// enable, upgrade: the version (default the newest).
+    #[serde(default)]
+    pub version: Option<String>,
+    pub action: InstallAction,
+}
+
+/// `tenant_install`: several module actions on one tenant in one plan.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TenantInstallRequest {
+    pub tenant: String,
+    pub items: Vec<InstallItem>,
+    #[serde(deserialize_with = "parameter_values")]
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl TenantInstallRequest {
+    pub fn change(&self) -> Result<pgplane_core::tenant::Change> {
+        use pgplane_core::tenant::ItemAction;
+        Ok(pgplane_core::tenant::Change {
+            tenant: self.tenant.clone(),
+            items: self
+                .items
+                .iter()
+                .map(|i| pgplane_core::tenant::Item {
+                    module: i.module.clone(),
+                    version: i.version.clone(),
+                    action: match i.action {
+                        InstallAction::Enable => ItemAction::Add,
+                        InstallAction::Upgrade => ItemAction::Upgrade,
+                        InstallAction::Disable => ItemAction::Disable,
+                        InstallAction::Purge => ItemAction::Purge,
+                    },
+                })
+                .collect(),
+            parameters: self.parameters.clone(),
+            ..Default::default()
+        })
+    }
+}
+
+/// `tenant_gc`: purge previews that expired and, with a live list, those it does not name
+/// (by tenant name or `key=value` label).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantGcRequest {
+    pub keep: Option<Vec<String>>,
+    /// A file of live tenant names or labels, read when the job runs (relative to the manifest).
+    pub keep_file: Option<String>,
+}
+
 /// The key of every job on one branch: they run one at a time, in submission order.
 pub fn branch_key(env: &str, id: &str) -> String {
     format!("branch/{env}/{id}")
@@ -108,6 +348,12 @@ pub fn new_job(kind: &str, env: &str, resource: Option<&str>, request: &impl Ser
 fn group(kind: &str) -> &str {
     match kind {
         kind::BRANCH_CREATE | kind::BRANCH_RESET | kind::BRANCH_DELETE => "branch",
+        kind::TENANT_ADD
+        | kind::TENANT_UPGRADE
+        | kind::TENANT_DISABLE
+        | kind::TENANT_ENABLE
+        | kind::TENANT_REMOVE
+        | kind::TENANT_INSTALL => "tenant",
         other => other,
     }
 }
@@ -208,8 +454,70 @@ impl OpsRunner {
                 let failed = (!report.ok).then(|| report.error.clone().unwrap_or_else(|| "the build failed".into()));
                 Ok(Done { changes: 1, result: serde_json::to_value(&report).ok(), failed })
             }
+            kind::TENANT_ADD
+            | kind::TENANT_UPGRADE
+            | kind::TENANT_DISABLE
+            | kind::TENANT_ENABLE
+            | kind::TENANT_REMOVE
+            | kind::TENANT_INSTALL
+            | kind::TENANT_GC => self.tenant_job(&mut ctx, job, env, events).await,
             other => Err(Error::invalid(format!("job {} has kind {other:?}, which this pgplane does not run", job.id))),
         }
+    }
+}
+
+impl OpsRunner {
+    async fn tenant_job(&self, ctx: &mut Ctx, job: &Job, env: Option<&str>, events: &dyn Events) -> Result<Done> {
+        use pgplane_core::tenant::ItemAction;
+        let args = ManifestArgs { file: self.manifest.file.clone(), env: env.map(str::to_string) };
+        let change = match job.kind.as_str() {
+            kind::TENANT_ADD => request::<TenantAddRequest>(job)?.change()?,
+            kind::TENANT_DISABLE => request::<TenantModulesRequest>(job)?.change(ItemAction::Disable)?,
+            kind::TENANT_ENABLE => request::<TenantModulesRequest>(job)?.change(ItemAction::Enable)?,
+            kind::TENANT_REMOVE => request::<TenantRemoveRequest>(job)?.change()?,
+            kind::TENANT_INSTALL => request::<TenantInstallRequest>(job)?.change()?,
+            kind::TENANT_UPGRADE => {
+                let req: TenantUpgradeRequest = request(job)?;
+                if req.all {
+                    let report =
+                        crate::tenants::upgrade_all(ctx, &args, &req.fan_out(false, Duration::from_secs(300))?, events)
+                            .await?;
+                    let (line, failed) = report.summary();
+                    return Ok(Done {
+                        changes: i32::try_from(report.done).unwrap_or(i32::MAX),
+                        result: serde_json::to_value(&report).ok(),
+                        failed: failed.then_some(line),
+                    });
+                }
+                req.change()?
+            }
+            _ => {
+                let req: TenantGcRequest = request(job)?;
+                let keep = match (&req.keep, &req.keep_file) {
+                    (_, Some(file)) => Some(read_keep_file(&self.manifest.file, file)?),
+                    (Some(list), None) => Some(list.iter().cloned().collect()),
+                    (None, None) => None,
+                };
+                let report =
+                    crate::tenants::gc(ctx, &args, keep.as_ref(), false, Duration::from_secs(300), events).await?;
+                let failed = (!report.failed.is_empty())
+                    .then(|| report.failed.iter().map(|(t, e)| format!("{t}: {e}")).collect::<Vec<_>>().join(" | "));
+                return Ok(Done {
+                    changes: i32::try_from(report.purged.len()).unwrap_or(i32::MAX),
+                    result: serde_json::to_value(&report).ok(),
+                    failed,
+                });
+            }
+        };
+        let mut yes = |_: &pgplane_core::plan::Plan| true;
+        let report =
+            crate::tenants::change(ctx, &args, &change, crate::tenants::Hooks::job(&mut yes, &job.kind), events)
+                .await?;
+        Ok(Done {
+            changes: i32::try_from(report.applied).unwrap_or(i32::MAX),
+            result: serde_json::to_value(&report).ok(),
+            failed: report.failed.clone(),
+        })
     }
 }
 
@@ -279,6 +587,26 @@ impl Reconciler {
     }
 }
 
+impl Reconciler {
+    /// Queues a `tenant_gc` job when some preview tenant expired, unless one is queued or
+    /// running already.
+    pub async fn queue_tenant_gc(&self, control: &tokio_postgres::Client) -> anyhow::Result<Option<i64>> {
+        let due = crate::tenants::expired_previews(control, &self.env).await?;
+        if due.is_empty() {
+            return Ok(None);
+        }
+        let mut job = new_job(kind::TENANT_GC, &self.env, Some("gc"), &TenantGcRequest::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        job.fingerprint = Some(self.fingerprint.clone());
+        job.max_attempts = 1;
+        let key = job.key.clone().unwrap_or_default();
+        if crate::jobs::queue::unfinished_with_key(control, &key).await?.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(crate::jobs::queue::submit(control, &job).await?))
+    }
+}
+
 impl crate::jobs::leader::Duties for Reconciler {
     fn run<'a>(
         &'a self,
@@ -288,7 +616,56 @@ impl crate::jobs::leader::Duties for Reconciler {
             if let Some(id) = self.queue_gc(control).await? {
                 tracing::info!(job = id, env = %self.env, "queued the periodic branch gc");
             }
+            if let Some(id) = self.queue_tenant_gc(control).await? {
+                tracing::info!(job = id, env = %self.env, "queued the purge of expired preview tenants");
+            }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgplane_core::tenant::ItemAction;
+
+    #[test]
+    fn the_tenant_created_event_is_a_tenant_add_request() {
+        let data = r#"{"tenant": "acme", "modules": ["users", "files@2.0"], "parameters": {"loadReference": "true"}}"#;
+        let req: TenantAddRequest = serde_json::from_str(data).expect("the event's shape");
+        let c = req.change().expect("a change");
+        assert_eq!(c.tenant, "acme");
+        let items: Vec<(String, Option<String>, ItemAction)> =
+            c.items.iter().map(|i| (i.module.clone(), i.version.clone(), i.action)).collect();
+        assert_eq!(
+            items,
+            [("users".into(), None, ItemAction::Add), ("files".into(), Some("2.0".into()), ItemAction::Add)]
+        );
+        assert_eq!(c.parameters["loadReference"], "true");
+        // Booleans as JSON booleans too; a TTL makes it expire.
+        let req: TenantAddRequest = serde_json::from_str(
+            r#"{"tenant": "pr1", "modules": ["users"], "parameters": {"loadReference": true}, "ttl": "2h"}"#,
+        )
+        .expect("booleans");
+        let c = req.change().expect("a change");
+        assert_eq!(c.parameters["loadReference"], "true");
+        assert!(c.expires_at.is_some());
+        let bad: Result<TenantAddRequest, _> = serde_json::from_str(r#"{"tenant": "x", "parameters": {"a": [1]}}"#);
+        assert!(bad.is_err());
+        let req = TenantAddRequest { tenant: "x".into(), ttl: Some("soon".into()), ..Default::default() };
+        assert!(matches!(req.change(), Err(Error::Invalid(m)) if m.contains("ttl")));
+    }
+
+    #[test]
+    fn tenant_jobs_share_the_tenants_key() {
+        let add = new_job(kind::TENANT_ADD, "dev", Some("acme"), &TenantAddRequest::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let off = new_job(kind::TENANT_DISABLE, "dev", Some("acme"), &TenantModulesRequest::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(add.key.as_deref(), Some("tenant/dev/acme"));
+        assert_eq!(add.key, off.key, "operations on one tenant run one after another");
+        let req = TenantRemoveRequest { tenant: "acme".into(), modules: vec![], purge: true };
+        let c = req.change().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.every, c.items.len()), (Some(ItemAction::Purge), 0), "no module named: all of them");
     }
 }

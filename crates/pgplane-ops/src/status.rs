@@ -81,7 +81,13 @@ pub async fn status(ctx: &mut Ctx, file: &Path, env_filter: Option<&str>, deep: 
         // Drift: what apply would repair for this env, per object.
         // Drift needs the desired state; if it cannot be computed, say why instead of "ok".
         let mut problem: Option<String> = None;
-        let desired = match pgplane_core::model::Desired::build(&manifest, env) {
+        // Registered tenants are part of the desired state (never drift, never orphans).
+        let registry = match &control_db {
+            Some(c) => crate::tenants::registry::load(c, env).await?,
+            None => Default::default(),
+        };
+        let registry = crate::tenants::provisional(&manifest, &registry);
+        let desired = match pgplane_core::model::Desired::build(&manifest, env, &registry) {
             Ok(d) => Some(d),
             Err(e) => {
                 problem = Some(format!("drift unknown: the manifest gives no valid desired state for env {env}: {e}"));

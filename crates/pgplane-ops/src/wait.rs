@@ -214,7 +214,12 @@ fn resolve_manifest(ctx: &Ctx, file: &std::path::Path, env: Option<&str>, module
     };
     let desired = match &env {
         Some(env) => {
-            Some(Desired::build(&manifest, env).map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?)
+            // The manifest's names (registered tenants are read when a condition needs them).
+            let provisional = crate::tenants::provisional(&manifest, &Default::default());
+            Some(
+                Desired::build(&manifest, env, &provisional)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?,
+            )
         }
         None => None,
     };
@@ -375,9 +380,15 @@ pub async fn probe_migrated(probe: &Probe<'_>, module: &str) -> Outcome {
     };
     let limit = probe.connect_timeout.max(Duration::from_secs(5));
     let check = async {
+        // Registered tenants count too: the desired state with the control database's registry.
+        let control = probe.control.unwrap_or(probe.target);
+        let registry = crate::tenants::registry::load_from(control, &desired.env).await?;
+        let registry = crate::tenants::provisional(manifest, &registry);
+        let desired = &Desired::build(manifest, &desired.env, &registry)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
         // Ledgers are the owners': they are read as the owners, never as the admin.
         let roles = desired.roles.iter().map(|r| (r.server.as_str(), r.name.as_str()));
-        let logins = Logins::load_from(keys, probe.control.unwrap_or(probe.target), roles).await?;
+        let logins = Logins::load_from(keys, control, roles).await?;
         let login = |name: &str, role: &str| logins.target(&server(name)?, role);
         crate::migrate::unmigrated(manifest, desired, module, login).await
     };

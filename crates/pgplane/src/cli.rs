@@ -176,6 +176,28 @@ pub enum Command {
   pgplane worker -f pgplane.yaml --workers 8
   pgplane worker -f pgplane.yaml --env staging --grace 60s")]
     Worker(WorkerArgs),
+    /// Tenants registered in the control database: add, upgrade, disable, enable, remove,
+    /// list, show, and garbage-collect previews.
+    ///
+    /// Registered tenants are desired state like the manifest's: `plan` and `apply` compute
+    /// them with the same planner, and a manifest that does not list them leaves them alone.
+    /// Each command computes a plan first (`--dry-run` prints it and changes nothing), runs
+    /// it under the apply lock, then migrates the tenant's modules as the tenant's own
+    /// roles, at the version it runs, with its parameters. Every one is a job (`pgplane job
+    /// list`); `disable` and `remove` ask on a terminal (`--yes` otherwise).
+    #[command(after_help = "Examples:
+  pgplane tenant add acme --module users --module files@1.0 --param loadReference=true
+  pgplane tenant add pr-123 --module users --ttl 72h --label pr=123     # a preview
+  pgplane tenant upgrade acme --module users@2.0 --dry-run
+  pgplane tenant upgrade --all --module users@2.0 --canary 2 --jobs 8 --max-failures 3
+  pgplane tenant disable acme --yes                                     # roles lose LOGIN and CONNECT
+  pgplane tenant remove acme --module files --purge --yes               # drops its storage and roles
+  pgplane tenant list --json
+  pgplane tenant gc --keep-file open-pull-requests.txt                  # purge previews not listed")]
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
     /// Read and cancel jobs: every long operation (apply, migrate, template build, branch
     /// create/reset/delete/gc, …) of every pgplane process, from the control database.
     Job {
@@ -411,6 +433,158 @@ pub enum JobCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Register a tenant (or add modules to one) and provision its storage.
+    Add(TenantAddArgs),
+    /// Move a tenant's modules to another version, or every tenant of a module (--all).
+    Upgrade(TenantUpgradeArgs),
+    /// Keep a tenant's data but take away its roles' LOGIN and CONNECT (all its modules, or
+    /// --module).
+    Disable(TenantModulesArgs),
+    /// Give a disabled tenant's roles LOGIN and CONNECT again.
+    Enable(TenantModulesArgs),
+    /// Purge a tenant's modules (--purge: drop their storage and roles); without --purge,
+    /// disable them.
+    Remove(TenantRemoveArgs),
+    /// Every tenant of the environment (the manifest's and the registered ones) with its
+    /// modules, versions, status, labels and expiry.
+    List(TenantListArgs),
+    /// One tenant in full: storage, parameters, the last job and its error.
+    Show(TenantShowArgs),
+    /// Purge previews (tenants with a TTL or labels) that expired and, with --keep-file or
+    /// --keep, those the live list names neither by name nor by a `key=value` label.
+    Gc(TenantGcArgs),
+}
+
+/// Options of every tenant command that changes something.
+#[derive(Debug, Args)]
+pub struct TenantChangeArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// Print the plan (and the migrations that would run); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait for another operation on the tenant or the server (e.g. 30s, 5m).
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantAddArgs {
+    pub tenant: String,
+    /// A module to enable, `MODULE` or `MODULE@VERSION` (default: its newest version); repeat.
+    #[arg(long = "module", value_name = "MODULE[@VERSION]", required = true)]
+    pub modules: Vec<String>,
+    /// A module parameter, e.g. loadReference=true (see the module's `parameters:`); repeat.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// Time to live (e.g. 72h): the tenant is a preview, purged when it expires.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// A label, e.g. pr=123 (the tenant is a preview); repeat.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub change: TenantChangeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantUpgradeArgs {
+    /// The tenant (or --all).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub tenant: Option<String>,
+    /// Every registered tenant of the one --module given.
+    #[arg(long)]
+    pub all: bool,
+    /// `MODULE@VERSION` (or `MODULE`: its newest version); repeat for one tenant.
+    #[arg(long = "module", value_name = "MODULE[@VERSION]", required_unless_present = "all_modules")]
+    pub modules: Vec<String>,
+    /// Every module of the tenant to its newest version.
+    #[arg(long, conflicts_with_all = ["modules", "all"])]
+    pub all_modules: bool,
+    /// With --all: tenants migrated at once after the canaries.
+    #[arg(long, default_value_t = 4, requires = "all", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+    /// With --all: this many tenants go first, one at a time; a failure among them stops the rest.
+    #[arg(long, default_value_t = 0, requires = "all")]
+    pub canary: usize,
+    /// With --all: start no more tenants after this many failures.
+    #[arg(long, default_value_t = 1, requires = "all", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_failures: u32,
+    /// Allow going back to an older version (only where the source can roll it back).
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    #[command(flatten)]
+    pub change: TenantChangeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantModulesArgs {
+    pub tenant: String,
+    /// Only this module; repeat (default: every module of the tenant).
+    #[arg(long = "module", value_name = "MODULE")]
+    pub modules: Vec<String>,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub change: TenantChangeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantRemoveArgs {
+    pub tenant: String,
+    /// Only this module; repeat (default: every module of the tenant).
+    #[arg(long = "module", value_name = "MODULE")]
+    pub modules: Vec<String>,
+    /// Drop the storage and the roles (all data is lost). Without it, the modules are disabled.
+    #[arg(long)]
+    pub purge: bool,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub change: TenantChangeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantListArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// Print JSON: the tenants as `GET /api/v1/tenants` has them.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantShowArgs {
+    pub tenant: String,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantGcArgs {
+    /// A file of live previews, one tenant name or `key=value` label per line (# comments
+    /// and blank lines ignored); previews it does not name are purged.
+    #[arg(long)]
+    pub keep_file: Option<PathBuf>,
+    /// A live tenant name or `key=value` label; repeat.
+    #[arg(long = "keep", value_name = "NAME|KEY=VALUE")]
+    pub keep: Vec<String>,
+    /// Accept an empty live list (it purges every preview).
+    #[arg(long)]
+    pub allow_empty: bool,
+    #[command(flatten)]
+    pub change: TenantChangeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -650,6 +824,13 @@ pub struct BranchGcArgs {
     pub lock_timeout: Duration,
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("parameter {s:?} is not NAME=VALUE (e.g. loadReference=true)")),
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

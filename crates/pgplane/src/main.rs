@@ -27,7 +27,7 @@ mod serve;
 // The operations live in the library; front ends call them by these names.
 use pgplane_ops::{
     branch, cancel, conn, control, credentials, error, events, exec, jobs, migrate, ops, runner, schema, stack, status,
-    wait,
+    tenants, wait,
 };
 mod stack_cmd;
 mod stack_render;
@@ -73,6 +73,7 @@ fn main() -> ExitCode {
             Command::Serve(a) => serve::run(ctx.home.clone(), a).await,
             Command::Worker(a) => commands::worker(&mut ctx, a).await,
             Command::Job { command } => commands::job(&mut ctx, command).await,
+            Command::Tenant { command } => commands::tenant(&mut ctx, command).await,
         }
     });
     match result {

@@ -130,6 +130,19 @@ impl Events for Terminal {
         bar.set_position(done);
     }
 
+    /// Tenants of a fan-out: a line each when it ends (above the bar on a terminal).
+    fn item(&self, name: &str, status: &str, message: &str) {
+        if !matches!(status, "done" | "failed") {
+            return;
+        }
+        let line = format!("{status:<6} {name}  {message}");
+        let s = self.state();
+        match &s.bar {
+            Some(bar) if self.tty => bar.println(clean(&line)),
+            _ => eprintln!("{line}"),
+        }
+    }
+
     fn progress_done(&self) {
         let mut s = self.state();
         if let Some(bar) = s.bar.take() {

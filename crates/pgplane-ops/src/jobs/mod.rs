@@ -54,7 +54,7 @@ fn now_rfc3339() -> String {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` from Unix seconds (civil-from-days, proleptic Gregorian).
-fn rfc3339(secs: i64, millis: u32) -> String {
+pub fn rfc3339(secs: i64, millis: u32) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let z = days + 719_468;
@@ -87,24 +87,30 @@ impl JobEvents {
     /// The stages with the current one closed as `done` or `failed`.
     pub fn finished(&self, ok: bool) -> Vec<Stage> {
         let mut s = self.lock();
-        if let Some(last) = s.last_mut().filter(|l| l.status == "running") {
+        if let Some(last) = running(&mut s) {
             last.status = if ok { "done" } else { "failed" }.to_string();
         }
         s.clone()
     }
 }
 
+/// The stage that runs now: the last one `running` (items of a stage, with statuses of
+/// their own, may follow it).
+fn running(stages: &mut [Stage]) -> Option<&mut Stage> {
+    stages.iter_mut().rev().find(|s| s.status == "running")
+}
+
 impl Events for JobEvents {
     fn stage(&self, name: &str, message: &str) {
         let mut s = self.lock();
-        match s.last_mut() {
-            Some(last) if last.name == name && last.status == "running" => {
+        match running(&mut s) {
+            Some(last) if last.name == name => {
                 if last.message != message {
                     last.message = message.to_string();
                 }
             }
             _ => {
-                if let Some(last) = s.last_mut().filter(|l| l.status == "running") {
+                if let Some(last) = running(&mut s) {
                     last.status = "done".to_string();
                 }
                 tracing::info!(stage = name, message, "stage");
@@ -121,10 +127,29 @@ impl Events for JobEvents {
 
     fn progress(&self, done: u64, total: u64, what: &str) {
         let mut s = self.lock();
-        if let Some(last) = s.last_mut().filter(|l| l.status == "running") {
+        if let Some(last) = running(&mut s) {
             last.message = format!("{done}/{total} {what}");
             self.dirty.store(true, std::sync::atomic::Ordering::Release);
         }
+    }
+
+    /// An item is a stage of its own, named `item:NAME`, whose status is the item's.
+    fn item(&self, name: &str, status: &str, message: &str) {
+        let key = format!("item:{name}");
+        let mut s = self.lock();
+        let at = now_rfc3339();
+        match s.iter_mut().find(|st| st.name == key) {
+            Some(st) => {
+                st.status = status.to_string();
+                st.message = message.to_string();
+                st.at = at;
+            }
+            None => s.push(Stage { name: key, status: status.to_string(), message: message.to_string(), at }),
+        }
+        if matches!(status, "done" | "failed") {
+            tracing::info!(item = name, status, message, "item");
+        }
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -158,5 +183,27 @@ mod tests {
         );
         assert!(e.take_changed().is_none(), "nothing changed since");
         assert_eq!(e.finished(false).last().map(|s| s.status.as_str()), Some("failed"));
+    }
+
+    #[test]
+    fn items_keep_their_status_beside_the_running_stage() {
+        let e = JobEvents::default();
+        e.stage("upgrade", "2 tenants");
+        e.item("acme", "pending", "");
+        e.item("globex", "pending", "");
+        e.item("acme", "migrate", "1.0 -> 2.0");
+        e.progress(0, 2, "tenants upgraded");
+        e.item("acme", "done", "applied 3");
+        e.stage("summary", "1 done");
+        let all: Vec<(String, String)> = e.finished(true).iter().map(|s| (s.name.clone(), s.status.clone())).collect();
+        assert_eq!(
+            all,
+            [
+                ("upgrade".into(), "done".into()),
+                ("item:acme".into(), "done".into()),
+                ("item:globex".into(), "pending".into()),
+                ("summary".into(), "done".into())
+            ]
+        );
     }
 }

@@ -500,6 +500,10 @@ impl crate::events::Events for Tee<'_> {
     fn progress_done(&self) {
         self.0.progress_done();
     }
+    fn item(&self, name: &str, status: &str, message: &str) {
+        self.0.item(name, status, message);
+        self.1.item(name, status, message);
+    }
 }
 
 /// `cli@host:pid`.

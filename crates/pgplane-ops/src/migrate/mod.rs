@@ -505,6 +505,34 @@ pub async fn session_logins(s: &crate::ops::Session, keys: &crate::secrets::Keyr
     .await
 }
 
+/// The storage of a module that migrations run on: its database, or each tenant's schema
+/// or database (`tenant` narrows to one). Disabled tenants are left out (their roles
+/// cannot log in); naming one is an error.
+pub fn module_endpoints<'d>(
+    manifest: &pgplane_core::manifest::Manifest,
+    desired: &'d pgplane_core::model::Desired,
+    module: &pgplane_core::manifest::ModuleSpec,
+    tenant: Option<&str>,
+) -> Result<Vec<&'d pgplane_core::model::Endpoint>> {
+    let endpoints: Vec<_> = desired
+        .endpoints
+        .iter()
+        .filter(|e| e.module == module.name && (tenant.is_none() || e.tenant.as_deref() == tenant))
+        .collect();
+    if let Some(t) = tenant {
+        match endpoints.first() {
+            None => bail!("tenant {t:?} does not enable module {} in {}", module.name, manifest.file.display()),
+            Some(e) if !e.enabled => bail!(
+                "tenant {t:?}'s module {} is disabled: its roles cannot log in; `pgplane tenant enable {t} --module {}` first",
+                module.name,
+                module.name
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(endpoints.into_iter().filter(|e| e.enabled).collect())
+}
+
 /// [`module_targets`] with any way to reach a server by its manifest name as a role:
 /// `login(server, role)`.
 pub fn targets_of(
@@ -514,33 +542,52 @@ pub fn targets_of(
     tenant: Option<&str>,
     login: impl Fn(&str, &str) -> Result<Server>,
 ) -> Result<Vec<Target>> {
-    let endpoints: Vec<_> = desired
-        .endpoints
-        .iter()
-        .filter(|e| e.module == module.name && (tenant.is_none() || e.tenant.as_deref() == tenant))
-        .collect();
-    if let Some(t) = tenant {
-        if endpoints.is_empty() {
-            bail!("tenant {t:?} does not enable module {} in {}", module.name, manifest.file.display());
+    let endpoints = module_endpoints(manifest, desired, module, tenant)?;
+    endpoints.into_iter().map(|e| endpoint_target(module, e, &login)).collect()
+}
+
+/// The migration target of one endpoint: as its owner role, in its schema (a module's own
+/// database: the `migrations.schema`, default `public`).
+pub fn endpoint_target(
+    module: &pgplane_core::manifest::ModuleSpec,
+    e: &pgplane_core::model::Endpoint,
+    login: &impl Fn(&str, &str) -> Result<Server>,
+) -> Result<Target> {
+    let default_schema = module.migrations.as_ref().and_then(|m| m.schema.clone()).unwrap_or_else(|| "public".into());
+    Ok(Target {
+        label: match &e.tenant {
+            Some(t) => format!("{}/{t}", module.name),
+            None => module.name.clone(),
+        },
+        tenant: e.tenant.clone(),
+        server: login(&e.server, &e.owner_role)?,
+        database: e.database.clone(),
+        schema: e.schema.clone().unwrap_or(default_schema),
+        role: Some(e.owner_role.clone()),
+    })
+}
+
+/// A module's endpoints grouped by the migrations they run: each group's version and
+/// parameters choose one source ([`pgplane_core::tenant::migration_choice`]). Groups of a
+/// module without migrations are left out.
+pub fn by_choice<'e>(
+    module: &pgplane_core::manifest::ModuleSpec,
+    endpoints: Vec<&'e pgplane_core::model::Endpoint>,
+) -> Result<Vec<(pgplane_core::tenant::MigrationChoice, Vec<&'e pgplane_core::model::Endpoint>)>> {
+    type Key = (Option<String>, std::collections::BTreeMap<String, bool>);
+    let mut groups: std::collections::BTreeMap<Key, Vec<&pgplane_core::model::Endpoint>> = Default::default();
+    for e in endpoints {
+        groups.entry((e.version.clone(), e.parameters.clone())).or_default().push(e);
+    }
+    let mut out = Vec::new();
+    for ((version, parameters), eps) in groups {
+        let choice = pgplane_core::tenant::migration_choice(module, version.as_deref(), &parameters)
+            .map_err(|e| anyhow::anyhow!("module {}: {e}", module.name))?;
+        if let Some(choice) = choice {
+            out.push((choice, eps));
         }
     }
-    let default_schema = module.migrations.as_ref().and_then(|m| m.schema.clone()).unwrap_or_else(|| "public".into());
-    endpoints
-        .into_iter()
-        .map(|e| {
-            Ok(Target {
-                label: match &e.tenant {
-                    Some(t) => format!("{}/{t}", module.name),
-                    None => module.name.clone(),
-                },
-                tenant: e.tenant.clone(),
-                server: login(&e.server, &e.owner_role)?,
-                database: e.database.clone(),
-                schema: e.schema.clone().unwrap_or_else(|| default_schema.clone()),
-                role: Some(e.owner_role.clone()),
-            })
-        })
-        .collect()
+    Ok(out)
 }
 
 /// For `pgplane wait --for migrated:MODULE`: how many targets of the module still have
@@ -553,10 +600,10 @@ pub async fn unmigrated(
     login: impl Fn(&str, &str) -> Result<Server>,
 ) -> Result<Option<String>> {
     let m = manifest.module(module).with_context(|| format!("module {module:?} is not in the manifest"))?;
-    let spec =
-        m.migrations.as_ref().with_context(|| format!("module {module} has no `migrations:` in the manifest"))?;
-    let source = cached_source(&module_source_path(&manifest.file, &spec.path), &Root::manifest(&manifest.file)?)?;
-    let opts = RunOptions {
+    if m.migrations.is_none() && m.versions.is_empty() {
+        bail!("module {module} has no `migrations:` in the manifest");
+    }
+    let base = RunOptions {
         mode: Mode::Status,
         selection: Selection::default(),
         ledger: LedgerNames::default(),
@@ -564,17 +611,24 @@ pub async fn unmigrated(
         lock_timeout: Duration::ZERO,
         jobs: 8,
         live: false,
+    };
+    let mut work = Vec::new();
+    for (choice, endpoints) in by_choice(m, module_endpoints(manifest, desired, m, None)?)? {
+        let source = cached_choice(&manifest.file, &choice)?;
+        let opts = base.clone().with_spec(&choice.selected_spec());
+        for e in endpoints {
+            work.push((source.clone(), opts.clone(), endpoint_target(m, e, &login)?));
+        }
     }
-    .with_spec(spec);
-    let targets = targets_of(manifest, desired, m, None, login)?;
+    let targets: Vec<Target> = work.iter().map(|(_, _, t)| t.clone()).collect();
     if targets.is_empty() {
         return Ok(Some(format!("module {module} has no targets (no tenant enables it)")));
     }
     // Every target is checked (8 at a time); each one's problem is collected, none stops the rest.
     // The futures are made before the stream: a closure inside the stream's type makes
     // the future not `Send` for every lifetime, which stack runners need.
-    let futures: Vec<_> = targets.iter().map(|t| pending_of(t, &source, &opts)).collect();
-    let checks = futures_util::stream::iter(futures).buffered(opts.jobs).collect::<Vec<_>>().await;
+    let futures: Vec<_> = work.iter().map(|(source, opts, t)| pending_of(t, source, opts)).collect();
+    let checks = futures_util::stream::iter(futures).buffered(base.jobs).collect::<Vec<_>>().await;
     let missing: Vec<String> = targets
         .iter()
         .zip(checks)
@@ -606,15 +660,19 @@ async fn pending_of(t: &Target, source: &Source, opts: &RunOptions) -> Result<Op
 }
 
 /// Sources read once per process: `wait` asks every interval.
-fn cached_source(path: &std::path::Path, root: &Root) -> Result<std::sync::Arc<Source>> {
-    type Cache = std::sync::Mutex<std::collections::BTreeMap<PathBuf, std::sync::Arc<Source>>>;
+fn cached_choice(
+    manifest_file: &std::path::Path,
+    choice: &pgplane_core::tenant::MigrationChoice,
+) -> Result<std::sync::Arc<Source>> {
+    type Cache = std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Arc<Source>>>;
     static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    if let Some(s) = cache.lock().map_err(|_| anyhow::anyhow!("source cache poisoned"))?.get(path) {
+    let key = format!("{}\0{choice:?}", manifest_file.display());
+    if let Some(s) = cache.lock().map_err(|_| anyhow::anyhow!("source cache poisoned"))?.get(&key) {
         return Ok(s.clone());
     }
-    let source = std::sync::Arc::new(Source::load(path, root)?);
-    cache.lock().map_err(|_| anyhow::anyhow!("source cache poisoned"))?.insert(path.to_path_buf(), source.clone());
+    let source = std::sync::Arc::new(Source::load_choice(manifest_file, choice)?);
+    cache.lock().map_err(|_| anyhow::anyhow!("source cache poisoned"))?.insert(key, source.clone());
     Ok(source)
 }
 
@@ -667,29 +725,38 @@ pub async fn run_modules(
                 s.manifest.modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
             )
         })?],
-        None => s.manifest.modules.iter().filter(|m| m.migrations.is_some()).collect(),
+        None => s.manifest.modules.iter().filter(|m| m.migrations.is_some() || !m.versions.is_empty()).collect(),
     };
     // Load and check every source before anything runs.
     let logins = session_logins(s, keys).await?;
+    let login = |name: &str, role: &str| logins.target(s.servers.get(name)?, role);
     let mut work = Vec::new();
     for m in modules {
-        let (path, spec, root) = match (source_override, &m.migrations) {
-            (Some(p), spec) => {
-                (p.to_path_buf(), spec.clone().unwrap_or_default(), Root::cli(Some(&s.manifest.file), p)?)
-            }
-            (None, Some(spec)) => {
-                (module_source_path(&s.manifest.file, &spec.path), spec.clone(), Root::manifest(&s.manifest.file)?)
-            }
-            (None, None) => bail!(
+        let tenant = only.and_then(|(_, t)| t);
+        if let Some(p) = source_override {
+            let spec = m.migrations.clone().unwrap_or_default();
+            let source = Source::load(p, &Root::cli(Some(&s.manifest.file), p)?)
+                .with_context(|| format!("module {}", m.name))?;
+            let opts = base.clone().with_spec(&spec);
+            let targets = module_targets(s, &logins, m, tenant)?;
+            work.push((m.name.clone(), source, targets, opts));
+            continue;
+        }
+        if m.migrations.is_none() && m.versions.is_empty() {
+            bail!(
                 "module {} has no `migrations:` in {}; add `migrations: PATH` to it or pass --source PATH",
                 m.name,
                 s.manifest.file.display()
-            ),
-        };
-        let source = Source::load(&path, &root).with_context(|| format!("module {}", m.name))?;
-        let opts = base.clone().with_spec(&spec);
-        let targets = module_targets(s, &logins, m, only.and_then(|(_, t)| t))?;
-        work.push((m.name.clone(), source, targets, opts));
+            );
+        }
+        // Tenants of one module may run different versions and parameters: one source each.
+        for (choice, endpoints) in by_choice(m, module_endpoints(&s.manifest, &s.desired, m, tenant)?)? {
+            let source =
+                Source::load_choice(&s.manifest.file, &choice).with_context(|| format!("module {}", m.name))?;
+            let opts = base.clone().with_spec(&choice.selected_spec());
+            let targets = endpoints.into_iter().map(|e| endpoint_target(m, e, &login)).collect::<Result<Vec<_>>>()?;
+            work.push((m.name.clone(), source, targets, opts));
+        }
     }
     let mut runs = Vec::new();
     for (module, source, targets, opts) in work {

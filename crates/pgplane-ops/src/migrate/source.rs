@@ -91,7 +91,7 @@ impl Source {
             ),
         })?;
         if real.is_dir() {
-            return load_sql_folder(path, &root.0);
+            return load_sql_folder(path, &root.0, &Folders::default());
         }
         if liquibase::is_changelog(path, &root.0)? {
             return Ok(Source::Liquibase(liquibase::load(path, &root.0)?));
@@ -135,19 +135,49 @@ impl Source {
     }
 }
 
+/// Subfolders of a SQL folder that module parameters name (`parameters: {demo: {folder:
+/// demo}}`): `known` are skipped, not refused; the files of `included` join the folder's.
+#[derive(Debug, Clone, Default)]
+pub struct Folders {
+    pub known: Vec<String>,
+    pub included: Vec<String>,
+}
+
 /// The folder's files, each read through the checked folder's descriptor and checked to
-/// lie inside `root` itself (a symlink to a file elsewhere is refused, naming it).
-fn load_sql_folder(folder: &Path, root: &Path) -> Result<Source> {
+/// lie inside `root` itself (a symlink to a file elsewhere is refused, naming it). The
+/// files of `folders.included` subfolders join them, in one version sequence.
+fn load_sql_folder(folder: &Path, root: &Path, folders: &Folders) -> Result<Source> {
     let dir = confine::Dir::open(folder, root).with_context(|| format!("reading {}", folder.display()))?;
     let mut files = Vec::new();
+    let mut seen = Vec::new();
     for entry in dir.entries().with_context(|| format!("reading {}", folder.display()))? {
         if entry.name.starts_with('.') {
             continue;
         }
         let shown = folder.join(&entry.name);
         if entry.is_dir() {
+            if folders.known.contains(&entry.name) {
+                seen.push(entry.name.clone());
+                if folders.included.contains(&entry.name) {
+                    let sub = entry.open_dir(&shown, root).with_context(|| format!("reading {}", shown.display()))?;
+                    for e in sub.entries().with_context(|| format!("reading {}", shown.display()))? {
+                        let inner = shown.join(&e.name);
+                        if e.name.starts_with('.') {
+                            continue;
+                        }
+                        if e.is_dir() {
+                            bail!("{}: a parameter's folder holds SQL files only, no subfolders", inner.display());
+                        }
+                        let text =
+                            e.read_to_string(&inner, root).with_context(|| format!("reading {}", inner.display()))?;
+                        files.push((e.name, text));
+                    }
+                }
+                continue;
+            }
             bail!(
-                "{}: subfolders are not read in a SQL migration folder; move its files up into {}",
+                "{}: subfolders are not read in a SQL migration folder; move its files up into {} (or name it \
+                 as a module parameter's `folder:`)",
                 shown.display(),
                 folder.display()
             );
@@ -155,6 +185,90 @@ fn load_sql_folder(folder: &Path, root: &Path) -> Result<Source> {
         let text = entry.read_to_string(&shown, root).with_context(|| format!("reading {}", shown.display()))?;
         files.push((entry.name, text));
     }
+    if let Some(missing) = folders.included.iter().find(|f| !seen.contains(f)) {
+        bail!(
+            "{}: the parameter folder {missing:?} does not exist; create it or fix the parameter's `folder:`",
+            folder.display()
+        );
+    }
     let migrations = sql_folder(&folder.display().to_string(), files)?;
     Ok(Source::Sql { folder: folder.to_path_buf(), migrations })
+}
+
+impl Source {
+    /// The source a module's version and parameters choose
+    /// ([`pgplane_core::tenant::migration_choice`]), read inside the manifest's folder and
+    /// cut where the version ends.
+    pub fn load_choice(manifest_file: &Path, choice: &pgplane_core::tenant::MigrationChoice) -> Result<Source> {
+        let path = super::module_source_path(manifest_file, &choice.path);
+        let root = Root::manifest(manifest_file)?;
+        let real = confine::resolve(&path, &root.0).map_err(|e| {
+            anyhow::anyhow!(
+                "migration source {} cannot be read ({e}); give a SQL folder or a Liquibase changelog",
+                path.display()
+            )
+        })?;
+        let mut source = if real.is_dir() {
+            if let Some(p) = choice.liquibase_parameters.first() {
+                bail!(
+                    "parameter {p:?} selects a Liquibase context or label, but {} is a SQL folder; give it \
+                     `folder: NAME` instead",
+                    path.display()
+                );
+            }
+            let folders = Folders { known: choice.parameter_folders.clone(), included: choice.folders.clone() };
+            load_sql_folder(&path, &root.0, &folders)?
+        } else {
+            let source = Source::load(&path, &root)?;
+            if let Some(f) = choice.parameter_folders.first() {
+                bail!(
+                    "a parameter selects the folder {f:?}, but {} is a Liquibase changelog; give it `context: NAME` \
+                     or `label: NAME` instead",
+                    path.display()
+                );
+            }
+            source
+        };
+        if let Some(cut) = &choice.cut {
+            source.cut(cut)?;
+        }
+        Ok(source)
+    }
+
+    /// Keeps what a version holds: a changelog up to and including the changeset whose
+    /// `tagDatabase` sets the tag, a SQL folder up to and including a migration version
+    /// (repeatable migrations stay). The one place a version's end is applied: when
+    /// `migrate up --to-tag` is in, this becomes its `up_to`.
+    pub fn cut(&mut self, cut: &pgplane_core::tenant::Cut) -> Result<()> {
+        use pgplane_core::migrate::Version;
+        use pgplane_core::tenant::Cut;
+        match (self, cut) {
+            (Source::Liquibase(l), Cut::Tag(tag)) => {
+                let Some(at) = l.changelog.changesets.iter().position(|cs| cs.tag() == Some(tag.as_str())) else {
+                    bail!(
+                        "{}: no changeset has a tagDatabase with tag {tag:?}; the version's `to_tag` must name one",
+                        l.file.display()
+                    );
+                };
+                l.changelog.changesets.truncate(at + 1);
+            }
+            (Source::Sql { folder, migrations }, Cut::Version(v)) => {
+                let target = Version::parse(v).map_err(|e| anyhow::anyhow!("{e}"))?;
+                if !migrations.iter().any(|m| m.version.as_ref().is_some_and(|x| x.canonical() == target.canonical())) {
+                    bail!("{}: no migration has version {v}; the version's `target` must name one", folder.display());
+                }
+                migrations.retain(|m| m.version.as_ref().is_none_or(|x| *x <= target));
+            }
+            (Source::Sql { folder, .. }, Cut::Tag(tag)) => bail!(
+                "{} is a SQL folder, which has no tags; give the version `target: VERSION` instead of `to_tag: {tag}`",
+                folder.display()
+            ),
+            (Source::Liquibase(l), Cut::Version(v)) => bail!(
+                "{} is a Liquibase changelog; give the version `to_tag: TAG` (a tagDatabase in it) instead of \
+                 `target: {v}`",
+                l.file.display()
+            ),
+        }
+        Ok(())
+    }
 }

@@ -107,8 +107,8 @@ pub fn load(file: &Path, stack: Option<&str>, env: Option<&str>) -> Result<Loade
     if pgplane_core::stack::is_manifest(&text) {
         let manifest = ops::load_manifest(file)?;
         let env = ops::environment(&manifest, env)?;
-        let desired =
-            Desired::build(&manifest, &env).map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
+        let desired = Desired::build(&manifest, &env, &Default::default())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.file.display()))?;
         let names: Vec<String> = manifest.stacks.iter().map(StackSource::name).collect();
         let source = match stack {
             Some(n) => manifest
@@ -142,7 +142,9 @@ pub fn load(file: &Path, stack: Option<&str>, env: Option<&str>) -> Result<Loade
         None => env.unwrap_or("default").to_string(),
     };
     let desired = match &manifest {
-        Some(m) => Some(Desired::build(m, &env).map_err(|e| anyhow::anyhow!("{}: {e}", m.file.display()))?),
+        Some(m) => Some(
+            Desired::build(m, &env, &Default::default()).map_err(|e| anyhow::anyhow!("{}: {e}", m.file.display()))?,
+        ),
         None => None,
     };
     let built = source.build(manifest.as_ref(), desired.as_ref(), &env).map_err(errors)?;

@@ -1,7 +1,9 @@
 //! Command handlers: thin front ends over [`crate::ops`]. Each returns the exit code.
 
 mod jobs;
+mod tenant;
 pub use jobs::{job, worker};
+pub use tenant::tenant;
 
 use std::io::IsTerminal;
 
@@ -90,7 +92,7 @@ fn print_doc(doc: Option<serde_json::Value>) -> Result<()> {
 
 pub async fn adopt(ctx: &mut Ctx, args: AdoptArgs) -> Result<i32> {
     require_confirmation_possible(args.change.yes, "adopt")?;
-    let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
+    let mut s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
     let mut locked = s.lock_and_plan(PlanOptions { prune: false, adopt: true }, args.change.lock_timeout).await?;
     // Adoptions and the passwords of the adopted roles; other repairs are apply's.
     let adopted: std::collections::BTreeSet<String> =

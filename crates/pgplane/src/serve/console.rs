@@ -41,6 +41,7 @@ pub fn routes(state: Shared) -> Router<Shared> {
         .route("/branches/{id}", get(branch))
         .route("/branches/{id}/tables/{table}", get(branch_table))
         .route("/branches/{id}/diff", get(branch_diff))
+        .route("/tenants", get(tenants))
         .route("/operations", get(operations))
         .merge(super::stacks::console_routes())
         .route_layer(middleware::from_fn_with_state(state, require_sign_in));
@@ -586,6 +587,76 @@ async fn operations_page(state: &Shared, q: OperationsQuery) -> ApiResult<Page> 
     }
     body.push_str("</tbody></table></div>");
     Ok(Page::new(Section::Operations, "Operations", body))
+}
+
+// ----- tenants ----------------------------------------------------------------------------
+
+async fn tenants(State(state): State<Shared>) -> Response {
+    respond(&state, tenants_page(&state).await)
+}
+
+/// Every tenant, one row per module: version (and the one an upgrade moves it to), state
+/// and status, where it lives, labels, expiry, and the last job with its error.
+async fn tenants_page(state: &Shared) -> ApiResult<Page> {
+    let Json(list) = super::tenants::tenants(State(state.clone())).await?;
+    let mut body = String::from(
+        "<p class=\"muted\">Tenants of the manifest and those registered with <code>pgplane tenant add</code> or \
+         <code>POST /api/v1/tenants</code>. A tenant with a TTL or labels is a preview.</p>\
+         <div class=\"scroll\"><table class=\"tenants\"><thead><tr><th>Tenant</th><th>Module</th><th>Version</th>\
+         <th>Status</th><th>Storage</th><th>Labels</th><th>Expires</th><th>Last job</th></tr></thead><tbody>",
+    );
+    for t in &list {
+        let labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for m in &t.modules {
+            let version = match (&m.version, &m.target_version) {
+                (v, Some(to)) => format!("{} → {}", esc(v.as_deref().unwrap_or("–")), esc(to)),
+                (v, None) => opt(v.as_deref()),
+            };
+            let status = if m.state == "enabled" || m.status == m.state {
+                badge(&m.status)
+            } else {
+                format!("{} {}", badge(&m.state), badge(&m.status))
+            };
+            let storage = match &m.schema {
+                Some(schema) => format!("{}.{}", m.database.as_deref().unwrap_or("?"), schema),
+                None => m.database.clone().unwrap_or_default(),
+            };
+            let job = match &m.last_job {
+                Some(j) => format!(
+                    "<a href=\"/operations#op-{id}\">{id}</a> <span class=\"mono\">{}</span> {}{}",
+                    esc(&j.kind),
+                    badge(&j.status),
+                    match j.error.as_deref().or(m.error.as_deref()) {
+                        Some(e) => format!("<br><span class=\"error-text\">{}</span>", esc(e)),
+                        None => String::new(),
+                    },
+                    id = j.id
+                ),
+                None => match &m.error {
+                    Some(e) => format!("<span class=\"error-text\">{}</span>", esc(e)),
+                    None => opt(None),
+                },
+            };
+            let _ = write!(
+                body,
+                "<tr data-tenant=\"{tenant}\" data-module=\"{module}\"><td>{tenant}{kind}</td><td class=\"mono\">{module}</td>\
+                 <td class=\"nowrap\">{version}</td><td>{status}</td><td class=\"mono\">{storage}<br><span class=\"muted\">{server}</span></td>\
+                 <td>{labels}</td><td class=\"nowrap\">{expires}</td><td class=\"wide\">{job}</td></tr>",
+                tenant = esc(&t.name),
+                kind = if t.registered { "" } else { " <span class=\"muted\">(manifest)</span>" },
+                module = esc(&m.module),
+                storage = esc(&storage),
+                server = esc(m.server.as_deref().unwrap_or("")),
+                labels = opt(Some(&labels.join(", "))),
+                expires = time(t.expires_at.as_deref()),
+            );
+        }
+    }
+    if list.is_empty() {
+        body.push_str("<tr><td colspan=\"8\" class=\"muted\">no tenants yet</td></tr>");
+    }
+    body.push_str("</tbody></table></div>");
+    Ok(Page::new(Section::Tenants, "Tenants", body))
 }
 
 #[cfg(test)]

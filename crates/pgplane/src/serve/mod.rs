@@ -14,6 +14,7 @@ mod metrics;
 pub mod openapi;
 mod stacks;
 mod state;
+mod tenants;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -126,6 +127,9 @@ pub fn router(state: Shared, hosts: std::sync::Arc<guard::Hosts>) -> Router {
         .route("/branches/{id}/tables", get(api::branch_tables))
         .route("/branches/{id}/tables/{table}", get(api::branch_table))
         .route("/branches/{id}/diff", get(api::branch_diff))
+        .route("/tenants", get(tenants::tenants).post(tenants::create))
+        .route("/tenants/{t}", get(tenants::tenant))
+        .route("/tenants/{t}/install", post(tenants::install))
         .route("/plan", post(api::plan))
         .route("/apply", post(api::apply))
         .route("/operations", get(api::operations))

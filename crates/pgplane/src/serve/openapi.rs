@@ -5,11 +5,11 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::api;
+use super::{api, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "pgplane", description = "Control plane for shared PostgreSQL: databases, branches, operations. \
+    info(title = "pgplane", description = "Control plane for shared PostgreSQL: databases, branches, tenants, operations. \
         Every failure answers `{\"error\": {\"code\", \"message\"}}`. Send `Authorization: Bearer TOKEN`: \
         `read` tokens may read and plan, `admin` tokens may also change things. \
         Every POST (and any request with a body) must send `Content-Type: application/json`, also with an empty body (415 otherwise); \
@@ -22,9 +22,10 @@ use super::api;
         api::branch_table, api::branch_diff,
         api::plan, api::apply, api::operations, api::operation, api::cancel_operation,
         super::stacks::stacks, super::stacks::stack_run,
+        tenants::tenants, tenants::tenant, tenants::create, tenants::install,
     ),
     modifiers(&Bearer),
-    tags((name = "databases"), (name = "branches"), (name = "operations"), (name = "stacks")),
+    tags((name = "databases"), (name = "branches"), (name = "tenants"), (name = "operations"), (name = "stacks")),
 )]
 struct ApiDoc;
 

@@ -29,6 +29,7 @@ impl Server {
 }
 
 static SERVER: OnceLock<Server> = OnceLock::new();
+static SECOND: OnceLock<Server> = OnceLock::new();
 
 fn test_root() -> PathBuf {
     let root = std::env::temp_dir().join(format!("pgplane-test-{}", std::process::id()));
@@ -38,22 +39,39 @@ fn test_root() -> PathBuf {
 
 /// The shared server of this test binary.
 pub fn server() -> &'static Server {
-    SERVER.get_or_init(|| {
+    SERVER.get_or_init(|| start_server("server-home", true))
+}
+
+/// A second server of this test binary (for placement over several servers): another
+/// `pgplane local start` with a home of its own, stopped by the first one's watchdog.
+pub fn second_server() -> &'static Server {
+    server();
+    SECOND.get_or_init(|| start_server("second-home", false))
+}
+
+fn start_server(name: &str, watchdog: bool) -> Server {
+    {
         let root = test_root();
-        let home = root.join("server-home");
+        let home = root.join(name);
         let out = Command::new(BIN)
             .args(["local", "start"])
             .env("PGPLANE_HOME", &home)
-            .env("PGPLANE_LOCAL_OPTIONS", "-c fsync=off -c full_page_writes=off -c log_statement=all -c max_connections=300")
+            .env(
+                "PGPLANE_LOCAL_OPTIONS",
+                "-c fsync=off -c full_page_writes=off -c log_statement=all -c max_connections=300",
+            )
             .output()
             .expect("run pgplane local start");
         assert!(out.status.success(), "local start failed: {}", String::from_utf8_lossy(&out.stderr));
         let url = run_ok(Command::new(BIN).args(["local", "url"]).env("PGPLANE_HOME", &home)).trim().to_string();
-        // Watchdog: stop the server and clean up when this test process is gone.
+        if !watchdog {
+            return Server { home, url, root };
+        }
+        // Watchdog: stop the servers (this one and a second one, if started) and clean up
+        // when this test process is gone.
         let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; PGPLANE_HOME='{home}' '{bin}' local stop >/dev/null 2>&1; rm -rf '{root}'",
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; for h in '{root}'/*-home; do PGPLANE_HOME=\"$h\" '{bin}' local stop >/dev/null 2>&1; done; rm -rf '{root}'",
             pid = std::process::id(),
-            home = home.display(),
             bin = BIN,
             root = root.display()
         );
@@ -67,7 +85,7 @@ pub fn server() -> &'static Server {
             .spawn()
             .expect("spawn watchdog");
         Server { home, url, root }
-    })
+    }
 }
 
 pub fn run_ok(cmd: &mut Command) -> String {
@@ -167,6 +185,10 @@ impl T {
             .env("PGPLANE_HOME", self.dir.join("home"))
             .env("PGPLANE_SECRET_KEY", TEST_SECRET_KEY)
             .env("TEST_PG_URL", &self.server.url)
+            .env(
+                "TEST_PG_URL2",
+                SECOND.get().map(|s| s.url.as_str()).unwrap_or("postgresql://no-second-server/postgres"),
+            )
             .env_remove("PGPLANE_ENV")
             .stdin(Stdio::null());
         c

@@ -42,9 +42,9 @@ pub fn link(href: &str, text: &str) -> String {
 /// A status badge: green for success, red for failure, amber while running, grey otherwise.
 pub fn badge(status: &str) -> String {
     let class = match status.to_ascii_lowercase().as_str() {
-        "success" | "succeeded" => "ok",
+        "success" | "succeeded" | "ready" | "enabled" | "done" => "ok",
         "failed" | "interrupted" => "bad",
-        "running" => "busy",
+        "running" | "provisioning" | "migrating" | "upgrading" | "purging" | "disabling" => "busy",
         _ => "none",
     };
     format!("<span class=\"badge {class}\" data-status=\"{s}\">{s}</span>", s = esc(status))
@@ -88,6 +88,7 @@ pub fn opt(value: Option<&str>) -> String {
 pub enum Section {
     Databases,
     Branches,
+    Tenants,
     Operations,
     Stacks,
     None,
@@ -120,6 +121,7 @@ pub fn document(page: &Page, env: &str, sign_out: bool) -> String {
     for (section, href, text) in [
         (Section::Databases, "/", "Databases"),
         (Section::Branches, "/branches", "Branches"),
+        (Section::Tenants, "/tenants", "Tenants"),
         (Section::Operations, "/operations", "Operations"),
         (Section::Stacks, "/stacks", "Stacks"),
     ] {
