@@ -75,6 +75,14 @@ fn unsafe_is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Recovery (`recover_lapsed`, and every leader's tick) acts on the whole queue, not on one
+/// test's fingerprint: a test that leaves a job lapsed, or that recovers, holds this, so
+/// one test's recovery does not take another's lapsed job away from under its asserts.
+fn recovery() -> std::sync::MutexGuard<'static, ()> {
+    static RECOVERY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RECOVERY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs a test body on a fresh runtime, with the server started first (outside it).
 fn block<F: Future>(f: F) -> F::Output {
     server();
@@ -190,6 +198,7 @@ fn every_job_runs_exactly_once_across_workers() {
 
 #[test]
 fn a_dead_workers_job_is_reported_then_recovered_and_resumed() {
+    let _recovery = recovery();
     let fp = "dead_worker";
     block(async {
         let c = control().await;
@@ -227,6 +236,7 @@ fn a_dead_workers_job_is_reported_then_recovered_and_resumed() {
 
 #[test]
 fn a_worker_that_lost_its_attempt_can_no_longer_write_it() {
+    let _recovery = recovery();
     let fp = "lost_lease";
     block(async {
         let c = control().await;
@@ -418,6 +428,7 @@ impl leader::Duties for CountDuties {
 
 #[test]
 fn leadership_moves_within_a_tick_when_the_leader_dies() {
+    let _recovery = recovery();
     block(async {
         let opts = leader::Options {
             env: "leader_test".to_string(),
