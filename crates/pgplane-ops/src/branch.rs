@@ -676,6 +676,18 @@ impl Branches {
                     &[&self.env, &database, &oid],
                 )
                 .await?;
+        } else {
+            // A create resumed after its earlier attempt copied the template but died before
+            // recording the copy: the database appeared after the claim found none under the
+            // name, and it is deployed into here, so it is the branch's own; unrecorded,
+            // `delete` would leave it behind and `reset` would refuse it.
+            let oid = database_oid(admin, database).await?.context("the branch's database vanished")?;
+            self.control
+                .execute(
+                    "UPDATE pgplane.branches SET database_oid = $3 WHERE env = $1 AND database = $2 AND database_oid IS NULL",
+                    &[&self.env, &database, &oid],
+                )
+                .await?;
         }
         let mut setup = format!("REVOKE ALL ON DATABASE {} FROM PUBLIC;", quote_ident(database));
         for (name, value) in &self.s.manifest.branches.settings {
