@@ -269,6 +269,9 @@ impl Reconciler {
         let mut job = new_job(kind::BRANCH_GC, &self.env, Some("gc"), &req).map_err(|e| anyhow::anyhow!("{e}"))?;
         job.fingerprint = Some(self.fingerprint.clone());
         job.max_attempts = 1;
+        // Before the backlog of requests: a new leader's gc runs within seconds however many
+        // branch creations wait.
+        job.priority = crate::jobs::queue::PRIORITY_DUTY;
         let key = job.key.clone().unwrap_or_default();
         if crate::jobs::queue::unfinished_with_key(control, &key).await?.is_some() {
             return Ok(None);

@@ -476,3 +476,40 @@ fn leadership_moves_within_a_tick_when_the_leader_dies() {
         b.abort();
     });
 }
+
+/// Regression (found by the chaos test): the new leader queued its gc behind every branch
+/// creation waiting, so an expired branch outlived the leader's death by as long as the
+/// backlog took (over 10 s with 50 waiting). The leader's duties now come first.
+#[test]
+fn a_leaders_gc_is_claimed_before_the_backlog() {
+    let fp = "duty_first";
+    block(async {
+        let c = control().await;
+        for i in 0..20 {
+            queue::submit(&c, &new_job(fp, i)).await.unwrap();
+        }
+        // An expired branch: the reconciler queues a gc for it (as the leader does).
+        c.execute(
+            "INSERT INTO pgplane.branches (env, id, database, server, template, status, expires_at)
+             VALUES ('duty_first', 'old', 'duty_first_old', 'main', 'tpl', 'SUCCESS', now() - interval '1 hour')",
+            &[],
+        )
+        .await
+        .unwrap();
+        let reconciler = pgplane_ops::runner::Reconciler {
+            env: "duty_first".into(),
+            fingerprint: fp.into(),
+            manifest: "pgplane.yaml".into(),
+            keep_file: None,
+        };
+        let gc = reconciler.queue_gc(&c).await.unwrap().expect("a gc is due");
+        let mut w = server().target.connect(Some(CONTROL_DB)).await.unwrap();
+        let first = queue::claim(&mut w, "w/0", &[fp.to_string()], Duration::from_secs(10)).await.unwrap().unwrap();
+        assert_eq!((first.job.id, first.job.kind.as_str()), (gc, "branch_gc"), "the gc waited behind the backlog");
+        let next = queue::claim(&mut w, "w/0", &[fp.to_string()], Duration::from_secs(10)).await.unwrap().unwrap();
+        assert_eq!(next.job.kind, "test", "then the oldest request");
+        // Tidy up: nothing else of this fingerprint runs.
+        c.execute("DELETE FROM pgplane.jobs WHERE fingerprint = $1", &[&fp]).await.unwrap();
+        c.execute("DELETE FROM pgplane.branches WHERE env = 'duty_first'", &[]).await.unwrap();
+    });
+}

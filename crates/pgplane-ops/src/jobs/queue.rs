@@ -160,7 +160,13 @@ pub struct NewJob {
     /// Only workers serving this manifest digest may run it (`None`: any worker).
     pub fingerprint: Option<String>,
     pub max_attempts: i32,
+    /// Claimed before every job of a lower priority: requests are 0, the leader's duties
+    /// [`PRIORITY_DUTY`] (a gc must not wait behind a backlog of branch creations).
+    pub priority: i16,
 }
+
+/// The priority of the jobs the leader queues for its duties.
+pub const PRIORITY_DUTY: i16 = 1;
 
 impl NewJob {
     pub fn new(kind: &str, env: Option<&str>) -> NewJob {
@@ -172,6 +178,7 @@ impl NewJob {
             request: serde_json::Value::Object(Default::default()),
             fingerprint: None,
             max_attempts: 3,
+            priority: 0,
         }
     }
 }
@@ -183,11 +190,11 @@ pub async fn submit(c: &impl GenericClient, j: &NewJob) -> Result<i64> {
         .query_one(
             &format!(
                 "WITH ins AS (
-                    INSERT INTO pgplane.jobs (kind, env, resource, key, request, fingerprint, max_attempts)
-                    VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7) RETURNING id)
+                    INSERT INTO pgplane.jobs (kind, env, resource, key, request, fingerprint, max_attempts, priority)
+                    VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8) RETURNING id)
                  SELECT id, pg_catalog.pg_notify('{CHANNEL}', id::text) IS NOT NULL FROM ins"
             ),
-            &[&j.kind, &j.env, &j.resource, &j.key, &request, &j.fingerprint, &j.max_attempts],
+            &[&j.kind, &j.env, &j.resource, &j.key, &request, &j.fingerprint, &j.max_attempts, &j.priority],
         )
         .await
         .context("queueing a job in the control database")?;
@@ -214,7 +221,7 @@ pub struct Attempt {
     pub worker: String,
 }
 
-/// Claims the oldest runnable job for `worker`: queued, due, of one of `fingerprints` (or
+/// Claims the runnable job of the highest priority, the oldest first, for `worker`: queued, due, of one of `fingerprints` (or
 /// of none), not behind an unfinished job with the same key, and not locked by anyone.
 /// Takes the job's lock on `c`, which must stay open for the whole attempt.
 pub async fn claim(c: &mut Client, worker: &str, fingerprints: &[String], lease: Duration) -> Result<Option<Attempt>> {
@@ -230,7 +237,7 @@ pub async fn claim(c: &mut Client, worker: &str, fingerprints: &[String], lease:
                           SELECT 1 FROM pgplane.jobs k
                            WHERE k.key = j.key AND k.id < j.id AND k.status IN ('queued', 'running')))
                     AND NOT {held}
-                  ORDER BY j.id
+                  ORDER BY j.priority DESC, j.id
                   LIMIT 1
                   FOR UPDATE SKIP LOCKED",
                 held = locks::job_lock_held_sql("j")
