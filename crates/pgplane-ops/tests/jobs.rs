@@ -513,3 +513,48 @@ fn a_leaders_gc_is_claimed_before_the_backlog() {
         c.execute("DELETE FROM pgplane.branches WHERE env = 'duty_first'", &[]).await.unwrap();
     });
 }
+
+/// A gc whose worker dies is resumed by another worker, like any operation (it is safe to
+/// run again), instead of being given up until the leader's next interval (it had one
+/// attempt: an expired branch outlived a leader's death by a whole interval when the
+/// worker running the new leader's gc was killed too).
+#[test]
+fn a_gc_whose_worker_died_is_resumed_not_given_up() {
+    let _recovery = recovery();
+    let fp = "gc_resumed";
+    block(async {
+        let c = control().await;
+        c.execute(
+            "INSERT INTO pgplane.branches (env, id, database, server, template, status, expires_at)
+             VALUES ('gc_resumed', 'old', 'gc_resumed_old', 'main', 'tpl', 'SUCCESS', now() - interval '1 hour')",
+            &[],
+        )
+        .await
+        .unwrap();
+        let reconciler = pgplane_ops::runner::Reconciler {
+            env: "gc_resumed".into(),
+            fingerprint: fp.into(),
+            manifest: "pgplane.yaml".into(),
+            keep_file: None,
+        };
+        let gc = reconciler.queue_gc(&c).await.unwrap().expect("a gc is due");
+        let mut dying = server().target.connect(Some(CONTROL_DB)).await.unwrap();
+        let a = queue::claim(&mut dying, "dying/0", &[fp.to_string()], Duration::from_secs(10)).await.unwrap().unwrap();
+        assert_eq!(a.job.id, gc);
+        drop(dying);
+        let t = Instant::now();
+        loop {
+            let r = queue::recover_lapsed(&c, Duration::from_secs(30)).await.unwrap();
+            assert!(!r.ended.contains(&gc), "the interrupted gc was given up: {r:?}");
+            if r.requeued.contains(&gc) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "the gc was never recovered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let j = queue::get(&c, gc).await.unwrap().unwrap();
+        assert_eq!((j.status, j.attempts), (JobStatus::Queued, 1), "{j:?}");
+        c.execute("DELETE FROM pgplane.jobs WHERE fingerprint = $1", &[&fp]).await.unwrap();
+        c.execute("DELETE FROM pgplane.branches WHERE env = 'gc_resumed'", &[]).await.unwrap();
+    });
+}
