@@ -608,8 +608,9 @@ impl Branches {
         }
         let inserted = tx
             .execute(
-                "INSERT INTO pgplane.branches (env, id, database, server, template, labels, sources, contexts, status, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'RUNNING', now() + make_interval(secs => $9::float8))
+                "INSERT INTO pgplane.branches (env, id, database, server, template, labels, sources, contexts, status, expires_at,
+                                               operation_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'RUNNING', now() + make_interval(secs => $9::float8), $10)
                  ON CONFLICT DO NOTHING",
                 &[
                     &self.env,
@@ -621,6 +622,9 @@ impl Branches {
                     &serde_json::to_value(sources)?,
                     &serde_json::to_value(contexts)?,
                     &ttl.map(|d| d.as_secs_f64()),
+                    // The job claiming it: should this process die before the deployment
+                    // starts, the job's next attempt knows the row for its own.
+                    &self.operation,
                 ],
             )
             .await?;
