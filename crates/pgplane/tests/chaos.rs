@@ -107,6 +107,44 @@ fn epoch_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// SQL on the test's server through one kept session per database (hundreds of checks,
+/// polls every 20-50 ms: no psql process per query). Results as `psql -At` prints them.
+struct Pg {
+    url: String,
+    rt: tokio::runtime::Runtime,
+    clients: Mutex<BTreeMap<String, Arc<tokio_postgres::Client>>>,
+}
+
+impl Pg {
+    fn new(url: &str) -> Pg {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        Pg { url: url.to_string(), rt, clients: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn q(&self, db: &str, sql: &str) -> String {
+        let client = self.clients.lock().unwrap().get(db).cloned();
+        let client = match client {
+            Some(c) => c,
+            None => {
+                let url = common::with_db(&self.url, db);
+                let (c, conn) = self.rt.block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls)).unwrap();
+                self.rt.spawn(conn);
+                let c = Arc::new(c);
+                self.clients.lock().unwrap().insert(db.to_string(), c.clone());
+                c
+            }
+        };
+        let msgs = self.rt.block_on(client.simple_query(sql)).unwrap_or_else(|e| panic!("{db}: {e}\nSQL: {sql}"));
+        let mut out: Vec<String> = Vec::new();
+        for m in msgs {
+            if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                out.push((0..r.len()).map(|i| r.get(i).unwrap_or("")).collect::<Vec<_>>().join("|"));
+            }
+        }
+        out.join("\n")
+    }
+}
+
 /// One of the four processes.
 struct Proc {
     name: String,
@@ -166,19 +204,18 @@ impl Drop for Proc {
 /// Which process leads: a replica says so in `/metrics`; the worker has no HTTP side, so it
 /// is the leader when the leader's lock is held and no replica says it is. Leadership only
 /// moves when its holder dies, and only this test kills.
-fn leader_of(procs: &[Proc], control_url: &str) -> Option<usize> {
+fn leader_of(procs: &[Proc], pg: &Pg) -> Option<usize> {
     if let Some(i) = procs.iter().position(|p| p.alive() && p.says_leader()) {
         return Some(i);
     }
     let w = procs.iter().position(|p| p.serve.is_none() && p.alive())?;
-    let held = common::psql(
-        control_url,
+    let held = pg.q(
+        "pgplane",
         &format!(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
                 AND classid = {LEADER_CLASS}::oid AND objid = hashtext('chaos')::oid"
         ),
-    )
-    .ok()?;
+    );
     (held == "1").then_some(w)
 }
 
@@ -356,8 +393,9 @@ branches:
         killed_at: None,
     });
     let control_url = common::with_db(&t.server.url, "pgplane");
+    let pg = Arc::new(Pg::new(&t.server.url));
     let t0 = Instant::now();
-    while leader_of(&procs, &control_url).is_none() {
+    while leader_of(&procs, &pg).is_none() {
         assert!(t0.elapsed() < Duration::from_secs(10), "no leader elected within 10 s (seed {seed})");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -372,14 +410,14 @@ branches:
     // request never overlap (`procs` is locked for both): a request to a replica either
     // completed or was never sent, so the jobs accepted are exactly the 202s.
     let leader_first = rng.below(2) == 0;
-    let first_ms = 300 + rng.below(2700);
-    let second_ms = first_ms + 500 + rng.below(3000);
+    let first_ms = 300 + rng.below(4700);
+    let second_ms = first_ms + 500 + rng.below(4500);
     let other_pick = rng.next();
     let submit_start = Instant::now();
     let submit_wall = SystemTime::now();
     let killer = {
         let procs = procs.clone();
-        let control_url = control_url.clone();
+        let pg = pg.clone();
         std::thread::spawn(move || {
             let mut kills: Vec<(String, SystemTime, bool)> = Vec::new();
             let mut new_leader_after: Option<Duration> = None;
@@ -391,7 +429,7 @@ branches:
                 let leader = {
                     let deadline = Instant::now() + Duration::from_secs(10);
                     loop {
-                        if let Some(l) = leader_of(&ps, &control_url) {
+                        if let Some(l) = leader_of(&ps, &pg) {
                             break l;
                         }
                         assert!(Instant::now() < deadline, "no leader to kill (seed {seed})");
@@ -400,11 +438,10 @@ branches:
                 };
                 let victim = if leader_kill {
                     // Expired from now on: only a gc queued after this kill can drop it.
-                    common::psql(
-                        &control_url,
+                    pg.q(
+                        "pgplane",
                         "UPDATE pgplane.branches SET expires_at = now() - interval '1 second' WHERE env = 'chaos' AND id = 'expired'",
-                    )
-                    .unwrap();
+                    );
                     leader
                 } else {
                     let others: Vec<usize> = (0..ps.len()).filter(|&i| i != leader && ps[i].alive()).collect();
@@ -414,7 +451,7 @@ branches:
                 kills.push((ps[victim].name.clone(), at, leader_kill));
                 if leader_kill {
                     let deadline = Instant::now() + Duration::from_secs(10);
-                    while leader_of(&ps, &control_url).is_none() {
+                    while leader_of(&ps, &pg).is_none() {
                         assert!(Instant::now() < deadline, "no new leader within 10 s (seed {seed})");
                         std::thread::sleep(Duration::from_millis(20));
                     }
@@ -465,7 +502,7 @@ branches:
 
     // The new leader's gc drops the expired branch within 10 s of the old leader's death.
     let deadline = leader_killed_at + Duration::from_secs(10);
-    while t.sql("pgplane", "SELECT count(*) FROM pgplane.branches WHERE env = 'chaos' AND id = 'expired'") != "0" {
+    while pg.q("pgplane", "SELECT count(*) FROM pgplane.branches WHERE env = 'chaos' AND id = 'expired'") != "0" {
         assert!(
             SystemTime::now() < deadline,
             "the expired branch is still there 10 s after the leader died\n{}",
@@ -474,7 +511,7 @@ branches:
         std::thread::sleep(Duration::from_millis(50));
     }
     let gc_after = leader_killed_at.elapsed().unwrap_or_default();
-    let gc = t.sql(
+    let gc = pg.q(
         "pgplane",
         &format!(
             "SELECT count(*) FROM pgplane.jobs WHERE env = 'chaos' AND kind = 'branch_gc' AND status = 'succeeded'
@@ -483,15 +520,13 @@ branches:
         ),
     );
     assert_eq!(gc, "1", "the expired branch was not dropped by a gc queued after the leader died\n{}", context());
-    assert_eq!(t.sql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'chaos_tpl_expired'"), "0");
+    assert_eq!(pg.q("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'chaos_tpl_expired'"), "0");
 
     // Every job ends.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let open = t.sql(
-            "pgplane",
-            "SELECT count(*) FROM pgplane.jobs WHERE env = 'chaos' AND status IN ('queued', 'running')",
-        );
+        let open = pg
+            .q("pgplane", "SELECT count(*) FROM pgplane.jobs WHERE env = 'chaos' AND status IN ('queued', 'running')");
         if open == "0" {
             break;
         }
@@ -503,7 +538,7 @@ branches:
     let (seen, samples) = observer.join().unwrap();
 
     // Every job of the environment succeeded: ours, and the gc jobs the leaders queued.
-    let failed = t.sql(
+    let failed = pg.q(
         "pgplane",
         "SELECT coalesce(string_agg(id || ' ' || kind || ' ' || resource || ': ' || status || ' ' || coalesce(error, ''), E'\\n'), '')
            FROM pgplane.jobs WHERE env = 'chaos' AND status <> 'succeeded'",
@@ -511,7 +546,7 @@ branches:
     assert!(failed.is_empty(), "jobs that did not succeed:\n{failed}\n{}", context());
     let ids: Vec<i64> = accepted.iter().map(|a| a.1).collect();
     let id_list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-    let kinds = t.sql(
+    let kinds = pg.q(
         "pgplane",
         &format!(
             "SELECT kind || ' ' || count(*) FROM pgplane.jobs WHERE id IN ({id_list}) GROUP BY kind ORDER BY kind"
@@ -521,7 +556,7 @@ branches:
 
     // Attempts: the next attempt of a job is claimed only after the process running the
     // previous one was killed; and a killed process finished nothing after its death.
-    let jobs = t.sql(
+    let jobs = pg.q(
         "pgplane",
         &format!(
             "SELECT id || '|' || kind || '|' || coalesce(resource, '') || '|' || attempts || '|' || worker || '|'
@@ -593,17 +628,17 @@ branches:
         let db = format!("chaos_tpl_{id}");
         assert_eq!(creates.get(&db), Some(&1), "{db}: successful CREATE DATABASE statements\n{}", context());
         let status =
-            t.sql("pgplane", &format!("SELECT status FROM pgplane.branches WHERE env = 'chaos' AND id = '{id}'"));
+            pg.q("pgplane", &format!("SELECT status FROM pgplane.branches WHERE env = 'chaos' AND id = '{id}'"));
         assert_eq!(status, "SUCCESS", "branch {id}\n{}", context());
-        let oid = t.sql("postgres", &format!("SELECT oid FROM pg_database WHERE datname = '{db}'"));
-        let recorded = t.sql(
+        let oid = pg.q("postgres", &format!("SELECT oid FROM pg_database WHERE datname = '{db}'"));
+        let recorded = pg.q(
             "pgplane",
             &format!(
                 "SELECT coalesce(database_oid::text, 'NULL') FROM pgplane.branches WHERE env = 'chaos' AND id = '{id}'"
             ),
         );
         assert_eq!(recorded, oid, "branch {id}: the recorded database OID\n{}", context());
-        let rows = t.sql(&db, "SELECT (extract(epoch FROM at) * 1000)::int8 FROM deploys ORDER BY at");
+        let rows = pg.q(&db, "SELECT (extract(epoch FROM at) * 1000)::int8 FROM deploys ORDER BY at");
         let rows: Vec<i64> = common::lines(&rows).iter().map(|r| r.parse().unwrap()).collect();
         rows_total += rows.len();
         let attempts = attempts_of[&id];
@@ -621,8 +656,7 @@ branches:
             );
         }
     }
-    let apply_rows =
-        t.sql("chaos_registry", "SELECT (extract(epoch FROM at) * 1000)::int8 FROM apply_runs ORDER BY at");
+    let apply_rows = pg.q("chaos_registry", "SELECT (extract(epoch FROM at) * 1000)::int8 FROM apply_runs ORDER BY at");
     let apply_rows: Vec<i64> = common::lines(&apply_rows).iter().map(|r| r.parse().unwrap()).collect();
     let apply_attempts: i32 = attempts_of.iter().filter(|(k, _)| k.starts_with("apply/")).map(|(_, a)| a).sum();
     // The CLI's apply before the replicas started ran it once too.
@@ -750,4 +784,79 @@ branches:
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.json()["kept"].is_null(), "delete kept the branch's own database: {}", r.body);
     assert_eq!(t.sql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'chaos_oid_tpl_x'"), "0");
+}
+
+/// Regression (found reading the code the chaos test runs): a worker killed after its
+/// create claimed the branch's row but before the row named its job left a row the resumed
+/// create took for someone else's branch ("already exists"), so the create failed instead of
+/// finishing. A trigger holds the statement that follows the claim; the worker is killed
+/// there.
+#[test]
+fn a_create_killed_right_after_claiming_its_branch_is_resumed() {
+    let _one = one_at_a_time();
+    let t = T::new("chaos_claim");
+    t.write("model/master/changelog.yaml", MASTER);
+    let f = t.manifest(
+        "modules:
+  - name: registry
+    storage: database
+templates:
+  - name: chaos_claim_tpl
+    module: registry
+    sources: [model/master/changelog.yaml]
+branches:
+  database: \"{template}_{branch}\"
+",
+    );
+    let f = f.to_str().unwrap().to_string();
+    t.pgplane(&["apply", "-f", &f, "--yes"]).ok();
+    t.pgplane(&["template", "build", "chaos_claim_tpl", "-f", &f]).ok();
+    // The first change of the row after its claim waits here.
+    t.sql(
+        "pgplane",
+        "CREATE FUNCTION public.chaos_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_catalog.pg_sleep(60); RETURN NEW; END $$;
+         CREATE TRIGGER chaos_hold BEFORE UPDATE ON pgplane.branches FOR EACH ROW
+           WHEN (OLD.env = 'chaos_claim') EXECUTE FUNCTION public.chaos_hold()",
+    );
+    let envs = [("PGPLANE_LEADER_TICK_MS", "200"), ("PGPLANE_JOB_POLL_MS", "200")];
+    let mut a = t.serve(&f, &["--workers", "1"], &envs);
+    let r = a.req("POST", "/api/v1/branches", None, Some("{\"id\": \"x\", \"template\": \"chaos_claim_tpl\"}"));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let op = r.json()["id"].as_i64().unwrap();
+    let held =
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE 'UPDATE pgplane.branches%'";
+    t.wait_for_sql("pgplane", held, "1", "the claim was never followed by the held update");
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    // Its statement would sleep on without a client; it would have failed at its end.
+    t.sql(
+        "pgplane",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE wait_event = 'PgSleep' AND query LIKE 'UPDATE pgplane.branches%'",
+    );
+    t.sql("pgplane", "DROP TRIGGER chaos_hold ON pgplane.branches; DROP FUNCTION public.chaos_hold()");
+    assert_eq!(
+        t.sql("pgplane", "SELECT status FROM pgplane.branches WHERE env = 'chaos_claim' AND id = 'x'"),
+        "RUNNING"
+    );
+    let _b = t.serve(&f, &["--workers", "1"], &envs);
+    t.wait_for_sql(
+        "pgplane",
+        &format!("SELECT status IN ('succeeded', 'failed') FROM pgplane.jobs WHERE id = {op}"),
+        "t",
+        "the create never ended",
+    );
+    let job = t.sql(
+        "pgplane",
+        &format!("SELECT status || ' ' || attempts || ' ' || coalesce(error, '') FROM pgplane.jobs WHERE id = {op}"),
+    );
+    assert_eq!(job, "succeeded 2", "the resumed create");
+    assert_eq!(
+        t.sql("pgplane", "SELECT status FROM pgplane.branches WHERE env = 'chaos_claim' AND id = 'x'"),
+        "SUCCESS"
+    );
+    let oid = t.sql("postgres", "SELECT oid FROM pg_database WHERE datname = 'chaos_claim_tpl_x'");
+    let recorded = t.sql("pgplane", "SELECT database_oid FROM pgplane.branches WHERE env = 'chaos_claim' AND id = 'x'");
+    assert_eq!(recorded, oid);
 }
