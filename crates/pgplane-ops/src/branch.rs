@@ -655,6 +655,16 @@ impl Branches {
                     bail!("{why}; `pgplane branch delete {}` forgets the branch", b.id);
                 }
             }
+            // Until the new copy's OID is recorded, the database under the name is the
+            // branch's whatever its OID (0, as for rows of an older pgplane): an attempt that
+            // dies after its copy leaves the copy to the next attempt, which would otherwise
+            // take it for a database re-created outside pgplane and refuse it.
+            self.control
+                .execute(
+                    "UPDATE pgplane.branches SET database_oid = 0 WHERE env = $1 AND database = $2",
+                    &[&self.env, &database],
+                )
+                .await?;
             drop_database(admin, database).await?;
         }
         if stamp != Stamp::Keep {
