@@ -860,3 +860,76 @@ branches:
     let recorded = t.sql("pgplane", "SELECT database_oid FROM pgplane.branches WHERE env = 'chaos_claim' AND id = 'x'");
     assert_eq!(recorded, oid);
 }
+
+/// Regression (found reading the code the chaos test runs): a reset whose worker was killed
+/// after it copied the template again but before it recorded the new copy's OID could not
+/// be resumed: its next attempt took the branch's new database for one re-created outside
+/// pgplane and refused it, and the branch stayed FAILED. A trigger holds the OID's record;
+/// the worker is killed there.
+#[test]
+fn a_reset_killed_after_its_copy_is_resumed() {
+    let _one = one_at_a_time();
+    let t = T::new("chaos_reset");
+    t.write("model/master/changelog.yaml", MASTER);
+    let f = t.manifest(
+        "modules:
+  - name: registry
+    storage: database
+templates:
+  - name: chaos_reset_tpl
+    module: registry
+    sources: [model/master/changelog.yaml]
+branches:
+  database: \"{template}_{branch}\"
+",
+    );
+    let f = f.to_str().unwrap().to_string();
+    t.pgplane(&["apply", "-f", &f, "--yes"]).ok();
+    t.pgplane(&["template", "build", "chaos_reset_tpl", "-f", &f]).ok();
+    t.pgplane(&["branch", "create", "x", "--template", "chaos_reset_tpl", "-f", &f]).ok();
+    let before = t.sql("postgres", "SELECT oid FROM pg_database WHERE datname = 'chaos_reset_tpl_x'");
+    t.sql(
+        "pgplane",
+        "CREATE FUNCTION public.chaos_hold_oid() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_catalog.pg_sleep(60); RETURN NEW; END $$;
+         CREATE TRIGGER chaos_hold_oid BEFORE UPDATE ON pgplane.branches FOR EACH ROW
+           WHEN (OLD.env = 'chaos_reset' AND NEW.database_oid IS DISTINCT FROM OLD.database_oid AND NEW.database_oid <> 0)
+           EXECUTE FUNCTION public.chaos_hold_oid()",
+    );
+    let envs = [("PGPLANE_LEADER_TICK_MS", "200"), ("PGPLANE_JOB_POLL_MS", "200")];
+    let mut a = t.serve(&f, &["--workers", "1"], &envs);
+    let r = a.req("POST", "/api/v1/branches/x/reset", None, None);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let op = r.json()["id"].as_i64().unwrap();
+    let held = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE 'UPDATE pgplane.branches SET database_oid%'";
+    t.wait_for_sql("pgplane", held, "1", "the copy's record was never held");
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    t.sql(
+        "pgplane",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE wait_event = 'PgSleep' AND query LIKE 'UPDATE pgplane.branches SET database_oid%'",
+    );
+    t.sql("pgplane", "DROP TRIGGER chaos_hold_oid ON pgplane.branches; DROP FUNCTION public.chaos_hold_oid()");
+    let copied = t.sql("postgres", "SELECT oid FROM pg_database WHERE datname = 'chaos_reset_tpl_x'");
+    assert_ne!(copied, before, "the first attempt copied the template again before it was killed");
+    let _b = t.serve(&f, &["--workers", "1"], &envs);
+    t.wait_for_sql(
+        "pgplane",
+        &format!("SELECT status IN ('succeeded', 'failed') FROM pgplane.jobs WHERE id = {op}"),
+        "t",
+        "the reset never ended",
+    );
+    let job = t.sql(
+        "pgplane",
+        &format!("SELECT status || ' ' || attempts || ' ' || coalesce(error, '') FROM pgplane.jobs WHERE id = {op}"),
+    );
+    assert_eq!(job, "succeeded 2", "the resumed reset");
+    assert_eq!(
+        t.sql("pgplane", "SELECT status FROM pgplane.branches WHERE env = 'chaos_reset' AND id = 'x'"),
+        "SUCCESS"
+    );
+    let oid = t.sql("postgres", "SELECT oid FROM pg_database WHERE datname = 'chaos_reset_tpl_x'");
+    let recorded = t.sql("pgplane", "SELECT database_oid FROM pgplane.branches WHERE env = 'chaos_reset' AND id = 'x'");
+    assert_eq!(recorded, oid);
+}
