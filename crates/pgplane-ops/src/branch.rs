@@ -623,8 +623,9 @@ impl Branches {
         }
         let inserted = tx
             .execute(
-                "INSERT INTO pgplane.branches (env, id, database, server, template, labels, sources, contexts, status, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'RUNNING', now() + make_interval(secs => $9::float8))
+                "INSERT INTO pgplane.branches (env, id, database, server, template, labels, sources, contexts, status, expires_at,
+                                               operation_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'RUNNING', now() + make_interval(secs => $9::float8), $10)
                  ON CONFLICT DO NOTHING",
                 &[
                     &self.env,
@@ -636,6 +637,9 @@ impl Branches {
                     &serde_json::to_value(sources)?,
                     &serde_json::to_value(contexts)?,
                     &ttl.map(|d| d.as_secs_f64()),
+                    // The job claiming it: should this process die before the deployment
+                    // starts, the job's next attempt knows the row for its own.
+                    &self.operation,
                 ],
             )
             .await?;
@@ -666,6 +670,16 @@ impl Branches {
                     bail!("{why}; `pgplane branch delete {}` forgets the branch", b.id);
                 }
             }
+            // Until the new copy's OID is recorded, the database under the name is the
+            // branch's whatever its OID (0, as for rows of an older pgplane): an attempt that
+            // dies after its copy leaves the copy to the next attempt, which would otherwise
+            // take it for a database re-created outside pgplane and refuse it.
+            self.control
+                .execute(
+                    "UPDATE pgplane.branches SET database_oid = 0 WHERE env = $1 AND database = $2",
+                    &[&self.env, &database],
+                )
+                .await?;
             drop_database(admin, database).await?;
         }
         if stamp != Stamp::Keep {
@@ -688,6 +702,18 @@ impl Branches {
             self.control
                 .execute(
                     "UPDATE pgplane.branches SET database_oid = $3 WHERE env = $1 AND database = $2",
+                    &[&self.env, &database, &oid],
+                )
+                .await?;
+        } else {
+            // A create resumed after its earlier attempt copied the template but died before
+            // recording the copy: the database appeared after the claim found none under the
+            // name, and it is deployed into here, so it is the branch's own; unrecorded,
+            // `delete` would leave it behind and `reset` would refuse it.
+            let oid = database_oid(admin, database).await?.context("the branch's database vanished")?;
+            self.control
+                .execute(
+                    "UPDATE pgplane.branches SET database_oid = $3 WHERE env = $1 AND database = $2 AND database_oid IS NULL",
                     &[&self.env, &database, &oid],
                 )
                 .await?;

@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../sql/control/0006_jobs.sql")),
     (7, include_str!("../sql/control/0007_stacks.sql")),
     (8, include_str!("../sql/control/0008_tenants.sql")),
+    (9, include_str!("../sql/control/0009_job_priority.sql")),
 ];
 
 /// The lock that serializes every mutating pgplane operation on a control database.

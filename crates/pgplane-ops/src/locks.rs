@@ -87,14 +87,16 @@ impl Lock {
     }
 
     /// Calls `func(class, key)`; true unless it returned false (the `void` ones return true).
+    /// Typed parameters: one round trip, no separate prepare (locks are taken per job).
     async fn call(&self, c: &impl GenericClient, func: &str) -> Result<bool, tokio_postgres::Error> {
+        use tokio_postgres::types::Type;
         let (key, p) = self.args();
         let sql = format!("SELECT pg_catalog.{func}($1::int4, {key})::text IS DISTINCT FROM 'false'");
         let row = match &p {
-            Param::Int(k) => c.query_one(&sql, &[&self.class.0, k]).await?,
-            Param::Text(t) => c.query_one(&sql, &[&self.class.0, t]).await?,
+            Param::Int(k) => c.query_typed(&sql, &[(&self.class.0, Type::INT4), (k, Type::INT4)]).await?,
+            Param::Text(t) => c.query_typed(&sql, &[(&self.class.0, Type::INT4), (t, Type::TEXT)]).await?,
         };
-        Ok(row.get(0))
+        Ok(row.first().is_some_and(|r| r.get(0)))
     }
 
     /// Takes the session lock if it is free; true when taken.

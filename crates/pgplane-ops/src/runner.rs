@@ -578,7 +578,11 @@ impl Reconciler {
         let req = GcJob { keep: None, keep_file: self.keep_file.clone() };
         let mut job = new_job(kind::BRANCH_GC, &self.env, Some("gc"), &req).map_err(|e| anyhow::anyhow!("{e}"))?;
         job.fingerprint = Some(self.fingerprint.clone());
-        job.max_attempts = 1;
+        // Three attempts, as every job: a gc is safe to run again, and one whose worker dies
+        // is resumed by another instead of waiting for the leader's next interval.
+        // Before the backlog of requests: a new leader's gc runs within seconds however many
+        // branch creations wait.
+        job.priority = crate::jobs::queue::PRIORITY_DUTY;
         let key = job.key.clone().unwrap_or_default();
         if crate::jobs::queue::unfinished_with_key(control, &key).await?.is_some() {
             return Ok(None);

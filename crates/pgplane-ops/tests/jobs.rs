@@ -75,6 +75,14 @@ fn unsafe_is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Recovery (`recover_lapsed`, and every leader's tick) acts on the whole queue, not on one
+/// test's fingerprint: a test that leaves a job lapsed, or that recovers, holds this, so
+/// one test's recovery does not take another's lapsed job away from under its asserts.
+fn recovery() -> std::sync::MutexGuard<'static, ()> {
+    static RECOVERY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RECOVERY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs a test body on a fresh runtime, with the server started first (outside it).
 fn block<F: Future>(f: F) -> F::Output {
     server();
@@ -190,6 +198,7 @@ fn every_job_runs_exactly_once_across_workers() {
 
 #[test]
 fn a_dead_workers_job_is_reported_then_recovered_and_resumed() {
+    let _recovery = recovery();
     let fp = "dead_worker";
     block(async {
         let c = control().await;
@@ -227,6 +236,7 @@ fn a_dead_workers_job_is_reported_then_recovered_and_resumed() {
 
 #[test]
 fn a_worker_that_lost_its_attempt_can_no_longer_write_it() {
+    let _recovery = recovery();
     let fp = "lost_lease";
     block(async {
         let c = control().await;
@@ -418,6 +428,7 @@ impl leader::Duties for CountDuties {
 
 #[test]
 fn leadership_moves_within_a_tick_when_the_leader_dies() {
+    let _recovery = recovery();
     block(async {
         let opts = leader::Options {
             env: "leader_test".to_string(),
@@ -463,5 +474,239 @@ fn leadership_moves_within_a_tick_when_the_leader_dies() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         b.abort();
+    });
+}
+
+/// Regression (found by the chaos test): the new leader queued its gc behind every branch
+/// creation waiting, so an expired branch outlived the leader's death by as long as the
+/// backlog took (over 10 s with 50 waiting). The leader's duties now come first.
+#[test]
+fn a_leaders_gc_is_claimed_before_the_backlog() {
+    let fp = "duty_first";
+    block(async {
+        let c = control().await;
+        for i in 0..20 {
+            queue::submit(&c, &new_job(fp, i)).await.unwrap();
+        }
+        // An expired branch: the reconciler queues a gc for it (as the leader does).
+        c.execute(
+            "INSERT INTO pgplane.branches (env, id, database, server, template, status, expires_at)
+             VALUES ('duty_first', 'old', 'duty_first_old', 'main', 'tpl', 'SUCCESS', now() - interval '1 hour')",
+            &[],
+        )
+        .await
+        .unwrap();
+        let reconciler = pgplane_ops::runner::Reconciler {
+            env: "duty_first".into(),
+            fingerprint: fp.into(),
+            manifest: "pgplane.yaml".into(),
+            keep_file: None,
+        };
+        let gc = reconciler.queue_gc(&c).await.unwrap().expect("a gc is due");
+        let mut w = server().target.connect(Some(CONTROL_DB)).await.unwrap();
+        let first = queue::claim(&mut w, "w/0", &[fp.to_string()], Duration::from_secs(10)).await.unwrap().unwrap();
+        assert_eq!((first.job.id, first.job.kind.as_str()), (gc, "branch_gc"), "the gc waited behind the backlog");
+        let next = queue::claim(&mut w, "w/0", &[fp.to_string()], Duration::from_secs(10)).await.unwrap().unwrap();
+        assert_eq!(next.job.kind, "test", "then the oldest request");
+        // Tidy up: nothing else of this fingerprint runs.
+        c.execute("DELETE FROM pgplane.jobs WHERE fingerprint = $1", &[&fp]).await.unwrap();
+        c.execute("DELETE FROM pgplane.branches WHERE env = 'duty_first'", &[]).await.unwrap();
+    });
+}
+
+/// A gc whose worker dies is resumed by another worker, like any operation (it is safe to
+/// run again), instead of being given up until the leader's next interval (it had one
+/// attempt: an expired branch outlived a leader's death by a whole interval when the
+/// worker running the new leader's gc was killed too).
+#[test]
+fn a_gc_whose_worker_died_is_resumed_not_given_up() {
+    let _recovery = recovery();
+    let fp = "gc_resumed";
+    block(async {
+        let c = control().await;
+        c.execute(
+            "INSERT INTO pgplane.branches (env, id, database, server, template, status, expires_at)
+             VALUES ('gc_resumed', 'old', 'gc_resumed_old', 'main', 'tpl', 'SUCCESS', now() - interval '1 hour')",
+            &[],
+        )
+        .await
+        .unwrap();
+        let reconciler = pgplane_ops::runner::Reconciler {
+            env: "gc_resumed".into(),
+            fingerprint: fp.into(),
+            manifest: "pgplane.yaml".into(),
+            keep_file: None,
+        };
+        let gc = reconciler.queue_gc(&c).await.unwrap().expect("a gc is due");
+        let mut dying = server().target.connect(Some(CONTROL_DB)).await.unwrap();
+        let a = queue::claim(&mut dying, "dying/0", &[fp.to_string()], Duration::from_secs(10)).await.unwrap().unwrap();
+        assert_eq!(a.job.id, gc);
+        drop(dying);
+        let t = Instant::now();
+        loop {
+            let r = queue::recover_lapsed(&c, Duration::from_secs(30)).await.unwrap();
+            assert!(!r.ended.contains(&gc), "the interrupted gc was given up: {r:?}");
+            if r.requeued.contains(&gc) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "the gc was never recovered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let j = queue::get(&c, gc).await.unwrap().unwrap();
+        assert_eq!((j.status, j.attempts), (JobStatus::Queued, 1), "{j:?}");
+        c.execute("DELETE FROM pgplane.jobs WHERE fingerprint = $1", &[&fp]).await.unwrap();
+        c.execute("DELETE FROM pgplane.branches WHERE env = 'gc_resumed'", &[]).await.unwrap();
+    });
+}
+
+/// A hung worker: its slot's thread blocks (a synchronous call that never yields), so it
+/// sends no heartbeat while its connection, and the job's lock, stay open. Once the lease
+/// has lapsed `hung_after` ago, the leader ends that session; the job goes to another
+/// worker; and when the hung runner wakes up it cannot write the job any more.
+#[test]
+fn a_hung_workers_session_is_ended_and_its_job_taken_over() {
+    let _recovery = recovery();
+    let fp = "hung";
+    block(async {
+        let c = control().await;
+        let id = queue::submit(&c, &new_job(fp, 0)).await.unwrap();
+        let woke = Arc::new(AtomicBool::new(false));
+        let hung: Arc<dyn Runner> = {
+            let woke = woke.clone();
+            Arc::new(FnRunner(Box::new(move |_job, _cancel| {
+                let woke = woke.clone();
+                Box::pin(async move {
+                    std::thread::sleep(Duration::from_secs(3));
+                    woke.store(true, Ordering::SeqCst);
+                    Ok(Done { changes: 1, ..Default::default() })
+                })
+            })))
+        };
+        let mut o = options(fp, 1);
+        o.name = "hung".into();
+        o.lease = Duration::from_millis(300);
+        o.heartbeat = Duration::from_millis(100);
+        let h = worker::Worker::start(server().target.clone(), o, hung, None);
+        let t = Instant::now();
+        while queue::get(&c, id).await.unwrap().unwrap().status != JobStatus::Running {
+            assert!(t.elapsed() < Duration::from_secs(10), "never claimed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Within the grace nobody is ended.
+        let r = queue::recover_lapsed(&c, Duration::from_secs(30)).await.unwrap();
+        assert!(r.terminated.is_empty() && r.requeued.is_empty(), "{r:?}");
+        // The leader, with a short grace, ends the session, then recovers the job.
+        let state = Arc::new(leader::State::default());
+        let opts = leader::Options {
+            env: "hung_test".into(),
+            tick: Duration::from_millis(100),
+            duty_interval: Duration::from_secs(60),
+            hung_after: Duration::from_millis(200),
+        };
+        let duties = Arc::new(CountDuties(Arc::new(std::sync::atomic::AtomicU64::new(0))));
+        let lead =
+            tokio::spawn(leader::run(server().target.clone(), opts, duties, state.clone(), std::future::pending()));
+        let w2 = worker::Worker::start(server().target.clone(), options(fp, 1), recording_runner(1), None);
+        wait_until_final(&c, fp, 1, Duration::from_secs(20)).await;
+        let j = queue::get(&c, id).await.unwrap().unwrap();
+        assert_eq!((j.status, j.attempts), (JobStatus::Succeeded, 2), "{j:?}");
+        assert!(j.worker.as_deref().is_some_and(|w| w.starts_with("test-hung/")), "{j:?}");
+        assert!(!woke.load(Ordering::SeqCst), "the job was taken over only after the hung runner woke up");
+        assert!(state.recovered.load(Ordering::SeqCst) >= 1);
+        // The hung runner wakes up: its end is not recorded (its session is gone).
+        let t = Instant::now();
+        while !woke.load(Ordering::SeqCst) {
+            assert!(t.elapsed() < Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = queue::get(&c, id).await.unwrap().unwrap();
+        assert_eq!((after.status, after.attempts, &after.worker), (JobStatus::Succeeded, 2, &j.worker), "{after:?}");
+        let runs: i64 = c.query_one("SELECT count(*) FROM public.ran WHERE job = $1", &[&id]).await.unwrap().get(0);
+        assert_eq!(runs, 1, "the second attempt ran once");
+        lead.abort();
+        h.shutdown(Duration::from_secs(1)).await;
+        w2.shutdown(Duration::from_secs(1)).await;
+    });
+}
+
+/// One claim of `concurrent_claims_never_overshoot`: job, attempt, key, start, end.
+type Claimed = (i64, i32, Option<String>, Instant, Instant);
+
+/// Many claimers at once on one queue: each job is claimed exactly once, with one attempt;
+/// jobs of one key never run at the same time; and no claimer waits for another (a claim
+/// that finds only locked jobs returns at once).
+#[test]
+fn concurrent_claims_never_overshoot() {
+    let fp = "concurrent";
+    block(async {
+        let c = control().await;
+        let mut n = 0;
+        for k in 0..6 {
+            for _ in 0..5 {
+                let mut j = new_job(fp, n);
+                j.key = Some(format!("conc/{k}"));
+                queue::submit(&c, &j).await.unwrap();
+                n += 1;
+            }
+        }
+        for _ in 0..30 {
+            queue::submit(&c, &new_job(fp, n)).await.unwrap();
+            n += 1;
+        }
+        let log: Arc<std::sync::Mutex<Vec<Claimed>>> = Default::default();
+        let claimers: Vec<_> = (0..12)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut conn = server().target.connect(Some(CONTROL_DB)).await.unwrap();
+                    let name = format!("claimer/{i}");
+                    let mut empty = 0;
+                    while empty < 5 {
+                        let t = Instant::now();
+                        let claimed =
+                            queue::claim(&mut conn, &name, &[fp.to_string()], Duration::from_secs(10)).await.unwrap();
+                        assert!(t.elapsed() < Duration::from_secs(5), "a claim waited {:?}", t.elapsed());
+                        let Some(a) = claimed else {
+                            empty += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        };
+                        empty = 0;
+                        let start = Instant::now();
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        let how = queue::Finish::Succeeded { changes: 1, result: None };
+                        let end = Instant::now();
+                        log.lock().unwrap().push((a.job.id, a.attempt, a.job.key.clone(), start, end));
+                        assert_eq!(queue::finish(&conn, &a, &how, &[]).await.unwrap(), Some(JobStatus::Succeeded));
+                    }
+                })
+            })
+            .collect();
+        for cl in claimers {
+            cl.await.unwrap();
+        }
+        let log = log.lock().unwrap().clone();
+        let ids: std::collections::BTreeSet<i64> = log.iter().map(|l| l.0).collect();
+        assert_eq!((log.len(), ids.len()), (n, n), "every job claimed exactly once");
+        assert!(log.iter().all(|l| l.1 == 1), "one attempt each");
+        for k in 0..6 {
+            let key = format!("conc/{k}");
+            let mut runs: Vec<_> = log.iter().filter(|l| l.2.as_deref() == Some(key.as_str())).collect();
+            runs.sort_by_key(|l| l.3);
+            assert_eq!(runs.len(), 5);
+            for pair in runs.windows(2) {
+                assert!(pair[0].4 <= pair[1].3, "two jobs of {key} ran at once");
+                assert!(pair[0].0 < pair[1].0, "{key} ran out of order");
+            }
+        }
+        let statuses: Vec<(String, i64)> = c
+            .query("SELECT status, count(*) FROM pgplane.jobs WHERE fingerprint = $1 GROUP BY 1", &[&fp])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(statuses, [("succeeded".to_string(), n as i64)]);
     });
 }

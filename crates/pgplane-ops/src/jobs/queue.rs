@@ -160,7 +160,13 @@ pub struct NewJob {
     /// Only workers serving this manifest digest may run it (`None`: any worker).
     pub fingerprint: Option<String>,
     pub max_attempts: i32,
+    /// Claimed before every job of a lower priority: requests are 0, the leader's duties
+    /// [`PRIORITY_DUTY`] (a gc must not wait behind a backlog of branch creations).
+    pub priority: i16,
 }
+
+/// The priority of the jobs the leader queues for its duties.
+pub const PRIORITY_DUTY: i16 = 1;
 
 impl NewJob {
     pub fn new(kind: &str, env: Option<&str>) -> NewJob {
@@ -172,6 +178,7 @@ impl NewJob {
             request: serde_json::Value::Object(Default::default()),
             fingerprint: None,
             max_attempts: 3,
+            priority: 0,
         }
     }
 }
@@ -183,11 +190,11 @@ pub async fn submit(c: &impl GenericClient, j: &NewJob) -> Result<i64> {
         .query_one(
             &format!(
                 "WITH ins AS (
-                    INSERT INTO pgplane.jobs (kind, env, resource, key, request, fingerprint, max_attempts)
-                    VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7) RETURNING id)
+                    INSERT INTO pgplane.jobs (kind, env, resource, key, request, fingerprint, max_attempts, priority)
+                    VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8) RETURNING id)
                  SELECT id, pg_catalog.pg_notify('{CHANNEL}', id::text) IS NOT NULL FROM ins"
             ),
-            &[&j.kind, &j.env, &j.resource, &j.key, &request, &j.fingerprint, &j.max_attempts],
+            &[&j.kind, &j.env, &j.resource, &j.key, &request, &j.fingerprint, &j.max_attempts, &j.priority],
         )
         .await
         .context("queueing a job in the control database")?;
@@ -241,61 +248,64 @@ pub struct Attempt {
     pub worker: String,
 }
 
-/// Claims the oldest runnable job for `worker`: queued, due, of one of `fingerprints` (or
-/// of none), not behind an unfinished job with the same key, and not locked by anyone.
-/// Takes the job's lock on `c`, which must stay open for the whole attempt.
+/// Claims the runnable job of the highest priority, the oldest first, for `worker`: queued,
+/// due, of one of `fingerprints` (or of none), not behind an unfinished job with the same
+/// key, and not locked by anyone. Takes the job's lock on `c`, which must stay open for the
+/// whole attempt.
+///
+/// One statement, one round trip (claims are the queue's hot path): pick the job (`FOR
+/// UPDATE SKIP LOCKED`), take its lock (a session lock: it outlives the statement), write
+/// the claim, return the job. The claim written is [`pgplane_core::job::next`] of a queued
+/// job on [`Event::Claim`] (running, one attempt more; a job whose cancel was requested is
+/// not claimed), checked against it on the row returned. Should the statement fail after
+/// the lock was taken, the caller drops `c` (a worker slot does), which releases it.
 pub async fn claim(c: &mut Client, worker: &str, fingerprints: &[String], lease: Duration) -> Result<Option<Attempt>> {
-    let lease_ms = lease_ms(lease);
-    let tx = c.transaction().await?;
-    let candidate = tx
-        .query_opt(
+    use tokio_postgres::types::Type;
+    let row = c
+        .query_typed_opt(
             &format!(
-                "SELECT j.id, j.status, j.attempts, j.max_attempts, j.cancel_requested FROM pgplane.jobs j
-                  WHERE j.status = 'queued' AND j.run_after <= pg_catalog.now()
-                    AND (j.fingerprint IS NULL OR j.fingerprint = ANY($1::text[]))
-                    AND (j.key IS NULL OR NOT EXISTS (
-                          SELECT 1 FROM pgplane.jobs k
-                           WHERE k.key = j.key AND k.id < j.id AND k.status IN ('queued', 'running')))
-                    AND NOT {held}
-                  ORDER BY j.id
-                  LIMIT 1
-                  FOR UPDATE SKIP LOCKED",
-                held = locks::job_lock_held_sql("j")
+                "WITH candidate AS MATERIALIZED (
+                    SELECT j.id FROM pgplane.jobs j
+                     WHERE j.status = 'queued' AND NOT j.cancel_requested AND j.run_after <= pg_catalog.now()
+                       AND (j.fingerprint IS NULL OR j.fingerprint = ANY($1::text[]))
+                       AND (j.key IS NULL OR NOT EXISTS (
+                             SELECT 1 FROM pgplane.jobs k
+                              WHERE k.key = j.key AND k.id < j.id AND k.status IN ('queued', 'running')))
+                       AND NOT {held}
+                     ORDER BY j.priority DESC, j.id
+                     LIMIT 1
+                     FOR UPDATE SKIP LOCKED),
+                 locked AS MATERIALIZED (
+                    SELECT c.id FROM candidate c
+                     WHERE pg_catalog.pg_try_advisory_lock({class}, (c.id & 2147483647)::int4)),
+                 claimed AS (
+                    UPDATE pgplane.jobs j SET status = 'running', attempts = j.attempts + 1, worker = $2,
+                           claimed_at = pg_catalog.now(),
+                           lease_until = pg_catalog.now() + $3 * interval '1 millisecond', finished_at = NULL
+                      FROM locked l WHERE j.id = l.id
+                    RETURNING j.*)
+                 SELECT {columns} FROM claimed j",
+                held = locks::job_lock_held_sql("j"),
+                class = locks::JOB.0,
+                columns = columns(),
             ),
-            &[&fingerprints],
+            &[(&fingerprints, Type::TEXT_ARRAY), (&worker, Type::TEXT), (&lease_ms(lease), Type::FLOAT8)],
         )
         .await
-        .context("looking for a job to run")?;
-    let Some(row) = candidate else { return Ok(None) };
-    let id: i64 = row.get(0);
-    let life = life_of(&row, 1)?;
-    let Ok(next) = job::next(life, Event::Claim) else { return Ok(None) };
-    // The lock is a session lock: it outlives this transaction, for the whole attempt.
-    if !Lock::job(id).try_lock(&tx).await? {
-        return Ok(None);
-    }
-    let updated = tx
-        .execute(
-            "UPDATE pgplane.jobs SET status = $2, attempts = $3, worker = $4, claimed_at = pg_catalog.now(),
-                    lease_until = pg_catalog.now() + $5 * interval '1 millisecond', finished_at = NULL
-              WHERE id = $1",
-            &[&id, &next.status.as_str(), &next.attempts, &worker, &lease_ms],
-        )
-        .await;
-    let committed = match updated {
-        Ok(_) => tx.commit().await,
-        Err(e) => {
-            drop(tx);
-            Err(e)
-        }
+        .context("claiming a job")?;
+    let Some(row) = row else { return Ok(None) };
+    let job = job_of(&row)?;
+    let before = Life {
+        status: JobStatus::Queued,
+        attempts: job.attempts - 1,
+        max_attempts: job.max_attempts,
+        cancel_requested: job.cancel_requested,
     };
-    if let Err(e) = committed {
-        // The session lock outlives the failed transaction: give it back.
-        let _ = Lock::job(id).unlock(&*c).await;
-        return Err(anyhow::Error::new(e).context("claiming a job"));
+    match job::next(before, Event::Claim) {
+        Ok(next) if next.status == JobStatus::Running && next.attempts == job.attempts => {}
+        other => anyhow::bail!("claiming job {} wrote {} attempt {}, not {other:?}", job.id, job.status, job.attempts),
     }
-    let job = get(c, id).await?.context("a claimed job vanished")?;
-    Ok(Some(Attempt { attempt: next.attempts, job, worker: worker.to_string() }))
+    Ok(Some(Attempt { attempt: job.attempts, job, worker: worker.to_string() }))
 }
 
 /// Queues a job that this process runs itself right away (the CLI's operations): inserted
@@ -350,14 +360,21 @@ pub enum Beat {
 
 /// Renews the attempt's lease and saves its stages (when given).
 pub async fn heartbeat(c: &impl GenericClient, a: &Attempt, lease: Duration, stages: Option<&[Stage]>) -> Result<Beat> {
+    use tokio_postgres::types::Type;
     let stages = stages.map(serde_json::to_string).transpose()?;
     let row = c
-        .query_opt(
+        .query_typed_opt(
             "UPDATE pgplane.jobs SET lease_until = pg_catalog.now() + $3 * interval '1 millisecond',
                     stages = COALESCE($4::text::jsonb, stages)
               WHERE id = $1 AND attempts = $2 AND status = 'running' AND worker = $5
               RETURNING cancel_requested",
-            &[&a.job.id, &a.attempt, &lease_ms(lease), &stages, &a.worker],
+            &[
+                (&a.job.id, Type::INT8),
+                (&a.attempt, Type::INT4),
+                (&lease_ms(lease), Type::FLOAT8),
+                (&stages, Type::TEXT),
+                (&a.worker, Type::TEXT),
+            ],
         )
         .await?;
     Ok(match row {
@@ -401,20 +418,34 @@ pub async fn finish(c: &impl GenericClient, a: &Attempt, how: &Finish, stages: &
         Finish::HandBack => (0, None, None, None),
     };
     let result = result.map(|r| serde_json::to_string(&r)).transpose()?;
-    // Read, decide with `next`, write guarded by what was read; a cancel request arriving
-    // in between fails the guard and we decide again.
+    use tokio_postgres::types::Type;
+    // Decide with `next` on the attempt as this worker knows it (running, its attempt, the
+    // cancel request as claimed), write guarded by exactly that; when the guard fails (a
+    // cancel request arrived meanwhile, or the attempt is gone), read the row and decide
+    // again. One round trip when nothing changed.
+    let mut known = Some(Life {
+        status: JobStatus::Running,
+        attempts: a.attempt,
+        max_attempts: a.job.max_attempts,
+        cancel_requested: a.job.cancel_requested,
+    });
     let status = loop {
-        let Some(row) = c
-            .query_opt(
-                "SELECT id, status, attempts, max_attempts, cancel_requested FROM pgplane.jobs
-                  WHERE id = $1 AND attempts = $2 AND status = 'running' AND worker = $3",
-                &[&a.job.id, &a.attempt, &a.worker],
-            )
-            .await?
-        else {
-            break None;
+        let life = match known.take() {
+            Some(life) => life,
+            None => {
+                let Some(row) = c
+                    .query_typed_opt(
+                        "SELECT id, status, attempts, max_attempts, cancel_requested FROM pgplane.jobs
+                          WHERE id = $1 AND attempts = $2 AND status = 'running' AND worker = $3",
+                        &[(&a.job.id, Type::INT8), (&a.attempt, Type::INT4), (&a.worker, Type::TEXT)],
+                    )
+                    .await?
+                else {
+                    break None;
+                };
+                life_of(&row, 1)?
+            }
         };
-        let life = life_of(&row, 1)?;
         let next = job::next(life, event).map_err(anyhow::Error::new)?;
         let (error, code) = match next.status {
             JobStatus::Cancelled => (
@@ -425,7 +456,7 @@ pub async fn finish(c: &impl GenericClient, a: &Attempt, how: &Finish, stages: &
         };
         let retry_ms = next.retry_after.map(|d| d.as_millis() as f64);
         let n = c
-            .execute(
+            .execute_typed(
                 &format!(
                     "UPDATE pgplane.jobs SET status = $2, attempts = $3, stages = $4::text::jsonb,
                             changes = changes + $5, result = COALESCE($6::text::jsonb, result),
@@ -440,18 +471,18 @@ pub async fn finish(c: &impl GenericClient, a: &Attempt, how: &Finish, stages: &
                         AND ($2 <> 'queued' OR pg_catalog.pg_notify('{CHANNEL}', id::text) IS NOT NULL)"
                 ),
                 &[
-                    &a.job.id,
-                    &next.status.as_str(),
-                    &next.attempts,
-                    &stages,
-                    &changes,
-                    &result,
-                    &error,
-                    &code,
-                    &retry_ms,
-                    &a.attempt,
-                    &a.worker,
-                    &life.cancel_requested,
+                    (&a.job.id, Type::INT8),
+                    (&next.status.as_str(), Type::TEXT),
+                    (&next.attempts, Type::INT4),
+                    (&stages, Type::TEXT),
+                    (&changes, Type::INT4),
+                    (&result, Type::TEXT),
+                    (&error, Type::TEXT),
+                    (&code, Type::TEXT),
+                    (&retry_ms, Type::FLOAT8),
+                    (&a.attempt, Type::INT4),
+                    (&a.worker, Type::TEXT),
+                    (&life.cancel_requested, Type::BOOL),
                 ],
             )
             .await?;
