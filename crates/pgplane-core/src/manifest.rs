@@ -189,6 +189,10 @@ pub struct RawMigrationsDetailed {
     pub changelog_lock_table: Option<String>,
     #[serde(default)]
     pub history_table: Option<String>,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub allow_execute_command: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,6 +306,10 @@ pub struct MigrationsSpec {
     pub changelog_table: Option<String>,
     pub changelog_lock_table: Option<String>,
     pub history_table: Option<String>,
+    /// Liquibase changelog properties (`${name}`), set before the changelog is read.
+    pub properties: BTreeMap<String, String>,
+    /// Lets Liquibase `executeCommand` changes run their program (refused otherwise).
+    pub allow_execute_command: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,7 +344,8 @@ impl Manifest {
             }
             if message.contains("untagged enum RawMigrations") {
                 message = "`migrations` must be a path (a SQL folder or a Liquibase changelog) or a map with keys \
-                           path, contexts, labels, schema, changelog_table, changelog_lock_table, history_table"
+                           path, contexts, labels, schema, changelog_table, changelog_lock_table, history_table, \
+                           properties, allow_execute_command"
                     .into();
             }
             if message.contains("missing field") && line.is_none() {
@@ -827,6 +836,8 @@ fn migrations(raw: &RawMigrations) -> Result<MigrationsSpec, (&'static str, Stri
             changelog_table: d.changelog_table.clone(),
             changelog_lock_table: d.changelog_lock_table.clone(),
             history_table: d.history_table.clone(),
+            properties: d.properties.clone(),
+            allow_execute_command: d.allow_execute_command,
         },
     };
     if spec.path.trim().is_empty() {

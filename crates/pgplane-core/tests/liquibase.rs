@@ -108,22 +108,33 @@ fn errors_name_the_file_line_and_fix() {
             "c.xml",
             r#"<databaseChangeLog>
   <changeSet id="1" author="a">
-    <createProcedure>x</createProcedure>
+    <createTrigger triggerName="t" tableName="x"/>
   </changeSet>
 </databaseChangeLog>"#,
         )],
-        expect!["c.xml:3: changeset 1 (author a): change type createProcedure is not supported; use one of createTable, dropTable, renameTable, addColumn, dropColumn, renameColumn, modifyDataType, addNotNullConstraint, dropNotNullConstraint, addDefaultValue, dropDefaultValue, addPrimaryKey, addUniqueConstraint, addForeignKeyConstraint, dropForeignKeyConstraint, createIndex, dropIndex, createSequence, createView, dropView, setTableRemarks, setColumnRemarks, insert, update, delete, sql, sqlFile, tagDatabase or an sql change"],
+        expect!["c.xml:3: changeset 1 (author a): createTrigger is a Liquibase Pro change type; pgplane runs what open-source Liquibase runs (write it as an sql change)"],
     );
     error(
         vec![(
-            "c.yaml",
-            "databaseChangeLog:\n  - changeSet:\n      id: one\n      author: a\n      changes:\n        - dropTable:\n            tableName: t\n            purge: true\n",
+            "c.xml",
+            r#"<databaseChangeLog>
+  <changeSet id="1" author="a">
+    <customChange class="com.example.Fix"/>
+  </changeSet>
+</databaseChangeLog>"#,
         )],
-        expect!["c.yaml:3: changeset one (author a): dropTable: attribute purge is not supported; remove it"],
+        expect!["c.xml:3: changeset 1 (author a): customChange runs the Java class com.example.Fix, which pgplane cannot run; write what it does as an sql change"],
+    );
+    error(
+        vec![(
+            "c.xml",
+            "<databaseChangeLog>\n  <changeSet id=\"1\" author=\"a\">\n    <dropTable tableName=\"t\" purge=\"true\"/>\n  </changeSet>\n</databaseChangeLog>",
+        )],
+        expect!["c.xml:3: changeset 1 (author a): dropTable: attribute purge is not supported; remove it"],
     );
     error(
         vec![("c.sql", "--liquibase formatted sql\n\n--changeset a:1 runWith:psql\nSELECT 1;\n")],
-        expect!["c.sql:3: changeset 1 (author a): attribute runWith is not supported; use runAlways, runOnChange, failOnError, runInTransaction, splitStatements, stripComments, endDelimiter, context, labels, dbms or logicalFilePath"],
+        expect!["c.sql:3: changeset 1 (author a): runWith:psql hands the SQL to another program; pgplane runs SQL itself (remove runWith)"],
     );
     error(
         vec![("c.xml", "<databaseChangeLog>\n  <include file=\"missing.xml\"/>\n</databaseChangeLog>")],
@@ -131,13 +142,28 @@ fn errors_name_the_file_line_and_fix() {
     );
     error(
         vec![(
-            "c.json",
-            r#"{"databaseChangeLog": [
-  {"changeSet": {"id": "x", "author": "a", "changes": [{"createTable": {"tableName": "t", "columns": [{"column": {"name": "c", "type": "int", "constraints": {"checkConstraint": "c > 0"}}}]}}]}}
-]}"#,
+            "c.xml",
+            r#"<databaseChangeLog>
+  <changeSet id="1" author="a">
+    <alterSequence sequenceName="s" ordered="true"/>
+  </changeSet>
+</databaseChangeLog>"#,
         )],
-        expect!["c.json:2: changeset x (author a): createTable: constraints attribute checkConstraint is not supported; remove it"],
+        expect!["c.xml:3: changeset 1 (author a): alterSequence: attribute ordered: Liquibase writes ORDER/NOORDER, which PostgreSQL rejects"],
     );
+}
+
+/// YAML and JSON keys Liquibase ignores are ignored too, with a warning (nothing silently).
+#[test]
+fn unknown_yaml_keys_are_warned_about() {
+    let files = vec![(
+        "c.yaml",
+        "databaseChangeLog:\n  - changeSet:\n      id: one\n      author: a\n      changes:\n        - dropTable:\n            tableName: t\n            purge: true\n",
+    )];
+    let c = liquibase::load("c.yaml", &Mem(files)).unwrap();
+    assert_eq!(c.changesets.len(), 1);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("purge"), "{:?}", c.warnings);
 }
 
 #[test]

@@ -57,6 +57,7 @@ pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
         lock_timeout: args.change.lock_timeout,
         jobs: 4,
         live: !args.change.json,
+        liquibase: migrate::LiquibaseOptions::default(),
     };
     let runs = match migrate::run_modules(&s, None, None, &opts).await {
         Ok(runs) => runs,
@@ -559,6 +560,10 @@ pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
         lock_timeout: args.lock_timeout,
         jobs: migrate::check_jobs(args.jobs)?,
         live: !args.json && mode == migrate::Mode::Up,
+        liquibase: migrate::LiquibaseOptions {
+            properties: args.property.clone(),
+            allow_execute_command: args.allow_execute_command,
+        },
     };
     for (flag, value) in [
         ("--schema", &args.schema),

@@ -20,6 +20,7 @@ use tokio_postgres::Client;
 
 use crate::conn::{Role, Target as Server};
 pub use ledger::LedgerNames;
+pub use liquibase::LiquibaseOptions;
 pub use source::{Selection, Source};
 
 /// Where one run of migrations goes: a database, a schema in it, and the role that owns
@@ -53,6 +54,8 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Print a line per migration as it runs (not with --json).
     pub live: bool,
+    /// Liquibase properties and permissions.
+    pub liquibase: LiquibaseOptions,
 }
 
 /// One migration in a report.
@@ -221,7 +224,13 @@ pub async fn plan_target(
     t: &Target,
     opts: &RunOptions,
 ) -> Result<(Vec<pgplane_core::migrate::Unit>, Vec<pgplane_core::migrate::Applied>, MigrationPlan)> {
-    let units = source.units(&opts.selection);
+    let units = match source {
+        Source::Liquibase(l) => {
+            let changelog = l.resolve(client, t, &opts.selection, &opts.ledger, &opts.liquibase).await?;
+            liquibase::units_of(&changelog, &opts.selection)
+        }
+        Source::Sql { .. } => source.units(&opts.selection),
+    };
     let applied = ledger::read(client, source, &t.schema, &opts.ledger).await?.unwrap_or_default();
     let p = plan(&units, &applied, PlanOptions { retry_failed: opts.retry_failed });
     Ok((units, applied, p))
@@ -321,9 +330,17 @@ async fn plan_and_run(
             .map(|s| &units[s.unit])
             .filter(|u| applied.iter().any(|a| a.key == u.key && a.checksum.is_none()))
             .collect();
-        liquibase::fill_checksums(client, l, &t.schema, &opts.ledger.table(source), &cleared).await?;
+        liquibase::fill_checksums(client, l, t, &opts.ledger.table(source), &cleared).await?;
     }
     let to_run: Vec<_> = p.to_run().collect();
+    if let Source::Liquibase(l) = source {
+        // Before anything runs: what the run may not do, and the changelogs' own preconditions.
+        let run_units: Vec<&pgplane_core::migrate::Unit> = to_run.iter().map(|s| &units[s.unit]).collect();
+        liquibase::check_refusals(l, t, &run_units)?;
+        if !run_units.is_empty() {
+            liquibase::check_changelog_preconditions(client, l, t, &opts.ledger.table(source)).await?;
+        }
+    }
     for (i, step) in to_run.iter().enumerate() {
         let unit = &units[step.unit];
         // Only the run's last migration waits for its commit to reach disk, which makes
@@ -507,6 +524,7 @@ pub async fn unmigrated(
         lock_timeout: Duration::ZERO,
         jobs: 8,
         live: false,
+        liquibase: LiquibaseOptions::default(),
     }
     .with_spec(spec);
     let targets = targets_of(manifest, desired, m, None, server)?;
@@ -577,6 +595,9 @@ impl RunOptions {
         self.ledger.changelog_table = self.ledger.changelog_table.or(spec.changelog_table.clone());
         self.ledger.changelog_lock_table = self.ledger.changelog_lock_table.or(spec.changelog_lock_table.clone());
         self.ledger.history_table = self.ledger.history_table.or(spec.history_table.clone());
+        // The command line's properties come first, so they win over the manifest's.
+        self.liquibase.properties.extend(spec.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.liquibase.allow_execute_command |= spec.allow_execute_command;
         self
     }
 }

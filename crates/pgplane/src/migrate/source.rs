@@ -48,9 +48,7 @@ impl Source {
             Source::Sql { folder, migrations } => {
                 format!("SQL folder {} ({} migrations)", folder.display(), migrations.len())
             }
-            Source::Liquibase(l) => {
-                format!("Liquibase changelog {} ({} changesets)", l.file.display(), l.changelog.changesets.len())
-            }
+            Source::Liquibase(l) => l.describe(),
         }
     }
 
