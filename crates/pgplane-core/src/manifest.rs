@@ -193,6 +193,8 @@ pub struct RawMigrationsDetailed {
     pub properties: BTreeMap<String, String>,
     #[serde(default)]
     pub allow_execute_command: bool,
+    #[serde(default)]
+    pub search_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -310,6 +312,8 @@ pub struct MigrationsSpec {
     pub properties: BTreeMap<String, String>,
     /// Lets Liquibase `executeCommand` changes run their program (refused otherwise).
     pub allow_execute_command: bool,
+    /// Liquibase's search path, relative to the manifest (default: the changelog's folder).
+    pub search_path: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,7 +349,7 @@ impl Manifest {
             if message.contains("untagged enum RawMigrations") {
                 message = "`migrations` must be a path (a SQL folder or a Liquibase changelog) or a map with keys \
                            path, contexts, labels, schema, changelog_table, changelog_lock_table, history_table, \
-                           properties, allow_execute_command"
+                           properties, allow_execute_command, search_path"
                     .into();
             }
             if message.contains("missing field") && line.is_none() {
@@ -838,6 +842,7 @@ fn migrations(raw: &RawMigrations) -> Result<MigrationsSpec, (&'static str, Stri
             history_table: d.history_table.clone(),
             properties: d.properties.clone(),
             allow_execute_command: d.allow_execute_command,
+            search_path: d.search_path.clone(),
         },
     };
     if spec.path.trim().is_empty() {

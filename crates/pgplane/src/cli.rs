@@ -461,6 +461,10 @@ pub struct MigrateArgs {
     /// the module's `migrations:` (needs --module).
     #[arg(long)]
     pub source: Option<PathBuf>,
+    /// Liquibase's search path: includes and files are found from here and FILENAME is
+    /// the changelog's path relative to it (default: the changelog's folder).
+    #[arg(long, requires = "source")]
+    pub search_path: Option<PathBuf>,
     /// Target schema with --url (default: public). Tenants always use their own schema.
     #[arg(long, requires = "url")]
     pub schema: Option<String>,

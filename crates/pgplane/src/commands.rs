@@ -59,7 +59,7 @@ pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
         live: !args.change.json,
         liquibase: migrate::LiquibaseOptions::default(),
     };
-    let runs = match migrate::run_modules(&s, None, None, &opts).await {
+    let runs = match migrate::run_modules(&s, None, None, None, &opts).await {
         Ok(runs) => runs,
         Err(e) => {
             // Provisioning happened: its result is printed whatever the migrations did.
@@ -577,7 +577,7 @@ pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
     }
     let runs = if let Some(url) = &args.url {
         let path = args.source.as_deref().context("--url needs --source PATH")?;
-        let source = migrate::Source::load(path)?;
+        let source = migrate::Source::load_with(path, args.search_path.as_deref())?;
         let server = crate::conn::Target::from_url("url", url)?;
         let database = server.config.get_dbname().unwrap_or("postgres").to_string();
         let target = migrate::Target {
@@ -596,7 +596,7 @@ pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
         }
         let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
         let only = args.module.as_deref().map(|m| (m, args.tenant.as_deref()));
-        let runs = migrate::run_modules(&s, only, args.source.as_deref(), &opts).await?;
+        let runs = migrate::run_modules(&s, only, args.source.as_deref(), args.search_path.as_deref(), &opts).await?;
         if runs.is_empty() {
             bail!(
                 "no module in {} has `migrations:`; add `migrations: PATH` to a module or pass --module M --source PATH",

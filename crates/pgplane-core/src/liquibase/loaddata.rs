@@ -293,6 +293,8 @@ impl LoadData {
                 }
                 let value: Option<String> = if raw.is_empty() { cfg.default_value.clone() } else { Some(raw.clone()) };
                 let v = match (&value, ty.as_deref()) {
+                    // STRING columns get '' for an empty value without a default.
+                    (None, Some("STRING")) => V::Str(String::new()),
                     (None, _) => V::Null,
                     (Some(v), _) if v.eq_ignore_ascii_case("null") => V::Null,
                     (Some(v), None) => V::Str(v.clone()),

@@ -306,14 +306,22 @@ impl ChangeSet {
     }
 }
 
+/// Java's `StringUtil.limitSize` (lengths in UTF-16 code units).
 fn limit(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(max - 3).collect();
-        t.push_str("...");
-        t
+    if s.encode_utf16().count() <= max {
+        return s.to_string();
     }
+    let mut t = String::new();
+    let mut units = 0;
+    for c in s.chars() {
+        if units + c.len_utf16() > max - 3 {
+            break;
+        }
+        units += c.len_utf16();
+        t.push(c);
+    }
+    t.push_str("...");
+    t
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -837,11 +837,13 @@ impl Ctx<'_> {
         let description = describe(ty, n, params);
         let mut fields = fields;
         if ty == "addForeignKeyConstraint" {
-            // Liquibase turns deleteCascade into onDelete=CASCADE when it loads the change.
+            // Liquibase loads onDelete, then deleteCascade, whose setter leaves onDelete as
+            // CASCADE (true, no onDelete given) or clears it (anything else).
             if let Some(i) = fields.iter().position(|(k, _)| k == "deleteCascade") {
                 let (_, v) = fields.remove(i);
-                if matches!(&v, SVal::Str(b) if b == "true") {
-                    fields.retain(|(k, _)| k != "onDelete");
+                let had_on_delete = fields.iter().any(|(k, _)| k == "onDelete");
+                fields.retain(|(k, _)| k != "onDelete");
+                if matches!(&v, SVal::Str(b) if b == "true") && !had_on_delete {
                     fields.push(("onDelete".into(), SVal::Str("CASCADE".into())));
                 }
             }
@@ -951,8 +953,8 @@ impl Ctx<'_> {
             },
             "addForeignKeyConstraint" => {
                 let mut on_delete = s("onDelete");
-                if flag("deleteCascade") {
-                    on_delete = Some("CASCADE".into());
+                if s("deleteCascade").is_some() {
+                    on_delete = (flag("deleteCascade") && on_delete.is_none()).then(|| "CASCADE".to_string());
                 }
                 Change::AddForeignKeyConstraint {
                     table: name("baseTableSchemaName", "baseTableName")?,

@@ -86,7 +86,7 @@ pub(crate) fn params(ty: &str) -> Option<&'static [Param]> {
             ("referencedTableCatalogName", Str, CATALOG),
             ("referencedTableName", Str, H),
             ("referencedTableSchemaName", Str, H),
-            ("referencesUniqueColumn", Bool, I("informational; Liquibase writes nothing for it")),
+            ("referencesUniqueColumn", ExcludedBool, I("Liquibase's setter discards it: no SQL, no checksum part")),
             ("validate", Bool, H),
         ],
         "addLookupTable" => &[

@@ -190,24 +190,66 @@ pub(crate) fn value_sql(v: &Value, d: Option<&str>) -> String {
     }
 }
 
-/// A default for a column of type `ty`: the column type's `objectToSql`.
-fn default_sql(v: &Value, ty: &str, d: Option<&str>) -> String {
-    let numeric_type = ["INTEGER", "BIGINT", "SMALLINT", "DECIMAL", "numeric", "FLOAT", "REAL", "DOUBLE"]
-        .iter()
-        .any(|p| ty.starts_with(p));
-    let boolean_type = ty == "BOOLEAN";
-    match v {
-        Value::Text(t) if numeric_type && t.trim().parse::<f64>().is_ok() => t.clone(),
-        Value::Text(t) if boolean_type => {
-            let l = t.replace('\'', "").to_ascii_lowercase();
-            match l.as_str() {
-                "true" | "1" | "b'1'" | "t" => "TRUE".into(),
-                "false" | "0" | "b'0'" | "f" => "FALSE".into(),
-                _ => literal(t),
+/// Java's `formatNumber`: a trailing `.0…` dropped.
+fn format_number(n: &str) -> String {
+    match n.find('.') {
+        Some(i) if n.len() > i + 1 && n[i + 1..].bytes().all(|b| b == b'0') => n[..i].to_string(),
+        _ => n.to_string(),
+    }
+}
+
+/// `BooleanType.objectToSql` of a string on PostgreSQL.
+fn boolean_text(t: &str) -> Result<String, String> {
+    let v = t.replace('\'', "");
+    let l = v.to_ascii_lowercase();
+    Ok(match l.as_str() {
+        "true" | "1" | "b'1'" | "t" => "TRUE".into(),
+        "false" | "0" | "b'0'" | "f" => "FALSE".into(),
+        _ => {
+            let bits = v.strip_prefix('b').unwrap_or(&v);
+            let bits = bits.split("::").next().unwrap_or("");
+            let first = bits.chars().next();
+            if !bits.is_empty() && bits.chars().all(|c| Some(c) == first && (c == '0' || c == '1')) {
+                format!("b'{bits}'::\"bit\"")
+            } else {
+                return Err(format!("Liquibase cannot write {t:?} as a boolean value"));
             }
         }
-        v => value_sql(v, d),
-    }
+    })
+}
+
+/// A default for a column of Liquibase type `ty`: the type's `objectToSql`, as Liquibase's
+/// createTable and addColumn write it.
+fn default_sql(v: &Value, ty: Option<&str>, d: Option<&str>) -> Result<String, String> {
+    use types::Class as C;
+    let class = ty.and_then(types::class_of);
+    let texty = matches!(class, Some(C::Char | C::Varchar | C::NChar | C::NVarchar | C::Clob));
+    Ok(match v {
+        Value::Computed(_) | Value::SequenceNext(..) | Value::SequenceCurrent(..) => value_sql(v, d),
+        Value::Boolean(b) => match class {
+            Some(C::SmallInt | C::MediumInt) => if *b { "1" } else { "0" }.into(),
+            _ if texty => literal(&b.to_string()),
+            _ => if *b { "TRUE" } else { "FALSE" }.into(),
+        },
+        Value::Numeric(n) => match class {
+            Some(C::Boolean) => if n == "1" || n == "1.0" { "TRUE" } else { "FALSE" }.into(),
+            _ if texty => literal(n),
+            _ => format_number(n),
+        },
+        Value::Date(x) => literal(&x.replacen('T', " ", 1)),
+        Value::Text(t) => match class {
+            Some(C::BigInt | C::Int | C::SmallInt | C::TinyInt | C::MediumInt) => format_number(t),
+            Some(C::Decimal | C::Number | C::Float | C::Double | C::Currency | C::Uuid | C::Xml | C::Function) => {
+                t.clone()
+            }
+            Some(C::Boolean) => boolean_text(t)?,
+            Some(C::Clob) if t.starts_with('\'') => t.clone(),
+            Some(C::DateTime | C::Timestamp) if t.ends_with("()") || is_now(t) => function_sql(t),
+            Some(C::Blob) => format!("'{t}'"),
+            None if ty.is_some() => format!("'{t}'"),
+            _ => literal(t),
+        },
+    })
 }
 
 fn column_def(c: &Column, in_create_table: bool, d: Option<&str>) -> Result<String, String> {
@@ -237,7 +279,7 @@ fn column_def(c: &Column, in_create_table: bool, d: Option<&str>) -> Result<Stri
             Value::Computed(g) if g.trim_start().to_ascii_uppercase().starts_with("GENERATED ALWAYS ") => {
                 s.push_str(&format!(" {g}"));
             }
-            v => s.push_str(&format!(" DEFAULT {}", default_sql(v, &ty, d))),
+            v => s.push_str(&format!(" DEFAULT {}", default_sql(v, c.data_type.as_deref(), d)?)),
         }
     }
     if cons.nullable == Some(false) || (cons.primary_key && in_create_table) {
@@ -249,25 +291,45 @@ fn column_def(c: &Column, in_create_table: bool, d: Option<&str>) -> Result<Stri
     Ok(s)
 }
 
-/// `references: table(col)` or referencedTableName + referencedColumnNames.
-fn fk_target(c: &Column) -> Option<(Name, String)> {
+/// createTable's foreign key target: `references` written as given (the default schema
+/// put in front when it names none), or referencedTableName(referencedColumnNames).
+fn create_table_fk_target(c: &Column, d: Option<&str>) -> Option<String> {
     let cons = c.constraints.as_ref()?;
     if let Some(r) = &cons.references {
-        let (t, cols) = match r.find('(') {
-            Some(i) => (r[..i].trim(), r[i + 1..].trim_end_matches(')').trim()),
-            None => (r.trim(), ""),
-        };
-        let name = match t.split_once('.') {
-            Some((s, t)) => Name { schema: Some(s.to_string()), name: t.to_string() },
-            None => Name { schema: None, name: t.to_string() },
-        };
-        let cols: Vec<String> = cols.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
-        return Some((name, self::cols(&cols)));
+        return Some(match d {
+            Some(schema) if !r.contains('.') => format!("{}.{r}", ident(schema)),
+            _ => r.clone(),
+        });
     }
     let t = cons.referenced_table.as_ref()?;
     let cols: Vec<String> =
         cons.referenced_columns.as_deref().unwrap_or("").split(',').map(|c| c.trim().to_string()).collect();
-    Some((Name { schema: cons.referenced_table_schema.clone(), name: t.clone() }, self::cols(&cols)))
+    let name = Name { schema: cons.referenced_table_schema.clone(), name: t.clone() };
+    Some(format!("{}({})", q(&name, d), self::cols(&cols)))
+}
+
+/// addColumn's foreign key target: `table(col)` (AddColumnGenerator's REFERENCE_PATTERN) or
+/// referencedTableName + referencedColumnNames.
+fn add_column_fk_target(c: &Column) -> Result<Option<(Name, String)>, String> {
+    let Some(cons) = c.constraints.as_ref() else { return Ok(None) };
+    let (table, col) = if let Some(r) = &cons.references {
+        let re = regex::Regex::new(r"^([\w\._]+)\s*\(\s*([\w_]+)\s*\)$").map_err(|e| e.to_string())?;
+        let caps = re
+            .captures(r)
+            .ok_or_else(|| format!("Liquibase cannot find table and column names in references={r:?} (write table(column))"))?;
+        (caps[1].to_string(), caps[2].to_string())
+    } else {
+        match (&cons.referenced_table, &cons.referenced_columns) {
+            (Some(t), Some(cols)) => (t.clone(), cols.clone()),
+            _ => return Ok(None),
+        }
+    };
+    let name = match table.split_once('.') {
+        Some((s, t)) if !s.is_empty() => Name { schema: Some(s.to_string()), name: t.split('.').next().unwrap_or(t).to_string() },
+        _ => Name { schema: cons.referenced_table_schema.clone(), name: table },
+    };
+    let cols: Vec<String> = col.split(',').map(|c| c.trim().to_string()).collect();
+    Ok(Some((name, self::cols(&cols))))
 }
 
 fn fk_suffix(cons_delete_cascade: bool, deferrable: bool, initially_deferred: bool) -> String {
@@ -301,8 +363,7 @@ fn raw(s: &SqlChange) -> Vec<String> {
     if sql.is_empty() {
         return Vec::new();
     }
-    let delim = s.end_delimiter.as_deref().map(|d| d.replace("\\r", "\r").replace("\\n", "\n"));
-    split::process(&sql, s.strip_comments, s.split_statements, delim.as_deref())
+    split::process(&sql, s.strip_comments, s.split_statements, s.end_delimiter.as_deref())
 }
 
 /// `modifySql` applied to one statement (`rollback`: only those with `applyToRollback`).
@@ -442,12 +503,11 @@ fn change_sql(c: &Change, d: Option<&str>, catalog: &dyn Catalog) -> Result<Vec<
             }
             for c in columns {
                 let Some(k) = &c.constraints else { continue };
-                if let Some((target, rcols)) = fk_target(c) {
+                if let Some(target) = create_table_fk_target(c, d) {
                     let name = constraint(k.foreign_key_name.as_deref());
                     parts.push(format!(
-                        "{name}FOREIGN KEY ({}) REFERENCES {}({rcols}){}",
+                        "{name}FOREIGN KEY ({}) REFERENCES {target}{}",
                         ident(&c.name),
-                        q(&target, d),
                         fk_suffix(k.delete_cascade, k.deferrable, k.initially_deferred)
                     ));
                 }
@@ -515,16 +575,15 @@ fn change_sql(c: &Change, d: Option<&str>, catalog: &dyn Catalog) -> Result<Vec<
                     let name = constraint(k.unique_constraint_name.as_deref());
                     adds.push(format!("ALTER TABLE {t} ADD {name}UNIQUE ({})", ident(&c.name)));
                 }
-                if let Some((target, rcols)) = fk_target(c) {
-                    let name = match &k.foreign_key_name {
-                        Some(n) => format!("CONSTRAINT {} ", ident(n)),
-                        None => String::new(),
-                    };
+                if let Some((target, rcols)) = add_column_fk_target(c)? {
+                    // Liquibase writes the name even when there is none (`CONSTRAINT null`,
+                    // which PostgreSQL rejects), and of the options only ON DELETE CASCADE.
+                    let name = k.foreign_key_name.as_deref().map_or_else(|| "null".to_string(), ident);
                     adds.push(format!(
-                        "ALTER TABLE {t} ADD {name}FOREIGN KEY ({}) REFERENCES {} ({rcols}){}",
+                        "ALTER TABLE {t} ADD CONSTRAINT {name} FOREIGN KEY ({}) REFERENCES {} ({rcols}){}",
                         ident(&c.name),
                         q(&target, d),
-                        fk_suffix(k.delete_cascade, k.deferrable, k.initially_deferred)
+                        if k.delete_cascade { " ON DELETE CASCADE" } else { "" }
                     ));
                 }
                 if let Some(v) = &c.value {

@@ -6,7 +6,7 @@
 
 /// The Liquibase data type classes (by their `@DataTypeInfo` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
+pub(crate) enum Class {
     BigInt,
     Blob,
     Boolean,
@@ -209,6 +209,25 @@ fn add_info(mut t: String, info: Option<&str>) -> String {
         t.push_str(i);
     }
     t
+}
+
+/// The Liquibase data type class a type name resolves to (`None`: an unknown name).
+pub(crate) fn class_of(definition: &str) -> Option<Class> {
+    let mut name = definition.to_string();
+    if name.find('(').is_some_and(|i| i > 0) && name.rfind(')').is_some_and(|c| Some(c) > name.find('(')) {
+        name = strip_parens(&name);
+    }
+    if let Some(i) = name.find('{').filter(|&i| i > 0) {
+        name = name[..i].trim_end().to_string();
+    }
+    let lower = name.to_ascii_lowercase();
+    let lower = lower.strip_suffix(" identity").unwrap_or(&lower).trim().to_string();
+    let keep_whole = ["bit varying", "character varying", "long varchar", "long nvarchar", "long binary", "long varbinary"]
+        .iter()
+        .any(|p| lower.starts_with(p));
+    let key = if keep_whole { lower.clone() } else { lower.split_whitespace().next().unwrap_or("").to_string() };
+    let key = key.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']' || c == '\'');
+    REGISTRY.iter().find(|(n, _)| n.eq_ignore_ascii_case(key)).map(|(_, c)| *c)
 }
 
 /// Resolves a changelog type name (`varchar(255)`, `bigint{autoIncrement:true}`,

@@ -71,9 +71,25 @@ fn environment() -> Vec<(String, String)> {
     std::env::vars().collect()
 }
 
-pub fn load(path: &Path) -> Result<LiquibaseSource> {
-    let search_path = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let name = path.file_name().and_then(|n| n.to_str()).context("the changelog path has no file name")?.to_string();
+pub fn load(path: &Path, search_path: Option<&Path>) -> Result<LiquibaseSource> {
+    let (search_path, name) = match search_path {
+        None => {
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+            let name = path.file_name().and_then(|n| n.to_str()).context("the changelog path has no file name")?;
+            (dir, name.to_string())
+        }
+        Some(root) => {
+            let rel = path.strip_prefix(root).with_context(|| {
+                format!(
+                    "the changelog {} is not under the search path {}; give a changelog inside it",
+                    path.display(),
+                    root.display()
+                )
+            })?;
+            let name = rel.to_str().context("the changelog path is not UTF-8")?.replace('\\', "/");
+            (root.to_path_buf(), name)
+        }
+    };
     let opts = LoadOptions { environment: environment(), ..LoadOptions::default() };
     let changelog = parse(&search_path, &name, &opts)?;
     for w in &changelog.warnings {
@@ -609,7 +625,8 @@ async fn write_row(c: &Client, schema: &str, table: &str, row: Row<'_>) -> Resul
         }
     }
     let description = truncate(&cs.description(), 255);
-    let comment = truncate(cs.comment.as_deref().unwrap_or(""), 255);
+    // Liquibase: StringUtil.limitSize(trimToEmpty(comments), 250).
+    let comment = truncate(cs.comment.as_deref().unwrap_or("").trim(), 250);
     let tool = truncate(TOOL, 20);
     c.execute_typed(
         &format!(
@@ -661,11 +678,20 @@ pub async fn fill_checksums(
     Ok(())
 }
 
+/// Java's `StringUtil.limitSize`: lengths in UTF-16 code units.
 fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
+    if s.encode_utf16().count() <= max {
         return s.to_string();
     }
-    let mut out: String = s.chars().take(max - 3).collect();
+    let mut out = String::new();
+    let mut units = 0;
+    for c in s.chars() {
+        if units + c.len_utf16() > max - 3 {
+            break;
+        }
+        units += c.len_utf16();
+        out.push(c);
+    }
     out.push_str("...");
     out
 }

@@ -622,6 +622,7 @@ pub async fn run_modules(
     s: &crate::ops::Session,
     only: Option<(&str, Option<&str>)>,
     source_override: Option<&std::path::Path>,
+    search_path_override: Option<&std::path::Path>,
     base: &RunOptions,
 ) -> Result<Vec<ModuleRun>> {
     let modules: Vec<&pgplane_core::manifest::ModuleSpec> = match only {
@@ -646,7 +647,12 @@ pub async fn run_modules(
                 s.manifest.file.display()
             ),
         };
-        let source = Source::load(&path).with_context(|| format!("module {}", m.name))?;
+        let search_path = match (search_path_override, &spec.search_path) {
+            (Some(p), _) => Some(p.to_path_buf()),
+            (None, Some(p)) => Some(module_source_path(&s.manifest.file, p)),
+            (None, None) => None,
+        };
+        let source = Source::load_with(&path, search_path.as_deref()).with_context(|| format!("module {}", m.name))?;
         let opts = base.clone().with_spec(&spec);
         let targets = module_targets(s, m, only.and_then(|(_, t)| t))?;
         work.push((m.name.clone(), source, targets, opts));

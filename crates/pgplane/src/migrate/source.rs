@@ -27,6 +27,13 @@ impl Source {
     /// Reads a source: a folder is a SQL folder; a `.yaml`/`.yml`/`.xml`/`.json` file or a
     /// `.sql` file starting with `--liquibase formatted sql` is a Liquibase changelog.
     pub fn load(path: &Path) -> Result<Source> {
+        Source::load_with(path, None)
+    }
+
+    /// [`Source::load`] with Liquibase's search path given (`--search-path`,
+    /// `migrations.search_path`): the changelog's includes and files are found from there,
+    /// and its FILENAME is its path relative to it, as with `liquibase --search-path`.
+    pub fn load_with(path: &Path, search_path: Option<&Path>) -> Result<Source> {
         let meta = std::fs::metadata(path).with_context(|| {
             format!("migration source {} cannot be read; give a SQL folder or a Liquibase changelog", path.display())
         })?;
@@ -34,7 +41,7 @@ impl Source {
             return load_sql_folder(path);
         }
         if liquibase::is_changelog(path)? {
-            return Ok(Source::Liquibase(liquibase::load(path)?));
+            return Ok(Source::Liquibase(liquibase::load(path, search_path)?));
         }
         bail!(
             "{} is not a migration source: give a folder of V<version>__<description>.sql files, or a Liquibase \

@@ -711,7 +711,7 @@ async fn apply_job(
         live: false,
         liquibase: crate::migrate::LiquibaseOptions::default(),
     };
-    let runs = crate::migrate::run_modules(&s, None, None, &opts).await?;
+    let runs = crate::migrate::run_modules(&s, None, None, None, &opts).await?;
     let failed: Vec<String> = runs
         .iter()
         .flat_map(|r| r.targets.iter().filter(|t| !t.ok).map(move |t| (r, t)))

@@ -5,7 +5,7 @@
 // usage: java -cp <liquibase jars> LiquibaseBatch.java JOBS RESULTS THREADS
 //   JOBS     one job per line, tab-separated:
 //            key, command (update | validate | status), search path, changelog file, JDBC URL,
-//            user, password
+//            user, password, contexts (may be empty)
 //   RESULTS  written line by line as jobs end: key, "ok" or "fail", the error (one line)
 //   THREADS  how many jobs run at once (each on its own database)
 import java.io.BufferedReader;
@@ -77,6 +77,9 @@ public class LiquibaseBatch {
             c.addArgumentValue("url", job[4]);
             c.addArgumentValue("username", job[5]);
             c.addArgumentValue("password", job[6]);
+            if (job.length > 7 && !job[7].isEmpty()) {
+                c.addArgumentValue("contexts", job[7]);
+            }
             c.setOutput(new ByteArrayOutputStream());
             c.execute();
         });
