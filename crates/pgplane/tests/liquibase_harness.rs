@@ -75,6 +75,9 @@ struct Case {
     harness_init: bool,
     /// Liquibase contexts for both tools.
     contexts: Option<String>,
+    /// Both tools must fail part way (a breadth case marked `suite-expect: fail`), leaving
+    /// the same schema, rows and ledger behind.
+    expect_fail: bool,
 }
 
 fn fixtures() -> PathBuf {
@@ -121,6 +124,7 @@ fn harness_cases() -> Vec<Case> {
             changelog: f,
             harness_init: true,
             contexts: None,
+            expect_fail: false,
         });
     }
     for f in specific {
@@ -130,6 +134,7 @@ fn harness_cases() -> Vec<Case> {
             changelog: f,
             harness_init: true,
             contexts: None,
+            expect_fail: false,
         });
     }
     for (dir, prefix) in [("data/changelogs", "harness/data"), ("compatibility/foundational/changelogs", "harness/foundational")]
@@ -141,6 +146,7 @@ fn harness_cases() -> Vec<Case> {
                 changelog: f,
                 harness_init: true,
                 contexts: None,
+                expect_fail: false,
             });
         }
     }
@@ -155,6 +161,7 @@ fn app_cases() -> Vec<Case> {
         changelog: changelog.to_string(),
         harness_init: false,
         contexts: contexts.map(str::to_string),
+        expect_fail: false,
     };
     vec![
         app("jhipster-sample-app", "jhipster-sample-app", "config/liquibase/master.xml", None),
@@ -183,13 +190,22 @@ fn breadth_cases() -> Vec<Case> {
         .filter(|n| n.starts_with("case-"))
         .collect();
     v.sort();
+    // A case says what it needs in its text: `suite-contexts: a,b`, `suite-expect: fail`.
+    let marker = |text: &str, key: &str| -> Option<String> {
+        let at = text.find(key)? + key.len();
+        text[at..].split_whitespace().next().map(str::to_string)
+    };
     v.into_iter()
-        .map(|f| Case {
-            name: format!("breadth/{f}"),
-            search_path: root.clone(),
-            changelog: f,
-            harness_init: true,
-            contexts: None,
+        .map(|f| {
+            let text = std::fs::read_to_string(root.join(&f)).unwrap();
+            Case {
+                name: format!("breadth/{f}"),
+                search_path: root.clone(),
+                contexts: marker(&text, "suite-contexts:"),
+                expect_fail: marker(&text, "suite-expect:").as_deref() == Some("fail"),
+                changelog: f,
+                harness_init: true,
+            }
         })
         .collect()
 }
@@ -448,7 +464,16 @@ fn liquibase_conformance_suite() {
         let lb_error = &lb[&case.name];
         let pg_run = &pg[i];
         let expected_fail = LIQUIBASE_FAILS.iter().find(|(n, _, _)| *n == case.name);
+        if case.expect_fail {
+            if lb_error.is_none() {
+                return Err(format!("{}: real Liquibase ran it, but the case expects it to fail", case.name));
+            }
+            if pg_run.code == 0 {
+                return Err(format!("{}: Liquibase failed part way, pgplane did not", case.name));
+            }
+        }
         match (lb_error, expected_fail) {
+            (Some(_), None) if case.expect_fail => {}
             (Some(e), None) => return Err(format!("{}: real Liquibase failed, and the case is not in LIQUIBASE_FAILS: {e}", case.name)),
             (None, Some(_)) => return Err(format!("{}: real Liquibase ran it, but it is listed in LIQUIBASE_FAILS", case.name)),
             (Some(_), Some((_, _, marker))) => {
@@ -462,7 +487,7 @@ fn liquibase_conformance_suite() {
             }
             (None, None) => {}
         }
-        if pg_run.code != 0 {
+        if pg_run.code != 0 && !case.expect_fail {
             return Err(format!("{}: pgplane failed where Liquibase ran it:\n{}{}", case.name, pg_run.stdout, pg_run.stderr));
         }
         let mut diffs = Vec::new();
@@ -484,7 +509,7 @@ fn liquibase_conformance_suite() {
     });
     let mut ran_by_liquibase = 0;
     for (i, r) in compared.into_iter().enumerate() {
-        if lb[&cases[i].name].is_none() {
+        if lb[&cases[i].name].is_none() || cases[i].expect_fail {
             ran_by_liquibase += 1;
         }
         match r {
@@ -500,7 +525,7 @@ fn liquibase_conformance_suite() {
     let compared_at = started.elapsed();
 
     // Each tool continues the other's database: nothing new runs, no checksum error.
-    let cont_cases: Vec<usize> = same.clone();
+    let cont_cases: Vec<usize> = same.iter().copied().filter(|&i| !cases[i].expect_fail).collect();
     let before: Vec<Vec<String>> = cont_cases.iter().map(|&i| identities(&t, &dbs[i].1)).collect();
     let jobs2: Vec<(String, String, &Case)> =
         cont_cases.iter().map(|&i| (cases[i].name.clone(), dbs[i].1.clone(), &cases[i])).collect();

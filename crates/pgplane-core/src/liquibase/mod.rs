@@ -457,6 +457,63 @@ pub enum Condition {
     },
 }
 
+impl Condition {
+    /// What the condition asks, in Liquibase's words (`tableExists tableName=authors`), for
+    /// the message of a precondition that fails.
+    pub fn describe(&self) -> String {
+        let q = |s: &Option<String>, n: &str| match s {
+            Some(s) => format!("{s}.{n}"),
+            None => n.to_string(),
+        };
+        let list = |v: &[Condition]| v.iter().map(Condition::describe).collect::<Vec<_>>().join(", ");
+        match self {
+            Condition::All(v) => format!("and ({})", list(v)),
+            Condition::Any(v) => format!("or ({})", list(v)),
+            Condition::Not(v) => format!("not ({})", list(v)),
+            Condition::TableExists { schema, table } => format!("tableExists {}", q(schema, table)),
+            Condition::ColumnExists { schema, table, column } => {
+                format!("columnExists {}.{column}", q(schema, table))
+            }
+            Condition::ViewExists { schema, view } => format!("viewExists {}", q(schema, view)),
+            Condition::SequenceExists { schema, sequence } => format!("sequenceExists {}", q(schema, sequence)),
+            Condition::IndexExists { schema, table, index, columns } => format!(
+                "indexExists{}{}{}",
+                index.as_ref().map(|i| format!(" indexName={}", q(schema, i))).unwrap_or_default(),
+                table.as_ref().map(|t| format!(" tableName={t}")).unwrap_or_default(),
+                if columns.is_empty() { String::new() } else { format!(" columnNames={}", columns.join(",")) }
+            ),
+            Condition::PrimaryKeyExists { schema, table, name } => format!(
+                "primaryKeyExists{}{}",
+                name.as_ref().map(|n| format!(" primaryKeyName={}", q(schema, n))).unwrap_or_default(),
+                table.as_ref().map(|t| format!(" tableName={t}")).unwrap_or_default()
+            ),
+            Condition::ForeignKeyExists { schema, table, name } => format!(
+                "foreignKeyConstraintExists foreignKeyName={}{}",
+                q(schema, name),
+                table.as_ref().map(|t| format!(" foreignKeyTableName={t}")).unwrap_or_default()
+            ),
+            Condition::UniqueConstraintExists { schema, table, name, columns } => format!(
+                "uniqueConstraintExists tableName={}{}{}",
+                q(schema, table),
+                name.as_ref().map(|n| format!(" constraintName={n}")).unwrap_or_default(),
+                if columns.is_empty() { String::new() } else { format!(" columnNames={}", columns.join(",")) }
+            ),
+            Condition::RowCount { schema, table, expected } => {
+                format!("rowCount {} expectedRows={expected}", q(schema, table))
+            }
+            Condition::TableIsEmpty { schema, table } => format!("tableIsEmpty {}", q(schema, table)),
+            Condition::RunningAs { username } => format!("runningAs username={username}"),
+            Condition::Constant(b) => format!("{b} (decided when the changelog was read)"),
+            Condition::ChangeSetExecuted { filename, id, author } => {
+                format!("changeSetExecuted {filename}::{id}::{author}")
+            }
+            Condition::SqlCheck { expected, sql } => {
+                format!("sqlCheck expectedResult={expected} {:?}", sql.trim())
+            }
+        }
+    }
+}
+
 /// A schema-qualified name as written in the changelog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Name {

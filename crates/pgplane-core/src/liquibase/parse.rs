@@ -836,6 +836,34 @@ impl Ctx<'_> {
         let fields = canon_fields(n, params, &err)?;
         let description = describe(ty, n, params);
         let mut fields = fields;
+        match ty {
+            // The message of output is the element's text (a DIRECT_VALUE) when no attribute
+            // gives it; its getters answer the defaults, which the checksum serialises.
+            "output" => {
+                let trimmed = |v: Option<String>| v.map(|m| m.trim().to_string()).filter(|m| !m.is_empty());
+                fields.retain(|(k, _)| k != "message" && k != "target");
+                if let Some(m) = trimmed(n.get("message")).or_else(|| trimmed(n.text.clone())) {
+                    fields.push(("message".into(), SVal::Str(m)));
+                }
+                let target = trimmed(n.get("target")).unwrap_or_else(|| "STDERR".into());
+                fields.push(("target".into(), SVal::Str(target)));
+            }
+            "stop" => {
+                // StopChange.customLoadLogic: the element's text, when there is one, wins.
+                let m = n
+                    .text
+                    .clone()
+                    .map(|m| m.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .or_else(|| n.get("message").map(|m| m.trim().to_string()).filter(|m| !m.is_empty()));
+                fields.retain(|(k, _)| k != "message");
+                fields.push((
+                    "message".into(),
+                    SVal::Str(m.unwrap_or_else(|| "Stop command in changelog file".into())),
+                ));
+            }
+            _ => {}
+        }
         if ty == "addForeignKeyConstraint" {
             // Liquibase loads onDelete, then deleteCascade, whose setter leaves onDelete as
             // CASCADE (true, no onDelete given) or clears it (anything else).
@@ -1173,14 +1201,34 @@ impl Ctx<'_> {
                 }));
                 return Ok((c, Some(sum), description));
             }
-            "output" => Change::Output {
-                message: s("message").or_else(|| n.text.clone()).map(|m| m.trim().to_string()).unwrap_or_default(),
-                target: s("target").unwrap_or_else(|| "STDERR".into()),
-            },
+            "output" => {
+                let target =
+                    s("target").map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).unwrap_or_else(|| "STDERR".into());
+                const TARGETS: [&str; 9] =
+                    ["STDOUT", "STDERR", "DEBUG", "INFO", "WARN", "WARNING", "SEVERE", "FATAL", "ERROR"];
+                if !TARGETS.iter().any(|t| t.eq_ignore_ascii_case(&target)) {
+                    return Err(err(format!(
+                        "attribute target: {target:?} is not an output target (Liquibase fails with \"Unknown target\"); use one of STDOUT, STDERR, DEBUG, INFO, WARN, FATAL"
+                    )));
+                }
+                Change::Output {
+                message: s("message")
+                    .filter(|m| !m.trim().is_empty())
+                    .or_else(|| n.text.clone())
+                    .map(|m| m.trim().to_string())
+                    .unwrap_or_default(),
+                    target,
+                }
+            }
             "empty" => Change::Empty,
             "stop" => Change::Stop {
-                message: s("message")
-                    .or_else(|| n.text.clone())
+                // StopChange.customLoadLogic: the element's text, when there is one, wins.
+                message: n
+                    .text
+                    .clone()
+                    .map(|m| m.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .or_else(|| s("message"))
                     .map(|m| m.trim().to_string())
                     .filter(|m| !m.is_empty())
                     .unwrap_or_else(|| "Stop command in changelog file".into()),

@@ -165,7 +165,8 @@ pub(crate) fn builtins(t: &TargetInfo) -> Vec<(String, String)> {
             if t.schema.is_empty() { String::new() } else { format!(".{}", t.schema) },
         ),
         ("database.lineComment", "--".to_string()),
-        ("database.liquibaseSchemaName", t.schema.clone()),
+        // database.liquibaseSchemaName: Liquibase 4.28 sets it to null unless
+        // --liquibase-schema-name is given, so `${database.liquibaseSchemaName}` stays as written.
         ("database.typeName", "postgresql".to_string()),
         ("database.isSafeToRunUpdate", b(true)),
         ("database.requiresPassword", b(true)),

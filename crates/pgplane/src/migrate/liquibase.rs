@@ -529,6 +529,19 @@ async fn holds(client: &Client, schema: &str, ledger: &str, c: &Condition) -> Re
     })
 }
 
+/// The first condition of `c` that fails (described), or `None` when `c` holds.
+async fn failing(client: &Client, schema: &str, ledger: &str, c: &Condition) -> Result<Option<String>> {
+    if let Condition::All(list) = c {
+        for c in list {
+            if let Some(f) = Box::pin(failing(client, schema, ledger, c)).await? {
+                return Ok(Some(f));
+            }
+        }
+        return Ok(None);
+    }
+    Ok((!holds(client, schema, ledger, c).await?).then(|| c.describe()))
+}
+
 /// JDBC's `getString` on a boolean is `true`/`false`, PostgreSQL's text `t`/`f`.
 fn jdbc_text(v: &str) -> String {
     match v {
@@ -560,10 +573,10 @@ pub async fn check_changelog_preconditions(
 ) -> Result<()> {
     let resolved = src.resolved(t)?;
     for pre in &resolved.changelog.preconditions {
-        let verdict = holds(client, &t.schema, ledger, &pre.condition).await;
+        let verdict = failing(client, &t.schema, ledger, &pre.condition).await;
         let (option, what) = match verdict {
-            Ok(true) => continue,
-            Ok(false) => (pre.on_fail, pre.on_fail_message.clone().unwrap_or_else(|| "precondition failed".into())),
+            Ok(None) => continue,
+            Ok(Some(f)) => (pre.on_fail, pre.on_fail_message.clone().unwrap_or_else(|| format!("precondition failed: {f}"))),
             Err(e) => {
                 (pre.on_error, pre.on_error_message.clone().unwrap_or_else(|| format!("precondition error: {e:#}")))
             }
@@ -808,14 +821,14 @@ async fn act(a: &Action, allow_execute: bool, here: &str) -> Result<(), String> 
             match target.to_ascii_uppercase().as_str() {
                 "STDOUT" => println!("{message}"),
                 "STDERR" => eprintln!("{message}"),
-                "WARN" => tracing::warn!("{message}"),
-                "FATAL" => tracing::error!("{message}"),
+                "WARN" | "WARNING" => tracing::warn!("{message}"),
+                "SEVERE" | "FATAL" | "ERROR" => tracing::error!("{message}"),
                 "DEBUG" => tracing::debug!("{message}"),
                 _ => tracing::info!("{message}"),
             }
             Ok(())
         }
-        Action::Stop { message } => Err(format!("stopped by a stop change at {here}: {message}")),
+        Action::Stop { message } => Err(format!("stopped by a stop change: {message}")),
         Action::Execute { executable, args, timeout } => {
             if !allow_execute {
                 return Err(format!(
@@ -1115,10 +1128,10 @@ async fn precondition_outcome(
     had_failure: bool,
     here: &str,
 ) -> Result<Option<Outcome>> {
-    let verdict = holds(client, schema, table, &pre.condition).await;
+    let verdict = failing(client, schema, table, &pre.condition).await;
     let (handling, what) = match &verdict {
-        Ok(true) => return Ok(None),
-        Ok(false) => (pre.on_fail, pre.on_fail_message.clone().unwrap_or_else(|| "precondition failed".into())),
+        Ok(None) => return Ok(None),
+        Ok(Some(f)) => (pre.on_fail, pre.on_fail_message.clone().unwrap_or_else(|| format!("precondition failed: {f}"))),
         Err(e) => (pre.on_error, pre.on_error_message.clone().unwrap_or_else(|| format!("precondition error: {e:#}"))),
     };
     Ok(match handling {
