@@ -428,16 +428,15 @@ fn liquibase_conformance_suite() {
     let dbs: Vec<(String, String)> = (0..cases.len()).map(|i| (format!("lbh_{i}_l"), format!("lbh_{i}_p"))).collect();
 
     // Fresh databases, prepared with the harness's init SQL where the case wants it.
-    let init = init_sql();
-    let mut script = String::new();
-    for (l, p) in &dbs {
-        script.push_str(&format!("DROP DATABASE IF EXISTS {l};\nCREATE DATABASE {l};\nDROP DATABASE IF EXISTS {p};\nCREATE DATABASE {p};\n"));
-    }
+    // The init SQL runs once, into a template the cases' databases are copied from.
+    let mut script = format!(
+        "DROP DATABASE IF EXISTS lbh_init;\nCREATE DATABASE lbh_init;\n\\connect lbh_init\nSET client_min_messages = warning;\n{}\n\\connect postgres\n",
+        init_sql()
+    );
     for (case, (l, p)) in cases.iter().zip(&dbs) {
-        if case.harness_init {
-            for db in [l, p] {
-                script.push_str(&format!("\\connect {db}\nSET client_min_messages = warning;\n{init}\n"));
-            }
+        let template = if case.harness_init { " TEMPLATE lbh_init" } else { "" };
+        for db in [l, p] {
+            script.push_str(&format!("DROP DATABASE IF EXISTS {db};\nCREATE DATABASE {db}{template};\n"));
         }
     }
     psql_script(&with_db(&t.server.url, "postgres"), &script);
@@ -458,7 +457,7 @@ fn liquibase_conformance_suite() {
     // Compare.
     let mut problems: Vec<String> = Vec::new();
     let mut same: Vec<usize> = Vec::new();
-    let compared = parallel(&(0..cases.len()).collect::<Vec<_>>(), 4, |&i| {
+    let compared = parallel(&(0..cases.len()).collect::<Vec<_>>(), 8, |&i| {
         let case = &cases[i];
         let (l, p) = &dbs[i];
         let lb_error = &lb[&case.name];

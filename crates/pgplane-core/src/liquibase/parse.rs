@@ -248,8 +248,8 @@ impl Ctx<'_> {
         let r = match kind {
             "sql" => formatted::parse(self, path, &src, inherit)
                 .and_then(|sets| sets.into_iter().try_for_each(|cs| self.push(cs))),
-            "xml" => node::from_xml(path, &src).and_then(|n| self.changelog(path, &src, n, inherit, true)),
-            k => node::from_yaml(path, &src, k == "json").and_then(|n| self.changelog(path, &src, n, inherit, false)),
+            "xml" => node::from_xml(path, &src).and_then(|n| self.changelog(path, n, inherit, true)),
+            _ => node::from_yaml(path, &src).and_then(|n| self.changelog(path, n, inherit, false)),
         };
         self.stack.pop();
         r
@@ -286,7 +286,6 @@ impl Ctx<'_> {
     fn changelog(
         &mut self,
         path: &str,
-        src: &str,
         mut root: Node,
         inherit: &Inherit,
         strict: bool,
@@ -330,7 +329,6 @@ impl Ctx<'_> {
             inherit.contexts.push(self.props.expand(&c, &file_key));
         }
         let filename = file_key.clone();
-        let mut finder = LineFinder { src, from: 0 };
         for child in &root.children {
             let mut c = child.clone();
             if ["logicalFilePath", "context", "contextFilter", "objectQuotingStrategy"].contains(&c.name.as_str())
@@ -341,17 +339,17 @@ impl Ctx<'_> {
             self.expand_node(&mut c, &file_key);
             match c.name.as_str() {
                 "property" => {
-                    let line = c.line.or_else(|| c.get("name").and_then(|n| finder.find(&n)));
+                    let line = c.line;
                     self.property(path, &file_key, &c, line)?;
                 }
                 "changeSet" => {
-                    let line = c.line.or_else(|| c.get("id").and_then(|id| finder.find(&id)));
+                    let line = c.line;
                     if let Some(cs) = self.changeset(path, &filename, &c, line.unwrap_or(1), &inherit, &file_key, strict)? {
                         self.push(cs)?;
                     }
                 }
                 "include" => {
-                    let line = c.line.or_else(|| c.get("file").and_then(|f| finder.find(&f)));
+                    let line = c.line;
                     check_attrs(
                         &c,
                         &["file", "relativeToChangelogFile", "errorIfMissing", "context", "contextFilter", "labels", "ignore"],
@@ -376,7 +374,7 @@ impl Ctx<'_> {
                     self.file(&target, Some((path, line)), true, &sub)?;
                 }
                 "includeAll" => {
-                    let line = c.line.or_else(|| c.get("path").and_then(|f| finder.find(&f)));
+                    let line = c.line;
                     self.include_all(path, &c, line, &inherit)?;
                 }
                 "preConditions" => {
@@ -1893,7 +1891,7 @@ fn condition(
     file_key: &str,
 ) -> Result<Condition, ChangelogError> {
     let err = |m: String| ChangelogError::new(path, Some(line), format!("{who}: precondition {}: {m}", n.name));
-    let mut kids = |n: &Node, props: &mut Props| -> Result<Vec<Condition>, ChangelogError> {
+    let kids = |n: &Node, props: &mut Props| -> Result<Vec<Condition>, ChangelogError> {
         n.flat_children("preConditions")
             .into_iter()
             .map(|c| condition(c, path, c.line.unwrap_or(line), who, props, file_key))
@@ -2022,25 +2020,3 @@ fn condition(
     })
 }
 
-/// Finds lines in YAML/JSON sources, which serde_yaml parses without positions.
-struct LineFinder<'a> {
-    src: &'a str,
-    from: usize,
-}
-
-impl LineFinder<'_> {
-    /// The first line at or after the previous hit that mentions `value` as a value.
-    fn find(&mut self, value: &str) -> Option<usize> {
-        for (i, l) in self.src.lines().enumerate().skip(self.from) {
-            let hit = l.split([':', ',', '{', '}']).skip(1).any(|part| {
-                let p = part.trim().trim_matches(|c| c == '"' || c == '\'');
-                p == value
-            });
-            if hit {
-                self.from = i + 1;
-                return Some(i + 1);
-            }
-        }
-        None
-    }
-}

@@ -246,7 +246,8 @@ fn tokenize(sql: &str) -> Vec<Tok> {
 }
 
 /// `StringUtil.stripComments`: the text without comments, trimmed.
-pub(crate) fn strip_comments(sql: &str) -> String {
+#[cfg(test)]
+fn strip_comments(sql: &str) -> String {
     let s: String = tokenize(sql).into_iter().filter(|t| t.kind != Kind::Comment).map(|t| t.text).collect();
     s.trim().to_string()
 }
