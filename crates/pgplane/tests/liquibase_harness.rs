@@ -375,13 +375,18 @@ fn schema_of(t: &T, db: &str) -> String {
 fn data_of(t: &T, db: &str) -> String {
     let sql = format!(
         "CREATE FUNCTION pg_temp.all_rows() RETURNS TABLE(tbl text, r text) LANGUAGE plpgsql AS $f$
-         DECLARE c regclass;
+         DECLARE c regclass; cols text;
          BEGIN
            FOR c IN SELECT k.oid FROM pg_catalog.pg_class k JOIN pg_catalog.pg_namespace n ON n.oid = k.relnamespace
                      WHERE k.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
                        AND n.nspname NOT LIKE 'pg_toast%' AND k.relname NOT IN ({})
            LOOP
-             RETURN QUERY EXECUTE format('SELECT %L::text, t::text FROM %s t', c::text, c);
+             -- A large object (an oid column) by its content: oids differ between databases.
+             SELECT string_agg(CASE WHEN a.atttypid = 'oid'::regtype
+                                    THEN format('(SELECT encode(lo_get(t.%I), ''hex''))', a.attname)
+                                    ELSE format('t.%I', a.attname) END, ', ' ORDER BY a.attnum)
+               INTO cols FROM pg_catalog.pg_attribute a WHERE a.attrelid = c AND a.attnum > 0 AND NOT a.attisdropped;
+             RETURN QUERY EXECUTE format('SELECT %L::text, ROW(%s)::text FROM %s t', c::text, coalesce(cols, ''), c);
            END LOOP;
          END $f$;
          SELECT tbl || ': ' || coalesce(r, '') FROM pg_temp.all_rows();",

@@ -60,6 +60,8 @@ pub struct LoadData {
     pub columns: Vec<LoadColumn>,
     /// `loadUpdateData`: the primary key columns and `onlyUpdate`.
     pub update: Option<(Vec<String>, bool)>,
+    /// `usePreparedStatements`.
+    pub use_prepared: Option<bool>,
 }
 
 /// One value as Liquibase holds it before writing SQL.
@@ -74,6 +76,8 @@ enum V {
     /// SQL written as is.
     Sql(String),
     Bytes(Vec<u8>),
+    /// A new large object holding the bytes (JDBC's `setBlob` on PostgreSQL); its oid.
+    LargeObject(Vec<u8>),
 }
 
 impl V {
@@ -94,6 +98,7 @@ impl V {
             V::Date(d) => format!("'{d}'"),
             V::Sql(s) => s.clone(),
             V::Bytes(b) => format!("'\\x{}'::bytea", crate::ident::hex(b)),
+            V::LargeObject(b) => format!("lo_from_bytea(0, '\\x{}'::bytea)", crate::ident::hex(b)),
         }
     }
 }
@@ -251,7 +256,7 @@ impl LoadData {
         }
         let table = sqlgen::qualified(self.table.schema.as_deref(), &self.table.name, default_schema);
         let comment = self.comment.as_deref().filter(|c| !c.is_empty());
-        let mut out_rows: Vec<Vec<(String, V, bool)>> = Vec::new();
+        let mut out_rows: Vec<(Vec<(String, V, bool)>, bool)> = Vec::new();
         for (n, line) in rows.enumerate() {
             let line_no = n + 2;
             if line.is_empty() || (line.len() == 1 && line[0].trim().is_empty()) {
@@ -269,6 +274,8 @@ impl LoadData {
                 ));
             }
             let mut row = Vec::new();
+            // LoadDataChange: a row with a CLOB or BLOB value needs a prepared statement.
+            let mut needs_prepared = false;
             for (i, raw) in line.iter().enumerate() {
                 let mut column = headers[i].trim().to_string();
                 let cfg = cfgs.iter().find(|c| {
@@ -292,6 +299,12 @@ impl LoadData {
                     column = n.clone();
                 }
                 let value: Option<String> = if raw.is_empty() { cfg.default_value.clone() } else { Some(raw.clone()) };
+                let null_word = value.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("null"));
+                match ty.as_deref() {
+                    Some("CLOB") if !null_word => needs_prepared = true,
+                    Some("BLOB") if !null_word && value.is_some() => needs_prepared = true,
+                    _ => {}
+                }
                 let v = match (&value, ty.as_deref()) {
                     // STRING columns get '' for an empty value without a default.
                     (None, Some("STRING")) => V::Str(String::new()),
@@ -309,9 +322,22 @@ impl LoadData {
                         let schema = self.table.schema.as_deref();
                         V::Sql(format!("nextval('{}')", sqlgen::qualified_raw(schema, v, None).replace('\'', "''")))
                     }
+                    // Liquibase (ExecutablePreparedStatementBase): base64 goes through
+                    // setBlob, a large object, whatever the column; a file's bytes go into
+                    // a bytea column as they are and into any other as a large object.
                     (Some(v), Some("BLOB")) => match base64(v) {
-                        Some(b) => V::Bytes(b),
-                        None => V::Bytes(self.lob(v, catalog, "BLOB")?),
+                        Some(b) => V::LargeObject(b),
+                        None => {
+                            let bytes = self.lob(v, catalog, "BLOB")?;
+                            let bytea = catalog
+                                .column_type(self.table.schema.as_deref().or(default_schema), &self.table.name, &column)
+                                .is_some_and(|t| t.eq_ignore_ascii_case("bytea"));
+                            if bytea {
+                                V::Bytes(bytes)
+                            } else {
+                                V::LargeObject(bytes)
+                            }
+                        }
                     },
                     (Some(v), Some("CLOB")) => {
                         let bytes = self.lob(v, catalog, "CLOB")?;
@@ -327,9 +353,31 @@ impl LoadData {
                 };
                 row.push((column, v, cfg.allow_update.unwrap_or(true)));
             }
-            out_rows.push(row);
+            out_rows.push((row, needs_prepared));
         }
         let mut out = Vec::new();
+        let any_prepared = out_rows.iter().any(|(_, p)| *p);
+        let out_rows: Vec<Vec<(String, V, bool)>> = match (&self.update, self.use_prepared) {
+            (None, Some(false)) if any_prepared => {
+                return Err("loadData is requesting usePreparedStatements=false but prepared statements are required (Liquibase's error: a CLOB or BLOB value needs one)".into())
+            }
+            (None, Some(true)) => {
+                // One prepared INSERT per row.
+                for (row, _) in &out_rows {
+                    out.push(insert_one(&table, row));
+                }
+                return Ok(out);
+            }
+            (None, None) if any_prepared => {
+                // Liquibase 4.28 on PostgreSQL runs only the prepared statements: the rows
+                // without a CLOB or BLOB value are left out. pgplane does the same.
+                for (row, _) in out_rows.iter().filter(|(_, p)| *p) {
+                    out.push(insert_one(&table, row));
+                }
+                return Ok(out);
+            }
+            _ => out_rows.into_iter().map(|(r, _)| r).collect(),
+        };
         match &self.update {
             None => {
                 // One INSERT … VALUES (…), (…) per 50 rows, with the first row's columns.
@@ -391,10 +439,59 @@ impl LoadData {
         Ok(out)
     }
 
+    /// Rows a `loadData` leaves out when it loads them the way Liquibase 4.28 does on
+    /// PostgreSQL: with CLOB/BLOB columns typed in the changelog, the rows without such a
+    /// value (1-based line numbers of the file), unless `usePreparedStatements` is true.
+    pub fn rows_left_out(&self) -> Vec<usize> {
+        if self.update.is_some() || self.use_prepared.is_some() {
+            return Vec::new();
+        }
+        let lob_types = ["CLOB", "BLOB"];
+        let Ok(rows) = csv::records(&self.content, self.separator, self.quote) else { return Vec::new() };
+        let mut rows = rows.into_iter();
+        let Some(headers) = rows.next() else { return Vec::new() };
+        let lob_at: Vec<bool> = headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                self.columns.iter().any(|c| {
+                    (c.index == Some(i) || c.header.as_deref() == Some(h.trim()) || c.name.as_deref() == Some(h.trim()))
+                        && c.load_type.as_deref().is_some_and(|t| lob_types.iter().any(|l| t.eq_ignore_ascii_case(l)))
+                })
+            })
+            .collect();
+        let comment = self.comment.as_deref().filter(|c| !c.is_empty());
+        let mut needing = Vec::new();
+        for (n, line) in rows.enumerate() {
+            if line.is_empty() || (line.len() == 1 && line[0].trim().is_empty()) {
+                continue;
+            }
+            if comment.is_some_and(|c| line[0].starts_with(c)) {
+                continue;
+            }
+            let needs = line.iter().enumerate().any(|(i, v)| {
+                lob_at.get(i).copied().unwrap_or(false) && !v.eq_ignore_ascii_case("null") && !v.is_empty()
+            });
+            needing.push((n + 2, needs));
+        }
+        if needing.iter().any(|(_, n)| *n) {
+            needing.into_iter().filter(|(_, n)| !n).map(|(l, _)| l).collect()
+        } else {
+            Vec::new()
+        }
+    }
+
     fn lob(&self, value: &str, catalog: &dyn Catalog, kind: &str) -> Result<Vec<u8>, String> {
         let path = super::parse::join_path(&self.base_dir, value);
         catalog.file(&path).ok_or_else(|| format!("{kind} resource not found: {value} (looked for {path})"))
     }
+}
+
+/// One row's INSERT (Liquibase's `InsertExecutablePreparedStatement`).
+fn insert_one(table: &str, row: &[(String, V, bool)]) -> String {
+    let cols: Vec<String> = row.iter().map(|(c, _, _)| sqlgen::ident(c)).collect();
+    let vals: Vec<String> = row.iter().map(|(_, v, _)| v.sql()).collect();
+    format!("INSERT INTO {table}({}) VALUES({})", cols.join(", "), vals.join(", "))
 }
 
 #[cfg(test)]

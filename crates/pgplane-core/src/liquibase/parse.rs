@@ -1189,14 +1189,26 @@ impl Ctx<'_> {
                     table: Name { schema: s("schemaName"), name: table_name },
                     file: file_attr,
                     path: file.clone(),
-                    base_dir: parent(&file).to_string(),
+                    // ExecutablePreparedStatementBase: LOB files are relative to the changelog.
+                    base_dir: parent(path).to_string(),
                     content,
                     separator,
                     quote,
                     comment,
                     columns: load_columns,
                     update,
+                    use_prepared: if ty == "loadData" { s("usePreparedStatements").and_then(|v| canon_bool(&v)).map(|v| v == "true") } else { None },
                 }));
+                if let Change::LoadData(l) = &c {
+                    let left_out = l.rows_left_out();
+                    if !left_out.is_empty() {
+                        self.warnings.push(format!(
+                            "{path}:{line}: {who}: loadData: the rows on lines {} of {} have no CLOB/BLOB value; Liquibase 4.28 leaves them out (it runs only the rows that need prepared statements), and so does pgplane; set usePreparedStatements=\"true\" to load every row",
+                            left_out.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", "),
+                            l.file
+                        ));
+                    }
+                }
                 return Ok((c, Some(sum), description));
             }
             "output" => {

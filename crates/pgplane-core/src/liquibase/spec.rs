@@ -280,7 +280,7 @@ pub(crate) fn params(ty: &str) -> Option<&'static [Param]> {
             ("schemaName", Str, H),
             ("separator", Str, H),
             ("tableName", Str, H),
-            ("usePreparedStatements", Bool, I("the rows and values are the same either way")),
+            ("usePreparedStatements", Bool, H),
         ],
         "loadUpdateData" => &[
             ("catalogName", Str, CATALOG),
@@ -294,7 +294,7 @@ pub(crate) fn params(ty: &str) -> Option<&'static [Param]> {
             ("schemaName", Str, H),
             ("separator", Str, H),
             ("tableName", Str, H),
-            ("usePreparedStatements", Bool, I("the rows and values are the same either way")),
+            ("usePreparedStatements", Bool, I("loadUpdateData never uses prepared statements in Liquibase 4.28")),
         ],
         "mergeColumns" => &[
             ("catalogName", Str, CATALOG),
