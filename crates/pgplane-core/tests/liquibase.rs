@@ -197,3 +197,34 @@ fn default_schema_qualifies_unqualified_names_only() {
     assert!(bare[0].starts_with("CREATE TABLE post ("), "{}", bare[0]);
     assert_eq!(blog1.sql(None).iter().map(|s| s.change_index).collect::<Vec<_>>(), vec![0, 1]);
 }
+
+/// Every type name Liquibase 4.28 knows (its registry, as written, in upper case, with one
+/// and two parameters) and more written in the wild, against what real Liquibase makes of
+/// them on PostgreSQL (`tests/fixtures/liquibase-types/expected.tsv`, written by
+/// `scripts/liquibase-types`): the PostgreSQL type, the loadData type, or the error.
+#[test]
+fn types_map_as_liquibase_maps_them() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/liquibase-types/expected.tsv");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut wrong = Vec::new();
+    let mut rows = 0;
+    for line in text.lines() {
+        let mut f = line.split('\t');
+        let (input, want_sql, want_load) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap_or(""));
+        rows += 1;
+        let got = match liquibase::types::resolve(input) {
+            Ok(t) => (t.sql, format!("{:?}", t.load).to_uppercase()),
+            Err(e) => (format!("ERROR {}", e.0), String::new()),
+        };
+        let sql_ok = if let Some(kind) = want_sql.strip_prefix("ERROR ") {
+            got.0.starts_with("ERROR") && !kind.is_empty()
+        } else {
+            got.0 == want_sql
+        };
+        if !sql_ok || (!want_sql.starts_with("ERROR") && got.1 != want_load) {
+            wrong.push(format!("{input:?}: Liquibase {want_sql} / {want_load}, pgplane {} / {}", got.0, got.1));
+        }
+    }
+    assert!(rows > 500, "the expected types are missing");
+    assert!(wrong.is_empty(), "{} of {rows} types differ:\n{}", wrong.len(), wrong.join("\n"));
+}

@@ -312,6 +312,10 @@ pub fn resolve(definition: &str) -> Result<PgType, TypeError> {
     }
     let raw = def.trim();
     let raw_lower = raw.to_ascii_lowercase();
+    if lower == "timestamp_ntz" {
+        // Registered by Liquibase's Snowflake support; it fails on PostgreSQL.
+        return Err(TypeError("timestamp_ntz is a Snowflake type; Liquibase fails on it for PostgreSQL".into()));
+    }
     let Some(class) = class else {
         // UnknownType: at most 2 parameters (any number for enum and set).
         let n = if lower == "enum" || lower == "set" { usize::MAX } else { 2 };
@@ -337,7 +341,7 @@ pub fn resolve(definition: &str) -> Result<PgType, TypeError> {
             if raw_lower.starts_with("bit") {
                 (with_params("BIT", &params), LoadType::Boolean)
             } else {
-                ("BOOLEAN".into(), LoadType::Boolean)
+                (generic("BOOLEAN"), LoadType::Boolean)
             }
         }
         Class::Char | Class::Varchar | Class::NChar => {
@@ -387,7 +391,7 @@ pub fn resolve(definition: &str) -> Result<PgType, TypeError> {
             }
         }
         Class::Uuid => ("UUID".into(), LoadType::Uuid),
-        Class::Xml => (generic("XML"), LoadType::Clob),
+        Class::Xml => ("XML".into(), LoadType::Clob),
         Class::DateTime => (datetime_pg(&raw_lower, &params), LoadType::Date),
         Class::Timestamp => (timestamp_pg(raw, &raw_lower, &params, info.as_deref())?, LoadType::Date),
         Class::Time => (time_pg(&raw_lower, &params)?, LoadType::Date),
@@ -434,7 +438,12 @@ fn timestamp_pg(raw: &str, raw_lower: &str, params: &[String], info: Option<&str
         return Ok(format!("{base} WITH TIME ZONE"));
     }
     if let Some(i) = info {
-        let i = i.to_ascii_uppercase().replace("TIMEZONE", "TIME ZONE");
+        // Upper-cased only when it says TIMEZONE (made TIME ZONE); else as written.
+        let i = if i.to_ascii_uppercase().contains("TIMEZONE") {
+            i.to_ascii_uppercase().replace("TIMEZONE", "TIME ZONE")
+        } else {
+            i.to_string()
+        };
         return Ok(format!("{base} {i}"));
     }
     // DateTimeType's rule, with TIMESTAMP's own parameters.
@@ -480,7 +489,7 @@ mod tests {
         assert_eq!(r("longblob"), "BYTEA");
         assert_eq!(r("blob"), "OID");
         assert_eq!(r("datetime"), "TIMESTAMP WITHOUT TIME ZONE");
-        assert_eq!(r("timestamp with time zone"), "TIMESTAMP WITH TIME ZONE");
+        assert_eq!(r("timestamp with time zone"), "TIMESTAMP with time zone");
         assert_eq!(r("tinyint"), "SMALLINT");
         assert_eq!(r("number(10,2)"), "numeric(10, 2)");
         assert_eq!(r("jsonb"), "JSONB");
