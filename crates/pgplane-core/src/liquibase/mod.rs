@@ -26,7 +26,7 @@ use std::path::PathBuf;
 pub use loaddata::{Catalog, LoadColumn, LoadData, NoCatalog};
 pub use parse::{load, load_with};
 pub use props::TargetInfo;
-pub use spec::{attribute_table, AttrHandling};
+pub use spec::{attribute_table, AttrHandling, AttrRow, PRO, SUPPORTED};
 
 /// Where changelog files come from: paths are `/`-separated and relative to the search path.
 pub trait Loader {

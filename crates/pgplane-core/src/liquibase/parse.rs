@@ -822,10 +822,12 @@ impl Ctx<'_> {
             }
         }
         // Refused attributes (pgplane cannot do what Liquibase would).
-        for (k, _, h) in params {
+        for (k, kind, h) in params {
             if let spec::AttrHandling::Refused(why) = h {
                 if let Some(v) = n.get(k) {
-                    if !(matches!(*k, "ordered" | "replaceIfExists") && v.eq_ignore_ascii_case("false")) {
+                    // A refused flag set to false asks for nothing.
+                    let is_flag = matches!(kind, P::Bool | P::ExcludedBool);
+                    if !(is_flag && v.trim().eq_ignore_ascii_case("false")) {
                         return Err(err(format!("attribute {k}: {why}")));
                     }
                 }
@@ -960,6 +962,11 @@ impl Ctx<'_> {
                 }
             }
             "dropDefaultValue" => Change::DropDefaultValue { table: table()?, column: req("columnName")? },
+            "addPrimaryKey" if flag("clustered") && s("constraintName").is_none() => {
+                return Err(err(
+                    "clustered=\"true\" needs a constraintName on PostgreSQL (Liquibase's validation says so too)".into(),
+                ))
+            }
             "addPrimaryKey" => Change::AddPrimaryKey {
                 table: table()?,
                 columns: list(req("columnNames")?),
@@ -1518,6 +1525,15 @@ fn column(
     for c in &n.children {
         if c.name != "constraints" {
             return Err(err(format!("column element {} is not supported; remove it", c.name)));
+        }
+    }
+    for (k, kind, h) in spec::COLUMN.iter().chain(extra) {
+        if let spec::AttrHandling::Refused(why) = h {
+            if let Some(v) = n.get(k) {
+                if !(matches!(kind, P::Bool) && v.trim().eq_ignore_ascii_case("false")) {
+                    return Err(err(format!("column attribute {k}: {why}")));
+                }
+            }
         }
     }
     let get = |k: &str| n.get(k);

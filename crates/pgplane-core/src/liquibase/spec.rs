@@ -126,7 +126,7 @@ pub(crate) fn params(ty: &str) -> Option<&'static [Param]> {
         ],
         "addUniqueConstraint" => &[
             ("catalogName", Str, CATALOG),
-            ("clustered", Bool, I("MSSQL only")),
+            ("clustered", Bool, R("Liquibase's validation rejects clustered=true on PostgreSQL (MSSQL only)")),
             ("columnNames", Str, H),
             ("constraintName", Str, H),
             ("deferrable", Bool, H),
@@ -406,9 +406,9 @@ pub(crate) const COLUMN: &[Param] = &[
 
 /// Extra attributes of `addColumn`'s columns (`AddColumnConfig`).
 pub(crate) const ADD_COLUMN: &[Param] = &[
-    ("afterColumn", Str, I("MySQL only; PostgreSQL appends columns")),
-    ("beforeColumn", Str, I("H2/HSQL only; PostgreSQL appends columns")),
-    ("position", BigInt, I("H2/HSQL only; PostgreSQL appends columns")),
+    ("afterColumn", Str, R("Liquibase's validation rejects afterColumn on PostgreSQL, which appends columns")),
+    ("beforeColumn", Str, R("Liquibase's validation rejects beforeColumn on PostgreSQL, which appends columns")),
+    ("position", BigInt, R("Liquibase's validation rejects position on PostgreSQL, which appends columns")),
 ];
 
 /// Extra attributes of `loadData`'s and `loadUpdateData`'s columns (`LoadDataColumnConfig`).
@@ -450,7 +450,7 @@ pub(crate) fn column_kind(ty: &str) -> Option<&'static [Param]> {
 }
 
 /// Liquibase Pro (commercial) change types: refused by name.
-pub(crate) const PRO: &[&str] = &[
+pub const PRO: &[&str] = &[
     "addCheckConstraint",
     "alterCompositeTypeAttributes",
     "changeCompositeTypeOwner",
@@ -479,7 +479,7 @@ pub(crate) const PRO: &[&str] = &[
 ];
 
 /// Every open-source change type pgplane runs.
-pub(crate) const SUPPORTED: &[&str] = &[
+pub const SUPPORTED: &[&str] = &[
     "addAutoIncrement",
     "addColumn",
     "addDefaultValue",
@@ -528,21 +528,38 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "update",
 ];
 
+/// One attribute of a change type (or of its columns and constraints) and what pgplane does
+/// with it on PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttrRow {
+    /// A change type, or `column` / `constraints`.
+    pub change: &'static str,
+    pub attribute: &'static str,
+    /// `boolean`, `integer` or `text`.
+    pub kind: &'static str,
+    pub handling: AttrHandling,
+}
+
 /// The table behind the README's *Liquibase compatibility* section and its test: every
 /// (change type, attribute) with its handling. Column and constraint attributes are listed
 /// under `column` and `constraints`.
-pub fn attribute_table() -> Vec<(&'static str, &'static str, AttrHandling)> {
+pub fn attribute_table() -> Vec<AttrRow> {
+    let kind = |p: P| match p {
+        P::Bool | P::ExcludedBool => "boolean",
+        P::BigInt => "integer",
+        P::Str | P::Text | P::Excluded => "text",
+    };
     let mut out = Vec::new();
     for ty in SUPPORTED {
-        for (name, _, h) in params(ty).unwrap_or(&[]) {
-            out.push((*ty, *name, *h));
+        for (name, p, h) in params(ty).unwrap_or(&[]) {
+            out.push(AttrRow { change: ty, attribute: name, kind: kind(*p), handling: *h });
         }
     }
-    for (name, _, h) in COLUMN.iter().chain(ADD_COLUMN).chain(LOAD_COLUMN) {
-        out.push(("column", *name, *h));
+    for (name, p, h) in COLUMN.iter().chain(ADD_COLUMN).chain(LOAD_COLUMN) {
+        out.push(AttrRow { change: "column", attribute: name, kind: kind(*p), handling: *h });
     }
-    for (name, _, h) in CONSTRAINTS {
-        out.push(("constraints", *name, *h));
+    for (name, p, h) in CONSTRAINTS {
+        out.push(AttrRow { change: "constraints", attribute: name, kind: kind(*p), handling: *h });
     }
     out
 }
