@@ -683,7 +683,7 @@ impl Ctx<'_> {
                     Err(e) => cs.rollback_error = Some(e.to_string()),
                 },
                 "modifySql" => {
-                    for m in modify_sql(c, path, cline, &who)? {
+                    for m in modify_sql(c, path, cline, &who, self.props.selection())? {
                         cs.modify_sql.push(m.0);
                         if let Some(sum) = m.1 {
                             cs.visitor_sums.push(sum);
@@ -1794,17 +1794,17 @@ fn modify_sql(
     path: &str,
     line: usize,
     who: &str,
+    run: (&[String], Option<&str>),
 ) -> Result<Vec<(ModifySql, Option<String>)>, ChangelogError> {
     let err = |m: String| ChangelogError::new(path, Some(line), format!("{who}: modifySql: {m}"));
     check_attrs(n, &["dbms", "context", "contextFilter", "labels", "applyToRollback"], path, Some(line), "modifySql")?;
-    let applies = expr::dbms_match(n.get("dbms").as_deref(), "postgresql");
-    let context = n.get("contextFilter").or_else(|| n.get("context"));
-    let labels = n.get("labels");
-    if context.is_some() || labels.is_some() {
-        return Err(err(
-            "context and labels on modifySql are not supported (pgplane would not know whether Liquibase applied them); use dbms, or split the changeset".into(),
-        ));
-    }
+    // Liquibase's dbms, context and label filters drop a visitor that does not match the run
+    // from the changeset: it neither rewrites the SQL nor counts in the checksum.
+    let context = n.get("contextFilter").or_else(|| n.get("context")).filter(|c| !c.trim().is_empty());
+    let labels = n.get("labels").filter(|l| !l.trim().is_empty());
+    let applies = expr::dbms_match(n.get("dbms").as_deref(), "postgresql")
+        && expr::contexts_match(context.as_deref(), run.0)
+        && expr::labels_match(labels.as_deref(), run.1);
     let apply_to_rollback = bool_attr(n, "applyToRollback", path, Some(line))?.unwrap_or(false);
     let mut out = Vec::new();
     for c in &n.children {

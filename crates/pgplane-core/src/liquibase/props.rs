@@ -43,6 +43,11 @@ pub(crate) struct Props {
 }
 
 impl Props {
+    /// The run's contexts and label expression.
+    pub fn selection(&self) -> (&[String], Option<&str>) {
+        (&self.contexts, self.labels.as_deref())
+    }
+
     pub fn new(contexts: &[String], labels: Option<&str>) -> Props {
         Props { contexts: contexts.to_vec(), labels: labels.map(str::to_string), ..Props::default() }
     }
