@@ -364,7 +364,9 @@ fn every_attribute_is_honoured_ignored_or_refused() {
     }
     for ty in &types {
         assert!(
-            liquibase::SUPPORTED.contains(&ty.as_str()) || liquibase::PRO.contains(&ty.as_str()) || ty == "customChange",
+            liquibase::SUPPORTED.contains(&ty.as_str())
+                || liquibase::PRO.contains(&ty.as_str())
+                || ty == "customChange",
             "Liquibase's change type {ty} is neither run nor refused by name"
         );
     }
@@ -421,11 +423,9 @@ fn every_attribute_is_honoured_ignored_or_refused() {
                 };
                 (ty, change_xml(ty, "", &attr, ""), change_xml(ty, "", " ", ""))
             }
-            "constraints" => (
-                "createTable",
-                change_xml("createTable", "", " ", &attr),
-                change_xml("createTable", "", " ", " "),
-            ),
+            "constraints" => {
+                ("createTable", change_xml("createTable", "", " ", &attr), change_xml("createTable", "", " ", " "))
+            }
             ty => (ty, change_xml(ty, &attr, "", ""), change_xml(ty, "", "", "")),
         };
         let what = format!("{}.{} = {value:?} ({ty})", row.change, row.attribute);

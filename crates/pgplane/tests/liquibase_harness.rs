@@ -137,7 +137,8 @@ fn harness_cases() -> Vec<Case> {
             expect_fail: false,
         });
     }
-    for (dir, prefix) in [("data/changelogs", "harness/data"), ("compatibility/foundational/changelogs", "harness/foundational")]
+    for (dir, prefix) in
+        [("data/changelogs", "harness/data"), ("compatibility/foundational/changelogs", "harness/foundational")]
     {
         for f in list(&root.join(dir)) {
             out.push(Case {
@@ -366,7 +367,12 @@ fn schema_of(t: &T, db: &str) -> String {
     assert!(out.status.success(), "pg_dump {db}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| !l.starts_with("--") && !l.trim().is_empty() && !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .filter(|l| {
+            !l.starts_with("--")
+                && !l.trim().is_empty()
+                && !l.starts_with("\\restrict")
+                && !l.starts_with("\\unrestrict")
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -420,7 +426,9 @@ fn ledger_of(t: &T, db: &str) -> Vec<String> {
 fn identities(t: &T, db: &str) -> Vec<String> {
     // DISTINCT: Liquibase itself adds a MARK_RAN row each time a runAlways changeset's
     // precondition marks it ran.
-    lines(&t.sql(db, "SELECT DISTINCT concat_ws(' | ', filename, id, author, md5sum) FROM databasechangelog ORDER BY 1"))
+    lines(
+        &t.sql(db, "SELECT DISTINCT concat_ws(' | ', filename, id, author, md5sum) FROM databasechangelog ORDER BY 1"),
+    )
 }
 
 #[test]
@@ -478,8 +486,15 @@ fn liquibase_conformance_suite() {
         }
         match (lb_error, expected_fail) {
             (Some(_), None) if case.expect_fail => {}
-            (Some(e), None) => return Err(format!("{}: real Liquibase failed, and the case is not in LIQUIBASE_FAILS: {e}", case.name)),
-            (None, Some(_)) => return Err(format!("{}: real Liquibase ran it, but it is listed in LIQUIBASE_FAILS", case.name)),
+            (Some(e), None) => {
+                return Err(format!(
+                    "{}: real Liquibase failed, and the case is not in LIQUIBASE_FAILS: {e}",
+                    case.name
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(format!("{}: real Liquibase ran it, but it is listed in LIQUIBASE_FAILS", case.name))
+            }
             (Some(_), Some((_, _, marker))) => {
                 if pg_run.code == 0 {
                     return Err(format!("{}: Liquibase cannot run it, but pgplane did", case.name));
@@ -492,11 +507,18 @@ fn liquibase_conformance_suite() {
             (None, None) => {}
         }
         if pg_run.code != 0 && !case.expect_fail {
-            return Err(format!("{}: pgplane failed where Liquibase ran it:\n{}{}", case.name, pg_run.stdout, pg_run.stderr));
+            return Err(format!(
+                "{}: pgplane failed where Liquibase ran it:\n{}{}",
+                case.name, pg_run.stdout, pg_run.stderr
+            ));
         }
         let mut diffs = Vec::new();
         if schema_of(&t, p) != schema_of(&t, l) {
-            diffs.push(format!("schema differs:\n--- liquibase\n{}\n--- pgplane\n{}", schema_of(&t, l), schema_of(&t, p)));
+            diffs.push(format!(
+                "schema differs:\n--- liquibase\n{}\n--- pgplane\n{}",
+                schema_of(&t, l),
+                schema_of(&t, p)
+            ));
         }
         if data_of(&t, p) != data_of(&t, l) {
             diffs.push(format!("rows differ:\n--- liquibase\n{}\n--- pgplane\n{}", data_of(&t, l), data_of(&t, p)));
@@ -547,7 +569,10 @@ fn liquibase_conformance_suite() {
         }
         let run = &pg2[k];
         if run.code != 0 {
-            problems.push(format!("{}: pgplane failed to continue Liquibase's database:\n{}{}", case.name, run.stdout, run.stderr));
+            problems.push(format!(
+                "{}: pgplane failed to continue Liquibase's database:\n{}{}",
+                case.name, run.stdout, run.stderr
+            ));
             continue;
         }
         let target = &run.json()["modules"][0]["targets"][0];
@@ -564,7 +589,8 @@ fn liquibase_conformance_suite() {
         }
     }
 
-    let passing = same.iter().filter(|&&i| !problems.iter().any(|p| p.starts_with(&format!("{}:", cases[i].name)))).count();
+    let passing =
+        same.iter().filter(|&&i| !problems.iter().any(|p| p.starts_with(&format!("{}:", cases[i].name)))).count();
     eprintln!(
         "Liquibase conformance: {passing} of {ran_by_liquibase} cases real Liquibase runs pass identically ({} refused as Liquibase refuses them); \
          prepared in {:.1?}, first runs {:.1?}, compared {:.1?}, total {:.1?}",

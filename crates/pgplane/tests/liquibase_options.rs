@@ -87,7 +87,10 @@ fn the_manifest_allows_execute_command_and_sets_properties() {
     let f = f.to_str().unwrap();
     t.pgplane(&["apply", "-f", f, "--yes"]).ok();
     assert_eq!(
-        t.sql("lbo_manifest_app", "SELECT data_type FROM information_schema.columns WHERE table_name = 'from_manifest'"),
+        t.sql(
+            "lbo_manifest_app",
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'from_manifest'"
+        ),
         "bigint"
     );
     assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "from_manifest");
@@ -135,7 +138,10 @@ fn a_stop_change_leaves_what_ran_applied_and_the_status_says_so() {
     let r = up(&t, &url, source, &[]).fails();
     assert!(r.stdout.contains("about to stop"), "the output change writes to stdout: {}", r.stdout);
     assert!(r.stderr.contains("stopping for a look") && r.stderr.contains("changelog.xml:4"), "{}", r.stderr);
-    assert_eq!(tables(&t, "lbo_stop"), ["databasechangelog", "databasechangeloglock", "first", "pgplane_changelog_failures"]);
+    assert_eq!(
+        tables(&t, "lbo_stop"),
+        ["databasechangelog", "databasechangeloglock", "first", "pgplane_changelog_failures"]
+    );
     let status = t.pgplane(&["migrate", "status", "--url", &url, "--source", source, "--json"]).json();
     let migrations = status["modules"][0]["targets"][0]["migrations"].as_array().unwrap().clone();
     let states: Vec<(String, String)> = migrations
@@ -152,10 +158,7 @@ fn what_pgplane_cannot_do_as_liquibase_would_is_refused_before_anything_runs() {
     let t = T::new("lbo_refuse");
     let url = t.database("lbo_refuse");
     let cases = [
-        (
-            r#"<addColumn tableName="first"><column name="c" type="int" afterColumn="id"/></addColumn>"#,
-            "afterColumn",
-        ),
+        (r#"<addColumn tableName="first"><column name="c" type="int" afterColumn="id"/></addColumn>"#, "afterColumn"),
         (r#"<createTrigger triggerName="t" tableName="first"/>"#, "Liquibase Pro"),
         (r#"<customChange class="com.example.Fix"/>"#, "customChange"),
         (r#"<addUniqueConstraint tableName="first" columnNames="id" clustered="true"/>"#, "clustered"),

@@ -64,6 +64,9 @@ pub struct LoadData {
     pub use_prepared: Option<bool>,
 }
 
+/// A CSV row as columns: name, value, whether `loadUpdateData` may update it.
+type Row = Vec<(String, V, bool)>;
+
 /// One value as Liquibase holds it before writing SQL.
 #[derive(Debug, Clone, PartialEq)]
 enum V {
@@ -113,7 +116,7 @@ fn parse_bool(s: &str) -> bool {
 }
 
 fn base64(s: &str) -> Option<Vec<u8>> {
-    if s.is_empty() || s.len() % 4 != 0 {
+    if s.is_empty() || !s.len().is_multiple_of(4) {
         return if s.is_empty() { Some(Vec::new()) } else { None };
     }
     let val = |c: u8| -> Option<u32> {
@@ -256,7 +259,7 @@ impl LoadData {
         }
         let table = sqlgen::qualified(self.table.schema.as_deref(), &self.table.name, default_schema);
         let comment = self.comment.as_deref().filter(|c| !c.is_empty());
-        let mut out_rows: Vec<(Vec<(String, V, bool)>, bool)> = Vec::new();
+        let mut out_rows: Vec<(Row, bool)> = Vec::new();
         for (n, line) in rows.enumerate() {
             let line_no = n + 2;
             if line.is_empty() || (line.len() == 1 && line[0].trim().is_empty()) {
@@ -357,7 +360,7 @@ impl LoadData {
         }
         let mut out = Vec::new();
         let any_prepared = out_rows.iter().any(|(_, p)| *p);
-        let out_rows: Vec<Vec<(String, V, bool)>> = match (&self.update, self.use_prepared) {
+        let out_rows: Vec<Row> = match (&self.update, self.use_prepared) {
             (None, Some(false)) if any_prepared => {
                 return Err("loadData is requesting usePreparedStatements=false but prepared statements are required (Liquibase's error: a CLOB or BLOB value needs one)".into())
             }

@@ -283,13 +283,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn changelog(
-        &mut self,
-        path: &str,
-        mut root: Node,
-        inherit: &Inherit,
-        strict: bool,
-    ) -> Result<(), ChangelogError> {
+    fn changelog(&mut self, path: &str, mut root: Node, inherit: &Inherit, strict: bool) -> Result<(), ChangelogError> {
         if root.name != "databaseChangeLog" {
             return Err(ChangelogError::new(
                 path,
@@ -690,7 +684,7 @@ impl Ctx<'_> {
                         }
                     }
                 }
-                "tagDatabase" | _ => {
+                _ => {
                     let (change, sum, description) = self.change(c, path, cline, &who, file_key, strict)?;
                     if let Some(sum) = sum {
                         sums.push(sum);
@@ -857,10 +851,8 @@ impl Ctx<'_> {
                     .filter(|m| !m.is_empty())
                     .or_else(|| n.get("message").map(|m| m.trim().to_string()).filter(|m| !m.is_empty()));
                 fields.retain(|(k, _)| k != "message");
-                fields.push((
-                    "message".into(),
-                    SVal::Str(m.unwrap_or_else(|| "Stop command in changelog file".into())),
-                ));
+                fields
+                    .push(("message".into(), SVal::Str(m.unwrap_or_else(|| "Stop command in changelog file".into()))));
             }
             _ => {}
         }
@@ -964,7 +956,8 @@ impl Ctx<'_> {
             "dropDefaultValue" => Change::DropDefaultValue { table: table()?, column: req("columnName")? },
             "addPrimaryKey" if flag("clustered") && s("constraintName").is_none() => {
                 return Err(err(
-                    "clustered=\"true\" needs a constraintName on PostgreSQL (Liquibase's validation says so too)".into(),
+                    "clustered=\"true\" needs a constraintName on PostgreSQL (Liquibase's validation says so too)"
+                        .into(),
                 ))
             }
             "addPrimaryKey" => Change::AddPrimaryKey {
@@ -1204,7 +1197,11 @@ impl Ctx<'_> {
                     comment,
                     columns: load_columns,
                     update,
-                    use_prepared: if ty == "loadData" { s("usePreparedStatements").and_then(|v| canon_bool(&v)).map(|v| v == "true") } else { None },
+                    use_prepared: if ty == "loadData" {
+                        s("usePreparedStatements").and_then(|v| canon_bool(&v)).map(|v| v == "true")
+                    } else {
+                        None
+                    },
                 }));
                 if let Change::LoadData(l) = &c {
                     let left_out = l.rows_left_out();
@@ -1219,8 +1216,10 @@ impl Ctx<'_> {
                 return Ok((c, Some(sum), description));
             }
             "output" => {
-                let target =
-                    s("target").map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).unwrap_or_else(|| "STDERR".into());
+                let target = s("target")
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| "STDERR".into());
                 const TARGETS: [&str; 9] =
                     ["STDOUT", "STDERR", "DEBUG", "INFO", "WARN", "WARNING", "SEVERE", "FATAL", "ERROR"];
                 if !TARGETS.iter().any(|t| t.eq_ignore_ascii_case(&target)) {
@@ -1229,11 +1228,11 @@ impl Ctx<'_> {
                     )));
                 }
                 Change::Output {
-                message: s("message")
-                    .filter(|m| !m.trim().is_empty())
-                    .or_else(|| n.text.clone())
-                    .map(|m| m.trim().to_string())
-                    .unwrap_or_default(),
+                    message: s("message")
+                        .filter(|m| !m.trim().is_empty())
+                        .or_else(|| n.text.clone())
+                        .map(|m| m.trim().to_string())
+                        .unwrap_or_default(),
                     target,
                 }
             }
@@ -1257,7 +1256,7 @@ impl Ctx<'_> {
                         args.push(a.get("value").unwrap_or_default());
                     }
                 }
-                let os: Vec<String> = n.get("os").map(|o| list(o)).unwrap_or_default();
+                let os: Vec<String> = n.get("os").map(list).unwrap_or_default();
                 if !os.is_empty() && !os.iter().any(|o| o.eq_ignore_ascii_case(std::env::consts::OS)) {
                     return Ok((Change::Empty, Some(default_sum()), description));
                 }
@@ -1502,7 +1501,9 @@ fn default_value(n: &Node, err: &dyn Fn(String) -> ChangelogError) -> Result<Opt
     Ok(None)
 }
 
-/// A column: the typed column, its checksum fields, and its `loadData` view.
+/// A column as parsed: the typed column, its checksum fields, and its `loadData` view.
+type ParsedColumn = (Column, Vec<(String, SVal)>, LoadColumn);
+
 fn column(
     ctx: &mut Ctx,
     n: &Node,
@@ -1510,7 +1511,7 @@ fn column(
     err: &dyn Fn(String) -> ChangelogError,
     path: &str,
     strict: bool,
-) -> Result<(Column, Vec<(String, SVal)>, LoadColumn), ChangelogError> {
+) -> Result<ParsedColumn, ChangelogError> {
     let known = |k: &str| spec::COLUMN.iter().chain(extra).any(|(s, _, _)| *s == k);
     for (k, _) in &n.attrs {
         if !known(k) {
@@ -2047,4 +2048,3 @@ fn condition(
         }
     })
 }
-

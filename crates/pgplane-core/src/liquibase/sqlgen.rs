@@ -314,9 +314,9 @@ fn add_column_fk_target(c: &Column) -> Result<Option<(Name, String)>, String> {
     let Some(cons) = c.constraints.as_ref() else { return Ok(None) };
     let (table, col) = if let Some(r) = &cons.references {
         let re = regex::Regex::new(r"^([\w\._]+)\s*\(\s*([\w_]+)\s*\)$").map_err(|e| e.to_string())?;
-        let caps = re
-            .captures(r)
-            .ok_or_else(|| format!("Liquibase cannot find table and column names in references={r:?} (write table(column))"))?;
+        let caps = re.captures(r).ok_or_else(|| {
+            format!("Liquibase cannot find table and column names in references={r:?} (write table(column))")
+        })?;
         (caps[1].to_string(), caps[2].to_string())
     } else {
         match (&cons.referenced_table, &cons.referenced_columns) {
@@ -325,7 +325,9 @@ fn add_column_fk_target(c: &Column) -> Result<Option<(Name, String)>, String> {
         }
     };
     let name = match table.split_once('.') {
-        Some((s, t)) if !s.is_empty() => Name { schema: Some(s.to_string()), name: t.split('.').next().unwrap_or(t).to_string() },
+        Some((s, t)) if !s.is_empty() => {
+            Name { schema: Some(s.to_string()), name: t.split('.').next().unwrap_or(t).to_string() }
+        }
         _ => Name { schema: cons.referenced_table_schema.clone(), name: table },
     };
     let cols: Vec<String> = col.split(',').map(|c| c.trim().to_string()).collect();

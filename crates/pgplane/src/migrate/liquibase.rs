@@ -576,7 +576,9 @@ pub async fn check_changelog_preconditions(
         let verdict = failing(client, &t.schema, ledger, &pre.condition).await;
         let (option, what) = match verdict {
             Ok(None) => continue,
-            Ok(Some(f)) => (pre.on_fail, pre.on_fail_message.clone().unwrap_or_else(|| format!("precondition failed: {f}"))),
+            Ok(Some(f)) => {
+                (pre.on_fail, pre.on_fail_message.clone().unwrap_or_else(|| format!("precondition failed: {f}")))
+            }
             Err(e) => {
                 (pre.on_error, pre.on_error_message.clone().unwrap_or_else(|| format!("precondition error: {e:#}")))
             }
@@ -1131,7 +1133,9 @@ async fn precondition_outcome(
     let verdict = failing(client, schema, table, &pre.condition).await;
     let (handling, what) = match &verdict {
         Ok(None) => return Ok(None),
-        Ok(Some(f)) => (pre.on_fail, pre.on_fail_message.clone().unwrap_or_else(|| format!("precondition failed: {f}"))),
+        Ok(Some(f)) => {
+            (pre.on_fail, pre.on_fail_message.clone().unwrap_or_else(|| format!("precondition failed: {f}")))
+        }
         Err(e) => (pre.on_error, pre.on_error_message.clone().unwrap_or_else(|| format!("precondition error: {e:#}"))),
     };
     Ok(match handling {
