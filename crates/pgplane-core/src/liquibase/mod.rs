@@ -761,10 +761,13 @@ pub enum Change {
         table: Name,
         columns: Vec<Column>,
         where_clause: Option<String>,
+        /// `whereParams`: names and values for the where clause's placeholders.
+        where_params: Vec<Column>,
     },
     Delete {
         table: Name,
         where_clause: Option<String>,
+        where_params: Vec<Column>,
     },
     Sql(SqlChange),
     /// `path` as written (relative to the search path after resolution); `sql` holds the

@@ -797,9 +797,7 @@ impl Ctx<'_> {
             let ok = match c.name.as_str() {
                 "column" | "columns" => columns_kind.is_some(),
                 "arg" | "args" => ty == "executeCommand",
-                "whereParams" | "param" => {
-                    return Err(err("whereParams is not supported; write the values into the where clause".into()))
-                }
+                "whereParams" => matches!(ty, "update" | "delete") && c.children.iter().all(|p| p.name == "param"),
                 k => {
                     params.iter().any(|(s, kind, _)| *s == k && matches!(kind, P::Text | P::Excluded))
                         && c.children.is_empty()
@@ -868,6 +866,20 @@ impl Ctx<'_> {
                 }
             }
         }
+        // whereParams (update, delete): columns whose names and values fill the where
+        // clause's `:name` and `:value` (or `?`) placeholders, in order.
+        let mut where_params = Vec::new();
+        for wp in n.children.iter().filter(|c| c.name == "whereParams") {
+            for p in wp.children.iter().filter(|p| p.name == "param") {
+                let mut p = p.clone();
+                if p.get("name").is_none() {
+                    p.attrs.push(("name".into(), String::new()));
+                }
+                let (col, _, _) = column(self, &p, &[], &err, path, strict)?;
+                where_params.push(col);
+            }
+        }
+        // (Liquibase's serializer leaves whereParams out of the checksum.)
         let mut columns = Vec::new();
         let mut load_columns = Vec::new();
         let mut col_fields = Vec::new();
@@ -1081,8 +1093,8 @@ impl Ctx<'_> {
                 }
                 c
             }
-            "update" => Change::Update { table: table()?, columns, where_clause: text("where") },
-            "delete" => Change::Delete { table: table()?, where_clause: text("where") },
+            "update" => Change::Update { table: table()?, columns, where_clause: text("where"), where_params },
+            "delete" => Change::Delete { table: table()?, where_clause: text("where"), where_params },
             "tagDatabase" => Change::TagDatabase { tag: req("tag")? },
             "sql" => {
                 let body = s("sql").or_else(|| n.text.clone()).unwrap_or_default();

@@ -369,6 +369,29 @@ fn raw(s: &SqlChange) -> Vec<String> {
 }
 
 /// `modifySql` applied to one statement (`rollback`: only those with `applyToRollback`).
+/// `SqlUtil.replacePredicatePlaceholders`: each `:name` takes the next named parameter's
+/// column name, each `:value` or `?` the next parameter's value; a placeholder with nothing
+/// left stays as written.
+fn with_params(predicate: &str, params: &[Column], d: Option<&str>) -> String {
+    let predicate = predicate.trim();
+    if params.is_empty() {
+        return predicate.to_string();
+    }
+    let mut names = params.iter().filter(|p| !p.name.is_empty()).map(|p| ident(&p.name));
+    let mut values = params.iter().map(|p| p.value.as_ref().map_or_else(|| "NULL".to_string(), |v| value_sql(v, d)));
+    let mut out = String::new();
+    let mut rest = predicate;
+    while let Some(at) = [":name", "?", ":value"].iter().filter_map(|p| rest.find(p).map(|i| (i, *p))).min() {
+        let (i, token) = at;
+        out.push_str(&rest[..i]);
+        let replacement = if token == ":name" { names.next() } else { values.next() };
+        out.push_str(replacement.as_deref().unwrap_or(token));
+        rest = &rest[i + token.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 pub(crate) fn modify(sql: &str, visitors: &[ModifySql], rollback: bool) -> String {
     let mut s = sql.to_string();
     for v in visitors.iter().filter(|v| !rollback || v.apply_to_rollback) {
@@ -831,7 +854,7 @@ fn change_sql(c: &Change, d: Option<&str>, catalog: &dyn Catalog) -> Result<Vec<
                 .collect();
             out.push(format!("INSERT INTO {} ({}) VALUES ({})", q(table, d), names.join(", "), values.join(", ")));
         }
-        Change::Update { table, columns, where_clause } => {
+        Change::Update { table, columns, where_clause, where_params } => {
             let sets: Vec<String> = columns
                 .iter()
                 .map(|c| {
@@ -842,11 +865,17 @@ fn change_sql(c: &Change, d: Option<&str>, catalog: &dyn Catalog) -> Result<Vec<
                     )
                 })
                 .collect();
-            let w = where_clause.as_deref().map(|w| format!(" WHERE {w}")).unwrap_or_default();
+            let w = where_clause
+                .as_deref()
+                .map(|w| format!(" WHERE {}", with_params(w, where_params, d)))
+                .unwrap_or_default();
             out.push(format!("UPDATE {} SET {}{w}", q(table, d), sets.join(", ")));
         }
-        Change::Delete { table, where_clause } => {
-            let w = where_clause.as_deref().map(|w| format!(" WHERE {w}")).unwrap_or_default();
+        Change::Delete { table, where_clause, where_params } => {
+            let w = where_clause
+                .as_deref()
+                .map(|w| format!(" WHERE {}", with_params(w, where_params, d)))
+                .unwrap_or_default();
             out.push(format!("DELETE FROM {}{w}", q(table, d)));
         }
         Change::Sql(s) | Change::SqlFile { sql: s, .. } => out = raw(s),
