@@ -203,3 +203,48 @@ fn an_unsupported_change_inside_rollback_does_not_block_update() {
     up(&t, &url, source.to_str().unwrap(), &[]).ok();
     assert!(tables(&t, "lbo_rollback").contains(&"kept".to_string()));
 }
+
+#[test]
+fn what_the_run_does_not_select_blocks_nothing() {
+    let t = T::new("lbo_unselected");
+    let url = t.database("lbo_unselected");
+    t.write(
+        "db/changelog.yaml",
+        "databaseChangeLog:
+  - changeSet:
+      id: 1
+      author: a
+      changes:
+        - createTable: {tableName: t1, columns: [{column: {name: id, type: int}}]}
+  - changeSet:
+      id: 2
+      author: a
+      context: other
+      changes:
+        - createTrigger: {triggerName: x, tableName: t1}
+  - changeSet:
+      id: 3
+      author: a
+      labels: nope
+      changes:
+        - addUniqueConstraint: {tableName: t1, columnNames: id, clustered: true}
+",
+    );
+    let source = t.dir.join("db/changelog.yaml");
+    let source = source.to_str().unwrap();
+    // Like Liquibase: changesets the contexts and labels leave out are never run.
+    up(&t, &url, source, &["--contexts", "test", "--labels", "yes"]).ok();
+    assert_eq!(
+        t.sql("lbo_unselected", "SELECT string_agg(id, ',' ORDER BY orderexecuted) FROM databasechangelog"),
+        "1"
+    );
+    // Selected, they are refused before anything runs.
+    let other = t.database("lbo_unselected2");
+    let r = up(&t, &other, source, &[]).fails();
+    let said = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        said.contains("createTrigger is a Liquibase Pro change type") && said.contains("changelog.yaml:12"),
+        "{said}"
+    );
+    assert!(!tables(&t, "lbo_unselected2").contains(&"t1".to_string()), "nothing may run");
+}

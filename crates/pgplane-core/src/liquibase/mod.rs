@@ -93,6 +93,9 @@ pub struct LoadOptions {
     /// The environment variables Liquibase sees as parameters (pass `std::env::vars()`).
     pub environment: Vec<(String, String)>,
     pub target: TargetInfo,
+    /// The run's selection is not known yet (a first read, before the targets): what
+    /// cannot run is noted on its changeset (`unrunnable`) instead of failing the load.
+    pub defer_change_errors: bool,
 }
 
 /// A parsed changelog: changesets in execution order, includes flattened.
@@ -145,6 +148,10 @@ pub struct ChangeSet {
     pub rollback: Vec<Change>,
     /// Why the `<rollback>` block could not be turned into changes (only `rollback` needs it).
     pub rollback_error: Option<String>,
+    /// Why pgplane could not read its changes as runnable, for a changeset this run does not
+    /// select (contexts, labels): Liquibase never runs it either, so it blocks nothing; its
+    /// changes and checksum are then incomplete.
+    pub unrunnable: Option<String>,
     /// `modifySql` rewrites applied to every statement of the changes.
     pub modify_sql: Vec<ModifySql>,
     /// Contexts of the changelog files that include this one (`include context=…`, the
@@ -182,6 +189,7 @@ impl ChangeSet {
             changes: Vec::new(),
             rollback: Vec::new(),
             rollback_error: None,
+            unrunnable: None,
             modify_sql: Vec::new(),
             inherited_contexts: Vec::new(),
             inherited_labels: Vec::new(),

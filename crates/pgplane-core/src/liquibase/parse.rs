@@ -44,6 +44,7 @@ pub fn load_with(changelog: &str, loader: &dyn Loader, opts: &LoadOptions) -> Re
         stack: Vec::new(),
         preconditions: Vec::new(),
         warnings: Vec::new(),
+        defer_change_errors: opts.defer_change_errors,
     };
     ctx.file(&normalize(changelog), None, true, &Inherit::default())?;
     for cs in &mut ctx.changesets {
@@ -105,6 +106,7 @@ pub(crate) struct Ctx<'a> {
     stack: Vec<String>,
     preconditions: Vec<super::Preconditions>,
     pub warnings: Vec<String>,
+    defer_change_errors: bool,
 }
 
 pub(crate) fn normalize(path: &str) -> String {
@@ -665,6 +667,10 @@ impl Ctx<'_> {
         };
         cs.comment = comment.map(|c| c.trim().to_string()).filter(|c| !c.is_empty());
         let mut sums = Vec::new();
+        // A changeset this run does not select is never run (by Liquibase either): what
+        // pgplane cannot run in it is noted, not an error.
+        let (contexts, labels) = self.props.selection();
+        let selected = !self.defer_change_errors && cs.selected(contexts, labels);
         for c in n.flat_children("changes") {
             let cline = c.line.unwrap_or(line);
             match c.name.as_str() {
@@ -684,8 +690,16 @@ impl Ctx<'_> {
                         }
                     }
                 }
+                _ if cs.unrunnable.is_some() => {}
                 _ => {
-                    let (change, sum, description) = self.change(c, path, cline, &who, file_key, strict)?;
+                    let (change, sum, description) = match self.change(c, path, cline, &who, file_key, strict) {
+                        Ok(r) => r,
+                        Err(e) if !selected => {
+                            cs.unrunnable = Some(e.to_string());
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     if let Some(sum) = sum {
                         sums.push(sum);
                     }

@@ -90,7 +90,9 @@ pub fn load(path: &Path, search_path: Option<&Path>) -> Result<LiquibaseSource> 
             (root.to_path_buf(), name)
         }
     };
-    let opts = LoadOptions { environment: environment(), ..LoadOptions::default() };
+    // The run's contexts and labels come with each target: what a changeset cannot run is
+    // an error only when a target's run selects it (`resolve`, `check_refusals`).
+    let opts = LoadOptions { environment: environment(), defer_change_errors: true, ..LoadOptions::default() };
     let changelog = parse(&search_path, &name, &opts)?;
     for w in &changelog.warnings {
         tracing::warn!("{w}");
@@ -151,6 +153,7 @@ impl LiquibaseSource {
                 changelog_table: ledger.changelog_table.clone().unwrap_or_else(|| DEFAULT_CHANGELOG_TABLE.into()),
                 lock_table: ledger.lock_table(),
             },
+            defer_change_errors: false,
         };
         let changelog = Arc::new(parse(&self.search_path, &self.name, &opts)?);
         let mut map = self.resolved.lock().map_err(|_| anyhow::anyhow!("changelog cache poisoned"))?;
@@ -680,6 +683,9 @@ pub async fn fill_checksums(
     let t = qualified(&target.schema, table);
     for unit in units {
         let cs = changeset(&resolved.changelog, unit)?;
+        if cs.unrunnable.is_some() {
+            continue;
+        }
         client
             .execute(
                 &format!(
@@ -1004,6 +1010,12 @@ async fn run_statements(
 /// permission. `units`: the changesets this run will execute.
 pub fn check_refusals(src: &LiquibaseSource, t: &Target, units: &[&Unit]) -> Result<()> {
     let resolved = src.resolved(t)?;
+    for unit in units {
+        let cs = changeset(&resolved.changelog, unit)?;
+        if let Some(why) = &cs.unrunnable {
+            bail!("{why}; nothing ran");
+        }
+    }
     if resolved.allow_execute_command {
         return Ok(());
     }
