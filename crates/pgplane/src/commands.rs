@@ -578,6 +578,7 @@ pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
     let runs = if let Some(url) = &args.url {
         let path = args.source.as_deref().context("--url needs --source PATH")?;
         let source = migrate::Source::load_with(path, args.search_path.as_deref())?;
+        source.check_selected(&opts.selection)?;
         let server = crate::conn::Target::from_url("url", url)?;
         let database = server.config.get_dbname().unwrap_or("postgres").to_string();
         let target = migrate::Target {

@@ -172,6 +172,18 @@ impl LiquibaseSource {
             .unwrap_or_else(|| Resolved { changelog: Arc::new(self.changelog.clone()), allow_execute_command: false }))
     }
 
+    /// See [`super::Source::check_selected`].
+    pub fn check_selected(&self, selection: &Selection) -> Result<()> {
+        for cs in &self.changelog.changesets {
+            if let Some(why) = &cs.unrunnable {
+                if cs.applies_to_postgresql() && cs.selected(&selection.contexts, selection.labels.as_deref()) {
+                    bail!("{}", self.search_path.join(why).display());
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn units(&self, selection: &Selection) -> Vec<Unit> {
         units_of(&self.changelog, selection)
     }

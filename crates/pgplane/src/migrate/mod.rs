@@ -654,6 +654,7 @@ pub async fn run_modules(
         };
         let source = Source::load_with(&path, search_path.as_deref()).with_context(|| format!("module {}", m.name))?;
         let opts = base.clone().with_spec(&spec);
+        source.check_selected(&opts.selection).with_context(|| format!("module {}", m.name))?;
         let targets = module_targets(s, m, only.and_then(|(_, t)| t))?;
         work.push((m.name.clone(), source, targets, opts));
     }

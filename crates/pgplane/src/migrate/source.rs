@@ -24,6 +24,15 @@ pub enum Source {
 }
 
 impl Source {
+    /// What a Liquibase changelog holds that pgplane cannot run and this selection runs:
+    /// an error before anything runs (a changeset the selection leaves out blocks nothing).
+    pub fn check_selected(&self, selection: &Selection) -> Result<()> {
+        if let Source::Liquibase(l) = self {
+            l.check_selected(selection)?;
+        }
+        Ok(())
+    }
+
     /// Reads a source: a folder is a SQL folder; a `.yaml`/`.yml`/`.xml`/`.json` file or a
     /// `.sql` file starting with `--liquibase formatted sql` is a Liquibase changelog.
     pub fn load(path: &Path) -> Result<Source> {
