@@ -55,9 +55,11 @@ LIQUIBASE_NPM_VERSION=4.28.1   # ships Liquibase 4.28.0
 ensure_liquibase() {
   local dir="${PGPLANE_TOOLS:-/var/tmp/pgplane-tools}/liquibase-$LIQUIBASE_NPM_VERSION"
   local bin="$dir/node_modules/liquibase/dist/liquibase/liquibase"
-  if ! command -v java >/dev/null 2>&1; then
-    echo "java not found: installing the Debian package openjdk-17-jre-headless" >&2
-    apt_install openjdk-17-jre-headless
+  # A JDK: the Liquibase conformance suite runs its driver as a Java source file, which
+  # needs the compiler module.
+  if ! java --list-modules 2>/dev/null | grep -q '^jdk.compiler'; then
+    echo "no Java compiler found: installing the Debian package openjdk-17-jdk-headless" >&2
+    apt_install openjdk-17-jdk-headless
   fi
   if [ ! -x "$bin" ]; then
     ensure_npm

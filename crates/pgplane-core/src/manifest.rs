@@ -242,6 +242,12 @@ pub struct RawMigrationsDetailed {
     pub changelog_lock_table: Option<String>,
     #[serde(default)]
     pub history_table: Option<String>,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub allow_execute_command: bool,
+    #[serde(default)]
+    pub search_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -458,6 +464,12 @@ pub struct MigrationsSpec {
     pub changelog_table: Option<String>,
     pub changelog_lock_table: Option<String>,
     pub history_table: Option<String>,
+    /// Liquibase changelog properties (`${name}`), set before the changelog is read.
+    pub properties: BTreeMap<String, String>,
+    /// Lets Liquibase `executeCommand` changes run their program (refused otherwise).
+    pub allow_execute_command: bool,
+    /// Liquibase's search path, relative to the manifest (default: the changelog's folder).
+    pub search_path: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -503,7 +515,8 @@ impl Manifest {
             }
             if message.contains("untagged enum RawMigrations") {
                 message = "`migrations` must be a path (a SQL folder or a Liquibase changelog) or a map with keys \
-                           path, contexts, labels, schema, changelog_table, changelog_lock_table, history_table"
+                           path, contexts, labels, schema, changelog_table, changelog_lock_table, history_table, \
+                           properties, allow_execute_command, search_path"
                     .into();
             }
             if message.contains("missing field") && line.is_none() {
@@ -1259,6 +1272,9 @@ fn migrations(raw: &RawMigrations) -> Result<MigrationsSpec, (&'static str, Stri
             changelog_table: d.changelog_table.clone(),
             changelog_lock_table: d.changelog_lock_table.clone(),
             history_table: d.history_table.clone(),
+            properties: d.properties.clone(),
+            allow_execute_command: d.allow_execute_command,
+            search_path: d.search_path.clone(),
         },
     };
     if spec.path.trim().is_empty() {

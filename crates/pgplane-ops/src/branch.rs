@@ -1138,6 +1138,7 @@ async fn deploy(
         lock_timeout: opts.lock_timeout,
         jobs: 1,
         live: opts.live,
+        liquibase: migrate::LiquibaseOptions::default(),
     };
     // Every source is read (and rejected if bad) before anything runs.
     let mut loaded = Vec::new();

@@ -153,9 +153,10 @@ pub async fn apply_with(
         lock_timeout: hooks.lock_timeout,
         jobs: 4,
         live: hooks.live_migrations,
+        liquibase: migrate::LiquibaseOptions::default(),
     };
     let migrations =
-        migrate::run_modules(&s, ctx.keys()?, None, None, &opts, events).await.map_err(|e| format!("{e:#}"));
+        migrate::run_modules(&s, ctx.keys()?, None, None, None, &opts, events).await.map_err(|e| format!("{e:#}"));
     Ok(ApplyReport { plan, applied, declined: false, migrations: Some(migrations) })
 }
 

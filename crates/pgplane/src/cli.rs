@@ -860,6 +860,10 @@ pub struct MigrateArgs {
     /// the module's `migrations:` (needs --module).
     #[arg(long)]
     pub source: Option<PathBuf>,
+    /// Liquibase's search path: includes and files are found from here and FILENAME is
+    /// the changelog's path relative to it (default: the changelog's folder).
+    #[arg(long, requires = "source")]
+    pub search_path: Option<PathBuf>,
     /// Target schema with --url (default: public). Tenants always use their own schema.
     #[arg(long, requires = "url")]
     pub schema: Option<String>,
@@ -895,9 +899,23 @@ pub struct MigrateArgs {
     /// pgplane's history table for SQL folders (default pgplane_schema_history).
     #[arg(long)]
     pub history_table: Option<String>,
+    /// A Liquibase changelog property, `NAME=VALUE` (repeatable); wins over the
+    /// changelog's own `<property>` and the manifest's `migrations.properties`.
+    #[arg(long = "property", value_name = "NAME=VALUE", value_parser = parse_property)]
+    pub property: Vec<(String, String)>,
+    /// Let Liquibase `executeCommand` changes run their program (refused otherwise).
+    #[arg(long)]
+    pub allow_execute_command: bool,
     /// Print a JSON report instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -430,7 +430,7 @@ fn an_unsupported_change_type_is_an_error_before_anything_runs() {
         "databaseChangeLog:\n  - changeSet:\n      id: 1\n      author: ann\n      changes:\n        - createTable: {tableName: a, columns: [{column: {name: id, type: int}}]}\n  - changeSet:\n      id: 2\n      author: ann\n      changes:\n        - mergeColumns: {tableName: a}\n",
     );
     let r = migrate(&t, "up", &["--url", &url, "--source", "model/changelog.yaml"]).fails();
-    assert!(r.stderr.contains("mergeColumns") && r.stderr.contains("model/changelog.yaml:8:"), "{}", r.stderr);
+    assert!(r.stderr.contains("mergeColumns") && r.stderr.contains("model/changelog.yaml:11:"), "{}", r.stderr);
     assert_eq!(t.sql("mig_lbbad_db", "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"), "0");
 }
 

@@ -72,12 +72,40 @@ pub(crate) fn sql(text: &str) -> String {
 
 /// A changeset's checksum from its changes' checksums.
 pub(crate) fn changeset(change_sums: &[String]) -> String {
+    changeset_with_visitors(change_sums, &[])
+}
+
+/// A changeset's checksum: its changes' checksums each followed by `:`, then its
+/// `modifySql` rewrites' checksums each followed by `;`.
+pub(crate) fn changeset_with_visitors(change_sums: &[String], visitor_sums: &[String]) -> String {
     let mut s = String::new();
     for c in change_sums {
         s.push_str(c);
         s.push(':');
     }
+    for v in visitor_sums {
+        s.push_str(v);
+        s.push(';');
+    }
     compute(&s)
+}
+
+/// `CheckSum.compute(stream, standardizeLineEndings=true)` of bytes.
+pub(crate) fn compute_bytes(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut prev_r = false;
+    for &b in bytes {
+        if b == b'\r' {
+            out.push(b'\n');
+            prev_r = true;
+        } else if b == b'\n' && prev_r {
+            prev_r = false;
+        } else {
+            out.push(b);
+            prev_r = false;
+        }
+    }
+    format!("9:{}", md5_hex(&out))
 }
 
 #[cfg(test)]

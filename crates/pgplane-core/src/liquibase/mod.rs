@@ -3,25 +3,40 @@
 //! Liquibase 4.28 stores (checksum version 9), so a database migrated by Liquibase can be
 //! taken over (and vice versa).
 //!
-//! Pure: files are read only through a [`Loader`]; no database, no network.
+//! Pure: files are read only through a [`Loader`]; no database, no network. What only the
+//! target database can tell (the column types `loadData` converts values to, the foreign
+//! keys `dropAllForeignKeyConstraints` drops) is asked for through [`Catalog`].
 
 mod checksum;
+mod csv;
 mod expr;
 mod formatted;
+mod loaddata;
 mod node;
 mod parse;
+mod props;
+mod spec;
+mod split;
 mod sqlgen;
+pub mod types;
 
 use std::fmt;
 use std::path::PathBuf;
 
-pub use parse::load;
+pub use loaddata::{Catalog, LoadColumn, LoadData, NoCatalog};
+pub use parse::{load, load_with};
+pub use props::TargetInfo;
+pub use spec::{attribute_table, AttrHandling, AttrRow, PRO, SUPPORTED};
 
 /// Where changelog files come from: paths are `/`-separated and relative to the search path.
 pub trait Loader {
     fn read(&self, path: &str) -> std::io::Result<String>;
     /// Every file below `dir` (recursively), as paths relative to the search path.
     fn list(&self, dir: &str) -> std::io::Result<Vec<String>>;
+    /// The file's bytes (for files in another encoding than UTF-8, and binary files).
+    fn read_bytes(&self, path: &str) -> std::io::Result<Vec<u8>> {
+        self.read(path).map(String::into_bytes)
+    }
 }
 
 /// A search path on disk whose files must stay inside a folder: every file read and
@@ -44,7 +59,23 @@ impl FsLoader {
 
 impl Loader for FsLoader {
     fn read(&self, path: &str) -> std::io::Result<String> {
-        crate::confine::read_to_string(&self.root.join(path), &self.allowed()?)
+        String::from_utf8(self.read_bytes(path)?).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{path} is not UTF-8 ({e}); give its encoding (`encoding` attribute) where Liquibase allows one"
+                ),
+            )
+        })
+    }
+
+    fn read_bytes(&self, path: &str) -> std::io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut crate::confine::open_file(&self.root.join(path), &self.allowed()?)?,
+            &mut bytes,
+        )?;
+        Ok(bytes)
     }
 
     fn list(&self, dir: &str) -> std::io::Result<Vec<String>> {
@@ -77,10 +108,34 @@ impl Loader for FsLoader {
     }
 }
 
+/// How a changelog is read: the run's contexts and labels (properties may depend on
+/// them), properties given from outside (`--property`, the manifest), and the target the
+/// `database.*` properties describe.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    pub contexts: Vec<String>,
+    pub labels: Option<String>,
+    /// Changelog parameters set before the changelog is read (they win over its own).
+    pub properties: Vec<(String, String)>,
+    /// The environment variables Liquibase sees as parameters (pass `std::env::vars()`).
+    pub environment: Vec<(String, String)>,
+    pub target: TargetInfo,
+    /// The run's selection is not known yet (a first read, before the targets): what
+    /// cannot run is noted on its changeset (`unrunnable`) instead of failing the load.
+    pub defer_change_errors: bool,
+}
+
 /// A parsed changelog: changesets in execution order, includes flattened.
 #[derive(Debug, Clone)]
 pub struct Changelog {
     pub changesets: Vec<ChangeSet>,
+    /// Preconditions of the changelog files (`<preConditions>` under `databaseChangeLog`),
+    /// checked before anything runs.
+    pub preconditions: Vec<Preconditions>,
+    /// What Liquibase would ignore without a word (unknown YAML/JSON keys): shown, not fatal.
+    pub warnings: Vec<String>,
+    /// Some value used a `database.*` property, so the changelog differs per target.
+    pub target_dependent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +171,26 @@ pub struct ChangeSet {
     pub comment: Option<String>,
     pub preconditions: Option<Preconditions>,
     pub changes: Vec<Change>,
+    /// The rollback changes; parsed leniently (see `rollback_error`), never needed by `update`.
     pub rollback: Vec<Change>,
+    /// Why the `<rollback>` block could not be turned into changes (only `rollback` needs it).
+    pub rollback_error: Option<String>,
+    /// Why pgplane could not read its changes as runnable, for a changeset this run does not
+    /// select (contexts, labels): Liquibase never runs it either, so it blocks nothing; its
+    /// changes and checksum are then incomplete.
+    pub unrunnable: Option<String>,
+    /// `modifySql` rewrites applied to every statement of the changes.
+    pub modify_sql: Vec<ModifySql>,
+    /// Contexts of the changelog files that include this one (`include context=…`, the
+    /// changelog's own `context`), outermost first: each must match too.
+    pub inherited_contexts: Vec<String>,
+    /// Labels of the including `include`s.
+    pub inherited_labels: Vec<String>,
+    /// Each change's DESCRIPTION part as Liquibase computes it from the attributes given
+    /// (empty: derived from the typed changes).
+    pub descriptions: Vec<String>,
+    /// The checksum parts of the `modifySql` rewrites.
+    pub(crate) visitor_sums: Vec<String>,
 }
 
 impl ChangeSet {
@@ -141,34 +215,64 @@ impl ChangeSet {
             preconditions: None,
             changes: Vec::new(),
             rollback: Vec::new(),
+            rollback_error: None,
+            unrunnable: None,
+            modify_sql: Vec::new(),
+            inherited_contexts: Vec::new(),
+            inherited_labels: Vec::new(),
+            descriptions: Vec::new(),
+            visitor_sums: Vec::new(),
         }
     }
 
     /// Liquibase's DESCRIPTION column value: the changes' descriptions joined with `; `,
     /// cut to 250 characters (247 and `...`) the way Liquibase's history service stores it.
     pub fn description(&self) -> String {
-        let parts: Vec<String> = self.changes.iter().map(Change::description).collect();
+        let parts: Vec<String> = if self.descriptions.len() == self.changes.len() {
+            self.descriptions.clone()
+        } else {
+            self.changes.iter().map(Change::description).collect()
+        };
         let d = if parts.is_empty() { "empty".to_string() } else { parts.join("; ") };
         limit(&d, 250)
     }
 
-    /// The ordered PostgreSQL statements of the changes (not the rollback). Unqualified
-    /// object names get `default_schema` when given; raw SQL (`sql`, `sqlFile`) is passed as
-    /// written, so run it with `search_path` set to the target schema.
+    /// The ordered PostgreSQL statements of the changes (not the rollback), `modifySql`
+    /// applied. Unqualified object names get `default_schema` when given; raw SQL (`sql`,
+    /// `sqlFile`) is passed as written, so run it with `search_path` set to the target
+    /// schema. `loadData` rows need the target's column types: see [`ChangeSet::sql_with`].
     pub fn sql(&self, default_schema: Option<&str>) -> Vec<Statement> {
-        sqlgen::statements(&self.changes, default_schema)
+        self.sql_with(default_schema, &loaddata::NoCatalog).unwrap_or_default()
+    }
+
+    /// [`ChangeSet::sql`] with what only the target knows.
+    pub fn sql_with(&self, default_schema: Option<&str>, catalog: &dyn Catalog) -> Result<Vec<Statement>, String> {
+        let mut out = sqlgen::statements(&self.changes, default_schema, catalog)?;
+        for s in &mut out {
+            s.sql = sqlgen::modify(&s.sql, &self.modify_sql, false);
+        }
+        Ok(out)
     }
 
     /// The rollback statements, in the order they are to run.
     pub fn rollback_sql(&self, default_schema: Option<&str>) -> Vec<Statement> {
-        sqlgen::statements(&self.rollback, default_schema)
+        let mut out = sqlgen::statements(&self.rollback, default_schema, &loaddata::NoCatalog).unwrap_or_default();
+        for s in &mut out {
+            s.sql = sqlgen::modify(&s.sql, &self.modify_sql, true);
+        }
+        out
     }
 
     /// Liquibase's context/label selection: `contexts` given at run time against the
     /// changeset's context expression, the run-time label expression against the changeset's
     /// labels. An empty filter selects everything.
     pub fn selected(&self, contexts: &[String], labels: Option<&str>) -> bool {
-        expr::contexts_match(self.contexts.as_deref(), contexts) && expr::labels_match(self.labels.as_deref(), labels)
+        let all_labels: Vec<&str> =
+            self.inherited_labels.iter().map(String::as_str).chain(self.labels.as_deref()).collect();
+        let joined = all_labels.join(",");
+        expr::contexts_match(self.contexts.as_deref(), contexts)
+            && self.inherited_contexts.iter().all(|c| expr::contexts_match(Some(c), contexts))
+            && expr::labels_match(Some(&joined).filter(|j| !j.is_empty()).map(|j| j.as_str()), labels)
     }
 
     /// Whether the changeset's `dbms` admits PostgreSQL (Liquibase skips it, without a
@@ -189,14 +293,43 @@ impl ChangeSet {
 
     /// The DATABASECHANGELOG.CONTEXTS value Liquibase writes: the expression, in parentheses
     /// when it holds a comma or a space.
+    /// Inherited contexts come first, joined with ` AND ` (`ChangeSet.buildFullContext`).
     pub fn contexts_column(&self) -> Option<String> {
-        let c = self.contexts.as_deref().map(str::trim).filter(|c| !c.is_empty())?;
-        Some(if c.contains(',') || c.contains(' ') { format!("({c})") } else { c.to_string() })
+        let parts: Vec<&str> = self
+            .inherited_contexts
+            .iter()
+            .map(String::as_str)
+            .chain(self.contexts.as_deref())
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        if parts.is_empty() {
+            return None;
+        }
+        let wrapped: Vec<String> = parts
+            .iter()
+            .map(|c| if c.contains(',') || c.contains(' ') { format!("({c})") } else { c.to_string() })
+            .collect();
+        Some(wrapped.join(" AND "))
     }
 
-    /// The DATABASECHANGELOG.LABELS value Liquibase writes.
+    /// The DATABASECHANGELOG.LABELS value Liquibase writes: each label set lower-cased
+    /// and de-duplicated, inherited ones first, joined with `,`.
     pub fn labels_column(&self) -> Option<String> {
-        self.labels.as_deref().map(str::trim).filter(|c| !c.is_empty()).map(str::to_string)
+        let mut parts: Vec<String> = Vec::new();
+        for set in self.inherited_labels.iter().map(String::as_str).chain(self.labels.as_deref()) {
+            let mut seen: Vec<String> = Vec::new();
+            for l in set.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+                let l = l.to_lowercase();
+                if !seen.contains(&l) {
+                    seen.push(l);
+                }
+            }
+            if !seen.is_empty() {
+                parts.push(seen.join(","));
+            }
+        }
+        (!parts.is_empty()).then(|| parts.join(","))
     }
 
     /// The tag a `tagDatabase` change sets on this changeset's DATABASECHANGELOG row.
@@ -208,14 +341,22 @@ impl ChangeSet {
     }
 }
 
+/// Java's `StringUtil.limitSize` (lengths in UTF-16 code units).
 fn limit(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(max - 3).collect();
-        t.push_str("...");
-        t
+    if s.encode_utf16().count() <= max {
+        return s.to_string();
     }
+    let mut t = String::new();
+    let mut units = 0;
+    for c in s.chars() {
+        if units + c.len_utf16() > max - 3 {
+            break;
+        }
+        units += c.len_utf16();
+        t.push(c);
+    }
+    t.push_str("...");
+    t
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +365,34 @@ pub struct Statement {
     pub sql: String,
     /// Index into [`ChangeSet::changes`] (or `rollback`) of the change it came from.
     pub change_index: usize,
+    /// Not SQL: what the executor does instead (`output`, `stop`, `executeCommand`).
+    pub action: Option<Action>,
+}
+
+/// Changes that do something other than run SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `output`: print `message` to `target` (STDOUT, STDERR, FATAL, WARN, INFO, DEBUG).
+    Output { message: String, target: String },
+    /// `stop`: end the update here with `message`, as a failure.
+    Stop { message: String },
+    /// `executeCommand`: run a program (only when the manifest allows it).
+    Execute { executable: String, args: Vec<String>, timeout: Option<String> },
+}
+
+/// A `modifySql` rewrite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModifySql {
+    pub kind: ModifyKind,
+    pub apply_to_rollback: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModifyKind {
+    Prepend(String),
+    Append(String),
+    Replace { replace: String, with: String },
+    RegExpReplace { replace: String, with: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,7 +400,10 @@ pub struct Preconditions {
     pub on_fail: OnFail,
     pub on_error: OnFail,
     pub on_fail_message: Option<String>,
+    pub on_error_message: Option<String>,
     pub condition: Condition,
+    /// Where they are written, for messages.
+    pub location: Location,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,6 +414,8 @@ pub enum OnFail {
     Warn,
 }
 
+/// A precondition. Names of tables, columns and other objects compare without case, as
+/// Liquibase's snapshot does on PostgreSQL; a missing schema means the target schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
     /// `and`, also the implicit top level.
@@ -259,11 +433,120 @@ pub enum Condition {
         table: String,
         column: String,
     },
+    ViewExists {
+        schema: Option<String>,
+        view: String,
+    },
+    SequenceExists {
+        schema: Option<String>,
+        sequence: String,
+    },
+    /// `indexName` and/or `tableName` (+ `columnNames`).
+    IndexExists {
+        schema: Option<String>,
+        table: Option<String>,
+        index: Option<String>,
+        columns: Vec<String>,
+    },
+    PrimaryKeyExists {
+        schema: Option<String>,
+        table: Option<String>,
+        name: Option<String>,
+    },
+    ForeignKeyExists {
+        schema: Option<String>,
+        table: Option<String>,
+        name: String,
+    },
+    UniqueConstraintExists {
+        schema: Option<String>,
+        table: String,
+        name: Option<String>,
+        columns: Vec<String>,
+    },
+    RowCount {
+        schema: Option<String>,
+        table: String,
+        expected: i64,
+    },
+    TableIsEmpty {
+        schema: Option<String>,
+        table: String,
+    },
+    /// The session user (before any `SET ROLE`), without case.
+    RunningAs {
+        username: String,
+    },
+    /// Decided while parsing (`dbms`, `changeLogPropertyDefined`, `expectedQuotingStrategy`).
+    Constant(bool),
+    /// `changeSetExecuted`: a ledger row with EXECUTED, RERAN or MARK_RAN.
+    ChangeSetExecuted {
+        filename: String,
+        id: String,
+        author: String,
+    },
     /// Runs `sql` (a single value) and compares its text with `expected`.
     SqlCheck {
         expected: String,
         sql: String,
     },
+}
+
+impl Condition {
+    /// What the condition asks, in Liquibase's words (`tableExists tableName=authors`), for
+    /// the message of a precondition that fails.
+    pub fn describe(&self) -> String {
+        let q = |s: &Option<String>, n: &str| match s {
+            Some(s) => format!("{s}.{n}"),
+            None => n.to_string(),
+        };
+        let list = |v: &[Condition]| v.iter().map(Condition::describe).collect::<Vec<_>>().join(", ");
+        match self {
+            Condition::All(v) => format!("and ({})", list(v)),
+            Condition::Any(v) => format!("or ({})", list(v)),
+            Condition::Not(v) => format!("not ({})", list(v)),
+            Condition::TableExists { schema, table } => format!("tableExists {}", q(schema, table)),
+            Condition::ColumnExists { schema, table, column } => {
+                format!("columnExists {}.{column}", q(schema, table))
+            }
+            Condition::ViewExists { schema, view } => format!("viewExists {}", q(schema, view)),
+            Condition::SequenceExists { schema, sequence } => format!("sequenceExists {}", q(schema, sequence)),
+            Condition::IndexExists { schema, table, index, columns } => format!(
+                "indexExists{}{}{}",
+                index.as_ref().map(|i| format!(" indexName={}", q(schema, i))).unwrap_or_default(),
+                table.as_ref().map(|t| format!(" tableName={t}")).unwrap_or_default(),
+                if columns.is_empty() { String::new() } else { format!(" columnNames={}", columns.join(",")) }
+            ),
+            Condition::PrimaryKeyExists { schema, table, name } => format!(
+                "primaryKeyExists{}{}",
+                name.as_ref().map(|n| format!(" primaryKeyName={}", q(schema, n))).unwrap_or_default(),
+                table.as_ref().map(|t| format!(" tableName={t}")).unwrap_or_default()
+            ),
+            Condition::ForeignKeyExists { schema, table, name } => format!(
+                "foreignKeyConstraintExists foreignKeyName={}{}",
+                q(schema, name),
+                table.as_ref().map(|t| format!(" foreignKeyTableName={t}")).unwrap_or_default()
+            ),
+            Condition::UniqueConstraintExists { schema, table, name, columns } => format!(
+                "uniqueConstraintExists tableName={}{}{}",
+                q(schema, table),
+                name.as_ref().map(|n| format!(" constraintName={n}")).unwrap_or_default(),
+                if columns.is_empty() { String::new() } else { format!(" columnNames={}", columns.join(",")) }
+            ),
+            Condition::RowCount { schema, table, expected } => {
+                format!("rowCount {} expectedRows={expected}", q(schema, table))
+            }
+            Condition::TableIsEmpty { schema, table } => format!("tableIsEmpty {}", q(schema, table)),
+            Condition::RunningAs { username } => format!("runningAs username={username}"),
+            Condition::Constant(b) => format!("{b} (decided when the changelog was read)"),
+            Condition::ChangeSetExecuted { filename, id, author } => {
+                format!("changeSetExecuted {filename}::{id}::{author}")
+            }
+            Condition::SqlCheck { expected, sql } => {
+                format!("sqlCheck expectedResult={expected} {:?}", sql.trim())
+            }
+        }
+    }
 }
 
 /// A schema-qualified name as written in the changelog.
@@ -281,10 +564,14 @@ pub enum Value {
     /// `valueNumeric`: written as is.
     Numeric(String),
     Boolean(bool),
-    /// `valueDate`: an ISO date or timestamp literal.
+    /// `valueDate`: an ISO date, time or timestamp, in Liquibase's canonical form.
     Date(String),
-    /// `valueComputed`: an SQL expression written as is.
+    /// `valueComputed` (and values Liquibase turns into functions): SQL written as is.
     Computed(String),
+    /// `valueSequenceNext`: `nextval('seq')`.
+    SequenceNext(Option<String>, String),
+    /// `valueSequenceCurrent`: `currval('seq')`.
+    SequenceCurrent(Option<String>, String),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -296,8 +583,12 @@ pub struct Column {
     pub auto_increment: bool,
     pub start_with: Option<String>,
     pub increment_by: Option<String>,
+    /// `ALWAYS` or `BY DEFAULT` (identity columns).
+    pub generation_type: Option<String>,
     pub remarks: Option<String>,
     pub descending: bool,
+    /// `computed: true`: the name is an expression (indexes).
+    pub computed: bool,
     pub constraints: Option<Constraints>,
 }
 
@@ -317,6 +608,8 @@ pub struct Constraints {
     pub delete_cascade: bool,
     pub deferrable: bool,
     pub initially_deferred: bool,
+    pub check: Option<String>,
+    pub primary_key_tablespace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,6 +629,10 @@ pub enum Change {
         table: Name,
         remarks: Option<String>,
         columns: Vec<Column>,
+        /// `TEMPORARY`, `UNLOGGED`, … written after CREATE.
+        table_type: Option<String>,
+        tablespace: Option<String>,
+        if_not_exists: bool,
     },
     DropTable {
         table: Name,
@@ -352,7 +649,7 @@ pub enum Change {
     },
     DropColumn {
         table: Name,
-        column: String,
+        columns: Vec<String>,
     },
     RenameColumn {
         table: Name,
@@ -369,6 +666,10 @@ pub enum Change {
         table: Name,
         column: String,
         default_null_value: Option<String>,
+        /// Decides how `defaultNullValue` is written (Liquibase's type of it).
+        column_type: Option<String>,
+        /// `validate: false`: PostgreSQL cannot skip checking rows for NOT NULL (refused).
+        validate: bool,
     },
     DropNotNullConstraint {
         table: Name,
@@ -378,6 +679,7 @@ pub enum Change {
         table: Name,
         column: String,
         value: Value,
+        column_type: Option<String>,
     },
     DropDefaultValue {
         table: Name,
@@ -387,6 +689,11 @@ pub enum Change {
         table: Name,
         columns: Vec<String>,
         constraint_name: Option<String>,
+        tablespace: Option<String>,
+        /// `clustered: true`: `CLUSTER table USING constraint` after it.
+        clustered: bool,
+        /// `forIndexName`: `USING INDEX name`.
+        for_index: Option<String>,
     },
     AddUniqueConstraint {
         table: Name,
@@ -394,6 +701,8 @@ pub enum Change {
         constraint_name: Option<String>,
         deferrable: bool,
         initially_deferred: bool,
+        tablespace: Option<String>,
+        for_index: Option<String>,
     },
     AddForeignKeyConstraint {
         table: Name,
@@ -405,6 +714,8 @@ pub enum Change {
         on_update: Option<String>,
         deferrable: bool,
         initially_deferred: bool,
+        /// `validate: false`: `NOT VALID`.
+        validate: bool,
     },
     DropForeignKeyConstraint {
         table: Name,
@@ -415,6 +726,9 @@ pub enum Change {
         index_name: String,
         unique: bool,
         columns: Vec<Column>,
+        tablespace: Option<String>,
+        /// `clustered: true`: `CLUSTER table USING index` after it.
+        clustered: bool,
     },
     /// `schema` of `index` is the table's schema (an index lives in its table's schema).
     DropIndex {
@@ -431,14 +745,39 @@ pub enum Change {
         cache: Option<String>,
         cycle: Option<bool>,
     },
+    AlterSequence {
+        sequence: Name,
+        data_type: Option<String>,
+        increment: Option<String>,
+        min: Option<String>,
+        max: Option<String>,
+        cache: Option<String>,
+        cycle: Option<bool>,
+    },
+    DropSequence {
+        sequence: Name,
+    },
+    RenameSequence {
+        schema: Option<String>,
+        old: String,
+        new: String,
+    },
     CreateView {
         view: Name,
         query: String,
         replace: bool,
         remarks: Option<String>,
+        /// `fullDefinition: true`: `query` is the whole CREATE VIEW statement.
+        full_definition: bool,
     },
     DropView {
         view: Name,
+        if_exists: bool,
+    },
+    RenameView {
+        schema: Option<String>,
+        old: String,
+        new: String,
     },
     SetTableRemarks {
         table: Name,
@@ -457,20 +796,81 @@ pub enum Change {
         table: Name,
         columns: Vec<Column>,
         where_clause: Option<String>,
+        /// `whereParams`: names and values for the where clause's placeholders.
+        where_params: Vec<Column>,
     },
     Delete {
         table: Name,
         where_clause: Option<String>,
+        where_params: Vec<Column>,
     },
     Sql(SqlChange),
     /// `path` as written (relative to the search path after resolution); `sql` holds the
-    /// file's content.
+    /// file's content with properties expanded.
     SqlFile {
         path: String,
         sql: SqlChange,
     },
     TagDatabase {
         tag: String,
+    },
+    AddAutoIncrement {
+        table: Name,
+        column: String,
+        start_with: Option<String>,
+        increment_by: Option<String>,
+    },
+    AddLookupTable {
+        existing: Name,
+        existing_column: String,
+        new_table: Name,
+        new_column: String,
+        new_column_type: Option<String>,
+        constraint_name: Option<String>,
+    },
+    DropPrimaryKey {
+        table: Name,
+        constraint_name: Option<String>,
+    },
+    DropUniqueConstraint {
+        table: Name,
+        constraint_name: String,
+    },
+    DropAllForeignKeyConstraints {
+        table: Name,
+    },
+    MergeColumns {
+        table: Name,
+        column1: String,
+        join_string: Option<String>,
+        column2: String,
+        final_column: String,
+        final_type: String,
+    },
+    CreateProcedure {
+        schema: Option<String>,
+        name: Option<String>,
+        /// The procedure's text (from `path` when given), properties expanded.
+        text: String,
+        /// The change's own `dbms`.
+        dbms: Option<String>,
+    },
+    DropProcedure {
+        procedure: Name,
+    },
+    LoadData(Box<LoadData>),
+    Output {
+        message: String,
+        target: String,
+    },
+    Empty,
+    Stop {
+        message: String,
+    },
+    ExecuteCommand {
+        executable: String,
+        args: Vec<String>,
+        timeout: Option<String>,
     },
 }
 
@@ -496,8 +896,12 @@ impl Change {
             Change::CreateIndex { .. } => "createIndex",
             Change::DropIndex { .. } => "dropIndex",
             Change::CreateSequence { .. } => "createSequence",
+            Change::AlterSequence { .. } => "alterSequence",
+            Change::DropSequence { .. } => "dropSequence",
+            Change::RenameSequence { .. } => "renameSequence",
             Change::CreateView { .. } => "createView",
             Change::DropView { .. } => "dropView",
+            Change::RenameView { .. } => "renameView",
             Change::SetTableRemarks { .. } => "setTableRemarks",
             Change::SetColumnRemarks { .. } => "setColumnRemarks",
             Change::Insert { .. } => "insert",
@@ -506,10 +910,30 @@ impl Change {
             Change::Sql(_) => "sql",
             Change::SqlFile { .. } => "sqlFile",
             Change::TagDatabase { .. } => "tagDatabase",
+            Change::AddAutoIncrement { .. } => "addAutoIncrement",
+            Change::AddLookupTable { .. } => "addLookupTable",
+            Change::DropPrimaryKey { .. } => "dropPrimaryKey",
+            Change::DropUniqueConstraint { .. } => "dropUniqueConstraint",
+            Change::DropAllForeignKeyConstraints { .. } => "dropAllForeignKeyConstraints",
+            Change::MergeColumns { .. } => "mergeColumns",
+            Change::CreateProcedure { .. } => "createProcedure",
+            Change::DropProcedure { .. } => "dropProcedure",
+            Change::LoadData(l) => {
+                if l.update.is_some() {
+                    "loadUpdateData"
+                } else {
+                    "loadData"
+                }
+            }
+            Change::Output { .. } => "output",
+            Change::Empty => "empty",
+            Change::Stop { .. } => "stop",
+            Change::ExecuteCommand { .. } => "executeCommand",
         }
     }
 
-    /// Liquibase's per-change description: the type and its `…Name`/`path` parameters.
+    /// Liquibase's per-change description (`Change.getDescription()`): the type and the
+    /// parameters its `@DatabaseChange` metadata calls description-worthy.
     pub fn description(&self) -> String {
         fn d(ty: &str, mut parts: Vec<(&str, &str)>) -> String {
             parts.sort();
@@ -521,6 +945,12 @@ impl Change {
             }
         }
         let t = self.type_name();
+        let opt = |p: &mut Vec<(&'static str, String)>, k: &'static str, v: &Option<String>| {
+            if let Some(v) = v {
+                p.push((k, v.clone()));
+            }
+        };
+        let owned = |ty: &str, p: Vec<(&'static str, String)>| d(ty, p.iter().map(|(k, v)| (*k, v.as_str())).collect());
         match self {
             Change::CreateTable { table, .. }
             | Change::DropTable { table, .. }
@@ -528,15 +958,27 @@ impl Change {
             | Change::SetTableRemarks { table, .. }
             | Change::Insert { table, .. }
             | Change::Update { table, .. }
-            | Change::Delete { table, .. } => d(t, vec![("tableName", &table.name)]),
+            | Change::Delete { table, .. }
+            | Change::DropPrimaryKey { table, .. }
+            | Change::MergeColumns { table, .. } => d(t, vec![("tableName", &table.name)]),
+            Change::DropColumn { table, columns } => {
+                let mut p = vec![("tableName", table.name.clone())];
+                if columns.len() == 1 {
+                    p.push(("columnName", columns[0].clone()));
+                }
+                owned(t, p)
+            }
+            Change::LoadData(l) => d(t, vec![("tableName", &l.table.name)]),
             Change::RenameTable { old, new, .. } => d(t, vec![("newTableName", new), ("oldTableName", old)]),
-            Change::DropColumn { table, column }
-            | Change::ModifyDataType { table, column, .. }
+            Change::RenameView { old, new, .. } => d(t, vec![("newViewName", new), ("oldViewName", old)]),
+            Change::RenameSequence { old, new, .. } => d(t, vec![("newSequenceName", new), ("oldSequenceName", old)]),
+            Change::ModifyDataType { table, column, .. }
             | Change::AddNotNullConstraint { table, column, .. }
             | Change::DropNotNullConstraint { table, column }
             | Change::AddDefaultValue { table, column, .. }
             | Change::DropDefaultValue { table, column }
-            | Change::SetColumnRemarks { table, column, .. } => {
+            | Change::SetColumnRemarks { table, column, .. }
+            | Change::AddAutoIncrement { table, column, .. } => {
                 d(t, vec![("columnName", column), ("tableName", &table.name)])
             }
             Change::RenameColumn { table, old, new, .. } => {
@@ -544,11 +986,12 @@ impl Change {
             }
             Change::AddPrimaryKey { table, constraint_name, .. }
             | Change::AddUniqueConstraint { table, constraint_name, .. } => {
-                let mut p = vec![("tableName", table.name.as_str())];
-                if let Some(c) = constraint_name {
-                    p.push(("constraintName", c));
-                }
-                d(t, p)
+                let mut p = vec![("tableName", table.name.clone())];
+                opt(&mut p, "constraintName", constraint_name);
+                owned(t, p)
+            }
+            Change::DropUniqueConstraint { table, constraint_name } => {
+                d(t, vec![("constraintName", constraint_name), ("tableName", &table.name)])
             }
             Change::AddForeignKeyConstraint { table, constraint_name, referenced, .. } => d(
                 t,
@@ -561,20 +1004,42 @@ impl Change {
             Change::DropForeignKeyConstraint { table, constraint_name } => {
                 d(t, vec![("baseTableName", &table.name), ("constraintName", constraint_name)])
             }
+            Change::DropAllForeignKeyConstraints { table } => d(t, vec![("baseTableName", &table.name)]),
+            Change::AddLookupTable { existing, existing_column, new_table, new_column, constraint_name, .. } => {
+                let mut p = vec![
+                    ("existingColumnName", existing_column.clone()),
+                    ("existingTableName", existing.name.clone()),
+                    ("newColumnName", new_column.clone()),
+                    ("newTableName", new_table.name.clone()),
+                ];
+                opt(&mut p, "constraintName", constraint_name);
+                owned(t, p)
+            }
             Change::CreateIndex { table, index_name, .. } => {
                 d(t, vec![("indexName", index_name), ("tableName", &table.name)])
             }
             Change::DropIndex { index, table } => {
-                let mut p = vec![("indexName", index.name.as_str())];
-                if let Some(tb) = table {
-                    p.push(("tableName", tb));
-                }
-                d(t, p)
+                let mut p = vec![("indexName", index.name.clone())];
+                opt(&mut p, "tableName", table);
+                owned(t, p)
             }
-            Change::CreateSequence { sequence, .. } => d(t, vec![("sequenceName", &sequence.name)]),
-            Change::CreateView { view, .. } | Change::DropView { view } => d(t, vec![("viewName", &view.name)]),
+            Change::CreateSequence { sequence, .. }
+            | Change::AlterSequence { sequence, .. }
+            | Change::DropSequence { sequence } => d(t, vec![("sequenceName", &sequence.name)]),
+            Change::CreateView { view, .. } | Change::DropView { view, .. } => d(t, vec![("viewName", &view.name)]),
+            Change::CreateProcedure { name, .. } => {
+                let mut p = Vec::new();
+                opt(&mut p, "procedureName", name);
+                owned(t, p)
+            }
+            Change::DropProcedure { procedure } => d(t, vec![("procedureName", &procedure.name)]),
             Change::SqlFile { path, .. } => d(t, vec![("path", path)]),
-            Change::Sql(_) | Change::TagDatabase { .. } => t.to_string(),
+            Change::ExecuteCommand { executable, .. } => d(t, vec![("executable", executable)]),
+            Change::Sql(_)
+            | Change::TagDatabase { .. }
+            | Change::Output { .. }
+            | Change::Empty
+            | Change::Stop { .. } => t.to_string(),
         }
     }
 }

@@ -68,18 +68,6 @@ impl Node {
         }
         out
     }
-
-    pub fn map_strings(&mut self, f: &dyn Fn(&str) -> String) {
-        for (_, v) in &mut self.attrs {
-            *v = f(v);
-        }
-        if let Some(t) = &mut self.text {
-            *t = f(t);
-        }
-        for c in &mut self.children {
-            c.map_strings(f);
-        }
-    }
 }
 
 /// How deep changelog elements may nest (YAML and JSON parsers stop at 128 themselves).
@@ -178,134 +166,457 @@ pub(crate) fn from_xml(file: &str, src: &str) -> Result<Node, ChangelogError> {
     Ok(conv(&doc, doc.root_element()))
 }
 
-pub(crate) fn from_yaml(file: &str, src: &str, json: bool) -> Result<Node, ChangelogError> {
-    let v: serde_yaml::Value = serde_yaml::from_str(src).map_err(|e| ChangelogError {
+/// Reads a YAML or JSON changelog as Liquibase does: with snakeyaml's YAML 1.1 rules for
+/// plain (unquoted) scalars (`yes` is true, `007` is 7, `1.50` is the double 1.5, an
+/// unquoted date is a date), JSON being YAML.
+pub(crate) fn from_yaml(file: &str, src: &str) -> Result<Node, ChangelogError> {
+    let mut b = Builder::default();
+    let mut parser = yaml_rust2::parser::Parser::new_from_str(src);
+    parser.load(&mut b, false).map_err(|e| ChangelogError {
         file: file.to_string(),
-        line: e.location().map(|l| l.line()),
-        message: format!("not valid {}: {e}", if json { "JSON" } else { "YAML" }),
+        line: Some(e.marker().line()),
+        message: format!("not valid YAML: {}", e.info()),
     })?;
-    let serde_yaml::Value::Mapping(m) = &v else {
+    if let Some(e) = b.error {
+        return Err(ChangelogError::new(file, Some(e.0), e.1));
+    }
+    let Some(Y::Map(m, _)) = b.root else {
         return Err(ChangelogError::new(file, Some(1), "a changelog must be a mapping with the key databaseChangeLog"));
     };
-    let Some(root) = m.get("databaseChangeLog") else {
+    let Some((k, root)) = m.iter().find(|(k, _)| k.text().as_deref() == Some("databaseChangeLog")) else {
         return Err(ChangelogError::new(file, Some(1), "missing the top-level key databaseChangeLog"));
     };
-    let mut node = Node::new("databaseChangeLog", Some(1));
-    fill(&mut node, "databaseChangeLog", root, json);
-    if !json {
-        keep_unquoted_dates(&mut node, src);
-    }
+    let mut node = Node::new("databaseChangeLog", Some(k.line()));
+    fill(&mut node, "databaseChangeLog", root).map_err(|(line, m)| ChangelogError::new(file, Some(line), m))?;
     Ok(node)
 }
 
-/// serde_yaml does not say whether a scalar was quoted; snakeyaml reads only an unquoted
-/// date as a timestamp. Keep the date mark only where the source has the value unquoted.
-fn keep_unquoted_dates(node: &mut Node, src: &str) {
-    let attrs = node.attrs.clone();
-    node.yaml_dates.retain(|k| {
-        attrs.iter().filter(|(a, _)| a == k).any(|(_, v)| {
-            src.lines().any(|l| {
-                let l = l.trim().trim_start_matches('-').trim();
-                l.split(['{', ',']).any(|part| {
-                    let part = part.trim();
-                    part.strip_prefix(k.as_str())
-                        .and_then(|r| r.trim_start().strip_prefix(':'))
-                        .is_some_and(|r| r.trim().trim_end_matches('}').trim() == v)
-                })
-            })
-        })
+/// A YAML value as snakeyaml composes it.
+#[derive(Debug, Clone)]
+enum Y {
+    Scalar(Scalar, usize),
+    Seq(Vec<Y>, usize),
+    Map(Vec<(Y, Y)>, usize),
+}
+
+/// A scalar as snakeyaml's SafeConstructor (with Liquibase's timestamp constructor) makes it.
+#[derive(Debug, Clone, PartialEq)]
+enum Scalar {
+    Null,
+    Bool(bool),
+    /// An integer, in decimal.
+    Int(String),
+    /// A double, as Java's `Double.toString` writes it.
+    Float(String),
+    /// `2020-01-31`: a `java.util.Date` at midnight UTC.
+    Date(String),
+    /// A timestamp without a zone: Liquibase makes it the text `yyyy-MM-dd HH:mm:ss`.
+    LocalTimestamp(String),
+    /// A timestamp with a zone: a `java.util.Date`, written in the JVM's time zone.
+    ZonedTimestamp(String),
+    Str(String),
+}
+
+impl Y {
+    fn line(&self) -> usize {
+        match self {
+            Y::Scalar(_, l) | Y::Seq(_, l) | Y::Map(_, l) => *l,
+        }
+    }
+
+    fn text(&self) -> Option<String> {
+        match self {
+            Y::Scalar(s, _) => scalar_text(s),
+            _ => None,
+        }
+    }
+}
+
+fn scalar_text(s: &Scalar) -> Option<String> {
+    match s {
+        Scalar::Null => None,
+        Scalar::Bool(b) => Some(b.to_string()),
+        Scalar::Int(v)
+        | Scalar::Float(v)
+        | Scalar::Date(v)
+        | Scalar::LocalTimestamp(v)
+        | Scalar::ZonedTimestamp(v)
+        | Scalar::Str(v) => Some(v.clone()),
+    }
+}
+
+enum Frame {
+    Seq(Vec<Y>, usize, usize),
+    Map(Vec<(Y, Y)>, Option<Y>, usize, usize),
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    anchors: std::collections::HashMap<usize, Y>,
+    root: Option<Y>,
+    error: Option<(usize, String)>,
+}
+
+impl Builder {
+    fn push(&mut self, y: Y, anchor: usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, y.clone());
+        }
+        match self.stack.last_mut() {
+            None => self.root = Some(y),
+            Some(Frame::Seq(items, _, _)) => items.push(y),
+            Some(Frame::Map(entries, key, _, _)) => match key.take() {
+                None => *key = Some(y),
+                Some(k) => {
+                    if matches!(&k, Y::Scalar(Scalar::Str(s), _) if s == "<<") {
+                        // The merge key: the entries of the mapping(s) not given here.
+                        let merged: Vec<Y> = match y {
+                            Y::Seq(items, _) => items,
+                            other => vec![other],
+                        };
+                        for m in merged {
+                            if let Y::Map(more, _) = m {
+                                for (mk, mv) in more {
+                                    if !entries.iter().any(|(ek, _)| ek.text() == mk.text()) {
+                                        entries.push((mk, mv));
+                                    }
+                                }
+                            }
+                        }
+                    } else {
+                        entries.push((k, y));
+                    }
+                }
+            },
+        }
+    }
+}
+
+impl yaml_rust2::parser::MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: yaml_rust2::Event, mark: yaml_rust2::scanner::Marker) {
+        use yaml_rust2::Event;
+        let line = mark.line();
+        match ev {
+            Event::Scalar(v, style, anchor, tag) => {
+                let plain = style == yaml_rust2::scanner::TScalarStyle::Plain;
+                let s = resolve(&v, plain, tag.as_ref().map(|t| t.suffix.as_str()));
+                self.push(Y::Scalar(s, line), anchor);
+            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(Vec::new(), line, anchor)),
+            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map(Vec::new(), None, line, anchor)),
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (y, anchor) = match self.stack.pop() {
+                    Some(Frame::Seq(items, l, a)) => (Y::Seq(items, l), a),
+                    Some(Frame::Map(entries, _, l, a)) => (Y::Map(entries, l), a),
+                    None => return,
+                };
+                self.push(y, anchor);
+            }
+            Event::Alias(id) => match self.anchors.get(&id).cloned() {
+                Some(y) => self.push(y, 0),
+                None => {
+                    self.error.get_or_insert((line, "an alias to an anchor that is not defined".into()));
+                }
+            },
+            _ => {}
+        }
+    }
+}
+
+/// snakeyaml 2.2's implicit resolver (YAML 1.1), for plain scalars and explicit tags.
+fn resolve(v: &str, plain: bool, tag: Option<&str>) -> Scalar {
+    use std::sync::OnceLock;
+    static RES: OnceLock<[regex::Regex; 5]> = OnceLock::new();
+    let [boolean, int, float, null, timestamp] = RES.get_or_init(|| {
+        [
+            regex::Regex::new(r"^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$"),
+            regex::Regex::new(r"^(?:[-+]?0b_*[0-1][0-1_]*|[-+]?0_*[0-7][0-7_]*|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x_*[0-9a-fA-F][0-9a-fA-F_]*|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+)$"),
+            regex::Regex::new(r"^([-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)|[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+            regex::Regex::new(r"^(?:~|null|Null|NULL| )$"),
+            regex::Regex::new(r"^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]|[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?(?:[Tt]|[ \t]+)[0-9][0-9]?:[0-9][0-9]:[0-9][0-9](?:\.[0-9]*)?(?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)$"),
+        ]
+        .map(|r| r.expect("snakeyaml's patterns are valid"))
     });
-    for c in &mut node.children {
-        keep_unquoted_dates(c, src);
+    let kind = match tag {
+        Some("str") => return Scalar::Str(v.to_string()),
+        Some(t) => t,
+        None if !plain => return Scalar::Str(v.to_string()),
+        None => {
+            // snakeyaml tries its resolvers in this order.
+            if v.is_empty() || null.is_match(v) {
+                "null"
+            } else if boolean.is_match(v) {
+                "bool"
+            } else if int.is_match(v) {
+                "int"
+            } else if float.is_match(v) {
+                "float"
+            } else if timestamp.is_match(v) {
+                "timestamp"
+            } else {
+                "str"
+            }
+        }
+    };
+    match kind {
+        "null" => Scalar::Null,
+        "bool" => Scalar::Bool(matches!(v.to_ascii_lowercase().as_str(), "yes" | "true" | "on")),
+        "int" => yaml_int(v).map(Scalar::Int).unwrap_or_else(|| Scalar::Str(v.to_string())),
+        "float" => yaml_float(v).map(Scalar::Float).unwrap_or_else(|| Scalar::Str(v.to_string())),
+        "timestamp" => {
+            let b = v.as_bytes();
+            if b.len() == 10 && b[4] == b'-' && b[7] == b'-' {
+                Scalar::Date(v.to_string())
+            } else if v.ends_with('Z') || v[10..].contains(['+', '-']) {
+                Scalar::ZonedTimestamp(v.to_string())
+            } else {
+                local_timestamp(v).map(Scalar::LocalTimestamp).unwrap_or_else(|| Scalar::Str(v.to_string()))
+            }
+        }
+        _ => Scalar::Str(v.to_string()),
     }
 }
 
-fn scalar(v: &serde_yaml::Value) -> Option<String> {
-    match v {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Bool(b) => Some(b.to_string()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        serde_yaml::Value::Tagged(t) => scalar(&t.value),
-        _ => None,
+/// `ConstructYamlInt`: binary, octal (a leading 0), hexadecimal, base 60, decimal.
+fn yaml_int(v: &str) -> Option<String> {
+    let v = v.replace('_', "");
+    let (neg, v) = match v.strip_prefix('-') {
+        Some(r) => (true, r.to_string()),
+        None => (false, v.strip_prefix('+').unwrap_or(&v).to_string()),
+    };
+    let value: i128 = if v == "0" {
+        0
+    } else if let Some(b) = v.strip_prefix("0b") {
+        i128::from_str_radix(b, 2).ok()?
+    } else if let Some(h) = v.strip_prefix("0x") {
+        i128::from_str_radix(h, 16).ok()?
+    } else if v.contains(':') {
+        v.split(':').try_fold(0i128, |acc, d| Some(acc * 60 + d.parse::<i128>().ok()?))?
+    } else if let Some(o) = v.strip_prefix('0') {
+        i128::from_str_radix(o, 8).ok()?
+    } else {
+        // Decimal: kept as written (BigInteger keeps every digit).
+        return Some(format!("{}{v}", if neg && v != "0" { "-" } else { "" }));
+    };
+    Some(if neg { (-value).to_string() } else { value.to_string() })
+}
+
+/// `ConstructYamlFloat`, then Java's `Double.toString`.
+fn yaml_float(v: &str) -> Option<String> {
+    let v = v.replace('_', "").to_ascii_lowercase();
+    let (neg, body) = match v.strip_prefix('-') {
+        Some(r) => (true, r.to_string()),
+        None => (false, v.strip_prefix('+').unwrap_or(&v).to_string()),
+    };
+    let value: f64 = if body == ".inf" {
+        f64::INFINITY
+    } else if body == ".nan" {
+        f64::NAN
+    } else if body.contains(':') {
+        let mut parts: Vec<&str> = body.split(':').collect();
+        let last: f64 = parts.pop()?.parse().ok()?;
+        let mut acc = 0f64;
+        for p in parts {
+            acc = acc * 60.0 + p.parse::<f64>().ok()?;
+        }
+        acc * 60.0 + last
+    } else {
+        body.parse().ok()?
+    };
+    Some(java_double(if neg { -value } else { value }))
+}
+
+/// Java's `Double.toString`: shortest digits, plain between 10^-3 and 10^7, else
+/// `d.dddE±n`.
+pub(crate) fn java_double(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+    }
+    let a = f.abs();
+    if (1e-3..1e7).contains(&a) {
+        let s = format!("{f}");
+        if s.contains('.') {
+            s
+        } else {
+            format!("{s}.0")
+        }
+    } else {
+        let s = format!("{f:e}");
+        let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
+        let m = if m.contains('.') { m.to_string() } else { format!("{m}.0") };
+        format!("{m}E{e}")
     }
 }
 
-fn is_date(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 10
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && s.chars().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+/// Liquibase's timestamp constructor: a zoneless timestamp becomes `yyyy-MM-dd HH:mm:ss`
+/// (fractions of a second dropped).
+fn local_timestamp(v: &str) -> Option<String> {
+    let (date, time) = v.split_once(['T', 't', ' ', '\t'])?;
+    let mut d = date.split('-').map(|p| p.parse::<u32>().ok());
+    let (y, m, dd) = (d.next()??, d.next()??, d.next()??);
+    let time = time.trim();
+    let mut t = time.split(':');
+    let (h, mi) = (t.next()?.parse::<u32>().ok()?, t.next()?.parse::<u32>().ok()?);
+    let sec: f64 = t.next()?.parse().ok()?;
+    Some(format!("{y:04}-{m:02}-{dd:02} {h:02}:{mi:02}:{:02}", sec.floor() as u32))
 }
 
 /// Fills `node` (named `key`) from a YAML value: mapping entries become attributes or
 /// children, list items `{name: …}` become children (`{name: scalar}` attributes).
-fn fill(node: &mut Node, key: &str, v: &serde_yaml::Value, json: bool) {
+fn fill(node: &mut Node, key: &str, v: &Y) -> Result<(), (usize, String)> {
     match v {
-        serde_yaml::Value::Mapping(m) => {
+        Y::Map(m, _) => {
             for (k, val) in m {
-                let Some(k) = scalar(k) else { continue };
-                add(node, &k, val, json);
+                let (Some(name), line) = (k.text(), k.line()) else { continue };
+                add(node, &name, line, val)?;
             }
         }
-        serde_yaml::Value::Sequence(items) => {
+        Y::Seq(items, _) => {
             for item in items {
                 match item {
-                    serde_yaml::Value::Mapping(m) => {
+                    Y::Map(m, _) if key == "changes" || key == "rollback" => {
+                        // A change given as `- sql: text` or `- empty:` is a change all the
+                        // same, its text the value of a DIRECT_VALUE property.
                         for (k, val) in m {
-                            let Some(k) = scalar(k) else { continue };
-                            add(node, &k, val, json);
+                            let (Some(name), line) = (k.text(), k.line()) else { continue };
+                            match val {
+                                Y::Scalar(s, l) => {
+                                    let mut c = Node::new(&name, Some(line));
+                                    c.text = value_text(&name, s, *l)?;
+                                    node.children.push(c);
+                                }
+                                _ => add(node, &name, line, val)?,
+                            }
                         }
                     }
-                    other => {
-                        if let Some(s) = scalar(other) {
+                    Y::Map(m, _) => {
+                        for (k, val) in m {
+                            let (Some(name), line) = (k.text(), k.line()) else { continue };
+                            add(node, &name, line, val)?;
+                        }
+                    }
+                    Y::Scalar(s, l) => {
+                        if let Some(s) = value_text(key, s, *l)? {
                             node.attrs.push((key.to_string(), s));
                         }
                     }
+                    Y::Seq(..) => {}
                 }
             }
         }
-        other => node.text = scalar(other),
+        Y::Scalar(s, l) => node.text = value_text(key, s, *l)?,
+    }
+    Ok(())
+}
+
+/// The text Liquibase makes of a scalar under `key`; a date or zoned timestamp pgplane
+/// cannot write as Liquibase would (Java's `Date.toString`, which depends on the JVM's time
+/// zone) is an error, except under the `*Date` keys, which take dates.
+fn value_text(key: &str, s: &Scalar, line: usize) -> Result<Option<String>, (usize, String)> {
+    match s {
+        Scalar::Date(v) | Scalar::ZonedTimestamp(v) if !key.ends_with("Date") => Err((
+            line,
+            format!(
+                "{key}: the unquoted {v} is a YAML date, which Liquibase turns into Java's date text (like \"Fri Jan 31 00:00:00 UTC 2020\", in the time zone of its JVM); quote it"
+            ),
+        )),
+        Scalar::ZonedTimestamp(v) => Err((
+            line,
+            format!(
+                "{key}: the unquoted {v} is a YAML timestamp with a zone, which Liquibase turns into Java's date text in the time zone of its JVM; quote it"
+            ),
+        )),
+        other => Ok(scalar_text(other)),
     }
 }
 
-fn add(node: &mut Node, k: &str, val: &serde_yaml::Value, json: bool) {
+fn add(node: &mut Node, k: &str, line: usize, val: &Y) -> Result<(), (usize, String)> {
     match val {
-        serde_yaml::Value::Null => {}
-        serde_yaml::Value::Mapping(_) => {
-            let mut c = Node::new(k, None);
-            fill(&mut c, k, val, json);
+        Y::Scalar(Scalar::Null, _) => {}
+        Y::Map(..) => {
+            let mut c = Node::new(k, Some(line));
+            fill(&mut c, k, val)?;
             node.children.push(c);
         }
-        serde_yaml::Value::Sequence(items) if items.iter().all(|i| scalar(i).is_some()) && !items.is_empty() => {
+        Y::Seq(items, _) if !items.is_empty() && items.iter().all(|i| matches!(i, Y::Scalar(..))) => {
             for i in items {
-                if let Some(s) = scalar(i) {
-                    node.attrs.push((k.to_string(), s));
+                if let Y::Scalar(s, l) = i {
+                    if let Some(s) = value_text(k, s, *l)? {
+                        node.attrs.push((k.to_string(), s));
+                    }
                 }
             }
         }
-        serde_yaml::Value::Sequence(_) => {
-            let mut c = Node::new(k, None);
-            fill(&mut c, k, val, json);
+        Y::Seq(..) => {
+            let mut c = Node::new(k, Some(line));
+            fill(&mut c, k, val)?;
             node.children.push(c);
         }
-        other => {
-            if let Some(s) = scalar(other) {
-                if !json && matches!(other, serde_yaml::Value::String(_)) && is_date(&s) {
-                    node.yaml_dates.push(k.to_string());
+        Y::Scalar(s, l) => {
+            if let Some(text) = value_text(k, s, *l)? {
+                match s {
+                    Scalar::Date(_) => node.yaml_dates.push(k.to_string()),
+                    Scalar::Float(_) => node.yaml_floats.push(k.to_string()),
+                    _ => {}
                 }
-                if matches!(other, serde_yaml::Value::Number(n) if n.is_f64()) {
-                    node.yaml_floats.push(k.to_string());
-                }
-                node.attrs.push((k.to_string(), s));
+                node.attrs.push((k.to_string(), text));
             }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_scalars_resolve_as_snakeyaml_does() {
+        let r = |v: &str| resolve(v, true, None);
+        assert_eq!(r("yes"), Scalar::Bool(true));
+        assert_eq!(r("Off"), Scalar::Bool(false));
+        assert_eq!(r("007"), Scalar::Int("7".into()));
+        assert_eq!(r("0x1F"), Scalar::Int("31".into()));
+        assert_eq!(r("0b101"), Scalar::Int("5".into()));
+        assert_eq!(r("1:30"), Scalar::Int("90".into()));
+        assert_eq!(r("1_000"), Scalar::Int("1000".into()));
+        assert_eq!(r("-12"), Scalar::Int("-12".into()));
+        assert_eq!(r("09"), Scalar::Str("09".into()));
+        assert_eq!(r("1.50"), Scalar::Float("1.5".into()));
+        assert_eq!(r("1e3"), Scalar::Float("1000.0".into()));
+        assert_eq!(r("1.0e10"), Scalar::Float("1.0E10".into()));
+        assert_eq!(r("0.0001"), Scalar::Float("1.0E-4".into()));
+        assert_eq!(r("~"), Scalar::Null);
+        assert_eq!(r("2020-01-31"), Scalar::Date("2020-01-31".into()));
+        assert_eq!(r("2020-01-31T10:20:30.5"), Scalar::LocalTimestamp("2020-01-31 10:20:30".into()));
+        assert_eq!(r("2020-01-31T10:20:30Z"), Scalar::ZonedTimestamp("2020-01-31T10:20:30Z".into()));
+        assert_eq!(r("varchar(10)"), Scalar::Str("varchar(10)".into()));
+        assert_eq!(resolve("yes", false, None), Scalar::Str("yes".into()));
+        assert_eq!(resolve("12", true, Some("str")), Scalar::Str("12".into()));
+    }
+
+    #[test]
+    fn yaml_lines_and_scalar_changes() {
+        let src = "databaseChangeLog:\n  - changeSet:\n      id: 001\n      author: a\n      changes:\n        - sql: SELECT 1\n        - empty:\n";
+        let n = from_yaml("x.yaml", src).unwrap();
+        let cs = &n.children[0];
+        assert_eq!(cs.name, "changeSet");
+        assert_eq!(cs.line, Some(2));
+        assert_eq!(cs.get("id").as_deref(), Some("1"));
+        let changes = cs.flat_children("changes");
+        assert_eq!(changes.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["sql", "empty"]);
+        assert_eq!(changes[0].text.as_deref(), Some("SELECT 1"));
+        let err = from_yaml("x.yaml", "databaseChangeLog:\n  - changeSet:\n      id: 2020-01-31\n").unwrap_err();
+        assert!(err.message.contains("quote it"), "{err}");
+        assert_eq!(err.line, Some(3));
+    }
 
     #[test]
     fn nesting_is_measured_without_parsing() {

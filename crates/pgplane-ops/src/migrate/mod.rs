@@ -21,6 +21,7 @@ use tokio_postgres::Client;
 use crate::conn::{Role, Target as Server};
 use crate::events::Events;
 pub use ledger::LedgerNames;
+pub use liquibase::LiquibaseOptions;
 pub use source::{Root, Selection, Source};
 
 /// Where one run of migrations goes: a database, a schema in it, and who runs them.
@@ -56,6 +57,8 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Print a line per migration as it runs (not with --json).
     pub live: bool,
+    /// Liquibase properties and permissions.
+    pub liquibase: LiquibaseOptions,
 }
 
 /// One migration in a report.
@@ -254,7 +257,13 @@ pub async fn plan_target(
     t: &Target,
     opts: &RunOptions,
 ) -> Result<(Vec<pgplane_core::migrate::Unit>, Vec<pgplane_core::migrate::Applied>, MigrationPlan)> {
-    let units = source.units(&opts.selection);
+    let units = match source {
+        Source::Liquibase(l) => {
+            let changelog = l.resolve(client, t, &opts.selection, &opts.ledger, &opts.liquibase).await?;
+            liquibase::units_of(&changelog, &opts.selection)
+        }
+        Source::Sql { .. } => source.units(&opts.selection),
+    };
     let applied = ledger::read(client, source, &t.schema, &opts.ledger).await?.unwrap_or_default();
     let p = plan(&units, &applied, PlanOptions { retry_failed: opts.retry_failed });
     Ok((units, applied, p))
@@ -352,9 +361,17 @@ async fn plan_and_run(
             .map(|s| &units[s.unit])
             .filter(|u| applied.iter().any(|a| a.key == u.key && a.checksum.is_none()))
             .collect();
-        liquibase::fill_checksums(client, l, &t.schema, &opts.ledger.table(source), &cleared).await?;
+        liquibase::fill_checksums(client, l, t, &opts.ledger.table(source), &cleared).await?;
     }
     let to_run: Vec<_> = p.to_run().collect();
+    if let Source::Liquibase(l) = source {
+        // Before anything runs: what the run may not do, and the changelogs' own preconditions.
+        let run_units: Vec<&pgplane_core::migrate::Unit> = to_run.iter().map(|s| &units[s.unit]).collect();
+        liquibase::check_refusals(l, t, &run_units)?;
+        if !run_units.is_empty() {
+            liquibase::check_changelog_preconditions(client, l, t, &opts.ledger.table(source)).await?;
+        }
+    }
     for (i, step) in to_run.iter().enumerate() {
         let unit = &units[step.unit];
         // Only the run's last migration waits for its commit to reach disk, which makes
@@ -611,6 +628,7 @@ pub async fn unmigrated(
         lock_timeout: Duration::ZERO,
         jobs: 8,
         live: false,
+        liquibase: LiquibaseOptions::default(),
     };
     let mut work = Vec::new();
     for (choice, endpoints) in by_choice(m, module_endpoints(manifest, desired, m, None)?)? {
@@ -688,6 +706,9 @@ impl RunOptions {
         self.ledger.changelog_table = self.ledger.changelog_table.or(spec.changelog_table.clone());
         self.ledger.changelog_lock_table = self.ledger.changelog_lock_table.or(spec.changelog_lock_table.clone());
         self.ledger.history_table = self.ledger.history_table.or(spec.history_table.clone());
+        // The command line's properties come first, so they win over the manifest's.
+        self.liquibase.properties.extend(spec.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.liquibase.allow_execute_command |= spec.allow_execute_command;
         self
     }
 }
@@ -714,6 +735,7 @@ pub async fn run_modules(
     keys: &crate::secrets::Keyring,
     only: Option<(&str, Option<&str>)>,
     source_override: Option<&std::path::Path>,
+    search_path_override: Option<&std::path::Path>,
     base: &RunOptions,
     events: &dyn Events,
 ) -> Result<Vec<ModuleRun>> {
@@ -735,9 +757,10 @@ pub async fn run_modules(
         let tenant = only.and_then(|(_, t)| t);
         if let Some(p) = source_override {
             let spec = m.migrations.clone().unwrap_or_default();
-            let source = Source::load(p, &Root::cli(Some(&s.manifest.file), p)?)
+            let source = Source::load_with(p, &Root::cli(Some(&s.manifest.file), p)?, search_path_override)
                 .with_context(|| format!("module {}", m.name))?;
             let opts = base.clone().with_spec(&spec);
+            source.check_selected(&opts.selection).with_context(|| format!("module {}", m.name))?;
             let targets = module_targets(s, &logins, m, tenant)?;
             work.push((m.name.clone(), source, targets, opts));
             continue;
@@ -754,6 +777,7 @@ pub async fn run_modules(
             let source =
                 Source::load_choice(&s.manifest.file, &choice).with_context(|| format!("module {}", m.name))?;
             let opts = base.clone().with_spec(&choice.selected_spec());
+            source.check_selected(&opts.selection).with_context(|| format!("module {}", m.name))?;
             let targets = endpoints.into_iter().map(|e| endpoint_target(m, e, &login)).collect::<Result<Vec<_>>>()?;
             work.push((m.name.clone(), source, targets, opts));
         }

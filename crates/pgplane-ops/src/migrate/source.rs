@@ -79,10 +79,26 @@ impl Root {
 }
 
 impl Source {
+    /// What a Liquibase changelog holds that pgplane cannot run and this selection runs:
+    /// an error before anything runs (a changeset the selection leaves out blocks nothing).
+    pub fn check_selected(&self, selection: &Selection) -> Result<()> {
+        if let Source::Liquibase(l) = self {
+            l.check_selected(selection)?;
+        }
+        Ok(())
+    }
+
     /// Reads a source inside `root`: a folder is a SQL folder; a `.yaml`/`.yml`/`.xml`/
     /// `.json` file or a `.sql` file starting with `--liquibase formatted sql` is a
     /// Liquibase changelog.
     pub fn load(path: &Path, root: &Root) -> Result<Source> {
+        Source::load_with(path, root, None)
+    }
+
+    /// [`Source::load`] with Liquibase's search path given (`--search-path`,
+    /// `migrations.search_path`): the changelog's includes and files are found from there,
+    /// and its FILENAME is its path relative to it, as with `liquibase --search-path`.
+    pub fn load_with(path: &Path, root: &Root, search_path: Option<&Path>) -> Result<Source> {
         let real = confine::resolve(path, &root.0).map_err(|e| match e.kind() {
             std::io::ErrorKind::PermissionDenied => anyhow::anyhow!("migration source {e}"),
             _ => anyhow::anyhow!(
@@ -94,7 +110,7 @@ impl Source {
             return load_sql_folder(path, &root.0, &Folders::default());
         }
         if liquibase::is_changelog(path, &root.0)? {
-            return Ok(Source::Liquibase(liquibase::load(path, &root.0)?));
+            return Ok(Source::Liquibase(liquibase::load(path, &root.0, search_path)?));
         }
         bail!(
             "{} is not a migration source: give a folder of V<version>__<description>.sql files, or a Liquibase \
@@ -108,9 +124,7 @@ impl Source {
             Source::Sql { folder, migrations } => {
                 format!("SQL folder {} ({} migrations)", folder.display(), migrations.len())
             }
-            Source::Liquibase(l) => {
-                format!("Liquibase changelog {} ({} changesets)", l.file.display(), l.changelog.changesets.len())
-            }
+            Source::Liquibase(l) => l.describe(),
         }
     }
 
@@ -219,7 +233,8 @@ impl Source {
             let folders = Folders { known: choice.parameter_folders.clone(), included: choice.folders.clone() };
             load_sql_folder(&path, &root.0, &folders)?
         } else {
-            let source = Source::load(&path, &root)?;
+            let search_path = choice.spec.search_path.as_deref().map(|p| super::module_source_path(manifest_file, p));
+            let source = Source::load_with(&path, &root, search_path.as_deref())?;
             if let Some(f) = choice.parameter_folders.first() {
                 bail!(
                     "a parameter selects the folder {f:?}, but {} is a Liquibase changelog; give it `context: NAME` \

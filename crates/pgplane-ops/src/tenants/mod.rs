@@ -479,6 +479,7 @@ pub fn run_options(lock_timeout: Duration) -> migrate::RunOptions {
         lock_timeout,
         jobs: 1,
         live: false,
+        liquibase: migrate::LiquibaseOptions::default(),
     }
 }
 

@@ -60,8 +60,9 @@ pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
         lock_timeout: args.change.lock_timeout,
         jobs: 4,
         live: !args.change.json,
+        liquibase: migrate::LiquibaseOptions::default(),
     };
-    let runs = match migrate::run_modules(&s, ctx.keys()?, None, None, &opts, &output::Terminal::new()).await {
+    let runs = match migrate::run_modules(&s, ctx.keys()?, None, None, None, &opts, &output::Terminal::new()).await {
         Ok(runs) => runs,
         Err(e) => {
             // Provisioning happened: its result is printed whatever the migrations did.
@@ -317,6 +318,10 @@ pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
         lock_timeout: args.lock_timeout,
         jobs: migrate::check_jobs(args.jobs)?,
         live: !args.json && mode == migrate::Mode::Up,
+        liquibase: migrate::LiquibaseOptions {
+            properties: args.property.clone(),
+            allow_execute_command: args.allow_execute_command,
+        },
     };
     for (flag, value) in [
         ("--schema", &args.schema),
@@ -330,7 +335,10 @@ pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
     }
     let runs = if let Some(url) = &args.url {
         let path = args.source.as_deref().context("--url needs --source PATH")?;
-        let source = migrate::Source::load(path, &migrate::Root::own(path)?)?;
+        // The files a changelog reads stay inside its search path (or its own folder).
+        let root = migrate::Root::own(args.search_path.as_deref().unwrap_or(path))?;
+        let source = migrate::Source::load_with(path, &root, args.search_path.as_deref())?;
+        source.check_selected(&opts.selection)?;
         let server = crate::conn::Target::from_url("url", url)?;
         let database = server.config.get_dbname().unwrap_or("postgres").to_string();
         let target = migrate::Target {
@@ -350,7 +358,15 @@ pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
         let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
         let only = args.module.as_deref().map(|m| (m, args.tenant.as_deref()));
         let terminal = output::Terminal::new();
-        let run = migrate::run_modules(&s, ctx.keys()?, only, args.source.as_deref(), &opts, &terminal);
+        let run = migrate::run_modules(
+            &s,
+            ctx.keys()?,
+            only,
+            args.source.as_deref(),
+            args.search_path.as_deref(),
+            &opts,
+            &terminal,
+        );
         let runs = match mode {
             migrate::Mode::Up => s.journaled("migrate", run).await?,
             _ => run.await?,
