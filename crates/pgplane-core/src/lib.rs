@@ -19,6 +19,7 @@ pub mod migrate;
 pub mod model;
 pub mod naming;
 pub mod observed;
+pub mod pgbouncer;
 pub mod plan;
 pub mod render;
 pub mod schema;

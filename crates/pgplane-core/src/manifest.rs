@@ -167,6 +167,12 @@ pub struct RawModule {
     pub migrations: Option<RawMigrations>,
     #[serde(default)]
     pub settings: BTreeMap<String, serde_yaml::Value>,
+    /// PgBouncer: server connections per (database, user) pool (`pgplane pgbouncer`).
+    #[serde(default)]
+    pub pool_size: Option<u32>,
+    /// PgBouncer: server connections per database, all users together.
+    #[serde(default)]
+    pub max_db_connections: Option<u32>,
 }
 
 /// `migrations: PATH`, or a map with the path and options.
@@ -245,6 +251,16 @@ pub struct ModuleSpec {
     pub migrations: Option<MigrationsSpec>,
     /// Database-level settings (`ALTER DATABASE … SET name = value`), sorted by name.
     pub settings: Vec<(String, String)>,
+    /// PgBouncer pool sizes of the module's databases (`pgplane pgbouncer`).
+    pub pool: PoolSpec,
+}
+
+/// A module's PgBouncer pools: `pool_size` server connections per (database, user) pair,
+/// at most `max_db_connections` per database. `None`: not given (see `pgbouncer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolSpec {
+    pub pool_size: Option<u32>,
+    pub max_db_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -655,6 +671,7 @@ fn validate(
                 Some(raw) => Some(migrations(raw).map_err(|(key, value, msg)| here().err(key, &value, msg))?),
             },
             settings: settings(&m.settings).map_err(|(key, msg)| here().err(&key, &key, msg))?,
+            pool: pool(m).map_err(|(key, value, msg)| here().err(key, &value.to_string(), msg))?,
         });
     }
 
@@ -832,6 +849,44 @@ fn settings(raw: &BTreeMap<String, serde_yaml::Value>) -> Result<Vec<(String, St
         out.push((name.clone(), value));
     }
     Ok(out)
+}
+
+/// Checks a module's `pool_size` and `max_db_connections`; an error names the key, its
+/// value and the fix.
+fn pool(m: &RawModule) -> Result<PoolSpec, (&'static str, u32, String)> {
+    let spec = PoolSpec { pool_size: m.pool_size, max_db_connections: m.max_db_connections };
+    for (key, value) in [("pool_size", spec.pool_size), ("max_db_connections", spec.max_db_connections)] {
+        if value == Some(0) {
+            return Err((key, 0, format!("{key} 0 lets no connection through PgBouncer; use 1 or more")));
+        }
+    }
+    if let (Some(size), Some(max)) = (spec.pool_size, spec.max_db_connections) {
+        if size > max {
+            return Err((
+                "pool_size",
+                size,
+                format!(
+                    "pool_size {size} is larger than max_db_connections {max}: no pool of module {:?} can use more \
+                     than {max} connections; lower pool_size to {max} or less",
+                    m.name
+                ),
+            ));
+        }
+    }
+    if let (Some(max), Some(limit)) = (spec.max_db_connections, m.connection_limit.filter(|l| *l >= 0)) {
+        if i64::from(max) > i64::from(limit) {
+            return Err((
+                "max_db_connections",
+                max,
+                format!(
+                    "max_db_connections {max} is larger than connection_limit {limit} of module {:?}: PgBouncer would \
+                     open connections the server refuses; lower max_db_connections to {limit} or less",
+                    m.name
+                ),
+            ));
+        }
+    }
+    Ok(spec)
 }
 
 /// `250ms`, `30s`, `5m`, `72h`, `7d`; a bare number is seconds.
@@ -1149,6 +1204,21 @@ tenants:
             "version: 1\nmodules:\n  - name: a\n    storage: database\n    settings:\n      search_path: 'a,, b'\n",
         );
         assert!(e.contains("search_path is a list of names"), "{e}");
+    }
+
+    #[test]
+    fn pool_sizes_are_checked_with_their_line() {
+        let m = parse("version: 1\nmodules:\n  - name: a\n    storage: database\n    pool_size: 5\n    max_db_connections: 20\n")
+            .unwrap();
+        assert_eq!(m.modules[0].pool, PoolSpec { pool_size: Some(5), max_db_connections: Some(20) });
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n  - name: b\n    storage: database\n    pool_size: 0\n");
+        assert!(e.starts_with("pgplane.yaml:7:16: pool_size 0"), "{e}");
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    pool_size: 30\n    max_db_connections: 20\n");
+        assert!(e.starts_with("pgplane.yaml:5:16: pool_size 30 is larger than max_db_connections 20"), "{e}");
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    connection_limit: 10\n    max_db_connections: 20\n");
+        assert!(e.starts_with("pgplane.yaml:6:25: max_db_connections 20 is larger than connection_limit 10"), "{e}");
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    pool_size: -3\n");
+        assert!(e.starts_with("pgplane.yaml:5:"), "{e}");
     }
 
     #[test]
