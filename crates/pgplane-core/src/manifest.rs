@@ -1208,12 +1208,16 @@ tenants:
 
     #[test]
     fn pool_sizes_are_checked_with_their_line() {
-        let m = parse("version: 1\nmodules:\n  - name: a\n    storage: database\n    pool_size: 5\n    max_db_connections: 20\n")
-            .unwrap();
+        let m = parse(
+            "version: 1\nmodules:\n  - name: a\n    storage: database\n    pool_size: 5\n    max_db_connections: 20\n",
+        )
+        .unwrap();
         assert_eq!(m.modules[0].pool, PoolSpec { pool_size: Some(5), max_db_connections: Some(20) });
         let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n  - name: b\n    storage: database\n    pool_size: 0\n");
         assert!(e.starts_with("pgplane.yaml:7:16: pool_size 0"), "{e}");
-        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    pool_size: 30\n    max_db_connections: 20\n");
+        let e = err(
+            "version: 1\nmodules:\n  - name: a\n    storage: database\n    pool_size: 30\n    max_db_connections: 20\n",
+        );
         assert!(e.starts_with("pgplane.yaml:5:16: pool_size 30 is larger than max_db_connections 20"), "{e}");
         let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    connection_limit: 10\n    max_db_connections: 20\n");
         assert!(e.starts_with("pgplane.yaml:6:25: max_db_connections 20 is larger than connection_limit 10"), "{e}");

@@ -69,9 +69,9 @@ pub type Hosts = BTreeMap<String, (String, u16)>;
 pub fn entries(desired: &Desired, manifest: &Manifest, hosts: &Hosts) -> Result<Vec<Entry>, String> {
     let mut out = Vec::new();
     for db in &desired.databases {
-        let module = manifest
-            .module(&db.origin.module)
-            .ok_or_else(|| format!("database {} belongs to module {}, which the manifest does not list", db.name, db.origin.module))?;
+        let module = manifest.module(&db.origin.module).ok_or_else(|| {
+            format!("database {} belongs to module {}, which the manifest does not list", db.name, db.origin.module)
+        })?;
         let (host, port) = hosts
             .get(&db.server)
             .cloned()
@@ -207,15 +207,7 @@ pub fn budget(entries: &[Entry], limits: &[Limits], reserve: u32) -> Result<Vec<
             let largest: Vec<String> = mine
                 .iter()
                 .take(3)
-                .map(|e| {
-                    format!(
-                        "{} (module {}) {} ({})",
-                        e.name,
-                        e.module,
-                        e.max_server_connections(),
-                        e.explain()
-                    )
-                })
+                .map(|e| format!("{} (module {}) {} ({})", e.name, e.module, e.max_server_connections(), e.explain()))
                 .collect();
             problems.push(format!(
                 "{}: {} over. Largest: {}{}. Lower `pool_size` or set `max_db_connections` on these modules in the \

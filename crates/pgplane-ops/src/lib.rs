@@ -19,6 +19,7 @@ pub mod locks;
 pub mod migrate;
 pub mod observe;
 pub mod ops;
+pub mod pgbouncer;
 pub mod provision;
 pub mod runner;
 pub mod schema;

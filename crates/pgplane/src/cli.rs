@@ -196,6 +196,50 @@ pub enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+    /// Write a PgBouncer configuration for an environment's databases.
+    ///
+    /// One `[databases]` entry per module database, shared schema-per-tenant database and
+    /// database-per-tenant database (tenants of the manifest and registered ones), each with
+    /// its module's `pool_size` (default 20) and `max_db_connections` (default: the module's
+    /// `connection_limit`); an `auth_file` with the SCRAM verifiers the server holds for the
+    /// managed roles (never a password; each checked to be the one pgplane set). Refused
+    /// when the pools could hold more server connections than the server allows
+    /// (`max_connections` minus its reserved connections and --reserve), naming the overflow.
+    /// Without --out, prints pgbouncer.ini; the userlist is only ever written to a file.
+    /// pgplane's own admin URLs must point at PostgreSQL, not at PgBouncer.
+    #[command(after_help = "Examples:
+  pgplane pgbouncer -f pgplane.yaml --env dev                     # pgbouncer.ini on stdout
+  pgplane pgbouncer -f pgplane.yaml --out /etc/pgbouncer --listen 0.0.0.0:6432
+  pgplane pgbouncer --pool-mode transaction --reserve 10 --out ./pgbouncer --json")]
+    Pgbouncer(PgbouncerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PgbouncerArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// Write pgbouncer.ini and userlist.txt (mode 0600) into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Where PgBouncer listens (`listen_addr`, `listen_port`).
+    #[arg(long, default_value = "127.0.0.1:6432")]
+    pub listen: std::net::SocketAddr,
+    /// `pool_mode`: session (every feature works) or transaction (more clients per connection).
+    #[arg(long, value_enum, default_value_t = PoolModeArg::Session)]
+    pub pool_mode: PoolModeArg,
+    /// Server connections kept out of the budget for clients that connect directly
+    /// (pgplane itself, migrations, administrators).
+    #[arg(long, default_value_t = 0)]
+    pub reserve: u32,
+    /// Print JSON: {"env", "databases": [...], "servers": [budget], "users": [...], "files": [...]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PoolModeArg {
+    Session,
+    Transaction,
 }
 
 #[derive(Debug, Args)]

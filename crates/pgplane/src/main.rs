@@ -69,6 +69,7 @@ fn main() -> ExitCode {
             Command::Serve(a) => serve::run(ctx.home.clone(), a).await,
             Command::Worker(a) => commands::worker(&mut ctx, a).await,
             Command::Job { command } => commands::job(&mut ctx, command).await,
+            Command::Pgbouncer(a) => commands::pgbouncer(&mut ctx, a).await,
         }
     });
     match result {

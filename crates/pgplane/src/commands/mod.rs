@@ -1,7 +1,9 @@
 //! Command handlers: thin front ends over [`crate::ops`]. Each returns the exit code.
 
 mod jobs;
+mod pgbouncer;
 pub use jobs::{job, worker};
+pub use pgbouncer::pgbouncer;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
