@@ -113,6 +113,23 @@ impl DestroyPlan {
         }
         out
     }
+
+    /// Databases whose records this plan removes: the dropped ones, and those forgotten
+    /// because they are gone or not pgplane's (their cached observations go too).
+    pub fn forgotten_databases(&self) -> BTreeSet<(String, String)> {
+        let mut out = self.dropped_databases();
+        for c in &self.copies {
+            if matches!(c.fate, Fate::Keep { .. } | Fate::Gone) {
+                out.insert((c.copy.server.clone(), c.copy.database.clone()));
+            }
+        }
+        for a in &self.objects.actions {
+            if a.kind == crate::plan::ActionKind::Forget && a.object.kind == crate::model::ObjectKind::Database {
+                out.insert((a.server.clone(), a.object.name.clone()));
+            }
+        }
+        out
+    }
 }
 
 /// Why the planner's drops happen, in destroy's words.

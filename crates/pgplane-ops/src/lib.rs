@@ -10,6 +10,7 @@ pub mod branch;
 pub mod cancel;
 pub mod conn;
 pub mod control;
+pub mod destroy;
 pub mod error;
 pub mod events;
 pub mod exec;

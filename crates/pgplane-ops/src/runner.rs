@@ -25,6 +25,7 @@ pub mod kind {
     pub const BRANCH_DELETE: &str = "branch_delete";
     pub const BRANCH_GC: &str = "branch_gc";
     pub const TEMPLATE_BUILD: &str = "template_build";
+    pub const DESTROY: &str = "destroy";
 }
 
 /// `apply`: provision what the manifest says, then run the modules' migrations.
@@ -205,6 +206,19 @@ impl OpsRunner {
                 let report = b.build_template(&req.name, &contexts, &deploy_options()).await?;
                 let failed = (!report.ok).then(|| report.error.clone().unwrap_or_else(|| "the build failed".into()));
                 Ok(Done { changes: 1, result: serde_json::to_value(&report).ok(), failed })
+            }
+            kind::DESTROY => {
+                let _: crate::destroy::DestroyRequest = request(job)?;
+                let env = job
+                    .env
+                    .as_deref()
+                    .ok_or_else(|| Error::invalid(format!("destroy job {} names no environment", job.id)))?;
+                let report = crate::destroy::destroy(&mut ctx, &self.manifest.file, env, events).await?;
+                Ok(Done {
+                    changes: i32::try_from(report.applied).unwrap_or(i32::MAX),
+                    result: serde_json::to_value(report.summary()).ok(),
+                    failed: report.incomplete(),
+                })
             }
             other => Err(Error::invalid(format!("job {} has kind {other:?}, which this pgplane does not run", job.id))),
         }

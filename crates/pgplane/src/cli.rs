@@ -212,6 +212,43 @@ pub enum Command {
   pgplane pgbouncer -f pgplane.yaml --out /etc/pgbouncer --listen 0.0.0.0:6432
   pgplane pgbouncer --pool-mode transaction --reserve 10 --out ./pgbouncer --json")]
     Pgbouncer(PgbouncerArgs),
+    /// Drop everything pgplane manages for an environment, and nothing else.
+    ///
+    /// Plans first: the environment's branch and template databases, its tenants' and
+    /// modules' schemas, extensions and databases, then its roles, and their records in
+    /// the control database. Only what pgplane recorded as its own: a role or database
+    /// dropped and re-created outside pgplane under a recorded name is left alone (its
+    /// record is forgotten), as are objects of other environments. Shows the plan and asks
+    /// on a terminal; refuses without --yes when stdin is not one. Runs as a job of kind
+    /// `destroy`; refuses while other jobs of the environment are queued or running. Exit
+    /// code 1 when something of the environment is still recorded afterwards (it says what).
+    #[command(after_help = "Examples:
+  pgplane destroy --env pr-123 --dry-run        # what would go
+  pgplane destroy --env pr-123 -f pgplane.yaml --yes --json")]
+    Destroy(DestroyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// The manifest file (its servers; the environment's own modules need not be listed).
+    #[arg(short = 'f', long = "file", default_value = "pgplane.yaml")]
+    pub file: PathBuf,
+    /// The environment to destroy; never taken from the manifest or PGPLANE_ENV.
+    #[arg(long)]
+    pub env: String,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON: the plan ({"env", "changes", "copies", "actions", "notes"}) and, after a
+    /// run, "applied", "remaining" and "job".
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait for another pgplane operation on the same server.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
 }
 
 #[derive(Debug, Args)]

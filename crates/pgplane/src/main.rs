@@ -70,6 +70,7 @@ fn main() -> ExitCode {
             Command::Worker(a) => commands::worker(&mut ctx, a).await,
             Command::Job { command } => commands::job(&mut ctx, command).await,
             Command::Pgbouncer(a) => commands::pgbouncer(&mut ctx, a).await,
+            Command::Destroy(a) => commands::destroy(&mut ctx, a).await,
         }
     });
     match result {
