@@ -214,17 +214,17 @@ async fn open(ctx: &mut Ctx, file: &Path, env: &str) -> Result<Session> {
     Ok(s)
 }
 
-/// Another job of the environment still queued or running would create or change what
-/// destroy drops: refuse, naming it.
+/// Another job of the environment still queued or running (its lock held) would create or
+/// change what destroy drops: refuse, naming it.
 async fn refuse_unfinished_jobs(control: &Client, env: &str, this: Option<i64>) -> Result<()> {
-    let rows = control
-        .query(
-            "SELECT id, kind, status FROM pgplane.jobs
-              WHERE env = $1 AND status IN ('queued', 'running') AND id <> $2 ORDER BY id",
-            &[&env, &this.unwrap_or(-1)],
-        )
-        .await
-        .context("reading the environment's jobs")?;
+    // A `running` row whose lock nobody holds is a process that died: it runs no more.
+    let sql = format!(
+        "SELECT j.id, j.kind, j.status FROM pgplane.jobs j
+          WHERE j.env = $1 AND j.id <> $2 AND (j.status = 'queued' OR (j.status = 'running' AND {}))
+          ORDER BY j.id",
+        locks::job_lock_held_sql("j")
+    );
+    let rows = control.query(&sql, &[&env, &this.unwrap_or(-1)]).await.context("reading the environment's jobs")?;
     if rows.is_empty() {
         return Ok(());
     }

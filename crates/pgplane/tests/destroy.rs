@@ -164,7 +164,16 @@ fn destroy_refuses_while_jobs_of_the_env_are_unfinished() {
         "INSERT INTO pgplane.jobs (kind, env, resource, request, status) VALUES ('apply', 'dsj', NULL, '{}', 'queued') RETURNING id",
     );
     let id = lines(&id)[0].clone();
+    // A `running` job whose process died (nobody holds its lock) blocks nothing.
+    let dead = t.sql(
+        "pgplane",
+        "INSERT INTO pgplane.jobs (kind, env, request, status, attempts, worker, lease_until) \
+         VALUES ('apply', 'dsj', '{}', 'running', 1, 'cli@gone:1', now()) RETURNING id",
+    );
+    let dead = lines(&dead)[0].clone();
     let run = t.pgplane(&["destroy", "--env", "dsj", "-f", m, "--yes"]).fails();
+    assert!(!run.stderr.contains(&format!("apply {dead} ")), "{}", run.stderr);
+    t.sql("pgplane", &format!("DELETE FROM pgplane.jobs WHERE id = {dead}"));
     assert!(
         run.stderr.contains(&format!("environment dsj has unfinished jobs: apply {id} (queued)"))
             && run.stderr.contains("pgplane job cancel"),
