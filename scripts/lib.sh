@@ -109,3 +109,17 @@ ensure_pgbench() {
   fi
   export PGBENCH
 }
+
+# PgBouncer for the `pgplane pgbouncer` test: the Debian package `pgbouncer`, only when the
+# binary is missing. Exports PGBOUNCER (it refuses to run as root: the test runs it as the
+# `postgres` OS user, like the embedded server).
+ensure_pgbouncer() {
+  PGBOUNCER="$(command -v pgbouncer || true)"
+  [ -n "$PGBOUNCER" ] || { [ -x /usr/sbin/pgbouncer ] && PGBOUNCER=/usr/sbin/pgbouncer; } || true
+  if [ -z "$PGBOUNCER" ]; then
+    echo "pgbouncer not found: installing the Debian package pgbouncer" >&2
+    apt_install pgbouncer
+    PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
+  fi
+  export PGBOUNCER
+}

@@ -11,6 +11,7 @@
 
 pub mod branch;
 pub mod confine;
+pub mod destroy;
 pub mod ident;
 pub mod job;
 pub mod liquibase;
@@ -19,6 +20,7 @@ pub mod migrate;
 pub mod model;
 pub mod naming;
 pub mod observed;
+pub mod pgbouncer;
 pub mod plan;
 pub mod render;
 pub mod schema;

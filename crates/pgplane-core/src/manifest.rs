@@ -180,6 +180,12 @@ pub struct RawModule {
     pub migrations: Option<RawMigrations>,
     #[serde(default)]
     pub settings: BTreeMap<String, serde_yaml::Value>,
+    /// PgBouncer: server connections per (database, user) pool (`pgplane pgbouncer`).
+    #[serde(default)]
+    pub pool_size: Option<u32>,
+    /// PgBouncer: server connections per database, all users together.
+    #[serde(default)]
+    pub max_db_connections: Option<u32>,
     /// The module's releases, oldest first (see [`VersionSpec`]).
     #[serde(default)]
     pub versions: Vec<RawVersion>,
@@ -306,6 +312,8 @@ pub struct ModuleSpec {
     pub migrations: Option<MigrationsSpec>,
     /// Database-level settings (`ALTER DATABASE … SET name = value`), sorted by name.
     pub settings: Vec<(String, String)>,
+    /// PgBouncer pool sizes of the module's databases (`pgplane pgbouncer`).
+    pub pool: PoolSpec,
     /// `server: auto` (database-per-tenant only): each tenant's database goes to the
     /// least-loaded server with room, chosen once and recorded; `server` is then the first
     /// server and means nothing for the tenants.
@@ -389,6 +397,14 @@ impl ParameterSelects {
             ParameterSelects::Folder(f) => format!("folder {f}"),
         }
     }
+}
+
+/// A module's PgBouncer pools: `pool_size` server connections per (database, user) pair,
+/// at most `max_db_connections` per database. `None`: not given (see `pgbouncer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolSpec {
+    pub pool_size: Option<u32>,
+    pub max_db_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -876,6 +892,7 @@ fn validate(
             auto_server,
             versions: versions(m).map_err(|(key, value, msg, nth)| here().err_nth(key, &value, nth, msg))?,
             parameters: parameters(m).map_err(|(name, msg)| here().err_key(&name, msg))?,
+            pool: pool(m).map_err(|(key, value, msg)| here().err(key, &value.to_string(), msg))?,
         });
     }
 
@@ -1242,6 +1259,44 @@ fn settings(raw: &BTreeMap<String, serde_yaml::Value>) -> Result<Vec<(String, St
     Ok(out)
 }
 
+/// Checks a module's `pool_size` and `max_db_connections`; an error names the key, its
+/// value and the fix.
+fn pool(m: &RawModule) -> Result<PoolSpec, (&'static str, u32, String)> {
+    let spec = PoolSpec { pool_size: m.pool_size, max_db_connections: m.max_db_connections };
+    for (key, value) in [("pool_size", spec.pool_size), ("max_db_connections", spec.max_db_connections)] {
+        if value == Some(0) {
+            return Err((key, 0, format!("{key} 0 lets no connection through PgBouncer; use 1 or more")));
+        }
+    }
+    if let (Some(size), Some(max)) = (spec.pool_size, spec.max_db_connections) {
+        if size > max {
+            return Err((
+                "pool_size",
+                size,
+                format!(
+                    "pool_size {size} is larger than max_db_connections {max}: no pool of module {:?} can use more \
+                     than {max} connections; lower pool_size to {max} or less",
+                    m.name
+                ),
+            ));
+        }
+    }
+    if let (Some(max), Some(limit)) = (spec.max_db_connections, m.connection_limit.filter(|l| *l >= 0)) {
+        if i64::from(max) > i64::from(limit) {
+            return Err((
+                "max_db_connections",
+                max,
+                format!(
+                    "max_db_connections {max} is larger than connection_limit {limit} of module {:?}: PgBouncer would \
+                     open connections the server refuses; lower max_db_connections to {limit} or less",
+                    m.name
+                ),
+            ));
+        }
+    }
+    Ok(spec)
+}
+
 /// `250ms`, `30s`, `5m`, `72h`, `7d`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     use std::time::Duration;
@@ -1603,6 +1658,25 @@ tenants:
         assert!(e.starts_with("pgplane.yaml:5:") && e.contains("database-per-tenant"), "{e}");
         let e = err("version: 1\nservers:\n  - name: a\n    url: u\n    capacity: {databases: 0}\nmodules:\n  - name: x\n    storage: database\n");
         assert!(e.starts_with("pgplane.yaml:5:") && e.contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn pool_sizes_are_checked_with_their_line() {
+        let m = parse(
+            "version: 1\nmodules:\n  - name: a\n    storage: database\n    pool_size: 5\n    max_db_connections: 20\n",
+        )
+        .unwrap();
+        assert_eq!(m.modules[0].pool, PoolSpec { pool_size: Some(5), max_db_connections: Some(20) });
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n  - name: b\n    storage: database\n    pool_size: 0\n");
+        assert!(e.starts_with("pgplane.yaml:7:16: pool_size 0"), "{e}");
+        let e = err(
+            "version: 1\nmodules:\n  - name: a\n    storage: database\n    pool_size: 30\n    max_db_connections: 20\n",
+        );
+        assert!(e.starts_with("pgplane.yaml:5:16: pool_size 30 is larger than max_db_connections 20"), "{e}");
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    connection_limit: 10\n    max_db_connections: 20\n");
+        assert!(e.starts_with("pgplane.yaml:6:25: max_db_connections 20 is larger than connection_limit 10"), "{e}");
+        let e = err("version: 1\nmodules:\n  - name: a\n    storage: database\n    pool_size: -3\n");
+        assert!(e.starts_with("pgplane.yaml:5:"), "{e}");
     }
 
     #[test]

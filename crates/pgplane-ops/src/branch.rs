@@ -365,10 +365,13 @@ impl Branches {
         swap_in(admin, &building, &t.name, opts).await.with_context(|| format!("swapping in the new {}", t.name))?;
         drop_database(admin, &retired).await?;
         let sources_json = serde_json::to_value(&t.sources)?;
+        // Its identity: `destroy` drops only the database pgplane built.
+        let oid = database_oid(admin, &t.name).await?;
         self.control
             .execute(
-                "UPDATE pgplane.templates SET building = NULL, built_at = now(), sources = $3 WHERE env = $1 AND name = $2",
-                &[&self.env, &t.name, &sources_json],
+                "UPDATE pgplane.templates SET building = NULL, built_at = now(), sources = $3, database_oid = $4
+                  WHERE env = $1 AND name = $2",
+                &[&self.env, &t.name, &sources_json, &oid],
             )
             .await?;
         Ok(TemplateReport {

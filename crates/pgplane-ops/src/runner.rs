@@ -32,6 +32,7 @@ pub mod kind {
     pub const TENANT_REMOVE: &str = "tenant_remove";
     pub const TENANT_INSTALL: &str = "tenant_install";
     pub const TENANT_GC: &str = "tenant_gc";
+    pub const DESTROY: &str = "destroy";
 }
 
 /// `apply`: provision what the manifest says, then run the modules' migrations.
@@ -461,6 +462,19 @@ impl OpsRunner {
             | kind::TENANT_REMOVE
             | kind::TENANT_INSTALL
             | kind::TENANT_GC => self.tenant_job(&mut ctx, job, env, events).await,
+            kind::DESTROY => {
+                let _: crate::destroy::DestroyRequest = request(job)?;
+                let env = job
+                    .env
+                    .as_deref()
+                    .ok_or_else(|| Error::invalid(format!("destroy job {} names no environment", job.id)))?;
+                let report = crate::destroy::destroy(&mut ctx, &self.manifest.file, env, events).await?;
+                Ok(Done {
+                    changes: i32::try_from(report.applied).unwrap_or(i32::MAX),
+                    result: serde_json::to_value(report.summary()).ok(),
+                    failed: report.incomplete(),
+                })
+            }
             other => Err(Error::invalid(format!("job {} has kind {other:?}, which this pgplane does not run", job.id))),
         }
     }

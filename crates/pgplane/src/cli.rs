@@ -218,6 +218,36 @@ pub enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+    /// Write a PgBouncer configuration for an environment's databases.
+    ///
+    /// One `[databases]` entry per module database, shared schema-per-tenant database and
+    /// database-per-tenant database (tenants of the manifest and registered ones), each with
+    /// its module's `pool_size` (default 20) and `max_db_connections` (default: the module's
+    /// `connection_limit`); an `auth_file` with the SCRAM verifiers the server holds for the
+    /// managed roles (never a password; each checked to be the one pgplane set). Refused
+    /// when the pools could hold more server connections than the server allows
+    /// (`max_connections` minus its reserved connections and --reserve), naming the overflow.
+    /// Without --out, prints pgbouncer.ini; the userlist is only ever written to a file.
+    /// pgplane's own admin URLs must point at PostgreSQL, not at PgBouncer.
+    #[command(after_help = "Examples:
+  pgplane pgbouncer -f pgplane.yaml --env dev                     # pgbouncer.ini on stdout
+  pgplane pgbouncer -f pgplane.yaml --out /etc/pgbouncer --listen 0.0.0.0:6432
+  pgplane pgbouncer --pool-mode transaction --reserve 10 --out ./pgbouncer --json")]
+    Pgbouncer(PgbouncerArgs),
+    /// Drop everything pgplane manages for an environment, and nothing else.
+    ///
+    /// Plans first: the environment's branch and template databases, its tenants' and
+    /// modules' schemas, extensions and databases, then its roles, and their records in
+    /// the control database. Only what pgplane recorded as its own: a role or database
+    /// dropped and re-created outside pgplane under a recorded name is left alone (its
+    /// record is forgotten), as are objects of other environments. Shows the plan and asks
+    /// on a terminal; refuses without --yes when stdin is not one. Runs as a job of kind
+    /// `destroy`; refuses while other jobs of the environment are queued or running. Exit
+    /// code 1 when something of the environment is still recorded afterwards (it says what).
+    #[command(after_help = "Examples:
+  pgplane destroy --env pr-123 --dry-run        # what would go
+  pgplane destroy --env pr-123 -f pgplane.yaml --yes --json")]
+    Destroy(DestroyArgs),
     /// Phased setup on shared databases: commands, SQL, waits on SQL conditions and
     /// long-running services, ordered by `needs` and exclusive or parallel groups.
     ///
@@ -340,6 +370,57 @@ pub struct SuperviseArgs {
     /// The service's command.
     #[arg(last = true, required = true)]
     pub argv: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// The manifest file (its servers; the environment's own modules need not be listed).
+    #[arg(short = 'f', long = "file", default_value = "pgplane.yaml")]
+    pub file: PathBuf,
+    /// The environment to destroy; never taken from the manifest or PGPLANE_ENV.
+    #[arg(long)]
+    pub env: String,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON: the plan ({"env", "changes", "copies", "actions", "notes"}) and, after a
+    /// run, "applied", "remaining" and "job".
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait for another pgplane operation on the same server.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct PgbouncerArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// Write pgbouncer.ini and userlist.txt (mode 0600) into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Where PgBouncer listens (`listen_addr`, `listen_port`).
+    #[arg(long, default_value = "127.0.0.1:6432")]
+    pub listen: std::net::SocketAddr,
+    /// `pool_mode`: session (every feature works) or transaction (more clients per connection).
+    #[arg(long, value_enum, default_value_t = PoolModeArg::Session)]
+    pub pool_mode: PoolModeArg,
+    /// Server connections kept out of the budget for clients that connect directly
+    /// (pgplane itself, migrations, administrators).
+    #[arg(long, default_value_t = 0)]
+    pub reserve: u32,
+    /// Print JSON: {"env", "databases": [...], "servers": [budget], "users": [...], "files": [...]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PoolModeArg {
+    Session,
+    Transaction,
 }
 
 #[derive(Debug, Args)]

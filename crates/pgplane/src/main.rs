@@ -74,6 +74,8 @@ fn main() -> ExitCode {
             Command::Worker(a) => commands::worker(&mut ctx, a).await,
             Command::Job { command } => commands::job(&mut ctx, command).await,
             Command::Tenant { command } => commands::tenant(&mut ctx, command).await,
+            Command::Pgbouncer(a) => commands::pgbouncer(&mut ctx, a).await,
+            Command::Destroy(a) => commands::destroy(&mut ctx, a).await,
         }
     });
     match result {

@@ -1,8 +1,12 @@
 //! Command handlers: thin front ends over [`crate::ops`]. Each returns the exit code.
 
+mod destroy;
 mod jobs;
+mod pgbouncer;
 mod tenant;
+pub use destroy::destroy;
 pub use jobs::{job, worker};
+pub use pgbouncer::pgbouncer;
 pub use tenant::tenant;
 
 use std::io::IsTerminal;
@@ -30,7 +34,7 @@ pub async fn plan(ctx: &mut Ctx, args: PlanArgs) -> Result<i32> {
     Ok(if args.detailed_exitcode && plan.changes() > 0 { 2 } else { 0 })
 }
 
-fn require_confirmation_possible(yes: bool, verb: &str) -> Result<()> {
+pub(crate) fn require_confirmation_possible(yes: bool, verb: &str) -> Result<()> {
     if !yes && !std::io::stdin().is_terminal() {
         bail!(
             "refusing to {verb} without confirmation: stdin is not a terminal; pass --yes to {verb} non-interactively"
