@@ -11,6 +11,7 @@
 
 pub mod branch;
 pub mod confine;
+pub mod event;
 pub mod ident;
 pub mod job;
 pub mod liquibase;

@@ -52,6 +52,9 @@ pub struct RawManifest {
     pub templates: Vec<RawTemplate>,
     #[serde(default)]
     pub branches: Option<RawBranches>,
+    /// Event-driven provisioning (`crate::event`): the embedded queue when absent.
+    #[serde(default)]
+    pub events: Option<crate::event::RawEvents>,
 }
 
 /// A template database built from migration sources, for branches to be stamped from.
@@ -214,6 +217,7 @@ pub struct Manifest {
     pub tenants: Vec<TenantSpec>,
     pub templates: Vec<TemplateSpec>,
     pub branches: BranchPolicy,
+    pub events: crate::event::EventsSpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -489,6 +493,14 @@ impl<'a> Scope<'a> {
 
     fn err(&self, key: &str, needle: &str, message: String) -> ManifestError {
         self.err_nth(key, needle, 0, message)
+    }
+
+    /// Error at the first line of this scope that sets `key:` (or the scope's first line).
+    fn err_at_key(&self, key: &str, message: String) -> ManifestError {
+        let lines = self.src.text.lines().enumerate().take(self.end).skip(self.start);
+        let found = lines.clone().find(|(_, l)| l.trim_start().starts_with(&format!("{key}:")));
+        let line = found.map(|(i, _)| i).or((self.start < self.end).then_some(self.start));
+        ManifestError { file: self.src.file.to_path_buf(), line: line.map(|i| i + 1), column: None, message }
     }
 
     /// Error at the `nth` (0-based) occurrence, e.g. 1 for the repeat of a duplicate.
@@ -787,6 +799,11 @@ fn validate(
         }
     };
 
+    let events = match &raw.events {
+        None => crate::event::EventsSpec::new(),
+        Some(e) => crate::event::spec(e, &|s| expand_vars(s).and_then(|x| x.resolve(env)))
+            .map_err(|(key, message)| src.section("events").err_at_key(&key, message))?,
+    };
     Ok(Manifest {
         file: src.file.to_path_buf(),
         default_environment: raw.environment,
@@ -796,6 +813,7 @@ fn validate(
         tenants,
         templates,
         branches,
+        events,
     })
 }
 

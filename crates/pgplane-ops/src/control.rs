@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../sql/control/0004_branches.sql")),
     (5, include_str!("../sql/control/0005_identity.sql")),
     (6, include_str!("../sql/control/0006_jobs.sql")),
+    (300, include_str!("../sql/control/0300_events.sql")),
 ];
 
 /// Advisory lock key that serializes every mutating pgplane operation on a server.

@@ -42,7 +42,9 @@ fn main() -> ExitCode {
     init_logging(&cli);
     // `serve` answers requests on every core; every other command is one task at a time.
     let runtime = match &cli.command {
-        Command::Serve(_) | Command::Worker(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        Command::Serve(_) | Command::Worker(_) | Command::Consume(_) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        }
         _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
     };
     let runtime = match runtime {
@@ -69,6 +71,8 @@ fn main() -> ExitCode {
             Command::Serve(a) => serve::run(ctx.home.clone(), a).await,
             Command::Worker(a) => commands::worker(&mut ctx, a).await,
             Command::Job { command } => commands::job(&mut ctx, command).await,
+            Command::Consume(a) => commands::consume(&mut ctx, a).await,
+            Command::Events { command } => commands::events(&mut ctx, command).await,
         }
     });
     match result {

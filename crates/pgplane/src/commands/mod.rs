@@ -1,6 +1,8 @@
 //! Command handlers: thin front ends over [`crate::ops`]. Each returns the exit code.
 
+mod events;
 mod jobs;
+pub use events::{consume, events};
 pub use jobs::{job, worker};
 
 use std::collections::BTreeMap;

@@ -8,7 +8,7 @@
 //! token and opens no API route; checked in constant time. Without it a page
 //! answers 303 to `/sign-in?next=…`. Without tokens (loopback only) nobody signs in.
 
-mod html;
+pub mod html;
 mod schema;
 
 use std::fmt::Write;
@@ -41,6 +41,7 @@ pub fn routes(state: Shared) -> Router<Shared> {
         .route("/branches/{id}/tables/{table}", get(branch_table))
         .route("/branches/{id}/diff", get(branch_diff))
         .route("/operations", get(operations))
+        .route("/events", get(super::events::page))
         .route_layer(middleware::from_fn_with_state(state, require_sign_in));
     Router::new()
         .merge(pages)
@@ -55,7 +56,7 @@ pub fn routes(state: Shared) -> Router<Shared> {
 // ----- frame, errors, headers ---------------------------------------------------------
 
 /// A page in the frame, or the error as a page with its status.
-fn respond(state: &Shared, result: ApiResult<Page>) -> Response {
+pub(super) fn respond(state: &Shared, result: ApiResult<Page>) -> Response {
     match result {
         Ok(page) => html_response(StatusCode::OK, html::document(&page, &state.env, !state.tokens.is_empty())),
         Err(e) => error_page(state, e),

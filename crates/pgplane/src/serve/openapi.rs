@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::api;
+use super::{api, events};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,9 +21,10 @@ use super::api;
         api::branches, api::create_branch, api::branch, api::reset_branch, api::delete_branch, api::branch_tables,
         api::branch_table, api::branch_diff,
         api::plan, api::apply, api::operations, api::operation, api::cancel_operation,
+        events::publish, events::list, events::status, events::summary, events::retry, events::skip,
     ),
     modifiers(&Bearer),
-    tags((name = "databases"), (name = "branches"), (name = "operations")),
+    tags((name = "databases"), (name = "branches"), (name = "operations"), (name = "events")),
 )]
 struct ApiDoc;
 

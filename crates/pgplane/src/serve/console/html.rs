@@ -89,6 +89,7 @@ pub enum Section {
     Databases,
     Branches,
     Operations,
+    Events,
     None,
 }
 
@@ -120,6 +121,7 @@ pub fn document(page: &Page, env: &str, sign_out: bool) -> String {
         (Section::Databases, "/", "Databases"),
         (Section::Branches, "/branches", "Branches"),
         (Section::Operations, "/operations", "Operations"),
+        (Section::Events, "/events", "Events"),
     ] {
         let current = if page.section == section { " aria-current=\"page\"" } else { "" };
         let _ = write!(nav, "<a href=\"{href}\"{current}>{text}</a>");
