@@ -282,17 +282,17 @@ pub enum EventsCommand {
     /// topic when the manifest has `events.kafka`. Prints where it went.
     Publish {
         /// The event type: tenant.created, candidate.opened, module.requested, … (see README).
-        #[arg(long = "type", value_name = "TYPE", required_unless_present = "file")]
+        #[arg(long = "type", value_name = "TYPE", required_unless_present = "from")]
         kind: Option<String>,
         /// The ordering key (a tenant, a candidate): events of one key take effect in order.
-        #[arg(long, required_unless_present = "file")]
+        #[arg(long, required_unless_present = "from")]
         key: Option<String>,
-        /// Publish every event of a JSON-lines file instead (one `{"type", "key", "id"?,
+        /// Publish every event of a JSON-lines FILE instead (one `{"type", "key", "id"?,
         /// "subject"?, "data"?}` per line), in order.
         #[arg(long, value_name = "FILE", conflicts_with_all = ["kind", "key", "id", "subject"])]
-        file: Option<std::path::PathBuf>,
-        /// With --file: at most this many events per second (a steady load; default: as fast as possible).
-        #[arg(long, requires = "file")]
+        from: Option<std::path::PathBuf>,
+        /// With --from: at most this many events per second (a steady load; default: as fast as possible).
+        #[arg(long, requires = "from")]
         rate: Option<f64>,
         /// The event id, its idempotency key (default: a new UUID). The same id twice does
         /// nothing the second time.

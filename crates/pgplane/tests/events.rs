@@ -298,8 +298,10 @@ events:
             .env("PGPLANE_EVENTS_TICK_MS", "300")
             .env("PGPLANE_JOB_POLL_MS", "200")
             .env("PGPLANE_LEADER_TICK_MS", "300")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .env("PGPLANE_LOG", "info")
+            .stdout(Stdio::null());
+        let log = std::fs::File::create(self.t.dir.join(format!("consume-{}.log", self.consumers.len()))).unwrap();
+        cmd.stderr(log);
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -388,7 +390,13 @@ events:
 
     fn debug(&self) -> String {
         let f = self.stream_filter();
-        self.sql(&format!(
+        let mut logs = String::new();
+        for i in 0..self.consumers.len() {
+            let text = std::fs::read_to_string(self.t.dir.join(format!("consume-{i}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            logs.push_str(&format!("--- consume-{i}.log (last lines)\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+        }
+        logs + &self.sql(&format!(
             "SELECT string_agg(seq || ' ' || COALESCE(type,'?') || ' ' || COALESCE(key,'') || ' ' || outcome || ' job=' || COALESCE(job_id::text,'-') || ' ' || COALESCE(reason,''), E'\\n' ORDER BY seq) FROM pgplane.events WHERE {f}"
         ))
     }
@@ -804,7 +812,7 @@ fn ten_thousand(src: Src, env: &str) {
     match &w.broker {
         None => {
             let file = w.t.write("events.jsonl", &lines_out);
-            w.t.pgplane(&["events", "publish", "-f", &w.f, "--file", file.to_str().unwrap()]).ok();
+            w.t.pgplane(&["events", "publish", "-f", &w.f, "--from", file.to_str().unwrap()]).ok();
         }
         Some(b) => b.produce(&w.topic, &records, None),
     }

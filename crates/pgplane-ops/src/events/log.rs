@@ -151,7 +151,7 @@ impl QueueSource {
             .client
             .query(
                 "SELECT l.partition, l.\"offset\", l.key, l.type_header, l.payload
-                   FROM pg_catalog.unnest($1::int4[], $2::int8[]) AS p(part, pos)
+                   FROM ROWS FROM (pg_catalog.unnest($1::int4[]), pg_catalog.unnest($2::int8[])) AS p(part, pos)
                    CROSS JOIN LATERAL (SELECT * FROM pgplane.event_log l
                                         WHERE l.topic = $4 AND l.partition = p.part AND l.\"offset\" >= p.pos
                                         ORDER BY l.\"offset\" LIMIT $3) l

@@ -88,14 +88,14 @@ pub async fn store_high_watermarks(c: &impl GenericClient, group: &str, topic: &
     let (parts, ends): (Vec<i32>, Vec<i64>) = hw.iter().copied().unzip();
     c.execute(
         "UPDATE pgplane.event_offsets o SET high_watermark = h.hw
-           FROM pg_catalog.unnest($3::int4[], $4::int8[]) AS h(part, hw)
+           FROM ROWS FROM (pg_catalog.unnest($3::int4[]), pg_catalog.unnest($4::int8[])) AS h(part, hw)
           WHERE o.consumer = $1 AND o.topic = $2 AND o.partition = h.part",
         &[&group, &topic, &parts, &ends],
     )
     .await?;
     c.execute(
         "INSERT INTO pgplane.event_offsets (consumer, topic, partition, next_offset, high_watermark)
-         SELECT $1, $2, h.part, 0, h.hw FROM pg_catalog.unnest($3::int4[], $4::int8[]) AS h(part, hw)
+         SELECT $1, $2, h.part, 0, h.hw FROM ROWS FROM (pg_catalog.unnest($3::int4[]), pg_catalog.unnest($4::int8[])) AS h(part, hw)
          ON CONFLICT DO NOTHING",
         &[&group, &topic, &parts, &ends],
     )

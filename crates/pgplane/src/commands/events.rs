@@ -92,7 +92,7 @@ async fn control_db(
 
 pub async fn events(ctx: &mut Ctx, command: EventsCommand) -> Result<i32> {
     match command {
-        EventsCommand::Publish { kind, key, id, data, subject, file, rate, manifest, json } => {
+        EventsCommand::Publish { kind, key, id, data, subject, from: file, rate, manifest, json } => {
             if let Some(file) = file {
                 return publish_file(ctx, &manifest, &file, rate, json).await;
             }
@@ -101,7 +101,7 @@ pub async fn events(ctx: &mut Ctx, command: EventsCommand) -> Result<i32> {
             if !data.is_object() {
                 bail!("--data must be a JSON object, e.g. '{{\"tenant\": \"acme\"}}'");
             }
-            let (Some(kind), Some(key)) = (kind, key) else { bail!("pass --type TYPE and --key KEY (or --file FILE)") };
+            let (Some(kind), Some(key)) = (kind, key) else { bail!("pass --type TYPE and --key KEY (or --from FILE)") };
             let p = log::Publish { id, kind, key, subject, source: Some("pgplane-cli".into()), data };
             let s = Session::open(ctx, &manifest.file, manifest.env.as_deref()).await?;
             let (where_, published) = match &s.manifest.events.kafka {
@@ -152,7 +152,7 @@ pub async fn events(ctx: &mut Ctx, command: EventsCommand) -> Result<i32> {
     }
 }
 
-/// One line of `events publish --file`.
+/// One line of `events publish --from`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Line {
