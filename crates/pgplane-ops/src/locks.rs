@@ -21,7 +21,7 @@
 //! | `pgsq` | env | control db | counting and queueing an environment's jobs (transaction lock) |
 //! | `pgep` | group/topic/partition | control db | the one consumer of an event partition |
 //! | `pgem` | group | control db | every live consumer of a group, shared (they count themselves) |
-//! | `pgrl` | group | control db | the one relay publishing a group's outbox to Kafka |
+//! | `pgrl` | group/topic | control db | the one relay publishing a stream's outbox to Kafka |
 //!
 //! Session locks live as long as the connection that took them: a process that dies
 //! releases them at once, which is how readers tell a running job from a dead one.

@@ -77,6 +77,9 @@ CREATE INDEX events_key ON pgplane.events (key, seq);
 CREATE TABLE pgplane.event_outbox (
     id           bigserial   PRIMARY KEY,
     stream       text        NOT NULL CHECK (stream IN ('status', 'dead_letter')),
+    -- The event stream it belongs to (its relay publishes only its own rows).
+    consumer     text        NOT NULL,
+    topic        text        NOT NULL,
     event_seq    bigint      NOT NULL,
     job_id       bigint,
     type         text,
@@ -89,7 +92,8 @@ CREATE TABLE pgplane.event_outbox (
     created_at   timestamptz NOT NULL DEFAULT now(),
     published_at timestamptz
 );
-CREATE INDEX event_outbox_unpublished ON pgplane.event_outbox (id) WHERE published_at IS NULL;
+CREATE INDEX event_outbox_stream ON pgplane.event_outbox (consumer, topic, id);
+CREATE INDEX event_outbox_unpublished ON pgplane.event_outbox (consumer, topic, id) WHERE published_at IS NULL;
 
 -- Keys whose queued jobs are not run: a poison event under `on_failure: block` holds its
 -- key until `pgplane events retry|skip`.
@@ -120,14 +124,14 @@ BEGIN
             ELSE 'dead_lettered' END;
         UPDATE pgplane.events SET outcome = decided, reason = NEW.error, finished_at = pg_catalog.now()
          WHERE seq = e.seq;
-        INSERT INTO pgplane.event_outbox (stream, event_seq, job_id, type, subject, key, body)
-        VALUES ('status', e.seq, NEW.id, e.type || CASE WHEN ok THEN '.succeeded' ELSE '.failed' END, e.subject,
+        INSERT INTO pgplane.event_outbox (stream, consumer, topic, event_seq, job_id, type, subject, key, body)
+        VALUES ('status', e.consumer, e.topic, e.seq, NEW.id, e.type || CASE WHEN ok THEN '.succeeded' ELSE '.failed' END, e.subject,
                 e.key, pg_catalog.jsonb_build_object(
                     'job', NEW.id, 'error', NEW.error, 'event', e.event_id, 'outcome', decided,
                     'env', NEW.env, 'credentials', CASE WHEN ok THEN e.hints END, 'result', NEW.result));
         IF decided = 'dead_lettered' THEN
-            INSERT INTO pgplane.event_outbox (stream, event_seq, job_id, type, subject, key, payload, reason)
-            VALUES ('dead_letter', e.seq, NEW.id, e.type, e.subject, e.key, e.payload, NEW.error);
+            INSERT INTO pgplane.event_outbox (stream, consumer, topic, event_seq, job_id, type, subject, key, payload, reason)
+            VALUES ('dead_letter', e.consumer, e.topic, e.seq, NEW.id, e.type, e.subject, e.key, e.payload, NEW.error);
         ELSIF decided = 'blocked' THEN
             INSERT INTO pgplane.job_holds (key, event_seq, job_id, reason)
             VALUES (NEW.key, e.seq, NEW.id, NEW.error) ON CONFLICT (key) DO NOTHING;

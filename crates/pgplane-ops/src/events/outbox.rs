@@ -71,7 +71,7 @@ pub async fn status_after(
             &format!(
                 "SELECT {COLUMNS} FROM pgplane.event_outbox
                   WHERE stream = 'status' AND id > $1
-                    AND ($3::text IS NULL OR event_seq IN (SELECT seq FROM pgplane.events WHERE consumer = $3 AND topic = $4))
+                    AND ($3::text IS NULL OR (consumer = $3 AND topic = $4))
                   ORDER BY id LIMIT $2"
             ),
             &[&after, &limit.clamp(1, 1000), &group, &topic],
@@ -107,7 +107,7 @@ pub async fn dead_letters(
             &format!(
                 "SELECT {COLUMNS} FROM pgplane.event_outbox
                   WHERE stream = 'dead_letter'
-                    AND ($2::text IS NULL OR event_seq IN (SELECT seq FROM pgplane.events WHERE consumer = $2 AND topic = $3))
+                    AND ($2::text IS NULL OR (consumer = $2 AND topic = $3))
                   ORDER BY id DESC LIMIT $1"
             ),
             &[&limit.clamp(1, 1000), &group, &topic],
@@ -127,12 +127,15 @@ pub async fn dead_letters(
         .collect())
 }
 
-/// Rows not yet published, oldest first.
-pub async fn unpublished(c: &impl GenericClient, limit: i64) -> Result<Vec<Entry>> {
+/// Rows of a stream not yet published, oldest first.
+pub async fn unpublished(c: &impl GenericClient, group: &str, topic: &str, limit: i64) -> Result<Vec<Entry>> {
     let rows = c
         .query(
-            &format!("SELECT {COLUMNS} FROM pgplane.event_outbox WHERE published_at IS NULL ORDER BY id LIMIT $1"),
-            &[&limit],
+            &format!(
+                "SELECT {COLUMNS} FROM pgplane.event_outbox
+                  WHERE consumer = $2 AND topic = $3 AND published_at IS NULL ORDER BY id LIMIT $1"
+            ),
+            &[&limit, &group, &topic],
         )
         .await?;
     Ok(rows.iter().map(entry).collect())
@@ -152,18 +155,19 @@ pub trait Sink {
     async fn send(&mut self, rows: &[Entry]) -> Result<Vec<i64>>;
 }
 
-/// Publishes the outbox through `sink` until `stop`, one relay per group at a time (the
-/// relay lock): read unpublished rows in id order, send, mark. A crash between sending
+/// Publishes a stream's outbox through `sink` until `stop`, one relay per stream at a time
+/// (the relay lock): read unpublished rows in id order, send, mark. A crash between sending
 /// and marking sends those rows again (at least once; status events keep their ids).
 pub async fn relay(
     control: crate::conn::Target,
     group: &str,
+    topic: &str,
     mut sink: impl Sink,
     every: Duration,
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let lock = crate::locks::Lock::named(crate::locks::EVENT_RELAY, group.to_string());
+    let lock = crate::locks::Lock::named(crate::locks::EVENT_RELAY, format!("{group}/{topic}"));
     loop {
         let round = async {
             let client = control
@@ -175,7 +179,7 @@ pub async fn relay(
                     tokio::time::sleep(every).await;
                     continue;
                 }
-                let rows = unpublished(&client, 200).await?;
+                let rows = unpublished(&client, group, topic, 200).await?;
                 if rows.is_empty() {
                     tokio::time::sleep(every).await;
                     continue;

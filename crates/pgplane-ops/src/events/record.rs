@@ -329,8 +329,8 @@ async fn try_record(
             let known = kind.as_deref().and_then(event::EventType::parse).is_some();
             if d.dead_letter {
                 tx.execute(
-                    "INSERT INTO pgplane.event_outbox (stream, event_seq, type, subject, key, payload, reason)
-                     VALUES ('dead_letter', $1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO pgplane.event_outbox (stream, event_seq, type, subject, key, payload, reason, consumer, topic)
+                     VALUES ('dead_letter', $1, $2, $3, $4, $5, $6, $7, $8)",
                     &[
                         &seq,
                         &kind.clone().or_else(|| m.type_header.clone()),
@@ -338,6 +338,8 @@ async fn try_record(
                         &key,
                         &String::from_utf8_lossy(&m.payload).as_ref(),
                         &rejection.reason,
+                        &r.group,
+                        &r.topic,
                     ],
                 )
                 .await?;
@@ -359,14 +361,16 @@ async fn try_record(
                     "outcome": d.outcome.as_str(), "env": r.env,
                 });
                 tx.execute(
-                    "INSERT INTO pgplane.event_outbox (stream, event_seq, type, subject, key, body)
-                     VALUES ('status', $1, $2, $3, $4, $5::text::jsonb)",
+                    "INSERT INTO pgplane.event_outbox (stream, event_seq, type, subject, key, body, consumer, topic)
+                     VALUES ('status', $1, $2, $3, $4, $5::text::jsonb, $6, $7)",
                     &[
                         &seq,
                         &kind.as_deref().map(|k| event::status_type(k, false)),
                         &envelope.and_then(|e| e.subject.clone()),
                         &key,
                         &body.to_string(),
+                        &r.group,
+                        &r.topic,
                     ],
                 )
                 .await?;

@@ -116,7 +116,7 @@ impl Service {
                             let every = opts.tick.min(Duration::from_millis(200));
                             tokio::join!(
                                 consume::run(control.clone(), &name, opts, source, st, stopped(stop_rx.clone())),
-                                super::outbox::relay(control, &relay_group, sink, every, stopped(stop_rx)),
+                                super::outbox::relay(control, &relay_group, &k.topic, sink, every, stopped(stop_rx)),
                             );
                         }
                     }
