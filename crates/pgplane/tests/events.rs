@@ -766,6 +766,8 @@ fn crash_matrix(src: Src, env: &str) {
         f.replace(" AND topic", " AND e.topic")
     ));
     assert_eq!(attempts, "2", "taken over once");
+    // Nothing was read twice: the restarted consumers began where the control database said.
+    assert_eq!(w.sql(&format!("SELECT count(*) FROM pgplane.events WHERE {f} AND outcome = 'duplicate'")), "0");
     let db = branch_db(&w, "MR-slow");
     assert_eq!(
         w.t.sql(

@@ -95,8 +95,14 @@ impl Crash {
     }
 }
 
+/// Kills this process at `point` when the `count`-th event reaches it (a commit covers
+/// several events: the first commit that covers the N-th).
 fn die_if(crash: Option<Crash>, point: CrashPoint, count: u64) {
-    if crash.is_some_and(|c| c.point == point && c.at == count) {
+    let due = |c: Crash| match point {
+        CrashPoint::AfterCommit => count >= c.at,
+        _ => count == c.at,
+    };
+    if crash.is_some_and(|c| c.point == point && due(c)) {
         tracing::warn!(?point, count, "PGPLANE_EVENTS_CRASH: killing this process");
         let pid = std::process::id().to_string();
         let _ = std::process::Command::new("kill").args(["-9", &pid]).status();
