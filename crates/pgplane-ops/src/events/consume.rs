@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
-use super::record::{self, Recorded, Recorder};
+use super::record::{self, Batch, Recorder};
 use crate::conn::Target;
 use crate::control::CONTROL_DB;
 use crate::locks::{self, Lock};
@@ -229,27 +229,34 @@ impl Consumer {
                 continue;
             }
             let wait = self.opts.tick.min(Duration::from_millis(500));
-            let msgs = source.poll(self.opts.batch, wait).await?;
-            for m in msgs {
-                let Some(&expected) = self.owned.get(&m.partition) else { continue };
-                if m.offset < expected {
-                    continue;
-                }
-                let n = self.stats.consumed.fetch_add(1, Ordering::Relaxed) + 1;
-                die_if(self.opts.crash, CrashPoint::BeforeRecord, n);
-                match record::record(&mut self.client, &self.opts.recorder, &m, expected).await? {
-                    Recorded::Stale => {
-                        tracing::warn!(partition = m.partition, "the stored offset moved; seeking to it again");
+            let msgs: Vec<Message> = source
+                .poll(self.opts.batch, wait)
+                .await?
+                .into_iter()
+                .filter(|m| self.owned.get(&m.partition).is_some_and(|&next| m.offset >= next))
+                .collect();
+            if !msgs.is_empty() {
+                let first = self.stats.consumed.load(Ordering::Relaxed);
+                let crash = self.opts.crash;
+                let mut before = |i: usize| die_if(crash, CrashPoint::BeforeRecord, first + i as u64 + 1);
+                let expected = self.owned.clone();
+                match record::record_batch(&mut self.client, &self.opts.recorder, &msgs, &expected, &mut before).await?
+                {
+                    Batch::Stale => {
+                        tracing::warn!("a stored offset moved; seeking to the stored offsets again");
                         self.reseek(source).await?;
-                        break;
+                        continue;
                     }
-                    done => {
-                        tracing::debug!(partition = m.partition, offset = m.offset, ?done, "event recorded");
+                    Batch::Recorded(done) => {
+                        tracing::debug!(events = done.len(), "events recorded");
                     }
                 }
-                self.owned.insert(m.partition, m.offset + 1);
-                pending.insert(m.partition, m.offset + 1);
-                die_if(self.opts.crash, CrashPoint::AfterRecord, n);
+                for m in &msgs {
+                    self.owned.insert(m.partition, m.offset + 1);
+                    pending.insert(m.partition, m.offset + 1);
+                    let n = self.stats.consumed.fetch_add(1, Ordering::Relaxed) + 1;
+                    die_if(self.opts.crash, CrashPoint::AfterRecord, n);
+                }
             }
             if !pending.is_empty() && last_commit.elapsed() >= Duration::from_millis(200) {
                 let offsets: Vec<(i32, i64)> = std::mem::take(&mut pending).into_iter().collect();

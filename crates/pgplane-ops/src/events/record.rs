@@ -237,28 +237,77 @@ async fn insert_event(c: &impl GenericClient, r: &Recorder, m: &Message, row: Ro
     Ok(seq)
 }
 
-/// Records `m`, expecting the stored offset of its partition to be `expected`.
-pub async fn record(c: &mut Client, r: &Recorder, m: &Message, expected: i64) -> Result<Recorded> {
+/// A message with what could be decided before any I/O.
+pub struct Prepared<'m> {
+    pub m: &'m Message,
+    envelope: Option<Envelope>,
+    key: Option<String>,
+    decision: std::result::Result<(Operation, NewJob), Rejection>,
+}
+
+/// Parses and maps a message (pure).
+pub fn prepare<'m>(r: &Recorder, m: &'m Message) -> Prepared<'m> {
     let parsed = event::parse(&m.payload, m.type_header.as_deref());
-    let envelope = parsed.as_ref().ok();
-    let key = key_of(m, envelope);
-    // Decide what we can before the transaction (pure).
-    let decision: std::result::Result<(Operation, NewJob), Rejection> = parsed.clone().and_then(|e| {
+    let key = key_of(m, parsed.as_ref().ok());
+    let decision = parsed.clone().and_then(|e| {
         let op = event::map(&r.env, &e)?;
         let job = job_of(r, &op, key.as_deref())?;
         Ok((op, job))
     });
-    for attempt in 0..2 {
-        match try_record(c, r, m, expected, envelope, key.as_deref(), &decision).await {
-            Err(e) if attempt == 0 && is_unique_violation(&e, "events_idempotency") => {
-                // Another partition recorded the same id at the same moment: now a duplicate.
-                continue;
-            }
-            Err(e) if is_unique_violation(&e, "events_identity") => return Ok(Recorded::Stale),
-            other => return other,
-        }
+    Prepared { m, envelope: parsed.ok(), key, decision }
+}
+
+/// What recording a batch did.
+#[derive(Debug)]
+pub enum Batch {
+    /// Every message recorded, in order.
+    Recorded(Vec<Recorded>),
+    /// A stored offset was not where this consumer thought (another consumer recorded the
+    /// partition meanwhile): nothing was written; seek to the stored offsets.
+    Stale,
+}
+
+/// Records `m`, expecting the stored offset of its partition to be `expected`.
+pub async fn record(c: &mut Client, r: &Recorder, m: &Message, expected: i64) -> Result<Recorded> {
+    let expected = std::collections::BTreeMap::from([(m.partition, expected)]);
+    match record_batch(c, r, std::slice::from_ref(m), &expected, &mut |_| {}).await? {
+        Batch::Stale => Ok(Recorded::Stale),
+        Batch::Recorded(mut v) => v.pop().context("a batch of one recorded nothing"),
     }
-    anyhow::bail!("recording event at {}/{} failed twice on its idempotency key", m.partition, m.offset)
+}
+
+/// Records messages (in offset order within each partition) in one transaction: each
+/// event with its job, and each partition's stored offset moved from `expected` past its
+/// last message. `before(i)` runs before message `i` is written (the crash tests' hook).
+/// Two partitions recording the same id at once fail one transaction on the idempotency
+/// key: it is recorded again message by message, and the id is then a duplicate.
+pub async fn record_batch(
+    c: &mut Client,
+    r: &Recorder,
+    msgs: &[Message],
+    expected: &std::collections::BTreeMap<i32, i64>,
+    before: &mut (dyn FnMut(usize) + Send),
+) -> Result<Batch> {
+    let prepared: Vec<Prepared<'_>> = msgs.iter().map(|m| prepare(r, m)).collect();
+    match try_batch(c, r, &prepared, expected, before).await {
+        Err(e) if is_unique_violation(&e, "events_identity") => Ok(Batch::Stale),
+        Err(e) if is_unique_violation(&e, "events_idempotency") => {
+            // One by one: the one that lost the race now sees the other's row.
+            let mut out = Vec::new();
+            let mut next = expected.clone();
+            for p in &prepared {
+                let from = next.get(&p.m.partition).copied().unwrap_or(p.m.offset);
+                let one = std::collections::BTreeMap::from([(p.m.partition, from)]);
+                match try_batch(c, r, std::slice::from_ref(p), &one, &mut |_| {}).await? {
+                    Batch::Stale => return Ok(Batch::Stale),
+                    Batch::Recorded(v) => out.extend(v),
+                }
+                next.insert(p.m.partition, p.m.offset + 1);
+            }
+            Ok(Batch::Recorded(out))
+        }
+        other => other,
+    }
 }
 
 fn is_unique_violation(e: &anyhow::Error, constraint: &str) -> bool {
@@ -269,32 +318,47 @@ fn is_unique_violation(e: &anyhow::Error, constraint: &str) -> bool {
     })
 }
 
-async fn try_record(
+async fn try_batch(
     c: &mut Client,
     r: &Recorder,
-    m: &Message,
-    expected: i64,
-    envelope: Option<&Envelope>,
-    key: Option<&str>,
-    decision: &std::result::Result<(Operation, NewJob), Rejection>,
-) -> Result<Recorded> {
+    prepared: &[Prepared<'_>],
+    expected: &std::collections::BTreeMap<i32, i64>,
+    before: &mut (dyn FnMut(usize) + Send),
+) -> Result<Batch> {
     let tx = c.transaction().await?;
-    // The offset moves only from where this consumer expects it.
-    let moved = tx
-        .query_opt(
-            "INSERT INTO pgplane.event_offsets AS o (consumer, topic, partition, next_offset)
-             VALUES ($1, $2, $3, $5)
-             ON CONFLICT (consumer, topic, partition) DO UPDATE
-                SET next_offset = EXCLUDED.next_offset, updated_at = pg_catalog.now()
-              WHERE o.next_offset = $4
-             RETURNING 1",
-            &[&r.group, &r.topic, &m.partition, &expected, &(m.offset + 1)],
-        )
-        .await
-        .context("advancing the stored offset")?;
-    if moved.is_none() {
-        return Ok(Recorded::Stale);
+    let mut out = Vec::with_capacity(prepared.len());
+    let mut next: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
+    for (i, p) in prepared.iter().enumerate() {
+        before(i);
+        out.push(record_in(&tx, r, p).await?);
+        next.insert(p.m.partition, p.m.offset + 1);
     }
+    // Each offset moves only from where this consumer expects it.
+    for (partition, to) in &next {
+        let from = expected.get(partition).copied().unwrap_or(0);
+        let moved = tx
+            .query_opt(
+                "INSERT INTO pgplane.event_offsets AS o (consumer, topic, partition, next_offset)
+                 VALUES ($1, $2, $3, $5)
+                 ON CONFLICT (consumer, topic, partition) DO UPDATE
+                    SET next_offset = EXCLUDED.next_offset, updated_at = pg_catalog.now()
+                  WHERE o.next_offset = $4
+                 RETURNING 1",
+                &[&r.group, &r.topic, partition, &from, to],
+            )
+            .await
+            .context("advancing the stored offset")?;
+        if moved.is_none() {
+            return Ok(Batch::Stale);
+        }
+    }
+    tx.commit().await.context("committing the events")?;
+    Ok(Batch::Recorded(out))
+}
+
+/// Writes one event (and its job, dead letter, hold or status event) in `tx`.
+async fn record_in(tx: &tokio_postgres::Transaction<'_>, r: &Recorder, p: &Prepared<'_>) -> Result<Recorded> {
+    let (m, envelope, key, decision) = (p.m, p.envelope.as_ref(), p.key.as_deref(), &p.decision);
     let row = |outcome, job, reason, hints| Row { e: envelope, key, env: &r.env, outcome, job, reason, hints };
     // The same id consumed before (here or from another partition): nothing to do.
     if let Some(e) = envelope {
@@ -308,23 +372,22 @@ async fn try_record(
         if let Some(first) = seen {
             let first: i64 = first.get(0);
             let why = format!("the id {:?} was consumed before (event {first})", e.id);
-            let seq = insert_event(&tx, r, m, row(Outcome::Duplicate, None, Some(&why), None)).await?;
-            tx.commit().await?;
+            let seq = insert_event(tx, r, m, row(Outcome::Duplicate, None, Some(&why), None)).await?;
             return Ok(Recorded::Without { seq, outcome: Outcome::Duplicate });
         }
     }
     let recorded = match decision {
         Ok((op, job)) => {
             let env = op.env().unwrap_or(&r.env).to_string();
-            let id = queue::submit(&tx, job).await?;
+            let id = queue::submit(tx, job).await?;
             let mut ev = row(Outcome::Queued, Some(id), None, op.credentials(&env));
             ev.env = &env;
-            let seq = insert_event(&tx, r, m, ev).await?;
+            let seq = insert_event(tx, r, m, ev).await?;
             Recorded::Queued { seq, job: id }
         }
         Err(rejection) => {
             let d: Disposition = event::dispose(rejection, r.spec.unknown_types, r.spec.on_failure, key.is_some());
-            let seq = insert_event(&tx, r, m, row(d.outcome, None, Some(&rejection.reason), None)).await?;
+            let seq = insert_event(tx, r, m, row(d.outcome, None, Some(&rejection.reason), None)).await?;
             let kind = envelope.map(|e| e.kind.clone());
             let known = kind.as_deref().and_then(event::EventType::parse).is_some();
             if d.dead_letter {
@@ -378,7 +441,6 @@ async fn try_record(
             Recorded::Without { seq, outcome: d.outcome }
         }
     };
-    tx.commit().await.context("committing the event")?;
     Ok(recorded)
 }
 
