@@ -974,6 +974,20 @@ mod tests {
         parse(text).expect_err("manifest should be rejected").to_string()
     }
 
+    #[test]
+    fn events_section_errors_name_the_line() {
+        let base = "version: 1\nmodules:\n  - name: a\n    storage: database\nevents:\n";
+        let e = err(&format!("{base}  kafka:\n    brokers: k:9092\n    topic: 'a b'\n"));
+        assert!(e.starts_with("pgplane.yaml:8: events.kafka.topic"), "{e}");
+        let e = err(&format!("{base}  max_attempts: 0\n"));
+        assert!(e.starts_with("pgplane.yaml:6: events.max_attempts is 0"), "{e}");
+        let e = err(&format!("{base}  kafka:\n    brokers: ${{NOPE_BROKERS}}\n    topic: t\n"));
+        assert!(e.contains(":7:") && e.contains("NOPE_BROKERS is not set"), "{e}");
+        let m = parse(&format!("{base}  on_failure: block\n")).expect("valid");
+        assert_eq!(m.events.on_failure, crate::event::OnFailure::Block);
+        assert!(m.events.kafka.is_none(), "the embedded queue");
+    }
+
     const ISSUE_EXAMPLE: &str = "\
 version: 1
 environment: dev            # default for --env

@@ -888,3 +888,66 @@ fn queue_ten_thousand_events_three_consumers_one_killed() {
 fn kafka_ten_thousand_events_three_consumers_one_killed() {
     ten_thousand(Src::Kafka, "ev_10k_k");
 }
+
+// ----- serve --consume: the HTTP side ---------------------------------------------------------
+
+/// `serve --consume`: events published over HTTP are consumed and run in the same process;
+/// status events are read after an id; the summary, the console's Events page and
+/// `/metrics` show them; retry and skip answer in the API's error shape.
+#[test]
+fn serve_consumes_and_reports_over_http() {
+    let w = World::new("ev_http", Src::Queue, "");
+    let f = w.f.clone();
+    let tpl = w.tpl();
+    let s = w.t.serve(
+        &f,
+        &["--consume", "--workers", "2"],
+        &[("PGPLANE_EVENTS_TICK_MS", "300"), ("PGPLANE_JOB_POLL_MS", "200")],
+    );
+    let body = json!({"type": "candidate.opened", "key": "MR-9", "id": "h1", "data": {"id": "MR-9", "template": tpl}});
+    let r = s.req("POST", "/api/v1/events", None, Some(&body.to_string()));
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.json()["id"], "h1");
+    let bad = s.req("POST", "/api/v1/events", None, Some(r#"{"type": "x", "key": "k", "data": [1]}"#));
+    assert_eq!((bad.status, bad.error_code().as_str()), (422, "invalid"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let st = s.req("GET", "/api/v1/events/status?after=0", None, None).json();
+        if !st.as_array().unwrap().is_empty() || Instant::now() > deadline {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let first = &status[0];
+    assert_eq!(first["type"], "candidate.opened.succeeded", "{status}");
+    assert_eq!(first["subject"], "MR-9");
+    let id_num: i64 = first["id"].as_str().unwrap().trim_start_matches("pgplane-status-").parse().unwrap();
+    let later = s.req("GET", &format!("/api/v1/events/status?after={id_num}"), None, None).json();
+    assert!(later.as_array().unwrap().is_empty(), "nothing after the last one: {later}");
+    assert!(w.database_exists(&branch_db(&w, "MR-9")));
+    let list = s.req("GET", "/api/v1/events", None, None).json();
+    assert_eq!(list[0]["outcome"], "succeeded");
+    let seq = list[0]["seq"].as_i64().unwrap();
+    let summary = s.req("GET", "/api/v1/events/summary", None, None).json();
+    assert_eq!(summary["recent"][0]["id"], "h1");
+    let retry = s.req("POST", &format!("/api/v1/events/{seq}/retry"), None, Some(""));
+    assert_eq!((retry.status, retry.error_code().as_str()), (409, "conflict"), "{}", retry.body);
+    let skip = s.req("POST", "/api/v1/events/99999999/skip", None, Some(""));
+    assert_eq!((skip.status, skip.error_code().as_str()), (404, "not_found"));
+    let page = s.req("GET", "/events", None, None);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("candidate.opened") && page.body.contains("MR-9"), "{}", page.body);
+    assert!(page.body.contains("consumes partitions"), "the page says this process consumes");
+    let metrics = s.req("GET", "/metrics", None, None).body;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("pgplane_events{")
+            && l.contains("outcome=\"succeeded\"")
+            && l.contains("candidate.opened")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pgplane_event_lag{"), "lag per partition");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("pgplane_event_partitions ") && !l.ends_with(" 0")),
+        "partitions held"
+    );
+}

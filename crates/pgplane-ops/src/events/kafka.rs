@@ -55,10 +55,8 @@ impl KafkaSource {
         Ok(KafkaSource { consumer, topic: spec.topic.clone(), assigned: BTreeMap::new() })
     }
 
-    fn blocking<T: Send + 'static>(
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> impl std::future::Future<Output = Result<T>> {
-        async move { tokio::task::spawn_blocking(f).await.context("a Kafka call panicked") }
+    async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        tokio::task::spawn_blocking(f).await.context("a Kafka call panicked")
     }
 }
 
