@@ -123,3 +123,25 @@ ensure_pgbouncer() {
   fi
   export PGBOUNCER
 }
+
+# A Kafka-compatible broker for the event tests and bench/events: tansu (crates.io,
+# Apache-2.0) with in-memory storage, built once into $PGPLANE_TOOLS/tansu (about 11
+# minutes on 2 cores; cached outside the repository like Liquibase). Exports TANSU.
+TANSU_VERSION=0.6.0
+ensure_tansu() {
+  local root="${PGPLANE_TOOLS:-/var/tmp/pgplane-tools}/tansu"
+  if [ ! -x "$root/bin/tansu" ] || ! "$root/bin/tansu" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    echo "installing tansu $TANSU_VERSION into $root (cargo install, about 11 minutes; cached for next time)" >&2
+    cargo install --quiet --locked --root "$root" --version "$TANSU_VERSION" tansu --features dynostore
+  fi
+  export TANSU="$root/bin/tansu" PGPLANE_TANSU="$root/bin/tansu"
+}
+
+# kcat (Debian's librdkafka command-line client): the event tests produce to and read
+# from the broker with it, a client other than pgplane's own.
+ensure_kcat() {
+  if ! command -v kcat >/dev/null 2>&1; then
+    echo "kcat not found: installing the Debian package kcat" >&2
+    apt_install kcat
+  fi
+}

@@ -77,6 +77,10 @@ pub enum Event {
     HandBack,
     /// The worker's lease lapsed (its process died or lost the control database).
     LeaseLapsed,
+    /// An operator runs a failed or cancelled job again (`pgplane events retry`): it goes
+    /// back to the queue with fresh attempts, keeping its id (and so its place among the
+    /// jobs of its key).
+    Requeue,
 }
 
 /// A job as far as its life is concerned.
@@ -117,6 +121,7 @@ impl Event {
             Event::RequestCancel => "be cancelled",
             Event::HandBack => "be handed back",
             Event::LeaseLapsed => "lose its lease",
+            Event::Requeue => "be requeued",
         }
     }
 }
@@ -152,6 +157,9 @@ pub fn next(life: Life, event: Event) -> Result<Next, Refused> {
             Next { retry_after: Some(Duration::ZERO), ..keep(JobStatus::Queued) }
         }
         (JobStatus::Running, Event::LeaseLapsed) => keep(JobStatus::Failed),
+        (JobStatus::Failed | JobStatus::Cancelled, Event::Requeue) => {
+            Next { status: JobStatus::Queued, attempts: 0, cancel_requested: false, retry_after: Some(Duration::ZERO) }
+        }
         _ => return Err(refuse()),
     })
 }
@@ -182,6 +190,20 @@ mod tests {
 
     fn life(status: JobStatus, attempts: i32) -> Life {
         Life { status, attempts, max_attempts: 3, cancel_requested: false }
+    }
+
+    #[test]
+    fn only_ended_jobs_are_requeued_with_fresh_attempts() {
+        for status in JobStatus::ALL {
+            let r = next(Life { cancel_requested: true, ..life(status, 3) }, Event::Requeue);
+            match status {
+                JobStatus::Failed | JobStatus::Cancelled => {
+                    let n = r.expect("requeued");
+                    assert_eq!((n.status, n.attempts, n.cancel_requested), (JobStatus::Queued, 0, false));
+                }
+                _ => assert!(r.is_err(), "{status} cannot be requeued"),
+            }
+        }
     }
 
     /// Every (status, event) pair: what follows, or that it is refused. A change to the

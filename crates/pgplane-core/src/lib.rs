@@ -12,6 +12,7 @@
 pub mod branch;
 pub mod confine;
 pub mod destroy;
+pub mod event;
 pub mod ident;
 pub mod job;
 pub mod liquibase;

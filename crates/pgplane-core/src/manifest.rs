@@ -55,6 +55,9 @@ pub struct RawManifest {
     /// Phased setups run by `pgplane stack run` (see [`crate::stack`]).
     #[serde(default)]
     pub stacks: Vec<crate::stack::RawStack>,
+    /// Event-driven provisioning (`crate::event`): the embedded queue when absent.
+    #[serde(default)]
+    pub events: Option<crate::event::RawEvents>,
 }
 
 /// A template database built from migration sources, for branches to be stamped from.
@@ -278,6 +281,7 @@ pub struct Manifest {
     /// `stacks:`, checked when the manifest is read; `pgplane stack run` builds one for its
     /// environment with [`crate::stack::StackSource::build`].
     pub stacks: Vec<crate::stack::StackSource>,
+    pub events: crate::event::EventsSpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -695,6 +699,14 @@ impl<'a> Scope<'a> {
         self.err_nth(key, needle, 0, message)
     }
 
+    /// Error at the first line of this scope that sets `key:` (or the scope's first line).
+    fn err_at_key(&self, key: &str, message: String) -> ManifestError {
+        let lines = self.src.text.lines().enumerate().take(self.end).skip(self.start);
+        let found = lines.clone().find(|(_, l)| l.trim_start().starts_with(&format!("{key}:")));
+        let line = found.map(|(i, _)| i).or((self.start < self.end).then_some(self.start));
+        ManifestError { file: self.src.file.to_path_buf(), line: line.map(|i| i + 1), column: None, message }
+    }
+
     /// Error at the `nth` (0-based) occurrence, e.g. 1 for the repeat of a duplicate.
     fn err_nth(&self, key: &str, needle: &str, nth: usize, message: String) -> ManifestError {
         let found = self.candidates(key, needle);
@@ -1031,6 +1043,11 @@ fn validate(
         }
     };
 
+    let events = match &raw.events {
+        None => crate::event::EventsSpec::new(),
+        Some(e) => crate::event::spec(e, &|s| expand_vars(s).and_then(|x| x.resolve(env)))
+            .map_err(|(key, message)| src.section("events").err_at_key(&key, message))?,
+    };
     let mut manifest = Manifest {
         file: src.file.to_path_buf(),
         default_environment: raw.environment,
@@ -1041,6 +1058,7 @@ fn validate(
         templates,
         branches,
         stacks: Vec::new(),
+        events,
     };
     manifest.stacks = stacks(src, &raw.stacks, &manifest)?;
     Ok(manifest)
@@ -1420,6 +1438,20 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text).expect_err("manifest should be rejected").to_string()
+    }
+
+    #[test]
+    fn events_section_errors_name_the_line() {
+        let base = "version: 1\nmodules:\n  - name: a\n    storage: database\nevents:\n";
+        let e = err(&format!("{base}  kafka:\n    brokers: k:9092\n    topic: 'a b'\n"));
+        assert!(e.starts_with("pgplane.yaml:8: events.kafka.topic"), "{e}");
+        let e = err(&format!("{base}  max_attempts: 0\n"));
+        assert!(e.starts_with("pgplane.yaml:6: events.max_attempts is 0"), "{e}");
+        let e = err(&format!("{base}  kafka:\n    brokers: ${{NOPE_BROKERS}}\n    topic: t\n"));
+        assert!(e.contains(":7:") && e.contains("NOPE_BROKERS is not set"), "{e}");
+        let m = parse(&format!("{base}  on_failure: block\n")).expect("valid");
+        assert_eq!(m.events.on_failure, crate::event::OnFailure::Block);
+        assert!(m.events.kafka.is_none(), "the embedded queue");
     }
 
     const ISSUE_EXAMPLE: &str = "\

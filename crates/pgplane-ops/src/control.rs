@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (8, include_str!("../sql/control/0008_tenants.sql")),
     (9, include_str!("../sql/control/0009_job_priority.sql")),
     (10, include_str!("../sql/control/0010_template_identity.sql")),
+    (11, include_str!("../sql/control/0011_events.sql")),
 ];
 
 /// The lock that serializes every mutating pgplane operation on a control database.

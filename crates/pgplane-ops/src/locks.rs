@@ -20,6 +20,9 @@
 //! | `pgmg` | schema.ledger | target db | one migration run per ledger |
 //! | `pgsq` | `env/ENV`, a job key | control db | queueing: an environment's backlog count, a key's exclusivity (transaction locks) |
 //! | `pgtn` | env/tenant | control db | any operation on one registered tenant (add, upgrade, disable, remove) |
+//! | `pgep` | group/topic/partition | control db | the one consumer of an event partition |
+//! | `pgem` | group | control db | every live consumer of a group, shared (they count themselves) |
+//! | `pgrl` | group/topic | control db | the one relay publishing a stream's outbox to Kafka |
 //!
 //! Session locks live as long as the connection that took them: a process that dies
 //! releases them at once, which is how readers tell a running job from a dead one.
@@ -45,6 +48,9 @@ pub const TEMPLATE_CAP: Class = class(b"pgtc");
 pub const MIGRATION: Class = class(b"pgmg");
 pub const SUBMIT: Class = class(b"pgsq");
 pub const TENANT: Class = class(b"pgtn");
+pub const EVENT_PARTITION: Class = class(b"pgep");
+pub const EVENT_MEMBER: Class = class(b"pgem");
+pub const EVENT_RELAY: Class = class(b"pgrl");
 
 /// The second half of a lock: a number, or a name the server hashes with `hashtext`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +149,33 @@ impl Lock {
         Ok(row.and_then(|r| r.get(0)))
     }
 
+    /// How many sessions of this database hold the lock (shared holders count each).
+    pub async fn holders(&self, c: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
+        let (key, p) = self.args();
+        let sql = format!(
+            "SELECT count(*) FROM pg_catalog.pg_locks l
+              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                AND l.classid = ($1::int4)::pg_catalog.oid AND l.objid = ({key})::pg_catalog.oid
+                AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                                   WHERE d.datname = pg_catalog.current_database())"
+        );
+        let row = match &p {
+            Param::Int(k) => c.query_one(&sql, &[&self.class.0, k]).await?,
+            Param::Text(t) => c.query_one(&sql, &[&self.class.0, t]).await?,
+        };
+        Ok(row.get(0))
+    }
+
+    /// Takes the session lock shared if no one holds it exclusively; true when taken.
+    pub async fn try_lock_shared(&self, c: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+        self.call(c, "pg_try_advisory_lock_shared").await
+    }
+
+    /// Releases a shared session lock.
+    pub async fn unlock_shared(&self, c: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+        self.call(c, "pg_advisory_unlock_shared").await
+    }
+
     /// Whether this session holds the lock (its connection may have been replaced).
     pub async fn held_here(&self, c: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
         let (key, p) = self.args();
@@ -205,6 +238,9 @@ mod tests {
             MIGRATION,
             SUBMIT,
             TENANT,
+            EVENT_PARTITION,
+            EVENT_MEMBER,
+            EVENT_RELAY,
         ];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {

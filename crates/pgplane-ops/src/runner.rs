@@ -33,6 +33,9 @@ pub mod kind {
     pub const TENANT_INSTALL: &str = "tenant_install";
     pub const TENANT_GC: &str = "tenant_gc";
     pub const DESTROY: &str = "destroy";
+
+    /// Every kind [`super::OpsRunner`] runs (events map only to these).
+    pub const ALL: &[&str] = &[APPLY, BRANCH_CREATE, BRANCH_RESET, BRANCH_DELETE, BRANCH_GC, TEMPLATE_BUILD];
 }
 
 /// `apply`: provision what the manifest says, then run the modules' migrations.
@@ -77,6 +80,9 @@ impl BranchJob {
 #[serde(default, deny_unknown_fields)]
 pub struct BranchDeleteJob {
     pub id: String,
+    /// A branch that does not exist is not an error (events: `candidate.merged` of a
+    /// candidate whose branch expired already).
+    pub missing_ok: bool,
 }
 
 /// `branch_gc`: drop expired and interrupted branches, and, with a live list, those not in it.
@@ -426,8 +432,18 @@ impl OpsRunner {
                 let req: BranchDeleteJob = request(job)?;
                 events.stage("delete", &format!("branch {}", req.id));
                 let b = Branches::open(&mut ctx, &self.manifest.file, env).await?;
-                let view = b.delete(&req.id, &deploy_options()).await?;
-                Ok(Done { changes: 1, result: serde_json::to_value(&view).ok(), failed: None })
+                match b.delete(&req.id, &deploy_options()).await.map_err(Error::from) {
+                    Ok(view) => Ok(Done { changes: 1, result: serde_json::to_value(&view).ok(), failed: None }),
+                    Err(Error::NotFound(why)) if req.missing_ok => {
+                        events.stage("delete", &why);
+                        Ok(Done {
+                            changes: 0,
+                            result: Some(serde_json::json!({"id": req.id, "deleted": false, "reason": why})),
+                            failed: None,
+                        })
+                    }
+                    Err(e) => Err(e),
+                }
             }
             kind::BRANCH_GC => {
                 let req: GcJob = request(job)?;

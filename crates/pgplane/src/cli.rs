@@ -198,6 +198,30 @@ pub enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Consume provisioning events (the embedded queue, or Kafka when the manifest has
+    /// `events.kafka`) and run their jobs, until SIGTERM.
+    ///
+    /// Each event becomes a job in the same control-database transaction that records it
+    /// (its offset, its id as idempotency key), so a crash at any point neither loses nor
+    /// repeats an effect; events of one key take effect in order. Several consumers share
+    /// the partitions (a fair share each; a dead one's partitions move within seconds).
+    /// With --workers N (default 4) this process also runs jobs, like `pgplane worker`;
+    /// status events go to the outbox (and, with Kafka, to `status_topic`).
+    #[command(after_help = "Examples:
+  pgplane consume -f pgplane.yaml                      # consume and run jobs in one process
+  pgplane consume -f pgplane.yaml --workers 0          # consume only; `pgplane worker`s run the jobs
+  pgplane events publish --type candidate.opened --key MR-42 --data '{\"id\":\"MR-42\",\"template\":\"registry_template\"}'")]
+    Consume(ConsumeArgs),
+    /// Provisioning events: publish one, see what became of them, unblock a key.
+    #[command(after_help = "Examples:
+  pgplane events publish --type tenant.created --key acme --data '{\"tenant\":\"acme\",\"modules\":[\"users\"]}'
+  pgplane events status -f pgplane.yaml
+  pgplane events retry 42      # run a blocked event's job again (its key stays in order)
+  pgplane events skip 42       # give up a blocked event; its key goes on")]
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Read and cancel jobs: every long operation (apply, migrate, template build, branch
     /// create/reset/delete/gc, …) of every pgplane process, from the control database.
     Job {
@@ -456,6 +480,88 @@ pub struct ServeArgs {
     /// and with `branches.keep_file` those not in the live list).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
+    /// Also consume provisioning events (as `pgplane consume` does): the embedded queue,
+    /// or Kafka when the manifest has `events.kafka`.
+    #[arg(long)]
+    pub consume: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// Worker slots running jobs in this process (0: consume only).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub workers: u16,
+    /// How long running jobs may take to finish after SIGTERM before they are handed back.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// How often the elected leader queues the periodic branch gc.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Publish an event: to the embedded queue (the control database), or to the Kafka
+    /// topic when the manifest has `events.kafka`. Prints where it went.
+    Publish {
+        /// The event type: tenant.created, candidate.opened, module.requested, … (see README).
+        #[arg(long = "type", value_name = "TYPE", required_unless_present = "from")]
+        kind: Option<String>,
+        /// The ordering key (a tenant, a candidate): events of one key take effect in order.
+        #[arg(long, required_unless_present = "from")]
+        key: Option<String>,
+        /// Publish every event of a JSON-lines FILE instead (one `{"type", "key", "id"?,
+        /// "subject"?, "data"?}` per line), in order.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["kind", "key", "id", "subject"])]
+        from: Option<std::path::PathBuf>,
+        /// With --from: at most this many events per second (a steady load; default: as fast as possible).
+        #[arg(long, requires = "from")]
+        rate: Option<f64>,
+        /// The event id, its idempotency key (default: a new UUID). The same id twice does
+        /// nothing the second time.
+        #[arg(long)]
+        id: Option<String>,
+        /// The event's `data`, a JSON object.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// The envelope's subject (default: the key).
+        #[arg(long)]
+        subject: Option<String>,
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent events with their outcome and job, lag per partition, blocked keys and dead
+    /// letters. Exit 1 when a key is blocked.
+    Status {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        /// How many recent events.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a blocked event's job again (its key stays blocked until it succeeds or fails again).
+    Retry {
+        /// The event's number (SEQ in `events status`).
+        seq: i64,
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give up a blocked event: its key's later events go on.
+    Skip {
+        seq: i64,
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -45,7 +45,9 @@ fn main() -> ExitCode {
     init_logging(&cli);
     // `serve` answers requests on every core; every other command is one task at a time.
     let runtime = match &cli.command {
-        Command::Serve(_) | Command::Worker(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        Command::Serve(_) | Command::Worker(_) | Command::Consume(_) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        }
         _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
     };
     let runtime = match runtime {
@@ -76,6 +78,8 @@ fn main() -> ExitCode {
             Command::Tenant { command } => commands::tenant(&mut ctx, command).await,
             Command::Pgbouncer(a) => commands::pgbouncer(&mut ctx, a).await,
             Command::Destroy(a) => commands::destroy(&mut ctx, a).await,
+            Command::Consume(a) => commands::consume(&mut ctx, a).await,
+            Command::Events { command } => commands::events(&mut ctx, command).await,
         }
     });
     match result {

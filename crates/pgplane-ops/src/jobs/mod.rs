@@ -48,7 +48,7 @@ pub struct JobEvents {
     dirty: std::sync::atomic::AtomicBool,
 }
 
-fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     rfc3339(now.as_secs() as i64, now.subsec_millis())
 }

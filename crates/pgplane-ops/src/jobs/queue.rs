@@ -250,7 +250,8 @@ pub struct Attempt {
 
 /// Claims the runnable job of the highest priority, the oldest first, for `worker`: queued,
 /// due, of one of `fingerprints` (or of none), not behind an unfinished job with the same
-/// key, and not locked by anyone. Takes the job's lock on `c`, which must stay open for the
+/// key nor of a key on hold (`pgplane.job_holds`: a poison event under `on_failure: block`),
+/// and not locked by anyone. Takes the job's lock on `c`, which must stay open for the
 /// whole attempt.
 ///
 /// One statement, one round trip (claims are the queue's hot path): pick the job (`FOR
@@ -268,9 +269,10 @@ pub async fn claim(c: &mut Client, worker: &str, fingerprints: &[String], lease:
                     SELECT j.id FROM pgplane.jobs j
                      WHERE j.status = 'queued' AND NOT j.cancel_requested AND j.run_after <= pg_catalog.now()
                        AND (j.fingerprint IS NULL OR j.fingerprint = ANY($1::text[]))
-                       AND (j.key IS NULL OR NOT EXISTS (
+                       AND (j.key IS NULL OR (NOT EXISTS (
                              SELECT 1 FROM pgplane.jobs k
-                              WHERE k.key = j.key AND k.id < j.id AND k.status IN ('queued', 'running')))
+                              WHERE k.key = j.key AND k.id < j.id AND k.status IN ('queued', 'running'))
+                         AND NOT EXISTS (SELECT 1 FROM pgplane.job_holds h WHERE h.key = j.key)))
                        AND NOT {held}
                      ORDER BY j.priority DESC, j.id
                      LIMIT 1
@@ -538,6 +540,47 @@ pub async fn request_cancel(c: &impl GenericClient, id: i64) -> Result<Option<(J
         }
     };
     Ok(get(c, id).await?.map(|j| (j, changed)))
+}
+
+/// Runs a failed or cancelled job again ([`Event::Requeue`]): back in the queue with fresh
+/// attempts, keeping its id and so its place before later jobs of its key. Returns the
+/// new status, or `None` when the job is not failed or cancelled (or does not exist).
+pub async fn requeue(c: &impl GenericClient, id: i64) -> Result<Option<JobStatus>> {
+    loop {
+        let Some(row) = c
+            .query_opt(
+                "SELECT id, status, attempts, max_attempts, cancel_requested FROM pgplane.jobs WHERE id = $1",
+                &[&id],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let life = life_of(&row, 1)?;
+        let Ok(next) = job::next(life, Event::Requeue) else { return Ok(None) };
+        let n = c
+            .execute(
+                &format!(
+                    "UPDATE pgplane.jobs SET status = $2, attempts = $3, cancel_requested = $4, worker = NULL,
+                            lease_until = NULL, error = NULL, error_code = NULL, finished_at = NULL,
+                            run_after = pg_catalog.now()
+                      WHERE id = $1 AND status = $5 AND attempts = $6
+                        AND pg_catalog.pg_notify('{CHANNEL}', id::text) IS NOT NULL"
+                ),
+                &[
+                    &id,
+                    &next.status.as_str(),
+                    &next.attempts,
+                    &next.cancel_requested,
+                    &life.status.as_str(),
+                    &life.attempts,
+                ],
+            )
+            .await?;
+        if n == 1 {
+            return Ok(Some(next.status));
+        }
+    }
 }
 
 /// What the leader's recovery did.

@@ -1,10 +1,12 @@
 //! Command handlers: thin front ends over [`crate::ops`]. Each returns the exit code.
 
 mod destroy;
+mod events;
 mod jobs;
 mod pgbouncer;
 mod tenant;
 pub use destroy::destroy;
+pub use events::{consume, events};
 pub use jobs::{job, worker};
 pub use pgbouncer::pgbouncer;
 pub use tenant::tenant;

@@ -550,7 +550,7 @@ pub async fn delete_branch(State(state): State<Shared>, ApiPath(id): ApiPath<Str
         crate::runner::kind::BRANCH_DELETE,
         &state.env,
         Some(&id),
-        &crate::runner::BranchDeleteJob { id: id.clone() },
+        &crate::runner::BranchDeleteJob { id: id.clone(), missing_ok: false },
     )?;
     new.key = Some(branch_key(&state, &id));
     let deleted = super::on_thread(move || async move {

@@ -9,7 +9,7 @@
 //! route; checked in constant time. Without it a page
 //! answers 303 to `/sign-in?next=…`. Without tokens (loopback only) nobody signs in.
 
-pub(super) mod html;
+pub mod html;
 mod schema;
 
 use std::fmt::Write;
@@ -44,6 +44,7 @@ pub fn routes(state: Shared) -> Router<Shared> {
         .route("/tenants", get(tenants))
         .route("/operations", get(operations))
         .merge(super::stacks::console_routes())
+        .route("/events", get(super::events::page))
         .route_layer(middleware::from_fn_with_state(state, require_sign_in));
     Router::new()
         .merge(pages)

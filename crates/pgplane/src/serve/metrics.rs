@@ -42,6 +42,19 @@ struct StatusLabels {
     status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    r#type: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    group: String,
+    topic: String,
+    partition: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -55,6 +68,11 @@ pub struct Metrics {
     worker_slots: Gauge,
     leader: Gauge,
     takeovers: Counter,
+    events: Family<EventLabels, Gauge>,
+    event_lag: Family<PartitionLabels, Gauge>,
+    dead_letters: Gauge,
+    blocked_keys: Gauge,
+    consumed_partitions: Gauge,
     /// Observed by the worker's hooks.
     pub claim_latency: Histogram,
 }
@@ -78,6 +96,28 @@ impl Metrics {
         let worker_slots = Gauge::default();
         let leader = Gauge::default();
         let takeovers = Counter::default();
+        let events = Family::<EventLabels, Gauge>::default();
+        let event_lag = Family::<PartitionLabels, Gauge>::default();
+        let dead_letters = Gauge::default();
+        let blocked_keys = Gauge::default();
+        let consumed_partitions = Gauge::default();
+        registry.register("events", "Consumed events by type and outcome (control database)", events.clone());
+        registry.register(
+            "event_lag",
+            "Events of a partition not yet recorded, per consumer group, topic and partition (control database)",
+            event_lag.clone(),
+        );
+        registry.register("event_dead_letters", "Dead letters recorded (control database)", dead_letters.clone());
+        registry.register(
+            "event_blocked_keys",
+            "Keys held by a poison event under on_failure: block (control database)",
+            blocked_keys.clone(),
+        );
+        registry.register(
+            "event_partitions",
+            "Event partitions this process consumes now (serve --consume)",
+            consumed_partitions.clone(),
+        );
         // 1 ms … ~16 s.
         let claim_latency = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register(
@@ -125,6 +165,11 @@ impl Metrics {
             worker_slots,
             leader,
             takeovers,
+            events,
+            event_lag,
+            dead_letters,
+            blocked_keys,
+            consumed_partitions,
             claim_latency,
         }
     }
@@ -172,7 +217,19 @@ pub async fn render(state: &Shared) -> ApiResult<String> {
     for (status, n) in by_status {
         m.branches.get_or_create(&StatusLabels { status }).set(n);
     }
+    m.events.clear();
+    for c in pgplane_ops::events::admin::counts(&**control, None).await? {
+        m.events.get_or_create(&EventLabels { r#type: c.kind, outcome: c.outcome }).set(c.count);
+    }
+    m.event_lag.clear();
+    for l in pgplane_ops::events::admin::lag(&**control, None).await? {
+        let labels = PartitionLabels { group: l.consumer, topic: l.topic, partition: l.partition.to_string() };
+        m.event_lag.get_or_create(&labels).set(l.lag.unwrap_or(0));
+    }
+    m.dead_letters.set(pgplane_ops::events::admin::dead_letter_count(&**control).await?);
+    m.blocked_keys.set(i64::try_from(pgplane_ops::events::admin::holds(&**control, None).await?.len()).unwrap_or(0));
     drop(control);
+    m.consumed_partitions.set(state.consumer_partitions().map(|p| p.len() as i64).unwrap_or(0));
     let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     m.running_jobs.set(gauge(state.jobs.running()));
     m.backlog_limit.set(gauge(state.jobs.limits.backlog));

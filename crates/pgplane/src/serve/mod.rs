@@ -8,6 +8,7 @@ mod auth;
 mod coalesce;
 mod console;
 mod error;
+mod events;
 mod guard;
 mod jobs;
 mod metrics;
@@ -55,6 +56,18 @@ pub async fn run(home: PathBuf, args: ServeArgs) -> Result<i32> {
         args.reconcile_interval,
     )
     .await?;
+    if args.consume {
+        let consumer = pgplane_ops::events::service::Service::start(pgplane_ops::events::service::Setup {
+            control: state.servers.first().clone(),
+            manifest: state.manifest.clone(),
+            env: state.env.clone(),
+            fingerprint: state.jobs.fingerprint.clone(),
+            name: format!("serve@{}:{}", pgplane_ops::jobs::worker::hostname(), std::process::id()),
+            tick: std::time::Duration::from_secs(1),
+        })
+        .await?;
+        *lock(&state.consumer) = Some(consumer);
+    }
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
@@ -96,6 +109,10 @@ pub async fn run(home: PathBuf, args: ServeArgs) -> Result<i32> {
             at
         }
     };
+    let consumer = lock(&state.consumer).take();
+    if let Some(c) = consumer {
+        c.stop().await;
+    }
     let left = grace.saturating_sub(signal_at.elapsed());
     let shutdown = state.jobs.shutdown(left);
     tokio::pin!(shutdown);
@@ -135,6 +152,11 @@ pub fn router(state: Shared, hosts: std::sync::Arc<guard::Hosts>) -> Router {
         .route("/operations", get(api::operations))
         .route("/operations/{id}", get(api::operation).delete(api::cancel_operation))
         .merge(stacks::api_routes())
+        .route("/events", get(events::list).post(events::publish))
+        .route("/events/status", get(events::status))
+        .route("/events/summary", get(events::summary))
+        .route("/events/{seq}/retry", post(events::retry))
+        .route("/events/{seq}/skip", post(events::skip))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .route("/openapi.json", get(openapi_json))
         .fallback(error::not_found)

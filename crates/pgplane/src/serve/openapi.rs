@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{api, tenants};
+use super::{api, events, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,9 +23,10 @@ use super::{api, tenants};
         api::plan, api::apply, api::operations, api::operation, api::cancel_operation,
         super::stacks::stacks, super::stacks::stack_run,
         tenants::tenants, tenants::tenant, tenants::create, tenants::install,
+        events::publish, events::list, events::status, events::summary, events::retry, events::skip,
     ),
     modifiers(&Bearer),
-    tags((name = "databases"), (name = "branches"), (name = "tenants"), (name = "operations"), (name = "stacks")),
+    tags((name = "databases"), (name = "branches"), (name = "tenants"), (name = "operations"), (name = "stacks"), (name = "events")),
 )]
 struct ApiDoc;
 

@@ -42,6 +42,8 @@ pub struct AppState {
     pub jobs: Jobs,
     /// Concurrent reads of the same table list share one query.
     pub tables: super::coalesce::Coalescer,
+    /// The event consumer (`--consume`), if this process runs one.
+    pub consumer: Mutex<Option<pgplane_ops::events::service::Service>>,
     pools: Mutex<HashMap<(String, String), Pool>>,
     /// Which server holds a database (filled on first use).
     located: Mutex<HashMap<String, String>>,
@@ -99,6 +101,7 @@ impl AppState {
             metrics,
             jobs,
             tables: Default::default(),
+            consumer: Mutex::new(None),
             pools: Mutex::new(HashMap::new()),
             located: Mutex::new(HashMap::new()),
         });
@@ -112,6 +115,11 @@ impl AppState {
             }
         });
         Ok(state)
+    }
+
+    /// The event partitions this process consumes (`None`: it runs no consumer).
+    pub fn consumer_partitions(&self) -> Option<Vec<i32>> {
+        self.consumer.lock().ok()?.as_ref().map(|c| c.stats.partitions())
     }
 
     fn close_idle(&self) {

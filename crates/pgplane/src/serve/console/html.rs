@@ -91,6 +91,7 @@ pub enum Section {
     Tenants,
     Operations,
     Stacks,
+    Events,
     None,
 }
 
@@ -124,6 +125,7 @@ pub fn document(page: &Page, env: &str, sign_out: bool) -> String {
         (Section::Tenants, "/tenants", "Tenants"),
         (Section::Operations, "/operations", "Operations"),
         (Section::Stacks, "/stacks", "Stacks"),
+        (Section::Events, "/events", "Events"),
     ] {
         let current = if page.section == section { " aria-current=\"page\"" } else { "" };
         let _ = write!(nav, "<a href=\"{href}\"{current}>{text}</a>");

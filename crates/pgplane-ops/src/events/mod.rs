@@ -18,3 +18,15 @@ pub trait Events: Send + Sync {
 pub struct Quiet;
 
 impl Events for Quiet {}
+
+// Event-driven provisioning: events from the embedded queue or Kafka become jobs (one
+// control-database transaction records each event with its job), in order per key and
+// each once; jobs' ends write status events to an outbox. The pure parts (envelope,
+// mapping, dispositions) are `pgplane_core::event`.
+pub mod admin;
+pub mod consume;
+pub mod kafka;
+pub mod log;
+pub mod outbox;
+pub mod record;
+pub mod service;
