@@ -511,14 +511,19 @@ branches:
         std::thread::sleep(Duration::from_millis(50));
     }
     let gc_after = leader_killed_at.elapsed().unwrap_or_default();
-    let gc = pg.q(
-        "pgplane",
-        &format!(
-            "SELECT count(*) FROM pgplane.jobs WHERE env = 'chaos' AND kind = 'branch_gc' AND status = 'succeeded'
-              AND created_at >= to_timestamp({}::float8 / 1000) AND result::text LIKE '%\"expired\"%'",
-            epoch_ms(leader_killed_at)
-        ),
+    // The branch's row goes before its gc job records its end: wait for that too (a
+    // loaded machine takes a while between the two).
+    let gc_query = format!(
+        "SELECT count(*) FROM pgplane.jobs WHERE env = 'chaos' AND kind = 'branch_gc' AND status = 'succeeded'
+          AND created_at >= to_timestamp({}::float8 / 1000) AND result::text LIKE '%\"expired\"%'",
+        epoch_ms(leader_killed_at)
     );
+    let gc_deadline = SystemTime::now() + Duration::from_secs(30);
+    let mut gc = pg.q("pgplane", &gc_query);
+    while gc != "1" && SystemTime::now() < gc_deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        gc = pg.q("pgplane", &gc_query);
+    }
     assert_eq!(gc, "1", "the expired branch was not dropped by a gc queued after the leader died\n{}", context());
     assert_eq!(pg.q("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'chaos_tpl_expired'"), "0");
 
