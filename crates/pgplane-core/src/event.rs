@@ -365,7 +365,8 @@ impl Operation {
                 cmd.push_str(&format!(" --tenant {t}"));
                 secret.push_str(&format!("-{t}"));
             }
-            serde_json::json!({"command": cmd, "k8s_secret": format!("{secret}-db")})
+            // As `pgplane credentials --format k8s-secret` names it (`_` is not allowed there).
+            serde_json::json!({"command": cmd, "k8s_secret": format!("{secret}-db").replace('_', "-")})
         };
         let module_name = |m: &str| m.split('@').next().unwrap_or(m).to_string();
         match self {

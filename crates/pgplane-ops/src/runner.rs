@@ -35,7 +35,22 @@ pub mod kind {
     pub const DESTROY: &str = "destroy";
 
     /// Every kind [`super::OpsRunner`] runs (events map only to these).
-    pub const ALL: &[&str] = &[APPLY, BRANCH_CREATE, BRANCH_RESET, BRANCH_DELETE, BRANCH_GC, TEMPLATE_BUILD];
+    pub const ALL: &[&str] = &[
+        APPLY,
+        BRANCH_CREATE,
+        BRANCH_RESET,
+        BRANCH_DELETE,
+        BRANCH_GC,
+        TEMPLATE_BUILD,
+        TENANT_ADD,
+        TENANT_UPGRADE,
+        TENANT_DISABLE,
+        TENANT_ENABLE,
+        TENANT_REMOVE,
+        TENANT_INSTALL,
+        TENANT_GC,
+        DESTROY,
+    ];
 }
 
 /// `apply`: provision what the manifest says, then run the modules' migrations.

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{lines, MASTER, T};
+use common::{lines, psql, MASTER, T};
 use serde_json::{json, Value};
 
 const CANDIDATE: &str = "\
@@ -169,7 +169,15 @@ impl World {
     /// A manifest with a template module and a built template; `events` goes under
     /// `events:` (Kafka's connection is added for Kafka).
     fn new(env: &str, src: Src, events: &str) -> World {
+        World::with_modules(env, src, events, "", &[])
+    }
+
+    /// As [`World::new`], with more modules (YAML list items) after `registry` and their files.
+    fn with_modules(env: &str, src: Src, events: &str, modules: &str, files: &[(&str, &str)]) -> World {
         let t = T::new(env);
+        for (path, text) in files {
+            t.write(path, text);
+        }
         t.write("model/master/changelog.yaml", MASTER);
         t.write("model/c1/changelog.yaml", CANDIDATE);
         t.write("model/c2/changelog.yaml", CANDIDATE2);
@@ -193,7 +201,7 @@ impl World {
             "modules:
   - name: registry
     storage: database
-templates:
+{modules}templates:
   - name: {env}_tpl
     module: registry
     sources: [model/master/changelog.yaml]
@@ -672,6 +680,175 @@ fn queue_block_retry_skip() {
 #[test]
 fn kafka_block_retry_skip() {
     block_retry_skip(Src::Kafka, "ev_blk_k");
+}
+
+// ----- tenants ------------------------------------------------------------------------------
+
+/// A schema-per-tenant module with two versions (1.0 runs V1, 2.0 adds V2 and V3) and a
+/// parameter that loads reference data, as tests/tenants.rs has it.
+const USERS_MODULE: &str = "  - name: users\n    storage: schema-per-tenant\n    migrations: db/users\n    versions:\n      - {version: \"1.0\", target: \"1\"}\n      - {version: \"2.0\", target: \"3\"}\n    parameters:\n      loadReference: {folder: reference}\n";
+
+const USERS_FILES: &[(&str, &str)] = &[
+    ("db/users/V1__users.sql", "CREATE TABLE users (id int PRIMARY KEY, name text);\n"),
+    ("db/users/V2__email.sql", "ALTER TABLE users ADD COLUMN email text;\n"),
+    ("db/users/V3__index.sql", "CREATE INDEX users_email ON users (email);\n"),
+    ("db/users/reference/R__countries.sql", "CREATE TABLE IF NOT EXISTS countries (code text PRIMARY KEY);\n"),
+];
+
+/// A tenant's life driven by events, through the tenant lifecycle's jobs: created (schema,
+/// role, reference data, version 1.0), upgraded (2.0's migrations run once, a duplicate
+/// does nothing), bad data dead-lettered with its reason, disabled (no LOGIN), deleted
+/// (schema and role gone). Status events say where credentials are fetched, never a password.
+fn tenant_lifecycle(src: Src, env: &str) {
+    let mut w = World::with_modules(env, src, "  max_attempts: 1\n", USERS_MODULE, USERS_FILES);
+    w.consume(2, &[]);
+    let db = format!("{env}_users");
+    let role = format!("{env}_acme_users");
+    let history = |w: &World| {
+        w.t.sql(
+            &db,
+            "SELECT string_agg(version, ',' ORDER BY installed_rank) FROM acme_users.pgplane_schema_history WHERE version IS NOT NULL",
+        )
+    };
+    let listed = |w: &World| -> Vec<String> {
+        let list = w.t.pgplane(&["tenant", "list", "--json", "-f", &w.f]).ok().json();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|t| {
+                let name = t["name"].as_str().unwrap().to_string();
+                t["modules"].as_array().unwrap().iter().map(move |m| {
+                    format!(
+                        "{name}/{}@{}/{}",
+                        m["module"].as_str().unwrap(),
+                        m["version"].as_str().unwrap_or("-"),
+                        m["state"].as_str().unwrap_or("-")
+                    )
+                })
+            })
+            .collect()
+    };
+
+    // Created: schema, role (LOGIN), reference data (the parameter), version 1.0.
+    w.publish(&[(
+        "tenant.created",
+        "acme",
+        &format!("{env}-1"),
+        json!({"tenant": "acme", "modules": ["users@1.0"], "parameters": {"loadReference": "true"}}),
+    )]);
+    w.settle(1, Duration::from_secs(90));
+    assert_eq!(w.outcomes().into_iter().map(|(_, o)| o).collect::<Vec<_>>(), ["succeeded"], "{}", w.debug());
+    assert_eq!(w.t.sql(&db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'acme_users'"), "1", "{}", w.debug());
+    assert_eq!(w.t.sql("postgres", &format!("SELECT rolcanlogin FROM pg_roles WHERE rolname = '{role}'")), "t");
+    assert_eq!(
+        w.t.sql(&db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'acme_users' AND tablename = 'countries'"),
+        "1",
+        "loadReference"
+    );
+    assert_eq!(history(&w), "1");
+    assert_eq!(listed(&w), ["acme/users@1.0/enabled"]);
+    // The status event says where the credentials are; they work; no password in it.
+    let status = w.status_events();
+    assert_eq!(status[0]["type"], "tenant.created.succeeded", "{status:?}");
+    let hint = &status[0]["body"]["credentials"][0];
+    assert_eq!(hint["command"], format!("pgplane credentials users --env {env} --tenant acme"));
+    assert_eq!(hint["k8s_secret"], format!("{}-users-acme-db", env.replace('_', "-")));
+    let url = w.t.credentials(&["users", "-f", &w.f, "--env", env, "--tenant", "acme"]);
+    assert_eq!(psql(&url, "SELECT count(*) FROM users").unwrap(), "0", "the tenant's role reaches its schema");
+    let password = url.split("://").nth(1).and_then(|r| r.split('@').next()).and_then(|u| u.split(':').nth(1)).unwrap();
+    assert!(password.len() >= 8, "a password in the URL: {url}");
+    let all = serde_json::to_string(&status).unwrap();
+    assert!(!all.contains(password) && !all.to_lowercase().contains("password"), "no secret in a status event: {all}");
+
+    // Upgraded, and the same event again: 2.0's migrations run once.
+    let up = json!({"tenant": "acme", "modules": ["users@2.0"]});
+    w.publish(&[
+        ("tenant.upgraded", "acme", &format!("{env}-2"), up.clone()),
+        ("tenant.upgraded", "acme", &format!("{env}-2"), up),
+    ]);
+    w.settle(3, Duration::from_secs(90));
+    assert_eq!(history(&w), "1,2,3", "{}", w.debug());
+    assert_eq!(listed(&w), ["acme/users@2.0/enabled"]);
+    let f = w.stream_filter();
+    assert_eq!(
+        w.sql(&format!("SELECT string_agg(outcome, ',' ORDER BY seq) || ' ' || count(DISTINCT job_id) FROM pgplane.events WHERE {f} AND event_id = '{env}-2'")),
+        "succeeded,duplicate 1"
+    );
+
+    // Bad data ends the event dead-lettered with the reason; nothing changes. Unknown
+    // parameter, version and module are refused before a job exists; a tenant that is not
+    // registered fails its job.
+    w.publish(&[
+        (
+            "tenant.created",
+            "globex",
+            &format!("{env}-3"),
+            json!({"tenant": "globex", "modules": ["users"], "parameters": {"loadSample": "true"}}),
+        ),
+        ("tenant.upgraded", "acme", &format!("{env}-4"), json!({"tenant": "acme", "modules": ["users@9.9"]})),
+        ("tenant.module.enabled", "acme", &format!("{env}-5"), json!({"tenant": "acme", "module": "nosuch"})),
+        ("tenant.upgraded", "initech", &format!("{env}-6"), json!({"tenant": "initech"})),
+    ]);
+    w.settle(7, Duration::from_secs(90));
+    let reason = |id: &str| {
+        w.sql(&format!(
+            "SELECT outcome || ': ' || COALESCE(reason, '') FROM pgplane.events WHERE {f} AND event_id = '{env}-{id}'"
+        ))
+    };
+    let cases = [
+        ("3", "loadReference", false),
+        ("4", "no version \"9.9\" (versions: 1.0, 2.0)", false),
+        ("5", "nosuch", false),
+        ("6", "not registered", true),
+    ];
+    for (id, needle, had_job) in cases {
+        let r = reason(id);
+        assert!(r.starts_with("dead_lettered: ") && r.contains(needle), "event {id}: {r}\n{}", w.debug());
+        let job =
+            w.sql(&format!("SELECT job_id IS NOT NULL FROM pgplane.events WHERE {f} AND event_id = '{env}-{id}'"));
+        assert_eq!(job, if had_job { "t" } else { "f" }, "event {id}: {r}");
+    }
+    let failed: Vec<String> = w
+        .status_events()
+        .iter()
+        .filter(|s| s["type"].as_str().unwrap().ends_with(".failed"))
+        .map(|s| s["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(failed.len(), 4, "a failed status event each: {failed:?}");
+    assert_eq!(listed(&w), ["acme/users@2.0/enabled"], "nothing changed");
+    assert_eq!(history(&w), "1,2,3");
+
+    // Disabled: the role loses LOGIN, the data stays.
+    w.publish(&[("tenant.disabled", "acme", &format!("{env}-7"), json!({"tenant": "acme"}))]);
+    w.settle(8, Duration::from_secs(90));
+    assert_eq!(reason("7"), "succeeded:", "{}", w.debug());
+    assert_eq!(w.t.sql("postgres", &format!("SELECT rolcanlogin FROM pg_roles WHERE rolname = '{role}'")), "f");
+    assert!(psql(&url, "SELECT 1").unwrap_err().contains("not permitted to log in"));
+    assert_eq!(listed(&w), ["acme/users@2.0/disabled"]);
+
+    // Deleted: schema and role gone, the tenant forgotten.
+    w.publish(&[("tenant.deleted", "acme", &format!("{env}-8"), json!({"tenant": "acme"}))]);
+    w.settle(9, Duration::from_secs(90));
+    assert_eq!(reason("8"), "succeeded:", "{}", w.debug());
+    assert_eq!(w.t.sql(&db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'acme_users'"), "0");
+    assert_eq!(w.t.sql("postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{role}'")), "0");
+    assert!(listed(&w).is_empty(), "{:?}", listed(&w));
+    // Every job of these events was a tenant job.
+    let kinds = w.sql(&format!(
+        "SELECT string_agg(DISTINCT j.kind, ',') FROM pgplane.events e JOIN pgplane.jobs j ON j.id = e.job_id WHERE e.{}",
+        f.replace(" AND topic", " AND e.topic")
+    ));
+    assert_eq!(kinds, "tenant_add,tenant_disable,tenant_remove,tenant_upgrade");
+}
+
+#[test]
+fn queue_tenant_lifecycle() {
+    tenant_lifecycle(Src::Queue, "ev_ten_q");
+}
+
+#[test]
+fn kafka_tenant_lifecycle() {
+    tenant_lifecycle(Src::Kafka, "ev_ten_k");
 }
 
 // ----- crashes ----------------------------------------------------------------------------

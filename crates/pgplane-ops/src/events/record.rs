@@ -6,6 +6,7 @@
 //! effect happens once.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use pgplane_core::event::{self, Disposition, Envelope, OnFailure, Operation, Outcome, Rejection};
@@ -34,6 +35,9 @@ pub struct Recorder {
     pub templates: BTreeSet<String>,
     /// Job kinds the workers run (events of others are poison: "this pgplane cannot").
     pub kinds: BTreeSet<String>,
+    /// The manifest: tenant events are checked against its modules, versions and
+    /// parameters before a job is queued (as `tenant add` and the API check them).
+    pub manifest: Arc<pgplane_core::manifest::Manifest>,
 }
 
 impl Recorder {
@@ -55,6 +59,7 @@ impl Recorder {
             modules: m.modules.iter().map(|x| x.name.clone()).collect(),
             templates: m.templates.iter().map(|t| t.name.clone()).collect(),
             kinds: runner::kind::ALL.iter().map(|k| k.to_string()).collect(),
+            manifest: Arc::new(m.clone()),
         }
     }
 }
@@ -123,9 +128,7 @@ pub fn job_of(r: &Recorder, op: &Operation, key: Option<&str>) -> std::result::R
     let invalid = |reason: String| Rejection { why: event::RejectKind::InvalidData, reason };
     let kind = op.job_kind();
     if !r.kinds.contains(kind) {
-        return Err(invalid(format!(
-            "this pgplane does not run {kind} jobs (tenant events need the tenant lifecycle); nothing was done"
-        )));
+        return Err(invalid(format!("this pgplane does not run {kind} jobs; nothing was done")));
     }
     let env = op.env().unwrap_or(&r.env).to_string();
     let request = match op {
@@ -168,14 +171,42 @@ pub fn job_of(r: &Recorder, op: &Operation, key: Option<&str>) -> std::result::R
             }
             serde_json::to_value(runner::ApplyRequest::default())
         }
-        Operation::TenantAdd { tenant, modules, parameters, data } => Ok(serde_json::json!({
-            "tenant": tenant, "modules": modules, "parameters": parameters,
-            "ttl": data.ttl, "labels": data.labels,
-        })),
-        Operation::TenantUpgrade { tenant, modules } => Ok(serde_json::json!({"tenant": tenant, "modules": modules})),
-        Operation::TenantDisable { tenant, module } => Ok(serde_json::json!({"tenant": tenant, "module": module})),
+        Operation::TenantAdd { tenant, modules, parameters, data } => {
+            let req = runner::TenantAddRequest {
+                tenant: tenant.clone(),
+                modules: modules.clone(),
+                parameters: parameters.clone(),
+                labels: data.labels.clone(),
+                ttl: data.ttl.clone(),
+            };
+            check_tenant(r, req.change(), modules)?;
+            serde_json::to_value(req)
+        }
+        Operation::TenantUpgrade { tenant, modules } => {
+            let req = runner::TenantUpgradeRequest {
+                tenant: Some(tenant.clone()),
+                modules: modules.clone(),
+                // No module named: every module of the tenant to its newest version.
+                all_modules: modules.is_empty(),
+                ..Default::default()
+            };
+            check_tenant(r, req.change(), modules)?;
+            serde_json::to_value(req)
+        }
+        Operation::TenantDisable { tenant, module } => {
+            let req =
+                runner::TenantModulesRequest { tenant: tenant.clone(), modules: module.iter().cloned().collect() };
+            check_tenant(r, req.change(pgplane_core::tenant::ItemAction::Disable), &req.modules)?;
+            serde_json::to_value(req)
+        }
         Operation::TenantRemove { tenant, module } => {
-            Ok(serde_json::json!({"tenant": tenant, "module": module, "purge": true}))
+            let req = runner::TenantRemoveRequest {
+                tenant: tenant.clone(),
+                modules: module.iter().cloned().collect(),
+                purge: true,
+            };
+            check_tenant(r, req.change(), &req.modules)?;
+            serde_json::to_value(req)
         }
     }
     .map_err(|e| invalid(format!("the request could not be built: {e}")))?;
@@ -186,6 +217,29 @@ pub fn job_of(r: &Recorder, op: &Operation, key: Option<&str>) -> std::result::R
     job.fingerprint = Some(r.fingerprint.clone());
     job.max_attempts = r.spec.max_attempts;
     Ok(job)
+}
+
+/// Checks a tenant event's change against the manifest before its job is queued: the
+/// tenant's name, its modules (of a per-tenant storage), the versions named (`users@9.9`)
+/// and the parameters. What depends on the tenant's state (registered, the version it
+/// runs) is checked when the job runs; a failure there ends the event the same way.
+fn check_tenant(
+    r: &Recorder,
+    change: crate::error::Result<pgplane_core::tenant::Change>,
+    modules: &[String],
+) -> std::result::Result<(), Rejection> {
+    let invalid = |reason: String| Rejection { why: event::RejectKind::InvalidData, reason };
+    let change = change.map_err(|e| invalid(format!("{e}; nothing was done")))?;
+    crate::tenants::precheck(&r.manifest, &change).map_err(|e| invalid(format!("{e}; nothing was done")))?;
+    for m in modules {
+        let parsed =
+            pgplane_core::tenant::ModuleRef::parse(m).map_err(|e| invalid(format!("{e}; nothing was done")))?;
+        let spec = pgplane_core::tenant::tenant_module(&r.manifest, &parsed.module)
+            .map_err(|e| invalid(format!("{e}; nothing was done")))?;
+        pgplane_core::tenant::resolve_version(spec, parsed.version.as_deref())
+            .map_err(|e| invalid(format!("{e}; nothing was done")))?;
+    }
+    Ok(())
 }
 
 /// One event row.
