@@ -45,6 +45,9 @@ pub struct LiquibaseSource {
     /// The folder every file read must stay inside (canonical).
     root: PathBuf,
     name: String,
+    /// A version's end (`to_tag`): every reading of the changelog stops after the changeset
+    /// whose `tagDatabase` sets this tag.
+    stop_after_tag: Option<String>,
     /// Per target (database, schema): the changelog as read for it, and the run's options.
     resolved: std::sync::Mutex<std::collections::HashMap<(String, String), Resolved>>,
 }
@@ -113,6 +116,7 @@ pub fn load(path: &Path, root: &Path, search_path: Option<&Path>) -> Result<Liqu
         search_path,
         root: root.to_path_buf(),
         name,
+        stop_after_tag: None,
         resolved: std::sync::Mutex::new(std::collections::HashMap::new()),
     })
 }
@@ -166,7 +170,11 @@ impl LiquibaseSource {
             },
             defer_change_errors: false,
         };
-        let changelog = Arc::new(parse(&self.search_path, &self.root, &self.name, &opts)?);
+        let mut changelog = parse(&self.search_path, &self.root, &self.name, &opts)?;
+        if let Some(tag) = &self.stop_after_tag {
+            stop_after_tag(&mut changelog, tag, &self.file)?;
+        }
+        let changelog = Arc::new(changelog);
         let mut map = self.resolved.lock().map_err(|_| anyhow::anyhow!("changelog cache poisoned"))?;
         map.insert(
             (t.database.clone(), t.schema.clone()),
@@ -181,6 +189,14 @@ impl LiquibaseSource {
             .get(&(t.database.clone(), t.schema.clone()))
             .cloned()
             .unwrap_or_else(|| Resolved { changelog: Arc::new(self.changelog.clone()), allow_execute_command: false }))
+    }
+
+    /// Keeps what a version holds: every reading of the changelog, this one and each
+    /// target's, stops after the changeset whose `tagDatabase` sets `tag`.
+    pub fn stop_after(&mut self, tag: &str) -> Result<()> {
+        stop_after_tag(&mut self.changelog, tag, &self.file)?;
+        self.stop_after_tag = Some(tag.to_string());
+        Ok(())
     }
 
     /// See [`super::Source::check_selected`].
@@ -202,6 +218,17 @@ impl LiquibaseSource {
     pub fn describe(&self) -> String {
         format!("Liquibase changelog {} ({} changesets)", self.file.display(), self.changelog.changesets.len())
     }
+}
+
+fn stop_after_tag(changelog: &mut Changelog, tag: &str, file: &Path) -> Result<()> {
+    let Some(at) = changelog.changesets.iter().position(|cs| cs.tag() == Some(tag)) else {
+        bail!(
+            "{}: no changeset has a tagDatabase with tag {tag:?}; the version's `to_tag` must name one",
+            file.display()
+        );
+    };
+    changelog.changesets.truncate(at + 1);
+    Ok(())
 }
 
 pub fn units_of(changelog: &Changelog, selection: &Selection) -> Vec<Unit> {
