@@ -620,7 +620,10 @@ fn sigterm_hands_jobs_back_and_kill_9_is_taken_over() {
     drop(w);
     let o = until_status(&api, op, "queued", Duration::from_secs(20));
     assert!(o["error"].as_str().is_some_and(|e| e.contains("interrupted")), "{o}");
-    assert_eq!(t.sql("pgplane", &format!("SELECT status FROM pgplane.jobs WHERE id = {op}")), "running");
+    // The row may still say running (readers judge by the lock), or the leader may already
+    // have requeued it once its lease lapsed (a loaded machine is slow to get here).
+    let row = t.sql("pgplane", &format!("SELECT status FROM pgplane.jobs WHERE id = {op}"));
+    assert!(row == "running" || row == "queued", "{row}");
     let env = tokens();
     let taker = t.serve(
         &f,
