@@ -791,6 +791,12 @@ pub struct EventsSpec {
     pub max_attempts: i32,
     /// The consumer stops reading while this many event jobs wait for a worker.
     pub max_queued: i64,
+    /// `apply.requested` may ask for `prune` (drops what the manifest no longer lists).
+    /// Off by default: whoever can produce to the stream is not the operator.
+    pub allow_prune: bool,
+    /// `apply.requested` may ask for `adopt` (takes over objects someone else re-created
+    /// under a managed name). Off by default, as `allow_prune`.
+    pub allow_adopt: bool,
 }
 
 impl EventsSpec {
@@ -830,6 +836,10 @@ pub struct RawEvents {
     pub max_attempts: Option<i32>,
     #[serde(default)]
     pub max_queued: Option<i64>,
+    #[serde(default)]
+    pub allow_prune: bool,
+    #[serde(default)]
+    pub allow_adopt: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -864,6 +874,8 @@ pub fn spec(raw: &RawEvents, expand: &dyn Fn(&str) -> Result<String, String>) ->
     let mut s = EventsSpec::new();
     s.on_failure = raw.on_failure.unwrap_or_default();
     s.unknown_types = raw.unknown_types.unwrap_or_default();
+    s.allow_prune = raw.allow_prune;
+    s.allow_adopt = raw.allow_adopt;
     if let Some(n) = raw.max_attempts {
         if !(1..=100).contains(&n) {
             return Err(("max_attempts".into(), format!("events.max_attempts is {n}; use 1 to 100")));

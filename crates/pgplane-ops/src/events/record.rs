@@ -152,13 +152,27 @@ pub fn job_of(r: &Recorder, op: &Operation, key: Option<&str>) -> std::result::R
         Operation::BranchDelete { id } => {
             serde_json::to_value(runner::BranchDeleteJob { id: id.clone(), missing_ok: true })
         }
-        Operation::Apply { data, .. } => serde_json::to_value(runner::ApplyRequest {
-            prune: data.prune,
-            adopt: data.adopt,
-            skip_migrations: data.skip_migrations,
-            // Never from an event: rotating every password is an operator's decision.
-            new_secret_key: false,
-        }),
+        Operation::Apply { data, .. } => {
+            // Dropping what the manifest no longer lists, or taking over objects someone
+            // else re-created, is the operator's decision unless the manifest hands it over.
+            for (asked, allowed, what) in
+                [(data.prune, r.spec.allow_prune, "prune"), (data.adopt, r.spec.allow_adopt, "adopt")]
+            {
+                if asked && !allowed {
+                    return Err(invalid(format!(
+                        "apply.requested asks for {what}, which events may not ask for unless the manifest allows it \
+                         (`events: {{allow_{what}: true}}`); run `pgplane apply --{what}` instead; nothing was done"
+                    )));
+                }
+            }
+            serde_json::to_value(runner::ApplyRequest {
+                prune: data.prune,
+                adopt: data.adopt,
+                skip_migrations: data.skip_migrations,
+                // Never from an event: rotating every password is an operator's decision.
+                new_secret_key: false,
+            })
+        }
         Operation::Module { module, .. } => {
             if !r.modules.contains(module) {
                 return Err(invalid(format!(
