@@ -100,3 +100,84 @@ fn an_event_cannot_prune_or_adopt_unless_the_manifest_allows_it() {
     assert!(pruned.ends_with("|succeeded"), "{pruned}");
     assert!(!database_exists(&t, &gone), "allow_prune: the event's prune ran");
 }
+
+/// Names computed for one environment may equal another environment's on the same
+/// server (`rvx` + tenant `a` + module `users` and `rvx_a` + module `users` both give the
+/// role and database `rvx_a_users`). A tenant added later (by the API or an event) must not
+/// take over the other environment's role or database, whichever came first.
+#[test]
+fn a_tenant_never_takes_over_another_environments_objects() {
+    let t = T::new("rvy");
+    let u = T::new("rvy_a");
+    let g = u.manifest("modules:\n  - name: users\n    storage: database\n").to_str().unwrap().to_string();
+    u.pgplane(&["apply", "-f", &g, "--yes"]).ok();
+    let other = u.credentials(&["users", "-f", &g]);
+    let f = t
+        .manifest("modules:\n  - name: users\n    storage: database-per-tenant\n")
+        .to_str()
+        .unwrap()
+        .to_string();
+    t.pgplane(&["apply", "-f", &f, "--yes"]).ok();
+    let run = t.pgplane(&["tenant", "add", "a", "--module", "users", "-f", &f]).fails();
+    assert!(run.stderr.contains("name clash: role rvy_a_users is already managed by pgplane for env rvy_a"), "{}", run.stderr);
+    assert_eq!(common::psql(&other, "SELECT current_user").unwrap(), "rvy_a_users", "the other login still works");
+    assert_eq!(
+        t.sql("postgres", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'rvy_a_users'"),
+        "rvy_a_users"
+    );
+}
+
+/// A tenant's role reaches its own schema only: not another tenant's, after add,
+/// upgrade, disable and enable of either.
+#[test]
+fn a_tenant_reaches_no_other_tenants_schema_through_its_lifecycle() {
+    let env = "rvsch";
+    let t = T::new(env);
+    t.write("db/users/V1__items.sql", "CREATE TABLE items (id int PRIMARY KEY, name text);\nINSERT INTO items VALUES (1, 'x');\n");
+    t.write("db/users/V2__more.sql", "ALTER TABLE items ADD COLUMN more text;\nCREATE VIEW items_v AS SELECT * FROM items;\n");
+    let f = t
+        .manifest(
+            "modules:\n  - name: users\n    storage: schema-per-tenant\n    migrations: db/users\n    versions:\n      - {version: \"1.0\", target: \"1\"}\n      - {version: \"2.0\", target: \"2\"}\n",
+        )
+        .to_str()
+        .unwrap()
+        .to_string();
+    t.pgplane(&["apply", "-f", &f, "--yes"]).ok();
+    t.pgplane(&["tenant", "add", "acme", "--module", "users@1.0", "-f", &f]).ok();
+    t.pgplane(&["tenant", "add", "beta", "--module", "users@1.0", "-f", &f]).ok();
+    let acme = t.credentials(&["users", "-f", &f, "--tenant", "acme"]);
+    let beta = t.credentials(&["users", "-f", &f, "--tenant", "beta"]);
+    let probe = |who: &str, url: &str, schema: &str| {
+        for sql in [
+            format!("SELECT count(*) FROM {schema}.items"),
+            format!("CREATE TABLE {schema}.planted (x int)"),
+            format!("SELECT count(*) FROM {schema}.items_v"),
+        ] {
+            let r = common::psql(url, &sql);
+            assert!(
+                r.as_ref().is_err_and(|e| e.contains("permission denied") || e.contains("does not exist")),
+                "{who}: {sql}: {r:?}"
+            );
+        }
+    };
+    let check = |when: &str| {
+        probe(&format!("acme {when}"), &acme, "beta_users");
+        probe(&format!("beta {when}"), &beta, "acme_users");
+    };
+    check("after add");
+    t.pgplane(&["tenant", "upgrade", "acme", "--module", "users@2.0", "-f", &f]).ok();
+    t.pgplane(&["tenant", "upgrade", "--all", "--module", "users@2.0", "-f", &f]).ok();
+    check("after upgrade");
+    t.pgplane(&["tenant", "disable", "beta", "--yes", "-f", &f]).ok();
+    probe("acme while beta is disabled", &acme, "beta_users");
+    t.pgplane(&["tenant", "enable", "beta", "-f", &f]).ok();
+    check("after enable");
+    // Nor can it plant anything another tenant's session would find.
+    for (who, url) in [("acme", &acme), ("beta", &beta)] {
+        let r = common::psql(url, "CREATE FUNCTION public.lower(text) RETURNS text LANGUAGE sql AS 'SELECT $1'");
+        assert!(r.as_ref().is_err_and(|e| e.contains("permission denied")), "{who}: {r:?}");
+    }
+    // Each still reaches its own.
+    assert_eq!(common::psql(&acme, "SELECT count(*) FROM acme_users.items_v").unwrap(), "1");
+    assert_eq!(common::psql(&beta, "SELECT count(*) FROM beta_users.items_v").unwrap(), "1");
+}
