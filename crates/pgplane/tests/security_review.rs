@@ -181,3 +181,114 @@ fn a_tenant_reaches_no_other_tenants_schema_through_its_lifecycle() {
     assert_eq!(common::psql(&acme, "SELECT count(*) FROM acme_users.items_v").unwrap(), "1");
     assert_eq!(common::psql(&beta, "SELECT count(*) FROM beta_users.items_v").unwrap(), "1");
 }
+
+/// Liquibase's newer file readers stay inside the root too: `loadData` and
+/// `loadUpdateData` CSV files (by a `../` path and by a symlink), property files, and
+/// `includeAll` of a linked folder; nothing of the file outside reaches the database.
+#[test]
+fn load_data_property_files_and_include_all_stay_inside_the_root() {
+    let env = "rvload";
+    let t = T::new(env);
+    let outside = t.dir.parent().unwrap().join("rvload-outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.csv"), "id,name\n1,outside-secret\n").unwrap();
+    std::fs::write(outside.join("secret.properties"), "table.name=leaked\n").unwrap();
+    std::fs::write(outside.join("V1__leak.sql"), "CREATE TABLE leaked (x int);\n").unwrap();
+    std::fs::create_dir_all(t.dir.join("c")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.csv"), t.dir.join("c/link.csv")).unwrap();
+    std::os::unix::fs::symlink(&outside, t.dir.join("c/linked")).unwrap();
+    t.write("init/V1__t.sql", "CREATE TABLE t (id int PRIMARY KEY, name text);\n");
+    let load = |kind: &str, file: &str| {
+        format!(
+            "databaseChangeLog:\n  - changeSet:\n      id: l1\n      author: mallory\n      changes:\n        - {kind}:\n            tableName: t\n            file: {file}\n{}",
+            if kind == "loadUpdateData" { "            primaryKey: id\n" } else { "" }
+        )
+    };
+    t.write("c/up.yaml", &load("loadData", "../../rvload-outside/secret.csv"));
+    t.write("c/abs.yaml", &load("loadData", &outside.join("secret.csv").display().to_string()));
+    t.write("c/link.yaml", &load("loadUpdateData", "link.csv"));
+    t.write(
+        "c/props.yaml",
+        "databaseChangeLog:\n  - property:\n      file: ../../rvload-outside/secret.properties\n  - changeSet:\n      id: p1\n      author: mallory\n      changes:\n        - sql: CREATE TABLE ${table.name} (x int)\n",
+    );
+    t.write(
+        "c/all.yaml",
+        "databaseChangeLog:\n  - includeAll:\n      path: linked/\n",
+    );
+    let f = t.manifest("modules:\n  - name: app\n    storage: database\n    migrations: init\n");
+    let f = f.to_str().unwrap();
+    t.pgplane(&["apply", "-f", f, "--yes"]).ok();
+    let db = format!("{env}_app");
+    for source in ["c/up.yaml", "c/abs.yaml", "c/link.yaml", "c/props.yaml", "c/all.yaml"] {
+        let r = t.pgplane(&["migrate", "up", "-f", f, "--module", "app", "--source", &format!("{}", t.dir.join(source).display())]);
+        assert_ne!(r.code, 0, "{source}: a file outside the root was read\n{}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("outside") || r.stderr.contains("No such file"), "{source}: {}", r.stderr);
+        assert_eq!(t.sql(&db, "SELECT count(*) FROM t"), "0", "{source}: rows from outside");
+        assert_eq!(t.sql(&db, "SELECT count(*) FROM pg_class WHERE relname = 'leaked'"), "0", "{source}");
+    }
+}
+
+/// The changing routes merged after issue 11 (tenants, tenant installs, event publish,
+/// retry and skip) need an admin token, JSON and no foreign origin, like the others; a
+/// read token reaches the new read routes and nothing else. Nothing is queued or published.
+#[test]
+fn new_changing_routes_refuse_read_tokens_cross_site_posts_and_forms() {
+    let env = "rvhttp";
+    let t = T::new(env);
+    let f = t.manifest("modules:\n  - name: users\n    storage: schema-per-tenant\n");
+    let f = f.to_str().unwrap();
+    t.pgplane(&["apply", "-f", f, "--yes"]).ok();
+    let (read, admin) = ("read-token-rv-0123456789abcdef", "admin-token-rv-0123456789abcdef");
+    let tokens = format!("read:{read},admin:{admin}");
+    let serve = t.serve(f, &[], &[("PGPLANE_TOKENS", tokens.as_str())]);
+    let tenant = r#"{"tenant": "acme", "modules": ["users"]}"#;
+    let event = r#"{"type": "apply.requested", "key": "k", "data": {"prune": true}}"#;
+    let routes: &[(&str, &str)] = &[
+        ("/api/v1/tenants", tenant),
+        ("/api/v1/tenants/acme/install", r#"[{"module": "users"}]"#),
+        ("/api/v1/tenants/acme/install?simulate=true", r#"[{"module": "users"}]"#),
+        ("/api/v1/events", event),
+        ("/api/v1/events/1/retry", "{}"),
+        ("/api/v1/events/1/skip", "{}"),
+    ];
+    let admin_auth = format!("Bearer {admin}");
+    let url = |p: &str| format!("{}{p}", serve.base);
+    for (path, body) in routes {
+        let r = serve.req("POST", path, Some(read), Some(body));
+        assert_eq!(r.status, 403, "read token on POST {path}: {}", r.body);
+        let r = common::http(
+            "POST",
+            &url(path),
+            &[("Authorization", &admin_auth), ("Content-Type", "text/plain")],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 415, "text/plain POST {path}: {}", r.body);
+        let r = common::http(
+            "POST",
+            &url(path),
+            &[("Authorization", &admin_auth), ("Content-Type", "application/x-www-form-urlencoded")],
+            b"tenant=acme",
+        );
+        assert_eq!(r.status, 415, "form POST {path}: {}", r.body);
+        let r = common::http(
+            "POST",
+            &url(path),
+            &[("Authorization", &admin_auth), ("Content-Type", "application/json"), ("Origin", "http://evil.example")],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 403, "foreign Origin on POST {path}: {}", r.body);
+        let r = common::http(
+            "POST",
+            &url(path),
+            &[("Authorization", &admin_auth), ("Content-Type", "application/json"), ("Host", "evil.example")],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 421, "rebound Host on POST {path}: {}", r.body);
+    }
+    for path in ["/api/v1/tenants", "/api/v1/events", "/api/v1/events/status", "/api/v1/events/summary", "/api/v1/stacks"] {
+        let r = serve.req("GET", path, Some(read), None);
+        assert_eq!(r.status, 200, "read token on GET {path}: {}", r.body);
+    }
+    assert_eq!(t.sql("pgplane", "SELECT count(*) FROM pgplane.jobs WHERE kind LIKE 'tenant%'"), "0");
+    assert_eq!(t.sql("pgplane", &format!("SELECT count(*) FROM pgplane.event_log WHERE topic = '{env}'")), "0");
+}
