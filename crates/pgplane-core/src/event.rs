@@ -127,7 +127,22 @@ pub fn parse(payload: &[u8], header_type: Option<&str>) -> Result<Envelope, Reje
         Some(d @ serde_json::Value::Object(_)) => d,
         Some(other) => return Err(reject(Unparseable, format!("the event's `data` must be an object, not {other}"))),
     };
+    // PostgreSQL's text and jsonb cannot hold one: recording the job would fail, and the
+    // consumer would read the same event again and again.
+    if holds_nul(&data) {
+        return Err(reject(Unparseable, "the event's `data` holds a NUL character (\\u0000)"));
+    }
     Ok(Envelope { id, kind, source, subject, time, data })
+}
+
+/// Whether a string or key anywhere in `v` holds a NUL character.
+fn holds_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(holds_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 /// The event types pgplane acts on.

@@ -180,6 +180,24 @@ fn a_tenant_reaches_no_other_tenants_schema_through_its_lifecycle() {
     // Each still reaches its own.
     assert_eq!(common::psql(&acme, "SELECT count(*) FROM acme_users.items_v").unwrap(), "1");
     assert_eq!(common::psql(&beta, "SELECT count(*) FROM beta_users.items_v").unwrap(), "1");
+
+    // No password and not the secret key anywhere in the control database (job requests
+    // and results, events, the outbox, tenant rows), nor in what the commands printed.
+    let dump = std::process::Command::new("pg_dump")
+        .args(["-a", &common::with_db(&t.server.url, "pgplane")])
+        .output()
+        .unwrap();
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains("tenant_upgrade"), "the dump holds the jobs");
+    let list = t.pgplane(&["tenant", "list", "--json", "-f", &f]).ok();
+    for url in [&acme, &beta] {
+        let password = url.split_once("://").unwrap().1.split_once('@').unwrap().0.split_once(':').unwrap().1;
+        assert!(password.len() >= 16, "{url}");
+        assert!(!dump.contains(password), "a password is stored in the control database");
+        assert!(!list.stdout.contains(password) && !list.stderr.contains(password));
+    }
+    assert!(!dump.contains(common::TEST_SECRET_KEY), "the secret key is stored in the control database");
 }
 
 /// Liquibase's newer file readers stay inside the root too: `loadData` and
@@ -291,4 +309,44 @@ fn new_changing_routes_refuse_read_tokens_cross_site_posts_and_forms() {
     }
     assert_eq!(t.sql("pgplane", "SELECT count(*) FROM pgplane.jobs WHERE kind LIKE 'tenant%'"), "0");
     assert_eq!(t.sql("pgplane", &format!("SELECT count(*) FROM pgplane.event_log WHERE topic = '{env}'")), "0");
+}
+
+/// An event whose data holds a NUL character (`\u0000`, which PostgreSQL's text and jsonb
+/// cannot store) is poison like any other. Before the fix, recording its job failed, the
+/// consumer dropped its session and read the same event again, forever: every later event
+/// of every partition waited behind it.
+#[test]
+fn an_event_with_a_nul_character_is_poison_and_blocks_nothing() {
+    let env = "rvnul";
+    let t = T::new(env);
+    let f = t.manifest("modules:\n  - name: app\n    storage: database\n").to_str().unwrap().to_string();
+    t.pgplane(&["apply", "-f", &f, "--yes"]).ok();
+    // Publishing refuses it at once.
+    let nul = r#"{"env": "a\u0000b"}"#;
+    let r = t
+        .pgplane(&["events", "publish", "-f", &f, "--type", "apply.requested", "--key", "k", "--id", "x", "--data", nul])
+        .fails();
+    assert!(r.stderr.contains("NUL"), "{}", r.stderr);
+    // A producer that writes to the stream directly (as to a Kafka topic).
+    let p = pgplane_core::event::partition_of("k", 16);
+    let payload = r#"{"id": "nul-1", "type": "module.requested", "data": {"module": "app", "env": "x\u0000y"}}"#;
+    t.sql(
+        "pgplane",
+        &format!(
+            "WITH h AS (INSERT INTO pgplane.event_heads AS h (topic, partition, next_offset) VALUES ('{env}', {p}, 1)
+                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = h.next_offset + 1 RETURNING next_offset - 1 AS o)
+             INSERT INTO pgplane.event_log (topic, partition, \"offset\", key, payload)
+             SELECT '{env}', {p}, o, 'k', '{payload}' FROM h"
+        ),
+    );
+    publish(&t, &f, "after-1", "{}");
+    let _c = consume(&t, &f, "consume-0.log");
+    let after = settled(&t, "after-1");
+    assert!(after.ends_with("|succeeded"), "{after}");
+    // The poison has no id (its envelope was refused): found by its offset, the first.
+    let poison = t.sql(
+        "pgplane",
+        &format!("SELECT outcome || '|' || reason FROM pgplane.events WHERE topic = '{env}' AND partition = {p} AND \"offset\" = 0"),
+    );
+    assert!(poison.starts_with("dead_lettered|") && poison.contains("NUL"), "{poison}");
 }

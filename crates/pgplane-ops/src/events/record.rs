@@ -113,6 +113,12 @@ pub async fn queued_event_jobs(c: &impl GenericClient, env: &str) -> Result<i64>
     .get(0))
 }
 
+/// Bytes from a message as text PostgreSQL can store: invalid UTF-8 and NUL characters
+/// become U+FFFD (a NUL would make recording fail, and the consumer read it forever).
+pub fn text_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).replace('\0', "\u{FFFD}")
+}
+
 /// The event's ordering key: the message key, else the envelope's subject.
 fn key_of(m: &Message, e: Option<&Envelope>) -> Option<String> {
     m.key.clone().filter(|k| !k.is_empty()).or_else(|| e.and_then(|e| e.subject.clone()))
@@ -214,7 +220,7 @@ struct Row<'a> {
 }
 
 async fn insert_event(c: &impl GenericClient, r: &Recorder, m: &Message, row: Row<'_>) -> Result<i64> {
-    let payload = String::from_utf8_lossy(&m.payload);
+    let payload = text_of(&m.payload);
     let on_failure = match r.spec.on_failure {
         OnFailure::DeadLetter => "dead_letter",
         OnFailure::Block => "block",
@@ -243,7 +249,7 @@ async fn insert_event(c: &impl GenericClient, r: &Recorder, m: &Message, row: Ro
                 &row.job,
                 &on_failure,
                 &row.reason,
-                &payload.as_ref(),
+                &payload.as_str(),
                 &hints,
                 &finished,
             ],
@@ -415,7 +421,7 @@ async fn record_in(tx: &tokio_postgres::Transaction<'_>, r: &Recorder, p: &Prepa
                         &kind.clone().or_else(|| m.type_header.clone()),
                         &envelope.and_then(|e| e.subject.clone()),
                         &key,
-                        &String::from_utf8_lossy(&m.payload).as_ref(),
+                        &text_of(&m.payload).as_str(),
                         &rejection.reason,
                         &r.group,
                         &r.topic,
