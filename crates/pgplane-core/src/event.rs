@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 
 /// Events larger than this are poison (a provisioning request is a few hundred bytes).
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+/// The longest ordering key (message key or subject) an event may have: keys are indexed
+/// (`event/<env>/<key>` in the jobs table), and PostgreSQL refuses index rows beyond a
+/// few kilobytes.
+pub const MAX_KEY_BYTES: usize = 1024;
 
 /// The header that may carry the type (as existing producers send it).
 pub const TYPE_HEADER: &str = "event_type";

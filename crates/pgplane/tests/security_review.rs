@@ -350,3 +350,51 @@ fn an_event_with_a_nul_character_is_poison_and_blocks_nothing() {
     );
     assert!(poison.starts_with("dead_lettered|") && poison.contains("NUL"), "{poison}");
 }
+
+/// An event whose key (or subject, when it has no key) is too long to index is poison.
+/// Before the fix, recording it failed ("index row requires … bytes") and the consumer read
+/// it again forever, as with a NUL.
+#[test]
+fn an_event_with_an_over_long_key_is_poison_and_blocks_nothing() {
+    let env = "rvkey";
+    let t = T::new(env);
+    let f = t.manifest("modules:\n  - name: app\n    storage: database\n").to_str().unwrap().to_string();
+    t.pgplane(&["apply", "-f", &f, "--yes"]).ok();
+    // Random letters: nothing compresses them under the index's limit.
+    let mut x: u64 = 12345;
+    let key: String = (0..9000)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (b'a' + ((x >> 33) % 26) as u8) as char
+        })
+        .collect();
+    let r = t
+        .pgplane(&["events", "publish", "-f", &f, "--type", "apply.requested", "--key", &key, "--id", "x", "--data", "{}"])
+        .fails();
+    assert!(r.stderr.contains("9000 bytes"), "{}", r.stderr);
+    // A producer that writes to the stream directly (as to a Kafka topic), with the long
+    // key as the message key and as the subject of a keyless message.
+    let payload = format!(r#"{{"id": "long-2", "type": "apply.requested", "subject": "{key}", "data": {{}}}}"#);
+    for (offset_key, id) in [(Some(key.as_str()), "long-1"), (None, "long-2")] {
+        let body = if id == "long-1" { r#"{"id": "long-1", "type": "apply.requested", "data": {}}"#.to_string() } else { payload.clone() };
+        let p = offset_key.map(|k| pgplane_core::event::partition_of(k, 16)).unwrap_or(0);
+        t.sql(
+            "pgplane",
+            &format!(
+                "WITH h AS (INSERT INTO pgplane.event_heads AS h (topic, partition, next_offset) VALUES ('{env}', {p}, 1)
+                     ON CONFLICT (topic, partition) DO UPDATE SET next_offset = h.next_offset + 1 RETURNING next_offset - 1 AS o)
+                 INSERT INTO pgplane.event_log (topic, partition, \"offset\", key, payload)
+                 SELECT '{env}', {p}, o, {}, '{body}' FROM h",
+                offset_key.map(|k| format!("'{k}'")).unwrap_or("''".into())
+            ),
+        );
+    }
+    publish(&t, &f, "after-1", "{}");
+    let _c = consume(&t, &f, "consume-0.log");
+    let after = settled(&t, "after-1");
+    assert!(after.ends_with("|succeeded"), "{after}");
+    for id in ["long-1", "long-2"] {
+        let poison = settled(&t, id);
+        assert!(poison.starts_with("dead_lettered|") && poison.contains("9000 bytes"), "{id}: {poison}");
+    }
+}

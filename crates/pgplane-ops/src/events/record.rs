@@ -271,6 +271,13 @@ pub struct Prepared<'m> {
 pub fn prepare<'m>(r: &Recorder, m: &'m Message) -> Prepared<'m> {
     let parsed = event::parse(&m.payload, m.type_header.as_deref());
     let key = key_of(m, parsed.as_ref().ok());
+    // An over-long key could not be recorded (nor indexed): the event is poison, without
+    // a key to hold.
+    if let Some(n) = key.as_ref().map(String::len).filter(|n| *n > event::MAX_KEY_BYTES) {
+        let reason = format!("the event's key is {n} bytes, more than the {} a key may have", event::MAX_KEY_BYTES);
+        let decision = Err(Rejection { why: event::RejectKind::Unparseable, reason });
+        return Prepared { m, envelope: parsed.ok(), key: None, decision };
+    }
     let decision = parsed.clone().and_then(|e| {
         let op = event::map(&r.env, &e)?;
         let job = job_of(r, &op, key.as_deref())?;
