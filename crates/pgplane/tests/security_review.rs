@@ -112,14 +112,14 @@ fn a_tenant_never_takes_over_another_environments_objects() {
     let g = u.manifest("modules:\n  - name: users\n    storage: database\n").to_str().unwrap().to_string();
     u.pgplane(&["apply", "-f", &g, "--yes"]).ok();
     let other = u.credentials(&["users", "-f", &g]);
-    let f = t
-        .manifest("modules:\n  - name: users\n    storage: database-per-tenant\n")
-        .to_str()
-        .unwrap()
-        .to_string();
+    let f = t.manifest("modules:\n  - name: users\n    storage: database-per-tenant\n").to_str().unwrap().to_string();
     t.pgplane(&["apply", "-f", &f, "--yes"]).ok();
     let run = t.pgplane(&["tenant", "add", "a", "--module", "users", "-f", &f]).fails();
-    assert!(run.stderr.contains("name clash: role rvy_a_users is already managed by pgplane for env rvy_a"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("name clash: role rvy_a_users is already managed by pgplane for env rvy_a"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(common::psql(&other, "SELECT current_user").unwrap(), "rvy_a_users", "the other login still works");
     assert_eq!(
         t.sql("postgres", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'rvy_a_users'"),
@@ -133,8 +133,14 @@ fn a_tenant_never_takes_over_another_environments_objects() {
 fn a_tenant_reaches_no_other_tenants_schema_through_its_lifecycle() {
     let env = "rvsch";
     let t = T::new(env);
-    t.write("db/users/V1__items.sql", "CREATE TABLE items (id int PRIMARY KEY, name text);\nINSERT INTO items VALUES (1, 'x');\n");
-    t.write("db/users/V2__more.sql", "ALTER TABLE items ADD COLUMN more text;\nCREATE VIEW items_v AS SELECT * FROM items;\n");
+    t.write(
+        "db/users/V1__items.sql",
+        "CREATE TABLE items (id int PRIMARY KEY, name text);\nINSERT INTO items VALUES (1, 'x');\n",
+    );
+    t.write(
+        "db/users/V2__more.sql",
+        "ALTER TABLE items ADD COLUMN more text;\nCREATE VIEW items_v AS SELECT * FROM items;\n",
+    );
     let f = t
         .manifest(
             "modules:\n  - name: users\n    storage: schema-per-tenant\n    migrations: db/users\n    versions:\n      - {version: \"1.0\", target: \"1\"}\n      - {version: \"2.0\", target: \"2\"}\n",
@@ -229,16 +235,22 @@ fn load_data_property_files_and_include_all_stay_inside_the_root() {
         "c/props.yaml",
         "databaseChangeLog:\n  - property:\n      file: ../../rvload-outside/secret.properties\n  - changeSet:\n      id: p1\n      author: mallory\n      changes:\n        - sql: CREATE TABLE ${table.name} (x int)\n",
     );
-    t.write(
-        "c/all.yaml",
-        "databaseChangeLog:\n  - includeAll:\n      path: linked/\n",
-    );
+    t.write("c/all.yaml", "databaseChangeLog:\n  - includeAll:\n      path: linked/\n");
     let f = t.manifest("modules:\n  - name: app\n    storage: database\n    migrations: init\n");
     let f = f.to_str().unwrap();
     t.pgplane(&["apply", "-f", f, "--yes"]).ok();
     let db = format!("{env}_app");
     for source in ["c/up.yaml", "c/abs.yaml", "c/link.yaml", "c/props.yaml", "c/all.yaml"] {
-        let r = t.pgplane(&["migrate", "up", "-f", f, "--module", "app", "--source", &format!("{}", t.dir.join(source).display())]);
+        let r = t.pgplane(&[
+            "migrate",
+            "up",
+            "-f",
+            f,
+            "--module",
+            "app",
+            "--source",
+            &format!("{}", t.dir.join(source).display()),
+        ]);
         assert_ne!(r.code, 0, "{source}: a file outside the root was read\n{}{}", r.stdout, r.stderr);
         assert!(r.stderr.contains("outside") || r.stderr.contains("No such file"), "{source}: {}", r.stderr);
         assert_eq!(t.sql(&db, "SELECT count(*) FROM t"), "0", "{source}: rows from outside");
@@ -303,11 +315,16 @@ fn new_changing_routes_refuse_read_tokens_cross_site_posts_and_forms() {
         );
         assert_eq!(r.status, 421, "rebound Host on POST {path}: {}", r.body);
     }
-    for path in ["/api/v1/tenants", "/api/v1/events", "/api/v1/events/status", "/api/v1/events/summary", "/api/v1/stacks"] {
+    for path in
+        ["/api/v1/tenants", "/api/v1/events", "/api/v1/events/status", "/api/v1/events/summary", "/api/v1/stacks"]
+    {
         let r = serve.req("GET", path, Some(read), None);
         assert_eq!(r.status, 200, "read token on GET {path}: {}", r.body);
     }
-    assert_eq!(t.sql("pgplane", "SELECT count(*) FROM pgplane.jobs WHERE kind LIKE 'tenant%'"), "0");
+    assert_eq!(
+        t.sql("pgplane", &format!("SELECT count(*) FROM pgplane.jobs WHERE kind LIKE 'tenant%' AND env = '{env}'")),
+        "0"
+    );
     assert_eq!(t.sql("pgplane", &format!("SELECT count(*) FROM pgplane.event_log WHERE topic = '{env}'")), "0");
 }
 
@@ -324,7 +341,20 @@ fn an_event_with_a_nul_character_is_poison_and_blocks_nothing() {
     // Publishing refuses it at once.
     let nul = r#"{"env": "a\u0000b"}"#;
     let r = t
-        .pgplane(&["events", "publish", "-f", &f, "--type", "apply.requested", "--key", "k", "--id", "x", "--data", nul])
+        .pgplane(&[
+            "events",
+            "publish",
+            "-f",
+            &f,
+            "--type",
+            "apply.requested",
+            "--key",
+            "k",
+            "--id",
+            "x",
+            "--data",
+            nul,
+        ])
         .fails();
     assert!(r.stderr.contains("NUL"), "{}", r.stderr);
     // A producer that writes to the stream directly (as to a Kafka topic).
@@ -369,14 +399,31 @@ fn an_event_with_an_over_long_key_is_poison_and_blocks_nothing() {
         })
         .collect();
     let r = t
-        .pgplane(&["events", "publish", "-f", &f, "--type", "apply.requested", "--key", &key, "--id", "x", "--data", "{}"])
+        .pgplane(&[
+            "events",
+            "publish",
+            "-f",
+            &f,
+            "--type",
+            "apply.requested",
+            "--key",
+            &key,
+            "--id",
+            "x",
+            "--data",
+            "{}",
+        ])
         .fails();
     assert!(r.stderr.contains("9000 bytes"), "{}", r.stderr);
     // A producer that writes to the stream directly (as to a Kafka topic), with the long
     // key as the message key and as the subject of a keyless message.
     let payload = format!(r#"{{"id": "long-2", "type": "apply.requested", "subject": "{key}", "data": {{}}}}"#);
     for (offset_key, id) in [(Some(key.as_str()), "long-1"), (None, "long-2")] {
-        let body = if id == "long-1" { r#"{"id": "long-1", "type": "apply.requested", "data": {}}"#.to_string() } else { payload.clone() };
+        let body = if id == "long-1" {
+            r#"{"id": "long-1", "type": "apply.requested", "data": {}}"#.to_string()
+        } else {
+            payload.clone()
+        };
         let p = offset_key.map(|k| pgplane_core::event::partition_of(k, 16)).unwrap_or(0);
         t.sql(
             "pgplane",

@@ -121,7 +121,7 @@ impl Source for KafkaSource {
                 h.iter()
                     .find(|x| x.key == pgplane_core::event::TYPE_HEADER)
                     .and_then(|x| x.value)
-                    .map(|v| super::record::text_of(v))
+                    .map(super::record::text_of)
             });
             out.push(Message {
                 partition: m.partition(),
