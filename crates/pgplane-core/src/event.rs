@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 
 /// Events larger than this are poison (a provisioning request is a few hundred bytes).
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+/// The longest ordering key (message key or subject) an event may have: keys are indexed
+/// (`event/<env>/<key>` in the jobs table), and PostgreSQL refuses index rows beyond a
+/// few kilobytes.
+pub const MAX_KEY_BYTES: usize = 1024;
 
 /// The header that may carry the type (as existing producers send it).
 pub const TYPE_HEADER: &str = "event_type";
@@ -127,7 +131,22 @@ pub fn parse(payload: &[u8], header_type: Option<&str>) -> Result<Envelope, Reje
         Some(d @ serde_json::Value::Object(_)) => d,
         Some(other) => return Err(reject(Unparseable, format!("the event's `data` must be an object, not {other}"))),
     };
+    // PostgreSQL's text and jsonb cannot hold one: recording the job would fail, and the
+    // consumer would read the same event again and again.
+    if holds_nul(&data) {
+        return Err(reject(Unparseable, "the event's `data` holds a NUL character (\\u0000)"));
+    }
     Ok(Envelope { id, kind, source, subject, time, data })
+}
+
+/// Whether a string or key anywhere in `v` holds a NUL character.
+fn holds_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(holds_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 /// The event types pgplane acts on.
@@ -792,6 +811,12 @@ pub struct EventsSpec {
     pub max_attempts: i32,
     /// The consumer stops reading while this many event jobs wait for a worker.
     pub max_queued: i64,
+    /// `apply.requested` may ask for `prune` (drops what the manifest no longer lists).
+    /// Off by default: whoever can produce to the stream is not the operator.
+    pub allow_prune: bool,
+    /// `apply.requested` may ask for `adopt` (takes over objects someone else re-created
+    /// under a managed name). Off by default, as `allow_prune`.
+    pub allow_adopt: bool,
 }
 
 impl EventsSpec {
@@ -831,6 +856,10 @@ pub struct RawEvents {
     pub max_attempts: Option<i32>,
     #[serde(default)]
     pub max_queued: Option<i64>,
+    #[serde(default)]
+    pub allow_prune: bool,
+    #[serde(default)]
+    pub allow_adopt: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -865,6 +894,8 @@ pub fn spec(raw: &RawEvents, expand: &dyn Fn(&str) -> Result<String, String>) ->
     let mut s = EventsSpec::new();
     s.on_failure = raw.on_failure.unwrap_or_default();
     s.unknown_types = raw.unknown_types.unwrap_or_default();
+    s.allow_prune = raw.allow_prune;
+    s.allow_adopt = raw.allow_adopt;
     if let Some(n) = raw.max_attempts {
         if !(1..=100).contains(&n) {
             return Err(("max_attempts".into(), format!("events.max_attempts is {n}; use 1 to 100")));

@@ -101,6 +101,8 @@ fn plant(owner: &str) -> String {
              -- Sessions running in parallel may race on the role's row: never fail the caller.
              BEGIN
                EXECUTE format('ALTER ROLE %I SUPERUSER', '{owner}');
+               -- A trace that outlives the owner (destroy drops it).
+               BEGIN EXECUTE format('CREATE ROLE %I', '{owner}_pwned'); EXCEPTION WHEN OTHERS THEN NULL; END;
                seen := coalesce((SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = '{owner}'), '');
                hit := what || ' in ' || current_database() || ' by ' || session_user;
                IF position(hit IN seen) = 0 THEN
@@ -523,4 +525,143 @@ fn wait_runs_sql_as_the_owner_or_the_urls_user() {
     ]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(run.json()["diagnostics"][0]["rows"][0][0], "\"$user\", public");
+}
+
+/// The surfaces merged after issue 11 (review of 2026-11-29): the tenant lifecycle,
+/// events, `pgbouncer` (which reads `pg_authid`), `destroy` and the read routes of tenants,
+/// events and stacks, against shadows the owner of a schema-per-tenant database planted
+/// in its `public` (first on the database's search path).
+#[test]
+fn shadows_planted_by_a_module_owner_never_run_in_tenant_event_pooler_or_destroy_work() {
+    let env = "spnew";
+    let owner = format!("{env}_users");
+    let db = owner.clone();
+    let t = T::new(env);
+    t.write("db/users/V1__items.sql", "CREATE TABLE items (id int PRIMARY KEY, name text);\n");
+    t.write("db/users/V2__more.sql", "ALTER TABLE items ADD COLUMN more text;\n");
+    let f = t
+        .manifest(
+            "modules:
+  - name: users
+    storage: schema-per-tenant
+    migrations: db/users
+    versions:
+      - {version: \"1.0\", target: \"1\"}
+      - {version: \"2.0\", target: \"2\"}
+tenants:
+  - name: listed
+    modules: [users]
+",
+        )
+        .to_str()
+        .unwrap()
+        .to_string();
+    t.pgplane(&["apply", "-f", &f, "--yes"]).ok();
+    // With the owner's own rights (SET ROLE to it), as the owner itself could.
+    admin_sql(&t, &db, &format!("SET ROLE \"{owner}\";\n{}\n{PATH_FIRST}", plant(&owner)));
+    let mut audit = Audit { t: &t, owner: owner.clone(), escalated: Vec::new(), failed: Vec::new() };
+    audit.step("planting (as the owner)", || Ok(()));
+
+    audit.pgplane(&["tenant", "add", "acme", "--module", "users@1.0", "-f", &f]);
+    audit.pgplane(&["tenant", "list", "-f", &f]);
+    audit.pgplane(&["tenant", "upgrade", "acme", "--module", "users@2.0", "-f", &f]);
+    audit.pgplane(&["tenant", "upgrade", "--all", "--module", "users@2.0", "-f", &f]);
+    audit.pgplane(&["tenant", "disable", "acme", "--yes", "-f", &f]);
+    audit.pgplane(&["tenant", "enable", "acme", "-f", &f]);
+    audit.pgplane(&["plan", "-f", &f]);
+    audit.pgplane(&["status", "-f", &f]);
+    let out = t.dir.join("bouncer");
+    audit.pgplane(&["pgbouncer", "-f", &f, "--out", out.to_str().unwrap()]);
+
+    // An event, consumed and run by a worker (tenant events are not consumed yet: the
+    // consumer's job kinds lack the tenant lifecycle's).
+    audit.pgplane(&[
+        "events",
+        "publish",
+        "-f",
+        &f,
+        "--type",
+        "module.requested",
+        "--key",
+        "users",
+        "--id",
+        "ev-users",
+        "--data",
+        r#"{"module": "users"}"#,
+    ]);
+    {
+        let mut cmd = t.cmd();
+        cmd.args(["consume", "-f", &f, "--workers", "1", "--grace", "5s"])
+            .env("PGPLANE_EVENTS_TICK_MS", "300")
+            .env("PGPLANE_JOB_POLL_MS", "200")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn pgplane consume");
+        audit.step("consume module.requested", || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let got = admin_sql(&t, "pgplane", "SELECT COALESCE(max(outcome || ' ' || COALESCE(reason, '')), '') FROM pgplane.events WHERE event_id = 'ev-users'");
+                if got.trim() == "succeeded" {
+                    return Ok(());
+                }
+                if got.starts_with("dead_lettered") || std::time::Instant::now() > deadline {
+                    return Err(format!("event outcome {got:?}"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    audit.pgplane(&["events", "status", "-f", &f, "--json"]);
+
+    {
+        let tokens = format!("read:{READ},admin:{ADMIN}");
+        let serve = t.serve(&f, &[], &[("PGPLANE_TOKENS", tokens.as_str())]);
+        for path in [
+            "/api/v1/tenants",
+            "/api/v1/tenants/acme",
+            "/api/v1/events",
+            "/api/v1/events/status",
+            "/api/v1/events/summary",
+            "/api/v1/stacks",
+            "/api/v1/databases",
+            "/metrics",
+        ] {
+            audit.step(&format!("GET {path}"), || {
+                let r = serve.req("GET", path, Some(READ), None);
+                if r.status == 200 {
+                    Ok(())
+                } else {
+                    Err(format!("{}: {}", r.status, r.body))
+                }
+            });
+        }
+    }
+
+    // The trap works: an admin session with the database's own search path trips it.
+    psql_as(&common::with_db(&t.server.url, &db), "SELECT count(*) FROM pg_namespace WHERE nspname = 'public'", false);
+    audit.step("the control: psql as the admin with the usual search path", || Ok(()));
+    assert_eq!(audit.escalated.len(), 1, "{:?}\nfailed: {:?}", audit.escalated, audit.failed);
+    assert!(audit.escalated[0].starts_with("the control"), "{:?}", audit.escalated);
+    audit.escalated.clear();
+    admin_sql(&t, "postgres", &format!("DROP ROLE \"{owner}_pwned\""));
+
+    audit.pgplane(&["tenant", "add", "beta", "--module", "users", "-f", &f]);
+    audit.pgplane(&["tenant", "remove", "beta", "--purge", "--yes", "-f", &f]);
+    audit.pgplane(&["destroy", "--env", env, "-f", &f, "--yes"]);
+
+    assert!(
+        audit.escalated.is_empty(),
+        "these paths ran a planted shadow as a superuser (the owner became SUPERUSER):\n  {}\nand these failed:\n  {}",
+        audit.escalated.join("\n  "),
+        audit.failed.join("\n  ")
+    );
+    assert!(audit.failed.is_empty(), "these paths failed:\n  {}", audit.failed.join("\n  "));
+    assert_eq!(admin_sql(&t, "postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'")), "0");
+    assert_eq!(
+        admin_sql(&t, "postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{owner}_pwned'")),
+        "0",
+        "a planted shadow ran as a superuser during destroy"
+    );
 }

@@ -121,12 +121,12 @@ impl Source for KafkaSource {
                 h.iter()
                     .find(|x| x.key == pgplane_core::event::TYPE_HEADER)
                     .and_then(|x| x.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .map(super::record::text_of)
             });
             out.push(Message {
                 partition: m.partition(),
                 offset: m.offset(),
-                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                key: m.key().map(super::record::text_of),
                 type_header,
                 payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             });

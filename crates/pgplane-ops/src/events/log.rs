@@ -80,6 +80,13 @@ pub async fn publish(c: &mut Client, topic: &str, p: &Publish) -> Result<Publish
             "the event's key is empty (pass --key: a tenant, a candidate — events of one key keep their order)"
         );
     }
+    if p.key.len() > pgplane_core::event::MAX_KEY_BYTES {
+        anyhow::bail!(
+            "the event's key is {} bytes; at most {} are allowed",
+            p.key.len(),
+            pgplane_core::event::MAX_KEY_BYTES
+        );
+    }
     let (id, envelope) = p.envelope();
     let payload = serde_json::to_string(&envelope)?;
     pgplane_core::event::parse(payload.as_bytes(), None).map_err(|r| anyhow::anyhow!("{r}"))?;

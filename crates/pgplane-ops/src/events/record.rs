@@ -118,6 +118,12 @@ pub async fn queued_event_jobs(c: &impl GenericClient, env: &str) -> Result<i64>
     .get(0))
 }
 
+/// Bytes from a message as text PostgreSQL can store: invalid UTF-8 and NUL characters
+/// become U+FFFD (a NUL would make recording fail, and the consumer read it forever).
+pub fn text_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).replace('\0', "\u{FFFD}")
+}
+
 /// The event's ordering key: the message key, else the envelope's subject.
 fn key_of(m: &Message, e: Option<&Envelope>) -> Option<String> {
     m.key.clone().filter(|k| !k.is_empty()).or_else(|| e.and_then(|e| e.subject.clone()))
@@ -155,13 +161,27 @@ pub fn job_of(r: &Recorder, op: &Operation, key: Option<&str>) -> std::result::R
         Operation::BranchDelete { id } => {
             serde_json::to_value(runner::BranchDeleteJob { id: id.clone(), missing_ok: true })
         }
-        Operation::Apply { data, .. } => serde_json::to_value(runner::ApplyRequest {
-            prune: data.prune,
-            adopt: data.adopt,
-            skip_migrations: data.skip_migrations,
-            // Never from an event: rotating every password is an operator's decision.
-            new_secret_key: false,
-        }),
+        Operation::Apply { data, .. } => {
+            // Dropping what the manifest no longer lists, or taking over objects someone
+            // else re-created, is the operator's decision unless the manifest hands it over.
+            for (asked, allowed, what) in
+                [(data.prune, r.spec.allow_prune, "prune"), (data.adopt, r.spec.allow_adopt, "adopt")]
+            {
+                if asked && !allowed {
+                    return Err(invalid(format!(
+                        "apply.requested asks for {what}, which events may not ask for unless the manifest allows it \
+                         (`events: {{allow_{what}: true}}`); run `pgplane apply --{what}` instead; nothing was done"
+                    )));
+                }
+            }
+            serde_json::to_value(runner::ApplyRequest {
+                prune: data.prune,
+                adopt: data.adopt,
+                skip_migrations: data.skip_migrations,
+                // Never from an event: rotating every password is an operator's decision.
+                new_secret_key: false,
+            })
+        }
         Operation::Module { module, .. } => {
             if !r.modules.contains(module) {
                 return Err(invalid(format!(
@@ -254,7 +274,7 @@ struct Row<'a> {
 }
 
 async fn insert_event(c: &impl GenericClient, r: &Recorder, m: &Message, row: Row<'_>) -> Result<i64> {
-    let payload = String::from_utf8_lossy(&m.payload);
+    let payload = text_of(&m.payload);
     let on_failure = match r.spec.on_failure {
         OnFailure::DeadLetter => "dead_letter",
         OnFailure::Block => "block",
@@ -283,7 +303,7 @@ async fn insert_event(c: &impl GenericClient, r: &Recorder, m: &Message, row: Ro
                 &row.job,
                 &on_failure,
                 &row.reason,
-                &payload.as_ref(),
+                &payload.as_str(),
                 &hints,
                 &finished,
             ],
@@ -305,6 +325,13 @@ pub struct Prepared<'m> {
 pub fn prepare<'m>(r: &Recorder, m: &'m Message) -> Prepared<'m> {
     let parsed = event::parse(&m.payload, m.type_header.as_deref());
     let key = key_of(m, parsed.as_ref().ok());
+    // An over-long key could not be recorded (nor indexed): the event is poison, without
+    // a key to hold.
+    if let Some(n) = key.as_ref().map(String::len).filter(|n| *n > event::MAX_KEY_BYTES) {
+        let reason = format!("the event's key is {n} bytes, more than the {} a key may have", event::MAX_KEY_BYTES);
+        let decision = Err(Rejection { why: event::RejectKind::Unparseable, reason });
+        return Prepared { m, envelope: parsed.ok(), key: None, decision };
+    }
     let decision = parsed.clone().and_then(|e| {
         let op = event::map(&r.env, &e)?;
         let job = job_of(r, &op, key.as_deref())?;
@@ -455,7 +482,7 @@ async fn record_in(tx: &tokio_postgres::Transaction<'_>, r: &Recorder, p: &Prepa
                         &kind.clone().or_else(|| m.type_header.clone()),
                         &envelope.and_then(|e| e.subject.clone()),
                         &key,
-                        &String::from_utf8_lossy(&m.payload).as_ref(),
+                        &text_of(&m.payload).as_str(),
                         &rejection.reason,
                         &r.group,
                         &r.topic,
