@@ -913,6 +913,7 @@ async fn deploy(
         lock_timeout: opts.lock_timeout,
         jobs: 1,
         live: opts.live,
+        up_to: None,
     };
     // Every source is read (and rejected if bad) before anything runs.
     let mut loaded = Vec::new();

@@ -2,8 +2,8 @@
 //! included as changelogs (one changeset `raw` by `includeAll`, as Liquibase does).
 
 use super::checksum;
-use super::parse::{on_fail, Ctx};
-use super::{Change, ChangeSet, ChangelogError, Condition, Preconditions, SqlChange};
+use super::parse::{changes_of, on_fail, Ctx};
+use super::{Change, ChangeSet, ChangelogError, Condition, Preconditions, Rollback, SqlChange};
 
 /// `--` then optional spaces then `word` (case-insensitive); returns the rest of the line.
 fn directive<'a>(line: &'a str, word: &str) -> Option<&'a str> {
@@ -51,6 +51,10 @@ struct Pending {
     cs: ChangeSet,
     sql: String,
     rollback: String,
+    /// Inside a `/* liquibase rollback … */` block.
+    in_rollback_block: bool,
+    rollback_split: bool,
+    rollback_delimiter: Option<String>,
     split: bool,
     strip: bool,
     delimiter: Option<String>,
@@ -82,14 +86,26 @@ pub(crate) fn parse(ctx: &mut Ctx, path: &str, src: &str) -> Result<Vec<ChangeSe
         }
         if let Some(rest) = directive(line, "changeset") {
             if let Some(p) = cur.take() {
-                out.push(finish(ctx, p));
+                out.push(finish(ctx, p, &out));
             }
             cur = Some(start(path, rest, ln)?);
             continue;
         }
         let Some(p) = cur.as_mut() else { continue };
         let who = format!("changeset {} (author {})", p.cs.id, p.cs.author);
-        if let Some(rest) = directive(line, "rollback") {
+        if p.in_rollback_block {
+            // Until a line ending in `*/`; the text before it belongs to the rollback.
+            match line.trim_end().strip_suffix("*/") {
+                Some(last) => {
+                    p.rollback.push_str(last);
+                    p.in_rollback_block = false;
+                }
+                None => p.rollback.push_str(line),
+            }
+            p.rollback.push('\n');
+        } else if is_rollback_block_start(line) {
+            p.in_rollback_block = true;
+        } else if let Some(rest) = directive(line, "rollback") {
             p.rollback.push_str(rest.trim_start());
             p.rollback.push('\n');
         } else if let Some(rest) = directive(line, "comment") {
@@ -151,9 +167,26 @@ pub(crate) fn parse(ctx: &mut Ctx, path: &str, src: &str) -> Result<Vec<ChangeSe
         }
     }
     if let Some(p) = cur.take() {
-        out.push(finish(ctx, p));
+        if p.in_rollback_block {
+            return Err(ChangelogError::new(
+                path,
+                Some(p.cs.location.line),
+                format!(
+                    "changeset {} (author {}): its `/* liquibase rollback` comment is not closed; end it with `*/`",
+                    p.cs.id, p.cs.author
+                ),
+            ));
+        }
+        out.push(finish(ctx, p, &out));
     }
     Ok(out)
+}
+
+/// `/* liquibase rollback` alone on a line (any case and spacing) opens a rollback block.
+fn is_rollback_block_start(line: &str) -> bool {
+    let Some(rest) = line.trim().strip_prefix("/*") else { return false };
+    let words: Vec<String> = rest.split_whitespace().map(str::to_ascii_lowercase).collect();
+    words == ["liquibase", "rollback"] || words == ["liquibaserollback"]
 }
 
 fn empty_preconditions() -> Preconditions {
@@ -186,6 +219,9 @@ fn start(path: &str, rest: &str, ln: usize) -> Result<Pending, ChangelogError> {
         cs: ChangeSet::new(id, author, path, ln),
         sql: String::new(),
         rollback: String::new(),
+        in_rollback_block: false,
+        rollback_split: true,
+        rollback_delimiter: None,
         split: true,
         strip: true,
         delimiter: None,
@@ -204,6 +240,8 @@ fn start(path: &str, rest: &str, ln: usize) -> Result<Pending, ChangelogError> {
             "splitStatements" => p.split = b()?,
             "stripComments" => p.strip = b()?,
             "endDelimiter" => p.delimiter = Some(v),
+            "rollbackSplitStatements" => p.rollback_split = b()?,
+            "rollbackEndDelimiter" => p.rollback_delimiter = Some(v),
             "context" | "contextFilter" => p.cs.contexts = Some(v),
             "labels" => p.cs.labels = Some(v),
             "dbms" => p.cs.dbms = Some(v),
@@ -219,7 +257,8 @@ fn start(path: &str, rest: &str, ln: usize) -> Result<Pending, ChangelogError> {
     Ok(p)
 }
 
-fn finish(ctx: &Ctx, mut p: Pending) -> ChangeSet {
+fn finish(ctx: &Ctx, mut p: Pending, earlier: &[ChangeSet]) -> ChangeSet {
+    p.cs.rollback = rollback(ctx, &p, earlier);
     let sql = ctx.expand(p.sql.trim());
     p.cs.checksum = checksum::changeset(&[checksum::sql(&sql)]);
     p.cs.changes.push(Change::Sql(SqlChange {
@@ -229,17 +268,48 @@ fn finish(ctx: &Ctx, mut p: Pending) -> ChangeSet {
         end_delimiter: p.delimiter,
         dbms: None,
     }));
-    let rb = p.rollback.trim();
-    if !rb.is_empty() {
-        p.cs.rollback.push(Change::Sql(SqlChange {
-            sql: ctx.expand(rb),
-            split_statements: true,
-            strip_comments: true,
-            end_delimiter: None,
-            dbms: None,
-        }));
-    }
     p.cs
+}
+
+/// The changeset's `--rollback` lines as Liquibase 4.28 reads them: none is automatic
+/// rollback; `empty…`/`not required…` runs nothing; a text naming `changesetId:` runs that
+/// earlier changeset's changes; anything else is SQL.
+fn rollback(ctx: &Ctx, p: &Pending, earlier_here: &[ChangeSet]) -> Rollback {
+    let rb = p.rollback.trim();
+    let lower = rb.to_ascii_lowercase();
+    if rb.is_empty() {
+        return Rollback::Auto;
+    }
+    if lower.starts_with("empty") || lower.starts_with("not required") {
+        return Rollback::Changes(Vec::new());
+    }
+    if lower.contains("changesetid") {
+        let flat = rb.replace(['\n', '\r'], "");
+        let value = |key: &str| {
+            let lower = flat.to_ascii_lowercase();
+            let at = lower.find(&format!("{key}:"))? + key.len() + 1;
+            let v: String = flat[at..].chars().take_while(|c| !c.is_whitespace()).collect();
+            Some(v).filter(|v| !v.is_empty())
+        };
+        let who = format!("changeset {} (author {})", p.cs.id, p.cs.author);
+        let err = |m: String| Rollback::Unusable(ChangelogError::new(&p.cs.location.file, Some(p.cs.location.line), m));
+        let (Some(id), Some(author)) = (value("changesetid"), value("changesetauthor")) else {
+            return err(format!("{who}: a --rollback naming changesetId: needs changesetAuthor: too"));
+        };
+        let path = value("changesetpath").unwrap_or_else(|| p.cs.location.file.clone());
+        let earlier: Vec<ChangeSet> = ctx.changesets().iter().chain(earlier_here).cloned().collect();
+        return match changes_of(&earlier, &path, &id, &author) {
+            Ok(changes) => Rollback::Changes(changes),
+            Err(m) => err(format!("{who}: {m}")),
+        };
+    }
+    Rollback::Changes(vec![Change::Sql(SqlChange {
+        sql: ctx.expand(rb),
+        split_statements: p.rollback_split,
+        strip_comments: true,
+        end_delimiter: p.rollback_delimiter.clone(),
+        dbms: None,
+    })])
 }
 
 /// A plain SQL file used as a changelog: one changeset, id `raw`, author `includeAll`.

@@ -10,12 +10,14 @@ mod expr;
 mod formatted;
 mod node;
 mod parse;
+mod rollback;
 mod sqlgen;
 
 use std::fmt;
 use std::path::PathBuf;
 
 pub use parse::load;
+pub use rollback::{inverse, Refusal, Rollback, REFUSAL_FIX};
 
 /// Where changelog files come from: paths are `/`-separated and relative to the search path.
 pub trait Loader {
@@ -94,7 +96,8 @@ pub struct ChangeSet {
     pub comment: Option<String>,
     pub preconditions: Option<Preconditions>,
     pub changes: Vec<Change>,
-    pub rollback: Vec<Change>,
+    /// What undoes it (`migrate rollback`); see [`ChangeSet::rollback_statements`].
+    pub rollback: Rollback,
 }
 
 impl ChangeSet {
@@ -118,7 +121,7 @@ impl ChangeSet {
             comment: None,
             preconditions: None,
             changes: Vec::new(),
-            rollback: Vec::new(),
+            rollback: Rollback::Auto,
         }
     }
 
@@ -135,11 +138,6 @@ impl ChangeSet {
     /// written, so run it with `search_path` set to the target schema.
     pub fn sql(&self, default_schema: Option<&str>) -> Vec<Statement> {
         sqlgen::statements(&self.changes, default_schema)
-    }
-
-    /// The rollback statements, in the order they are to run.
-    pub fn rollback_sql(&self, default_schema: Option<&str>) -> Vec<Statement> {
-        sqlgen::statements(&self.rollback, default_schema)
     }
 
     /// Liquibase's context/label selection: `contexts` given at run time against the

@@ -206,6 +206,8 @@ fn fill(node: &mut Node, key: &str, v: &serde_yaml::Value, json: bool) {
 
 fn add(node: &mut Node, k: &str, val: &serde_yaml::Value, json: bool) {
     match val {
+        // `rollback:` with no value is an empty rollback for Liquibase, not a missing one.
+        serde_yaml::Value::Null if k == "rollback" => node.children.push(Node::new(k, None)),
         serde_yaml::Value::Null => {}
         serde_yaml::Value::Mapping(_) => {
             let mut c = Node::new(k, None);

@@ -7,7 +7,7 @@ use super::checksum::{self, SVal};
 use super::node::{self, Node};
 use super::{
     expr, formatted, Change, ChangeSet, Changelog, ChangelogError, Column, Condition, Constraints, Loader, Name,
-    OnFail, Preconditions, SqlChange, Value,
+    OnFail, Preconditions, Rollback, SqlChange, Value,
 };
 
 /// Loads `changelog` (a path relative to the loader's search path, like Liquibase's
@@ -131,6 +131,11 @@ impl Ctx<'_> {
         };
         self.stack.pop();
         r
+    }
+
+    /// The changesets loaded so far.
+    pub(crate) fn changesets(&self) -> &[ChangeSet] {
+        &self.changesets
     }
 
     pub(crate) fn push(&mut self, cs: ChangeSet) -> Result<(), ChangelogError> {
@@ -317,7 +322,10 @@ impl Ctx<'_> {
             match c.name.as_str() {
                 "comment" | "validCheckSum" => {}
                 "preConditions" => cs.preconditions = Some(preconditions(c, path, cline, &who)?),
-                "rollback" => cs.rollback = self.rollback(c, path, cline, &who)?,
+                "rollback" => {
+                    let so_far = std::mem::take(&mut cs.rollback);
+                    cs.rollback = self.rollback(c, path, cline, &who, &cs.filename, so_far);
+                }
                 "modifySql" => return Err(err(format!("{who}: modifySql is not supported; write the SQL you want"))),
                 _ => {
                     let (change, sum) = self.change(c, path, cline, &who)?;
@@ -329,19 +337,36 @@ impl Ctx<'_> {
             }
         }
         if let Some(sql) = n.attrs.iter().find(|(k, _)| k == "rollback").map(|(_, v)| v.clone()) {
-            cs.rollback = vec![raw_sql(&sql)];
+            let so_far = std::mem::take(&mut cs.rollback);
+            cs.rollback = add_rollback(so_far, Ok(vec![raw_sql(&sql)]));
         }
         cs.checksum = checksum::changeset(&sums);
         Ok(cs)
     }
 
-    fn rollback(&mut self, n: &Node, path: &str, line: usize, who: &str) -> Result<Vec<Change>, ChangelogError> {
-        if n.get("changeSetId").is_some() {
-            return Err(ChangelogError::new(
-                path,
-                Some(line),
-                format!("{who}: rollback by reference to another changeset is not supported; copy its changes"),
-            ));
+    /// A `<rollback>` (one of possibly several) added to what the changeset had so far. A
+    /// rollback that cannot be read is kept as [`Rollback::Unusable`]: only a rollback that
+    /// runs it fails, never `update`.
+    fn rollback(&mut self, n: &Node, path: &str, line: usize, who: &str, filename: &str, so_far: Rollback) -> Rollback {
+        let more = self.rollback_changes(n, path, line, who, filename);
+        add_rollback(so_far, more)
+    }
+
+    fn rollback_changes(
+        &mut self,
+        n: &Node,
+        path: &str,
+        line: usize,
+        who: &str,
+        filename: &str,
+    ) -> Result<Vec<Change>, ChangelogError> {
+        if let Some(id) = n.get("changeSetId") {
+            // The changes of an earlier changeset, as Liquibase's handleRollbackNode finds it:
+            // same path (default: this changeset's), id and author, ignoring case.
+            let author = n.get("changeSetAuthor").unwrap_or_default();
+            let target = n.get("changeSetPath").unwrap_or_else(|| filename.to_string());
+            return changes_of(&self.changesets, &target, &id, &author)
+                .map_err(|m| ChangelogError::new(path, Some(line), format!("{who}: {m}")));
         }
         let mut out = Vec::new();
         if let Some(t) = &n.text {
@@ -563,6 +588,42 @@ impl Ctx<'_> {
             _ => unreachable!("spec() knows only the types above"),
         };
         Ok((change, Some(checksum::compute(&checksum::serialize(ty, &fields)))))
+    }
+}
+
+/// The changes of the earlier changeset(s) `path::id::author` (a rollback's reference),
+/// found as Liquibase's `getChangeSets` does: path, id and author ignoring case, for
+/// PostgreSQL.
+pub(crate) fn changes_of(earlier: &[ChangeSet], path: &str, id: &str, author: &str) -> Result<Vec<Change>, String> {
+    let target = normalize(path);
+    let found: Vec<&ChangeSet> = earlier
+        .iter()
+        .filter(|c| {
+            c.id.eq_ignore_ascii_case(id)
+                && c.author.eq_ignore_ascii_case(author)
+                && normalize(&c.filename).eq_ignore_ascii_case(&target)
+                && c.applies_to_postgresql()
+        })
+        .collect();
+    if found.is_empty() {
+        return Err(format!(
+            "its rollback refers to changeset {target}::{id}::{author}, which is not defined before it; give the \
+             id, author and path of an earlier changeset"
+        ));
+    }
+    Ok(found.iter().flat_map(|c| c.changes.iter().cloned()).collect())
+}
+
+/// Adds a rollback's changes to what a changeset had (several `<rollback>`s add up, as in
+/// Liquibase); an unusable part makes the whole rollback unusable.
+pub(crate) fn add_rollback(so_far: Rollback, more: Result<Vec<Change>, ChangelogError>) -> Rollback {
+    match (so_far, more) {
+        (Rollback::Unusable(e), _) | (_, Err(e)) => Rollback::Unusable(e),
+        (Rollback::Auto, Ok(more)) => Rollback::Changes(more),
+        (Rollback::Changes(mut v), Ok(more)) => {
+            v.extend(more);
+            Rollback::Changes(v)
+        }
     }
 }
 

@@ -123,7 +123,7 @@ pub(crate) fn ident(name: &str) -> String {
     }
 }
 
-fn literal(s: &str) -> String {
+pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 

@@ -80,6 +80,7 @@ pub async fn read(client: &Client, source: &Source, schema: &str, names: &Ledger
                     applied_at: r.get(4),
                     execution_ms: r.get(5),
                     error: r.get(6),
+                    tag: None,
                 })
                 .collect()
         }

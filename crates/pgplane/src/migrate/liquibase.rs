@@ -79,11 +79,12 @@ impl LiquibaseSource {
                 version: None,
                 selected: cs.applies_to_postgresql() && cs.selected(&selection.contexts, selection.labels.as_deref()),
                 transactional: cs.run_in_transaction,
+                tag: cs.tag().map(str::to_string),
             })
             .collect()
     }
 
-    fn changeset(&self, unit: &Unit) -> Result<&ChangeSet> {
+    pub fn changeset(&self, unit: &Unit) -> Result<&ChangeSet> {
         self.changelog
             .changesets
             .iter()
@@ -97,7 +98,7 @@ pub async fn read(client: &Client, schema: &str, table: &str) -> Result<Option<V
         return Ok(None);
     }
     let sql = format!(
-        "SELECT filename, id, author, md5sum, to_char(dateexecuted, 'YYYY-MM-DD HH24:MI:SS')
+        "SELECT filename, id, author, md5sum, to_char(dateexecuted, 'YYYY-MM-DD HH24:MI:SS'), tag
            FROM {} WHERE EXECTYPE NOT IN ('FAILED', 'SKIPPED') ORDER BY orderexecuted",
         qualified(schema, table)
     );
@@ -114,6 +115,7 @@ pub async fn read(client: &Client, schema: &str, table: &str) -> Result<Option<V
             applied_at: r.get(4),
             execution_ms: None,
             error: None,
+            tag: r.get(5),
         })
         .collect();
     if table_exists(client, schema, FAILURES_TABLE).await? {
@@ -135,6 +137,7 @@ pub async fn read(client: &Client, schema: &str, table: &str) -> Result<Option<V
                 applied_at: r.get(4),
                 execution_ms: None,
                 error: r.get(6),
+                tag: None,
             });
         }
     }

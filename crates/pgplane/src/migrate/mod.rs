@@ -5,6 +5,7 @@
 
 mod ledger;
 mod liquibase;
+pub mod rollback;
 mod source;
 
 use std::fmt::Write as _;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use pgplane_core::ident::quote_ident;
-use pgplane_core::migrate::{plan, MigrationPlan, PlanOptions, State};
+use pgplane_core::migrate::{plan, stop_at, MigrationPlan, PlanOptions, State, UpTo};
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -53,6 +54,8 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Print a line per migration as it runs (not with --json).
     pub live: bool,
+    /// `up` stops after this tag (Liquibase) or version (SQL folder).
+    pub up_to: Option<UpTo>,
 }
 
 /// One migration in a report.
@@ -104,7 +107,8 @@ pub struct Report {
     pub schema: String,
     pub ledger: String,
     pub ok: bool,
-    /// Every migration of the source with its state before this run.
+    /// Every migration of the source with its state before this run, except that what
+    /// this run applied is `applied` (so a failed run's report matches the ledger).
     pub migrations: Vec<Line>,
     /// What this run applied (up only), in order.
     pub applied: Vec<String>,
@@ -112,6 +116,9 @@ pub struct Report {
     pub problems: Vec<String>,
     /// Ledger entries the source does not have.
     pub unknown: Vec<String>,
+    /// Things worth knowing that are not errors (the ledger is past `--to-tag`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub error: Option<String>,
     pub failure: Option<Failure>,
 }
@@ -151,6 +158,7 @@ async fn run_one(source: &Source, t: &Target, opts: &RunOptions, many: bool) -> 
         pending: 0,
         problems: vec![],
         unknown: vec![],
+        notes: vec![],
         error: None,
         failure: None,
     };
@@ -223,8 +231,27 @@ pub async fn plan_target(
 ) -> Result<(Vec<pgplane_core::migrate::Unit>, Vec<pgplane_core::migrate::Applied>, MigrationPlan)> {
     let units = source.units(&opts.selection);
     let applied = ledger::read(client, source, &t.schema, &opts.ledger).await?.unwrap_or_default();
-    let p = plan(&units, &applied, PlanOptions { retry_failed: opts.retry_failed });
+    let mut p = plan(&units, &applied, PlanOptions { retry_failed: opts.retry_failed });
+    if let Some(up_to) = &opts.up_to {
+        check_up_to(source, up_to)?;
+        stop_at(&mut p, &units, &applied, up_to).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     Ok((units, applied, p))
+}
+
+/// `--to-tag` is for Liquibase changelogs, `--target` for SQL folders.
+pub fn check_up_to(source: &Source, up_to: &UpTo) -> Result<()> {
+    match (source, up_to) {
+        (Source::Sql { folder, .. }, UpTo::Tag(_)) => bail!(
+            "{} is a SQL folder, which has no tags; use --target VERSION to stop after a version",
+            folder.display()
+        ),
+        (Source::Liquibase(l), UpTo::Version(_)) => bail!(
+            "{} is a Liquibase changelog; use --to-tag TAG (a tagDatabase in it) to stop after a changeset",
+            l.file.display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 async fn run_target(source: &Source, t: &Target, opts: &RunOptions, many: bool, report: &mut Report) -> Result<bool> {
@@ -235,6 +262,10 @@ async fn run_target(source: &Source, t: &Target, opts: &RunOptions, many: bool, 
     };
     if opts.mode != Mode::Up {
         return plan_and_run(&mut client, source, t, opts, many, report).await;
+    }
+    if opts.up_to.is_some() {
+        // A target that is nowhere is refused before the ledger is created.
+        plan_target(&client, source, t, opts).await?;
     }
     ledger::ensure(&client, source, &t.schema, &opts.ledger).await?;
     let Source::Liquibase(_) = source else {
@@ -262,7 +293,7 @@ async fn run_target(source: &Source, t: &Target, opts: &RunOptions, many: bool, 
 
 /// Runs `work` until it ends or the process gets SIGINT/SIGTERM; then the running
 /// statement is cancelled (its transaction rolls back) and an error says so.
-async fn interruptible<'c, F, Fut>(client: &'c mut Client, work: F) -> Result<bool>
+pub(crate) async fn interruptible<'c, F, Fut>(client: &'c mut Client, work: F) -> Result<bool>
 where
     F: FnOnce(&'c mut Client) -> Fut,
     Fut: std::future::Future<Output = Result<bool>> + 'c,
@@ -286,6 +317,9 @@ async fn plan_and_run(
     report: &mut Report,
 ) -> Result<bool> {
     let (units, applied, p) = plan_target(client, source, t, opts).await?;
+    if let (Some(up_to), n @ 1..) = (&opts.up_to, p.applied_beyond_target) {
+        report.notes.push(format!("the ledger is already past {up_to}: {n} applied migration(s) come after it"));
+    }
     report.pending = p.pending();
     report.problems = p.problems.iter().map(ToString::to_string).collect();
     report.unknown = p.unknown.clone();
@@ -340,6 +374,13 @@ async fn plan_and_run(
                     println!("{prefix}{how:<9} {} ({ms} ms)", unit.name);
                 }
                 report.applied.push(unit.name.clone());
+                // The report shows what the ledger holds now, also when a later one fails.
+                if let Some(line) = report.migrations.get_mut(step.unit) {
+                    if matches!(line.state, State::Pending | State::Retry) {
+                        line.state = State::Applied;
+                        line.note = Some("applied by this run".into());
+                    }
+                }
             }
             ledger::Outcome::Skipped(why) => {
                 if opts.live {
@@ -374,6 +415,7 @@ pub fn render_text(reports: &[Report], mode: Mode) -> String {
                     State::Retry => "retry",
                     State::Filtered => "filtered",
                     State::Blocked => "BLOCKED",
+                    State::AfterTarget => "beyond",
                 };
                 let when = l.applied_at.as_deref().unwrap_or("");
                 let _ = write!(out, "  {state:<9} {}", l.name);
@@ -388,6 +430,9 @@ pub fn render_text(reports: &[Report], mode: Mode) -> String {
         }
         for u in &r.unknown {
             let _ = writeln!(out, "  note: the ledger has {u}, which the source does not have");
+        }
+        for n in &r.notes {
+            let _ = writeln!(out, "  note: {n}");
         }
         for p in &r.problems {
             let _ = writeln!(out, "  error: {p}");
@@ -507,6 +552,7 @@ pub async fn unmigrated(
         lock_timeout: Duration::ZERO,
         jobs: 8,
         live: false,
+        up_to: None,
     }
     .with_spec(spec);
     let targets = targets_of(manifest, desired, m, None, server)?;

@@ -69,6 +69,7 @@ impl Source {
                     version: m.version.clone(),
                     selected: true,
                     transactional: m.transactional,
+                    tag: None,
                 })
                 .collect(),
         }

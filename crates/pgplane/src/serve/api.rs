@@ -709,6 +709,7 @@ async fn apply_job(
         lock_timeout,
         jobs: 4,
         live: false,
+        up_to: None,
     };
     let runs = crate::migrate::run_modules(&s, None, None, &opts).await?;
     let failed: Vec<String> = runs
