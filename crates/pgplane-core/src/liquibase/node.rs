@@ -88,8 +88,12 @@ pub(crate) fn from_xml(file: &str, src: &str) -> Result<Node, ChangelogError> {
         line: Some(e.pos().row as usize),
         message: format!("not well-formed XML: {e}; fix the XML syntax"),
     })?;
-    fn conv(doc: &roxmltree::Document, n: roxmltree::Node) -> Node {
-        let line = doc.text_pos_at(n.range().start).row as usize;
+    // Line of a byte offset by binary search: roxmltree's text_pos_at rescans from the
+    // start, which made large changelogs quadratic.
+    let line_starts: Vec<usize> =
+        std::iter::once(0).chain(src.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    fn conv(doc: &roxmltree::Document, starts: &[usize], n: roxmltree::Node) -> Node {
+        let line = starts.partition_point(|&s| s <= n.range().start);
         let mut node = Node::new(n.tag_name().name(), Some(line));
         for a in n.attributes() {
             if a.namespace().is_some() || a.name() == "schemaLocation" {
@@ -100,7 +104,7 @@ pub(crate) fn from_xml(file: &str, src: &str) -> Result<Node, ChangelogError> {
         let mut text = String::new();
         for c in n.children() {
             if c.is_element() {
-                node.children.push(conv(doc, c));
+                node.children.push(conv(doc, starts, c));
             } else if c.is_text() {
                 text.push_str(c.text().unwrap_or(""));
             }
@@ -110,7 +114,7 @@ pub(crate) fn from_xml(file: &str, src: &str) -> Result<Node, ChangelogError> {
         }
         node
     }
-    Ok(conv(&doc, doc.root_element()))
+    Ok(conv(&doc, &line_starts, doc.root_element()))
 }
 
 pub(crate) fn from_yaml(file: &str, src: &str, json: bool) -> Result<Node, ChangelogError> {
