@@ -382,4 +382,4 @@ root = [
     {"include": {"file": "db/040-releases.xml", "relativeToChangelogFile": True}},
 ]
 write_yaml("changelog.yaml", root)
-print(sum(len(r) for _, _, _, r in DATA), "rows")
+print(sum(len(r) for _, _, _, r in DATA))

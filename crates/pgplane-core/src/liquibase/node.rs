@@ -90,8 +90,7 @@ pub(crate) fn from_xml(file: &str, src: &str) -> Result<Node, ChangelogError> {
     })?;
     // Line of a byte offset by binary search: roxmltree's text_pos_at rescans from the
     // start, which made large changelogs quadratic.
-    let line_starts: Vec<usize> =
-        std::iter::once(0).chain(src.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    let line_starts: Vec<usize> = std::iter::once(0).chain(src.match_indices('\n').map(|(i, _)| i + 1)).collect();
     fn conv(doc: &roxmltree::Document, starts: &[usize], n: roxmltree::Node) -> Node {
         let line = starts.partition_point(|&s| s <= n.range().start);
         let mut node = Node::new(n.tag_name().name(), Some(line));

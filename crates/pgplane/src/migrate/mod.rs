@@ -107,8 +107,8 @@ pub struct Report {
     pub schema: String,
     pub ledger: String,
     pub ok: bool,
-    /// Every migration of the source with its state before this run, except that what
-    /// this run applied is `applied` (so a failed run's report matches the ledger).
+    /// Every migration of the source with its state before this run; when the run fails,
+    /// what it applied before the failure is `applied` (so the report matches the ledger).
     pub migrations: Vec<Line>,
     /// What this run applied (up only), in order.
     pub applied: Vec<String>,
@@ -358,6 +358,7 @@ async fn plan_and_run(
         liquibase::fill_checksums(client, l, &t.schema, &opts.ledger.table(source), &cleared).await?;
     }
     let to_run: Vec<_> = p.to_run().collect();
+    let mut done = Vec::new();
     for (i, step) in to_run.iter().enumerate() {
         let unit = &units[step.unit];
         // Only the run's last migration waits for its commit to reach disk, which makes
@@ -366,7 +367,13 @@ async fn plan_and_run(
         // again next time.
         let begin = Begin::new(t, i + 1 == to_run.len());
         let started = Instant::now();
-        let outcome = ledger::run_unit(client, source, t, &opts.ledger, step, unit, &begin).await?;
+        let outcome = match ledger::run_unit(client, source, t, &opts.ledger, step, unit, &begin).await {
+            Ok(o) => o,
+            Err(e) => {
+                mark_applied(report, &done);
+                return Err(e);
+            }
+        };
         let ms = started.elapsed().as_millis() as u64;
         match outcome {
             ledger::Outcome::Ran(how) => {
@@ -374,13 +381,7 @@ async fn plan_and_run(
                     println!("{prefix}{how:<9} {} ({ms} ms)", unit.name);
                 }
                 report.applied.push(unit.name.clone());
-                // The report shows what the ledger holds now, also when a later one fails.
-                if let Some(line) = report.migrations.get_mut(step.unit) {
-                    if matches!(line.state, State::Pending | State::Retry) {
-                        line.state = State::Applied;
-                        line.note = Some("applied by this run".into());
-                    }
-                }
+                done.push(step.unit);
             }
             ledger::Outcome::Skipped(why) => {
                 if opts.live {
@@ -392,11 +393,25 @@ async fn plan_and_run(
                     eprintln!("{prefix}FAILED    {f}");
                 }
                 report.failure = Some(f);
+                mark_applied(report, &done);
                 return Ok(false);
             }
         }
     }
     Ok(true)
+}
+
+/// After a failed run, the report's lines of what it applied say `applied` (the rest keep
+/// their state before the run), so the report matches the ledger and `migrate status`.
+fn mark_applied(report: &mut Report, units: &[usize]) {
+    for &u in units {
+        if let Some(line) = report.migrations.get_mut(u) {
+            if matches!(line.state, State::Pending | State::Retry) {
+                line.state = State::Applied;
+                line.note = Some("applied by this run".into());
+            }
+        }
+    }
 }
 
 /// Text for people: per target, its migrations and the outcome.
