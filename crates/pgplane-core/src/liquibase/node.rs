@@ -91,7 +91,7 @@ pub(crate) fn from_xml(file: &str, src: &str) -> Result<Node, ChangelogError> {
     // Line of a byte offset by binary search: roxmltree's text_pos_at rescans from the
     // start, which made large changelogs quadratic.
     let line_starts: Vec<usize> = std::iter::once(0).chain(src.match_indices('\n').map(|(i, _)| i + 1)).collect();
-    fn conv(doc: &roxmltree::Document, starts: &[usize], n: roxmltree::Node) -> Node {
+    fn conv(starts: &[usize], n: roxmltree::Node) -> Node {
         let line = starts.partition_point(|&s| s <= n.range().start);
         let mut node = Node::new(n.tag_name().name(), Some(line));
         for a in n.attributes() {
@@ -103,7 +103,7 @@ pub(crate) fn from_xml(file: &str, src: &str) -> Result<Node, ChangelogError> {
         let mut text = String::new();
         for c in n.children() {
             if c.is_element() {
-                node.children.push(conv(doc, starts, c));
+                node.children.push(conv(starts, c));
             } else if c.is_text() {
                 text.push_str(c.text().unwrap_or(""));
             }
@@ -113,7 +113,7 @@ pub(crate) fn from_xml(file: &str, src: &str) -> Result<Node, ChangelogError> {
         }
         node
     }
-    Ok(conv(&doc, &line_starts, doc.root_element()))
+    Ok(conv(&line_starts, doc.root_element()))
 }
 
 pub(crate) fn from_yaml(file: &str, src: &str, json: bool) -> Result<Node, ChangelogError> {
