@@ -113,17 +113,17 @@ fn pgplane_rollback(t: &T, url: &str, source: &str, how: &[&str]) -> common::Run
     t.pgplane(&args)
 }
 
-/// Liquibase's rollback-count, rollback --tag and update-to-tag against pgplane's, on the
-/// fixture with every kind of rollback; then each tool continues the other's database.
+/// Liquibase's rollback-count and rollback --tag against pgplane's, on the fixture with
+/// every kind of rollback, step by step back to nothing.
 #[test]
-fn rollback_and_update_to_tag_match_liquibase() {
+fn rollback_matches_liquibase() {
     let t = T::new("rb_lb");
     let dir = fixture();
     let root = "changelog.xml";
     let source = dir.join(root);
     let source = source.to_str().unwrap();
     let (a, b) = ("rb_lb_liquibase", "rb_lb_pgplane");
-    let a_url = t.database(a);
+    t.database(a);
     let b_url = t.database(b);
     let lb = |db: &str, args: &[&str]| liquibase(&t, &dir, root, db, args);
 
@@ -163,16 +163,31 @@ fn rollback_and_update_to_tag_match_liquibase() {
     same(&t, a, b, "after rolling everything back");
     assert_eq!(ids(&t, b), "");
     assert_eq!(t.sql(b, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"), "3");
+}
 
-    // Each tool continues the other's database: update-to-tag v1 ...
-    lb(b, &["update-to-tag", "--tag", "v1"]);
-    let up = t.pgplane(&["migrate", "up", "--url", &a_url, "--source", source, "--to-tag", "v1", "--json"]).ok().json();
+/// update-to-tag against pgplane's `up --to-tag`, each tool continuing and rolling back the
+/// other's database.
+#[test]
+fn update_to_tag_matches_liquibase_and_each_tool_continues_the_other() {
+    let t = T::new("rb_tag");
+    let dir = fixture();
+    let root = "changelog.xml";
+    let source = dir.join(root);
+    let source = source.to_str().unwrap();
+    let (a, b) = ("rb_tag_liquibase", "rb_tag_pgplane");
+    let a_url = t.database(a);
+    let b_url = t.database(b);
+    let lb = |db: &str, args: &[&str]| liquibase(&t, &dir, root, db, args);
+
+    // update-to-tag v1 ...
+    lb(a, &["update-to-tag", "--tag", "v1"]);
+    let up = t.pgplane(&["migrate", "up", "--url", &b_url, "--source", source, "--to-tag", "v1", "--json"]).ok().json();
     assert_eq!(up["modules"][0]["targets"][0]["applied"].as_array().unwrap().len(), 7, "{up}");
-    same(&t, a, b, "after update-to-tag v1 on each other's database");
-    // ... then to v2 (the tool that rolled back and the tool that updates differ again) ...
-    t.pgplane(&["migrate", "up", "--url", &b_url, "--source", source, "--to-tag", "v2"]).ok();
-    lb(a, &["update-to-tag", "--tag", "v2"]);
-    same(&t, a, b, "after update-to-tag v2");
+    same(&t, a, b, "after update-to-tag v1");
+    // ... then to v2, each tool on the other's database ...
+    t.pgplane(&["migrate", "up", "--url", &a_url, "--source", source, "--to-tag", "v2"]).ok();
+    lb(b, &["update-to-tag", "--tag", "v2"]);
+    same(&t, a, b, "after update-to-tag v2 on each other's database");
     // ... an update-to-tag behind the ledger runs nothing and says so ...
     let back = t.pgplane(&["migrate", "up", "--url", &b_url, "--source", source, "--to-tag", "v1"]).ok();
     assert!(back.stdout.contains("the ledger is already past tag v1"), "{}", back.stdout);
@@ -180,6 +195,7 @@ fn rollback_and_update_to_tag_match_liquibase() {
     t.pgplane(&["migrate", "up", "--url", &a_url, "--source", source]).ok();
     lb(b, &["update"]);
     same(&t, a, b, "after update on each other's database");
+    assert_eq!(ids(&t, a).split(',').count(), 25);
     // Each tool rolls back what the other applied.
     lb(b, &["rollback-count", "--count", "4"]);
     pgplane_rollback(&t, &a_url, source, &["--count", "4"]).ok();
