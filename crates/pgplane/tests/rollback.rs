@@ -405,6 +405,12 @@ fn bad_rollback_and_up_to_requests_are_refused_and_change_nothing() {
     refused(&["migrate", "up", "--url", &url, "--source", "db", "--target", "x"], "--target: version \"x\"");
     assert_eq!(t.sql("rb_bad_db", "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"), "0");
 
+    refused(
+        &["migrate", "rollback", "--url", &url, "--source", lb, "--to-tag", "v1"],
+        "tag \"v1\" is not in the ledger",
+    );
+    t.pgplane(&["migrate", "rollback", "--url", &url, "--source", lb, "--count", "3"]).ok();
+    assert_eq!(t.sql("rb_bad_db", "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"), "0");
     t.pgplane(&["migrate", "up", "--url", &url, "--source", lb]).ok();
     t.pgplane(&["migrate", "up", "--url", &url, "--source", "db", "--history-table", "h"]).ok();
     let before = (dump(&t, "rb_bad_db"), ledger(&t, "rb_bad_db"));

@@ -166,7 +166,8 @@ async fn run_target(
     let mut client = connect(t).await?;
     let table = opts.run.ledger.table(source);
     if !table_exists(&client, &t.schema, &table).await? {
-        // Nothing was ever applied here.
+        // Nothing was ever applied here: nothing to roll back, and no tag to go back to.
+        plan_rollback(&src.units(&opts.run.selection), &[], &opts.to).map_err(|e| anyhow::anyhow!("{e}"))?;
         return Ok(true);
     }
     if opts.dry_run {
