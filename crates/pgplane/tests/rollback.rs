@@ -573,3 +573,51 @@ fn after_a_failed_up_the_reports_show_what_applied() {
         assert!(st.stdout.contains(line), "{line}: {}", st.stdout);
     }
 }
+
+/// A changeset its precondition marked ran is rolled back all the same, as Liquibase does
+/// (its inverse drops a table the changeset never created); the report says so.
+#[test]
+fn a_mark_ran_changeset_is_rolled_back_like_liquibase_does() {
+    let t = T::new("rb_markran");
+    let dir = t.dir.join("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("changelog.yaml"),
+        "databaseChangeLog:
+  - changeSet:
+      id: 1
+      author: ann
+      preConditions:
+        - onFail: MARK_RAN
+        - not:
+            - tableExists: {tableName: legacy}
+      changes:
+        - createTable: {tableName: legacy, columns: [{column: {name: id, type: int}}]}
+  - changeSet:
+      id: 2
+      author: ann
+      changes:
+        - createTable: {tableName: fresh, columns: [{column: {name: id, type: int}}]}
+",
+    )
+    .unwrap();
+    let (a, b) = ("rb_markran_liquibase", "rb_markran_pgplane");
+    t.database(a);
+    let b_url = t.database(b);
+    let src = dir.join("changelog.yaml");
+    let src = src.to_str().unwrap();
+    for db in [a, b] {
+        t.sql(db, "CREATE TABLE legacy (id int, note text)");
+    }
+    liquibase(&t, &dir, "changelog.yaml", a, &["update"]);
+    t.pgplane(&["migrate", "up", "--url", &b_url, "--source", src]).ok();
+    assert_eq!(
+        t.sql(b, "SELECT string_agg(exectype, ',' ORDER BY orderexecuted) FROM databasechangelog"),
+        "MARK_RAN,EXECUTED"
+    );
+    liquibase(&t, &dir, "changelog.yaml", a, &["rollback-count", "--count", "2"]);
+    let r = pgplane_rollback(&t, &b_url, src, &["--count", "2"]).ok();
+    assert!(r.stdout.contains("changelog.yaml::1::ann was marked ran"), "{}", r.stdout);
+    same(&t, a, b, "after rolling back a MARK_RAN changeset");
+    assert_eq!(t.sql(b, "SELECT to_regclass('legacy') IS NULL"), "t");
+}
