@@ -45,6 +45,8 @@ pub struct LiquibaseSource {
     /// The folder every file read must stay inside (canonical).
     root: PathBuf,
     name: String,
+    /// Where the module version it was loaded for ends (see [`super::Source::cut`]).
+    pub end: Option<pgplane_core::migrate::UpTo>,
     /// Per target (database, schema): the changelog as read for it, and the run's options.
     resolved: std::sync::Mutex<std::collections::HashMap<(String, String), Resolved>>,
 }
@@ -113,6 +115,7 @@ pub fn load(path: &Path, root: &Path, search_path: Option<&Path>) -> Result<Liqu
         search_path,
         root: root.to_path_buf(),
         name,
+        end: None,
         resolved: std::sync::Mutex::new(std::collections::HashMap::new()),
     })
 }
@@ -199,6 +202,12 @@ impl LiquibaseSource {
         units_of(&self.changelog, selection)
     }
 
+    /// `file:line` of a changelog location as seen from the working folder (changelog paths
+    /// are relative to the search path).
+    pub fn shown(&self, loc: &liquibase::Location) -> String {
+        format!("{}:{}", self.search_path.join(&loc.file).display(), loc.line)
+    }
+
     pub fn describe(&self) -> String {
         format!("Liquibase changelog {} ({} changesets)", self.file.display(), self.changelog.changesets.len())
     }
@@ -218,11 +227,13 @@ pub fn units_of(changelog: &Changelog, selection: &Selection) -> Vec<Unit> {
             version: None,
             selected: cs.applies_to_postgresql() && cs.selected(&selection.contexts, selection.labels.as_deref()),
             transactional: cs.run_in_transaction,
+            tag: cs.tag().map(str::to_string),
         })
         .collect()
 }
 
-fn changeset<'a>(changelog: &'a Changelog, unit: &Unit) -> Result<&'a ChangeSet> {
+/// The changeset of `unit` in `changelog`.
+pub fn changeset<'a>(changelog: &'a Changelog, unit: &Unit) -> Result<&'a ChangeSet> {
     changelog
         .changesets
         .iter()
@@ -235,7 +246,7 @@ pub async fn read(client: &Client, schema: &str, table: &str) -> Result<Option<V
         return Ok(None);
     }
     let sql = format!(
-        "SELECT filename, id, author, md5sum, to_char(dateexecuted, 'YYYY-MM-DD HH24:MI:SS')
+        "SELECT filename, id, author, md5sum, to_char(dateexecuted, 'YYYY-MM-DD HH24:MI:SS'), tag
            FROM {} WHERE EXECTYPE NOT IN ('FAILED', 'SKIPPED') ORDER BY orderexecuted",
         qualified(schema, table)
     );
@@ -252,6 +263,7 @@ pub async fn read(client: &Client, schema: &str, table: &str) -> Result<Option<V
             applied_at: r.get(4),
             execution_ms: None,
             error: None,
+            tag: r.get(5),
         })
         .collect();
     if table_exists(client, schema, FAILURES_TABLE).await? {
@@ -273,6 +285,7 @@ pub async fn read(client: &Client, schema: &str, table: &str) -> Result<Option<V
                 applied_at: r.get(4),
                 execution_ms: None,
                 error: r.get(6),
+                tag: None,
             });
         }
     }
@@ -851,7 +864,7 @@ enum StepError {
 }
 
 /// Runs an action (`output`, `stop`, `executeCommand`).
-async fn act(a: &Action, allow_execute: bool, here: &str) -> Result<(), String> {
+pub(super) async fn act(a: &Action, allow_execute: bool, here: &str) -> Result<(), String> {
     match a {
         Action::Output { message, target } => {
             match target.to_ascii_uppercase().as_str() {
