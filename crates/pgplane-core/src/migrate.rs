@@ -224,6 +224,8 @@ pub struct Unit {
     pub selected: bool,
     /// Runs inside one transaction with its ledger row.
     pub transactional: bool,
+    /// The tag a Liquibase `tagDatabase` change of it sets (`up --to-tag` stops after it).
+    pub tag: Option<String>,
 }
 
 /// The latest ledger row of a migration.
@@ -238,6 +240,9 @@ pub struct Applied {
     pub applied_at: String,
     pub execution_ms: Option<i64>,
     pub error: Option<String>,
+    /// Liquibase's TAG column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -257,6 +262,8 @@ pub enum State {
     Filtered,
     /// A problem (see [`Problem`]) blocks it.
     Blocked,
+    /// Would run, but lies beyond `up --to-tag`/`--target`.
+    AfterTarget,
 }
 
 impl State {
@@ -315,6 +322,13 @@ pub struct MigrationPlan {
     pub problems: Vec<Problem>,
     /// Ledger keys that no unit of the source has (applied by another source or removed).
     pub unknown: Vec<String>,
+    /// Applied units that lie beyond `up --to-tag`/`--target` (see [`stop_at`]).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub applied_beyond_target: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl MigrationPlan {
@@ -411,6 +425,235 @@ pub fn plan(units: &[Unit], ledger: &[Applied], opts: PlanOptions) -> MigrationP
     out
 }
 
+/// Where `up` stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpTo {
+    /// Liquibase's `update-to-tag`: up to and including the changeset that carries the tag
+    /// (the one the ledger has it on, or the first with a `tagDatabase` of it).
+    Tag(String),
+    /// SQL folders: versioned migrations up to and including this version; repeatable
+    /// ones still run.
+    Version(Version),
+}
+
+impl fmt::Display for UpTo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpTo::Tag(t) => write!(f, "tag {t}"),
+            UpTo::Version(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// Holds back what lies beyond `up_to`: steps after the cut that would run become
+/// [`State::AfterTarget`], and `applied_beyond_target` counts applied units after it (the
+/// ledger is already past the target). Fails when there is no such target.
+pub fn stop_at(plan: &mut MigrationPlan, units: &[Unit], ledger: &[Applied], up_to: &UpTo) -> Result<(), String> {
+    let beyond = beyond(units, ledger, up_to)?;
+    let mut applied_beyond = 0;
+    for step in &mut plan.steps {
+        if !beyond[step.unit] {
+            continue;
+        }
+        if step.state.runs() {
+            step.state = State::AfterTarget;
+        } else if step.state == State::Applied {
+            applied_beyond += 1;
+        }
+    }
+    plan.applied_beyond_target = plan.applied_beyond_target.max(applied_beyond);
+    Ok(())
+}
+
+/// Which units lie beyond `up_to` (the rule [`stop_at`] applies), by index; fails when
+/// there is no such target.
+pub fn beyond(units: &[Unit], ledger: &[Applied], up_to: &UpTo) -> Result<Vec<bool>, String> {
+    Ok(match up_to {
+        UpTo::Tag(tag) => {
+            // Liquibase's UpToTagChangeSetFilter: the ledger's first row with the tag (any
+            // case), or a changeset's own tagDatabase (exact), among the selected ones.
+            let carrier = ledger.iter().find(|a| a.tag.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(tag)));
+            let cut = units.iter().position(|u| {
+                u.selected && (carrier.is_some_and(|a| a.key == u.key) || u.tag.as_deref() == Some(tag.as_str()))
+            });
+            let Some(cut) = cut else {
+                let hint = match units.iter().find(|u| u.tag.as_deref() == Some(tag.as_str())) {
+                    Some(u) => format!("its changeset {} is excluded by contexts, labels or dbms", u.name),
+                    None => "no changeset has a tagDatabase with it and the ledger has no row tagged so".to_string(),
+                };
+                return Err(format!(
+                    "tag {tag:?} is not in the changelog: {hint}; nothing was run (Liquibase's update-to-tag would \
+                     run everything)"
+                ));
+            };
+            (0..units.len()).map(|i| i > cut).collect()
+        }
+        UpTo::Version(v) => {
+            if !units.iter().any(|u| u.version.as_ref().is_some_and(|x| x.cmp(v) == Ordering::Equal)) {
+                let versions: Vec<String> =
+                    units.iter().filter_map(|u| u.version.as_ref().map(ToString::to_string)).collect();
+                return Err(format!(
+                    "no migration has version {v}; the versions are: {}",
+                    if versions.is_empty() { "none".to_string() } else { versions.join(", ") }
+                ));
+            }
+            units.iter().map(|u| u.version.as_ref().is_some_and(|x| x > v)).collect()
+        }
+    })
+}
+
+/// A ledger row as rollback reads it (Liquibase's `RanChangeSet`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran {
+    pub key: String,
+    /// DATEEXECUTED as stored, `YYYY-MM-DD HH:MM:SS.ffffff`.
+    pub executed_at: String,
+    pub order: i64,
+    pub tag: Option<String>,
+    pub description: Option<String>,
+}
+
+/// How far `migrate rollback` goes back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackTo {
+    /// The last N changesets.
+    Count(usize),
+    /// Everything after the changeset carrying the tag (Liquibase's `rollback`, tag
+    /// version OLDEST).
+    Tag(String),
+    /// Everything applied after this instant, `YYYY-MM-DD HH:MM:SS.ffffff` (see
+    /// [`parse_date`]).
+    Date(String),
+}
+
+impl fmt::Display for RollbackTo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RollbackTo::Count(n) => write!(f, "the last {n}"),
+            RollbackTo::Tag(t) => write!(f, "tag {t}"),
+            RollbackTo::Date(d) => write!(f, "{d}"),
+        }
+    }
+}
+
+/// Reads `--to-date`: `YYYY-MM-DD`, optionally with a time `HH:MM[:SS[.fff]]` after a
+/// space or `T`, as the timestamp text ledger rows are compared with.
+pub fn parse_date(s: &str) -> Result<String, String> {
+    let bad = || format!("{s:?} is not a date; write YYYY-MM-DD or YYYY-MM-DD HH:MM:SS (or with a T)");
+    let s = s.trim();
+    let (date, time) = match s.split_once([' ', 'T']) {
+        Some((d, t)) => (d, t.trim()),
+        None => (s, ""),
+    };
+    let num = |p: &str, len: usize, max: u32| {
+        (p.len() == len && p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse::<u32>().ok())
+            .flatten()
+            .filter(|n| *n <= max)
+    };
+    let d: Vec<&str> = date.split('-').collect();
+    let [y, m, day] = d[..] else { return Err(bad()) };
+    let (Some(y), Some(m), Some(day)) = (num(y, 4, 9999), num(m, 2, 12), num(day, 2, 31)) else { return Err(bad()) };
+    if m == 0 || day == 0 {
+        return Err(bad());
+    }
+    let (clock, frac) = match time.split_once('.') {
+        Some((c, f)) if !f.is_empty() && f.len() <= 6 && f.bytes().all(|b| b.is_ascii_digit()) => (c, f),
+        Some(_) => return Err(bad()),
+        None => (time, ""),
+    };
+    let t: Vec<&str> = if clock.is_empty() { vec![] } else { clock.split(':').collect() };
+    let (h, mi, sec) = match t[..] {
+        [] => (0, 0, 0),
+        [h, mi] => (num(h, 2, 23).ok_or_else(bad)?, num(mi, 2, 59).ok_or_else(bad)?, 0),
+        [h, mi, sec] => {
+            (num(h, 2, 23).ok_or_else(bad)?, num(mi, 2, 59).ok_or_else(bad)?, num(sec, 2, 59).ok_or_else(bad)?)
+        }
+        _ => return Err(bad()),
+    };
+    Ok(format!("{y:04}-{m:02}-{day:02} {h:02}:{mi:02}:{sec:02}.{frac:0<6}"))
+}
+
+/// Which changesets a rollback undoes, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RollbackPlan {
+    /// Indexes into the units, in the order they are rolled back.
+    pub units: Vec<usize>,
+    /// Ledger rows inside the range that are not rolled back: no unit of the source has
+    /// them (another changelog's), or contexts/labels/dbms exclude them. Liquibase leaves
+    /// them too.
+    pub skipped: Vec<String>,
+}
+
+/// Liquibase's rollback selection: the ledger in execution order (DATEEXECUTED, then
+/// ORDEREXECUTED), each row mapped to its changeset, newest first; changesets that are not
+/// selected (contexts, labels, dbms) are passed over, then `to` picks: the first N, those
+/// after the tag (the tagged changeset itself too when it only tags, as Liquibase does), or
+/// those executed after the date.
+pub fn plan_rollback(units: &[Unit], ledger: &[Ran], to: &RollbackTo) -> Result<RollbackPlan, String> {
+    let mut rows: Vec<&Ran> = ledger.iter().collect();
+    rows.sort_by(|a, b| (a.executed_at.as_str(), a.order).cmp(&(b.executed_at.as_str(), b.order)));
+    // The range of rows Tag and Date pick (Count picks from the changesets instead).
+    let in_range: Option<std::collections::BTreeSet<&str>> = match to {
+        RollbackTo::Count(_) => None,
+        RollbackTo::Tag(tag) => {
+            let is_tag = |r: &Ran| r.tag.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(tag));
+            let mut seen = false;
+            let mut range = std::collections::BTreeSet::new();
+            for r in &rows {
+                if seen {
+                    range.insert(r.key.as_str());
+                }
+                if is_tag(r) {
+                    seen = true;
+                    if r.description.as_deref().map(str::trim) == Some("tagDatabase") {
+                        range.insert(r.key.as_str());
+                    }
+                }
+            }
+            if !seen {
+                return Err(format!(
+                    "tag {tag:?} is not in the ledger; `pgplane migrate status` lists what is applied"
+                ));
+            }
+            Some(range)
+        }
+        RollbackTo::Date(d) => {
+            Some(rows.iter().filter(|r| r.executed_at.as_str() > d.as_str()).map(|r| r.key.as_str()).collect())
+        }
+    };
+    let mut out = RollbackPlan::default();
+    let mut taken = std::collections::BTreeSet::new();
+    let mut first_taken_row = None;
+    for (pos, r) in rows.iter().enumerate().rev() {
+        let unit = units.iter().position(|u| u.key == r.key);
+        let wanted = match (&in_range, to) {
+            (Some(range), _) => range.contains(r.key.as_str()),
+            (None, RollbackTo::Count(n)) => out.units.len() < *n,
+            (None, _) => false,
+        };
+        let Some(i) = unit.filter(|&i| units[i].selected) else {
+            if wanted && in_range.is_some() {
+                out.skipped.push(r.key.clone());
+            }
+            continue;
+        };
+        if wanted && taken.insert(i) {
+            out.units.push(i);
+            first_taken_row = Some(pos);
+        }
+    }
+    // Rows among the rolled-back ones that stay (Count: no unit, or not selected).
+    if let (Some(first), None) = (first_taken_row, &in_range) {
+        for r in &rows[first..] {
+            if !units.iter().any(|u| u.key == r.key && u.selected) {
+                out.skipped.insert(0, r.key.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,6 +729,7 @@ mod tests {
             version: key.parse::<u64>().ok().map(|v| Version(vec![v])),
             selected: true,
             transactional: true,
+            tag: None,
         }
     }
 
@@ -498,6 +742,7 @@ mod tests {
             applied_at: "t".into(),
             execution_ms: Some(1),
             error: None,
+            tag: None,
         }
     }
 

@@ -1142,6 +1142,7 @@ async fn deploy(
         jobs: 1,
         live: opts.live,
         liquibase: migrate::LiquibaseOptions::default(),
+        up_to: None,
     };
     // Every source is read (and rejected if bad) before anything runs.
     let mut loaded = Vec::new();

@@ -154,6 +154,7 @@ pub async fn apply_with(
         jobs: 4,
         live: hooks.live_migrations,
         liquibase: migrate::LiquibaseOptions::default(),
+        up_to: None,
     };
     let migrations =
         migrate::run_modules(&s, ctx.keys()?, None, None, None, &opts, events).await.map_err(|e| format!("{e:#}"));

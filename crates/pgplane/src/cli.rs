@@ -118,10 +118,12 @@ pub enum Command {
   pgplane migrate status -f pgplane.yaml                      # every module with `migrations:`
   pgplane migrate up -f pgplane.yaml --module users --jobs 8  # all tenants of users, 8 at a time
   pgplane migrate up --url postgresql://app@db/registry --source data-model/changelog.yaml
-  pgplane migrate validate -f pgplane.yaml --module registry --contexts dev --json")]
+  pgplane migrate validate -f pgplane.yaml --module registry --contexts dev --json
+  pgplane migrate up --url postgresql://app@db/registry --source changelog.yaml --to-tag v1.4
+  pgplane migrate rollback -f pgplane.yaml --module registry --to-tag v1.3 --dry-run")]
     Migrate {
         #[command(subcommand)]
-        command: MigrateCommand,
+        command: Box<MigrateCommand>,
     },
     /// Template databases that branches are stamped from.
     #[command(after_help = "Example:
@@ -1030,12 +1032,57 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 #[derive(Debug, Subcommand)]
 pub enum MigrateCommand {
     /// Apply pending migrations (under a per-target lock; re-running applies nothing twice).
-    Up(MigrateArgs),
+    Up(UpArgs),
     /// Show each migration's state per target; changes nothing.
     Status(MigrateArgs),
     /// Check that applied migrations were not changed and the source is consistent;
     /// changes nothing. Exit code 1 when a target is invalid.
     Validate(MigrateArgs),
+    /// Undo applied Liquibase changesets, newest first, as Liquibase's `rollback-count`,
+    /// `rollback` (to a tag) and `rollback-to-date` do.
+    ///
+    /// Each changeset is undone by its `<rollback>` (or `--rollback` lines), or else by
+    /// Liquibase's automatic inverse of each change (createTable → dropTable, addColumn →
+    /// dropColumn, …), in one transaction with the removal of its DATABASECHANGELOG row.
+    /// If any changeset to undo has neither, nothing runs and each is named with its
+    /// file:line. SQL folders have no down migrations and cannot be rolled back. With -f,
+    /// --module is required.
+    Rollback(RollbackArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub common: MigrateArgs,
+    /// Liquibase: apply changesets up to and including the one that carries TAG (its
+    /// `tagDatabase`, or the ledger's row tagged so), as Liquibase's `update-to-tag`.
+    #[arg(long, value_name = "TAG", conflicts_with = "target")]
+    pub to_tag: Option<String>,
+    /// SQL folder: apply versioned migrations up to and including VERSION (repeatable
+    /// migrations still run).
+    #[arg(long, value_name = "VERSION")]
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("how_far").required(true).args(["count", "to_tag", "to_date"])))]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub common: MigrateArgs,
+    /// Roll back the last N changesets (Liquibase's `rollback-count`).
+    #[arg(long, value_name = "N")]
+    pub count: Option<usize>,
+    /// Roll back everything applied after the changeset that carries TAG (Liquibase's
+    /// `rollback --tag`; a changeset that only tags is rolled back too, as Liquibase does).
+    #[arg(long, value_name = "TAG")]
+    pub to_tag: Option<String>,
+    /// Roll back everything applied after DATE (`YYYY-MM-DD[ HH:MM[:SS]]`, compared with
+    /// DATEEXECUTED as stored; Liquibase's `rollback-to-date`).
+    #[arg(long, value_name = "DATE")]
+    pub to_date: Option<String>,
+    /// Print the SQL that would run (rollback statements and ledger deletes); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             Command::Credentials(a) => commands::credentials(&mut ctx, a).await,
             Command::Wait(a) => commands::wait(&ctx, a).await,
             Command::Local { command } => commands::local(&mut ctx, command),
-            Command::Migrate { command } => commands::migrate(&mut ctx, command).await,
+            Command::Migrate { command } => commands::migrate(&mut ctx, *command).await,
             Command::Template { command } => commands::template(&mut ctx, command).await,
             Command::Branch { command } => commands::branch(&mut ctx, command).await,
             Command::Schema { command } => commands::schema(&mut ctx, command).await,

@@ -7,8 +7,8 @@
 use regex::Regex;
 
 use super::checksum;
-use super::parse::{normalize, on_fail, Ctx, Inherit};
-use super::{Change, ChangeSet, ChangelogError, Condition, Location, OnFail, Preconditions, SqlChange};
+use super::parse::{changes_of, normalize, on_fail, Ctx, Inherit};
+use super::{Change, ChangeSet, ChangelogError, Condition, Location, OnFail, Preconditions, Rollback, SqlChange};
 
 /// A case-insensitive regex that must match the whole line (Java's `matches()`).
 fn re(p: &str) -> Regex {
@@ -156,7 +156,7 @@ pub(crate) fn parse(ctx: &mut Ctx, path: &str, src: &str, inherit: &Inherit) -> 
         }
         if let Some(c) = p.changeset.captures(line) {
             if let Some(done) = cur.take() {
-                out.push(finish(ctx, done, path, ln, false)?);
+                out.push(finish(ctx, done, path, &out, false)?);
             }
             let author_group = c.get(1).map_or("", |m| m.as_str()).to_string();
             let id_group = c.get(2).map_or("", |m| m.as_str()).to_string();
@@ -213,7 +213,7 @@ pub(crate) fn parse(ctx: &mut Ctx, path: &str, src: &str, inherit: &Inherit) -> 
                 pend.rollback.push_str(l);
             }
             if !closed {
-                return Err(err(format!("{who}: the /* liquibase rollback comment is not closed")));
+                return Err(err(format!("{who}: its `/* liquibase rollback` comment is not closed; end it with `*/`")));
             }
         } else if let Some(c) = p.preconditions.captures(line) {
             let body = c.get(1).map_or("", |m| m.as_str());
@@ -257,8 +257,7 @@ pub(crate) fn parse(ctx: &mut Ctx, path: &str, src: &str, inherit: &Inherit) -> 
         }
     }
     if let Some(done) = cur.take() {
-        let last_line = lines.len();
-        out.push(finish(ctx, done, path, last_line, true)?);
+        out.push(finish(ctx, done, path, &out, true)?);
     }
     Ok(out)
 }
@@ -376,7 +375,15 @@ fn start(
     })
 }
 
-fn finish(ctx: &mut Ctx, mut p: Pending, path: &str, ln: usize, last: bool) -> Result<ChangeSet, ChangelogError> {
+/// The changeset `p` ends here; `earlier` are the changesets of this file before it (a
+/// `--rollback changesetId:` may name one).
+fn finish(
+    ctx: &mut Ctx,
+    mut p: Pending,
+    path: &str,
+    earlier: &[ChangeSet],
+    last: bool,
+) -> Result<ChangeSet, ChangelogError> {
     let file_key = p.cs.filename.clone();
     let trimmed = p.sql.trim();
     if trimmed.is_empty() && !last {
@@ -389,7 +396,6 @@ fn finish(ctx: &mut Ctx, mut p: Pending, path: &str, ln: usize, last: bool) -> R
             ),
         ));
     }
-    let _ = ln;
     let sql = ctx.props.expand(trimmed, &file_key).trim().to_string();
     let mut delimiter = p.delimiter.clone();
     if last && delimiter.is_none() && sql.ends_with("\n/") {
@@ -403,27 +409,50 @@ fn finish(ctx: &mut Ctx, mut p: Pending, path: &str, ln: usize, last: bool) -> R
         end_delimiter: delimiter,
         dbms: None,
     }));
-    let rb = p.rollback.trim();
-    if !rb.is_empty() {
-        let lower = rb.to_ascii_lowercase();
-        if lower.starts_with("not required") || lower.starts_with("empty") {
-            p.cs.rollback.push(Change::Empty);
-        } else if lower.contains("changesetid") {
-            p.cs.rollback_error = Some(
-                "a rollback naming another changeset (changeSetId:…) is not read by pgplane; copy that changeset's SQL"
-                    .into(),
-            );
-        } else {
-            p.cs.rollback.push(Change::Sql(SqlChange {
-                sql: ctx.props.expand(&p.rollback, &file_key),
-                split_statements: p.rollback_split,
-                strip_comments: true,
-                end_delimiter: p.rollback_delimiter.clone(),
-                dbms: None,
-            }));
-        }
-    }
+    p.cs.rollback = rollback(ctx, &p, &file_key, earlier);
     Ok(p.cs)
+}
+
+/// The changeset's `--rollback` lines (or `/* liquibase rollback */` block) as Liquibase
+/// 4.28 reads them: none is automatic rollback; `empty…`/`not required…` runs nothing; a
+/// text naming `changesetId:` runs that earlier changeset's changes; anything else is SQL.
+/// A reference pgplane cannot resolve is [`Rollback::Unusable`]: only a rollback that would
+/// run it fails, never `update`.
+fn rollback(ctx: &mut Ctx, p: &Pending, file_key: &str, earlier_here: &[ChangeSet]) -> Rollback {
+    let rb = p.rollback.trim();
+    let lower = rb.to_ascii_lowercase();
+    if rb.is_empty() {
+        return Rollback::Auto;
+    }
+    if lower.starts_with("empty") || lower.starts_with("not required") {
+        return Rollback::Changes(vec![Change::Empty]);
+    }
+    if lower.contains("changesetid") {
+        let flat = rb.replace(['\n', '\r'], "");
+        let value = |key: &str| {
+            let lower = flat.to_ascii_lowercase();
+            let at = lower.find(&format!("{key}:"))? + key.len() + 1;
+            let v: String = flat[at..].chars().take_while(|c| !c.is_whitespace()).collect();
+            Some(v).filter(|v| !v.is_empty())
+        };
+        let who = format!("changeset {} (author {})", p.cs.id, p.cs.author);
+        let err = |m: String| Rollback::Unusable(ChangelogError::new(&p.cs.location.file, Some(p.cs.location.line), m));
+        let (Some(id), Some(author)) = (value("changesetid"), value("changesetauthor")) else {
+            return err(format!("{who}: a --rollback naming changesetId: needs changesetAuthor: too"));
+        };
+        let path = value("changesetpath").unwrap_or_else(|| p.cs.filename.clone());
+        return match changes_of(ctx.changesets().iter().chain(earlier_here), &path, &id, &author) {
+            Ok(changes) => Rollback::Changes(changes),
+            Err(m) => err(format!("{who}: {m}")),
+        };
+    }
+    Rollback::Changes(vec![Change::Sql(SqlChange {
+        sql: ctx.props.expand(&p.rollback, file_key),
+        split_statements: p.rollback_split,
+        strip_comments: true,
+        end_delimiter: p.rollback_delimiter.clone(),
+        dbms: None,
+    })])
 }
 
 /// A plain SQL file used as a changelog: one changeset, id `raw`, author `includeAll`, its

@@ -15,6 +15,7 @@ mod loaddata;
 mod node;
 mod parse;
 mod props;
+mod rollback;
 mod spec;
 mod split;
 mod sqlgen;
@@ -26,6 +27,7 @@ use std::path::PathBuf;
 pub use loaddata::{Catalog, LoadColumn, LoadData, NoCatalog};
 pub use parse::{load, load_with};
 pub use props::TargetInfo;
+pub use rollback::{inverse, Refusal, Rollback, REFUSAL_FIX};
 pub use spec::{attribute_table, AttrHandling, AttrRow, PRO, SUPPORTED};
 
 /// Where changelog files come from: paths are `/`-separated and relative to the search path.
@@ -171,10 +173,10 @@ pub struct ChangeSet {
     pub comment: Option<String>,
     pub preconditions: Option<Preconditions>,
     pub changes: Vec<Change>,
-    /// The rollback changes; parsed leniently (see `rollback_error`), never needed by `update`.
-    pub rollback: Vec<Change>,
-    /// Why the `<rollback>` block could not be turned into changes (only `rollback` needs it).
-    pub rollback_error: Option<String>,
+    /// What undoes it (`migrate rollback`); see [`ChangeSet::rollback_statements`]. Read
+    /// leniently: a rollback pgplane cannot run is [`Rollback::Unusable`], never an error
+    /// for `update`.
+    pub rollback: Rollback,
     /// Why pgplane could not read its changes as runnable, for a changeset this run does not
     /// select (contexts, labels): Liquibase never runs it either, so it blocks nothing; its
     /// changes and checksum are then incomplete.
@@ -214,8 +216,7 @@ impl ChangeSet {
             comment: None,
             preconditions: None,
             changes: Vec::new(),
-            rollback: Vec::new(),
-            rollback_error: None,
+            rollback: Rollback::Auto,
             unrunnable: None,
             modify_sql: Vec::new(),
             inherited_contexts: Vec::new(),
@@ -252,15 +253,6 @@ impl ChangeSet {
             s.sql = sqlgen::modify(&s.sql, &self.modify_sql, false);
         }
         Ok(out)
-    }
-
-    /// The rollback statements, in the order they are to run.
-    pub fn rollback_sql(&self, default_schema: Option<&str>) -> Vec<Statement> {
-        let mut out = sqlgen::statements(&self.rollback, default_schema, &loaddata::NoCatalog).unwrap_or_default();
-        for s in &mut out {
-            s.sql = sqlgen::modify(&s.sql, &self.modify_sql, true);
-        }
-        out
     }
 
     /// Liquibase's context/label selection: `contexts` given at run time against the

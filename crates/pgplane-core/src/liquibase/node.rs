@@ -141,8 +141,11 @@ pub(crate) fn from_xml(file: &str, src: &str) -> Result<Node, ChangelogError> {
         line: Some(e.pos().row as usize),
         message: format!("not well-formed XML: {e}; fix the XML syntax"),
     })?;
-    fn conv(doc: &roxmltree::Document, n: roxmltree::Node) -> Node {
-        let line = doc.text_pos_at(n.range().start).row as usize;
+    // Line of a byte offset by binary search: roxmltree's text_pos_at rescans from the
+    // start, which made large changelogs quadratic.
+    let line_starts: Vec<usize> = std::iter::once(0).chain(src.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    fn conv(starts: &[usize], n: roxmltree::Node) -> Node {
+        let line = starts.partition_point(|&s| s <= n.range().start);
         let mut node = Node::new(n.tag_name().name(), Some(line));
         for a in n.attributes() {
             if a.namespace().is_some() || a.name() == "schemaLocation" {
@@ -153,7 +156,7 @@ pub(crate) fn from_xml(file: &str, src: &str) -> Result<Node, ChangelogError> {
         let mut text = String::new();
         for c in n.children() {
             if c.is_element() {
-                node.children.push(conv(doc, c));
+                node.children.push(conv(starts, c));
             } else if c.is_text() {
                 text.push_str(c.text().unwrap_or(""));
             }
@@ -163,7 +166,7 @@ pub(crate) fn from_xml(file: &str, src: &str) -> Result<Node, ChangelogError> {
         }
         node
     }
-    Ok(conv(&doc, doc.root_element()))
+    Ok(conv(&line_starts, doc.root_element()))
 }
 
 /// Reads a YAML or JSON changelog as Liquibase does: with snakeyaml's YAML 1.1 rules for
@@ -539,6 +542,8 @@ fn value_text(key: &str, s: &Scalar, line: usize) -> Result<Option<String>, (usi
 
 fn add(node: &mut Node, k: &str, line: usize, val: &Y) -> Result<(), (usize, String)> {
     match val {
+        // `rollback:` with no value is an empty rollback for Liquibase, not a missing one.
+        Y::Scalar(Scalar::Null, _) if k == "rollback" => node.children.push(Node::new(k, Some(line))),
         Y::Scalar(Scalar::Null, _) => {}
         Y::Map(..) => {
             let mut c = Node::new(k, Some(line));

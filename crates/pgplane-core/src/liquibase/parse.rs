@@ -13,7 +13,8 @@ use super::props::{self, Props};
 use super::spec::{self, Param, P};
 use super::{
     expr, formatted, Change, ChangeSet, Changelog, ChangelogError, Column, Condition, Constraints, LoadColumn,
-    LoadData, LoadOptions, Loader, Location, ModifyKind, ModifySql, Name, OnFail, Preconditions, SqlChange, Value,
+    LoadData, LoadOptions, Loader, Location, ModifyKind, ModifySql, Name, OnFail, Preconditions, Rollback, SqlChange,
+    Value,
 };
 
 /// Loads `changelog` (a path relative to the loader's search path, like Liquibase's
@@ -255,6 +256,11 @@ impl Ctx<'_> {
         };
         self.stack.pop();
         r
+    }
+
+    /// The changesets loaded so far.
+    pub(crate) fn changesets(&self) -> &[ChangeSet] {
+        &self.changesets
     }
 
     pub(crate) fn push(&mut self, cs: ChangeSet) -> Result<(), ChangelogError> {
@@ -678,10 +684,12 @@ impl Ctx<'_> {
                 "preConditions" => {
                     cs.preconditions = Some(preconditions(c, path, cline, &who, &mut self.props, file_key)?);
                 }
-                "rollback" => match self.rollback(c, path, cline, &who, file_key, strict) {
-                    Ok(r) => cs.rollback = r,
-                    Err(e) => cs.rollback_error = Some(e.to_string()),
-                },
+                "rollback" => {
+                    // Several `<rollback>`s add up; one that cannot be read is kept as
+                    // unusable: only a rollback that would run it fails, never `update`.
+                    let more = self.rollback(c, path, cline, &who, &cs.filename, file_key, strict);
+                    cs.rollback = add_rollback(std::mem::take(&mut cs.rollback), more);
+                }
                 "modifySql" => {
                     for m in modify_sql(c, path, cline, &who, self.props.selection())? {
                         cs.modify_sql.push(m.0);
@@ -709,37 +717,33 @@ impl Ctx<'_> {
             }
         }
         if let Some(sql) = n.attrs.iter().find(|(k, _)| k == "rollback").map(|(_, v)| v.clone()) {
-            cs.rollback = vec![raw_sql(&sql)];
+            let so_far = std::mem::take(&mut cs.rollback);
+            cs.rollback = add_rollback(so_far, Ok(vec![raw_sql(&sql)]));
         }
         cs.checksum = checksum::changeset_with_visitors(&sums, &cs.visitor_sums);
         Ok(Some(cs))
     }
 
-    /// The `<rollback>` block, leniently: `update` never runs it.
+    /// The changes of one `<rollback>` block (read leniently by the caller: `update` never
+    /// runs them).
+    #[allow(clippy::too_many_arguments)]
     fn rollback(
         &mut self,
         n: &Node,
         path: &str,
         line: usize,
         who: &str,
+        filename: &str,
         file_key: &str,
         strict: bool,
     ) -> Result<Vec<Change>, ChangelogError> {
         if let Some(id) = n.get("changeSetId") {
+            // The changes of an earlier changeset, as Liquibase's handleRollbackNode finds it:
+            // same path (default: this changeset's), id and author, ignoring case.
             let author = n.get("changeSetAuthor").unwrap_or_default();
-            let file = n.get("changeSetPath").map(|p| normalize(&p)).unwrap_or_else(|| file_key.to_string());
-            let found = self
-                .changesets
-                .iter()
-                .find(|c| c.id == id && c.author == author && normalize(&c.filename) == file)
-                .map(|c| c.changes.clone());
-            return found.ok_or_else(|| {
-                ChangelogError::new(
-                    path,
-                    Some(line),
-                    format!("{who}: rollback names changeset {file}::{id}::{author}, which does not come before it"),
-                )
-            });
+            let target = n.get("changeSetPath").unwrap_or_else(|| filename.to_string());
+            return changes_of(&self.changesets, &target, &id, &author)
+                .map_err(|m| ChangelogError::new(path, Some(line), format!("{who}: {m}")));
         }
         let mut out = Vec::new();
         if let Some(t) = &n.text {
@@ -1314,6 +1318,47 @@ fn describe(ty: &str, n: &Node, params: &[Param]) -> String {
         ty.to_string()
     } else {
         format!("{ty} {}", parts.join(", "))
+    }
+}
+
+/// The changes of the earlier changeset(s) `path::id::author` (a rollback's reference),
+/// found as Liquibase's `getChangeSets` does: path, id and author ignoring case, for
+/// PostgreSQL.
+pub(crate) fn changes_of<'a>(
+    earlier: impl IntoIterator<Item = &'a ChangeSet>,
+    path: &str,
+    id: &str,
+    author: &str,
+) -> Result<Vec<Change>, String> {
+    let target = normalize(path);
+    let found: Vec<&ChangeSet> = earlier
+        .into_iter()
+        .filter(|c| {
+            c.id.eq_ignore_ascii_case(id)
+                && c.author.eq_ignore_ascii_case(author)
+                && normalize(&c.filename).eq_ignore_ascii_case(&target)
+                && c.applies_to_postgresql()
+        })
+        .collect();
+    if found.is_empty() {
+        return Err(format!(
+            "its rollback refers to changeset {target}::{id}::{author}, which is not defined before it; give the \
+             id, author and path of an earlier changeset"
+        ));
+    }
+    Ok(found.iter().flat_map(|c| c.changes.iter().cloned()).collect())
+}
+
+/// Adds a rollback's changes to what a changeset had (several `<rollback>`s add up, as in
+/// Liquibase); an unusable part makes the whole rollback unusable.
+pub(crate) fn add_rollback(so_far: Rollback, more: Result<Vec<Change>, ChangelogError>) -> Rollback {
+    match (so_far, more) {
+        (Rollback::Unusable(e), _) | (_, Err(e)) => Rollback::Unusable(e),
+        (Rollback::Auto, Ok(more)) => Rollback::Changes(more),
+        (Rollback::Changes(mut v), Ok(more)) => {
+            v.extend(more);
+            Rollback::Changes(v)
+        }
     }
 }
 

@@ -80,6 +80,7 @@ pub async fn read(client: &Client, source: &Source, schema: &str, names: &Ledger
                     applied_at: r.get(4),
                     execution_ms: r.get(5),
                     error: r.get(6),
+                    tag: None,
                 })
                 .collect()
         }
@@ -180,7 +181,7 @@ pub async fn run_unit(
     };
     match source {
         Source::Liquibase(l) => liquibase::run_unit(client, l, t, &names.table(source), step, unit, begin).await,
-        Source::Sql { migrations, folder } => {
+        Source::Sql { migrations, folder, .. } => {
             let m = migrations.iter().find(|m| m.key() == unit.key).context("unit without migration")?;
             let table = qualified(&t.schema, &names.table(source));
             let started = Instant::now();

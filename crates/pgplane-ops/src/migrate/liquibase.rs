@@ -45,9 +45,8 @@ pub struct LiquibaseSource {
     /// The folder every file read must stay inside (canonical).
     root: PathBuf,
     name: String,
-    /// A version's end (`to_tag`): every reading of the changelog stops after the changeset
-    /// whose `tagDatabase` sets this tag.
-    stop_after_tag: Option<String>,
+    /// Where the module version it was loaded for ends (see [`super::Source::cut`]).
+    pub end: Option<pgplane_core::migrate::UpTo>,
     /// Per target (database, schema): the changelog as read for it, and the run's options.
     resolved: std::sync::Mutex<std::collections::HashMap<(String, String), Resolved>>,
 }
@@ -116,7 +115,7 @@ pub fn load(path: &Path, root: &Path, search_path: Option<&Path>) -> Result<Liqu
         search_path,
         root: root.to_path_buf(),
         name,
-        stop_after_tag: None,
+        end: None,
         resolved: std::sync::Mutex::new(std::collections::HashMap::new()),
     })
 }
@@ -170,11 +169,7 @@ impl LiquibaseSource {
             },
             defer_change_errors: false,
         };
-        let mut changelog = parse(&self.search_path, &self.root, &self.name, &opts)?;
-        if let Some(tag) = &self.stop_after_tag {
-            stop_after_tag(&mut changelog, tag, &self.file)?;
-        }
-        let changelog = Arc::new(changelog);
+        let changelog = Arc::new(parse(&self.search_path, &self.root, &self.name, &opts)?);
         let mut map = self.resolved.lock().map_err(|_| anyhow::anyhow!("changelog cache poisoned"))?;
         map.insert(
             (t.database.clone(), t.schema.clone()),
@@ -189,14 +184,6 @@ impl LiquibaseSource {
             .get(&(t.database.clone(), t.schema.clone()))
             .cloned()
             .unwrap_or_else(|| Resolved { changelog: Arc::new(self.changelog.clone()), allow_execute_command: false }))
-    }
-
-    /// Keeps what a version holds: every reading of the changelog, this one and each
-    /// target's, stops after the changeset whose `tagDatabase` sets `tag`.
-    pub fn stop_after(&mut self, tag: &str) -> Result<()> {
-        stop_after_tag(&mut self.changelog, tag, &self.file)?;
-        self.stop_after_tag = Some(tag.to_string());
-        Ok(())
     }
 
     /// See [`super::Source::check_selected`].
@@ -215,20 +202,15 @@ impl LiquibaseSource {
         units_of(&self.changelog, selection)
     }
 
+    /// `file:line` of a changelog location as seen from the working folder (changelog paths
+    /// are relative to the search path).
+    pub fn shown(&self, loc: &liquibase::Location) -> String {
+        format!("{}:{}", self.search_path.join(&loc.file).display(), loc.line)
+    }
+
     pub fn describe(&self) -> String {
         format!("Liquibase changelog {} ({} changesets)", self.file.display(), self.changelog.changesets.len())
     }
-}
-
-fn stop_after_tag(changelog: &mut Changelog, tag: &str, file: &Path) -> Result<()> {
-    let Some(at) = changelog.changesets.iter().position(|cs| cs.tag() == Some(tag)) else {
-        bail!(
-            "{}: no changeset has a tagDatabase with tag {tag:?}; the version's `to_tag` must name one",
-            file.display()
-        );
-    };
-    changelog.changesets.truncate(at + 1);
-    Ok(())
 }
 
 pub fn units_of(changelog: &Changelog, selection: &Selection) -> Vec<Unit> {
@@ -245,11 +227,13 @@ pub fn units_of(changelog: &Changelog, selection: &Selection) -> Vec<Unit> {
             version: None,
             selected: cs.applies_to_postgresql() && cs.selected(&selection.contexts, selection.labels.as_deref()),
             transactional: cs.run_in_transaction,
+            tag: cs.tag().map(str::to_string),
         })
         .collect()
 }
 
-fn changeset<'a>(changelog: &'a Changelog, unit: &Unit) -> Result<&'a ChangeSet> {
+/// The changeset of `unit` in `changelog`.
+pub fn changeset<'a>(changelog: &'a Changelog, unit: &Unit) -> Result<&'a ChangeSet> {
     changelog
         .changesets
         .iter()
@@ -262,7 +246,7 @@ pub async fn read(client: &Client, schema: &str, table: &str) -> Result<Option<V
         return Ok(None);
     }
     let sql = format!(
-        "SELECT filename, id, author, md5sum, to_char(dateexecuted, 'YYYY-MM-DD HH24:MI:SS')
+        "SELECT filename, id, author, md5sum, to_char(dateexecuted, 'YYYY-MM-DD HH24:MI:SS'), tag
            FROM {} WHERE EXECTYPE NOT IN ('FAILED', 'SKIPPED') ORDER BY orderexecuted",
         qualified(schema, table)
     );
@@ -279,6 +263,7 @@ pub async fn read(client: &Client, schema: &str, table: &str) -> Result<Option<V
             applied_at: r.get(4),
             execution_ms: None,
             error: None,
+            tag: r.get(5),
         })
         .collect();
     if table_exists(client, schema, FAILURES_TABLE).await? {
@@ -300,6 +285,7 @@ pub async fn read(client: &Client, schema: &str, table: &str) -> Result<Option<V
                 applied_at: r.get(4),
                 execution_ms: None,
                 error: r.get(6),
+                tag: None,
             });
         }
     }
@@ -878,7 +864,7 @@ enum StepError {
 }
 
 /// Runs an action (`output`, `stop`, `executeCommand`).
-async fn act(a: &Action, allow_execute: bool, here: &str) -> Result<(), String> {
+pub(super) async fn act(a: &Action, allow_execute: bool, here: &str) -> Result<(), String> {
     match a {
         Action::Output { message, target } => {
             match target.to_ascii_uppercase().as_str() {

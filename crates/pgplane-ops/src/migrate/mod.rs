@@ -5,6 +5,7 @@
 
 mod ledger;
 mod liquibase;
+pub mod rollback;
 mod source;
 
 use std::fmt::Write as _;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use pgplane_core::ident::quote_ident;
-use pgplane_core::migrate::{plan, MigrationPlan, PlanOptions, State};
+use pgplane_core::migrate::{plan, stop_at, MigrationPlan, PlanOptions, State, UpTo};
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -59,6 +60,8 @@ pub struct RunOptions {
     pub live: bool,
     /// Liquibase properties and permissions.
     pub liquibase: LiquibaseOptions,
+    /// `up` stops after this tag (Liquibase) or version (SQL folder).
+    pub up_to: Option<UpTo>,
 }
 
 /// One migration in a report.
@@ -110,7 +113,8 @@ pub struct Report {
     pub schema: String,
     pub ledger: String,
     pub ok: bool,
-    /// Every migration of the source with its state before this run.
+    /// Every migration of the source with its state before this run; when the run fails,
+    /// what it applied before the failure is `applied` (so the report matches the ledger).
     pub migrations: Vec<Line>,
     /// What this run applied (up only), in order.
     pub applied: Vec<String>,
@@ -121,6 +125,9 @@ pub struct Report {
     pub problems: Vec<String>,
     /// Ledger entries the source does not have.
     pub unknown: Vec<String>,
+    /// Things worth knowing that are not errors (the ledger is past `--to-tag`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub error: Option<String>,
     pub failure: Option<Failure>,
 }
@@ -171,6 +178,7 @@ async fn run_one(source: &Source, t: &Target, opts: &RunOptions) -> Report {
         pending: 0,
         problems: vec![],
         unknown: vec![],
+        notes: vec![],
         error: None,
         failure: None,
     };
@@ -265,8 +273,28 @@ pub async fn plan_target(
         Source::Sql { .. } => source.units(&opts.selection),
     };
     let applied = ledger::read(client, source, &t.schema, &opts.ledger).await?.unwrap_or_default();
-    let p = plan(&units, &applied, PlanOptions { retry_failed: opts.retry_failed });
+    let mut p = plan(&units, &applied, PlanOptions { retry_failed: opts.retry_failed });
+    // Where the source's module version ends, then where `up --to-tag`/`--target` stops.
+    for up_to in source.end().into_iter().chain(opts.up_to.as_ref()) {
+        check_up_to(source, up_to)?;
+        stop_at(&mut p, &units, &applied, up_to).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     Ok((units, applied, p))
+}
+
+/// `--to-tag` is for Liquibase changelogs, `--target` for SQL folders.
+pub fn check_up_to(source: &Source, up_to: &UpTo) -> Result<()> {
+    match (source, up_to) {
+        (Source::Sql { folder, .. }, UpTo::Tag(_)) => bail!(
+            "{} is a SQL folder, which has no tags; use --target VERSION to stop after a version",
+            folder.display()
+        ),
+        (Source::Liquibase(l), UpTo::Version(_)) => bail!(
+            "{} is a Liquibase changelog; use --to-tag TAG (a tagDatabase in it) to stop after a changeset",
+            l.file.display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 async fn run_target(source: &Source, t: &Target, opts: &RunOptions, report: &mut Report) -> Result<bool> {
@@ -277,6 +305,10 @@ async fn run_target(source: &Source, t: &Target, opts: &RunOptions, report: &mut
     };
     if opts.mode != Mode::Up {
         return plan_and_run(&mut client, source, t, opts, report).await;
+    }
+    if opts.up_to.is_some() {
+        // A target that is nowhere is refused before the ledger is created.
+        plan_target(&client, source, t, opts).await?;
     }
     ledger::ensure(&client, source, &t.schema, &opts.ledger).await?;
     let Source::Liquibase(_) = source else {
@@ -304,7 +336,7 @@ async fn run_target(source: &Source, t: &Target, opts: &RunOptions, report: &mut
 
 /// Runs `work` until it ends or the process gets SIGINT/SIGTERM; then the running
 /// statement is cancelled (its transaction rolls back) and an error says so.
-async fn interruptible<'c, F, Fut>(client: &'c mut Client, work: F) -> Result<bool>
+pub(crate) async fn interruptible<'c, F, Fut>(client: &'c mut Client, work: F) -> Result<bool>
 where
     F: FnOnce(&'c mut Client) -> Fut,
     Fut: std::future::Future<Output = Result<bool>> + 'c,
@@ -327,6 +359,9 @@ async fn plan_and_run(
     report: &mut Report,
 ) -> Result<bool> {
     let (units, applied, p) = plan_target(client, source, t, opts).await?;
+    if let (Some(up_to), n @ 1..) = (&opts.up_to, p.applied_beyond_target) {
+        report.notes.push(format!("the ledger is already past {up_to}: {n} applied migration(s) come after it"));
+    }
     report.pending = p.pending();
     report.problems = p.problems.iter().map(ToString::to_string).collect();
     report.unknown = p.unknown.clone();
@@ -372,6 +407,7 @@ async fn plan_and_run(
             liquibase::check_changelog_preconditions(client, l, t, &opts.ledger.table(source)).await?;
         }
     }
+    let mut done = Vec::new();
     for (i, step) in to_run.iter().enumerate() {
         let unit = &units[step.unit];
         // Only the run's last migration waits for its commit to reach disk, which makes
@@ -380,7 +416,13 @@ async fn plan_and_run(
         // again next time.
         let begin = Begin::new(t, i + 1 == to_run.len());
         let started = Instant::now();
-        let outcome = ledger::run_unit(client, source, t, &opts.ledger, step, unit, &begin).await?;
+        let outcome = match ledger::run_unit(client, source, t, &opts.ledger, step, unit, &begin).await {
+            Ok(o) => o,
+            Err(e) => {
+                mark_applied(report, &done);
+                return Err(e);
+            }
+        };
         let ms = started.elapsed().as_millis() as u64;
         match outcome {
             ledger::Outcome::Ran(how) => {
@@ -389,6 +431,7 @@ async fn plan_and_run(
                     line.duration_ms = Some(ms);
                 }
                 report.applied.push(unit.name.clone());
+                done.push(step.unit);
             }
             ledger::Outcome::Skipped(why) => {
                 tracing::info!(target = %t.label, migration = %unit.name, "skipped: {why}");
@@ -397,11 +440,25 @@ async fn plan_and_run(
             ledger::Outcome::Failed(f) => {
                 tracing::warn!(target = %t.label, migration = %unit.name, error = %f, "failed");
                 report.failure = Some(f);
+                mark_applied(report, &done);
                 return Ok(false);
             }
         }
     }
     Ok(true)
+}
+
+/// After a failed run, the report's lines of what it applied say `applied` (the rest keep
+/// their state before the run), so the report matches the ledger and `migrate status`.
+fn mark_applied(report: &mut Report, units: &[usize]) {
+    for &u in units {
+        if let Some(line) = report.migrations.get_mut(u) {
+            if matches!(line.state, State::Pending | State::Retry) {
+                line.state = State::Applied;
+                line.note = Some("applied by this run".into());
+            }
+        }
+    }
 }
 
 /// Text for people: per target, its migrations and the outcome.
@@ -434,6 +491,7 @@ pub fn render_text(reports: &[Report], mode: Mode) -> String {
                     State::Retry => "retry",
                     State::Filtered => "filtered",
                     State::Blocked => "BLOCKED",
+                    State::AfterTarget => "beyond",
                 };
                 let when = l.applied_at.as_deref().unwrap_or("");
                 let _ = write!(out, "  {state:<9} {}", l.name);
@@ -448,6 +506,9 @@ pub fn render_text(reports: &[Report], mode: Mode) -> String {
         }
         for u in &r.unknown {
             let _ = writeln!(out, "  note: the ledger has {u}, which the source does not have");
+        }
+        for n in &r.notes {
+            let _ = writeln!(out, "  note: {n}");
         }
         for p in &r.problems {
             let _ = writeln!(out, "  error: {p}");
@@ -629,6 +690,7 @@ pub async fn unmigrated(
         jobs: 8,
         live: false,
         liquibase: LiquibaseOptions::default(),
+        up_to: None,
     };
     let mut work = Vec::new();
     for (choice, endpoints) in by_choice(m, module_endpoints(manifest, desired, m, None)?)? {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use pgplane_core::confine;
-use pgplane_core::migrate::{sql_folder, SqlMigration, Unit};
+use pgplane_core::migrate::{sql_folder, SqlMigration, Unit, UpTo};
 
 use super::liquibase::{self, LiquibaseSource};
 
@@ -20,8 +20,9 @@ pub struct Selection {
 // One per module run, never in a hot collection: the size difference costs nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum Source {
-    /// `V<version>__<description>.sql` and `R__<description>.sql` files.
-    Sql { folder: PathBuf, migrations: Vec<SqlMigration> },
+    /// `V<version>__<description>.sql` and `R__<description>.sql` files; `end`: where a
+    /// module version ends (see [`Source::cut`]).
+    Sql { folder: PathBuf, migrations: Vec<SqlMigration>, end: Option<UpTo> },
     /// A Liquibase changelog and everything it includes.
     Liquibase(LiquibaseSource),
 }
@@ -123,13 +124,32 @@ impl Source {
 
     pub fn describe(&self) -> String {
         match self {
-            Source::Sql { folder, migrations } => {
+            Source::Sql { folder, migrations, .. } => {
                 format!("SQL folder {} ({} migrations)", folder.display(), migrations.len())
             }
             Source::Liquibase(l) => l.describe(),
         }
     }
 
+    /// Where the module version this source was loaded for ends ([`Source::cut`]); `up`
+    /// stops there as with `--to-tag`/`--target`.
+    pub fn end(&self) -> Option<&UpTo> {
+        match self {
+            Source::Sql { end, .. } => end.as_ref(),
+            Source::Liquibase(l) => l.end.as_ref(),
+        }
+    }
+
+    /// The units up to the source's [`Source::end`]: what the version holds (all of them
+    /// without an end).
+    pub fn version_units(&self, selection: &Selection) -> Result<Vec<Unit>> {
+        let units = self.units(selection);
+        let Some(end) = self.end() else { return Ok(units) };
+        let beyond = pgplane_core::migrate::beyond(&units, &[], end).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(units.into_iter().zip(beyond).filter(|(_, b)| !b).map(|(u, _)| u).collect())
+    }
+
+    /// Every unit of the source (a version's [`Source::end`] is applied by the plan).
     pub fn units(&self, selection: &Selection) -> Vec<Unit> {
         match self {
             Source::Liquibase(l) => l.units(selection),
@@ -145,6 +165,7 @@ impl Source {
                     version: m.version.clone(),
                     selected: true,
                     transactional: m.transactional,
+                    tag: None,
                 })
                 .collect(),
         }
@@ -208,7 +229,7 @@ fn load_sql_folder(folder: &Path, root: &Path, folders: &Folders) -> Result<Sour
         );
     }
     let migrations = sql_folder(&folder.display().to_string(), files)?;
-    Ok(Source::Sql { folder: folder.to_path_buf(), migrations })
+    Ok(Source::Sql { folder: folder.to_path_buf(), migrations, end: None })
 }
 
 impl Source {
@@ -252,21 +273,30 @@ impl Source {
         Ok(source)
     }
 
-    /// Keeps what a version holds: a changelog up to and including the changeset whose
-    /// `tagDatabase` sets the tag, a SQL folder up to and including a migration version
-    /// (repeatable migrations stay). The one place a version's end is applied: when
-    /// `migrate up --to-tag` is in, this becomes its `up_to`.
+    /// Ends the source where a version ends: a changelog after the changeset whose
+    /// `tagDatabase` sets the tag, a SQL folder after a migration version (repeatable
+    /// migrations stay). The end is applied where `migrate up --to-tag`/`--target` is, by
+    /// [`pgplane_core::migrate::stop_at`] in the plan, so a version's end and an `up` to a
+    /// tag follow one rule.
     pub fn cut(&mut self, cut: &pgplane_core::tenant::Cut) -> Result<()> {
         use pgplane_core::migrate::Version;
         use pgplane_core::tenant::Cut;
         match (self, cut) {
-            (Source::Liquibase(l), Cut::Tag(tag)) => l.stop_after(tag)?,
-            (Source::Sql { folder, migrations }, Cut::Version(v)) => {
+            (Source::Liquibase(l), Cut::Tag(tag)) => {
+                if !l.changelog.changesets.iter().any(|cs| cs.tag() == Some(tag.as_str())) {
+                    bail!(
+                        "{}: no changeset has a tagDatabase with tag {tag:?}; the version's `to_tag` must name one",
+                        l.file.display()
+                    );
+                }
+                l.end = Some(UpTo::Tag(tag.clone()));
+            }
+            (Source::Sql { folder, migrations, end }, Cut::Version(v)) => {
                 let target = Version::parse(v).map_err(|e| anyhow::anyhow!("{e}"))?;
                 if !migrations.iter().any(|m| m.version.as_ref().is_some_and(|x| x.canonical() == target.canonical())) {
                     bail!("{}: no migration has version {v}; the version's `target` must name one", folder.display());
                 }
-                migrations.retain(|m| m.version.as_ref().is_none_or(|x| *x <= target));
+                *end = Some(UpTo::Version(target));
             }
             (Source::Sql { folder, .. }, Cut::Tag(tag)) => bail!(
                 "{} is a SQL folder, which has no tags; give the version `target: VERSION` instead of `to_tag: {tag}`",

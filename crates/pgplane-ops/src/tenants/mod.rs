@@ -480,6 +480,7 @@ pub fn run_options(lock_timeout: Duration) -> migrate::RunOptions {
         jobs: 1,
         live: false,
         liquibase: migrate::LiquibaseOptions::default(),
+        up_to: None,
     }
 }
 
@@ -539,11 +540,16 @@ async fn preview(s: &Session, tenant: &str, modules: &[String], plan: &Plan) -> 
                     a.kind.as_str().starts_with("create_")
                         && (a.object.name == e.database || e.schema.as_deref() == Some(a.object.name.as_str()))
                 });
-                let all = || -> Vec<String> {
-                    source.units(&opts.selection).into_iter().filter(|u| u.selected).map(|u| u.name).collect()
+                let all = || -> Result<Vec<String>> {
+                    Ok(source
+                        .version_units(&opts.selection)?
+                        .into_iter()
+                        .filter(|u| u.selected)
+                        .map(|u| u.name)
+                        .collect())
                 };
                 let (migrations, note) = if created {
-                    (all(), Some("new storage: every migration of the version runs".to_string()))
+                    (all()?, Some("new storage: every migration of the version runs".to_string()))
                 } else {
                     match &keys {
                         None => {

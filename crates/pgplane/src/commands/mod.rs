@@ -67,6 +67,7 @@ pub async fn apply(ctx: &mut Ctx, args: ApplyArgs) -> Result<i32> {
         jobs: 4,
         live: !args.change.json,
         liquibase: migrate::LiquibaseOptions::default(),
+        up_to: None,
     };
     let runs = match migrate::run_modules(&s, ctx.keys()?, None, None, None, &opts, &output::Terminal::new()).await {
         Ok(runs) => runs,
@@ -307,54 +308,23 @@ pub fn local(ctx: &mut Ctx, command: LocalCommand) -> Result<i32> {
 }
 
 pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
-    let (mode, args) = match command {
-        MigrateCommand::Up(a) => (migrate::Mode::Up, a),
-        MigrateCommand::Status(a) => (migrate::Mode::Status, a),
-        MigrateCommand::Validate(a) => (migrate::Mode::Validate, a),
-    };
-    let opts = migrate::RunOptions {
-        mode,
-        selection: migrate::Selection { contexts: args.contexts.clone(), labels: args.labels.clone() },
-        ledger: migrate::LedgerNames {
-            history_table: args.history_table.clone(),
-            changelog_table: args.changelog_table.clone(),
-            changelog_lock_table: args.changelog_lock_table.clone(),
-        },
-        retry_failed: args.retry_failed,
-        lock_timeout: args.lock_timeout,
-        jobs: migrate::check_jobs(args.jobs)?,
-        live: !args.json && mode == migrate::Mode::Up,
-        liquibase: migrate::LiquibaseOptions {
-            properties: args.property.clone(),
-            allow_execute_command: args.allow_execute_command,
-        },
-    };
-    for (flag, value) in [
-        ("--schema", &args.schema),
-        ("--changelog-table", &args.changelog_table),
-        ("--changelog-lock-table", &args.changelog_lock_table),
-        ("--history-table", &args.history_table),
-    ] {
-        if let Some(v) = value {
-            pgplane_core::ident::check_name(flag, v).map_err(|m| anyhow::anyhow!("{flag}: {m}"))?;
+    let (mode, args, up_to) = match command {
+        MigrateCommand::Up(a) => {
+            let up_to = match (a.to_tag, a.target) {
+                (Some(tag), _) => Some(pgplane_core::migrate::UpTo::Tag(tag)),
+                (None, Some(v)) => Some(pgplane_core::migrate::UpTo::Version(
+                    pgplane_core::migrate::Version::parse(&v).map_err(|e| anyhow::anyhow!("--target: {e}"))?,
+                )),
+                (None, None) => None,
+            };
+            (migrate::Mode::Up, a.common, up_to)
         }
-    }
-    let runs = if let Some(url) = &args.url {
-        let path = args.source.as_deref().context("--url needs --source PATH")?;
-        // The files a changelog reads stay inside its search path (or its own folder).
-        let root = migrate::Root::own(args.search_path.as_deref().unwrap_or(path))?;
-        let source = migrate::Source::load_with(path, &root, args.search_path.as_deref())?;
-        source.check_selected(&opts.selection)?;
-        let server = crate::conn::Target::from_url("url", url)?;
-        let database = server.config.get_dbname().unwrap_or("postgres").to_string();
-        let target = migrate::Target {
-            label: database.clone(),
-            tenant: None,
-            server,
-            database,
-            schema: args.schema.clone().unwrap_or_else(|| "public".into()),
-            role: None,
-        };
+        MigrateCommand::Status(a) => (migrate::Mode::Status, a, None),
+        MigrateCommand::Validate(a) => (migrate::Mode::Validate, a, None),
+        MigrateCommand::Rollback(a) => return migrate_rollback(ctx, a).await,
+    };
+    let opts = run_options(&args, mode, up_to)?;
+    let runs = if let Some((source, target)) = url_target(&args, &opts)? {
         let targets = migrate::run_all(&source, vec![target], &opts, &output::Terminal::new()).await;
         vec![migrate::ModuleRun { module: None, source: source.describe(), targets }]
     } else {
@@ -387,6 +357,118 @@ pub async fn migrate(ctx: &mut Ctx, command: MigrateCommand) -> Result<i32> {
     };
     print_migrations(&runs, mode, args.json)?;
     Ok(if runs.iter().all(migrate::ModuleRun::ok) { 0 } else { 1 })
+}
+
+/// The run options the command line asks for (table names checked).
+fn run_options(
+    args: &crate::cli::MigrateArgs,
+    mode: migrate::Mode,
+    up_to: Option<pgplane_core::migrate::UpTo>,
+) -> Result<migrate::RunOptions> {
+    let opts = migrate::RunOptions {
+        mode,
+        selection: migrate::Selection { contexts: args.contexts.clone(), labels: args.labels.clone() },
+        ledger: migrate::LedgerNames {
+            history_table: args.history_table.clone(),
+            changelog_table: args.changelog_table.clone(),
+            changelog_lock_table: args.changelog_lock_table.clone(),
+        },
+        retry_failed: args.retry_failed,
+        lock_timeout: args.lock_timeout,
+        jobs: migrate::check_jobs(args.jobs)?,
+        live: !args.json && mode == migrate::Mode::Up,
+        liquibase: migrate::LiquibaseOptions {
+            properties: args.property.clone(),
+            allow_execute_command: args.allow_execute_command,
+        },
+        up_to,
+    };
+    for (flag, value) in [
+        ("--schema", &args.schema),
+        ("--changelog-table", &args.changelog_table),
+        ("--changelog-lock-table", &args.changelog_lock_table),
+        ("--history-table", &args.history_table),
+    ] {
+        if let Some(v) = value {
+            pgplane_core::ident::check_name(flag, v).map_err(|m| anyhow::anyhow!("{flag}: {m}"))?;
+        }
+    }
+    Ok(opts)
+}
+
+/// With --url: the source (checked against the run's selection) and the one target it
+/// names.
+fn url_target(
+    args: &crate::cli::MigrateArgs,
+    opts: &migrate::RunOptions,
+) -> Result<Option<(migrate::Source, migrate::Target)>> {
+    let Some(url) = &args.url else { return Ok(None) };
+    let path = args.source.as_deref().context("--url needs --source PATH")?;
+    // The files a changelog reads stay inside its search path (or its own folder).
+    let root = migrate::Root::own(args.search_path.as_deref().unwrap_or(path))?;
+    let source = migrate::Source::load_with(path, &root, args.search_path.as_deref())?;
+    source.check_selected(&opts.selection)?;
+    let server = crate::conn::Target::from_url("url", url)?;
+    let database = server.config.get_dbname().unwrap_or("postgres").to_string();
+    let target = migrate::Target {
+        label: database.clone(),
+        tenant: None,
+        server,
+        database,
+        schema: args.schema.clone().unwrap_or_else(|| "public".into()),
+        role: None,
+    };
+    Ok(Some((source, target)))
+}
+
+/// `pgplane migrate rollback`.
+async fn migrate_rollback(ctx: &mut Ctx, a: crate::cli::RollbackArgs) -> Result<i32> {
+    use pgplane_core::migrate::{parse_date, RollbackTo};
+    let to = match (a.count, a.to_tag, a.to_date) {
+        (Some(n), _, _) => RollbackTo::Count(n),
+        (None, Some(tag), _) => RollbackTo::Tag(tag),
+        (None, None, Some(d)) => RollbackTo::Date(parse_date(&d).map_err(|e| anyhow::anyhow!("--to-date: {e}"))?),
+        (None, None, None) => bail!("give --count N, --to-tag TAG or --to-date DATE"),
+    };
+    let args = &a.common;
+    let mut run = run_options(args, migrate::Mode::Up, None)?;
+    run.live = !args.json && !a.dry_run;
+    let opts = migrate::rollback::RollbackOptions { run, to, dry_run: a.dry_run };
+    let terminal = output::Terminal::new();
+    let runs = if let Some((source, target)) = url_target(args, &opts.run)? {
+        let targets = migrate::rollback::run_all(&source, vec![target], &opts, &terminal).await;
+        vec![migrate::rollback::RollbackRun { module: None, source: source.describe(), targets }]
+    } else {
+        let Some(module) = args.module.as_deref() else {
+            bail!("rollback with -f needs --module M: modules are rolled back one at a time (or use --url URL --source PATH)");
+        };
+        let s = Session::open(ctx, &args.manifest.file, args.manifest.env.as_deref()).await?;
+        let run = migrate::rollback::run_module(
+            &s,
+            ctx.keys()?,
+            module,
+            args.tenant.as_deref(),
+            args.source.as_deref(),
+            args.search_path.as_deref(),
+            &opts,
+            &terminal,
+        );
+        if a.dry_run {
+            run.await?
+        } else {
+            s.journaled("migrate rollback", run).await?
+        }
+    };
+    let ok = runs.iter().all(migrate::rollback::RollbackRun::ok);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json!({"ok": ok, "modules": runs}))?);
+    } else {
+        for r in &runs {
+            println!("{}", r.source);
+            print!("{}", migrate::rollback::render_text(&r.targets));
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
 }
 
 fn print_migrations(runs: &[migrate::ModuleRun], mode: migrate::Mode, json: bool) -> Result<()> {
