@@ -233,6 +233,23 @@ fn database_per_tenant_versions_by_tag_labels_and_purge_leaves_no_object() {
     t.pgplane(&["tenant", "upgrade", "one", "--all-modules", "-f", f]).ok();
     assert_eq!(ids("tdpt_one_files"), "f1,t1,f2");
     assert_eq!(version(&t, "one", "files"), "2/enabled/ready");
+    // Downgrade: refused without --allow-downgrade; with it, what version 2 added is rolled
+    // back (the ledger and the column), as the tenant's role, and the tenant runs 1 again.
+    let refused = t.pgplane(&["tenant", "upgrade", "one", "--module", "files@1", "-f", f]).fails().stderr;
+    assert!(refused.contains("--allow-downgrade"), "{refused}");
+    assert_eq!(ids("tdpt_one_files"), "f1,t1,f2", "nothing ran");
+    t.pgplane(&["tenant", "upgrade", "one", "--module", "files@1", "--allow-downgrade", "-f", f]).ok();
+    assert_eq!(ids("tdpt_one_files"), "f1,t1");
+    assert_eq!(
+        t.sql(
+            "tdpt_one_files",
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'files' AND column_name = 'path'"
+        ),
+        "0"
+    );
+    assert_eq!(version(&t, "one", "files"), "1/enabled/ready");
+    t.pgplane(&["tenant", "upgrade", "one", "--module", "files@2", "-f", f]).ok();
+    assert_eq!(ids("tdpt_one_files"), "f1,t1,f2", "and up again");
     // Disabled database-per-tenant: the owner loses CONNECT and LOGIN.
     t.pgplane(&["tenant", "disable", "one", "--yes", "-f", f]).ok();
     assert_eq!(t.sql("postgres", "SELECT has_database_privilege('tdpt_one_files', 'tdpt_one_files', 'CONNECT')"), "f");

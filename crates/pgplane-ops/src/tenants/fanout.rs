@@ -308,14 +308,14 @@ fn candidates(
         match core::direction(m, tm.version.as_deref(), Some(to)).map_err(Error::invalid)? {
             Direction::Same => {}
             Direction::Up => out.push((t.name.clone(), tm.version.clone())),
-            Direction::Down if allow_downgrade => {
-                super::downgrade(&core::VersionChange {
-                    module: m.name.clone(),
-                    from: tm.version.clone(),
-                    to: Some(to.to_string()),
-                    direction: Direction::Down,
-                })?;
-            }
+            Direction::Down if allow_downgrade => notes.push(format!(
+                "{}: runs {}, newer than {to}; a fan-out only upgrades: roll tenants back one at a time \
+                 (`pgplane tenant upgrade {} --module {}@{to} --allow-downgrade`)",
+                t.name,
+                show(&tm.version),
+                t.name,
+                m.name
+            )),
             Direction::Down => notes.push(format!(
                 "{}: runs {}, newer than {to}; left alone (a downgrade needs --allow-downgrade)",
                 t.name,

@@ -273,16 +273,53 @@ pub fn precheck(manifest: &Manifest, change: &Change) -> Result<()> {
     }
 }
 
-/// A downgrade runs the rollbacks of what the newer version added. This pgplane has no
-/// `migrate rollback` yet (it comes with `migrate up --to-tag`): refused, naming why.
-fn downgrade(v: &core::VersionChange) -> Result<()> {
-    Err(Error::invalid(format!(
-        "module {} cannot go back from version {} to {}: this pgplane cannot roll migrations back yet, so a \
-         downgrade is refused even with --allow-downgrade; restore from a backup or add a new version that undoes it",
-        v.module,
-        v.from.as_deref().unwrap_or("-"),
-        v.to.as_deref().unwrap_or("-")
-    )))
+/// A downgrade runs the rollbacks of what the newer version added, newest first, as the
+/// tenant's role (`migrate rollback --to-tag` semantics): possible when both versions are
+/// tags (`to_tag`) of the module's one Liquibase changelog, which holds the rollbacks and
+/// whose ledger carries the older version's tag. Returns that tag; anything else (SQL
+/// folders, versions with sources of their own) is refused, naming why.
+fn downgrade(manifest: &Manifest, v: &core::VersionChange) -> Result<String> {
+    use pgplane_core::manifest::VersionSource;
+    let m = manifest
+        .module(&v.module)
+        .ok_or_else(|| Error::invalid(format!("module {:?} is not in the manifest", v.module)))?;
+    let source = |name: &Option<String>| name.as_deref().and_then(|n| m.version(n)).map(|x| &x.source);
+    match (source(&v.from), source(&v.to)) {
+        (Some(VersionSource::ToTag(_)), Some(VersionSource::ToTag(tag))) => Ok(tag.clone()),
+        _ => Err(Error::invalid(format!(
+            "module {} cannot go back from version {} to {}: only versions that are tags (`to_tag`) of the \
+             module's Liquibase changelog can be rolled back (the changelog holds the rollbacks); restore from a \
+             backup or add a new version that undoes it",
+            v.module,
+            v.from.as_deref().unwrap_or("-"),
+            v.to.as_deref().unwrap_or("-")
+        ))),
+    }
+}
+
+/// Rolls one tenant's storage of `module` back to the ledger's `tag`, logged in as the
+/// tenant's role; the first failure (or refusal: a changeset that cannot be undone stops
+/// everything before it runs), if any.
+async fn roll_back_tenant(
+    s: &Session,
+    keys: &crate::secrets::Keyring,
+    tenant: &str,
+    module: &str,
+    tag: &str,
+    lock_timeout: Duration,
+    events: &dyn Events,
+) -> anyhow::Result<Option<String>> {
+    let opts = migrate::rollback::RollbackOptions {
+        run: run_options(lock_timeout),
+        to: pgplane_core::migrate::RollbackTo::Tag(tag.to_string()),
+        dry_run: false,
+    };
+    let runs = migrate::rollback::run_module(s, keys, module, Some(tenant), None, None, &opts, events).await?;
+    Ok(runs
+        .iter()
+        .flat_map(|r| r.targets.iter())
+        .find(|t| !t.ok)
+        .map(|t| t.error.clone().unwrap_or_else(|| format!("refused: {}", t.refused.join("; ")))))
 }
 
 /// Makes a [`Change`] to one tenant: checks it, records it, provisions what it asks for
@@ -302,7 +339,7 @@ pub async fn change(
     // Checked before any lock: a bad request runs nothing.
     let first = core::edit(&s.manifest, &s.registry, change).map_err(edit_error)?;
     for v in first.versions.iter().filter(|v| v.direction == Direction::Down) {
-        downgrade(v)?;
+        downgrade(&s.manifest, v)?;
     }
     let mut report = Report {
         tenant: tenant.clone(),
@@ -340,8 +377,9 @@ pub async fn change(
     // The registry as it is now, under both locks.
     s.registry = registry::load(&control, &env).await?;
     let edit = core::edit(&s.manifest, &s.registry, change).map_err(edit_error)?;
+    let mut downgrades = BTreeMap::new();
     for v in edit.versions.iter().filter(|v| v.direction == Direction::Down) {
-        downgrade(v)?;
+        downgrades.insert(v.module.clone(), downgrade(&s.manifest, v)?);
     }
     report.created = edit.created;
     report.versions = edit.versions.clone();
@@ -428,6 +466,21 @@ pub async fn change(
         let mut failures = Vec::new();
         for module in &edit.migrate {
             registry::set_status(&guard.client, &env, &tenant, module, "migrating", None, job).await?;
+            if let Some(tag) = downgrades.get(module) {
+                let failure = match roll_back_tenant(&s, keys, &tenant, module, tag, hooks.lock_timeout, events).await {
+                    Ok(f) => f,
+                    Err(e) => Some(format!("{e:#}")),
+                };
+                if let Some(f) = failure {
+                    registry::set_status(&guard.client, &env, &tenant, module, "failed", Some(&f), job).await?;
+                    failures.push(format!("{module}: {f}"));
+                    continue;
+                }
+                report.notes.push(format!("{module}: rolled back to tag {tag}"));
+                // Then up to the version: Liquibase's rollback to a tag undoes the
+                // tagDatabase changeset that set it too; running it again leaves the
+                // ledger exactly as the version leaves it.
+            }
             let runs = migrate_tenant(
                 &s,
                 &logins,
