@@ -21,7 +21,7 @@
 //! | `pgsq` | `env/ENV`, a job key | control db | queueing: an environment's backlog count, a key's exclusivity (transaction locks) |
 //! | `pgtn` | env/tenant | control db | any operation on one registered tenant (add, upgrade, disable, remove) |
 //! | `pgep` | group/topic/partition | control db | the one consumer of an event partition |
-//! | `pgem` | group | control db | every live consumer of a group, shared (they count themselves) |
+//! | `pgem` | group/topic | control db | every live consumer of a group and stream, shared (they count themselves) |
 //! | `pgrl` | group/topic | control db | the one relay publishing a stream's outbox to Kafka |
 //!
 //! Session locks live as long as the connection that took them: a process that dies

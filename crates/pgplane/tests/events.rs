@@ -1140,3 +1140,23 @@ fn serve_consumes_and_reports_over_http() {
         "partitions held"
     );
 }
+
+/// Consumers of two environments share the default group name: each still consumes every
+/// partition of its own stream (a consumer of another stream is not a member that takes a
+/// share of this one's partitions).
+#[test]
+fn consumers_of_two_environments_each_take_all_their_partitions() {
+    let mut a = World::new("ev_two_a", Src::Queue, "");
+    let mut b = World::new("ev_two_b", Src::Queue, "");
+    a.consume(0, &[]);
+    b.consume(0, &[]);
+    // Keys spread over every partition; an unknown type is recorded and skipped (no job).
+    let events: Vec<(String, String)> = (0..40).map(|i| (format!("k{i}"), format!("two-{i}"))).collect();
+    for w in [&a, &b] {
+        let batch: Vec<(&str, &str, &str, Value)> =
+            events.iter().map(|(k, id)| ("invoice.paid", k.as_str(), id.as_str(), json!({}))).collect();
+        w.publish(&batch);
+    }
+    a.settle(40, Duration::from_secs(60));
+    b.settle(40, Duration::from_secs(60));
+}

@@ -140,8 +140,11 @@ fn partition_lock(group: &str, topic: &str, partition: i32) -> Lock {
     Lock::named(locks::EVENT_PARTITION, format!("{group}/{topic}/{partition}"))
 }
 
-fn member_lock(group: &str) -> Lock {
-    Lock::named(locks::EVENT_MEMBER, group.to_string())
+/// The members a partition's fair share counts: the live consumers of this group *and*
+/// stream. Consumers of other streams under the same group name (another environment's
+/// queue, another topic) share none of these partitions, so they must not shrink the share.
+fn member_lock(group: &str, topic: &str) -> Lock {
+    Lock::named(locks::EVENT_MEMBER, format!("{group}/{topic}"))
 }
 
 /// Runs a consumer until `stop` resolves: reconnects after losing the control database
@@ -203,11 +206,14 @@ impl Consumer {
         for p in std::mem::take(&mut self.owned).into_keys() {
             let _ = partition_lock(self.group(), &topic, p).unlock(&self.client).await;
         }
-        let _ = member_lock(self.group()).unlock_shared(&self.client).await;
+        let _ = member_lock(self.group(), &topic).unlock_shared(&self.client).await;
     }
 
     async fn run<S: Source>(&mut self, source: &mut S) -> Result<()> {
-        member_lock(self.group()).lock_shared(&self.client).await.context("joining the consumer group")?;
+        member_lock(self.group(), &self.opts.recorder.topic)
+            .lock_shared(&self.client)
+            .await
+            .context("joining the consumer group")?;
         let mut last_round: Option<Instant> = None;
         let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
         let mut last_commit = Instant::now();
@@ -278,7 +284,7 @@ impl Consumer {
         let all = source.partitions().await?;
         // Partitions that left the source (a shrunk topic) are let go.
         let gone: Vec<i32> = self.owned.keys().copied().filter(|p| !all.contains(p)).collect();
-        let members = usize::try_from(member_lock(&group).holders(&self.client).await?).unwrap_or(1).max(1);
+        let members = usize::try_from(member_lock(&group, &topic).holders(&self.client).await?).unwrap_or(1).max(1);
         let share = pgplane_core::event::fair_share(all.len(), members);
         let owned: Vec<i32> = self.owned.keys().copied().filter(|p| !gone.contains(p)).collect();
         let candidates: Vec<i32> = all.iter().copied().filter(|p| !owned.contains(p)).collect();
