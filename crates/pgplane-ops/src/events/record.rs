@@ -148,7 +148,18 @@ pub fn job_of(r: &Recorder, op: &Operation, key: Option<&str>) -> std::result::R
             let req = runner::BranchJob {
                 id: id.clone(),
                 template: data.template.clone(),
-                sources: data.sources.clone(),
+                // Relative to the manifest's folder and inside it, as the API takes them.
+                sources: match &data.sources {
+                    None => None,
+                    Some(given) => Some(
+                        crate::migrate::Root::manifest(&r.manifest.file)
+                            .map_err(|e| invalid(format!("{e:#}")))
+                            .and_then(|root| {
+                                crate::migrate::request_sources(root.path(), given)
+                                    .map_err(|e| invalid(format!("{e}; nothing was done")))
+                            })?,
+                    ),
+                },
                 contexts: data.contexts.clone(),
                 labels: match op {
                     Operation::BranchCreate { .. } => Some(data.labels.clone().unwrap_or_default()),

@@ -23,7 +23,7 @@ use crate::conn::{Role, Target as Server};
 use crate::events::Events;
 pub use ledger::LedgerNames;
 pub use liquibase::LiquibaseOptions;
-pub use source::{Root, Selection, Source};
+pub use source::{request_sources, Root, Selection, Source};
 
 /// Where one run of migrations goes: a database, a schema in it, and who runs them.
 #[derive(Clone)]

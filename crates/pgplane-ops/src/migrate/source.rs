@@ -81,6 +81,37 @@ impl Root {
     }
 }
 
+/// Sources named by a request (the API's branch routes, an event): paths relative to the
+/// manifest's folder `base` (canonical) that must stay inside it. Absolute paths, `..` and
+/// symlinks that lead out are refused; the result is the canonical paths, which the job
+/// that reads them later checks again file by file.
+pub fn request_sources(base: &Path, sources: &[String]) -> crate::error::Result<Vec<String>> {
+    use crate::error::Error;
+    use std::path::Component;
+    sources
+        .iter()
+        .map(|s| {
+            let p = Path::new(s);
+            if s.is_empty()
+                || p.is_absolute()
+                || p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+            {
+                return Err(Error::invalid(format!(
+                    "source {s:?} must be a relative path inside the manifest's folder (no `..`, not absolute)"
+                )));
+            }
+            let real = base
+                .join(p)
+                .canonicalize()
+                .map_err(|_| Error::invalid(format!("source {s:?} does not exist under the manifest's folder")))?;
+            if !real.starts_with(base) {
+                return Err(Error::invalid(format!("source {s:?} leads outside the manifest's folder (symlink)")));
+            }
+            Ok(real.display().to_string())
+        })
+        .collect()
+}
+
 impl Source {
     /// What a Liquibase changelog holds that pgplane cannot run and this selection runs:
     /// an error before anything runs (a changeset the selection leaves out blocks nothing).

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -802,28 +802,7 @@ fn parse_ttl(s: &str) -> ApiResult<Duration> {
 /// Source paths are relative to the manifest's folder and must stay inside it: absolute
 /// paths, `..` and symlinks that lead out are refused (422).
 pub fn resolve_sources(base: &Path, sources: &[String]) -> ApiResult<Vec<String>> {
-    sources
-        .iter()
-        .map(|s| {
-            let p = Path::new(s);
-            if s.is_empty()
-                || p.is_absolute()
-                || p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-            {
-                return Err(ApiError::invalid(format!(
-                    "source {s:?} must be a relative path inside the manifest's folder (no `..`, not absolute)"
-                )));
-            }
-            let full: PathBuf = base.join(p);
-            let real = full
-                .canonicalize()
-                .map_err(|_| ApiError::invalid(format!("source {s:?} does not exist under the manifest's folder")))?;
-            if !real.starts_with(base) {
-                return Err(ApiError::invalid(format!("source {s:?} leads outside the manifest's folder (symlink)")));
-            }
-            Ok(real.display().to_string())
-        })
-        .collect()
+    Ok(pgplane_ops::migrate::request_sources(base, sources)?)
 }
 
 #[cfg(test)]
