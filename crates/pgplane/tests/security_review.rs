@@ -37,12 +37,15 @@ fn publish(t: &T, f: &str, id: &str, data: &str) {
         .ok();
 }
 
-/// Waits until event `id` has an outcome other than `queued` and its job (if any) ended;
-/// returns `outcome|reason|job status`.
+/// Waits until event `id` of this test's stream (the embedded queue's topic is the
+/// environment; tests running side by side reuse ids) has an outcome other than `queued`
+/// and its job (if any) ended; returns `outcome|reason|job status`.
 fn settled(t: &T, id: &str) -> String {
     let sql = format!(
         "SELECT e.outcome || '|' || COALESCE(e.reason, '') || '|' || COALESCE(j.status, '')
-           FROM pgplane.events e LEFT JOIN pgplane.jobs j ON j.id = e.job_id WHERE e.event_id = '{id}'"
+           FROM pgplane.events e LEFT JOIN pgplane.jobs j ON j.id = e.job_id
+          WHERE e.event_id = '{id}' AND e.topic = '{env}'",
+        env = t.env
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
