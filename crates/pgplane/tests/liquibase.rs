@@ -10,22 +10,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{lines, T};
+use common::{lines, liquibase_bin, T};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../pgplane-core/tests/fixtures/liquibase")
-}
-
-fn liquibase_bin() -> String {
-    if let Ok(bin) = std::env::var("LIQUIBASE") {
-        return bin;
-    }
-    let default = "/var/tmp/pgplane-tools/liquibase-4.28.1/node_modules/liquibase/dist/liquibase/liquibase";
-    assert!(
-        Path::new(default).exists(),
-        "real Liquibase is needed: run ./scripts/test (it installs it), or set LIQUIBASE to the liquibase launcher"
-    );
-    default.to_string()
 }
 
 /// Runs real Liquibase on `db` with `changelog` (relative to `search_path`).

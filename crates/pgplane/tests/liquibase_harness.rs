@@ -85,9 +85,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn liquibase_home() -> PathBuf {
-    let bin = std::env::var("LIQUIBASE").unwrap_or_else(|_| {
-        "/var/tmp/pgplane-tools/liquibase-4.28.1/node_modules/liquibase/dist/liquibase/liquibase".to_string()
-    });
+    let bin = common::liquibase_bin();
     let home = Path::new(&bin).parent().unwrap().to_path_buf();
     assert!(
         home.join("internal/lib/liquibase-core.jar").exists(),

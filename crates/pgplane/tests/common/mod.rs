@@ -469,3 +469,16 @@ databaseChangeLog:
             columns:
               - column: {name: name, value: from the template}
 ";
+
+/// Real Liquibase's launcher: `$LIQUIBASE`, or where `scripts/test` installs it.
+pub fn liquibase_bin() -> String {
+    if let Ok(bin) = std::env::var("LIQUIBASE") {
+        return bin;
+    }
+    let default = "/var/tmp/pgplane-tools/liquibase-4.28.1/node_modules/liquibase/dist/liquibase/liquibase";
+    assert!(
+        std::path::Path::new(default).exists(),
+        "real Liquibase is needed: run ./scripts/test (it installs it), or set LIQUIBASE to the liquibase launcher"
+    );
+    default.to_string()
+}
