@@ -17,8 +17,6 @@ pub struct Selection {
 }
 
 #[derive(Debug)]
-// One per module run, never in a hot collection: the size difference costs nothing.
-#[allow(clippy::large_enum_variant)]
 pub enum Source {
     /// `V<version>__<description>.sql` and `R__<description>.sql` files; `end`: where a
     /// module version ends (see [`Source::cut`]).
