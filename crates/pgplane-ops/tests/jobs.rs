@@ -514,6 +514,37 @@ fn a_leaders_gc_is_claimed_before_the_backlog() {
     });
 }
 
+/// A queued job whose lock someone still holds (a requeue between its commit and its
+/// worker's unlock) is passed over, with the prepared claim of a worker slot and the plain
+/// one alike: the next job is claimed instead, and the passed one once its lock is free.
+#[test]
+fn a_queued_job_whose_lock_is_held_is_passed_over() {
+    let fp = "lock_held";
+    block(async {
+        let c = control().await;
+        let first = queue::submit(&c, &new_job(fp, 0)).await.unwrap();
+        let second = queue::submit(&c, &new_job(fp, 1)).await.unwrap();
+        let third = queue::submit(&c, &new_job(fp, 2)).await.unwrap();
+        let holder = control().await;
+        assert!(pgplane_ops::locks::Lock::job(first).try_lock(&holder).await.unwrap());
+        let fps = [fp.to_string()];
+        let mut w = server().target.connect(Some(CONTROL_DB)).await.unwrap();
+        let prepared = queue::Prepared::new(&w).await.unwrap();
+        let a = queue::claim_prepared(&mut w, &prepared, "w/0", &fps, Duration::from_secs(10)).await.unwrap().unwrap();
+        assert_eq!(a.job.id, second, "the prepared claim passes over the locked job");
+        let b = queue::claim(&mut w, "w/0", &fps, Duration::from_secs(10)).await.unwrap().unwrap();
+        assert_eq!(b.job.id, third, "so does the plain claim");
+        assert!(queue::claim(&mut w, "w/0", &fps, Duration::from_secs(10)).await.unwrap().is_none());
+        let queued: String =
+            c.query_one("SELECT status FROM pgplane.jobs WHERE id = $1", &[&first]).await.unwrap().get(0);
+        assert_eq!(queued, "queued", "the passed-over job was not touched");
+        assert!(pgplane_ops::locks::Lock::job(first).unlock(&holder).await.unwrap());
+        let c3 = queue::claim_prepared(&mut w, &prepared, "w/0", &fps, Duration::from_secs(10)).await.unwrap().unwrap();
+        assert_eq!(c3.job.id, first, "claimed once its lock is free");
+        c.execute("DELETE FROM pgplane.jobs WHERE fingerprint = $1", &[&fp]).await.unwrap();
+    });
+}
+
 /// A gc whose worker dies is resumed by another worker, like any operation (it is safe to
 /// run again), instead of being given up until the leader's next interval (it had one
 /// attempt: an expired branch outlived a leader's death by a whole interval when the

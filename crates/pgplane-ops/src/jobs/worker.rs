@@ -241,15 +241,16 @@ fn slot(i: usize, shared: Arc<Shared>) {
     };
     let name = format!("{}/{i}", shared.opts.name);
     rt.block_on(async move {
-        let mut conn: Option<tokio_postgres::Client> = None;
+        // The slot's connection and the queue's statements prepared on it.
+        let mut conn: Option<(tokio_postgres::Client, queue::Prepared)> = None;
         let mut wake = shared.wake.subscribe();
         loop {
             if shared.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            let client = match conn.take().filter(|c| !c.is_closed()) {
+            let (mut client, prepared) = match conn.take().filter(|(c, _)| !c.is_closed()) {
                 Some(c) => c,
-                None => match shared.control.connect_named(Some(CONTROL_DB), &format!("pgplane-worker/{name}")).await {
+                None => match connect(&shared, &name).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "worker cannot reach the control database");
@@ -258,22 +259,23 @@ fn slot(i: usize, shared: Arc<Shared>) {
                     }
                 },
             };
-            let mut client = client;
             wake.borrow_and_update();
-            match queue::claim(&mut client, &name, &shared.opts.fingerprints, shared.opts.lease).await {
+            match queue::claim_prepared(&mut client, &prepared, &name, &shared.opts.fingerprints, shared.opts.lease)
+                .await
+            {
                 Ok(Some(attempt)) => {
                     shared.claims.fetch_add(1, Ordering::Relaxed);
                     if attempt.attempt > 1 {
                         shared.takeovers.fetch_add(1, Ordering::Relaxed);
                     }
                     shared.hooks.claimed(&attempt.job, attempt.attempt);
-                    let keep = run_attempt(&shared, &mut client, attempt).await;
+                    let keep = run_attempt(&shared, &mut client, &prepared, attempt).await;
                     if keep {
-                        conn = Some(client);
+                        conn = Some((client, prepared));
                     }
                 }
                 Ok(None) => {
-                    conn = Some(client);
+                    conn = Some((client, prepared));
                     tokio::select! {
                         _ = wake.changed() => {}
                         _ = tokio::time::sleep(shared.opts.poll) => {}
@@ -288,9 +290,21 @@ fn slot(i: usize, shared: Arc<Shared>) {
     });
 }
 
+/// A slot's control connection, with the queue's statements prepared on it.
+async fn connect(shared: &Shared, name: &str) -> Result<(tokio_postgres::Client, queue::Prepared)> {
+    let client = shared.control.connect_named(Some(CONTROL_DB), &format!("pgplane-worker/{name}")).await?;
+    let prepared = queue::Prepared::new(&client).await?;
+    Ok((client, prepared))
+}
+
 /// Runs one attempt with heartbeats; returns whether the connection may be reused (it is
 /// dropped after a lost lease, so the job's lock goes with it).
-async fn run_attempt(shared: &Shared, client: &mut tokio_postgres::Client, attempt: Attempt) -> bool {
+async fn run_attempt(
+    shared: &Shared,
+    client: &mut tokio_postgres::Client,
+    prepared: &queue::Prepared,
+    attempt: Attempt,
+) -> bool {
     let job = attempt.job.clone();
     let span = tracing::info_span!(
         "job",
@@ -315,9 +329,13 @@ async fn run_attempt(shared: &Shared, client: &mut tokio_postgres::Client, attem
         let (result, lost) = {
             let run = shared.runner.run(&job, &events, &cancel);
             tokio::pin!(run);
-            let mut tick = tokio::time::interval(shared.opts.heartbeat);
+            // The first beat one period from now: an interval's immediate first tick still
+            // waits for the timer wheel's next millisecond, which every job would pay.
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + shared.opts.heartbeat,
+                shared.opts.heartbeat,
+            );
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
             let mut lost = false;
             let result = loop {
                 tokio::select! {
@@ -353,7 +371,7 @@ async fn run_attempt(shared: &Shared, client: &mut tokio_postgres::Client, attem
             Finish::Failed { error, code, retryable, .. } => tracing::warn!(error = %error, code, retryable, "job failed"),
             Finish::HandBack => tracing::info!("job handed back to the queue"),
         }
-        match queue::finish(&*client, &attempt, &how, &events.finished(ok)).await {
+        match queue::finish_prepared(client, prepared, &attempt, &how, &events.finished(ok)).await {
             Ok(Some(status)) => {
                 tracing::debug!(%status, "job recorded");
                 true
@@ -446,8 +464,8 @@ impl Inline {
         );
         async {
             tokio::pin!(work);
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
-            tick.tick().await;
+            let beat = Duration::from_secs(2);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
             loop {
                 tokio::select! {
                     r = &mut work => break r,
