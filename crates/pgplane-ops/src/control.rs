@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (9, include_str!("../sql/control/0009_job_priority.sql")),
     (10, include_str!("../sql/control/0010_template_identity.sql")),
     (11, include_str!("../sql/control/0011_events.sql")),
+    (12, include_str!("../sql/control/0012_event_jobs.sql")),
 ];
 
 /// The lock that serializes every mutating pgplane operation on a control database.

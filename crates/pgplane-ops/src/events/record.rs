@@ -247,6 +247,7 @@ pub fn job_of(r: &Recorder, op: &Operation, key: Option<&str>) -> std::result::R
     job.key = key.map(|k| event::job_key(&r.env, k));
     job.fingerprint = Some(r.fingerprint.clone());
     job.max_attempts = r.spec.max_attempts;
+    job.event = true;
     Ok(job)
 }
 

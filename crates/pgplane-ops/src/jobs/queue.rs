@@ -169,6 +169,8 @@ pub struct NewJob {
     /// Claimed before every job of a lower priority: requests are 0, the leader's duties
     /// [`PRIORITY_DUTY`] (a gc must not wait behind a backlog of branch creations).
     pub priority: i16,
+    /// Queued for an event (`pgplane.events`): its end decides the event's outcome.
+    pub event: bool,
 }
 
 /// The priority of the jobs the leader queues for its duties.
@@ -185,6 +187,7 @@ impl NewJob {
             fingerprint: None,
             max_attempts: 3,
             priority: 0,
+            event: false,
         }
     }
 }
@@ -196,11 +199,11 @@ pub async fn submit(c: &impl GenericClient, j: &NewJob) -> Result<i64> {
         .query_one(
             &format!(
                 "WITH ins AS (
-                    INSERT INTO pgplane.jobs (kind, env, resource, key, request, fingerprint, max_attempts, priority)
-                    VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8) RETURNING id)
+                    INSERT INTO pgplane.jobs (kind, env, resource, key, request, fingerprint, max_attempts, priority, event)
+                    VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8, $9) RETURNING id)
                  SELECT id, pg_catalog.pg_notify('{CHANNEL}', id::text) IS NOT NULL FROM ins"
             ),
-            &[&j.kind, &j.env, &j.resource, &j.key, &request, &j.fingerprint, &j.max_attempts, &j.priority],
+            &[&j.kind, &j.env, &j.resource, &j.key, &request, &j.fingerprint, &j.max_attempts, &j.priority, &j.event],
         )
         .await
         .context("queueing a job in the control database")?;
