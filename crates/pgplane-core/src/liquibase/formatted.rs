@@ -73,7 +73,7 @@ fn patterns() -> &'static Patterns {
 
 /// `.*key:(value).*` anywhere on the line (the last occurrence, like Java's greedy match).
 fn attr(line: &str, key: &str, value: &str) -> Option<String> {
-    let r = Regex::new(&format!("(?i)^.*{key}:({value}).*$")).ok()?;
+    let r = super::regexes::get(&format!("(?i)^.*{key}:({value}).*$")).ok()?;
     r.captures(line).and_then(|c| c.get(1)).map(|m| m.as_str().to_string())
 }
 
@@ -160,7 +160,7 @@ pub(crate) fn parse(ctx: &mut Ctx, path: &str, src: &str, inherit: &Inherit) -> 
             }
             let author_group = c.get(1).map_or("", |m| m.as_str()).to_string();
             let id_group = c.get(2).map_or("", |m| m.as_str()).to_string();
-            let exact = Regex::new(&format!(
+            let exact = super::regexes::get(&format!(
                 r"(?i)^\s*--[\s]*changeset\s+{}.*$",
                 regex::escape(&format!("{author_group}:{id_group}"))
             ))
@@ -268,7 +268,7 @@ fn sql_check(body: &str) -> Option<Condition> {
         r"^(?:expectedResult:)?'([^']+)' (.*)$",
         r#"^(?:expectedResult:)?"([^"]+)" (.*)$"#,
     ] {
-        let r = Regex::new(&format!("(?is){pat}")).ok()?;
+        let r = super::regexes::get(&format!("(?is){pat}")).ok()?;
         if let Some(c) = r.captures(body) {
             return Some(Condition::SqlCheck {
                 expected: c.get(1).map_or("", |m| m.as_str()).to_string(),

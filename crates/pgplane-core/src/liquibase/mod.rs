@@ -15,6 +15,7 @@ mod loaddata;
 mod node;
 mod parse;
 mod props;
+mod regexes;
 mod rollback;
 mod spec;
 mod split;

@@ -297,7 +297,7 @@ fn is_delimiter(piece: &str, previous: Option<&str>, delim: Option<&str>) -> boo
             }
             // `(previous + piece).matches("[\s\n\r]*" + delimiter)`: the delimiter is a regex.
             let text = format!("{}{piece}", previous.unwrap_or("null")).to_lowercase();
-            match regex::Regex::new(&format!(r"^(?s:[\s\n\r]*{})$", d.to_lowercase())) {
+            match super::regexes::get(&format!(r"^(?s:[\s\n\r]*{})$", d.to_lowercase())) {
                 Ok(re) => re.is_match(&text),
                 Err(_) => false,
             }

@@ -314,7 +314,7 @@ fn create_table_fk_target(c: &Column, d: Option<&str>) -> Option<String> {
 fn add_column_fk_target(c: &Column) -> Result<Option<(Name, String)>, String> {
     let Some(cons) = c.constraints.as_ref() else { return Ok(None) };
     let (table, col) = if let Some(r) = &cons.references {
-        let re = regex::Regex::new(r"^([\w\._]+)\s*\(\s*([\w_]+)\s*\)$").map_err(|e| e.to_string())?;
+        let re = super::regexes::get(r"^([\w\._]+)\s*\(\s*([\w_]+)\s*\)$").map_err(|e| e.to_string())?;
         let caps = re.captures(r).ok_or_else(|| {
             format!("Liquibase cannot find table and column names in references={r:?} (write table(column))")
         })?;
@@ -406,7 +406,7 @@ pub(crate) fn modify(sql: &str, visitors: &[ModifySql], rollback: bool) -> Strin
                     s.replace(replace.as_str(), with)
                 }
             }
-            ModifyKind::RegExpReplace { replace, with } => match regex::Regex::new(replace) {
+            ModifyKind::RegExpReplace { replace, with } => match super::regexes::get(replace) {
                 Ok(re) => re.replace_all(&s, java_replacement(with).as_str()).into_owned(),
                 Err(_) => s,
             },
