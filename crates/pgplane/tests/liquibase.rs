@@ -357,3 +357,59 @@ fn renamed_ledger_tables_are_shared_with_liquibase() {
 fn edge_cases_both_ways() {
     both_ways("edge");
 }
+
+/// A loadData whose second INSERT of rows fails: its INSERTs go out pipelined, yet the
+/// failure names the INSERT that failed (not the last one sent), the changeset's
+/// transaction leaves no row, and the ledger keeps only what applied.
+#[test]
+fn a_failing_load_data_statement_is_named_and_rolls_its_changeset_back() {
+    let t = T::new("lb_load_fail");
+    let mut csv = String::from("id,name\n");
+    for i in 1..=160 {
+        // Row 80 repeats id 5: the second INSERT (of rows in fifties) fails.
+        let id = if i == 80 { 5 } else { i };
+        csv.push_str(&format!("{id},row-{i:03}\n"));
+    }
+    std::fs::write(t.dir.join("items.csv"), csv).unwrap();
+    std::fs::write(
+        t.dir.join("changelog.yaml"),
+        "databaseChangeLog:
+  - changeSet:
+      id: c1
+      author: t
+      changes:
+        - createTable:
+            tableName: items
+            columns:
+              - column: {name: id, type: int, constraints: {primaryKey: true}}
+              - column: {name: name, type: varchar(20)}
+  - changeSet:
+      id: c2
+      author: t
+      changes:
+        - loadData:
+            tableName: items
+            file: items.csv
+            relativeToChangelogFile: true
+",
+    )
+    .unwrap();
+    let url = t.database("lb_load_fail");
+    let source = t.dir.join("changelog.yaml");
+    let run = t.pgplane(&["migrate", "up", "--url", &url, "--source", source.to_str().unwrap(), "--json"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    let v = run.json();
+    let failure = &v["modules"][0]["targets"][0]["failure"];
+    assert_eq!(failure["migration"], "changelog.yaml::c2::t", "{failure}");
+    assert_eq!(failure["sqlstate"], "23505", "{failure}");
+    assert!(failure["position"].as_str().unwrap().contains("statement 2 of the changeset"), "{failure}");
+    let statement = failure["statement"].as_str().unwrap();
+    assert!(
+        statement.starts_with("INSERT INTO public.items")
+            && !statement.contains("row-001")
+            && !statement.contains("row-15"),
+        "the failing INSERT, not the first or the last one sent: {statement}"
+    );
+    assert_eq!(t.sql("lb_load_fail", "SELECT count(*) FROM items"), "0");
+    assert_eq!(t.sql("lb_load_fail", "SELECT string_agg(id, ',' ORDER BY orderexecuted) FROM databasechangelog"), "c1");
+}

@@ -969,6 +969,7 @@ async fn run_stepwise(
     allow_execute: bool,
     ran: &mut Vec<String>,
 ) -> Result<(), StepError> {
+    use futures_util::TryFutureExt;
     let sql_err = |i: Option<usize>| move |e| StepError::Sql(i, e);
     let setup = if cs.run_in_transaction { begin.transaction() } else { begin.setup.clone() };
     c.batch_execute(&setup).await.map_err(sql_err(None))?;
@@ -977,14 +978,35 @@ async fn run_stepwise(
     for i in 0..cs.changes.len() {
         let catalog = catalog_for(c, src, schema, &cs.changes[i]).await.map_err(sql_err(None))?;
         let statements = change_statements(cs, i, schema, &catalog).map_err(StepError::Other)?;
-        for s in statements {
-            if let Some(a) = &s.action {
+        // Statements between two actions go out at once (pipelined: a loadData's INSERTs
+        // do not wait for each other's answers); the server runs them in order and the
+        // first error stops the rest (in a transaction, it is aborted; outside one, the
+        // statements after it are not sent).
+        let mut rest = statements.as_slice();
+        while !rest.is_empty() {
+            if let Some(a) = &rest[0].action {
                 act(a, allow_execute, &here).await.map_err(StepError::Other)?;
+                rest = &rest[1..];
                 continue;
             }
-            ran.push(s.sql.clone());
-            c.batch_execute(&s.sql).await.map_err(sql_err(Some(n)))?;
-            n += 1;
+            let len = rest.iter().position(|s| s.action.is_some()).unwrap_or(rest.len());
+            let (run, after) = rest.split_at(len);
+            ran.extend(run.iter().map(|s| s.sql.clone()));
+            if cs.run_in_transaction {
+                let first = n;
+                futures_util::future::try_join_all(
+                    run.iter().enumerate().map(|(k, s)| c.batch_execute(&s.sql).map_err(move |e| (first + k, e))),
+                )
+                .await
+                .map_err(|(k, e)| StepError::Sql(Some(k), e))?;
+                n += run.len();
+            } else {
+                for s in run {
+                    c.batch_execute(&s.sql).await.map_err(sql_err(Some(n)))?;
+                    n += 1;
+                }
+            }
+            rest = after;
         }
     }
     write_row(c, schema, table, row).await.map_err(sql_err(None))?;
@@ -1015,18 +1037,21 @@ async fn run_statements(
     if cs.run_in_transaction {
         let begin = begin.transaction();
         let result = async {
-            futures_util::future::try_join3(
+            let work = futures_util::future::try_join3(
                 c.batch_execute(&begin).map_err(|e| (None, e)),
                 futures_util::future::try_join_all(
                     statements.iter().enumerate().map(|(i, s)| c.batch_execute(&s.sql).map_err(move |e| (Some(i), e))),
                 ),
                 write_row(c, schema, table, row).map_err(|e| (None, e)),
-            )
-            .await?;
+            );
             if had_failure {
+                work.await?;
                 clear_failure(c, schema, cs).await.map_err(|e| (None, e))?;
+                return c.batch_execute("COMMIT").await.map_err(|e| (None, e));
             }
-            c.batch_execute("COMMIT").await.map_err(|e| (None, e))
+            // The COMMIT goes out with the rest: after an error the server has aborted the
+            // transaction, so the COMMIT rolls it back, and the error is what is reported.
+            futures_util::future::try_join(work, c.batch_execute("COMMIT").map_err(|e| (None, e))).await.map(|_| ())
         }
         .await;
         if result.is_err() {
@@ -1123,7 +1148,10 @@ pub async fn run_unit(
             if cs.run_in_transaction {
                 let _ = client.batch_execute("ROLLBACK").await;
             }
-            failed_statement = ran_sql.last().cloned();
+            failed_statement = match &r {
+                Err(StepError::Sql(Some(k), _)) => ran_sql.get(*k).cloned(),
+                _ => ran_sql.last().cloned(),
+            };
         }
         r
     } else {
