@@ -138,10 +138,26 @@ ensure_tansu() {
 }
 
 # kcat (Debian's librdkafka command-line client): the event tests produce to and read
-# from the broker with it, a client other than pgplane's own.
+# from the broker with it, a client other than pgplane's own. Under cargo test it loads
+# rdkafka-sys's librdkafka; Debian's 2.0.2 cannot talk to tansu (README, Broker in tests).
 ensure_kcat() {
   if ! command -v kcat >/dev/null 2>&1; then
     echo "kcat not found: installing the Debian package kcat" >&2
     apt_install kcat
   fi
+}
+
+# confluent-kafka (PyPI; librdkafka 2.16 bundled in the wheel) in a virtualenv under
+# $PGPLANE_TOOLS/pykafka: bench/events produces to tansu and reads from it with it. Debian's
+# kcat cannot: its librdkafka 2.0.2 misreads the tagged fields of tansu's ApiVersions
+# answer (bench/README.md, section 9). Exports PYKAFKA (the virtualenv's python).
+CONFLUENT_KAFKA_VERSION=2.16.1
+ensure_confluent_kafka() {
+  local venv="${PGPLANE_TOOLS:-/var/tmp/pgplane-tools}/pykafka"
+  if ! "$venv/bin/python" -c "import confluent_kafka, sys; sys.exit(confluent_kafka.version() != '$CONFLUENT_KAFKA_VERSION')" 2>/dev/null; then
+    echo "installing confluent-kafka $CONFLUENT_KAFKA_VERSION into $venv (pip; cached for next time)" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
+  fi
+  export PYKAFKA="$venv/bin/python"
 }
