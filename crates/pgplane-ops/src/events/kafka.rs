@@ -25,18 +25,34 @@ use super::outbox::{Entry, Sink};
 
 /// librdkafka's settings for `spec`, with the manifest's pass-through options.
 fn config(spec: &KafkaSpec) -> ClientConfig {
+    config_over(spec, &[])
+}
+
+/// [`config`] over `defaults`, which the manifest's options override.
+fn config_over(spec: &KafkaSpec, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &spec.brokers);
     c.set("client.id", format!("pgplane-{}", std::process::id()));
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
     for (k, v) in &spec.options {
         c.set(k, v);
     }
     c
 }
 
+/// The consumer's default fetch wait: a request event should take effect within a second,
+/// and librdkafka's 500 ms (which some brokers hold even when data is there) spends half of
+/// it. The manifest's `events.kafka.options` can set it.
+const FETCH_WAIT_MS: &str = "100";
+
 /// The consumer side.
 pub struct KafkaSource {
     consumer: StreamConsumer,
+    /// A client of its own for the partitions' ends (lag): on the consumer's connection
+    /// that request waited behind the consumer's pending fetch, and the consume loop with it.
+    watermarks: std::sync::Arc<BaseConsumer>,
     topic: String,
     /// Partitions assigned, with the next offset to deliver (for filtering re-deliveries
     /// of a batch's records before a seek point).
@@ -45,14 +61,20 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     pub fn new(spec: &KafkaSpec) -> Result<KafkaSource> {
-        let mut c = config(spec);
+        let mut c = config_over(spec, &[("fetch.wait.max.ms", FETCH_WAIT_MS)]);
         c.set("group.id", &spec.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
         let consumer: StreamConsumer = c.create().context("creating the Kafka consumer")?;
-        Ok(KafkaSource { consumer, topic: spec.topic.clone(), assigned: BTreeMap::new() })
+        let watermarks: BaseConsumer = config(spec).create().context("creating the Kafka lag reader")?;
+        Ok(KafkaSource {
+            consumer,
+            watermarks: std::sync::Arc::new(watermarks),
+            topic: spec.topic.clone(),
+            assigned: BTreeMap::new(),
+        })
     }
 
     async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -146,15 +168,18 @@ impl Source for KafkaSource {
     }
 
     async fn high_watermarks(&mut self, parts: &[i32]) -> Result<Vec<(i32, i64)>> {
-        let mut out = Vec::new();
-        for p in parts {
-            let (_, high) = self
-                .consumer
-                .fetch_watermarks(&self.topic, *p, Duration::from_secs(5))
-                .with_context(|| format!("reading the end of partition {p}"))?;
-            out.push((*p, high));
-        }
-        Ok(out)
+        let (client, topic, parts) = (self.watermarks.clone(), self.topic.clone(), parts.to_vec());
+        Self::blocking(move || {
+            let mut out = Vec::new();
+            for p in parts {
+                let (_, high) = client
+                    .fetch_watermarks(&topic, p, Duration::from_secs(5))
+                    .with_context(|| format!("reading the end of partition {p}"))?;
+                out.push((p, high));
+            }
+            Ok(out)
+        })
+        .await?
     }
 }
 
