@@ -273,12 +273,8 @@ async fn insert_sql_row(
 pub fn failure_of(migration: &str, e: &tokio_postgres::Error, whole: Option<(&str, &str, usize)>) -> Failure {
     let Some(db) = e.as_db_error() else {
         return Failure {
-            migration: migration.to_string(),
-            message: e.to_string(),
-            sqlstate: None,
             position: whole.map(|(file, _, _)| file.to_string()),
-            statement: None,
-            in_transaction: true,
+            ..Failure::message(migration, e.to_string())
         };
     };
     let mut message = db.message().to_string();

@@ -1170,14 +1170,7 @@ pub async fn run_unit(
     };
     let mut f = match &step_error {
         StepError::Sql(_, e) => failure_of(&unit.name, e, None),
-        StepError::Other(m) => Failure {
-            migration: unit.name.clone(),
-            message: m.clone(),
-            sqlstate: None,
-            position: None,
-            statement: None,
-            in_transaction: true,
-        },
+        StepError::Other(m) => Failure::message(&unit.name, m.clone()),
     };
     f.in_transaction = cs.run_in_transaction;
     let detail = match &step_error {
@@ -1236,15 +1229,8 @@ async fn precondition_outcome(
         }
         OnFail::Continue => Some(Outcome::Skipped(format!("{what}; it runs again next time"))),
         OnFail::Halt => {
-            let f = Failure {
-                migration: unit.name.clone(),
-                message: what,
-                sqlstate: None,
-                position: Some(here.to_string()),
-                statement: None,
-                // Nothing ran.
-                in_transaction: true,
-            };
+            // Nothing ran.
+            let f = Failure { position: Some(here.to_string()), ..Failure::message(&unit.name, what) };
             record_failure(client, schema, cs, &f).await.with_context(|| format!("{f}; recording it failed too"))?;
             Some(Outcome::Failed(f))
         }

@@ -91,6 +91,21 @@ pub struct Failure {
     pub in_transaction: bool,
 }
 
+impl Failure {
+    /// A failure that is a message of pgplane's (no SQL error, no position, no statement),
+    /// of a migration that ran in a transaction unless the caller says otherwise.
+    pub fn message(migration: &str, message: impl Into<String>) -> Failure {
+        Failure {
+            migration: migration.to_string(),
+            message: message.into(),
+            sqlstate: None,
+            position: None,
+            statement: None,
+            in_transaction: true,
+        }
+    }
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} failed: {}", self.migration, self.message)?;

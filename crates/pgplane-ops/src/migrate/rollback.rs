@@ -368,17 +368,7 @@ async fn plan_and_undo(
             Err(err) => {
                 let (index, mut f) = match &err {
                     UndoError::Sql(index, e) => (*index, failure_of(&name, e, None)),
-                    UndoError::Action(i, m) => (
-                        Some(*i),
-                        Failure {
-                            migration: name.clone(),
-                            message: m.clone(),
-                            sqlstate: None,
-                            position: None,
-                            statement: None,
-                            in_transaction: true,
-                        },
-                    ),
+                    UndoError::Action(i, m) => (Some(*i), Failure::message(&name, m.clone())),
                 };
                 f.in_transaction = cs.run_in_transaction;
                 let detail = match index {
