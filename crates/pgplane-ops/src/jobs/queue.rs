@@ -477,7 +477,6 @@ pub enum Beat {
 
 /// Renews the attempt's lease and saves its stages (when given).
 pub async fn heartbeat(c: &impl GenericClient, a: &Attempt, lease: Duration, stages: Option<&[Stage]>) -> Result<Beat> {
-    use tokio_postgres::types::Type;
     let stages = stages.map(serde_json::to_string).transpose()?;
     let row = c
         .query_typed_opt(
@@ -572,7 +571,6 @@ async fn finish_on(
         Finish::HandBack => (0, None, None, None),
     };
     let result = result.map(|r| serde_json::to_string(&r)).transpose()?;
-    use tokio_postgres::types::Type;
     // Decide with `next` on the attempt as this worker knows it (running, its attempt, the
     // cancel request as claimed), write guarded by exactly that; when the guard fails (a
     // cancel request arrived meanwhile, or the attempt is gone), read the row and decide
